@@ -1,0 +1,52 @@
+"""Every externally visible name (media types, annotation keys) lives here, once."""
+
+# --- media types -----------------------------------------------------------------------------------
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
+NYDUS_ARTIFACT_TYPE = "application/vnd.nydus.image.manifest.v1+json"
+
+MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
+INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+ALL_MANIFEST_TYPES = MANIFEST_TYPES | INDEX_TYPES
+
+# --- annotations -----------------------------------------------------------------------------------
+# eStargz (stargz-snapshotter docs/estargz.md)
+ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
+ESTARGZ_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
+
+# zstd:chunked (containers/storage pkg/chunked)
+ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
+ZSTD_CHUNKED_MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
+ZSTD_CHUNKED_TARSPLIT_POSITION = "io.github.containers.zstd-chunked.tarsplit-position"
+
+# Nydus (nydus-snapshotter converter)
+NYDUS_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
+NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
+NYDUS_FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
+NYDUS_SOURCE_DIGEST = "containerd.io/snapshot/nydus-source-digest"
+NYDUS_CACHE_VERSION = "containerd.io/snapshot/nydus-cache-version"
+
+# accel's own provenance annotations
+ACCEL_SOURCE_DIGEST = "io.accel.source.digest"
+ACCEL_SOURCE_REFERENCE = "io.accel.source.reference"
+ACCEL_DRIVER = "io.accel.driver"
+ACCEL_DRIVER_VERSION = "io.accel.driver.version"
+ACCEL_LAYER_SOURCE_DIGEST = "io.accel.layer.source-digest"
+
+# Harbor accessory annotations (rule harbor_annotation)
+HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
+HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
+HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"

@@ -1,0 +1,53 @@
+"""Format drivers, looked up by acceld's `converter.driver.type` names."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import ValidationError
+
+from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
+from accel.errors import ConfigError
+
+# type name -> "module:Class"; imported lazily so one broken driver cannot break the others.
+_DRIVERS = {
+    "estargz": "accel.drivers.estargz:EStargzDriver",
+    "zstdchunked": "accel.drivers.zstdchunked:ZstdChunkedDriver",
+    "nydus": "accel.drivers.nydus:NydusDriver",
+}
+
+DRIVER_TYPES = tuple(_DRIVERS)
+
+
+def driver_class(driver_type: str) -> type[Driver]:
+    try:
+        module_name, class_name = _DRIVERS[driver_type].split(":")
+    except KeyError:
+        raise ConfigError(
+            f"unknown driver type {driver_type!r}; expected one of {', '.join(DRIVER_TYPES)}"
+        ) from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_driver(driver_type: str, config: dict[str, Any] | None = None) -> Driver:
+    cls = driver_class(driver_type)
+    try:
+        return cls.from_config(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"converter.driver.config for {driver_type}: {problems}") from None
+
+
+__all__ = [
+    "DRIVER_TYPES",
+    "ConvertedLayer",
+    "Driver",
+    "DriverOptions",
+    "ImagePlan",
+    "LayerInput",
+    "driver_class",
+    "load_driver",
+]

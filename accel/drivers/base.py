@@ -1,0 +1,114 @@
+"""The one small protocol every format driver implements.
+
+A driver converts one layer at a time (`convert_layer`, pure function of the source layer and options, so
+it can be cached and retried per layer) and may touch the whole image once at the end (`finish`, where
+Nydus merges bootstraps). Drivers only see the content store, never the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from accel import compression
+from accel.oci import Descriptor, ImageConfig
+from accel.store import ContentStore
+
+
+class DriverOptions(BaseModel):
+    """Base of each driver's options; unknown keys are config errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInput:
+    """A source layer whose compressed blob is already in the content store."""
+
+    descriptor: Descriptor  # as in the source manifest
+    diff_id: str  # from the source config; checked while the tar is read
+    store: ContentStore
+
+    @property
+    def path(self) -> Path:
+        return self.store.path(self.descriptor.digest)
+
+    @contextlib.contextmanager
+    def open_tar(self) -> Iterator[BinaryIO]:
+        """The uncompressed tar stream; its digest is verified against `diff_id` when the block ends."""
+        with compression.open_uncompressed(self.path, self.descriptor.media_type, self.diff_id) as f:
+            yield f
+
+
+class ConvertedLayer(BaseModel):
+    """Result of `convert_layer`: small, JSON-serialisable, the blob itself stays in the store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Descriptor  # the source layer it came from
+    descriptor: Descriptor  # the converted blob (digest, size, media type, annotations)
+    diff_id: str  # digest of the converted layer's uncompressed content
+    extra: dict[str, str] = {}  # driver-private facts for `finish` (e.g. a bootstrap blob digest)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePlan:
+    """One platform's converted image before its manifest is written; `finish` may change it."""
+
+    source_manifest: Descriptor
+    source_reference: str
+    config: ImageConfig  # the *source* config; image assembly rewrites diff_ids/history from `layers`
+    layers: tuple[ConvertedLayer, ...]
+    history: tuple[dict[str, Any], ...] | None = None  # None = keep the source history
+    manifest_annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    config_annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    artifact_type: str | None = None
+
+
+class Driver:
+    """Base class: subclasses set `name`, `options_model`, and implement `convert_layer`."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[DriverOptions]]
+    # Bump when the output bytes for the same input and options change.
+    implementation_version: ClassVar[str] = "1"
+    # Converted images use OCI media types unless the options say otherwise.
+    requires_oci: ClassVar[bool] = True
+
+    def __init__(self, options: DriverOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> Driver:
+        return cls(cls.options_model.model_validate(config or {}))
+
+    @property
+    def version(self) -> str:
+        """What produced the bytes; goes into cache keys and annotations."""
+        return self.implementation_version
+
+    def cache_key(self) -> str:
+        """Stable across processes and machines: driver name, version and options."""
+        blob = json.dumps(
+            {"driver": self.name, "version": self.version, "options": self.options.model_dump(mode="json")},
+            sort_keys=True,
+        )
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
+        raise NotImplementedError
+
+    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
+        """Whole-image step after every layer is converted. Default: nothing to do."""
+        return plan
+
+    def is_converted(self, layers: list[Descriptor]) -> bool:
+        """Whether an image with these layers already is in this driver's format (so it is skipped)."""
+        return False
