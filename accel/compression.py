@@ -67,6 +67,8 @@ def open_uncompressed(path: Path, media_type: str, expected_diff_id: str | None 
         while buffered.read(READ_SIZE):
             pass
         if expected_diff_id is not None and reader.digester.digest() != expected_diff_id:
-            raise DigestMismatch(expected_diff_id, reader.digester.digest(), f"uncompressed layer {path.name}")
+            raise DigestMismatch(
+                expected_diff_id, reader.digester.digest(), f"uncompressed layer {path.name}"
+            )
     finally:
         inner.close()

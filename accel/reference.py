@@ -1,9 +1,9 @@
 """Image references, normalised the way Docker does.
 
-    nginx                      -> docker.io/library/nginx:latest
-    host:5000/team/app:v1      -> host:5000/team/app:v1
-    repo@sha256:...            -> digest reference (no tag)
-    repo:tag@sha256:...        -> both; the digest wins when resolving
+nginx                      -> docker.io/library/nginx:latest
+host:5000/team/app:v1      -> host:5000/team/app:v1
+repo@sha256:...            -> digest reference (no tag)
+repo:tag@sha256:...        -> both; the digest wins when resolving
 """
 
 from __future__ import annotations

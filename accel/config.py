@@ -1,0 +1,244 @@
+"""acceld-compatible YAML settings, validated with pydantic.
+
+Layout (as Harbor acceleration-service's config.yaml):
+
+    server:    {name, host, port}
+    metric:    {enabled}
+    provider:  {source: {<host>: {auth, insecure, plain_http, webhook: {auth_header}}},
+                work_dir, gcpolicy: {threshold}, cache_size, cache_version}
+    converter: {worker, harbor_annotation, platforms, driver: {type, config}, rules: [...]}
+
+accel additions: `converter.drivers` (several formats per push, each with its own tag suffix),
+`provider.docker_config` (path to a docker config.json for credentials).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from accel.errors import ConfigError
+from accel.oci import Platform
+
+# acceld put a per-driver scratch dir in driver.config; accel uses provider.work_dir for everything.
+_ACCELD_ONLY_DRIVER_KEYS = ("work_dir",)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    name: str = "API"
+    host: str = "127.0.0.1"
+    port: int = Field(default=2077, ge=0, le=65535)
+
+
+class MetricSettings(_Model):
+    enabled: bool = True
+
+
+class WebhookSettings(_Model):
+    auth_header: SecretStr | None = None
+
+
+class SourceHost(_Model):
+    """One registry accel may pull from and push to."""
+
+    auth: SecretStr | None = None  # base64 of "user:password"
+    insecure: bool = False  # skip TLS verification
+    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+    webhook: WebhookSettings = WebhookSettings()
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_is_base64_user_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            decoded = base64.b64decode(value.get_secret_value(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise ValueError("auth must be base64 of 'user:password'") from None
+        if ":" not in decoded:
+            raise ValueError("auth must be base64 of 'user:password' (no ':' found after decoding)")
+        return value
+
+
+class GCPolicy(_Model):
+    threshold: str = "1000MB"
+
+    @field_validator("threshold")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+
+class ProviderSettings(_Model):
+    source: dict[str, SourceHost] = {}
+    work_dir: Path = Path(".state/work")
+    gcpolicy: GCPolicy = GCPolicy()
+    cache_size: int = Field(default=200, ge=1)
+    cache_version: str = "v1"
+    docker_config: Path | None = None
+
+
+class DriverSettings(_Model):
+    type: str
+    config: dict[str, Any] = {}
+    tag_suffix: str | None = None  # accel: per-driver target tag suffix when several drivers run
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def driver_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in _ACCELD_ONLY_DRIVER_KEYS}
+
+
+class Rule(_Model):
+    tag_suffix: str | None = None
+    cache_tag: str | None = None
+
+    @field_validator("tag_suffix", "cache_tag")
+    @classmethod
+    def _tag_chars(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.-]{1,128}", value):
+            raise ValueError(f"{value!r} is not usable in a tag (letters, digits, '_', '.', '-')")
+        return value
+
+
+class ConverterSettings(_Model):
+    worker: int = Field(default=5, ge=1)
+    harbor_annotation: bool = True
+    platforms: str | list[str] | None = None
+    driver: DriverSettings | None = None
+    drivers: list[DriverSettings] = []
+    rules: list[Rule] = []
+
+    @model_validator(mode="after")
+    def _some_driver(self) -> ConverterSettings:
+        if self.driver is None and not self.drivers:
+            raise ValueError("set converter.driver (or converter.drivers)")
+        from accel.drivers import load_driver
+
+        for d in self.all_drivers():
+            try:
+                load_driver(d.type, d.driver_config())  # option errors surface when the config loads
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        self.platform_filter()
+        return self
+
+    def all_drivers(self) -> list[DriverSettings]:
+        return ([self.driver] if self.driver else []) + list(self.drivers)
+
+    def platform_filter(self) -> list[Platform]:
+        if not self.platforms:
+            return []
+        items = self.platforms.split(",") if isinstance(self.platforms, str) else self.platforms
+        return [Platform.parse(p) for p in items if p.strip()]
+
+    @property
+    def tag_suffix(self) -> str | None:
+        return next((r.tag_suffix for r in self.rules if r.tag_suffix), None)
+
+    @property
+    def cache_tag(self) -> str | None:
+        return next((r.cache_tag for r in self.rules if r.cache_tag), None)
+
+    def suffix_for(self, driver: DriverSettings) -> str:
+        """Target tag suffix: the driver's own, else the rule's (one driver only), else `-<type>`."""
+        if driver.tag_suffix:
+            return driver.tag_suffix
+        if self.tag_suffix and len(self.all_drivers()) == 1:
+            return self.tag_suffix
+        return f"-{driver.type}"
+
+    def find_driver(self, driver_type: str) -> DriverSettings:
+        for d in self.all_drivers():
+            if d.type == driver_type:
+                return d
+        raise ConfigError(
+            f"driver {driver_type!r} is not configured; configured: "
+            + ", ".join(d.type for d in self.all_drivers())
+        )
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    metric: MetricSettings = MetricSettings()
+    provider: ProviderSettings = ProviderSettings()
+    converter: ConverterSettings
+
+    def host(self, registry: str) -> SourceHost | None:
+        return self.provider.source.get(registry)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 1000MB, 10GiB)")
+    unit = m.group(2).upper().rstrip("B").rstrip("I")
+    factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    return int(float(m.group(1)) * factor)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(data: dict[str, Any], origin: str = "config") -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin} is invalid:\n{_format_errors(exc)}") from None
+
+
+def load_file(path: Path | str) -> Settings:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    settings = load_settings(data, str(path))
+    work_dir = settings.provider.work_dir
+    if not work_dir.is_absolute():
+        # Relative work dirs are relative to the config file, like acceld's.
+        work_dir = (path.parent / work_dir).resolve()
+        settings = settings.model_copy(
+            update={"provider": settings.provider.model_copy(update={"work_dir": work_dir})}
+        )
+    return settings
+
+
+def config_path_from_env() -> Path | None:
+    value = os.environ.get("ACCEL_CONFIG")
+    return Path(value) if value else None

@@ -1,0 +1,65 @@
+"""Per-process runtime objects built from settings: content store, registry client, drivers.
+
+Prefect runs tasks as threads in one process; they share one registry client (one connection pool, one
+token cache) and one content store per config, so nothing secret ever travels as a task parameter.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from accel.config import Settings, load_file
+from accel.drivers import Driver, load_driver
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
+
+
+class Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ContentStore(settings.provider.work_dir / "content")
+        self._client: RegistryClient | None = None
+        self._drivers: dict[str, Driver] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> RegistryClient:
+        with self._lock:
+            if self._client is None:
+                hosts = {
+                    name: HostConfig(
+                        auth=h.auth.get_secret_value() if h.auth else None,
+                        insecure=h.insecure,
+                        plain_http=h.plain_http,
+                    )
+                    for name, h in self.settings.provider.source.items()
+                }
+                self._client = RegistryClient(hosts=hosts, docker_config=self.settings.provider.docker_config)
+            return self._client
+
+    def driver(self, driver_type: str) -> Driver:
+        with self._lock:
+            if driver_type not in self._drivers:
+                settings = self.settings.converter.find_driver(driver_type)
+                self._drivers[driver_type] = load_driver(driver_type, settings.driver_config())
+            return self._drivers[driver_type]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+_contexts: dict[tuple[str, float], Context] = {}
+_contexts_lock = threading.Lock()
+
+
+def context_for(config_path: str | Path) -> Context:
+    """One Context per config file (and its mtime, so an edited config takes effect on the next run)."""
+    path = Path(config_path).resolve()
+    key = (str(path), path.stat().st_mtime)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _contexts[key] = Context(load_file(path))
+        return ctx

@@ -1,0 +1,265 @@
+"""Source image resolution and converted image assembly.
+
+`resolve_source` reads the source root (manifest or index), the selected platforms' manifests and configs
+into the content store, byte-exact. `assemble_manifest` turns one platform's `ImagePlan` into a manifest and
+config; `assemble_index` wraps several into an index. Nothing here speaks HTTP except through the client
+passed in, and nothing here knows a layer format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from accel import constants as mt
+from accel.drivers.base import ConvertedLayer, Driver, ImagePlan
+from accel.errors import InvalidImage, UnsupportedMediaType
+from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json, detect_media_type
+from accel.reference import Reference
+from accel.store import ContentStore
+
+log = logging.getLogger(__name__)
+
+# Docker buildx attaches attestations as index children with this annotation; they are not images.
+_DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class SourceLayer(_Frozen):
+    descriptor: Descriptor
+    diff_id: str
+
+
+class SourceManifest(_Frozen):
+    """One platform of the source; its manifest and config bytes are in the content store."""
+
+    descriptor: Descriptor  # platform set when it came from an index
+    config: Descriptor
+    layers: tuple[SourceLayer, ...]
+
+    @property
+    def platform(self) -> Platform | None:
+        return self.descriptor.platform
+
+
+class SourceImage(_Frozen):
+    reference: str  # as given, normalised
+    root: Descriptor  # manifest or index
+    manifests: tuple[SourceManifest, ...]
+
+    @property
+    def is_index(self) -> bool:
+        return self.root.media_type in mt.INDEX_TYPES
+
+    def unique_layers(self) -> list[SourceLayer]:
+        seen: dict[str, SourceLayer] = {}
+        for m in self.manifests:
+            for layer in m.layers:
+                seen.setdefault(layer.descriptor.digest, layer)
+        return list(seen.values())
+
+
+class BuiltManifest(_Frozen):
+    descriptor: Descriptor
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
+class BuiltImage(_Frozen):
+    """A converted image whose every blob and document is in the content store."""
+
+    root: Descriptor
+    manifests: tuple[BuiltManifest, ...]
+
+    def blobs(self) -> list[Descriptor]:
+        seen: dict[str, Descriptor] = {}
+        for m in self.manifests:
+            for d in (m.config, *m.layers):
+                seen.setdefault(d.digest, d)
+        return list(seen.values())
+
+
+class ManifestSource(Protocol):
+    """The slice of the registry client that resolution needs."""
+
+    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
+
+    def fetch_blob_bytes(self, repo_ref: Reference, desc: Descriptor) -> bytes: ...
+
+
+def _is_image_child(desc: Descriptor) -> bool:
+    if desc.media_type not in mt.MANIFEST_TYPES:
+        return False
+    if desc.annotation(_DOCKER_REFERENCE_TYPE):
+        return False
+    return not (desc.platform and desc.platform.os == "unknown")
+
+
+def _load_manifest(
+    client: ManifestSource, ref: Reference, desc: Descriptor, raw: bytes, store: ContentStore
+) -> SourceManifest:
+    manifest = Manifest.parse(raw, desc.media_type)
+    store.put_bytes(raw, desc.digest)
+    config_desc = manifest.config
+    config_raw = client.fetch_blob_bytes(ref, config_desc)
+    store.put_bytes(config_raw, config_desc.digest)
+    config = ImageConfig.parse(config_raw)
+    layers = manifest.layers
+    if len(layers) != len(config.diff_ids):
+        raise InvalidImage(
+            f"manifest {desc.digest} has {len(layers)} layers but its config lists "
+            f"{len(config.diff_ids)} diff_ids"
+        )
+    platform = desc.platform or config.platform
+    return SourceManifest(
+        descriptor=desc.with_(platform=platform),
+        config=config_desc,
+        layers=tuple(
+            SourceLayer(descriptor=d, diff_id=i) for d, i in zip(layers, config.diff_ids, strict=True)
+        ),
+    )
+
+
+def resolve_source(
+    client: ManifestSource, ref: Reference, store: ContentStore, platforms: Sequence[Platform] = ()
+) -> SourceImage:
+    root_desc, raw = client.fetch_manifest(ref)
+    media_type = detect_media_type(raw, root_desc.media_type)
+    root_desc = root_desc.with_(media_type=media_type)
+    if media_type in mt.MANIFEST_TYPES:
+        m = _load_manifest(client, ref, root_desc, raw, store)
+        if platforms and m.platform and not any(p.matches(m.platform) for p in platforms):
+            raise InvalidImage(
+                f"{ref} is {m.platform}, which is not among converter.platforms "
+                f"({', '.join(map(str, platforms))})"
+            )
+        return SourceImage(reference=str(ref), root=root_desc, manifests=(m,))
+    if media_type not in mt.INDEX_TYPES:
+        raise UnsupportedMediaType(f"{ref}: unsupported root media type {media_type}")
+    index = Index.parse(raw, media_type)
+    store.put_bytes(raw, root_desc.digest)
+    selected = []
+    for child in index.manifests:
+        if not _is_image_child(child):
+            continue
+        if platforms and not (child.platform and any(p.matches(child.platform) for p in platforms)):
+            continue
+        child_desc, child_raw = client.fetch_manifest(ref.with_digest(child.digest))
+        selected.append(_load_manifest(client, ref, child.with_(size=child_desc.size), child_raw, store))
+    if not selected:
+        wanted = ", ".join(map(str, platforms)) or "any"
+        raise InvalidImage(f"{ref}: no image manifest in the index matches platforms {wanted}")
+    return SourceImage(reference=str(ref), root=root_desc, manifests=tuple(selected))
+
+
+def _wants_oci(driver: Driver, source_media_type: str) -> bool:
+    return (
+        driver.requires_oci
+        or bool(getattr(driver.options, "docker2oci", True))
+        or (source_media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX))
+    )
+
+
+def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:
+    if not oci and layer.descriptor.media_type == mt.OCI_LAYER_GZIP:
+        return mt.DOCKER_LAYER_GZIP
+    return layer.descriptor.media_type
+
+
+def plan_for(
+    source: SourceImage, manifest: SourceManifest, layers: Sequence[ConvertedLayer], store: ContentStore
+) -> ImagePlan:
+    config = ImageConfig.parse(store.read_bytes(manifest.config.digest))
+    return ImagePlan(
+        source_manifest=manifest.descriptor,
+        source_reference=source.reference,
+        config=config,
+        layers=tuple(layers),
+    )
+
+
+def assemble_manifest(
+    plan: ImagePlan, driver: Driver, store: ContentStore, extra_annotations: dict[str, str] | None = None
+) -> BuiltManifest:
+    """Write the converted config and manifest for one platform into the store."""
+    oci = _wants_oci(driver, plan.source_manifest.media_type)
+    history = list(plan.history) if plan.history is not None else plan.config.doc.get("history")
+    config = plan.config.with_diff_ids([layer.diff_id for layer in plan.layers], history)
+    config_desc = Descriptor.of(mt.OCI_CONFIG if oci else mt.DOCKER_CONFIG, config.raw)
+    store.put_bytes(config.raw, config_desc.digest)
+
+    layers = [
+        layer.descriptor.with_(media_type=_layer_media_type(layer, oci), platform=None)
+        for layer in plan.layers
+    ]
+    annotations = {
+        mt.ACCEL_SOURCE_DIGEST: plan.source_manifest.digest,
+        mt.ACCEL_SOURCE_REFERENCE: plan.source_reference,
+        mt.ACCEL_DRIVER: driver.name,
+        mt.ACCEL_DRIVER_VERSION: driver.version,
+        **(extra_annotations or {}),
+        **plan.manifest_annotations,
+    }
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST if oci else mt.DOCKER_MANIFEST,
+    }
+    if plan.artifact_type and oci:
+        doc["artifactType"] = plan.artifact_type
+    doc["config"] = config_desc.to_dict()
+    doc["layers"] = [d.to_dict() for d in layers]
+    if oci:
+        doc["annotations"] = annotations
+    manifest = Manifest.build(doc)
+    store.put_bytes(manifest.raw, manifest.descriptor().digest)
+    descriptor = manifest.descriptor(platform=plan.source_manifest.platform)
+    return BuiltManifest(descriptor=descriptor, config=config_desc, layers=tuple(layers))
+
+
+def assemble_index(
+    source: SourceImage, manifests: Sequence[BuiltManifest], driver: Driver, store: ContentStore
+) -> Descriptor:
+    oci = _wants_oci(driver, source.root.media_type)
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX if oci else mt.DOCKER_MANIFEST_LIST,
+        "manifests": [m.descriptor.to_dict() for m in manifests],
+    }
+    if oci:
+        doc["annotations"] = {
+            mt.ACCEL_SOURCE_DIGEST: source.root.digest,
+            mt.ACCEL_SOURCE_REFERENCE: source.reference,
+            mt.ACCEL_DRIVER: driver.name,
+            mt.ACCEL_DRIVER_VERSION: driver.version,
+        }
+    raw = canonical_json(doc)
+    desc = Descriptor.of(doc["mediaType"], raw)
+    store.put_bytes(raw, desc.digest)
+    return desc
+
+
+def build_image(
+    source: SourceImage,
+    converted: dict[str, ConvertedLayer],
+    driver: Driver,
+    store: ContentStore,
+    extra_annotations: dict[str, str] | None = None,
+) -> BuiltImage:
+    """Every platform: plan → driver.finish → manifest; then an index when the source was one."""
+    built = []
+    for manifest in source.manifests:
+        layers = [converted[layer.descriptor.digest] for layer in manifest.layers]
+        plan = driver.finish(plan_for(source, manifest, layers, store), store)
+        built.append(assemble_manifest(plan, driver, store, extra_annotations))
+    root = (
+        assemble_index(source, built, driver, store)
+        if source.is_index
+        else built[0].descriptor.with_(platform=None)
+    )
+    return BuiltImage(root=root, manifests=tuple(built))

@@ -1,0 +1,62 @@
+"""Pushing a converted image: blobs, then manifests, then the index, then the tag — last.
+
+A reader of the tag therefore never sees a manifest whose blobs or children are missing; a failure
+anywhere before the last step leaves the tag untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from accel import constants as mt
+from accel.image import BuiltImage
+from accel.oci import Descriptor
+from accel.reference import Reference
+from accel.store import ContentStore
+
+log = logging.getLogger(__name__)
+
+
+class Pusher(Protocol):
+    """The slice of the registry client that publishing needs."""
+
+    def push_blob(
+        self, repo_ref: Reference, desc: Descriptor, store: ContentStore, mount_from: Sequence[str] = ()
+    ) -> None: ...
+
+    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor: ...
+
+
+def push_blobs(
+    client: Pusher, target: Reference, image: BuiltImage, store: ContentStore, mount_from: Sequence[str] = ()
+) -> None:
+    for blob in image.blobs():
+        client.push_blob(target, blob, store, mount_from)
+
+
+def push_manifests(client: Pusher, target: Reference, image: BuiltImage, store: ContentStore) -> None:
+    """Children by digest (an index's children must exist before the index)."""
+    if image.root.media_type not in mt.INDEX_TYPES:
+        return
+    for m in image.manifests:
+        client.push_manifest(
+            target.with_digest(m.descriptor.digest),
+            store.read_bytes(m.descriptor.digest),
+            m.descriptor.media_type,
+        )
+
+
+def push_tag(client: Pusher, target: Reference, image: BuiltImage, store: ContentStore) -> Descriptor:
+    """The root document under the target's tag (or digest, for digest-only targets)."""
+    raw = store.read_bytes(image.root.digest)
+    return client.push_manifest(target, raw, image.root.media_type)
+
+
+def push_image(
+    client: Pusher, target: Reference, image: BuiltImage, store: ContentStore, mount_from: Sequence[str] = ()
+) -> Descriptor:
+    push_blobs(client, target, image, store, mount_from)
+    push_manifests(client, target, image, store)
+    return push_tag(client, target, image, store)

@@ -1,0 +1,1 @@
+"""Entry points: `acceld` (HTTP API + Prefect deployments) and `accelctl` (CLI)."""

@@ -1,0 +1,1 @@
+"""Prefect flows: the conversion DAG and its compositions."""

@@ -1,0 +1,144 @@
+"""convert_image: resolve → pull layers → convert per layer → build manifest-or-index → push.
+
+The flow only composes tasks; every step's logic lives in the engine (`accel`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
+from pydantic import BaseModel
+
+from accel.context import context_for
+from accel.digest import short
+from accel.drivers import ConvertedLayer
+from accel.errors import ConfigError
+from accel.reference import Reference
+from accel.rules import target_reference
+from tasks import build_image, convert_layer, pull_layer, push_image, resolve
+
+
+class TargetResult(BaseModel):
+    driver: str
+    reference: str
+    digest: str
+    media_type: str
+    source_size: int
+    target_size: int
+    layers: int
+
+
+class ConversionResult(BaseModel):
+    source: str
+    source_digest: str
+    targets: list[TargetResult]
+    seconds: dict[str, float]
+
+
+def _config_path(config: str | None) -> str:
+    path = config or os.environ.get("ACCEL_CONFIG")
+    if not path:
+        raise ConfigError("no config: pass the `config` parameter or set ACCEL_CONFIG")
+    return str(Path(path).resolve())
+
+
+@flow(name="convert-image", flow_run_name="convert {source}", log_prints=True)
+def convert_image(
+    source: str,
+    drivers: list[str] | None = None,
+    config: str | None = None,
+    target_repository: str | None = None,
+) -> ConversionResult:
+    """Convert `source` with each driver (default: every configured one) and push beside it."""
+    logger = get_run_logger()
+    config_path = _config_path(config)
+    ctx = context_for(config_path)
+    converter = ctx.settings.converter
+    driver_types = drivers or [d.type for d in converter.all_drivers()]
+    for d in driver_types:
+        converter.find_driver(d)  # unknown driver: fail before touching the registry
+    source_ref = Reference.parse(source)
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    image = resolve(str(source_ref), config_path)
+    timings["resolve"] = time.monotonic() - started
+    logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
+
+    started = time.monotonic()
+    layers = image.unique_layers()
+    pulls = {
+        layer.descriptor.digest: pull_layer.submit(str(source_ref), layer, config_path) for layer in layers
+    }
+    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
+        d: [
+            convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
+            for layer in layers
+        ]
+        for d in driver_types
+    }
+    converted = {d: [f.result() for f in futures] for d, futures in conversions.items()}
+    # A cached result whose blob has since left the content store is converted again.
+    for d, results in converted.items():
+        for i, c in enumerate(results):
+            if not ctx.store.exists(c.descriptor.digest):
+                results[i] = convert_layer.with_options(refresh_cache=True)(layers[i], d, config_path)
+    timings["pull+convert"] = time.monotonic() - started
+
+    targets = []
+    source_size = sum(layer.descriptor.size for layer in layers)
+    for d in driver_types:
+        started = time.monotonic()
+        built = build_image(image, converted[d], d, config_path)
+        timings[f"build {d}"] = time.monotonic() - started
+        target = target_reference(
+            source_ref, converter.suffix_for(converter.find_driver(d)), target_repository
+        )
+        started = time.monotonic()
+        pushed = push_image(built, str(target), str(source_ref), config_path)
+        timings[f"push {d}"] = time.monotonic() - started
+        targets.append(
+            TargetResult(
+                driver=d,
+                reference=str(target),
+                digest=pushed.digest,
+                media_type=pushed.media_type,
+                source_size=source_size,
+                target_size=sum(b.size for b in built.blobs()),
+                layers=len(converted[d]),
+            )
+        )
+        logger.info("pushed %s@%s", target, pushed.digest)
+
+    result = ConversionResult(
+        source=str(source_ref), source_digest=image.root.digest, targets=targets, seconds=timings
+    )
+    _publish_artifact(result)
+    return result
+
+
+def _publish_artifact(result: ConversionResult) -> None:
+    rows = "\n".join(
+        f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} |"
+        for t in result.targets
+    )
+    stages = "\n".join(f"| {k} | {v:.2f} s |" for k, v in result.seconds.items())
+    create_markdown_artifact(
+        key="conversion",
+        description=f"conversion of {result.source}",
+        markdown=(
+            f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n"
+            "| driver | target | digest | source bytes | target bytes |\n|---|---|---|---|---|\n"
+            f"{rows}\n\n| stage | time |\n|---|---|\n{stages}\n"
+        ),
+    )
+
+
+def as_dict(result: ConversionResult) -> dict[str, Any]:
+    return result.model_dump(mode="json")

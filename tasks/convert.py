@@ -1,0 +1,97 @@
+"""The conversion DAG's tasks. Results are descriptors; blobs stay in the content store."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from accel import image as img
+from accel import publish
+from accel.context import context_for
+from accel.drivers import ConvertedLayer, LayerInput
+from accel.oci import Descriptor
+from accel.reference import Reference
+from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
+
+
+@task(
+    name="resolve",
+    task_run_name="resolve {source}",
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=transient_only,
+)
+def resolve(source: str, config_path: str) -> img.SourceImage:
+    ctx = context_for(config_path)
+    platforms = ctx.settings.converter.platform_filter()
+    return img.resolve_source(ctx.client, Reference.parse(source), ctx.store, platforms)
+
+
+@task(
+    name="pull-layer",
+    task_run_name=layer_run_name("pull"),
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=transient_only,
+)
+def pull_layer(source: str, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
+    """Into the content store, digest-verified; a blob already there is not fetched again."""
+    ctx = context_for(config_path)
+    ctx.client.fetch_blob(Reference.parse(source), layer.descriptor, ctx.store)
+    return layer
+
+
+def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Same source layer + driver + options + driver version + store → same converted blob."""
+    ctx = context_for(parameters["config_path"])
+    driver = ctx.driver(parameters["driver_type"])
+    layer: img.SourceLayer = parameters["layer"]
+    # The result names a blob in *this* store, so another store must not reuse it.
+    store_id = hashlib.sha256(str(ctx.store.root).encode()).hexdigest()[:12]
+    return f"convert-{layer.descriptor.digest}-{driver.cache_key()}-{store_id}"
+
+
+@task(
+    name="convert-layer",
+    task_run_name=layer_run_name("convert"),
+    retries=1,
+    retry_delay_seconds=2,
+    cache_key_fn=_convert_cache_key,
+    persist_result=True,
+)
+def convert_layer(layer: img.SourceLayer, driver_type: str, config_path: str) -> ConvertedLayer:
+    ctx = context_for(config_path)
+    driver = ctx.driver(driver_type)
+    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store))
+
+
+@task(name="build-manifest", task_run_name="build {driver_type} manifest")
+def build_image(
+    source: img.SourceImage,
+    converted: list[ConvertedLayer],
+    driver_type: str,
+    config_path: str,
+    extra_annotations: dict[str, str] | None = None,
+) -> img.BuiltImage:
+    ctx = context_for(config_path)
+    by_source = {c.source.digest: c for c in converted}
+    return img.build_image(source, by_source, ctx.driver(driver_type), ctx.store, extra_annotations)
+
+
+@task(
+    name="push",
+    task_run_name="push {target}",
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=transient_only,
+)
+def push_image(image: img.BuiltImage, target: str, source: str, config_path: str) -> Descriptor:
+    """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
+    ctx = context_for(config_path)
+    target_ref = Reference.parse(target)
+    source_ref = Reference.parse(source)
+    mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
+    return publish.push_image(ctx.client, target_ref, image, ctx.store, mount_from)
