@@ -1,0 +1,767 @@
+"""Deterministic synthetic source images for conversion tests.
+
+`TarBuilder` describes one layer entry by entry and renders it as a tar (PAX by default). Large file
+contents are generated lazily from a seed, so a layer is streamed, never held in memory. `build_image`
+compresses layers into a ContentStore and writes a valid config and manifest; `build_index` wraps several
+platforms. `standard_layers` is the 3-layer image with every hard case converters must survive.
+
+Everything is a pure function of its inputs: fixed mtimes, fixed `created`, gzip header mtime 0, and
+compression settings whose output does not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import zstandard
+from isal import igzip_threaded
+
+from accel import constants as mt
+from accel import digest as dg
+from accel.oci import Descriptor, Platform, canonical_json
+from accel.store import BlobWriter, ContentStore
+
+MiB = 1 << 20
+DEFAULT_MTIME = 1_700_000_000
+CREATED = "2023-11-14T22:13:20Z"  # DEFAULT_MTIME as RFC 3339
+# Both codecs below produce the same bytes for any thread count >= 1, so digests are machine-independent.
+COMPRESS_THREADS = 2
+GZIP_LEVEL = 2  # isal's default trade-off
+ZSTD_LEVEL = 3
+
+EntryKind = Literal["reg", "dir", "symlink", "hardlink", "char", "block", "fifo"]
+Pattern = Literal["random", "text", "zeros"]
+TarFormat = Literal["pax", "gnu"]
+MediaFlavor = Literal["oci", "docker"]
+Compression = Literal["gzip", "zstd", "none"]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+# A v2 file capability (VFS_CAP_REVISION_2, effective) granting CAP_SETUID (bit 7) and CAP_NET_RAW
+# (bit 13), as `setcap cap_setuid,cap_net_raw+ep` stores it. Byte 0x80 makes it invalid UTF-8: the case
+# that breaks naive PAX handling.
+CAPABILITY_XATTR = bytes.fromhex("0100000280200000000000000000000000000000")
+
+_TAR_TYPES: dict[str, bytes] = {
+    "reg": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+_TAR_FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
+
+# --- deterministic content -------------------------------------------------------------------------
+
+_BLOCK = MiB
+# Maps every byte value onto 16 text characters: ~4 bits of entropy per byte, so "text" compresses
+# roughly 2:1 like real files while costing one C-level translate per block.
+_TEXT_TABLE = bytes(b"etaoinshrdlu \n.,"[i % 16] for i in range(256))
+
+
+def _block(seed: int, index: int, pattern: Pattern, length: int = _BLOCK) -> bytes:
+    """The first `length` bytes of block `index`; shorter requests are prefixes of longer ones."""
+    if pattern == "zeros":
+        return bytes(length)
+    # One generator per block keeps the stream independent of how callers slice their reads.
+    # randbytes of a multiple of 4 is a prefix of any longer call (whole 32-bit words, little-endian).
+    data = random.Random(f"imagegen/{seed}/{index}").randbytes(-(-length // 4) * 4)[:length]
+    return data.translate(_TEXT_TABLE) if pattern == "text" else data
+
+
+def generated_bytes(size: int, seed: int, pattern: Pattern = "random") -> Iterator[bytes]:
+    """The content of `file_from_generator(..., size, seed, pattern)` as chunks of at most 1 MiB.
+
+    A shorter file with the same seed and pattern is a prefix of a longer one.
+    """
+    index = 0
+    remaining = size
+    while remaining > 0:
+        chunk = _block(seed, index, pattern, min(remaining, _BLOCK))
+        yield chunk
+        remaining -= len(chunk)
+        index += 1
+
+
+class _GeneratedReader(io.RawIOBase):
+    """File-like view of `generated_bytes`, what tarfile's copy loop reads from."""
+
+    def __init__(self, size: int, seed: int, pattern: Pattern) -> None:
+        self._chunks = generated_bytes(size, seed, pattern)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending:
+            self._pending = memoryview(next(self._chunks, b""))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+# --- layer description -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratedContent:
+    size: int
+    seed: int
+    pattern: Pattern = "random"
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One tar member as the test wrote it. Content is either `data` or `generated`."""
+
+    name: str
+    kind: EntryKind
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    uname: str = "root"
+    gname: str = "root"
+    mtime: int = DEFAULT_MTIME
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    data: bytes = b""
+    generated: GeneratedContent | None = None
+    auto: bool = False  # a parent dir added by `auto_parents`, replaceable by an explicit `dir()`
+
+    @property
+    def size(self) -> int:
+        if self.kind != "reg":
+            return 0
+        return self.generated.size if self.generated else len(self.data)
+
+    def open_content(self) -> BinaryIO:
+        if self.generated:
+            g = self.generated
+            return io.BufferedReader(_GeneratedReader(g.size, g.seed, g.pattern), buffer_size=_BLOCK)
+        return io.BytesIO(self.data)
+
+    def tarinfo(self, tar_format: TarFormat) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(self.name)
+        info.type = _TAR_TYPES[self.kind]
+        info.mode = self.mode
+        info.uid, info.gid = self.uid, self.gid
+        info.uname, info.gname = self.uname, self.gname
+        info.mtime = self.mtime
+        info.size = self.size
+        info.linkname = self.linkname
+        info.devmajor, info.devminor = self.devmajor, self.devminor
+        if tar_format == "pax" and self.xattrs:
+            # tarfile carries PAX values as str; surrogateescape round-trips binary values byte-exactly
+            # (tarfile then marks the header hdrcharset=BINARY).
+            info.pax_headers = {
+                f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")
+                for key, value in self.xattrs.items()
+            }
+        return info
+
+
+def _clean_name(name: str) -> str:
+    cleaned = name
+    while cleaned.startswith(("/", "./")):
+        cleaned = cleaned[1:] if cleaned.startswith("/") else cleaned[2:]
+    cleaned = cleaned.rstrip("/")
+    if not cleaned or cleaned == ".":
+        raise ValueError(f"not a usable tar member name: {name!r}")
+    return cleaned
+
+
+def _parent(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+class TarBuilder:
+    """An ordered list of tar members; methods return `self` so calls chain.
+
+    Names are archive paths without a leading "/" or "./". With `auto_parents`, missing parent
+    directories are emitted (0o755 root:root) before the first entry inside them; a later explicit
+    `dir()` of such a parent replaces it in place, so parents still precede children.
+    """
+
+    def __init__(self, *, mtime: int = DEFAULT_MTIME, auto_parents: bool = False) -> None:
+        self.mtime = mtime
+        self.auto_parents = auto_parents
+        self._entries: list[EntrySpec] = []
+        self._auto_dirs: dict[str, int] = {}  # name -> index in _entries
+        self._dirs: set[str] = set()
+        self._latest: dict[str, EntrySpec] = {}  # name -> its last entry, for hardlink metadata
+
+    @property
+    def entries(self) -> tuple[EntrySpec, ...]:
+        return tuple(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- entry kinds ------------------------------------------------------------------------------
+
+    def file(
+        self,
+        name: str,
+        data: bytes = b"",
+        *,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        xattrs: Mapping[str, bytes] | None = None,
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(name, "reg", mode, uid, gid, uname, gname, xattrs, mtime, data=bytes(data))
+
+    def file_from_generator(
+        self,
+        name: str,
+        size: int,
+        seed: int = 0,
+        *,
+        pattern: Pattern = "random",
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        xattrs: Mapping[str, bytes] | None = None,
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        """A regular file whose `size` bytes are generated as the tar is written (see `generated_bytes`)."""
+        content = GeneratedContent(size=size, seed=seed, pattern=pattern)
+        return self._add(name, "reg", mode, uid, gid, uname, gname, xattrs, mtime, generated=content)
+
+    def dir(
+        self,
+        name: str,
+        *,
+        mode: int = 0o755,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        xattrs: Mapping[str, bytes] | None = None,
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(name, "dir", mode, uid, gid, uname, gname, xattrs, mtime)
+
+    def symlink(
+        self,
+        name: str,
+        target: str,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(name, "symlink", 0o777, uid, gid, uname, gname, None, mtime, linkname=target)
+
+    def hardlink(self, name: str, target: str) -> TarBuilder:
+        """`target` is the archive path of an earlier member (same layer or a lower one).
+
+        The header repeats the target's mode, owner and mtime as real writers do: extractors (tarfile,
+        containerd) chmod/chown the shared inode with the link header's values.
+        """
+        target = _clean_name(target)
+        t = self._latest.get(target) or EntrySpec(name=target, kind="reg", mode=0o644, mtime=self.mtime)
+        return self._add(
+            name, "hardlink", t.mode, t.uid, t.gid, t.uname, t.gname, None, t.mtime, linkname=target
+        )
+
+    def char_device(
+        self,
+        name: str,
+        major: int,
+        minor: int,
+        *,
+        mode: int = 0o666,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(
+            name, "char", mode, uid, gid, uname, gname, None, mtime, devmajor=major, devminor=minor
+        )
+
+    def block_device(
+        self,
+        name: str,
+        major: int,
+        minor: int,
+        *,
+        mode: int = 0o660,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(
+            name, "block", mode, uid, gid, uname, gname, None, mtime, devmajor=major, devminor=minor
+        )
+
+    def fifo(
+        self,
+        name: str,
+        *,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "root",
+        gname: str = "root",
+        mtime: int | None = None,
+    ) -> TarBuilder:
+        return self._add(name, "fifo", mode, uid, gid, uname, gname, None, mtime)
+
+    def whiteout(self, path: str) -> TarBuilder:
+        """Delete `path` (and its subtree) of the lower layers: an empty `.wh.<name>` file beside it."""
+        path = _clean_name(path)
+        parent, _, base = path.rpartition("/")
+        marker = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else f"{WHITEOUT_PREFIX}{base}"
+        return self._add(marker, "reg", 0o644, 0, 0, "root", "root", None, None)
+
+    def opaque(self, directory: str) -> TarBuilder:
+        """Hide everything the lower layers had inside `directory`; add the dir itself first."""
+        return self._add(
+            f"{_clean_name(directory)}/{OPAQUE_MARKER}", "reg", 0o644, 0, 0, "root", "root", None, None
+        )
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def write_tar(self, fileobj: Any, tar_format: TarFormat = "pax") -> None:
+        """Stream the archive into anything with `write`. GNU format cannot carry xattrs: they are dropped."""
+        with tarfile.open(
+            fileobj=fileobj, mode="w|", format=_TAR_FORMATS[tar_format], encoding="utf-8"
+        ) as tar:
+            for entry in self._entries:
+                info = entry.tarinfo(tar_format)
+                if entry.kind == "reg":
+                    with entry.open_content() as content:
+                        tar.addfile(info, content)
+                else:
+                    tar.addfile(info)
+
+    def to_tar(self, tar_format: TarFormat = "pax") -> bytes:
+        buffer = io.BytesIO()
+        self.write_tar(buffer, tar_format)
+        return buffer.getvalue()
+
+    def to_tar_file(self, path: Path | str, tar_format: TarFormat = "pax") -> Path:
+        path = Path(path)
+        with path.open("wb") as f:
+            self.write_tar(f, tar_format)
+        return path
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _add(
+        self,
+        name: str,
+        kind: EntryKind,
+        mode: int,
+        uid: int,
+        gid: int,
+        uname: str,
+        gname: str,
+        xattrs: Mapping[str, bytes] | None,
+        mtime: int | None,
+        **content: Any,
+    ) -> TarBuilder:
+        name = _clean_name(name)
+        spec = EntrySpec(
+            name=name,
+            kind=kind,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            uname=uname,
+            gname=gname,
+            mtime=self.mtime if mtime is None else mtime,
+            xattrs=dict(xattrs or {}),
+            **content,
+        )
+        self._latest[name] = spec
+        if kind == "dir" and name in self._auto_dirs:
+            self._entries[self._auto_dirs.pop(name)] = spec
+            return self
+        if self.auto_parents:
+            self._add_parents(name)
+        if kind == "dir":
+            self._dirs.add(name)
+        self._entries.append(spec)
+        return self
+
+    def _add_parents(self, name: str) -> None:
+        missing: list[str] = []
+        parent = _parent(name)
+        while parent and parent not in self._dirs:
+            missing.append(parent)
+            parent = _parent(parent)
+        for directory in reversed(missing):
+            self._dirs.add(directory)
+            self._auto_dirs[directory] = len(self._entries)
+            self._entries.append(
+                EntrySpec(name=directory, kind="dir", mode=0o755, mtime=self.mtime, auto=True)
+            )
+
+
+LayerSpec = TarBuilder  # the name the test plan uses for a layer description
+
+
+# --- the standard hard-case image ------------------------------------------------------------------
+
+LONG_DIR = "usr/share/doc/" + "/".join(f"level-{i:02d}-of-a-deeply-nested-tree" for i in range(4))
+LONG_FILE = f"{LONG_DIR}/a-file-name-that-is-long-enough-on-its-own.txt"
+UNICODE_FILE = "héllo/wörld-日本.txt"
+
+
+def standard_layers(big_file_size: int = 5 * MiB, *, arch: str = "amd64") -> list[TarBuilder]:
+    """Three layers covering the tar and overlay cases converters get wrong.
+
+    Layer 0 (base): every entry type, special modes, owners, xattrs, long and non-ASCII names.
+    Layer 1 (update): whiteouts, an opaque dir, a file replaced by a dir, a modified file, hardlinks.
+    Layer 2 (app): differs per `arch`, so two platforms share layers 0-1 and differ in layer 2.
+    """
+    assert len(LONG_FILE) > 100 and len(LONG_DIR) > 100
+    base = TarBuilder(auto_parents=True)
+    base.dir("etc")
+    base.file("etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n", xattrs={"user.origin": b"imagegen"})
+    base.file("etc/empty")
+    base.file("etc/os-release", b'NAME="imagegen"\nVERSION_ID="1"\n')
+    base.file("etc/remove-me", b"whited out by layer 1\n")
+    base.file("etc/shadow", b"root:*:19000:0:99999:7:::\n", mode=0o640, gid=42, gname="shadow")
+    base.symlink("etc/localtime", "/usr/share/zoneinfo/UTC")  # absolute
+    base.symlink("etc/dangling", "../nowhere/at/all")  # dangling
+    base.dir("root", mode=0o700)
+    base.dir("tmp", mode=0o1777)
+    base.dir("usr/bin")
+    base.file("usr/bin/tool", b"\x7fELF" + bytes(range(256)) * 4, mode=0o755)
+    base.symlink("usr/bin/tool-link", "tool")  # relative
+    base.hardlink("usr/bin/tool-hard", "usr/bin/tool")
+    base.file("usr/bin/su-like", b"\x7fELF setuid\n", mode=0o4755)
+    base.file("usr/bin/wall-like", b"\x7fELF setgid\n", mode=0o2755, gid=5, gname="tty")
+    base.file(
+        "usr/bin/ping-like",
+        b"\x7fELF needs raw sockets\n",
+        mode=0o755,
+        xattrs={"security.capability": CAPABILITY_XATTR, "user.note": "ünïcode".encode()},
+    )
+    base.file_from_generator("usr/lib/big.bin", big_file_size, seed=1)
+    base.file_from_generator("var/lib/zeros.img", MiB, pattern="zeros")
+    base.file("usr/share/zoneinfo/UTC", b"TZif2" + bytes(40))
+    base.file(LONG_FILE, b"PAX path record\n")
+    base.symlink("usr/share/doc/latest", "/" + LONG_FILE)  # long link target
+    base.hardlink("usr/share/doc/long-hardlink", LONG_FILE)  # long hardlink target
+    base.char_device("dev/null", 1, 3)
+    base.char_device("dev/zero", 1, 5)
+    base.block_device("dev/loop0", 7, 0, gid=6, gname="disk")
+    base.fifo("run/initctl", mode=0o600)
+    base.dir("home/app", mode=0o750, uid=1000, gid=1000, uname="app", gname="app")
+    base.file("home/app/.profile", b"export PS1='$ '\n", uid=1000, gid=1000, uname="app", gname="app")
+    base.file(UNICODE_FILE, "こんにちは\n".encode())
+    base.dir("opt/app")
+    base.file("opt/app/config.yml", b"version: 1\n")
+    base.file("opt/app/lib/libold.so", b"old library\n")
+    base.file("opt/thing", b"a file that becomes a directory\n")
+    base.file("var/cache/old/sub/file", b"whited out with its directory\n")
+
+    update = TarBuilder(auto_parents=True)
+    update.dir("etc")
+    update.whiteout("etc/remove-me")
+    update.file("etc/os-release", b'NAME="imagegen"\nVERSION_ID="2"\n')
+    update.dir("opt")
+    update.dir("opt/app")
+    update.opaque("opt/app")
+    update.file("opt/app/config.yml", b"version: 2\n")
+    update.file("opt/app/new.txt", b"added after the opaque marker\n")
+    update.dir("opt/thing")
+    update.file("opt/thing/inner.txt", b"the file is now a directory\n")
+    update.dir("var/cache")
+    update.whiteout("var/cache/old")
+    update.file("usr/local/bin/a", b"#!/bin/sh\necho a\n", mode=0o755)
+    update.hardlink("usr/local/bin/b", "usr/local/bin/a")
+
+    app = TarBuilder(auto_parents=True)
+    app.dir("app", uid=1000, gid=1000, uname="app", gname="app")
+    app.file("app/main.py", b"print('hello')\n", uid=1000, gid=1000, uname="app", gname="app")
+    app.file("app/run.sh", b"#!/bin/sh\nexec python3 /app/main.py\n", mode=0o755)
+    app.file("app/arch.txt", f"built for {arch}\n".encode())
+    return [base, update, app]
+
+
+# --- images in a content store ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    manifest_raw: bytes
+    manifest_media_type: str
+    manifest: Descriptor  # no platform; `build_index` adds it
+    config_raw: bytes
+    config: Descriptor
+    layers: list[Descriptor]
+    diff_ids: list[str]
+    blobs: list[str]  # config, layers, manifest: every digest this image put in the store
+    platform: Platform
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    raw: bytes
+    media_type: str
+    descriptor: Descriptor
+    images: list[BuiltImage]
+    blobs: list[str]  # every image's blobs (deduplicated, in order) plus the index itself
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class _DiffIdTee:
+    """Hashes the uncompressed tar on its way into the compressor."""
+
+    def __init__(self, inner: _Writable) -> None:
+        self._inner = inner
+        self.digester = dg.Digester()
+
+    def write(self, data: bytes) -> int:
+        self.digester.update(data)
+        self._inner.write(data)
+        return len(data)
+
+
+def _layer_media_type(media: MediaFlavor, compression: Compression) -> str:
+    if media == "oci":
+        return {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD, "none": mt.OCI_LAYER_TAR}[compression]
+    if compression != "gzip":
+        raise ValueError("Docker schema2 images here are gzip only; use media='oci' for zstd or none")
+    return mt.DOCKER_LAYER_GZIP
+
+
+def _write_layer(
+    builder: TarBuilder, blob: BlobWriter, compression: Compression, tar_format: TarFormat
+) -> str:
+    """Tar -> compressor -> blob in one pass; returns the DiffID."""
+    if compression == "none":
+        tee = _DiffIdTee(blob)
+        builder.write_tar(tee, tar_format)
+        return tee.digester.digest()
+    if compression == "gzip":
+        compressor: Any = igzip_threaded.open(
+            blob, "wb", compresslevel=GZIP_LEVEL, threads=COMPRESS_THREADS, block_size=MiB
+        )
+    else:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=COMPRESS_THREADS).stream_writer(
+            blob, closefd=False
+        )
+    with compressor:
+        tee = _DiffIdTee(compressor)
+        builder.write_tar(tee, tar_format)
+    return tee.digester.digest()
+
+
+def _platform(platform: Sequence[str]) -> Platform:
+    if len(platform) not in (2, 3):
+        raise ValueError(f"platform is (os, arch) or (os, arch, variant), got {platform!r}")
+    return Platform(
+        os=platform[0], architecture=platform[1], variant=platform[2] if len(platform) == 3 else None
+    )
+
+
+def build_image(
+    layers: Sequence[TarBuilder],
+    store: ContentStore,
+    *,
+    platform: Sequence[str] = ("linux", "amd64"),
+    media: MediaFlavor = "oci",
+    compression: Compression = "gzip",
+    tar_format: TarFormat = "pax",
+) -> BuiltImage:
+    """Write layers, config and manifest into `store`. Layers stream through the compressor."""
+    plat = _platform(platform)
+    layer_type = _layer_media_type(media, compression)
+    layer_descriptors: list[Descriptor] = []
+    diff_ids: list[str] = []
+    for builder in layers:
+        with store.writer() as blob:
+            diff_ids.append(_write_layer(builder, blob, compression, tar_format))
+        assert blob.digest is not None
+        layer_descriptors.append(Descriptor(media_type=layer_type, digest=blob.digest, size=blob.size))
+
+    # The empty_layer entry sits after the base layer, as an ENV step would: consumers must not
+    # pair history with layers by index.
+    history: list[dict[str, Any]] = []
+    for index in range(len(layers)):
+        history.append({"created": CREATED, "created_by": f"imagegen: layer {index}"})
+        if index == 0:
+            history.append({"created": CREATED, "created_by": "ENV LANG=C.UTF-8", "empty_layer": True})
+    if not layers:
+        history.append({"created": CREATED, "created_by": "ENV LANG=C.UTF-8", "empty_layer": True})
+    config_doc: dict[str, Any] = {"created": CREATED, "architecture": plat.architecture, "os": plat.os}
+    if plat.variant:
+        config_doc["variant"] = plat.variant
+    config_doc["config"] = {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+        "Cmd": ["/bin/sh"],
+        "WorkingDir": "/",
+    }
+    config_doc["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    config_doc["history"] = history
+    config_raw = canonical_json(config_doc)
+    config_type = mt.OCI_CONFIG if media == "oci" else mt.DOCKER_CONFIG
+    config_descriptor = Descriptor.of(config_type, config_raw)
+    store.put_bytes(config_raw, config_descriptor.digest)
+
+    manifest_type = mt.OCI_MANIFEST if media == "oci" else mt.DOCKER_MANIFEST
+    manifest_raw = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": config_descriptor.to_dict(),
+            "layers": [d.to_dict() for d in layer_descriptors],
+        }
+    )
+    manifest_descriptor = Descriptor.of(manifest_type, manifest_raw)
+    store.put_bytes(manifest_raw, manifest_descriptor.digest)
+    return BuiltImage(
+        manifest_raw=manifest_raw,
+        manifest_media_type=manifest_type,
+        manifest=manifest_descriptor,
+        config_raw=config_raw,
+        config=config_descriptor,
+        layers=layer_descriptors,
+        diff_ids=diff_ids,
+        blobs=[config_descriptor.digest, *(d.digest for d in layer_descriptors), manifest_descriptor.digest],
+        platform=plat,
+    )
+
+
+def build_index(images: Sequence[BuiltImage], store: ContentStore, media: MediaFlavor = "oci") -> BuiltIndex:
+    """An OCI index or Docker manifest list over already-built images, each entry with its platform."""
+    index_type = mt.OCI_INDEX if media == "oci" else mt.DOCKER_MANIFEST_LIST
+    entries = [image.manifest.with_(platform=image.platform).to_dict() for image in images]
+    raw = canonical_json({"schemaVersion": 2, "mediaType": index_type, "manifests": entries})
+    descriptor = Descriptor.of(index_type, raw)
+    store.put_bytes(raw, descriptor.digest)
+    blobs = list(dict.fromkeys(d for image in images for d in image.blobs))
+    return BuiltIndex(
+        raw=raw,
+        media_type=index_type,
+        descriptor=descriptor,
+        images=list(images),
+        blobs=[*blobs, descriptor.digest],
+    )
+
+
+def standard_image(
+    store: ContentStore,
+    *,
+    arch: str = "amd64",
+    media: MediaFlavor = "oci",
+    compression: Compression = "gzip",
+    big_file_size: int = 5 * MiB,
+) -> BuiltImage:
+    return build_image(
+        standard_layers(big_file_size, arch=arch),
+        store,
+        platform=("linux", arch),
+        media=media,
+        compression=compression,
+    )
+
+
+def standard_index(
+    store: ContentStore,
+    *,
+    media: MediaFlavor = "oci",
+    compression: Compression = "gzip",
+    big_file_size: int = 5 * MiB,
+) -> BuiltIndex:
+    """linux/amd64 + linux/arm64: layers 0-1 are the same blobs, layer 2 differs."""
+    images = [
+        standard_image(store, arch=arch, media=media, compression=compression, big_file_size=big_file_size)
+        for arch in ("amd64", "arm64")
+    ]
+    return build_index(images, store, media)
+
+
+# --- the bench image -------------------------------------------------------------------------------
+
+
+def big_layers(total_bytes: int = 200 * MiB, seed: int = 0, *, layer_count: int = 4) -> list[TarBuilder]:
+    """Layers totalling about `total_bytes` of file content: ~30% many small text-like files
+    (compressible), ~70% a few large random files. Only (size, seed) pairs are held in memory."""
+    rng = random.Random(f"imagegen-big/{seed}")
+    # Lower layers are bigger, as base images are.
+    weights = [layer_count - i for i in range(layer_count)]
+    layers: list[TarBuilder] = []
+    content_seed = seed * 1_000_000
+    for layer_index, weight in enumerate(weights):
+        layer_budget = total_bytes * weight // sum(weights)
+        builder = TarBuilder(auto_parents=True)
+        small_budget = layer_budget * 3 // 10
+        written = 0
+        file_index = 0
+        while written < small_budget:
+            size = min(rng.randint(512, 64 * 1024), small_budget - written)
+            name = f"data/layer{layer_index}/d{file_index // 100:03d}/f{file_index:05d}.txt"
+            content_seed += 1
+            builder.file_from_generator(name, size, content_seed, pattern="text")
+            written += size
+            file_index += 1
+        large_count = 2 if layer_budget < 32 * MiB else 3
+        large_budget = layer_budget - written
+        for large_index in range(large_count):
+            size = large_budget // large_count
+            content_seed += 1
+            builder.file_from_generator(f"opt/layer{layer_index}/blob{large_index}.bin", size, content_seed)
+        layers.append(builder)
+    return layers
+
+
+def big_image(
+    store: ContentStore,
+    total_bytes: int = 200 * MiB,
+    seed: int = 0,
+    *,
+    layer_count: int = 4,
+    media: MediaFlavor = "oci",
+    compression: Compression = "gzip",
+    platform: Sequence[str] = ("linux", "amd64"),
+) -> BuiltImage:
+    """The bench image: every layer is generated, compressed and hashed in one streaming pass."""
+    return build_image(
+        big_layers(total_bytes, seed, layer_count=layer_count),
+        store,
+        platform=platform,
+        media=media,
+        compression=compression,
+    )
