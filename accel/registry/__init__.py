@@ -1,0 +1,33 @@
+"""Registry access: the only code in accel that speaks HTTP to registries.
+
+client = RegistryClient({"127.0.0.1:5000": HostConfig()})
+desc = client.resolve(Reference.parse("127.0.0.1:5000/app:v1"))
+"""
+
+from accel.registry.auth import Credential, DockerConfig
+from accel.registry.client import HostConfig, RegistryClient, is_loopback_host, uses_plain_http
+from accel.registry.errors import (
+    AuthenticationError,
+    BlobSizeMismatch,
+    Forbidden,
+    NotFound,
+    RegistryError,
+    TransientRegistryError,
+    is_transient,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "BlobSizeMismatch",
+    "Credential",
+    "DockerConfig",
+    "Forbidden",
+    "HostConfig",
+    "NotFound",
+    "RegistryClient",
+    "RegistryError",
+    "TransientRegistryError",
+    "is_loopback_host",
+    "is_transient",
+    "uses_plain_http",
+]

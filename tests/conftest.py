@@ -1,0 +1,63 @@
+"""Shared fixtures. Real registries are session-scoped (one process each); tests use unique repo names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import registry as harness
+
+# The password contains ':' on purpose: Basic auth must split on the first colon only.
+TEST_ACCOUNT = harness.Account("accel-tester", "s3cret:with:colons")
+
+
+def _require_registry() -> None:
+    if not harness.registry_available():
+        pytest.skip(f"{harness.REGISTRY_BINARY} is not installed")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RegistryServer]:
+    """An anonymous `docker-registry` on loopback (restartable with .stop()/.start())."""
+    _require_registry()
+    with harness.anonymous_registry(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RegistryServer]:
+    """A registry with htpasswd auth; its `.account` holds the user and password."""
+    _require_registry()
+    with harness.htpasswd_registry(tmp_path_factory.mktemp("htpasswd-registry"), TEST_ACCOUNT) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RegistryServer]:
+    """A registry with bearer-token auth; `.token_server` records requests, `.account` is the user."""
+    _require_registry()
+    with harness.token_registry(tmp_path_factory.mktemp("token-registry"), TEST_ACCOUNT) as server:
+        yield server
+
+
+@pytest.fixture
+def fault_proxy(registry: harness.RegistryServer) -> Iterator[harness.FaultProxy]:
+    """A FaultProxy in front of the anonymous `registry`, stopped after the test."""
+    with harness.fault_proxy(registry.host) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def repo_name() -> str:
+    """A repository name no other test uses."""
+    return f"test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # imported lazily so conftest stays light
+    from accel.store import ContentStore
+
+    return ContentStore(tmp_path / "store")
