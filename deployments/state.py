@@ -18,6 +18,7 @@ def state_dir() -> Path:
 def use_embedded_prefect() -> Path:
     """Point Prefect at `<state>/prefect` unless the caller already chose a home or an API."""
     home = state_dir() / "prefect"
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", str(home))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     return Path(os.environ["PREFECT_HOME"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.harness import registry as harness
+
+# Prefect reads these when first imported: keep its home (results, task cache) private to this test session
+# and keep its server from phoning home (there is no internet here).
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="accel-test-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 # The password contains ':' on purpose: Basic auth must split on the first colon only.
 TEST_ACCOUNT = harness.Account("accel-tester", "s3cret:with:colons")
