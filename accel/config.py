@@ -9,13 +9,15 @@ Layout (as Harbor acceleration-service's config.yaml):
     converter: {worker, harbor_annotation, platforms, driver: {type, config}, rules: [...]}
 
 accel additions: `converter.drivers` (several formats per push, each with its own tag suffix),
-`provider.docker_config` (path to a docker config.json for credentials).
+`provider.docker_config` (path to a docker config.json for credentials), `converter.rules[].{repository,
+drivers, target}` (per-repository drivers and target repository), `bulk: {schedule, repositories}`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -97,6 +99,14 @@ class ProviderSettings(_Model):
     cache_version: str = "v1"
     docker_config: Path | None = None
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _empty_host_is_defaults(cls, value: Any) -> Any:
+        # acceld's sample lists hosts with every key commented out, which YAML reads as null.
+        if isinstance(value, dict):
+            return {host: {} if settings is None else settings for host, settings in value.items()}
+        return value
+
 
 class DriverSettings(_Model):
     type: str
@@ -115,6 +125,12 @@ class DriverSettings(_Model):
 class Rule(_Model):
     tag_suffix: str | None = None
     cache_tag: str | None = None
+    # accel: routing for pushed images. A rule with `repository` (a glob over `host/repo`, e.g.
+    # `harbor.example.com/library/*`) applies to matching sources only; `drivers` picks formats for them
+    # and `target` names the target repository (`{repository}` is the source's, e.g. `{repository}-lazy`).
+    repository: str | None = None
+    drivers: list[str] | None = None
+    target: str | None = None
 
     @field_validator("tag_suffix", "cache_tag")
     @classmethod
@@ -122,6 +138,25 @@ class Rule(_Model):
         if value is not None and not re.fullmatch(r"[\w.-]{1,128}", value):
             raise ValueError(f"{value!r} is not usable in a tag (letters, digits, '_', '.', '-')")
         return value
+
+    @field_validator("target")
+    @classmethod
+    def _target_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            rendered = value.replace("{repository}", "a/b")
+            if "{" in rendered or not re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+|/)[a-z0-9]+)*", rendered):
+                raise ValueError(f"{value!r} is not a repository name (placeholder: {{repository}})")
+        return value
+
+    def matches(self, registry: str, repository: str) -> bool:
+        return self.repository is None or fnmatch.fnmatchcase(f"{registry}/{repository}", self.repository)
+
+
+class Route(BaseModel):
+    """Where a pushed image goes: which drivers (None: all configured) and which target repository."""
+
+    drivers: list[str] | None = None
+    target_repository: str | None = None
 
 
 class ConverterSettings(_Model):
@@ -144,6 +179,11 @@ class ConverterSettings(_Model):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         self.platform_filter()
+        configured = {d.type for d in self.all_drivers()}
+        for rule in self.rules:
+            unknown = sorted(set(rule.drivers or ()) - configured)
+            if unknown:
+                raise ValueError(f"rules: driver(s) {', '.join(unknown)} are not configured")
         return self
 
     def all_drivers(self) -> list[DriverSettings]:
@@ -171,6 +211,14 @@ class ConverterSettings(_Model):
             return self.tag_suffix
         return f"-{driver.type}"
 
+    def route(self, registry: str, repository: str) -> Route:
+        """The first matching rule with `drivers` or `target` decides; none: every driver, same repository."""
+        for rule in self.rules:
+            if (rule.drivers or rule.target) and rule.matches(registry, repository):
+                target = rule.target.replace("{repository}", repository) if rule.target else None
+                return Route(drivers=rule.drivers, target_repository=target)
+        return Route()
+
     def find_driver(self, driver_type: str) -> DriverSettings:
         for d in self.all_drivers():
             if d.type == driver_type:
@@ -181,11 +229,28 @@ class ConverterSettings(_Model):
         )
 
 
+class BulkSettings(_Model):
+    """accel: re-conversion of every tag that lacks an up-to-date converted image (flow `bulk-reconvert`)."""
+
+    schedule: str | None = None  # cron, e.g. "0 3 * * *"; unset: run on demand only
+    repositories: list[str] = []  # "host/repo"; empty: every repository in each source host's catalog
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and len(value.split()) not in (5, 6):
+            raise ValueError(f"{value!r} is not a cron expression (5 fields, e.g. '0 3 * * *')")
+        return value
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     metric: MetricSettings = MetricSettings()
     provider: ProviderSettings = ProviderSettings()
     converter: ConverterSettings
+    bulk: BulkSettings = BulkSettings()
 
     def host(self, registry: str) -> SourceHost | None:
         return self.provider.source.get(registry)

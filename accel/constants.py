@@ -26,6 +26,10 @@ ALL_MANIFEST_TYPES = MANIFEST_TYPES | INDEX_TYPES
 # eStargz (stargz-snapshotter docs/estargz.md)
 ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 ESTARGZ_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
+# eStargz in-blob names: the TOC tar entry and the prefetch landmark files.
+ESTARGZ_TOC_TAR_NAME = "stargz.index.json"
+ESTARGZ_PREFETCH_LANDMARK = ".prefetch.landmark"
+ESTARGZ_NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 
 # zstd:chunked (containers/storage pkg/chunked)
 ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
@@ -38,6 +42,8 @@ NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
 NYDUS_SOURCE_DIGEST = "containerd.io/snapshot/nydus-source-digest"
 NYDUS_CACHE_VERSION = "containerd.io/snapshot/nydus-cache-version"
+# zran (oci_ref) layers: the original gzip blob the Nydus meta blob points into (`sha256:...`)
+NYDUS_REF_ANNOTATION = "containerd.io/snapshot/nydus-ref"
 
 # accel's own provenance annotations
 ACCEL_SOURCE_DIGEST = "io.accel.source.digest"
@@ -45,6 +51,7 @@ ACCEL_SOURCE_REFERENCE = "io.accel.source.reference"
 ACCEL_DRIVER = "io.accel.driver"
 ACCEL_DRIVER_VERSION = "io.accel.driver.version"
 ACCEL_LAYER_SOURCE_DIGEST = "io.accel.layer.source-digest"
+ACCEL_NYDUS_BUILDER_VERSION = "io.accel.nydus.builder.version"
 
 # Harbor accessory annotations (rule harbor_annotation)
 HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"

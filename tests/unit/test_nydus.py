@@ -1,0 +1,640 @@
+"""Nydus driver: options, builder lookup, and real conversions with nydus-image 2.2.0.
+
+nydus-image 2.2.0's `unpack` reads every file of a bootstrap from one data blob, so it can only rebuild
+single-layer trees. Each layer is therefore checked through its own bootstrap + blob with `unpack`
+(full fidelity: modes, owners, xattrs, devices, links, content), and the merged image bootstrap is checked
+with `check` (validity, blob list, inode listing) plus `inspect` (metadata and the chunk list of every
+regular file, whose data is read back from the blobs and hashed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import struct
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from accel import constants as mt
+from accel import digest as dg
+from accel import tools
+from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
+from accel.drivers.nydus import NydusDriver, NydusOptions, extract_trailer_entry
+from accel.errors import ConfigError, DigestMismatch, DriverError
+from accel.oci import Descriptor, ImageConfig
+from accel.store import ContentStore
+from tests.harness import imagegen, trees
+
+MiB = 1 << 20
+EROFS_MAGIC = 0xE0F5E1E2  # RAFS v6 superblock at offset 1024
+RAFS_V5_MAGIC = 0x52414653  # "RAFS" at offset 0, followed by the version 0x500
+
+
+def _builder_or_none() -> Path | None:
+    try:
+        return tools.nydus_builder()
+    except ConfigError:
+        return None
+
+
+BUILDER = _builder_or_none()
+needs_builder = pytest.mark.skipif(
+    BUILDER is None, reason="nydus-image not found (run scripts/install-nydus to build nydus-rs 2.2.0)"
+)
+
+
+# --- options ---------------------------------------------------------------------------------------
+
+
+def test_options_defaults_and_normalisation() -> None:
+    options = NydusOptions()
+    assert (options.fs_version, options.compressor, options.chunk_size) == ("6", "zstd", None)
+    assert options.docker2oci is True and options.oci_ref is False
+    assert options.prefetch_input == "/\n"
+
+    options = NydusOptions.model_validate(
+        {
+            "fs_version": 5,
+            "chunk_size": 0x4000,
+            "fs_align_chunk": True,
+            "prefetch_patterns": "/etc\n\n /usr/bin \n",
+        }
+    )
+    assert options.fs_version == "5"
+    assert options.chunk_size == "0x4000"
+    assert options.prefetch_input == "/etc\n/usr/bin\n"
+    assert NydusOptions(chunk_size="0X100000").chunk_size == "0x100000"
+    # Switched-off unsupported features (as acceld configs often carry them) are accepted and dropped.
+    assert (
+        NydusOptions.model_validate({"batch_size": "0", "encrypt": False})
+        .model_dump()
+        .keys()
+        .isdisjoint({"batch_size", "encrypt"})
+    )
+    kept = NydusOptions(chunk_dict_ref="registry.local/dict:nydus", with_referrer=True, merge_manifest=True)
+    assert kept.chunk_dict_ref == "registry.local/dict:nydus" and kept.with_referrer and kept.merge_manifest
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"chunk_size": 3000}, "chunk_size"),
+        ({"chunk_size": "0x800"}, "chunk_size"),
+        ({"chunk_size": "0x2000000"}, "chunk_size"),
+        ({"chunk_size": "big"}, "chunk_size"),
+        ({"fs_version": "4"}, "fs_version"),
+        ({"compressor": "gzip"}, "compressor"),
+        ({"fs_align_chunk": True}, "fs_align_chunk"),
+        ({"oci_ref": True, "fs_version": 5}, "oci_ref"),
+        ({"prefetch_patterns": "/etc\nusr/bin"}, "usr/bin"),
+        ({"no_such_option": 1}, "no_such_option"),
+    ],
+)
+def test_invalid_options_name_the_field(config: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_driver("nydus", config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("batch_size", "0x100000"), ("encrypt", True), ("merge_parent_bootstrap", True)]
+)
+def test_features_missing_from_2_2_0_are_refused(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"'{key}'.*nydus-image 2\.2\.0"):
+        load_driver("nydus", {key: value})
+
+
+# --- builder lookup and version --------------------------------------------------------------------
+
+
+def test_explicit_builder_path_must_exist(tmp_path: Path) -> None:
+    driver = load_driver("nydus", {"builder": str(tmp_path / "missing-nydus-image")})
+    with pytest.raises(ConfigError, match="missing-nydus-image"):
+        _ = driver.version
+
+
+def test_missing_tool_error_names_every_place_searched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ACCEL_TOOLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(ConfigError) as caught:
+        tools.find_tool(
+            "no-such-tool-xyz", cache_subdir="thing-1.0", install_hint="run scripts/install-thing"
+        )
+    message = str(caught.value)
+    assert str(tools.PROJECT_TOOLS_BIN / "no-such-tool-xyz") in message
+    assert str(tmp_path / "cache" / "thing-1.0" / "bin" / "no-such-tool-xyz") in message
+    assert "PATH" in message and "scripts/install-thing" in message
+
+
+def test_tools_cache_location_is_configurable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    binary = tmp_path / "cache" / "nydus-rs-2.2.0" / "bin" / "nydus-image"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\necho ' Version: \tv9.8.7'\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("ACCEL_TOOLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tools, "PROJECT_TOOLS_BIN", tmp_path / "no-project-tools")
+    assert tools.nydus_builder() == binary.resolve()
+    assert tools.tool_version(binary) == "9.8.7"
+    assert load_driver("nydus", {"builder": str(binary)}).version == "1+nydus-image-9.8.7"
+
+
+def test_version_parsing() -> None:
+    assert tools.parse_version(" Version: \tv2.2.0\nGit Commit: \tabc\n") == "2.2.0"
+    assert tools.parse_version("nydus-image 2.3.0-rc.1") == "2.3.0-rc.1"
+    # A crates.io build has no git tag: the Rustc line's version must not be taken for the builder's.
+    with pytest.raises(ValueError):
+        tools.parse_version(" Version: \tunknown\nRustc: \t\trustc 1.95.0 (59807616e 2026-04-14)\n")
+
+
+def test_cargo_install_metadata_supplies_an_unknown_version(tmp_path: Path) -> None:
+    root = tmp_path / "nydus-rs-2.2.0"
+    (root / "bin").mkdir(parents=True)
+    binary = root / "bin" / "nydus-image"
+    binary.write_text("#!/bin/sh\nprintf ' Version: \\tunknown\\nRustc: \\t\\trustc 1.95.0\\n'\n")
+    binary.chmod(0o755)
+    (root / ".crates.toml").write_text(
+        '[v1]\n"nydus-rs 2.2.0 (registry+https://github.com/rust-lang/crates.io-index)" = [\n'
+        '    "nydus-image",\n    "nydusd",\n]\n'
+    )
+    assert tools.cargo_installed_version(binary) == "2.2.0"
+    assert tools.tool_version(binary) == "2.2.0"
+
+
+@needs_builder
+def test_driver_version_names_the_real_builder() -> None:
+    driver = load_driver("nydus")
+    assert driver.version == "1+nydus-image-2.2.0"
+    assert driver.cache_key() != load_driver("nydus", {"fs_version": 5}).cache_key()
+
+
+def test_is_converted_looks_for_nydus_annotations() -> None:
+    driver = load_driver("nydus")
+    plain = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"a"), size=1)
+    blob = Descriptor(
+        media_type=mt.NYDUS_BLOB,
+        digest=dg.of_bytes(b"b"),
+        size=1,
+        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+    )
+    boot = plain.with_(annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true"})
+    assert not driver.is_converted([plain])
+    assert driver.is_converted([plain, blob])
+    assert driver.is_converted([boot])
+
+
+# --- real conversions ------------------------------------------------------------------------------
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    assert BUILDER is not None
+    done = subprocess.run([str(BUILDER), *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"nydus-image {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def _layer_inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[LayerInput]:
+    return [
+        LayerInput(descriptor=d, diff_id=i, store=store)
+        for d, i in zip(image.layers, image.diff_ids, strict=True)
+    ]
+
+
+def _plan(image: imagegen.BuiltImage, layers: list[ConvertedLayer]) -> ImagePlan:
+    return ImagePlan(
+        source_manifest=image.manifest,
+        source_reference="registry.local/library/app:1",
+        config=ImageConfig.parse(image.config_raw),
+        layers=tuple(layers),
+    )
+
+
+def _source_tar(store: ContentStore, layer: LayerInput) -> bytes:
+    with layer.open_tar() as f:
+        return f.read()
+
+
+def _unpack_layer(store: ContentStore, converted: ConvertedLayer, work: Path) -> Path:
+    output = work / f"{dg.hex_of(converted.descriptor.digest)}.tar"
+    bootstrap = store.path(converted.extra["bootstrap"])
+    _run("unpack", "--log-level", "warn", "--blob", str(store.path(converted.descriptor.digest)),
+         "--output", str(output), str(bootstrap))  # fmt: skip
+    return output
+
+
+def _fs_version_of(bootstrap: bytes) -> str:
+    if struct.unpack_from("<I", bootstrap, 1024)[0] == EROFS_MAGIC:
+        return "6"
+    magic, version = struct.unpack_from("<II", bootstrap, 0)
+    assert (magic, version) == (RAFS_V5_MAGIC, 0x500), "bootstrap is neither RAFS v5 nor v6"
+    return "5"
+
+
+# `check --verbose` lists inodes like: inode: file "/etc/hosts": ... i_size 36 ... link None ...
+# The kind is file, dir, symlink, hardlink (any inode with several names) or empty (devices, FIFOs).
+_INODE_LINE = re.compile(
+    r'^inode: (\w*) "(.*)": .* i_size (\d+) .* has_xattr (\w+) link (None|Some\("(.*)"\))'
+)
+
+
+def _checked_inodes(bootstrap: Path, blob_dir: Path) -> dict[str, tuple[str, int, str]]:
+    """path -> (kind, size, symlink target) from the builder's own validation listing."""
+    listing = _run(
+        "check", "--log-level", "warn", "--verbose", "--blob-dir", str(blob_dir), str(bootstrap)
+    ).stdout
+    inodes = {}
+    for line in listing.splitlines():
+        match = _INODE_LINE.match(line)
+        if match:
+            kind, path, size, _, _link, target = match.groups()
+            if trees.normalize_path(path):  # the root is not compared
+                inodes[trees.normalize_path(path)] = (kind, int(size), target or "")
+    return inodes
+
+
+def _inspect_dir(bootstrap: Path, directory: str, names: list[str]) -> list[str]:
+    """`stat` each name of one directory in an interactive inspect session; one output block per name."""
+    assert BUILDER is not None
+    commands = [f"cd {part}" for part in directory.split("/") if part]
+    commands += [f"stat {name}" for name in names] + ["exit"]
+    done = subprocess.run(
+        [str(BUILDER), "inspect", "--log-level", "warn", str(bootstrap)],
+        input="\n".join(commands) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    blocks = done.stdout.split("Inspecting RAFS :> ")[1:]
+    return blocks[len(commands) - len(names) - 1 : len(commands) - 1]
+
+
+_FIELD = re.compile(r"^\s*([A-Za-z ]+):\s+(.*)$", re.MULTILINE)
+_CHUNK = re.compile(
+    r"compressed size: (\d+), decompressed size: (\d+)\s+"
+    r"compressed offset: (\d+), .*?\s+blob id: ([0-9a-f]{64})"
+)
+
+
+def _read_file_from_blobs(store: ContentStore, stat_block: str) -> bytes:
+    data = bytearray()
+    for compressed, decompressed, offset, blob_id in _CHUNK.findall(stat_block):
+        with store.open(f"sha256:{blob_id}") as blob:
+            blob.seek(int(offset))
+            raw = blob.read(int(compressed))
+        # Chunks that do not shrink are stored as they are.
+        data += (
+            raw
+            if compressed == decompressed
+            else zstandard.ZstdDecompressor().decompress(raw, int(decompressed))
+        )
+    return bytes(data)
+
+
+def _merged_tree(store: ContentStore, bootstrap: Path) -> dict[str, dict[str, object]]:
+    """Every path of the merged bootstrap with type, size, link target, mode, owner and content hash."""
+    inodes = _checked_inodes(bootstrap, store.path(dg.of_bytes(b"")).parent)
+    by_dir: dict[str, list[str]] = {}
+    for path in inodes:
+        parent, _, name = path.rpartition("/")
+        by_dir.setdefault(parent, []).append(name)
+    tree: dict[str, dict[str, object]] = {}
+    for directory, names in by_dir.items():
+        for name, block in zip(names, _inspect_dir(bootstrap, directory, names), strict=True):
+            path = f"{directory}/{name}" if directory else name
+            fields = dict(_FIELD.findall(block))
+            kind, size, target = inodes[path]
+            entry: dict[str, object] = {
+                "kind": kind,
+                "mode": int(fields["Permissions"], 8) & 0o7777,
+                "uid": int(fields["UID"]),
+                "gid": int(fields["GID"]),
+            }
+            if kind in ("file", "hardlink"):
+                content = _read_file_from_blobs(store, block)
+                assert len(content) == size, path
+                entry["sha256"] = dg.of_bytes(content)
+            if kind == "symlink":
+                entry["linkname"] = target
+            tree[path] = entry
+    return tree
+
+
+def _expected_merged_tree(source_tars: list[bytes]) -> dict[str, dict[str, object]]:
+    applied = trees.apply_layers(source_tars)
+    linked = {entry.linkname for entry in applied.values() if entry.type == "hardlink"}
+    expected: dict[str, dict[str, object]] = {}
+    for path, entry in applied.items():
+        real = applied[entry.linkname] if entry.type == "hardlink" else entry
+        kind = {"reg": "file", "dir": "dir", "symlink": "symlink"}.get(real.type, "")
+        if entry.type == "hardlink" or path in linked:
+            kind = "hardlink"
+        item: dict[str, object] = {"kind": kind, "mode": real.mode, "uid": real.uid, "gid": real.gid}
+        if real.type == "reg":
+            item["sha256"] = real.sha256
+        if real.type == "symlink":
+            item["linkname"] = real.linkname
+        expected[path] = item
+    return expected
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ContentStore:
+    return ContentStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def standard_layers() -> list[imagegen.TarBuilder]:
+    # The big file spans several 1 MiB chunks; small enough to keep the module fast.
+    return imagegen.standard_layers(big_file_size=3 * MiB + 12345)
+
+
+@needs_builder
+@pytest.mark.nydus
+@pytest.mark.parametrize("fs_version", ["6", "5"])
+def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
+    fs_version: str, store: ContentStore, standard_layers: list[imagegen.TarBuilder], tmp_path: Path
+) -> None:
+    image = imagegen.build_image(standard_layers, store)
+    driver = load_driver("nydus", {"fs_version": fs_version, "prefetch_patterns": "/usr/bin\n/etc"})
+    inputs = _layer_inputs(image, store)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+
+    for layer, result in zip(inputs, converted, strict=True):
+        assert result.source == layer.descriptor
+        assert result.descriptor.media_type == mt.NYDUS_BLOB
+        assert result.descriptor.annotations == {mt.NYDUS_BLOB_ANNOTATION: "true"}
+        assert result.diff_id == result.descriptor.digest
+        assert store.size(result.descriptor.digest) == result.descriptor.size
+        assert dg.of_bytes(store.path(result.descriptor.digest).read_bytes()) == result.descriptor.digest
+        bootstrap = store.read_bytes(result.extra["bootstrap"])
+        assert _fs_version_of(bootstrap) == fs_version
+        assert ("blob_toc_digest" in result.extra) == (fs_version == "6")
+
+        # Each layer alone, through its own bootstrap and blob: the full-fidelity tree check.
+        unpacked = _unpack_layer(store, result, tmp_path)
+        source = _source_tar(store, layer)
+        raw = trees.tar_entries(unpacked)
+        # Whiteouts stay plain files in a layer (`--whiteout-spec none`); merge applies them.
+        assert {p for p in raw if "/.wh." in f"/{p}"} == {
+            p for p in trees.tar_entries(source) if "/.wh." in f"/{p}"
+        }
+        differences = trees.compare(
+            trees.apply_layers([source]),
+            trees.apply_layers([unpacked]),
+            ignore={"uname", "gname"},  # RAFS keeps numeric owners only
+            labels=("source layer", "nydus layer"),
+        )
+        assert differences == []
+
+    plan = driver.finish(_plan(image, converted), store)
+    assert plan.layers[:-1] == tuple(converted)
+    boot_layer = plan.layers[-1]
+    desc = boot_layer.descriptor
+    assert desc.media_type == mt.OCI_LAYER_GZIP
+    assert desc.annotations == {
+        mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
+        mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
+    }
+    layer_bytes = store.path(desc.digest).read_bytes()
+    assert (dg.of_bytes(layer_bytes), len(layer_bytes)) == (desc.digest, desc.size)
+    uncompressed = gzip.decompress(layer_bytes)
+    assert boot_layer.diff_id == dg.of_bytes(uncompressed)
+    with tarfile.open(fileobj=io.BytesIO(uncompressed)) as tar:
+        members = {m.name.rstrip("/"): m for m in tar.getmembers()}
+        assert list(members) == ["image", "image/image.boot"]
+        assert members["image"].isdir() and members["image/image.boot"].mode == 0o444
+        merged = tar.extractfile(members["image/image.boot"]).read()  # type: ignore[union-attr]
+    assert dg.of_bytes(merged) == boot_layer.extra["bootstrap"]
+    assert _fs_version_of(merged) == fs_version
+
+    source_history = json.loads(image.config_raw)["history"]
+    assert plan.history == (
+        *source_history,
+        {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"},
+    )
+    assert plan.manifest_annotations == {
+        mt.ACCEL_SOURCE_DIGEST: image.manifest.digest,
+        mt.ACCEL_SOURCE_REFERENCE: "registry.local/library/app:1",
+        mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
+        mt.ACCEL_NYDUS_BUILDER_VERSION: "2.2.0",
+    }
+
+    # The merged bootstrap: valid, referencing exactly the layer blobs in order ...
+    merged_path = tmp_path / "image.boot"
+    merged_path.write_bytes(merged)
+    report = tmp_path / "check.json"
+    blob_dir = store.path(desc.digest).parent
+    _run(
+        "check",
+        "--log-level",
+        "warn",
+        "--blob-dir",
+        str(blob_dir),
+        "--output-json",
+        str(report),
+        str(merged_path),
+    )
+    assert json.loads(report.read_text())["blobs"] == [dg.hex_of(c.descriptor.digest) for c in converted]
+    # ... and holding the layers applied in order, whiteouts and opaque dirs included.
+    expected = _expected_merged_tree([_source_tar(store, layer) for layer in inputs])
+    actual = _merged_tree(store, merged_path)
+    assert "etc/remove-me" not in actual and "var/cache/old" not in actual
+    assert "opt/app/lib" not in actual and actual["opt/thing"]["kind"] == "dir"
+    assert actual == expected
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
+    # nydus-image 2.2.0 writes the xattrs of one file in hash-map order, which changes from run to run
+    # when a file has two or more; this image keeps to one xattr per file.
+    first = imagegen.TarBuilder(auto_parents=True)
+    first.file("etc/hosts", b"127.0.0.1 localhost\n", xattrs={"user.origin": b"test"})
+    first.file_from_generator("usr/lib/big.bin", 2 * MiB + 1, seed=7)
+    second = imagegen.TarBuilder(auto_parents=True)
+    second.whiteout("etc/hosts")
+    second.file("app/main.py", b"print('hi')\n", mode=0o755, uid=1000, gid=1000)
+    image = imagegen.build_image([first, second], store)
+    driver = load_driver("nydus")
+    runs = []
+    for _ in range(2):
+        converted = [driver.convert_layer(layer) for layer in _layer_inputs(image, store)]
+        runs.append(driver.finish(_plan(image, converted), store))
+    assert runs[0] == runs[1]
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("data/text.txt", b"compressible text " * 20000)
+    layer.file_from_generator("data/random.bin", 300_000, seed=3)
+    image = imagegen.build_image([layer], store)
+    (source,) = _layer_inputs(image, store)
+
+    small = load_driver("nydus", {"chunk_size": "0x10000", "compressor": "none"}).convert_layer(source)
+    default = load_driver("nydus").convert_layer(source)
+    assert small.descriptor.digest != default.descriptor.digest
+    # A layer bootstrap takes its blob id from its file name, as merge does.
+    bootstrap = tmp_path / dg.hex_of(small.descriptor.digest)
+    bootstrap.write_bytes(store.read_bytes(small.extra["bootstrap"]))
+    blocks = _inspect_dir(bootstrap, "data", ["random.bin", "text.txt"])
+    # 64 KiB chunks, stored uncompressed.
+    sizes = [(int(c), int(d)) for c, d, _, _ in _CHUNK.findall(blocks[0])]
+    assert len(sizes) == 5 and all(c == d for c, d in sizes) and sizes[0][1] == 0x10000
+    assert _read_file_from_blobs(store, blocks[1]) == b"compressible text " * 20000
+
+    aligned = load_driver("nydus", {"fs_version": 5, "fs_align_chunk": True}).convert_layer(source)
+    assert _fs_version_of(store.read_bytes(aligned.extra["bootstrap"])) == "5"
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: ContentStore) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("hello.txt", b"hello\n")
+    image = imagegen.build_image([layer], store, media="docker")
+    for docker2oci, expected in ((False, mt.DOCKER_LAYER_GZIP), (True, mt.OCI_LAYER_GZIP)):
+        driver = load_driver("nydus", {"docker2oci": docker2oci})
+        converted = [driver.convert_layer(x) for x in _layer_inputs(image, store)]
+        plan = driver.finish(_plan(image, converted), store)
+        assert plan.layers[-1].descriptor.media_type == expected
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Path) -> None:
+    base = imagegen.TarBuilder(auto_parents=True)
+    base.file("etc/hosts", b"127.0.0.1 localhost\n", xattrs={"user.origin": b"test"})
+    base.file("etc/remove-me", b"gone in layer 1\n")
+    base.file_from_generator("usr/lib/big.bin", 2 * MiB + 5, seed=2)
+    base.symlink("usr/lib/big-link", "big.bin")
+    base.hardlink("usr/lib/big-hard", "usr/lib/big.bin")
+    base.char_device("dev/null", 1, 3)
+    base.file("opt/app/old.txt", b"hidden by the opaque dir\n")
+    update = imagegen.TarBuilder(auto_parents=True)
+    update.whiteout("etc/remove-me")
+    update.dir("opt/app")
+    update.opaque("opt/app")
+    update.file("opt/app/new.txt", b"new\n")
+    image = imagegen.build_image([base, update], store)
+    driver = load_driver("nydus", {"oci_ref": True})
+    inputs = _layer_inputs(image, store)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+    for layer, result in zip(inputs, converted, strict=True):
+        assert result.descriptor.annotations == {
+            mt.NYDUS_BLOB_ANNOTATION: "true",
+            mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest,
+        }
+        assert result.diff_id == result.descriptor.digest
+    # Only metadata: the 2 MiB of data stay in the original gzip blob.
+    assert converted[0].descriptor.size < inputs[0].descriptor.size // 10
+
+    plan = driver.finish(_plan(image, converted), store)
+    boot = plan.layers[-1]
+    assert boot.descriptor.annotations == {
+        mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
+        mt.NYDUS_FS_VERSION_ANNOTATION: "6",
+    }
+    merged = tmp_path / "image.boot"
+    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    report = tmp_path / "check.json"
+    blob_dir = store.path(boot.descriptor.digest).parent
+    _run(
+        "check", "--log-level", "warn", "--blob-dir", str(blob_dir), "--output-json", str(report), str(merged)
+    )
+    # The data blobs of a zran image are the source gzip layers themselves.
+    assert json.loads(report.read_text())["blobs"] == [dg.hex_of(d.digest) for d in image.layers]
+    inodes = _checked_inodes(merged, blob_dir)
+    expected = trees.apply_layers([_source_tar(store, layer) for layer in inputs])
+    assert set(inodes) == set(expected)
+    assert "etc/remove-me" not in inodes and "opt/app/old.txt" not in inodes
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.fifo("run/initctl")
+    image = imagegen.build_image([layer], store)
+    with pytest.raises(DriverError, match="convert without oci_ref"):
+        load_driver("nydus", {"oci_ref": True}).convert_layer(_layer_inputs(image, store)[0])
+    # Without oci_ref the driver fixes the header on its way into the builder.
+    converted = load_driver("nydus").convert_layer(_layer_inputs(image, store)[0])
+    assert converted.descriptor.media_type == mt.NYDUS_BLOB
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_oci_ref_refuses_non_gzip_layers(store: ContentStore) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("a", b"a")
+    image = imagegen.build_image([layer], store, compression="zstd")
+    with pytest.raises(DriverError, match="oci_ref needs gzip layers"):
+        load_driver("nydus", {"oci_ref": True}).convert_layer(_layer_inputs(image, store)[0])
+
+
+def _blob_count(store: ContentStore) -> int:
+    return sum(1 for _ in store.path(dg.of_bytes(b"")).parent.iterdir())
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_wrong_diff_id_commits_nothing(store: ContentStore) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("a.txt", b"a\n")
+    image = imagegen.build_image([layer], store)
+    before = _blob_count(store)
+    bad = LayerInput(descriptor=image.layers[0], diff_id=dg.of_bytes(b"not this layer"), store=store)
+    with pytest.raises(DigestMismatch):
+        load_driver("nydus").convert_layer(bad)
+    assert _blob_count(store) == before
+    assert list((store.root / "ingest").iterdir()) == []
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_builder_failure_raises_with_its_output(store: ContentStore) -> None:
+    garbage = b"this is not a tar archive " * 100
+    digest = store.put_bytes(garbage)
+    layer = LayerInput(
+        descriptor=Descriptor(media_type=mt.OCI_LAYER_TAR, digest=digest, size=len(garbage)),
+        diff_id=digest,
+        store=store,
+    )
+    with pytest.raises(DriverError, match=r"nydus-image create .* failed with exit code \d+:\n.+"):
+        load_driver("nydus").convert_layer(layer)
+    assert list((store.root / "ingest").iterdir()) == []
+
+
+@needs_builder
+@pytest.mark.nydus
+def test_extract_trailer_entry_reports_missing_entries(store: ContentStore) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("a.txt", b"a\n")
+    image = imagegen.build_image([layer], store)
+    converted = load_driver("nydus").convert_layer(_layer_inputs(image, store)[0])
+    with pytest.raises(DriverError, match="without no-such-entry"):
+        extract_trailer_entry(store, converted.descriptor.digest, "no-such-entry")
+    not_nydus = store.put_bytes(b"\0" * 2048)
+    with pytest.raises(DriverError, match=r"no image\.boot"):
+        extract_trailer_entry(store, not_nydus, "image.boot")
+
+
+def test_finish_refuses_a_plan_without_nydus_layers(store: ContentStore) -> None:
+    driver = NydusDriver(NydusOptions())
+    config = ImageConfig.parse(b'{"rootfs":{"type":"layers","diff_ids":[]}}')
+    plan = ImagePlan(
+        source_manifest=Descriptor(media_type=mt.OCI_MANIFEST, digest=dg.of_bytes(b"m"), size=1),
+        source_reference="r/x:1",
+        config=config,
+        layers=(),
+    )
+    with pytest.raises(DriverError, match="no nydus blob layers"):
+        driver.finish(plan, store)
