@@ -8,6 +8,7 @@ passed in, and nothing here knows a layer format.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ class SourceManifest(_Frozen):
     descriptor: Descriptor  # platform set when it came from an index
     config: Descriptor
     layers: tuple[SourceLayer, ...]
+    annotations: dict[str, str] = {}
 
     @property
     def platform(self) -> Platform | None:
@@ -52,6 +54,7 @@ class SourceImage(_Frozen):
     reference: str  # as given, normalised
     root: Descriptor  # manifest or index
     manifests: tuple[SourceManifest, ...]
+    annotations: dict[str, str] = {}  # of the root document
 
     @property
     def is_index(self) -> bool:
@@ -69,6 +72,7 @@ class BuiltManifest(_Frozen):
     descriptor: Descriptor
     config: Descriptor
     layers: tuple[Descriptor, ...]
+    companions: tuple[Descriptor, ...] = ()  # pushed with the image, listed by no manifest
 
 
 class BuiltImage(_Frozen):
@@ -80,7 +84,7 @@ class BuiltImage(_Frozen):
     def blobs(self) -> list[Descriptor]:
         seen: dict[str, Descriptor] = {}
         for m in self.manifests:
-            for d in (m.config, *m.layers):
+            for d in (m.config, *m.layers, *m.companions):
                 seen.setdefault(d.digest, d)
         return list(seen.values())
 
@@ -123,6 +127,7 @@ def _load_manifest(
         layers=tuple(
             SourceLayer(descriptor=d, diff_id=i) for d, i in zip(layers, config.diff_ids, strict=True)
         ),
+        annotations=manifest.annotations,
     )
 
 
@@ -139,7 +144,7 @@ def resolve_source(
                 f"{ref} is {m.platform}, which is not among converter.platforms "
                 f"({', '.join(map(str, platforms))})"
             )
-        return SourceImage(reference=str(ref), root=root_desc, manifests=(m,))
+        return SourceImage(reference=str(ref), root=root_desc, manifests=(m,), annotations=m.annotations)
     if media_type not in mt.INDEX_TYPES:
         raise UnsupportedMediaType(f"{ref}: unsupported root media type {media_type}")
     index = Index.parse(raw, media_type)
@@ -155,7 +160,9 @@ def resolve_source(
     if not selected:
         wanted = ", ".join(map(str, platforms)) or "any"
         raise InvalidImage(f"{ref}: no image manifest in the index matches platforms {wanted}")
-    return SourceImage(reference=str(ref), root=root_desc, manifests=tuple(selected))
+    return SourceImage(
+        reference=str(ref), root=root_desc, manifests=tuple(selected), annotations=index.annotations
+    )
 
 
 def _wants_oci(driver: Driver, source_media_type: str) -> bool:
@@ -184,8 +191,36 @@ def plan_for(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    harbor_annotation: bool = False  # Harbor's acceleration accessory annotations
+    subject: bool = True  # OCI `subject` → the source manifest, so the target is a referrer of it
+
+
+def _provenance(
+    source_digest: str, source_reference: str, driver: Driver, options: BuildOptions
+) -> dict[str, str]:
+    annotations = {
+        mt.ACCEL_SOURCE_DIGEST: source_digest,
+        mt.ACCEL_SOURCE_REFERENCE: source_reference,
+        mt.ACCEL_DRIVER: driver.name,
+        mt.ACCEL_DRIVER_VERSION: driver.version,
+    }
+    if options.harbor_annotation:
+        annotations |= {
+            mt.HARBOR_DRIVER_NAME: driver.name,
+            mt.HARBOR_DRIVER_VERSION: driver.version,
+            mt.HARBOR_SOURCE_DIGEST: source_digest,
+        }
+    return annotations
+
+
+def _subject(source: Descriptor) -> dict[str, Any]:
+    return {"mediaType": source.media_type, "digest": source.digest, "size": source.size}
+
+
 def assemble_manifest(
-    plan: ImagePlan, driver: Driver, store: ContentStore, extra_annotations: dict[str, str] | None = None
+    plan: ImagePlan, driver: Driver, store: ContentStore, options: BuildOptions = BuildOptions()
 ) -> BuiltManifest:
     """Write the converted config and manifest for one platform into the store."""
     oci = _wants_oci(driver, plan.source_manifest.media_type)
@@ -198,14 +233,6 @@ def assemble_manifest(
         layer.descriptor.with_(media_type=_layer_media_type(layer, oci), platform=None)
         for layer in plan.layers
     ]
-    annotations = {
-        mt.ACCEL_SOURCE_DIGEST: plan.source_manifest.digest,
-        mt.ACCEL_SOURCE_REFERENCE: plan.source_reference,
-        mt.ACCEL_DRIVER: driver.name,
-        mt.ACCEL_DRIVER_VERSION: driver.version,
-        **(extra_annotations or {}),
-        **plan.manifest_annotations,
-    }
     doc: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST if oci else mt.DOCKER_MANIFEST,
@@ -215,15 +242,25 @@ def assemble_manifest(
     doc["config"] = config_desc.to_dict()
     doc["layers"] = [d.to_dict() for d in layers]
     if oci:
-        doc["annotations"] = annotations
+        if options.subject:
+            doc["subject"] = _subject(plan.source_manifest)
+        provenance = _provenance(plan.source_manifest.digest, plan.source_reference, driver, options)
+        doc["annotations"] = provenance | plan.manifest_annotations
     manifest = Manifest.build(doc)
     store.put_bytes(manifest.raw, manifest.descriptor().digest)
     descriptor = manifest.descriptor(platform=plan.source_manifest.platform)
-    return BuiltManifest(descriptor=descriptor, config=config_desc, layers=tuple(layers))
+    companions = tuple(c for layer in plan.layers for c in layer.companions)
+    return BuiltManifest(
+        descriptor=descriptor, config=config_desc, layers=tuple(layers), companions=companions
+    )
 
 
 def assemble_index(
-    source: SourceImage, manifests: Sequence[BuiltManifest], driver: Driver, store: ContentStore
+    source: SourceImage,
+    manifests: Sequence[BuiltManifest],
+    driver: Driver,
+    store: ContentStore,
+    options: BuildOptions = BuildOptions(),
 ) -> Descriptor:
     oci = _wants_oci(driver, source.root.media_type)
     doc: dict[str, Any] = {
@@ -232,12 +269,9 @@ def assemble_index(
         "manifests": [m.descriptor.to_dict() for m in manifests],
     }
     if oci:
-        doc["annotations"] = {
-            mt.ACCEL_SOURCE_DIGEST: source.root.digest,
-            mt.ACCEL_SOURCE_REFERENCE: source.reference,
-            mt.ACCEL_DRIVER: driver.name,
-            mt.ACCEL_DRIVER_VERSION: driver.version,
-        }
+        if options.subject:
+            doc["subject"] = _subject(source.root)
+        doc["annotations"] = _provenance(source.root.digest, source.reference, driver, options)
     raw = canonical_json(doc)
     desc = Descriptor.of(doc["mediaType"], raw)
     store.put_bytes(raw, desc.digest)
@@ -249,17 +283,25 @@ def build_image(
     converted: dict[str, ConvertedLayer],
     driver: Driver,
     store: ContentStore,
-    extra_annotations: dict[str, str] | None = None,
+    options: BuildOptions = BuildOptions(),
 ) -> BuiltImage:
     """Every platform: plan → driver.finish → manifest; then an index when the source was one."""
     built = []
     for manifest in source.manifests:
         layers = [converted[layer.descriptor.digest] for layer in manifest.layers]
         plan = driver.finish(plan_for(source, manifest, layers, store), store)
-        built.append(assemble_manifest(plan, driver, store, extra_annotations))
+        built.append(assemble_manifest(plan, driver, store, options))
     root = (
-        assemble_index(source, built, driver, store)
+        assemble_index(source, built, driver, store, options)
         if source.is_index
         else built[0].descriptor.with_(platform=None)
     )
     return BuiltImage(root=root, manifests=tuple(built))
+
+
+def produced_by_accel(source: SourceImage) -> str | None:
+    """The driver name when the source itself is one of our outputs (a push event caused by our own push)."""
+    for found in (source.annotations, *(m.annotations for m in source.manifests)):
+        if mt.ACCEL_DRIVER in found:
+            return found[mt.ACCEL_DRIVER]
+    return None

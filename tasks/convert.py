@@ -74,11 +74,11 @@ def build_image(
     converted: list[ConvertedLayer],
     driver_type: str,
     config_path: str,
-    extra_annotations: dict[str, str] | None = None,
 ) -> img.BuiltImage:
     ctx = context_for(config_path)
     by_source = {c.source.digest: c for c in converted}
-    return img.build_image(source, by_source, ctx.driver(driver_type), ctx.store, extra_annotations)
+    options = img.BuildOptions(harbor_annotation=ctx.settings.converter.harbor_annotation)
+    return img.build_image(source, by_source, ctx.driver(driver_type), ctx.store, options)
 
 
 @task(

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
 from accel.errors import ConfigError
+from accel.oci import Descriptor
 
 # type name -> "module:Class"; imported lazily so one broken driver cannot break the others.
 _DRIVERS = {
@@ -41,6 +42,14 @@ def load_driver(driver_type: str, config: dict[str, Any] | None = None) -> Drive
         raise ConfigError(f"converter.driver.config for {driver_type}: {problems}") from None
 
 
+def detect_format(layers: list[Descriptor]) -> str | None:
+    """Which accelerated format these layers already are in, judged by their annotations."""
+    for driver_type in DRIVER_TYPES:
+        if driver_class(driver_type).is_converted(layers):
+            return driver_type
+    return None
+
+
 __all__ = [
     "DRIVER_TYPES",
     "ConvertedLayer",
@@ -48,6 +57,7 @@ __all__ = [
     "DriverOptions",
     "ImagePlan",
     "LayerInput",
+    "detect_format",
     "driver_class",
     "load_driver",
 ]

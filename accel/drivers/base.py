@@ -56,6 +56,9 @@ class ConvertedLayer(BaseModel):
     descriptor: Descriptor  # the converted blob (digest, size, media type, annotations)
     diff_id: str  # digest of the converted layer's uncompressed content
     extra: dict[str, str] = {}  # driver-private facts for `finish` (e.g. a bootstrap blob digest)
+    # Blobs the target repository must hold although no manifest lists them (Nydus zran layers read their
+    # data from the original gzip blobs).
+    companions: tuple[Descriptor, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Driver:
         """Whole-image step after every layer is converted. Default: nothing to do."""
         return plan
 
-    def is_converted(self, layers: list[Descriptor]) -> bool:
+    @classmethod
+    def is_converted(cls, layers: list[Descriptor]) -> bool:
         """Whether an image with these layers already is in this driver's format (so it is skipped)."""
         return False

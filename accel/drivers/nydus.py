@@ -352,7 +352,11 @@ class NydusDriver(Driver):
         )
         extra = {"bootstrap": bootstrap.digest, "fs_version": "6", "blob_toc_digest": bootstrap.toc_digest}
         return ConvertedLayer(
-            source=layer.descriptor, descriptor=descriptor, diff_id=blob_digest, extra=extra
+            source=layer.descriptor,
+            descriptor=descriptor,
+            diff_id=blob_digest,
+            extra=extra,
+            companions=(layer.descriptor,),  # the data stays in the original gzip blob
         )
 
     # --- whole image -------------------------------------------------------------------------------
@@ -459,7 +463,8 @@ class NydusDriver(Driver):
             extra={"role": "bootstrap", "bootstrap": merged_digest, "fs_version": fs_version},
         )
 
-    def is_converted(self, layers: list[oci.Descriptor]) -> bool:
+    @classmethod
+    def is_converted(cls, layers: list[oci.Descriptor]) -> bool:
         return any(
             layer.annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) is not None
             or layer.annotation(mt.NYDUS_BLOB_ANNOTATION) is not None
