@@ -203,6 +203,10 @@ class ConverterSettings(_Model):
     def cache_tag(self) -> str | None:
         return next((r.cache_tag for r in self.rules if r.cache_tag), None)
 
+    def cache_tags(self) -> set[str]:
+        """Every rule's cache tag: events for these tags are our own cache pushes."""
+        return {r.cache_tag for r in self.rules if r.cache_tag}
+
     def suffix_for(self, driver: DriverSettings) -> str:
         """Target tag suffix: the driver's own, else the rule's (one driver only), else `-<type>`."""
         if driver.tag_suffix:

@@ -17,8 +17,9 @@ from pydantic import BaseModel
 
 from accel.context import context_for
 from accel.digest import short
-from accel.drivers import ConvertedLayer
+from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import ConfigError
+from accel.image import produced_by_accel
 from accel.reference import Reference
 from accel.rules import target_reference
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve
@@ -39,6 +40,7 @@ class ConversionResult(BaseModel):
     source_digest: str
     targets: list[TargetResult]
     seconds: dict[str, float]
+    skipped: str | None = None  # why nothing was converted (a COMPLETED run, not a failure)
 
 
 def _config_path(config: str | None) -> str:
@@ -65,11 +67,17 @@ def convert_image(
         converter.find_driver(d)  # unknown driver: fail before touching the registry
     source_ref = Reference.parse(source)
     timings: dict[str, float] = {}
+    if source_ref.tag and source_ref.tag in converter.cache_tags():
+        return _skipped(source_ref, "", f"tag {source_ref.tag!r} is a conversion cache tag")
 
     started = time.monotonic()
     image = resolve(str(source_ref), config_path)
     timings["resolve"] = time.monotonic() - started
     logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
+    if produced := produced_by_accel(image):
+        return _skipped(source_ref, image.root.digest, f"the image was produced by accel ({produced})")
+    if already := detect_format([layer.descriptor for m in image.manifests for layer in m.layers]):
+        return _skipped(source_ref, image.root.digest, f"the image already is {already} (layer annotations)")
 
     started = time.monotonic()
     layers = image.unique_layers()
@@ -123,17 +131,27 @@ def convert_image(
     return result
 
 
+def _skipped(source: Reference, digest: str, reason: str) -> ConversionResult:
+    get_run_logger().info("skipping %s: %s", source, reason)
+    result = ConversionResult(
+        source=str(source), source_digest=digest, targets=[], seconds={}, skipped=reason
+    )
+    _publish_artifact(result)
+    return result
+
+
 def _publish_artifact(result: ConversionResult) -> None:
     rows = "\n".join(
         f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} |"
         for t in result.targets
     )
     stages = "\n".join(f"| {k} | {v:.2f} s |" for k, v in result.seconds.items())
+    skipped = f"**skipped**: {result.skipped}\n\n" if result.skipped else ""
     create_markdown_artifact(
         key="conversion",
         description=f"conversion of {result.source}",
         markdown=(
-            f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n"
+            f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n{skipped}"
             "| driver | target | digest | source bytes | target bytes |\n|---|---|---|---|---|\n"
             f"{rows}\n\n| stage | time |\n|---|---|\n{stages}\n"
         ),
