@@ -376,6 +376,31 @@ class RegistryClient:
             raise DigestMismatch(digest, stored, f"manifest {ref} as stored by the registry")
         return Descriptor(media_type=media_type, digest=digest, size=len(raw))
 
+    def referrers(self, repo_ref: Reference, digest: str) -> list[Descriptor] | None:
+        """The OCI referrers of `digest`, or None when the registry has no referrers API (404)."""
+        what = f"list referrers of {repo_ref.name}@{digest}"
+        url = f"{self._base_url(repo_ref.registry)}/v2/{repo_ref.repository}/referrers/{digest}"
+
+        def once() -> list[Descriptor] | None:
+            resp = self._send(
+                "GET",
+                repo_ref.registry,
+                url,
+                what=what,
+                stream=True,
+                scopes=[repository_scope(repo_ref.repository, "pull")],
+                headers={"Accept": mt.OCI_INDEX},
+                retry=False,
+            )
+            with contextlib.closing(resp):
+                if resp.status_code == 404:
+                    return None
+                self._expect(resp, (200,), what, repo_ref.registry)
+                raw = self._read_limited(resp, MAX_MANIFEST_BYTES, what, repo_ref.registry)
+            return oci.Index.parse(raw, mt.OCI_INDEX).manifests
+
+        return self._with_retries(once, what)
+
     def list_tags(self, repo_ref: Reference) -> list[str]:
         url = f"{self._base_url(repo_ref.registry)}/v2/{repo_ref.repository}/tags/list"
         scopes = [repository_scope(repo_ref.repository, "pull")]

@@ -15,6 +15,7 @@ from accel.compression import open_uncompressed
 from accel.errors import InvalidImage
 from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.reference import Reference
+from accel.referrers import referrers_tag
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import conformance, imagegen, pushing
@@ -77,6 +78,8 @@ def _check_converted_manifest(
     manifest = Manifest.parse(raw)
     assert manifest.media_type == mt.OCI_MANIFEST
     assert manifest.annotations[mt.ACCEL_SOURCE_DIGEST] == source.manifest.digest
+    assert manifest.annotations[mt.HARBOR_DRIVER_NAME] == driver
+    assert manifest.subject is not None and manifest.subject.digest == source.manifest.digest
     config = ImageConfig.parse(client.fetch_blob_bytes(target, manifest.config))
     assert manifest.config.media_type == mt.OCI_CONFIG
     assert len(manifest.layers) == len(source.layers) == len(config.diff_ids)
@@ -131,6 +134,47 @@ def test_index_converts_to_index_per_driver(prefect_api, registry, client, confi
             _check_converted_manifest(
                 client, target, child, source_image, source_store, target_result.driver, tmp_path
             )
+            # distribution 2.8 has no referrers API: the children are listed in the tag-schema index.
+            assert child.digest in _referrers_by_tag(client, source, source_image.manifest.digest)
+    # Both converted indexes are referrers of the source index.
+    listed = _referrers_by_tag(client, source, index.digest)
+    assert sorted(listed) == sorted(t.digest for t in result.targets)
+    assert {d.artifact_type for d in listed.values()} == {None}
+
+
+def _referrers_by_tag(client: RegistryClient, repo: Reference, subject: str) -> dict[str, Descriptor]:
+    assert client.referrers(repo, subject) is None  # no referrers API on distribution 2.8
+    _, raw = client.fetch_manifest(repo.with_tag(referrers_tag(subject)))
+    return {d.digest: d for d in Index.parse(raw).manifests}
+
+
+def test_skips_own_outputs_cache_tags_and_accelerated_images(
+    prefect_api, registry, client, config, source_store
+):
+    from flows.convert_image import convert_image
+
+    image = imagegen.standard_image(source_store, big_file_size=1024)
+    source = Reference.parse(f"{registry.host}/slice/skips:v1")
+    pushing.push(client, source_store, source, image)
+    first = convert_image(source=str(source), config=str(config))
+
+    own = convert_image(source=first.targets[0].reference, config=str(config))
+    assert own.targets == [] and own.skipped == "the image was produced by accel (estargz)"
+
+    # The same eStargz layers under a manifest accel did not write: detected by layer annotations.
+    target = Reference.parse(first.targets[0].reference)
+    _, raw = client.fetch_manifest(target)
+    foreign = json.loads(raw)
+    del foreign["annotations"], foreign["subject"]
+    foreign_ref = source.with_tag("foreign-esgz")
+    client.push_manifest(foreign_ref, json.dumps(foreign).encode(), mt.OCI_MANIFEST)
+    accelerated = convert_image(source=str(foreign_ref), config=str(config))
+    assert accelerated.skipped == "the image already is estargz (layer annotations)"
+
+    cache_config = config.parent / "with-cache-tag.yaml"
+    cache_config.write_text(config.read_text() + "  rules:\n    - cache_tag: accel-cache\n")
+    cache = convert_image(source=str(source.with_tag("accel-cache")), config=str(cache_config))
+    assert cache.skipped == "tag 'accel-cache' is a conversion cache tag"
 
 
 def test_docker_manifest_converts_to_single_oci_manifest_and_reruns_identically(
