@@ -11,8 +11,8 @@ Decompressing the whole blob yields the source tar byte for byte, so the DiffID 
 Chunking follows the reference rule exactly (so chunk digests match layers produced by podman/buildah
 and chunk-level dedup works across tools): runs of >= 1024 zero bytes become "zeros" chunks, and the rest
 is cut where the bup-style rolling sum over a 64-byte window has its low 16 bits all set. The rolling sum
-is evaluated for a whole block at once with big-integer arithmetic (see `_rollsum_cuts`) because a
-per-byte Python loop would be ~20x slower.
+is evaluated for a whole block at once with numpy prefix sums (see `_rollsum_cuts`); a per-byte Python
+loop would be two orders of magnitude slower.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, ClassVar, Protocol
 
+import numpy as np
 import zstandard
 from pydantic import Field
 
@@ -153,40 +154,48 @@ class Crc64:
 
 # --- content-defined chunking -----------------------------------------------------------------------------
 
-_LANE_BITS = 24  # per-position lane; the windowed weighted sum is < 2^20, so lanes never carry
-_LANE_BYTES = _LANE_BITS // 8
-_RAMP_DENOMINATOR = ((1 << _LANE_BITS) - 1) ** 2
 _WINDOW = 64
 # s2 == sum_{k=0..63} (k+1)*byte[p-k] + 64*63*31 (mod 2^32) for the reference RollSum; cut when its low
 # 16 bits are all ones, i.e. when the weighted sum is this value mod 2^16.
 _CUT_RESIDUE = (0xFFFF - _WINDOW * (_WINDOW - 1) * 31) % (1 << ROLLSUM_BITS)
-_CUT_LOW, _CUT_HIGH = _CUT_RESIDUE & 0xFF, _CUT_RESIDUE >> 8
+_CUT_MASK = (1 << ROLLSUM_BITS) - 1
+
+
+_ROLLSUM_SLICE = 64 << 10  # numpy temporaries stay cache- and allocator-friendly at this size
 
 
 def _rollsum_cuts(history: bytes, data: bytes) -> list[int]:
-    """Indexes i in `data` after which the reference rolling sum says "split".
-
-    `history` is the 63 bytes before `data` in the file (zeros before the file start). All weighted
-    window sums come out of one big-integer computation: with each byte in a 24-bit lane,
-    V * sum((k+1) x^k) = V * (1 - 65x^64 + 64x^65) / (1-x)^2 at x = 2^24, and the division is exact.
-    """
-    window = history + data
-    lanes = bytearray(_LANE_BYTES * len(window))
-    lanes[0::_LANE_BYTES] = window
-    v = int.from_bytes(lanes, "little")
-    shift = _WINDOW * _LANE_BITS
-    numerator = v + (((v << (_LANE_BITS + 6)) - (v << 6) - v) << shift)
-    sums = (numerator // _RAMP_DENOMINATOR).to_bytes(_LANE_BYTES * (len(window) + _WINDOW + 2), "little")
-    first = len(history)
-    low = sums[_LANE_BYTES * first : _LANE_BYTES * len(window) : _LANE_BYTES]
-    high = sums[_LANE_BYTES * first + 1 : _LANE_BYTES * len(window) : _LANE_BYTES]
-    cuts = []
-    i = low.find(_CUT_LOW)
-    while i >= 0:
-        if high[i] == _CUT_HIGH:
-            cuts.append(i)
-        i = low.find(_CUT_LOW, i + 1)
+    """Indexes i in `data` after which the reference rolling sum says "split"."""
+    cuts: list[int] = []
+    for offset in range(0, len(data), _ROLLSUM_SLICE):
+        before = (history + data[max(0, offset - (_WINDOW - 1)) : offset])[-(_WINDOW - 1) :]
+        cuts += [offset + i for i in _rollsum_cuts_slice(before, data[offset : offset + _ROLLSUM_SLICE])]
     return cuts
+
+
+def _rollsum_cuts_slice(history: bytes, data: bytes) -> list[int]:
+    """`_rollsum_cuts` for one slice.
+
+    `history` is the 63 bytes before `data` in the file (zeros before the file start). Every window's
+    weighted sum comes from two prefix sums, in numpy (C speed): with S1 = cumsum(b) and S2 = cumsum(j*b[j]),
+    sum_{j=p-63..p} (p+1-j)*b[j] = (p+1)*(S1[p+1]-S1[p-63]) - (S2[p+1]-S2[p-63]). uint32 arithmetic wraps
+    modulo 2^32, which keeps the low 16 bits exact.
+    """
+    assert len(history) == _WINDOW - 1
+    b = np.frombuffer(history + data, dtype=np.uint8).astype(np.uint32)
+    n = len(b)
+    s1 = np.zeros(n + 1, dtype=np.uint32)
+    s2 = np.zeros(n + 1, dtype=np.uint32)
+    np.cumsum(b, out=s1[1:])
+    b *= np.arange(n, dtype=np.uint32)  # b[j] * j, reusing the buffer
+    np.cumsum(b, out=s2[1:])
+    # Slices, not fancy indexing: upper = p+1 and lower = p-63 for every position p of `data`.
+    first = _WINDOW - 1
+    upper = slice(first + 1, n + 1)
+    lower = slice(0, n - first)
+    p_plus_1 = np.arange(first + 1, n + 1, dtype=np.uint32)
+    weighted = p_plus_1 * (s1[upper] - s1[lower]) - (s2[upper] - s2[lower])
+    return np.flatnonzero((weighted & np.uint32(_CUT_MASK)) == np.uint32(_CUT_RESIDUE)).tolist()
 
 
 @dataclasses.dataclass(frozen=True)
