@@ -285,7 +285,8 @@ def build_image(
     store: ContentStore,
     options: BuildOptions = BuildOptions(),
 ) -> BuiltImage:
-    """Every platform: plan → driver.finish → manifest; then an index when the source was one."""
+    """Every platform: plan → driver.finish → manifest; then an index when the source was one; then
+    driver.finish_image, which may reshape the whole image."""
     built = []
     for manifest in source.manifests:
         layers = [converted[layer.descriptor.digest] for layer in manifest.layers]
@@ -296,7 +297,7 @@ def build_image(
         if source.is_index
         else built[0].descriptor.with_(platform=None)
     )
-    return BuiltImage(root=root, manifests=tuple(built))
+    return driver.finish_image(source, BuiltImage(root=root, manifests=tuple(built)), store)
 
 
 def produced_by_accel(source: SourceImage) -> str | None:

@@ -1,8 +1,9 @@
 """The one small protocol every format driver implements.
 
 A driver converts one layer at a time (`convert_layer`, pure function of the source layer and options, so
-it can be cached and retried per layer) and may touch the whole image once at the end (`finish`, where
-Nydus merges bootstraps). Drivers only see the content store, never the registry.
+it can be cached and retried per layer), may touch each platform's image once at the end (`finish`, where
+Nydus merges bootstraps) and may reshape the assembled image as a whole (`finish_image`, where Nydus merges
+the OCI and Nydus manifests into one index). Drivers only see the content store, never the registry.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from accel import compression
 from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
+
+if TYPE_CHECKING:  # accel.image imports this module
+    from accel.image import BuiltImage, SourceImage
 
 
 class DriverOptions(BaseModel):
@@ -111,6 +115,10 @@ class Driver:
     def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
         """Whole-image step after every layer is converted. Default: nothing to do."""
         return plan
+
+    def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
+        """Whole-image step after every manifest (and the index) is in the store. Default: unchanged."""
+        return image
 
     @classmethod
     def is_converted(cls, layers: list[Descriptor]) -> bool:

@@ -8,6 +8,13 @@ into the content store so `finish` can `nydus-image merge` all of them (each nam
 which merge uses as the blob id) into the image bootstrap, shipped as the last layer: a gzip tar holding
 `image/image.boot`.
 
+With `merge_manifest` the pushed root is one index holding, per platform, the source image (its manifest
+rewritten with an empty gzip layer first, see `finish_image`) and then the Nydus manifest marked with
+`artifactType: application/vnd.nydus.image.manifest.v1+json`, so one tag serves Nydus and plain clients.
+
+Every converted manifest carries `subject` (the source manifest) whatever the driver, so `with_referrer`
+is accepted for compatibility with acceld configs and is always on.
+
 With `oci_ref` (zran) the builder reads the *compressed* gzip source blob (`--type targz-ref`) and the Nydus
 layer holds only metadata; its `containerd.io/snapshot/nydus-ref` annotation names the original gzip blob,
 which the merged bootstrap uses as the data blob id, so that blob must stay in the target repository.
@@ -49,6 +56,7 @@ from accel import digest as dg
 from accel import oci, tools
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
 from accel.errors import ConfigError, DriverError
+from accel.image import BuiltImage, BuiltManifest, SourceImage, SourceManifest
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +94,14 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 
+# merge_manifest: the classic 32-byte gzip of an empty tar (1024 zero bytes), put first in the OCI manifests
+# of the merged index as acceld does: it gives their layers chain IDs of their own, so a runtime never
+# mixes up the unpacked layers of this OCI variant with those of the plain source image, while the file
+# tree stays the same. Every runtime reads gzip tars (unlike `application/vnd.oci.empty.v1+json`).
+EMPTY_GZIP_LAYER = bytes.fromhex("1f8b080000096e8800ff621805a360148c5800080000ffff2eafb5ef00040000")
+EMPTY_GZIP_LAYER_DIFF_ID = dg.of_bytes(igzip.decompress(EMPTY_GZIP_LAYER))
+EMPTY_LAYER_HISTORY = {"created_by": "Nydus Converter", "comment": "Empty layer of the merged OCI manifest"}
+
 
 class NydusOptions(DriverOptions):
     """acceld's `converter.driver.config` for `type: nydus`."""
@@ -99,8 +115,9 @@ class NydusOptions(DriverOptions):
     chunk_dict_ref: str | None = None  # accepted and kept; resolving it to a bootstrap is not wired yet
     oci_ref: bool = False
     docker2oci: bool = True
-    with_referrer: bool = False
-    merge_manifest: bool = False
+    # Accepted for acceld compatibility: every converted manifest carries `subject` anyway.
+    with_referrer: bool = True
+    merge_manifest: bool = False  # one index with the (empty-layer-prefixed) OCI and the Nydus manifests
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +180,11 @@ class NydusOptions(DriverOptions):
             raise ValueError("fs_align_chunk is only valid with fs_version 5")
         if self.oci_ref and self.fs_version != "6":
             raise ValueError("oci_ref (zran) needs fs_version 6")
+        if self.oci_ref and not self.docker2oci:
+            # acceld turns docker2oci on silently here; saying so is clearer.
+            raise ValueError(
+                "oci_ref (zran) needs docker2oci: Docker manifests cannot carry its layer annotations"
+            )
         return self
 
     @property
@@ -185,6 +207,7 @@ class NydusDriver(Driver):
     name = "nydus"
     options_model = NydusOptions
     implementation_version = "1"
+    requires_oci = False  # `docker2oci` decides, as in acceld
 
     options: NydusOptions
 
@@ -414,7 +437,37 @@ class NydusDriver(Driver):
             layers=(*plan.layers, bootstrap_layer),
             history=_history_with_bootstrap(plan),
             manifest_annotations=annotations,
+            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
         )
+
+    def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
+        """merge_manifest: one index with every platform's OCI manifest first, then the Nydus manifests.
+
+        Clients that pick the first manifest matching their platform get the OCI image; Nydus-aware ones
+        find the entries marked with the Nydus artifactType. The index keeps `subject` and annotations of
+        the converted root.
+        """
+        if not self.options.merge_manifest:
+            return image
+        oci_manifests = [_oci_variant(m, store) for m in source.manifests]
+        nydus_entries = [m.descriptor.with_(artifact_type=mt.NYDUS_ARTIFACT_TYPE) for m in image.manifests]
+        # The converted root (an index, or the single manifest) hands over its subject and annotations.
+        converted_root = json.loads(store.read_bytes(image.root.digest))
+        merged_doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX}
+        merged_doc["manifests"] = [
+            e.to_dict() for e in (*(m.descriptor for m in oci_manifests), *nydus_entries)
+        ]
+        merged_doc |= {
+            key: converted_root[key] for key in ("subject", "annotations") if key in converted_root
+        }
+        raw = oci.canonical_json(merged_doc)
+        root = oci.Descriptor.of(mt.OCI_INDEX, raw)
+        store.put_bytes(raw, root.digest)
+        nydus_manifests = [
+            m.model_copy(update={"descriptor": entry})
+            for m, entry in zip(image.manifests, nydus_entries, strict=True)
+        ]
+        return BuiltImage(root=root, manifests=(*oci_manifests, *nydus_manifests))
 
     def _stage_bootstraps(
         self, layers: list[ConvertedLayer], store: ContentStore, directory: Path
@@ -473,6 +526,39 @@ class NydusDriver(Driver):
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def _oci_variant(source: SourceManifest, store: ContentStore) -> BuiltManifest:
+    """The source manifest with the empty gzip layer first, its config's diff_ids and history to match.
+
+    Media types stay those of the source (a Docker manifest stays Docker); everything else in the
+    manifest, annotations included, is kept.
+    """
+    docker = source.descriptor.media_type == mt.DOCKER_MANIFEST
+    empty_layer = oci.Descriptor.of(mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP, EMPTY_GZIP_LAYER)
+    store.put_bytes(EMPTY_GZIP_LAYER, empty_layer.digest)
+
+    config = oci.ImageConfig.parse(store.read_bytes(source.config.digest))
+    history = config.doc.get("history")
+    config = config.with_diff_ids(
+        [EMPTY_GZIP_LAYER_DIFF_ID, *config.diff_ids],
+        [dict(EMPTY_LAYER_HISTORY), *history] if history else None,
+    )
+    config_desc = oci.Descriptor.of(source.config.media_type, config.raw)
+    store.put_bytes(config.raw, config_desc.digest)
+
+    doc = json.loads(store.read_bytes(source.descriptor.digest))
+    doc["config"] = config_desc.to_dict()
+    doc["layers"] = [empty_layer.to_dict(), *doc["layers"]]
+    # The media type comes from the descriptor: an OCI manifest need not name its own.
+    raw = oci.canonical_json(doc)
+    descriptor = oci.Descriptor.of(source.descriptor.media_type, raw, platform=source.platform)
+    store.put_bytes(raw, descriptor.digest)
+    return BuiltManifest(
+        descriptor=descriptor,
+        config=config_desc,
+        layers=(empty_layer, *(layer.descriptor for layer in source.layers)),
+    )
+
+
 @contextlib.contextmanager
 def _scratch_dir(store: ContentStore) -> Iterator[Path]:
     # Inside the store's ingest area, so finished files move into blobs/ with a rename.

@@ -1,10 +1,7 @@
 """Nydus driver: options, builder lookup, and real conversions with nydus-image 2.2.0.
 
-nydus-image 2.2.0's `unpack` reads every file of a bootstrap from one data blob, so it can only rebuild
-single-layer trees. Each layer is therefore checked through its own bootstrap + blob with `unpack`
-(full fidelity: modes, owners, xattrs, devices, links, content), and the merged image bootstrap is checked
-with `check` (validity, blob list, inode listing) plus `inspect` (metadata and the chunk list of every
-regular file, whose data is read back from the blobs and hashed).
+Converted layers are read back with the builder itself (tests/harness/nydus.py): each layer through its
+own bootstrap + blob with `unpack`, the merged image bootstrap with `check` plus `inspect`.
 """
 
 from __future__ import annotations
@@ -13,13 +10,10 @@ import gzip
 import io
 import json
 import re
-import struct
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from accel import constants as mt
 from accel import digest as dg
@@ -27,26 +21,13 @@ from accel import tools
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
 from accel.drivers.nydus import NydusDriver, NydusOptions, extract_trailer_entry
 from accel.errors import ConfigError, DigestMismatch, DriverError
-from accel.oci import Descriptor, ImageConfig
+from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
+from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
+from tests.harness import nydus as nh
 
 MiB = 1 << 20
-EROFS_MAGIC = 0xE0F5E1E2  # RAFS v6 superblock at offset 1024
-RAFS_V5_MAGIC = 0x52414653  # "RAFS" at offset 0, followed by the version 0x500
-
-
-def _builder_or_none() -> Path | None:
-    try:
-        return tools.nydus_builder()
-    except ConfigError:
-        return None
-
-
-BUILDER = _builder_or_none()
-needs_builder = pytest.mark.skipif(
-    BUILDER is None, reason="nydus-image not found (run scripts/install-nydus to build nydus-rs 2.2.0)"
-)
 
 
 # --- options ---------------------------------------------------------------------------------------
@@ -92,6 +73,7 @@ def test_options_defaults_and_normalisation() -> None:
         ({"compressor": "gzip"}, "compressor"),
         ({"fs_align_chunk": True}, "fs_align_chunk"),
         ({"oci_ref": True, "fs_version": 5}, "oci_ref"),
+        ({"oci_ref": True, "docker2oci": False}, "docker2oci"),
         ({"prefetch_patterns": "/etc\nusr/bin"}, "usr/bin"),
         ({"no_such_option": 1}, "no_such_option"),
     ],
@@ -167,7 +149,7 @@ def test_cargo_install_metadata_supplies_an_unknown_version(tmp_path: Path) -> N
     assert tools.tool_version(binary) == "2.2.0"
 
 
-@needs_builder
+@nh.needs_builder
 def test_driver_version_names_the_real_builder() -> None:
     driver = load_driver("nydus")
     assert driver.version == "1+nydus-image-2.2.0"
@@ -192,13 +174,6 @@ def test_is_converted_looks_for_nydus_annotations() -> None:
 # --- real conversions ------------------------------------------------------------------------------
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    assert BUILDER is not None
-    done = subprocess.run([str(BUILDER), *args], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"nydus-image {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
 def _layer_inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[LayerInput]:
     return [
         LayerInput(descriptor=d, diff_id=i, store=store)
@@ -220,129 +195,6 @@ def _source_tar(store: ContentStore, layer: LayerInput) -> bytes:
         return f.read()
 
 
-def _unpack_layer(store: ContentStore, converted: ConvertedLayer, work: Path) -> Path:
-    output = work / f"{dg.hex_of(converted.descriptor.digest)}.tar"
-    bootstrap = store.path(converted.extra["bootstrap"])
-    _run("unpack", "--log-level", "warn", "--blob", str(store.path(converted.descriptor.digest)),
-         "--output", str(output), str(bootstrap))  # fmt: skip
-    return output
-
-
-def _fs_version_of(bootstrap: bytes) -> str:
-    if struct.unpack_from("<I", bootstrap, 1024)[0] == EROFS_MAGIC:
-        return "6"
-    magic, version = struct.unpack_from("<II", bootstrap, 0)
-    assert (magic, version) == (RAFS_V5_MAGIC, 0x500), "bootstrap is neither RAFS v5 nor v6"
-    return "5"
-
-
-# `check --verbose` lists inodes like: inode: file "/etc/hosts": ... i_size 36 ... link None ...
-# The kind is file, dir, symlink, hardlink (any inode with several names) or empty (devices, FIFOs).
-_INODE_LINE = re.compile(
-    r'^inode: (\w*) "(.*)": .* i_size (\d+) .* has_xattr (\w+) link (None|Some\("(.*)"\))'
-)
-
-
-def _checked_inodes(bootstrap: Path, blob_dir: Path) -> dict[str, tuple[str, int, str]]:
-    """path -> (kind, size, symlink target) from the builder's own validation listing."""
-    listing = _run(
-        "check", "--log-level", "warn", "--verbose", "--blob-dir", str(blob_dir), str(bootstrap)
-    ).stdout
-    inodes = {}
-    for line in listing.splitlines():
-        match = _INODE_LINE.match(line)
-        if match:
-            kind, path, size, _, _link, target = match.groups()
-            if trees.normalize_path(path):  # the root is not compared
-                inodes[trees.normalize_path(path)] = (kind, int(size), target or "")
-    return inodes
-
-
-def _inspect_dir(bootstrap: Path, directory: str, names: list[str]) -> list[str]:
-    """`stat` each name of one directory in an interactive inspect session; one output block per name."""
-    assert BUILDER is not None
-    commands = [f"cd {part}" for part in directory.split("/") if part]
-    commands += [f"stat {name}" for name in names] + ["exit"]
-    done = subprocess.run(
-        [str(BUILDER), "inspect", "--log-level", "warn", str(bootstrap)],
-        input="\n".join(commands) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    blocks = done.stdout.split("Inspecting RAFS :> ")[1:]
-    return blocks[len(commands) - len(names) - 1 : len(commands) - 1]
-
-
-_FIELD = re.compile(r"^\s*([A-Za-z ]+):\s+(.*)$", re.MULTILINE)
-_CHUNK = re.compile(
-    r"compressed size: (\d+), decompressed size: (\d+)\s+"
-    r"compressed offset: (\d+), .*?\s+blob id: ([0-9a-f]{64})"
-)
-
-
-def _read_file_from_blobs(store: ContentStore, stat_block: str) -> bytes:
-    data = bytearray()
-    for compressed, decompressed, offset, blob_id in _CHUNK.findall(stat_block):
-        with store.open(f"sha256:{blob_id}") as blob:
-            blob.seek(int(offset))
-            raw = blob.read(int(compressed))
-        # Chunks that do not shrink are stored as they are.
-        data += (
-            raw
-            if compressed == decompressed
-            else zstandard.ZstdDecompressor().decompress(raw, int(decompressed))
-        )
-    return bytes(data)
-
-
-def _merged_tree(store: ContentStore, bootstrap: Path) -> dict[str, dict[str, object]]:
-    """Every path of the merged bootstrap with type, size, link target, mode, owner and content hash."""
-    inodes = _checked_inodes(bootstrap, store.path(dg.of_bytes(b"")).parent)
-    by_dir: dict[str, list[str]] = {}
-    for path in inodes:
-        parent, _, name = path.rpartition("/")
-        by_dir.setdefault(parent, []).append(name)
-    tree: dict[str, dict[str, object]] = {}
-    for directory, names in by_dir.items():
-        for name, block in zip(names, _inspect_dir(bootstrap, directory, names), strict=True):
-            path = f"{directory}/{name}" if directory else name
-            fields = dict(_FIELD.findall(block))
-            kind, size, target = inodes[path]
-            entry: dict[str, object] = {
-                "kind": kind,
-                "mode": int(fields["Permissions"], 8) & 0o7777,
-                "uid": int(fields["UID"]),
-                "gid": int(fields["GID"]),
-            }
-            if kind in ("file", "hardlink"):
-                content = _read_file_from_blobs(store, block)
-                assert len(content) == size, path
-                entry["sha256"] = dg.of_bytes(content)
-            if kind == "symlink":
-                entry["linkname"] = target
-            tree[path] = entry
-    return tree
-
-
-def _expected_merged_tree(source_tars: list[bytes]) -> dict[str, dict[str, object]]:
-    applied = trees.apply_layers(source_tars)
-    linked = {entry.linkname for entry in applied.values() if entry.type == "hardlink"}
-    expected: dict[str, dict[str, object]] = {}
-    for path, entry in applied.items():
-        real = applied[entry.linkname] if entry.type == "hardlink" else entry
-        kind = {"reg": "file", "dir": "dir", "symlink": "symlink"}.get(real.type, "")
-        if entry.type == "hardlink" or path in linked:
-            kind = "hardlink"
-        item: dict[str, object] = {"kind": kind, "mode": real.mode, "uid": real.uid, "gid": real.gid}
-        if real.type == "reg":
-            item["sha256"] = real.sha256
-        if real.type == "symlink":
-            item["linkname"] = real.linkname
-        expected[path] = item
-    return expected
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> ContentStore:
     return ContentStore(tmp_path / "store")
@@ -354,7 +206,7 @@ def standard_layers() -> list[imagegen.TarBuilder]:
     return imagegen.standard_layers(big_file_size=3 * MiB + 12345)
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 @pytest.mark.parametrize("fs_version", ["6", "5"])
 def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
@@ -373,11 +225,11 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert store.size(result.descriptor.digest) == result.descriptor.size
         assert dg.of_bytes(store.path(result.descriptor.digest).read_bytes()) == result.descriptor.digest
         bootstrap = store.read_bytes(result.extra["bootstrap"])
-        assert _fs_version_of(bootstrap) == fs_version
+        assert nh.fs_version_of(bootstrap) == fs_version
         assert ("blob_toc_digest" in result.extra) == (fs_version == "6")
 
         # Each layer alone, through its own bootstrap and blob: the full-fidelity tree check.
-        unpacked = _unpack_layer(store, result, tmp_path)
+        unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
         source = _source_tar(store, layer)
         raw = trees.tar_entries(unpacked)
         # Whiteouts stay plain files in a layer (`--whiteout-spec none`); merge applies them.
@@ -411,7 +263,7 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert members["image"].isdir() and members["image/image.boot"].mode == 0o444
         merged = tar.extractfile(members["image/image.boot"]).read()  # type: ignore[union-attr]
     assert dg.of_bytes(merged) == boot_layer.extra["bootstrap"]
-    assert _fs_version_of(merged) == fs_version
+    assert nh.fs_version_of(merged) == fs_version
 
     source_history = json.loads(image.config_raw)["history"]
     assert plan.history == (
@@ -430,7 +282,7 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
     merged_path.write_bytes(merged)
     report = tmp_path / "check.json"
     blob_dir = store.path(desc.digest).parent
-    _run(
+    nh.run(
         "check",
         "--log-level",
         "warn",
@@ -442,14 +294,14 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
     )
     assert json.loads(report.read_text())["blobs"] == [dg.hex_of(c.descriptor.digest) for c in converted]
     # ... and holding the layers applied in order, whiteouts and opaque dirs included.
-    expected = _expected_merged_tree([_source_tar(store, layer) for layer in inputs])
-    actual = _merged_tree(store, merged_path)
+    expected = nh.expected_merged_tree([_source_tar(store, layer) for layer in inputs])
+    actual = nh.merged_tree(store, merged_path)
     assert "etc/remove-me" not in actual and "var/cache/old" not in actual
     assert "opt/app/lib" not in actual and actual["opt/thing"]["kind"] == "dir"
     assert actual == expected
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
     # nydus-image 2.2.0 writes the xattrs of one file in hash-map order, which changes from run to run
@@ -469,7 +321,7 @@ def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
     assert runs[0] == runs[1]
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -484,17 +336,17 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     # A layer bootstrap takes its blob id from its file name, as merge does.
     bootstrap = tmp_path / dg.hex_of(small.descriptor.digest)
     bootstrap.write_bytes(store.read_bytes(small.extra["bootstrap"]))
-    blocks = _inspect_dir(bootstrap, "data", ["random.bin", "text.txt"])
+    blocks = nh.inspect_dir(bootstrap, "data", ["random.bin", "text.txt"])
     # 64 KiB chunks, stored uncompressed.
-    sizes = [(int(c), int(d)) for c, d, _, _ in _CHUNK.findall(blocks[0])]
+    sizes = [(int(c), int(d)) for c, d, _, _ in nh.CHUNK.findall(blocks[0])]
     assert len(sizes) == 5 and all(c == d for c, d in sizes) and sizes[0][1] == 0x10000
-    assert _read_file_from_blobs(store, blocks[1]) == b"compressible text " * 20000
+    assert nh.read_file_from_blobs(store, blocks[1]) == b"compressible text " * 20000
 
     aligned = load_driver("nydus", {"fs_version": 5, "fs_align_chunk": True}).convert_layer(source)
-    assert _fs_version_of(store.read_bytes(aligned.extra["bootstrap"])) == "5"
+    assert nh.fs_version_of(store.read_bytes(aligned.extra["bootstrap"])) == "5"
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -507,7 +359,7 @@ def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: Con
         assert plan.layers[-1].descriptor.media_type == expected
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Path) -> None:
     base = imagegen.TarBuilder(auto_parents=True)
@@ -546,18 +398,18 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
     merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
     report = tmp_path / "check.json"
     blob_dir = store.path(boot.descriptor.digest).parent
-    _run(
+    nh.run(
         "check", "--log-level", "warn", "--blob-dir", str(blob_dir), "--output-json", str(report), str(merged)
     )
     # The data blobs of a zran image are the source gzip layers themselves.
     assert json.loads(report.read_text())["blobs"] == [dg.hex_of(d.digest) for d in image.layers]
-    inodes = _checked_inodes(merged, blob_dir)
+    inodes = nh.checked_inodes(merged, blob_dir)
     expected = trees.apply_layers([_source_tar(store, layer) for layer in inputs])
     assert set(inodes) == set(expected)
     assert "etc/remove-me" not in inodes and "opt/app/old.txt" not in inodes
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -570,7 +422,7 @@ def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None
     assert converted.descriptor.media_type == mt.NYDUS_BLOB
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_oci_ref_refuses_non_gzip_layers(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -584,7 +436,7 @@ def _blob_count(store: ContentStore) -> int:
     return sum(1 for _ in store.path(dg.of_bytes(b"")).parent.iterdir())
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_wrong_diff_id_commits_nothing(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -598,7 +450,7 @@ def test_wrong_diff_id_commits_nothing(store: ContentStore) -> None:
     assert list((store.root / "ingest").iterdir()) == []
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_builder_failure_raises_with_its_output(store: ContentStore) -> None:
     garbage = b"this is not a tar archive " * 100
@@ -613,7 +465,7 @@ def test_builder_failure_raises_with_its_output(store: ContentStore) -> None:
     assert list((store.root / "ingest").iterdir()) == []
 
 
-@needs_builder
+@nh.needs_builder
 @pytest.mark.nydus
 def test_extract_trailer_entry_reports_missing_entries(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
@@ -638,3 +490,86 @@ def test_finish_refuses_a_plan_without_nydus_layers(store: ContentStore) -> None
     )
     with pytest.raises(DriverError, match="no nydus blob layers"):
         driver.finish(plan, store)
+
+
+def _source_image(image: imagegen.BuiltImage) -> SourceImage:
+    layers = tuple(
+        SourceLayer(descriptor=d, diff_id=i) for d, i in zip(image.layers, image.diff_ids, strict=True)
+    )
+    manifest = SourceManifest(
+        descriptor=image.manifest.with_(platform=image.platform), config=image.config, layers=layers
+    )
+    return SourceImage(reference="registry.local/library/app:1", root=image.manifest, manifests=(manifest,))
+
+
+@nh.needs_builder
+@pytest.mark.nydus
+@pytest.mark.parametrize("media", ["oci", "docker"])
+def test_merge_manifest_indexes_the_oci_variant_and_the_nydus_manifest(
+    store: ContentStore, media: str
+) -> None:
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("etc/motd", b"hello\n")
+    image = imagegen.build_image([layer], store, media=media)  # type: ignore[arg-type]
+    source = _source_image(image)
+    driver = load_driver("nydus", {"merge_manifest": True})
+    converted = {x.descriptor.digest: driver.convert_layer(x) for x in _layer_inputs(image, store)}
+    built = build_image(source, converted, driver, store)
+
+    index = Index.parse(store.read_bytes(built.root.digest))
+    assert built.root.media_type == index.media_type == mt.OCI_INDEX
+    oci_entry, nydus_entry = index.manifests
+    assert [m.descriptor for m in built.manifests] == [oci_entry, nydus_entry]
+    assert str(oci_entry.platform) == str(nydus_entry.platform) == "linux/amd64"
+    assert (oci_entry.artifact_type, nydus_entry.artifact_type) == (None, mt.NYDUS_ARTIFACT_TYPE)
+    # The index is a referrer of the source and says what made it, like any converted root.
+    assert index.doc["subject"] == {
+        "mediaType": image.manifest_media_type,
+        "digest": image.manifest.digest,
+        "size": image.manifest.size,
+    }
+    assert index.annotations[mt.ACCEL_DRIVER] == "nydus"
+    assert index.annotations[mt.ACCEL_SOURCE_DIGEST] == image.manifest.digest
+
+    # The OCI variant: the source manifest with the 32-byte empty gzip layer first, in the source's flavour.
+    oci_manifest = Manifest.parse(store.read_bytes(oci_entry.digest))
+    assert oci_manifest.media_type == image.manifest_media_type
+    empty, *rest = oci_manifest.layers
+    assert rest == image.layers
+    gzip_type = mt.DOCKER_LAYER_GZIP if media == "docker" else mt.OCI_LAYER_GZIP
+    assert (empty.media_type, empty.size, empty.digest) == (
+        gzip_type,
+        32,
+        "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4",
+    )
+    assert gzip.decompress(store.read_bytes(empty.digest)) == bytes(1024)  # an empty tar archive
+    config = ImageConfig.parse(store.read_bytes(oci_manifest.config.digest))
+    assert oci_manifest.config.media_type == image.config.media_type
+    assert config.diff_ids == [dg.of_bytes(bytes(1024)), *image.diff_ids]
+    source_config = json.loads(image.config_raw)
+    assert config.doc["history"] == [
+        {"created_by": "Nydus Converter", "comment": "Empty layer of the merged OCI manifest"},
+        *source_config["history"],
+    ]
+    assert {k: v for k, v in config.doc.items() if k not in ("rootfs", "history")} == {
+        k: v for k, v in source_config.items() if k not in ("rootfs", "history")
+    }
+    assert built.manifests[0].layers == (empty, *image.layers)  # so the push sends them all
+
+    # The Nydus manifest says what it is too.
+    nydus_manifest = Manifest.parse(store.read_bytes(nydus_entry.digest))
+    assert nydus_manifest.doc["artifactType"] == mt.NYDUS_ARTIFACT_TYPE
+    assert nydus_manifest.layers[-1].annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
+    assert nydus_manifest.subject is not None and nydus_manifest.subject.digest == image.manifest.digest
+
+    # Without the option the root is the Nydus manifest itself, with no artifactType.
+    plain_driver = load_driver("nydus")
+    plain = build_image(source, converted, plain_driver, store)
+    assert plain.root.media_type == mt.OCI_MANIFEST and len(plain.manifests) == 1
+    assert "artifactType" not in json.loads(store.read_bytes(plain.root.digest))
+
+
+def test_with_referrer_is_accepted_and_always_on() -> None:
+    assert NydusOptions().with_referrer is True
+    # Switching it off is accepted (acceld configs carry it) but `subject` is written regardless.
+    assert load_driver("nydus", {"with_referrer": False}).options.with_referrer is False  # type: ignore[attr-defined]
