@@ -97,6 +97,9 @@ class ProviderSettings(_Model):
     gcpolicy: GCPolicy = GCPolicy()
     cache_size: int = Field(default=200, ge=1)
     cache_version: str = "v1"
+    # accel: one conversion cache repository (`repo` on the source's registry, or `host/repo`) shared by
+    # every source repository, instead of `<source repository>:<cache_tag>`.
+    cache_repository: str | None = None
     docker_config: Path | None = None
 
     @field_validator("source", mode="before")

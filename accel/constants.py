@@ -17,6 +17,8 @@ OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 NYDUS_ARTIFACT_TYPE = "application/vnd.nydus.image.manifest.v1+json"
+# accel's conversion cache: a blob a cached record needs locally besides its layer (a Nydus layer bootstrap)
+ACCEL_CACHE_BLOB = "application/vnd.accel.cache.blob.v1"
 
 MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
@@ -52,6 +54,12 @@ ACCEL_DRIVER = "io.accel.driver"
 ACCEL_DRIVER_VERSION = "io.accel.driver.version"
 ACCEL_LAYER_SOURCE_DIGEST = "io.accel.layer.source-digest"
 ACCEL_NYDUS_BUILDER_VERSION = "io.accel.nydus.builder.version"
+# Conversion cache images (accel/cache.py). The source layer digest of a non-Nydus record is
+# ACCEL_LAYER_SOURCE_DIGEST; Nydus records use NYDUS_SOURCE_DIGEST, as the original service does.
+ACCEL_CACHE_VERSION = "io.accel.cache.version"
+ACCEL_CACHE_KEY = "io.accel.cache.key"  # Driver.cache_key(): driver, version and options
+ACCEL_CACHE_RECORD = "io.accel.cache.record"  # JSON: the converted layer (descriptor, diff_id, extra, ...)
+ACCEL_CACHE_BLOB_OF = "io.accel.cache.blob-of"  # on an ACCEL_CACHE_BLOB layer: its record's layer digest
 
 # Harbor accessory annotations (rule harbor_annotation)
 HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"

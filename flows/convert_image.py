@@ -1,4 +1,5 @@
-"""convert_image: resolve → pull layers → convert per layer → build manifest-or-index → push.
+"""convert_image: resolve → lookup cache → pull + convert what it misses → build manifest-or-index → push
+→ merge cache.
 
 The flow only composes tasks; every step's logic lives in the engine (`accel`).
 """
@@ -15,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
+from accel.cache import cache_reference
 from accel.context import context_for
 from accel.digest import short
 from accel.drivers import ConvertedLayer, detect_format
@@ -23,6 +25,7 @@ from accel.image import produced_by_accel
 from accel.reference import Reference
 from accel.rules import target_reference
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve
+from tasks.cache import CacheLookup, lookup_cache, merge_cache
 
 
 class TargetResult(BaseModel):
@@ -33,6 +36,7 @@ class TargetResult(BaseModel):
     source_size: int
     target_size: int
     layers: int
+    cached_layers: int = 0  # answered by the remote conversion cache, not converted
 
 
 class ConversionResult(BaseModel):
@@ -67,7 +71,10 @@ def convert_image(
         converter.find_driver(d)  # unknown driver: fail before touching the registry
     source_ref = Reference.parse(source)
     timings: dict[str, float] = {}
-    if source_ref.tag and source_ref.tag in converter.cache_tags():
+    provider = ctx.settings.provider
+    cache_ref = cache_reference(source_ref, converter.cache_tag, provider.cache_repository)
+    own_cache_tags = converter.cache_tags() | ({cache_ref.tag} if cache_ref and cache_ref.tag else set())
+    if source_ref.tag and source_ref.tag in own_cache_tags:
         return _skipped(source_ref, "", f"tag {source_ref.tag!r} is a conversion cache tag")
 
     started = time.monotonic()
@@ -79,24 +86,44 @@ def convert_image(
     if already := detect_format([layer.descriptor for m in image.manifests for layer in m.layers]):
         return _skipped(source_ref, image.root.digest, f"the image already is {already} (layer annotations)")
 
-    started = time.monotonic()
     layers = image.unique_layers()
+    target_refs = {
+        d: target_reference(source_ref, converter.suffix_for(converter.find_driver(d)), target_repository)
+        for d in driver_types
+    }
+    targets_by_driver = {d: str(t) for d, t in target_refs.items()}
+    lookup = CacheLookup(hits={d: {} for d in driver_types})
+    if cache_ref is not None:
+        started = time.monotonic()
+        lookup = lookup_cache(image, driver_types, str(cache_ref), targets_by_driver, config_path)
+        timings["cache lookup"] = time.monotonic() - started
+    hits = {d: lookup.hits.get(d, {}) for d in driver_types}
+
+    started = time.monotonic()
+    # Only layers some driver still has to convert are pulled.
+    missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in driver_types}
+    to_pull = {layer.descriptor.digest: layer for d in driver_types for layer in missed[d]}
     pulls = {
-        layer.descriptor.digest: pull_layer.submit(str(source_ref), layer, config_path) for layer in layers
+        digest: pull_layer.submit(str(source_ref), layer, config_path) for digest, layer in to_pull.items()
     }
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
         d: [
             convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
-            for layer in layers
+            for layer in missed[d]
         ]
         for d in driver_types
     }
-    converted = {d: [f.result() for f in futures] for d, futures in conversions.items()}
-    # A cached result whose blob has since left the content store is converted again.
-    for d, results in converted.items():
-        for i, c in enumerate(results):
-            if not ctx.store.exists(c.descriptor.digest):
-                results[i] = convert_layer.with_options(refresh_cache=True)(layers[i], d, config_path)
+    converted: dict[str, list[ConvertedLayer]] = {}
+    for d, futures in conversions.items():
+        fresh = {layer.descriptor.digest: f.result() for layer, f in zip(missed[d], futures, strict=True)}
+        # A cached result whose blob has since left the content store is converted again.
+        for layer in missed[d]:
+            if not ctx.store.exists(fresh[layer.descriptor.digest].descriptor.digest):
+                refresh = convert_layer.with_options(refresh_cache=True)
+                fresh[layer.descriptor.digest] = refresh(layer, d, config_path)
+        converted[d] = [
+            hits[d].get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers
+        ]
     timings["pull+convert"] = time.monotonic() - started
 
     targets = []
@@ -105,9 +132,7 @@ def convert_image(
         started = time.monotonic()
         built = build_image(image, converted[d], d, config_path)
         timings[f"build {d}"] = time.monotonic() - started
-        target = target_reference(
-            source_ref, converter.suffix_for(converter.find_driver(d)), target_repository
-        )
+        target = target_refs[d]
         started = time.monotonic()
         pushed = push_image(built, str(target), str(source_ref), config_path)
         timings[f"push {d}"] = time.monotonic() - started
@@ -120,9 +145,16 @@ def convert_image(
                 source_size=source_size,
                 target_size=sum(b.size for b in built.blobs()),
                 layers=len(converted[d]),
+                cached_layers=len(hits[d]),
             )
         )
-        logger.info("pushed %s@%s", target, pushed.digest)
+        logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
+
+    if cache_ref is not None:
+        # After every target is pushed; a cache failure is a warning, never a failed conversion.
+        started = time.monotonic()
+        merge_cache(image, converted, str(cache_ref), targets_by_driver, lookup.gone, config_path)
+        timings["cache merge"] = time.monotonic() - started
 
     result = ConversionResult(
         source=str(source_ref), source_digest=image.root.digest, targets=targets, seconds=timings
@@ -142,7 +174,8 @@ def _skipped(source: Reference, digest: str, reason: str) -> ConversionResult:
 
 def _publish_artifact(result: ConversionResult) -> None:
     rows = "\n".join(
-        f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} |"
+        f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} "
+        f"| cached {t.cached_layers}/{t.layers} layers |"
         for t in result.targets
     )
     stages = "\n".join(f"| {k} | {v:.2f} s |" for k, v in result.seconds.items())
@@ -152,7 +185,7 @@ def _publish_artifact(result: ConversionResult) -> None:
         description=f"conversion of {result.source}",
         markdown=(
             f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n{skipped}"
-            "| driver | target | digest | source bytes | target bytes |\n|---|---|---|---|---|\n"
+            "| driver | target | digest | source bytes | target bytes | cache |\n|---|---|---|---|---|---|\n"
             f"{rows}\n\n| stage | time |\n|---|---|\n{stages}\n"
         ),
     )
