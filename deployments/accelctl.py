@@ -1,11 +1,14 @@
-"""accelctl: one-time conversions (`convert`) and, later, task management against acceld."""
+"""accelctl: one-time conversions (`convert`) and task management against a running acceld (`task`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from deployments.state import use_embedded_prefect
 
@@ -32,6 +35,135 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SERVER = "http://127.0.0.1:2077"
+
+
+def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tuple[str, str | None]:
+    """acceld's URL and the webhook Authorization value: flags, then environment, then the config file."""
+    server = args.server or os.environ.get("ACCELD_URL")
+    auth = args.auth_header or os.environ.get("ACCELD_AUTH_HEADER")
+    if args.config and (server is None or auth is None):
+        from accel.config import load_file
+        from accel.reference import Reference
+
+        settings = load_file(args.config)
+        if server is None:
+            host = settings.server.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            server = f"http://{host}:{settings.server.port}"
+        if auth is None and source:
+            configured = settings.host(Reference.parse(source).registry)
+            if configured is not None and configured.webhook.auth_header is not None:
+                auth = configured.webhook.auth_header.get_secret_value()
+    return (server or DEFAULT_SERVER).rstrip("/"), auth
+
+
+def _request(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        resp = httpx.request(method, url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"accelctl: cannot reach acceld at {url}: {exc}") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"reason": resp.text}
+    return resp.status_code, body
+
+
+def _print_tasks(tasks: list[dict[str, Any]]) -> None:
+    print("ID\tSTATUS\tCREATED\tSOURCE\tTARGET\tREASON")
+    for t in tasks:
+        print(
+            f"{t['id']}\t{t['status']}\t{t['created']}\t{t['source']}\t{t.get('target', '')}\t"
+            f"{t.get('reason', '')}"
+        )
+
+
+def _task_create(args: argparse.Namespace) -> int:
+    """Posts the Harbor payload acceleration-service's own accelctl sends: one resource_url."""
+    server, auth = _server_and_auth(args, args.source)
+    payload = {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": args.source}]}}
+    headers = {"Authorization": auth} if auth else {}
+    status, body = _request(
+        "POST",
+        f"{server}/api/v1/conversions",
+        params={"sync": "true" if args.sync else "false"},
+        json=payload,
+        headers=headers,
+        timeout=None if args.sync else 30.0,
+    )
+    tasks = body.get("tasks", []) if isinstance(body, dict) else []
+    if status >= 400 or (args.sync and any(t["status"] != "COMPLETED" for t in tasks)):
+        reason = body.get("reason", body) if isinstance(body, dict) else body
+        print(f"accelctl: acceld answered {status}: {reason}", file=sys.stderr)
+        if tasks:
+            _print_tasks(tasks)
+        return 1
+    if not tasks:
+        print(f"accelctl: nothing to convert: {body.get('reason', '')}", file=sys.stderr)
+        return 0
+    if args.sync:
+        _print_tasks(tasks)
+    else:
+        for t in tasks:
+            print(t["id"])
+    return 0
+
+
+def _task_list(args: argparse.Namespace) -> int:
+    server, _ = _server_and_auth(args)
+    status, body = _request("GET", f"{server}/api/v1/conversions", params={"limit": args.limit})
+    if status != 200:
+        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        _print_tasks(body)
+    return 0
+
+
+def _task_get(args: argparse.Namespace) -> int:
+    server, _ = _server_and_auth(args)
+    status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}")
+    if status != 200:
+        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def _add_task_commands(sub: Any) -> None:
+    task = sub.add_parser("task", help="conversion tasks on a running acceld")
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--server", help=f"acceld URL (env ACCELD_URL; default from --config or {DEFAULT_SERVER})"
+        )
+        p.add_argument("--config", help="acceld config: server address and webhook auth header")
+        p.add_argument("--auth-header", help="Authorization value (env ACCELD_AUTH_HEADER)")
+
+    create = task_sub.add_parser("create", help="convert SOURCE on acceld")
+    common(create)
+    create.add_argument("--sync", action="store_true", help="wait for the conversion and print its result")
+    create.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
+    create.set_defaults(func=_task_create)
+
+    listing = task_sub.add_parser("list", help="list conversion tasks, newest first")
+    common(listing)
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=_task_list)
+
+    get = task_sub.add_parser("get", help="show one conversion task as JSON")
+    common(get)
+    get.add_argument("id", help="task id (the Prefect flow run id)")
+    get.set_defaults(func=_task_get)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="accelctl", description="accel command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
     convert.set_defaults(func=_convert)
+    _add_task_commands(sub)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""acceld: the HTTP API (uvicorn) plus a runner serving the `convert-image` and `bulk-reconvert` deployments.
+
+    prefect server start &                      # a real Prefect server (SQLite or PostgreSQL)
+    PREFECT_API_URL=http://127.0.0.1:4200/api acceld --config config.yaml
+
+The runner is a child process (`acceld --runner`), restarted if it dies and stopped with acceld; flow runs
+are its children. `--no-serve` runs the API only, for the work-pool mode where `prefect worker start`
+executes the deployments from prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("acceld")
+
+_PR_SET_PDEATHSIG = 1
+RUNNER_POLL_SECONDS = "2"  # Prefect's default (10 s) would add up to 10 s before each conversion starts
+
+
+def _die_with_parent() -> None:
+    """In the runner child: get SIGTERM when acceld dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def runtime_env(config_path: str, work_dir: Path) -> None:
+    """Settings every acceld process and flow run shares; set before Prefect reads its settings."""
+    os.environ["ACCEL_CONFIG"] = config_path
+    # The API reads conversion results (sizes, targets) that flow runs persist, so both need the same store.
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(work_dir / "prefect-results"))
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_SECONDS)
+    paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def prefect_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+async def _wait_for_prefect(timeout: float) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    error: object = None
+    while time.monotonic() < deadline:
+        async with get_client() as client:
+            error = await client.api_healthcheck()
+        if error is None:
+            return
+        await asyncio.sleep(1)
+    raise RuntimeError(f"Prefect API did not become healthy in {timeout:.0f}s: {error}")
+
+
+class WorkDirLock:
+    """One acceld serving deployments per work dir: the lock is what makes orphan recovery safe."""
+
+    def __init__(self, work_dir: Path) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.path = work_dir / "acceld.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RunnerSupervisor:
+    """Keeps one `acceld --runner` child alive until stopped."""
+
+    def __init__(self, config_path: str, restart_delay: float = 3.0) -> None:
+        self.command = [sys.executable, "-m", "deployments.acceld", "--config", config_path, "--runner"]
+        self.restart_delay = restart_delay
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runner-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, cwd=PROJECT_ROOT, preexec_fn=_die_with_parent)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._proc = self._spawn()
+            log.info("deployment runner started (pid %d)", self._proc.pid)
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            log.error("deployment runner exited with %s; restarting in %.0fs", code, self.restart_delay)
+            self._stopping.wait(self.restart_delay)
+
+    def stop(self, grace: float = 30.0) -> None:
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._thread.join(timeout=5)
+
+
+def serve_deployments(config_path: str) -> int:
+    """The runner child: register and serve both deployments; flow runs are its subprocesses."""
+    from prefect import serve
+    from prefect.deployments.runner import EntrypointType
+
+    from accel.config import load_file
+    from deployments.api.tasks import BULK_FLOW, CONVERT_FLOW
+    from flows.bulk_reconvert import bulk_reconvert
+    from flows.convert_image import convert_image
+
+    settings = load_file(config_path)
+    convert = convert_image.to_deployment(
+        name=CONVERT_FLOW,
+        parameters={"config": config_path},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        tags=["accel"],
+        description="Convert one image with the configured drivers and push beside it (acceld).",
+    )
+    bulk = bulk_reconvert.to_deployment(
+        name=BULK_FLOW,
+        parameters={"config": config_path},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        cron=settings.bulk.schedule,
+        tags=["accel"],
+        description="Convert every tag lacking an up-to-date converted image (acceld).",
+    )
+    serve(
+        convert,
+        bulk,
+        limit=settings.converter.worker,
+        pause_on_shutdown=False,
+        print_starting_message=False,
+    )
+    return 0
+
+
+def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int:
+    import uvicorn
+
+    from accel.config import Settings
+    from accel.metrics import Metrics
+    from deployments.api import create_app
+    from deployments.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from deployments.api.tasks import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+
+    assert isinstance(settings, Settings)
+    if not prefect_api_url():
+        print(
+            "acceld: no Prefect API configured. Start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        asyncio.run(_wait_for_prefect(args.prefect_timeout))
+    except RuntimeError as exc:
+        print(f"acceld: {exc}", file=sys.stderr)
+        return 1
+
+    lock = WorkDirLock(settings.provider.work_dir)
+    supervisor = None
+    if args.serve:
+        if not lock.acquire():
+            print(
+                f"acceld: another acceld serves from {settings.provider.work_dir} ({lock.path})",
+                file=sys.stderr,
+            )
+            return 1
+        # No runner of ours is alive (we hold the lock), so a RUNNING/PENDING run of our deployments was
+        # left behind by an acceld that died; without this it would show PROCESSING forever.
+        orphans = asyncio.run(
+            fail_orphaned_runs(
+                [CONVERT_DEPLOYMENT, BULK_DEPLOYMENT],
+                "acceld stopped while this run was in progress (its process is gone); push again or run "
+                "bulk-reconvert to retry",
+            )
+        )
+        for run_id in orphans:
+            log.warning("marked orphaned flow run %s as FAILED", run_id)
+        supervisor = RunnerSupervisor(config_path)
+        supervisor.start()
+
+    metrics = Metrics() if settings.metric.enabled else None
+    backend = PrefectBackend(settings, config_path, metrics)
+    app = create_app(settings, backend, metrics, background=backend.poll_forever if metrics else None)
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        lock.release()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="acceld", description="accel service: webhooks → Prefect flow runs")
+    parser.add_argument("--config", required=True, help="acceld-style YAML config")
+    parser.add_argument("--host", help="listen address (default: server.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: server.port)")
+    parser.add_argument(
+        "--no-serve",
+        dest="serve",
+        action="store_false",
+        help="API only: deployments are executed by Prefect workers (work-pool mode)",
+    )
+    parser.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)  # the runner child
+    parser.add_argument("--prefect-timeout", type=float, default=60.0, help="wait this long for Prefect")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    from accel.config import load_file
+    from accel.errors import ConfigError
+
+    config_path = str(Path(args.config).resolve())
+    try:
+        settings = load_file(config_path)
+    except ConfigError as exc:
+        print(f"acceld: {exc}", file=sys.stderr)
+        return 2
+    runtime_env(config_path, settings.provider.work_dir)
+    if args.runner:
+        return serve_deployments(config_path)
+    return run_api(args, settings, config_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The FastAPI app: webhooks in, conversion tasks out.
+
+Harbor's webhook client gives up after 3 seconds, so the webhook path does only parsing, checks and one
+call to the backend (creating a flow run); `?sync=true` is for `accelctl task create --sync`, which waits.
+Every refusal is a 4xx with a reason: a malformed body must never look like a server fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from accel.config import Settings
+from accel.metrics import Metrics
+from accel.webhook import (
+    MAX_BODY_BYTES,
+    SOURCE_DISTRIBUTION,
+    SOURCE_HARBOR,
+    InvalidWebhook,
+    PushedImage,
+    WebhookEvent,
+    conversion_key,
+    is_converted_tag,
+    parse_distribution,
+    parse_harbor,
+)
+from deployments.api.tasks import (
+    COMPLETED,
+    BackendUnavailable,
+    ConversionBackend,
+    ConversionTask,
+    SubmitRequest,
+    TaskNotFound,
+)
+
+log = logging.getLogger("acceld.api")
+
+DEFAULT_SYNC_TIMEOUT = 3600.0
+ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
+MAX_LIST = 1000
+
+
+class _Refused(Exception):
+    """A webhook request refused with `status`; `result` is the metric label."""
+
+    def __init__(self, status: int, result: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.result = result
+        self.reason = reason
+
+
+def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"status": status, "reason": reason, **extra}, status_code=status)
+
+
+async def _read_body(request: Request) -> bytes:
+    """At most MAX_BODY_BYTES, without buffering a bigger body first."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "invalid", "Content-Length is not a number")
+        if int(declared) > MAX_BODY_BYTES:
+            raise _Refused(400, "invalid", f"body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _Refused(400, "invalid", f"body exceeds the limit of {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Api:
+    """Request handling with its dependencies; `create_app` wires it into FastAPI routes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: ConversionBackend,
+        metrics: Metrics | None,
+        sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics = metrics
+        self.sync_timeout = sync_timeout
+        self.answer_within = ANSWER_WITHIN
+        self._background: set[asyncio.Future[ConversionTask]] = set()
+        converter = settings.converter
+        self.suffixes = [converter.suffix_for(d) for d in converter.all_drivers()]
+
+    async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
+        request = self.submit_request(image)
+        task = await self.backend.submit(request)
+        log.info("%s push of %s → task %s", source, image.reference, task.id)
+        return task
+
+    def _count(self, source: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_request(source, result)
+
+    def _check_access(self, images: tuple[PushedImage, ...], authorization: str | None) -> None:
+        """Unknown registry → 403 (never pull from one); configured auth_header not matched → 401."""
+        for registry in sorted({i.registry for i in images}):
+            host = self.settings.host(registry)
+            if registry not in self.settings.provider.source:
+                raise _Refused(403, "forbidden", f"registry {registry} is not configured in provider.source")
+            expected = host.webhook.auth_header if host is not None else None
+            if expected is None or not expected.get_secret_value():
+                continue
+            given = (authorization or "").encode()
+            if not hmac.compare_digest(given, expected.get_secret_value().encode()):
+                what = "missing" if not authorization else "does not match"
+                raise _Refused(401, "unauthorized", f"Authorization header {what} for registry {registry}")
+
+    def submit_request(self, image: PushedImage) -> SubmitRequest:
+        converter = self.settings.converter
+        route = converter.route(image.registry, image.reference.repository)
+        drivers = tuple(route.drivers or [d.type for d in converter.all_drivers()])
+        options = {
+            d: {
+                "config": converter.find_driver(d).driver_config(),
+                "suffix": converter.suffix_for(converter.find_driver(d)),
+            }
+            for d in drivers
+        }
+        key = conversion_key(image.reference, drivers, options, route.target_repository)
+        return SubmitRequest(image.reference, drivers, route.target_repository, key)
+
+    async def accept(self, event: WebhookEvent, authorization: str | None, sync: bool) -> JSONResponse:
+        if not event.images:
+            self._count(event.source, "ignored")
+            return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
+        self._check_access(event.images, authorization)
+        wanted = [i for i in event.images if not is_converted_tag(i.reference.tag, self.suffixes)]
+        ignored = list(event.ignored) + [
+            f"{i.reference} is accel's own output (converted image or referrers index tag)"
+            for i in event.images
+            if i not in wanted
+        ]
+        if not wanted:
+            self._count(event.source, "ignored")
+            return JSONResponse({"status": "ignored", "reason": "; ".join(ignored), "tasks": []})
+        submissions = [asyncio.ensure_future(self._submit(event.source, i)) for i in wanted]
+        if not sync:
+            # Harbor waits 3 s at most. A slow orchestrator must not turn into a timeout there: creation
+            # goes on in the background (the idempotency key makes a retried event harmless).
+            done, pending = await asyncio.wait(submissions, timeout=self.answer_within)
+            for job in pending:
+                self._background.add(job)
+                job.add_done_callback(self._background.discard)
+            failures = [j.exception() for j in done if j.exception() is not None]
+            if failures and not pending and len(failures) == len(submissions):
+                raise failures[0]  # type: ignore[misc]
+            tasks = [j.result() for j in done if j.exception() is None]
+            self._count(event.source, "accepted")
+            return JSONResponse(
+                {
+                    "status": "accepted",
+                    "tasks": [_task_json(t) for t in tasks],
+                    "pending": [str(wanted[submissions.index(j)].reference) for j in pending],
+                    "ignored": ignored,
+                },
+                status_code=202,
+            )
+        tasks = list(await asyncio.gather(*submissions))
+        finished = [await self.backend.wait(t.id, self.sync_timeout) for t in tasks]
+        ok = all(t.status == COMPLETED for t in finished)
+        self._count(event.source, "completed" if ok else "failed")
+        body = {"status": "completed" if ok else "failed", "tasks": [_task_json(t) for t in finished]}
+        if not ok:
+            body["reason"] = "; ".join(f"{t.source}: {t.reason or t.status}" for t in finished if t.reason)
+        # acceleration-service answers a failed synchronous conversion with 500; unfinished ones stay 202.
+        if any(t.status == "PROCESSING" for t in finished):
+            return JSONResponse(body, status_code=202)
+        return JSONResponse(body, status_code=200 if ok else 500)
+
+    async def webhook(
+        self, request: Request, source: str, parse: Callable[[bytes, str | None], WebhookEvent]
+    ) -> JSONResponse:
+        try:
+            body = await _read_body(request)
+            try:
+                event = parse(body, request.headers.get("content-type"))
+            except InvalidWebhook as exc:
+                raise _Refused(400, "invalid", str(exc)) from None
+            return await self.accept(
+                event, request.headers.get("authorization"), _flag(request.query_params.get("sync"))
+            )
+        except _Refused as exc:
+            self._count(source, exc.result)
+            log.warning("webhook refused (%d): %s", exc.status, exc.reason)
+            return _error(exc.status, exc.reason)
+        except BackendUnavailable as exc:
+            self._count(source, "unavailable")
+            log.error("webhook accepted but the orchestrator is unavailable: %s", exc)
+            return _error(503, f"orchestrator unavailable: {exc}")
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _task_json(task: ConversionTask) -> dict[str, Any]:
+    return task.model_dump(mode="json")
+
+
+def work_dir_problem(work_dir: Path) -> str | None:
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=work_dir, prefix=".readyz-"):
+            pass
+    except OSError as exc:
+        return f"work dir {work_dir} is not writable: {exc.strerror or exc}"
+    return None
+
+
+def create_app(
+    settings: Settings,
+    backend: ConversionBackend,
+    metrics: Metrics | None = None,
+    *,
+    sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+    background: Callable[[], Any] | None = None,
+) -> FastAPI:
+    """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller)."""
+    if metrics is None and settings.metric.enabled:
+        metrics = Metrics()
+    api = Api(settings, backend, metrics, sync_timeout)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        job = asyncio.create_task(background()) if background else None
+        try:
+            yield
+        finally:
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job
+            close = getattr(backend, "aclose", None)
+            if close is not None:
+                await close()
+
+    app = FastAPI(title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.api = api
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "; ".join(str(e.get("msg")) for e in exc.errors()) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(BackendUnavailable)
+    async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        return _error(503, f"orchestrator unavailable: {exc}")
+
+    @app.post("/api/v1/conversions")
+    async def create_conversion(request: Request) -> JSONResponse:
+        return await api.webhook(request, SOURCE_HARBOR, parse_harbor)
+
+    @app.post("/api/v1/notifications/distribution")
+    async def distribution_notification(request: Request) -> JSONResponse:
+        return await api.webhook(request, SOURCE_DISTRIBUTION, parse_distribution)
+
+    @app.get("/api/v1/conversions")
+    async def list_conversions(limit: int = 200) -> JSONResponse:
+        if not 1 <= limit <= MAX_LIST:
+            return _error(400, f"limit must be between 1 and {MAX_LIST}")
+        return JSONResponse([_task_json(t) for t in await backend.list(limit)])
+
+    @app.get("/api/v1/conversions/{task_id}")
+    async def get_conversion(task_id: str) -> JSONResponse:
+        try:
+            return JSONResponse(_task_json(await backend.get(task_id)))
+        except TaskNotFound:
+            return _error(404, f"no conversion task {task_id}")
+
+    @app.get("/api/v1/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/livez")
+    async def livez() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        problems = []
+        work_problem = work_dir_problem(settings.provider.work_dir)
+        if work_problem:
+            problems.append(work_problem)
+        try:
+            problems += await asyncio.wait_for(backend.problems(), timeout=5)
+        except TimeoutError:
+            problems.append("orchestrator did not answer within 5 s")
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    if metrics is not None:
+        registered = metrics
+
+        @app.get("/metrics")
+        async def prometheus_metrics() -> Response:
+            return Response(registered.render(), media_type=registered.content_type)
+
+    log.debug("acceld API ready (pid %d)", os.getpid())
+    return app

@@ -1,0 +1,364 @@
+"""Conversion tasks as Prefect flow runs of the `convert-image` deployment.
+
+A task id is the flow run id; the task list is Prefect's list of `convert-image` runs, so it survives acceld
+restarts and shows runs started by any acceld, worker or the `bulk-reconvert` flow. Sizes and targets come
+from the flow's persisted result (`ConversionResult`) once it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Failed, get_state_result
+
+from accel.config import Settings
+from accel.metrics import Metrics
+from accel.reference import Reference
+from accel.rules import target_reference
+from deployments.api.tasks import (
+    COMPLETED,
+    CONVERT_DEPLOYMENT,
+    CONVERT_FLOW,
+    FAILED,
+    PROCESSING,
+    BackendUnavailable,
+    ConversionTask,
+    Status,
+    SubmitRequest,
+    TaskNotFound,
+)
+
+log = logging.getLogger("acceld.prefect")
+
+FAILED_TYPES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+FINAL_TYPES = (StateType.COMPLETED, *FAILED_TYPES)
+LIVE_TYPES = (StateType.RUNNING, StateType.PENDING, StateType.CANCELLING)
+_RESULT_CACHE_LIMIT = 4096
+_PAGE = 200
+
+
+def status_of(run: FlowRun) -> Status:
+    state_type = run.state.type if run.state else None
+    if state_type == StateType.COMPLETED:
+        return COMPLETED
+    if state_type in FAILED_TYPES:
+        return FAILED
+    return PROCESSING
+
+
+def _field(result: Any, name: str, default: Any = None) -> Any:
+    if isinstance(result, dict):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+class PrefectBackend:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: str,
+        metrics: Metrics | None = None,
+        deployment_name: str = CONVERT_DEPLOYMENT,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.metrics = metrics
+        self.deployment_name = deployment_name
+        self.poll_interval = poll_interval
+        self.started_at = dt.datetime.now(dt.UTC)
+        self._deployment_id: uuid.UUID | None = None
+        self._results: dict[uuid.UUID, Any] = {}  # final runs only: their results never change
+        self._observed: set[uuid.UUID] = set()
+        self._shared: PrefectClient | None = None
+
+    # --- Prefect plumbing -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[PrefectClient]:
+        """One client (one connection pool) for the app's event loop; opening one per request is slow."""
+        if self._shared is None:
+            client = get_client()
+            await client.__aenter__()
+            self._shared = client
+        yield self._shared
+
+    async def aclose(self) -> None:
+        client, self._shared = self._shared, None
+        if client is not None:
+            await client.__aexit__(None, None, None)
+
+    async def _deployment(self, client: PrefectClient) -> uuid.UUID:
+        if self._deployment_id is None:
+            try:
+                deployment = await client.read_deployment_by_name(self.deployment_name)
+            except ObjectNotFound:
+                raise BackendUnavailable(
+                    f"deployment {self.deployment_name} is not registered yet "
+                    "(is acceld or a worker serving it?)"
+                ) from None
+            self._deployment_id = deployment.id
+        return self._deployment_id
+
+    # --- the backend protocol -------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> ConversionTask:
+        parameters: dict[str, Any] = {
+            "source": str(request.source),
+            "drivers": list(request.drivers),
+            "config": self.config_path,
+            "target_repository": request.target_repository,
+        }
+        try:
+            async with self._client() as client:
+                deployment_id = await self._deployment(client)
+                try:
+                    run = await client.create_flow_run_from_deployment(
+                        deployment_id,
+                        parameters=parameters,
+                        idempotency_key=request.idempotency_key,
+                        tags=["accel", *(f"driver:{d}" for d in request.drivers)],
+                    )
+                except ObjectNotFound:
+                    self._deployment_id = None  # deleted and re-created under a new id: look it up again
+                    deployment_id = await self._deployment(client)
+                    run = await client.create_flow_run_from_deployment(
+                        deployment_id, parameters=parameters, idempotency_key=request.idempotency_key
+                    )
+                return await self._task(client, run)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # httpx errors, 5xx from the Prefect API
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def get(self, task_id: str) -> ConversionTask:
+        try:
+            run_id = uuid.UUID(task_id)
+        except ValueError:
+            raise TaskNotFound(task_id) from None
+        async with self._client() as client:
+            try:
+                run = await client.read_flow_run(run_id)
+            except ObjectNotFound:
+                raise TaskNotFound(task_id) from None
+            except Exception as exc:
+                raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if not await self._is_conversion(client, run):
+                raise TaskNotFound(task_id)
+            return await self._task(client, run)
+
+    async def list(self, limit: int) -> list[ConversionTask]:
+        try:
+            async with self._client() as client:
+                runs: list[FlowRun] = []
+                while len(runs) < limit:  # the Prefect API caps a page at 200 runs
+                    page = await client.read_flow_runs(
+                        flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
+                        sort=FlowRunSort.START_TIME_DESC,
+                        limit=min(_PAGE, limit - len(runs)),
+                        offset=len(runs),
+                    )
+                    runs += page
+                    if len(page) < _PAGE:
+                        break
+                runs.sort(key=lambda r: r.created or self.started_at, reverse=True)
+                return [await self._task(client, run) for run in runs]
+        except Exception as exc:
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def wait(self, task_id: str, timeout: float) -> ConversionTask:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            task = await self.get(task_id)
+            if task.status != PROCESSING or asyncio.get_running_loop().time() >= deadline:
+                return task
+            await asyncio.sleep(self.poll_interval)
+
+    async def problems(self) -> list[str]:
+        try:
+            async with self._client() as client:
+                error = await client.api_healthcheck()
+                if error is not None:
+                    return [f"Prefect API at {client.api_url} is not healthy: {error}"]
+                await self._deployment(client)
+        except BackendUnavailable as exc:
+            return [str(exc)]
+        except Exception as exc:
+            return [f"Prefect API unreachable: {type(exc).__name__}: {exc}"]
+        return []
+
+    # --- runs → tasks ---------------------------------------------------------------------------------
+
+    async def _is_conversion(self, client: PrefectClient, run: FlowRun) -> bool:
+        flow = await client.read_flow(run.flow_id)
+        return flow.name == CONVERT_FLOW
+
+    def _drivers(self, run: FlowRun) -> list[str]:
+        drivers = (run.parameters or {}).get("drivers")
+        return list(drivers) if drivers else [d.type for d in self.settings.converter.all_drivers()]
+
+    def _planned_targets(self, run: FlowRun, drivers: Iterable[str]) -> list[str]:
+        params = run.parameters or {}
+        converter = self.settings.converter
+        try:
+            source = Reference.parse(str(params.get("source", "")))
+            return [
+                str(
+                    target_reference(
+                        source,
+                        converter.suffix_for(converter.find_driver(d)),
+                        params.get("target_repository"),
+                    )
+                )
+                for d in drivers
+            ]
+        except Exception:  # a run from another config (unknown driver) or a bad source: no guess
+            return []
+
+    async def _result(self, run: FlowRun) -> Any:
+        if run.id in self._results:
+            return self._results[run.id]
+        try:
+            result = await get_state_result(run.state, raise_on_failure=False, retry_result_failure=False)
+        except Exception as exc:  # not persisted, or storage not reachable from here
+            log.debug("no result for flow run %s: %s", run.id, exc)
+            result = None
+        if len(self._results) >= _RESULT_CACHE_LIMIT:
+            self._results.clear()
+        self._results[run.id] = result
+        return result
+
+    async def _task(self, client: PrefectClient, run: FlowRun) -> ConversionTask:
+        status = status_of(run)
+        drivers = self._drivers(run)
+        targets = self._planned_targets(run, drivers)
+        reason = ""
+        source_size = target_size = 0
+        if status == COMPLETED:
+            result = await self._result(run)
+            if result is not None:
+                results = _field(result, "targets") or []
+                if results:
+                    targets = [str(_field(t, "reference")) for t in results]
+                    source_size = int(_field(results[0], "source_size", 0) or 0)
+                    target_size = sum(int(_field(t, "target_size", 0) or 0) for t in results)
+                skipped = _field(result, "skipped")
+                if skipped:
+                    reason = str(_field(result, "reason") or skipped)
+        elif status == FAILED and run.state is not None:
+            reason = run.state.message or run.state.name
+        if status != PROCESSING:
+            await self._observe(client, run, drivers)
+        return ConversionTask(
+            id=str(run.id),
+            created=run.created or run.expected_start_time or self.started_at,
+            finished=run.end_time if status != PROCESSING else None,
+            source=str((run.parameters or {}).get("source", "")),
+            target=",".join(targets),
+            targets=targets,
+            source_size=source_size,
+            target_size=target_size,
+            status=status,
+            reason=reason,
+            drivers=drivers,
+        )
+
+    # --- metrics from run states --------------------------------------------------------------------
+
+    async def _observe(self, client: PrefectClient, run: FlowRun, drivers: list[str]) -> None:
+        """Count each run that finished while this process was up, once (counters restart with us)."""
+        if self.metrics is None or run.id in self._observed:
+            return
+        self._observed.add(run.id)
+        if run.end_time is None or run.end_time < self.started_at:
+            return
+        seconds = run.total_run_time.total_seconds() if run.total_run_time else None
+        self.metrics.conversion_finished(drivers, status_of(run) == COMPLETED, seconds)
+        try:
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            )
+        except Exception as exc:
+            log.debug("cannot read task runs of %s: %s", run.id, exc)
+            return
+        for task_run in task_runs:
+            # Task runs are named `convert sha256:abcdef012345 (estargz)`; cache hits end in state "Cached".
+            name = task_run.name or ""
+            if not name.startswith("convert ") or "(" not in name or task_run.state is None:
+                continue
+            if task_run.state.type != StateType.COMPLETED:
+                continue
+            driver = name.rsplit("(", 1)[1].rstrip(")")
+            self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached")
+
+    async def poll_forever(self, interval: float = 10.0) -> None:
+        """Keep conversion metrics current even when nobody lists tasks."""
+        since = self.started_at
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._client() as client:
+                    runs = await client.read_flow_runs(
+                        flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(FINAL_TYPES))),
+                            end_time=FlowRunFilterEndTime(after_=since - dt.timedelta(seconds=interval)),
+                        ),
+                        limit=200,
+                    )
+                    for run in runs:
+                        await self._observe(client, run, self._drivers(run))
+                    since = dt.datetime.now(dt.UTC)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("metrics poll failed: %s", exc)
+
+
+async def fail_orphaned_runs(deployment_names: Iterable[str], reason: str) -> list[uuid.UUID]:
+    """Mark runs of these deployments that are RUNNING/PENDING as FAILED; the caller knows no one runs them.
+
+    acceld calls this before it starts serving its deployments, holding the work dir lock: it is the only
+    runner of those deployments, so a live-looking run is one a previous acceld left behind when it died.
+    """
+    failed: list[uuid.UUID] = []
+    async with get_client() as client:
+        ids = []
+        for name in deployment_names:
+            try:
+                ids.append((await client.read_deployment_by_name(name)).id)
+            except ObjectNotFound:
+                continue
+        if not ids:
+            return failed
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(LIVE_TYPES)))
+            ),
+        )
+        for run in runs:
+            await client.set_flow_run_state(run.id, Failed(message=reason), force=True)
+            failed.append(run.id)
+    return failed

@@ -1,0 +1,68 @@
+"""What the API calls a task (a conversion), and the backend that runs them (Prefect, or a fake in tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pydantic import BaseModel
+
+from accel.reference import Reference
+
+# Names of the deployments acceld serves (and prefect.yaml declares): `<flow name>/<deployment name>`.
+CONVERT_FLOW = "convert-image"
+BULK_FLOW = "bulk-reconvert"
+CONVERT_DEPLOYMENT = f"{CONVERT_FLOW}/{CONVERT_FLOW}"
+BULK_DEPLOYMENT = f"{BULK_FLOW}/{BULK_FLOW}"
+
+Status = Literal["PROCESSING", "COMPLETED", "FAILED"]
+PROCESSING: Status = "PROCESSING"
+COMPLETED: Status = "COMPLETED"
+FAILED: Status = "FAILED"
+
+
+class ConversionTask(BaseModel):
+    """acceleration-service's task fields, plus the drivers and every target when there are several."""
+
+    id: str
+    created: dt.datetime
+    finished: dt.datetime | None = None
+    source: str
+    target: str = ""  # comma-separated when several drivers run
+    source_size: int = 0
+    target_size: int = 0
+    status: Status
+    reason: str = ""
+    drivers: list[str] = []
+    targets: list[str] = []
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    source: Reference  # pinned to the pushed digest when the event named one
+    drivers: tuple[str, ...]
+    target_repository: str | None
+    idempotency_key: str
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class BackendUnavailable(RuntimeError):
+    """The orchestrator (Prefect API) cannot be reached or is not ready; the message says why."""
+
+
+class ConversionBackend(Protocol):
+    async def submit(self, request: SubmitRequest) -> ConversionTask: ...
+
+    async def get(self, task_id: str) -> ConversionTask: ...
+
+    async def list(self, limit: int) -> list[ConversionTask]: ...
+
+    async def wait(self, task_id: str, timeout: float) -> ConversionTask: ...
+
+    async def problems(self) -> list[str]:
+        """Why the backend cannot take work now; empty when ready."""
+        ...

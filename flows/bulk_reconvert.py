@@ -1,0 +1,186 @@
+"""bulk_reconvert: walk the configured registries and convert every tag lacking an up-to-date converted image.
+
+"Up to date" means the target tag exists and its manifest (or index) says, in accel's provenance
+annotations, that it was made from the source's current digest by the current driver version. Conversions
+start as runs of the `convert-image` deployment (concurrency and retries stay with whoever serves it);
+without a deployment they run here as subflows, one after another.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel
+
+from accel import constants as mt
+from accel.context import context_for
+from accel.reference import Reference
+from accel.registry.errors import NotFound
+from accel.rules import target_reference
+from accel.webhook import conversion_key, is_converted_tag
+from flows.convert_image import _config_path, convert_image
+
+CONVERT_DEPLOYMENT = "convert-image/convert-image"
+
+
+class StaleImage(BaseModel):
+    source: str  # pinned: repo:tag@digest
+    drivers: list[str]
+    target_repository: str | None
+    reasons: list[str]
+
+
+class BulkResult(BaseModel):
+    repositories: int
+    stale: list[StaleImage]
+    runs: list[str]  # flow run ids (deployment mode) or targets pushed (subflow mode)
+
+
+def _provenance(raw: bytes) -> tuple[str | None, str | None]:
+    """(source digest, driver version) recorded in a converted manifest or index."""
+    try:
+        annotations = json.loads(raw).get("annotations") or {}
+    except (ValueError, AttributeError):
+        return None, None
+    source = annotations.get(mt.ACCEL_SOURCE_DIGEST) or annotations.get(mt.HARBOR_SOURCE_DIGEST)
+    version = annotations.get(mt.ACCEL_DRIVER_VERSION) or annotations.get(mt.HARBOR_DRIVER_VERSION)
+    return source, version
+
+
+@task(name="list-repositories")
+def list_repositories(config_path: str, repositories: list[str] | None) -> list[str]:
+    """`host/repo` names: the ones given, else bulk.repositories, else each source host's catalog."""
+    ctx = context_for(config_path)
+    named = repositories or ctx.settings.bulk.repositories
+    if named:
+        return list(dict.fromkeys(named))
+    found = []
+    for host in ctx.settings.provider.source:
+        found += [f"{host}/{repo}" for repo in ctx.client.catalog(host)]
+    return found
+
+
+@task(name="plan-repository", task_run_name="plan {repository}")
+def plan_repository(config_path: str, repository: str, drivers: list[str] | None) -> list[StaleImage]:
+    ctx = context_for(config_path)
+    converter = ctx.settings.converter
+    base = Reference.parse(f"{repository}:latest")
+    if base.registry not in ctx.settings.provider.source:
+        raise ValueError(f"{repository}: registry {base.registry} is not configured in provider.source")
+    suffixes = [converter.suffix_for(d) for d in converter.all_drivers()]
+    tags = ctx.client.list_tags(base)
+    present = set(tags)
+    stale = []
+    for tag in tags:
+        if is_converted_tag(tag, suffixes):
+            continue
+        source = base.with_tag(tag)
+        route = converter.route(source.registry, source.repository)
+        wanted = drivers or route.drivers or [d.type for d in converter.all_drivers()]
+        try:
+            digest = ctx.client.resolve(source).digest
+        except NotFound:
+            continue  # deleted since the tag list was read
+        pinned = source.with_digest(digest)
+        need: list[str] = []
+        reasons: list[str] = []
+        for driver_type in wanted:
+            suffix = converter.suffix_for(converter.find_driver(driver_type))
+            target = target_reference(source, suffix, route.target_repository)
+            if target.repository == source.repository and target.tag not in present:
+                need.append(driver_type)
+                reasons.append(f"{driver_type}: {target.tag} missing")
+                continue
+            try:
+                _, raw = ctx.client.fetch_manifest(target)
+            except NotFound:
+                need.append(driver_type)
+                reasons.append(f"{driver_type}: {target} missing")
+                continue
+            made_from, version = _provenance(raw)
+            if made_from is None:
+                continue  # no provenance (e.g. a Docker-format target): cannot tell, leave it alone
+            if made_from != digest:
+                need.append(driver_type)
+                reasons.append(f"{driver_type}: {target} was made from {made_from}, source is now {digest}")
+            elif version is not None and version != ctx.driver(driver_type).version:
+                need.append(driver_type)
+                reasons.append(
+                    f"{driver_type}: made by driver {version}, now {ctx.driver(driver_type).version}"
+                )
+        if need:
+            stale.append(
+                StaleImage(
+                    source=str(pinned),
+                    drivers=need,
+                    target_repository=route.target_repository,
+                    reasons=reasons,
+                )
+            )
+    return stale
+
+
+def _idempotency_key(config_path: str, image: StaleImage, run_scope: str) -> str:
+    converter = context_for(config_path).settings.converter
+    options = {
+        d: {
+            "config": converter.find_driver(d).driver_config(),
+            "suffix": converter.suffix_for(converter.find_driver(d)),
+        }
+        for d in image.drivers
+    }
+    key = conversion_key(Reference.parse(image.source), image.drivers, options, image.target_repository)
+    # Scoped to this bulk run: its own retries reuse runs, a later bulk run may retry a failed conversion.
+    return f"{key}-bulk-{run_scope}"
+
+
+@flow(name="bulk-reconvert", log_prints=True)
+def bulk_reconvert(
+    config: str | None = None,
+    repositories: list[str] | None = None,
+    drivers: list[str] | None = None,
+    dry_run: bool = False,
+    use_deployment: bool = True,
+) -> BulkResult:
+    """Find stale tags in `repositories` (default: bulk.repositories, else every catalog) and convert them."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    config_path = _config_path(config)
+    repos = list_repositories(config_path, repositories)
+    plans = [plan_repository.submit(config_path, repo, drivers) for repo in repos]
+    stale = [image for future in plans for image in future.result()]
+    logger.info("%d repositories, %d stale image(s)", len(repos), len(stale))
+    runs: list[str] = []
+    if dry_run:
+        return BulkResult(repositories=len(repos), stale=stale, runs=runs)
+    scope = str(flow_run.get_id() or "local")
+    for image in stale:
+        logger.info("converting %s (%s)", image.source, "; ".join(image.reasons))
+        parameters: dict[str, Any] = {
+            "source": image.source,
+            "drivers": image.drivers,
+            "config": config_path,
+            "target_repository": image.target_repository,
+        }
+        if use_deployment:
+            try:
+                run = run_deployment(
+                    CONVERT_DEPLOYMENT,
+                    parameters=parameters,
+                    timeout=0,
+                    idempotency_key=_idempotency_key(config_path, image, scope),
+                    as_subflow=False,
+                )
+                runs.append(str(run.id))
+                continue
+            except ObjectNotFound:
+                logger.warning("deployment %s not found; converting in this flow run", CONVERT_DEPLOYMENT)
+                use_deployment = False
+        result = convert_image(**parameters)
+        runs += [t.reference for t in result.targets]
+    return BulkResult(repositories=len(repos), stale=stale, runs=runs)

@@ -1,0 +1,92 @@
+"""Session-wide processes for the e2e suite: one Prefect server, one acceld, two registries.
+
+`registry` (tests/conftest.py) takes Harbor-style webhooks posted by the tests; `notifying_registry` sends
+distribution notifications to acceld itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.harness import Acceld, PrefectServer, tail
+from tests.harness import registry as harness
+
+WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
+SUFFIX = "-esgz"
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def acceld_port() -> int:
+    return harness.free_port()
+
+
+@pytest.fixture(scope="session")
+def notifying_registry(
+    tmp_path_factory: pytest.TempPathFactory, acceld_port: int
+) -> Iterator[harness.RegistryServer]:
+    """A docker-registry whose notifications go to acceld's distribution endpoint."""
+    if not harness.registry_available():
+        pytest.skip(f"{harness.REGISTRY_BINARY} is not installed")
+    server = harness.RegistryServer(tmp_path_factory.mktemp("notifying-registry"))
+    config = yaml.safe_load(server.config_path.read_text())
+    config["notifications"] = {
+        "endpoints": [
+            {
+                "name": "acceld",
+                "url": f"http://127.0.0.1:{acceld_port}/api/v1/notifications/distribution",
+                "headers": {"Authorization": [WEBHOOK_SECRET]},
+                "timeout": "2s",
+                "threshold": 3,
+                "backoff": "1s",
+            }
+        ]
+    }
+    server.config_path.write_text(yaml.safe_dump(config))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def acceld(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefect_server: PrefectServer,
+    registry: harness.RegistryServer,
+    notifying_registry: harness.RegistryServer,
+    acceld_port: int,
+) -> Iterator[Acceld]:
+    workdir: Path = tmp_path_factory.mktemp("acceld")
+    settings = {
+        "server": {"name": "API", "host": "127.0.0.1", "port": acceld_port},
+        "metric": {"enabled": True},
+        "provider": {
+            "source": {
+                registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}},
+                notifying_registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}},
+            },
+            "work_dir": str(workdir / "work"),
+        },
+        "converter": {
+            "worker": 5,
+            "driver": {"type": "estargz", "config": {"compression_level": 1}},
+            "rules": [{"tag_suffix": SUFFIX}],
+        },
+    }
+    service = Acceld(workdir, prefect_server, settings)
+    service.start()
+    yield service
+    service.stop()
+    print(tail(service.log_path, 3000))

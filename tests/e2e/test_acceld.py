@@ -1,0 +1,307 @@
+"""acceld end to end: real registries, a real Prefect server, acceld with its own runner, all on loopback.
+
+Each test pushes its own synthetic image (unique repository), sends an event, and judges the outcome by
+what is in the registry and what the task API says.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from accel import constants as mt
+from accel.reference import Reference
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
+from tests.e2e.conftest import SUFFIX, WEBHOOK_SECRET
+from tests.e2e.harness import REPO, Acceld
+from tests.harness import imagegen, pushing
+from tests.unit.test_api import _malformed_bodies
+
+pytestmark = [pytest.mark.registry, pytest.mark.prefect]
+
+AUTH = {"Authorization": WEBHOOK_SECRET}
+KiB = 1024
+
+
+@pytest.fixture(scope="module")
+def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
+    return ContentStore(tmp_path_factory.mktemp("e2e-source"))
+
+
+def push_image(host: str, store: ContentStore, tag: str = "v1", seed: int = 0) -> Reference:
+    """A small synthetic image in a fresh repository; returns the reference pinned to its digest."""
+    layers = imagegen.standard_layers(64 * KiB)
+    extra = imagegen.TarBuilder(auto_parents=True)
+    extra.file("seed.txt", f"seed {seed}\n".encode())  # distinct digests per call when seeds differ
+    image = imagegen.build_image([*layers, extra], store)
+    ref = Reference.parse(f"{host}/e2e/{uuid.uuid4().hex[:10]}:{tag}")
+    with RegistryClient({host: HostConfig()}) as client:
+        digest = pushing.push(client, store, ref, image)
+    return ref.with_digest(digest)
+
+
+def harbor_payload(ref: Reference) -> dict[str, Any]:
+    return {
+        "type": "PUSH_ARTIFACT",
+        "occur_at": int(time.time()),
+        "operator": "admin",
+        "event_data": {
+            "resources": [{"digest": ref.digest, "tag": ref.tag, "resource_url": f"{ref.name}:{ref.tag}"}],
+            "repository": {
+                "name": ref.repository.rsplit("/", 1)[-1],
+                "namespace": ref.repository.split("/")[0],
+                "repo_full_name": ref.repository,
+            },
+        },
+    }
+
+
+def cloudevent_payload(ref: Reference) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "requestid": str(uuid.uuid4()),
+        "source": "/projects/1/webhook/policies/1",
+        "type": "harbor.artifact.pushed",
+        "datacontenttype": "application/json",
+        "time": "2025-01-01T00:00:00Z",
+        "data": harbor_payload(ref)["event_data"],
+        "operator": "admin",
+    }
+
+
+def wait_task(acceld: Acceld, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", timeout=30).json()
+        if task["status"] != "PROCESSING" or time.monotonic() > deadline:
+            return task
+        time.sleep(0.5)
+
+
+def assert_converted(ref: Reference) -> dict[str, Any]:
+    """The target tag exists, is eStargz, and records the source digest it was made from."""
+    target = ref.with_tag(f"{ref.tag}{SUFFIX}")
+    with RegistryClient({ref.registry: HostConfig()}) as client:
+        _, raw = client.fetch_manifest(target)
+    manifest = json.loads(raw)
+    assert manifest["annotations"][mt.ACCEL_SOURCE_DIGEST] == ref.digest
+    assert all(mt.ESTARGZ_TOC_DIGEST in layer.get("annotations", {}) for layer in manifest["layers"])
+    return manifest
+
+
+def tasks_for(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
+    listed = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
+    return [t for t in listed if t["source"].startswith(f"{ref.name}:")]
+
+
+def wait_listed(acceld: Acceld, ref: Reference, timeout: float = 60) -> list[dict[str, Any]]:
+    """Tasks for `ref` once listed (an answer may leave a slow run creation "pending")."""
+    deadline = time.monotonic() + timeout
+    while not (listed := tasks_for(acceld, ref)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return listed
+
+
+def test_harbor_default_payload_async(acceld, registry, source_store):
+    ref = push_image(registry.host, source_store)
+    started = time.monotonic()
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    assert time.monotonic() - started < 3, "Harbor gives up after 3 s"
+    assert r.status_code == 202, r.text
+    task_ids = [t["id"] for t in r.json()["tasks"]] or [t["id"] for t in wait_listed(acceld, ref)]
+    assert len(task_ids) == 1
+    done = wait_task(acceld, task_ids[0])
+    assert done["status"] == "COMPLETED", done
+    assert done["source"] == str(ref)
+    assert done["target"] == f"{ref.name}:{ref.tag}{SUFFIX}"
+    assert done["source_size"] > 0 and done["target_size"] > 0
+    assert done["finished"] is not None
+    assert_converted(ref)
+
+
+def test_cloudevents_payload_sync(acceld, registry, source_store):
+    ref = push_image(registry.host, source_store, tag="ce", seed=1)
+    r = httpx.post(
+        f"{acceld.url}/api/v1/conversions?sync=true",
+        content=json.dumps(cloudevent_payload(ref)),
+        headers={**AUTH, "Content-Type": "application/cloudevents+json"},
+        timeout=180,
+    )
+    assert r.status_code == 200, r.text
+    [task] = r.json()["tasks"]
+    assert task["status"] == "COMPLETED"
+    assert_converted(ref)
+
+
+def test_distribution_notification_from_a_real_registry(acceld, notifying_registry, source_store):
+    """The registry itself notifies acceld; the converted image's own push event is ignored (no loop)."""
+    ref = push_image(notifying_registry.host, source_store, tag="dist", seed=2)
+    deadline = time.monotonic() + 120
+    while not (tasks := tasks_for(acceld, ref)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(tasks) == 1, tasks
+    done = wait_task(acceld, tasks[0]["id"])
+    assert done["status"] == "COMPLETED", done
+    assert_converted(ref)
+    time.sleep(2)  # the target's own push notification has arrived by now
+    assert len(tasks_for(acceld, ref)) == 1
+
+
+def test_duplicate_events_are_one_conversion(acceld, registry, source_store):
+    ref = push_image(registry.host, source_store, tag="dup", seed=3)
+    ids = set()
+    for body in (harbor_payload(ref), harbor_payload(ref), cloudevent_payload(ref)):
+        r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=AUTH, timeout=30)
+        assert r.status_code == 202, r.text
+        ids |= {t["id"] for t in r.json()["tasks"]}
+    assert len(ids) == 1
+    assert wait_task(acceld, ids.pop())["status"] == "COMPLETED"
+    assert len(tasks_for(acceld, ref)) == 1
+
+
+@pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer nope"}, 401)])
+def test_wrong_or_missing_auth_is_401(acceld, registry, headers, status):
+    ref = Reference.parse(f"{registry.host}/e2e/auth:v1@sha256:{'1' * 64}")
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=headers, timeout=30)
+    assert r.status_code == status
+    assert tasks_for(acceld, ref) == []
+
+
+def test_unknown_registry_is_403(acceld):
+    ref = Reference.parse(f"unknown.example.com/e2e/app:v1@sha256:{'2' * 64}")
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    assert r.status_code == 403
+    assert "unknown.example.com" in r.json()["reason"]
+
+
+def test_fifty_malformed_bodies_get_4xx(acceld):
+    bodies = _malformed_bodies()
+    assert len(bodies) == 50
+    for body in bodies:
+        for path in ("/api/v1/conversions", "/api/v1/notifications/distribution"):
+            r = httpx.post(
+                f"{acceld.url}{path}", content=body, headers={**AUTH, "Content-Type": "application/json"}
+            )
+            assert 400 <= r.status_code < 500, (path, body[:80], r.status_code, r.text[:200])
+
+
+def test_failed_conversion_reports_reason(acceld, registry):
+    """A pushed digest that is not in the registry: the flow fails, and the task says why."""
+    ref = Reference.parse(f"{registry.host}/e2e/{uuid.uuid4().hex[:10]}:gone@sha256:{'3' * 64}")
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    assert r.status_code == 202, r.text
+    done = wait_task(acceld, r.json()["tasks"][0]["id"], timeout=180)
+    assert done["status"] == "FAILED"
+    assert done["reason"]
+    assert done["finished"] is not None
+
+
+def test_ten_concurrent_conversions_without_database_locks(acceld, registry, source_store, prefect_server):
+    refs = [push_image(registry.host, source_store, tag=f"c{i}", seed=100 + i) for i in range(10)]
+
+    def send(ref: Reference) -> tuple[int, float, dict[str, Any]]:
+        started = time.monotonic()
+        r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+        return r.status_code, time.monotonic() - started, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(send, refs))
+    assert all(status == 202 and seconds < 3 for status, seconds, _ in answers), answers
+    ids = [wait_listed(acceld, ref)[0]["id"] for ref in refs]  # some may have been "pending"
+    finished = [wait_task(acceld, i, timeout=300) for i in ids]
+    assert [t["status"] for t in finished] == ["COMPLETED"] * 10, [t["reason"] for t in finished]
+    for ref in refs:
+        assert_converted(ref)
+    logs = acceld.log() + prefect_server.log_path.read_text(errors="replace")
+    assert "database is locked" not in logs
+
+
+def test_metrics_reflect_conversions(acceld):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{acceld.url}/metrics", timeout=30).text
+        if 'accel_conversions_total{driver="estargz",result="success"}' in text:
+            break
+        time.sleep(2)
+    assert 'accel_conversions_total{driver="estargz",result="success"}' in text
+    assert 'accel_webhook_requests_total{result="accepted",source="harbor"}' in text
+    assert 'accel_webhook_requests_total{result="unauthorized",source="harbor"}' in text
+    assert "accel_conversion_duration_seconds_bucket" in text
+    assert "accel_build_info{" in text
+    assert "/e2e/" not in text
+
+
+def _accelctl(acceld: Acceld, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.accelctl", "task", *args],
+        env={**acceld.env, "ACCELD_URL": acceld.url, "ACCELD_AUTH_HEADER": WEBHOOK_SECRET},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_accelctl_task_commands(acceld, registry, source_store):
+    ref = push_image(registry.host, source_store, tag="ctl", seed=4)
+    created = _accelctl(acceld, "create", "--sync", f"{ref.name}:{ref.tag}")
+    assert created.returncode == 0, created.stderr
+    assert "COMPLETED" in created.stdout
+    assert_converted(ref)
+
+    listed = _accelctl(acceld, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = [t for t in json.loads(listed.stdout) if t["source"] == f"{ref.name}:{ref.tag}"]
+    assert len(mine) == 1 and mine[0]["status"] == "COMPLETED"
+
+    got = _accelctl(acceld, "get", mine[0]["id"])
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["id"] == mine[0]["id"]
+    assert _accelctl(acceld, "get", str(uuid.uuid4())).returncode == 1
+
+    async_id = _accelctl(acceld, "create", f"{ref.name}:{ref.tag}")  # same source: the same task
+    assert async_id.stdout.strip() == mine[0]["id"]
+
+
+def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server):
+    """Tasks are Prefect runs, so a restart loses nothing; a run left RUNNING by a dead acceld is FAILED."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    before = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
+    assert before
+    acceld.stop()
+
+    async def orphan() -> str:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("convert-image/convert-image")
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"source": "127.0.0.1:1/e2e/orphan:v1"}
+            )
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            return str(run.id)
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        orphan_id = asyncio.run(orphan())
+    acceld.start()
+    after = {t["id"]: t for t in httpx.get(f"{acceld.url}/api/v1/conversions?limit=1000", timeout=30).json()}
+    for task in before:
+        if task["status"] != "PROCESSING":
+            assert after[task["id"]]["status"] == task["status"]
+            assert after[task["id"]]["target"] == task["target"]
+    orphan_task = after[orphan_id]
+    assert orphan_task["status"] == "FAILED"
+    assert "acceld stopped" in orphan_task["reason"]
