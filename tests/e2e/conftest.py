@@ -14,6 +14,8 @@ import yaml
 
 from tests.e2e.harness import Acceld, PrefectServer, tail
 from tests.harness import registry as harness
+from tests.harness.postgres import PostgresServer
+from tests.harness.postgres import available as postgres_available
 
 WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
 SUFFIX = "-esgz"
@@ -22,8 +24,19 @@ pytestmark = pytest.mark.prefect
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
+def postgres() -> Iterator[PostgresServer]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL server binaries are not installed (scripts/setup installs them)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
+) -> Iterator[PrefectServer]:
+    """A real `prefect server start` on PostgreSQL: the scale-out mode's database."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"), database_url=postgres.url)
     server.start()
     yield server
     server.stop()

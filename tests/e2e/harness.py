@@ -1,6 +1,8 @@
 """Real processes for end-to-end tests: a `prefect server start` and `acceld`, both on loopback.
 
-The Prefect server gets its own PREFECT_HOME (a tmp dir, fresh SQLite database) and a free port; acceld
+The Prefect server gets its own PREFECT_HOME (a tmp dir), a free port and a database: a private PostgreSQL
+(tests/harness/postgres.py) in the e2e suite, as in the scale-out mode, since SQLite answers `database is
+locked` under concurrent conversions; SQLite when no database URL is given. acceld
 runs as `python -m deployments.acceld` against it. Output goes to log files the tests read (e.g. to prove
 that no `database is locked` happened).
 """
@@ -66,7 +68,8 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
 
 
 class PrefectServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
+        self.database_url = database_url
         self.home = workdir / "prefect-home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -88,13 +91,19 @@ class PrefectServer:
                     "--port",
                     str(self.port),
                 ],
-                env=_quiet_prefect_env(self.home),
+                env=self._server_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.home,
             )
         _wait(f"{self.api_url}/health", self._proc, self.log_path, timeout)
+
+    def _server_env(self) -> dict[str, str]:
+        env = _quiet_prefect_env(self.home)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        return env
 
     def stop(self) -> None:
         _stop(self._proc)
