@@ -311,6 +311,12 @@ class PrefectBackend:
                 continue
             driver = name.rsplit("(", 1)[1].rstrip(")")
             self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached")
+        # Layers the remote cache image answered have no convert task run at all: the result counts them.
+        result = await self._result(run) if status_of(run) == COMPLETED else None
+        for target in (_field(result, "targets") or []) if result is not None else []:
+            cached = int(_field(target, "cached_layers", 0) or 0)
+            if cached:
+                self.metrics.layer_converted(str(_field(target, "driver")), cached=True, count=cached)
 
     async def poll_forever(self, interval: float = 10.0) -> None:
         """Keep conversion metrics current even when nobody lists tasks."""
