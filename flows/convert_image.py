@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -28,6 +27,14 @@ from tasks import build_image, convert_layer, pull_layer, push_image, resolve
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 
 
+class LayerResult(BaseModel):
+    source_digest: str
+    source_size: int
+    target_digest: str
+    target_size: int
+    cached: bool  # answered by the remote conversion cache
+
+
 class TargetResult(BaseModel):
     driver: str
     reference: str
@@ -37,6 +44,7 @@ class TargetResult(BaseModel):
     target_size: int
     layers: int
     cached_layers: int = 0  # answered by the remote conversion cache, not converted
+    layer_sizes: list[LayerResult] = []
 
 
 class ConversionResult(BaseModel):
@@ -146,6 +154,16 @@ def convert_image(
                 target_size=sum(b.size for b in built.blobs()),
                 layers=len(converted[d]),
                 cached_layers=len(hits[d]),
+                layer_sizes=[
+                    LayerResult(
+                        source_digest=c.source.digest,
+                        source_size=c.source.size,
+                        target_digest=c.descriptor.digest,
+                        target_size=c.descriptor.size,
+                        cached=c.source.digest in hits[d],
+                    )
+                    for c in converted[d]
+                ],
             )
         )
         logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
@@ -172,12 +190,23 @@ def _skipped(source: Reference, digest: str, reason: str) -> ConversionResult:
     return result
 
 
+def _layer_table(target: TargetResult) -> str:
+    header = "| source layer | bytes | converted | bytes | cache |\n|---|---|---|---|---|\n"
+    rows = "\n".join(
+        f"| `{short(la.source_digest)}` | {la.source_size:,} "
+        f"| `{short(la.target_digest)}` | {la.target_size:,} | {'hit' if la.cached else 'converted'} |"
+        for la in target.layer_sizes
+    )
+    return f"\n\n### {target.driver} layers\n\n{header}{rows}"
+
+
 def _publish_artifact(result: ConversionResult) -> None:
     rows = "\n".join(
         f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} "
         f"| cached {t.cached_layers}/{t.layers} layers |"
         for t in result.targets
     )
+    per_layer = "".join(_layer_table(t) for t in result.targets)
     stages = "\n".join(f"| {k} | {v:.2f} s |" for k, v in result.seconds.items())
     skipped = f"**skipped**: {result.skipped}\n\n" if result.skipped else ""
     create_markdown_artifact(
@@ -186,10 +215,6 @@ def _publish_artifact(result: ConversionResult) -> None:
         markdown=(
             f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n{skipped}"
             "| driver | target | digest | source bytes | target bytes | cache |\n|---|---|---|---|---|---|\n"
-            f"{rows}\n\n| stage | time |\n|---|---|\n{stages}\n"
+            f"{rows}{per_layer}\n\n| stage | time |\n|---|---|\n{stages}\n"
         ),
     )
-
-
-def as_dict(result: ConversionResult) -> dict[str, Any]:
-    return result.model_dump(mode="json")

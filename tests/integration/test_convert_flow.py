@@ -196,6 +196,30 @@ def test_docker_manifest_converts_to_single_oci_manifest_and_reruns_identically(
     again = convert_image(source=str(source), config=str(config))
     assert [t.digest for t in again.targets] == [t.digest for t in first.targets]
 
+    # The run's artifact: every target and every layer's size before and after.
+    markdown = _latest_conversion_artifact()
+    for t in again.targets:
+        assert f"`{t.reference}`" in markdown
+        assert [la.source_digest for la in t.layer_sizes] == [d.digest for d in image.layers]
+        for la in t.layer_sizes:
+            assert (
+                f"| `{la.source_digest[:19]}` | {la.source_size:,} | `{la.target_digest[:19]}` |" in markdown
+            )
+
+
+def _latest_conversion_artifact() -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["conversion"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifacts[0].data)
+
 
 def test_bad_image_fails_with_the_cause(prefect_api, registry, client, config, source_store):
     from flows.convert_image import convert_image
