@@ -20,7 +20,8 @@ from accel.context import context_for
 from accel.digest import short
 from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import ConfigError
-from accel.image import produced_by_accel
+from accel.image import BuiltImage, SourceLayer, produced_by_accel
+from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.rules import target_reference
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve
@@ -69,15 +70,19 @@ def convert_image(
     config: str | None = None,
     target_repository: str | None = None,
 ) -> ConversionResult:
-    """Convert `source` with each driver (default: every configured one) and push beside it."""
+    """Convert `source` with each driver and push beside it (defaults: the matching rule, else every
+    configured driver and the source's repository)."""
     logger = get_run_logger()
     config_path = _config_path(config)
     ctx = context_for(config_path)
     converter = ctx.settings.converter
-    driver_types = drivers or [d.type for d in converter.all_drivers()]
+    source_ref = Reference.parse(source)
+    # Unset drivers and target follow the config's rules, as for acceld and bulk-reconvert runs.
+    route = converter.route(source_ref.registry, source_ref.repository)
+    driver_types = drivers or route.drivers or [d.type for d in converter.all_drivers()]
+    target_repository = target_repository or route.target_repository
     for d in driver_types:
         converter.find_driver(d)  # unknown driver: fail before touching the registry
-    source_ref = Reference.parse(source)
     timings: dict[str, float] = {}
     provider = ctx.settings.provider
     cache_ref = cache_reference(source_ref, converter.cache_tag, provider.cache_repository)
@@ -108,34 +113,10 @@ def convert_image(
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
     started = time.monotonic()
-    # Only layers some driver still has to convert are pulled.
-    missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in driver_types}
-    to_pull = {layer.descriptor.digest: layer for d in driver_types for layer in missed[d]}
-    pulls = {
-        digest: pull_layer.submit(str(source_ref), layer, config_path) for digest, layer in to_pull.items()
-    }
-    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
-        d: [
-            convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
-            for layer in missed[d]
-        ]
-        for d in driver_types
-    }
-    converted: dict[str, list[ConvertedLayer]] = {}
-    for d, futures in conversions.items():
-        fresh = {layer.descriptor.digest: f.result() for layer, f in zip(missed[d], futures, strict=True)}
-        # A cached result whose blob has since left the content store is converted again.
-        for layer in missed[d]:
-            if not ctx.store.exists(fresh[layer.descriptor.digest].descriptor.digest):
-                refresh = convert_layer.with_options(refresh_cache=True)
-                fresh[layer.descriptor.digest] = refresh(layer, d, config_path)
-        converted[d] = [
-            hits[d].get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers
-        ]
+    converted = _pull_and_convert(source_ref, layers, hits, config_path)
     timings["pull+convert"] = time.monotonic() - started
 
     targets = []
-    source_size = sum(layer.descriptor.size for layer in layers)
     for d in driver_types:
         started = time.monotonic()
         built = build_image(image, converted[d], d, config_path)
@@ -144,28 +125,7 @@ def convert_image(
         started = time.monotonic()
         pushed = push_image(built, str(target), str(source_ref), config_path)
         timings[f"push {d}"] = time.monotonic() - started
-        targets.append(
-            TargetResult(
-                driver=d,
-                reference=str(target),
-                digest=pushed.digest,
-                media_type=pushed.media_type,
-                source_size=source_size,
-                target_size=sum(b.size for b in built.blobs()),
-                layers=len(converted[d]),
-                cached_layers=len(hits[d]),
-                layer_sizes=[
-                    LayerResult(
-                        source_digest=c.source.digest,
-                        source_size=c.source.size,
-                        target_digest=c.descriptor.digest,
-                        target_size=c.descriptor.size,
-                        cached=c.source.digest in hits[d],
-                    )
-                    for c in converted[d]
-                ],
-            )
-        )
+        targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(target)))
         logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
 
     if cache_ref is not None:
@@ -179,6 +139,69 @@ def convert_image(
     )
     _publish_artifact(result)
     return result
+
+
+def _target_result(
+    driver: str,
+    pushed: Descriptor,
+    built: BuiltImage,
+    converted: list[ConvertedLayer],
+    hits: dict[str, ConvertedLayer],
+    reference: str,
+) -> TargetResult:
+    return TargetResult(
+        driver=driver,
+        reference=reference,
+        digest=pushed.digest,
+        media_type=pushed.media_type,
+        source_size=sum(c.source.size for c in converted),
+        target_size=sum(b.size for b in built.blobs()),
+        layers=len(converted),
+        cached_layers=len(hits),
+        layer_sizes=[
+            LayerResult(
+                source_digest=c.source.digest,
+                source_size=c.source.size,
+                target_digest=c.descriptor.digest,
+                target_size=c.descriptor.size,
+                cached=c.source.digest in hits,
+            )
+            for c in converted
+        ],
+    )
+
+
+def _pull_and_convert(
+    source: Reference,
+    layers: list[SourceLayer],
+    hits: dict[str, dict[str, ConvertedLayer]],
+    config_path: str,
+) -> dict[str, list[ConvertedLayer]]:
+    """Per driver, the converted layers in source order: cache hits as they are, the rest pulled (once, shared
+    by every driver) and converted in parallel task runs."""
+    missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
+    to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
+    pulls = {digest: pull_layer.submit(str(source), layer, config_path) for digest, layer in to_pull.items()}
+    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
+        d: [
+            convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
+            for layer in misses
+        ]
+        for d, misses in missed.items()
+    }
+    store = context_for(config_path).store
+    converted: dict[str, list[ConvertedLayer]] = {}
+    for d, futures in conversions.items():
+        fresh = {layer.descriptor.digest: f.result() for layer, f in zip(missed[d], futures, strict=True)}
+        # A Prefect-cached result whose blob has since left the content store is converted again.
+        for layer in missed[d]:
+            if not store.exists(fresh[layer.descriptor.digest].descriptor.digest):
+                refresh = convert_layer.with_options(refresh_cache=True)
+                fresh[layer.descriptor.digest] = refresh(layer, d, config_path)
+        converted[d] = [
+            hits[d].get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers
+        ]
+    return converted
 
 
 def _skipped(source: Reference, digest: str, reason: str) -> ConversionResult:

@@ -56,7 +56,8 @@ def test_warm_run_on_a_fresh_machine_converts_nothing_and_pushes_the_same_digest
     from flows.convert_image import convert_image
 
     drivers = ["estargz", "nydus"]
-    image = imagegen.standard_image(source_store, big_file_size=256 << 10)
+    # nydus-image 2.2.0 orders a file's xattrs randomly; with at most one per file its output is reproducible.
+    image = imagegen.standard_image(source_store, big_file_size=256 << 10, single_xattr_files=True)
     source = Reference.parse(f"{registry.host}/cache-flow/warm:v1")
     with _client(registry.host) as client:
         pushing.push(client, source_store, source, image)
