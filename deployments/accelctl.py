@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
+    if args.func is not _convert:
+        # `convert` keeps Prefect's own console logging: one line per task run, named after its layer.
+        logging.basicConfig(level=logging.WARNING)
     return int(args.func(args))
 
 

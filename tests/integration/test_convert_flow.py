@@ -254,6 +254,9 @@ def test_accelctl_convert_one_time_mode(prefect_api, registry, client, config, s
 
     ok = subprocess.run([*cmd, str(source)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
+    for layer in image.layers:  # progress: one finished task run per layer and driver
+        for d in DRIVERS:
+            assert f"Task run 'convert {layer.digest[:19]} ({d})' - Finished in state" in ok.stderr
     lines = [line.split("\t") for line in ok.stdout.splitlines()]
     assert [(d, ref) for d, ref, _ in lines] == [(d, f"{source.name}:v1-{d}") for d in DRIVERS]
     for _, ref, digest in lines:
