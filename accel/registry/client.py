@@ -244,24 +244,16 @@ class RegistryClient:
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
 
         def once() -> Path:
-            resp = self._send(
-                "GET",
-                repo_ref.registry,
-                self._blob_url(repo_ref, desc.digest),
-                what=what,
-                stream=True,
-                scopes=[repository_scope(repo_ref.repository, "pull")],
-                retry=False,
-            )
-            with contextlib.closing(resp):
-                self._expect(resp, (200,), what, repo_ref.registry)
-                with store.writer(expected=desc.digest) as writer:
-                    for chunk in self._stream(resp, what, repo_ref.registry):
-                        if writer.size + len(chunk) > desc.size:
-                            raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
-                        writer.write(chunk)
-                    if writer.size != desc.size:
-                        raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
+            with (
+                contextlib.closing(self._get_blob(repo_ref, desc.digest, what)) as resp,
+                store.writer(expected=desc.digest) as writer,
+            ):
+                for chunk in self._stream(resp, what, repo_ref.registry):
+                    if writer.size + len(chunk) > desc.size:
+                        raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
+                    writer.write(chunk)
+                if writer.size != desc.size:
+                    raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
             return store.path(desc.digest)
 
         return self._with_retries(once, what)
@@ -271,17 +263,7 @@ class RegistryClient:
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
 
         def once() -> bytes:
-            resp = self._send(
-                "GET",
-                repo_ref.registry,
-                self._blob_url(repo_ref, desc.digest),
-                what=what,
-                stream=True,
-                scopes=[repository_scope(repo_ref.repository, "pull")],
-                retry=False,
-            )
-            with contextlib.closing(resp):
-                self._expect(resp, (200,), what, repo_ref.registry)
+            with contextlib.closing(self._get_blob(repo_ref, desc.digest, what)) as resp:
                 try:
                     data = self._read_limited(resp, desc.size, what, repo_ref.registry)
                 except RegistryError:
@@ -547,6 +529,24 @@ class RegistryClient:
         return items
 
     # --- transport ---------------------------------------------------------------------------------
+
+    def _get_blob(self, repo_ref: Reference, digest: str, what: str) -> httpx.Response:
+        """A streaming GET of a blob, already checked for 200; the caller closes it."""
+        resp = self._send(
+            "GET",
+            repo_ref.registry,
+            self._blob_url(repo_ref, digest),
+            what=what,
+            stream=True,
+            scopes=[repository_scope(repo_ref.repository, "pull")],
+            retry=False,
+        )
+        try:
+            self._expect(resp, (200,), what, repo_ref.registry)
+        except BaseException:
+            resp.close()
+            raise
+        return resp
 
     def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
         for number in range(self._retries + 1):
