@@ -41,6 +41,12 @@ from accel.oci import Platform
 _ACCELD_ONLY_DRIVER_KEYS = ("work_dir",)
 
 
+def _usable_in_tag(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[\w.-]{1,128}", value):
+        raise ValueError(f"{value!r} is not usable in a tag (letters, digits, '_', '.', '-')")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,6 +122,11 @@ class DriverSettings(_Model):
     config: dict[str, Any] = {}
     tag_suffix: str | None = None  # accel: per-driver target tag suffix when several drivers run
 
+    @field_validator("tag_suffix")
+    @classmethod
+    def _suffix_chars(cls, value: str | None) -> str | None:
+        return _usable_in_tag(value)
+
     @field_validator("config", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
@@ -138,9 +149,7 @@ class Rule(_Model):
     @field_validator("tag_suffix", "cache_tag")
     @classmethod
     def _tag_chars(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.-]{1,128}", value):
-            raise ValueError(f"{value!r} is not usable in a tag (letters, digits, '_', '.', '-')")
-        return value
+        return _usable_in_tag(value)
 
     @field_validator("target")
     @classmethod
@@ -182,11 +191,21 @@ class ConverterSettings(_Model):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         self.platform_filter()
-        configured = {d.type for d in self.all_drivers()}
+        types = [d.type for d in self.all_drivers()]
+        if len(set(types)) != len(types):
+            # find_driver() picks the first: a second entry of a type would silently never run.
+            raise ValueError(f"each driver type may be configured once; got {', '.join(types)}")
+        suffixes = [self.suffix_for(d) for d in self.all_drivers()]
+        if len(set(suffixes)) != len(suffixes):
+            # Two formats under one tag: the second push would overwrite the first.
+            raise ValueError(f"drivers need distinct tag suffixes; got {', '.join(suffixes)}")
         for rule in self.rules:
-            unknown = sorted(set(rule.drivers or ()) - configured)
+            unknown = sorted(set(rule.drivers or ()) - set(types))
             if unknown:
-                raise ValueError(f"rules: driver(s) {', '.join(unknown)} are not configured")
+                raise ValueError(
+                    f"rules: driver(s) {', '.join(unknown)} are not configured "
+                    f"(configured: {', '.join(types)})"
+                )
         return self
 
     def all_drivers(self) -> list[DriverSettings]:

@@ -17,6 +17,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from accel import constants as mt
+from accel.cache import cache_reference
 from accel.context import context_for
 from accel.reference import Reference
 from accel.registry.errors import NotFound
@@ -75,9 +76,11 @@ def plan_repository(config_path: str, repository: str, drivers: list[str] | None
     tags = ctx.client.list_tags(base)
     present = set(tags)
     stale = []
+    cache = cache_reference(base, converter.cache_tag, ctx.settings.provider.cache_repository)
+    cache_tags = converter.cache_tags() | ({cache.tag} if cache and cache.tag else set())
     for tag in tags:
-        if is_converted_tag(tag, suffixes):
-            continue
+        if is_converted_tag(tag, suffixes) or tag in cache_tags:
+            continue  # accel's own outputs: converted images, referrers indexes, conversion caches
         source = base.with_tag(tag)
         route = converter.route(source.registry, source.repository)
         wanted = drivers or route.drivers or [d.type for d in converter.all_drivers()]

@@ -22,8 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from accel.cache import cache_reference
 from accel.config import Settings
 from accel.metrics import Metrics
+from accel.reference import Reference
 from accel.webhook import (
     MAX_BODY_BYTES,
     SOURCE_DISTRIBUTION,
@@ -127,6 +129,14 @@ class Api:
                 what = "missing" if not authorization else "does not match"
                 raise _Refused(401, "unauthorized", f"Authorization header {what} for registry {registry}")
 
+    def _own_output(self, ref: Reference) -> bool:
+        """A tag accel pushes itself: converting it again would loop (as convert-image decides too)."""
+        if is_converted_tag(ref.tag, self.suffixes):
+            return True
+        converter, provider = self.settings.converter, self.settings.provider
+        cache = cache_reference(ref, converter.cache_tag, provider.cache_repository)
+        return ref.tag is not None and ref.tag in converter.cache_tags() | ({cache.tag} if cache else set())
+
     def submit_request(self, image: PushedImage) -> SubmitRequest:
         converter = self.settings.converter
         route = converter.route(image.registry, image.reference.repository)
@@ -146,9 +156,9 @@ class Api:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
         self._check_access(event.images, authorization)
-        wanted = [i for i in event.images if not is_converted_tag(i.reference.tag, self.suffixes)]
+        wanted = [i for i in event.images if not self._own_output(i.reference)]
         ignored = list(event.ignored) + [
-            f"{i.reference} is accel's own output (converted image or referrers index tag)"
+            f"{i.reference} is accel's own output (converted image, referrers index or cache tag)"
             for i in event.images
             if i not in wanted
         ]

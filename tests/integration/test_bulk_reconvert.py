@@ -1,0 +1,125 @@
+"""bulk-reconvert against a real registry: converts what is missing or stale, then finds nothing to do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from accel import constants as mt
+from accel.oci import Manifest
+from accel.reference import Reference
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
+from tests.harness import imagegen, pushing
+
+pytestmark = [pytest.mark.registry, pytest.mark.prefect]
+
+SUFFIX = "-esgz"
+CACHE_TAG = "esgz-cache"
+
+
+@pytest.fixture
+def client(registry) -> Iterator[RegistryClient]:
+    with RegistryClient({registry.host: HostConfig()}) as c:
+        yield c
+
+
+@pytest.fixture
+def config(registry, tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "provider": {"source": {registry.host: {}}, "work_dir": str(tmp_path / "work")},
+                "converter": {
+                    "driver": {"type": "estargz", "config": {"compression_level": 1}},
+                    # The cache image's tag sits among the source tags: it must never count as stale.
+                    "rules": [{"tag_suffix": SUFFIX}, {"cache_tag": CACHE_TAG}],
+                },
+            }
+        )
+    )
+    return str(path)
+
+
+def _made_from(client: RegistryClient, ref: Reference) -> str:
+    _, raw = client.fetch_manifest(ref)
+    return Manifest.parse(raw).annotations[mt.ACCEL_SOURCE_DIGEST]
+
+
+def test_bulk_converts_missing_then_nothing_then_only_the_new_tag(
+    prefect_api, registry, client, config, store: ContentStore
+):
+    from flows.bulk_reconvert import bulk_reconvert
+
+    repository = f"{registry.host}/bulk/{uuid.uuid4().hex[:10]}"
+    base = Reference.parse(f"{repository}:latest")
+    images = {
+        "v1": imagegen.standard_image(store, big_file_size=1024),
+        "v2": imagegen.standard_image(store, big_file_size=1536),
+    }
+    digests = {tag: pushing.push(client, store, base.with_tag(tag), image) for tag, image in images.items()}
+
+    # Dry run: reports both tags, pinned to their digests, and converts nothing.
+    planned = bulk_reconvert(config=config, repositories=[repository], dry_run=True)
+    assert planned.repositories == 1 and planned.runs == []
+    assert sorted(s.source for s in planned.stale) == [f"{repository}:{t}@{digests[t]}" for t in ("v1", "v2")]
+    assert all(s.drivers == ["estargz"] and s.target_repository is None for s in planned.stale)
+    assert sorted(r for s in planned.stale for r in s.reasons) == [
+        f"estargz: v1{SUFFIX} missing",
+        f"estargz: v2{SUFFIX} missing",
+    ]
+    assert sorted(client.list_tags(base)) == ["v1", "v2"]
+
+    first = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
+    assert sorted(first.runs) == [f"{repository}:v1{SUFFIX}", f"{repository}:v2{SUFFIX}"]
+    for tag, digest in digests.items():
+        assert _made_from(client, base.with_tag(f"{tag}{SUFFIX}")) == digest
+    assert CACHE_TAG in client.list_tags(base)  # the conversions wrote their cache image
+
+    again = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
+    assert again.stale == [] and again.runs == []
+
+    # A new tag, and v1 moved to another image: exactly those two are converted, v2 is left alone.
+    images["v3"] = imagegen.standard_image(store, big_file_size=2048)
+    digests["v3"] = pushing.push(client, store, base.with_tag("v3"), images["v3"])
+    old_v1 = digests["v1"]
+    v2_target = client.resolve(base.with_tag(f"v2{SUFFIX}")).digest
+    digests["v1"] = pushing.push(client, store, base.with_tag("v1"), images["v3"])
+    assert digests["v1"] != old_v1
+
+    third = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
+    reasons = {Reference.parse(s.source).tag: s.reasons for s in third.stale}
+    assert reasons == {
+        "v1": [f"estargz: {repository}:v1{SUFFIX} was made from {old_v1}, source is now {digests['v1']}"],
+        "v3": [f"estargz: v3{SUFFIX} missing"],
+    }
+    assert sorted(third.runs) == [f"{repository}:v1{SUFFIX}", f"{repository}:v3{SUFFIX}"]
+    assert _made_from(client, base.with_tag(f"v1{SUFFIX}")) == digests["v1"]
+    assert _made_from(client, base.with_tag(f"v3{SUFFIX}")) == digests["v3"]
+    assert client.resolve(base.with_tag(f"v2{SUFFIX}")).digest == v2_target
+
+    final = bulk_reconvert(config=config, repositories=[repository], dry_run=True)
+    assert final.stale == []
+
+
+def test_bulk_without_a_deployment_falls_back_to_subflows(
+    prefect_api, registry, client, config, store: ContentStore
+):
+    """The default asks for the `convert-image` deployment; when none is registered, it converts in-run."""
+    from flows.bulk_reconvert import bulk_reconvert
+
+    repository = f"{registry.host}/bulk/{uuid.uuid4().hex[:10]}"
+    base = Reference.parse(f"{repository}:latest")
+    digest = pushing.push(
+        client, store, base.with_tag("v1"), imagegen.standard_image(store, big_file_size=1024)
+    )
+
+    result = bulk_reconvert(config=config, repositories=[repository])
+
+    assert result.runs == [f"{repository}:v1{SUFFIX}"]
+    assert _made_from(client, base.with_tag(f"v1{SUFFIX}")) == digest
