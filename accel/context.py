@@ -11,6 +11,7 @@ from pathlib import Path
 
 from accel.config import Settings, load_file
 from accel.drivers import Driver, load_driver
+from accel.nydus_chunkdict import ChunkDictResolver
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 
@@ -22,6 +23,11 @@ class Context:
         self._client: RegistryClient | None = None
         self._drivers: dict[str, Driver] = {}
         self._lock = threading.Lock()
+        platforms = settings.converter.platform_filter()
+        # Nydus `chunk_dict_ref`: resolved here, so drivers never see the registry.
+        self.chunk_dicts = ChunkDictResolver(
+            lambda: self.client, self.store, platforms[0] if platforms else None
+        )
 
     @property
     def client(self) -> RegistryClient:
@@ -43,7 +49,9 @@ class Context:
             if driver_type not in self._drivers:
                 settings = self.settings.converter.find_driver(driver_type)
                 self._drivers[driver_type] = load_driver(driver_type, settings.driver_config())
-            return self._drivers[driver_type]
+            driver = self._drivers[driver_type]
+        # Outside the lock: resolving a chunk dictionary talks to the registry (through `self.client`).
+        return self.chunk_dicts.bind(driver)
 
     def close(self) -> None:
         if self._client is not None:

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from accel import image as img
-from accel import publish
+from accel import nydus_chunkdict, publish
 from accel.context import context_for
 from accel.drivers import ConvertedLayer, LayerInput
 from accel.oci import Descriptor
@@ -94,4 +94,8 @@ def push_image(image: img.BuiltImage, target: str, source: str, config_path: str
     target_ref = Reference.parse(target)
     source_ref = Reference.parse(source)
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
+    # Blobs of a Nydus chunk dictionary the image points at live in the dictionary's repository.
+    nydus_chunkdict.stage_dictionary_blobs(
+        ctx.client, target_ref, image, ctx.chunk_dicts.dictionaries(), ctx.store
+    )
     return publish.push_image(ctx.client, target_ref, image, ctx.store, mount_from)

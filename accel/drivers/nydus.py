@@ -19,6 +19,13 @@ With `oci_ref` (zran) the builder reads the *compressed* gzip source blob (`--ty
 layer holds only metadata; its `containerd.io/snapshot/nydus-ref` annotation names the original gzip blob,
 which the merged bootstrap uses as the data blob id, so that blob must stay in the target repository.
 
+With `chunk_dict_ref` another Nydus image serves as chunk dictionary: `create` and `merge` get its image
+bootstrap (`--chunk-dict bootstrap=PATH`) and store no chunk the dictionary already holds, pointing at the
+dictionary's blobs instead. The reference is resolved outside the driver (`accel.nydus_chunkdict`), which
+hands it a `ChunkDict`. As in nydus-snapshotter, the manifest then lists the blobs the merged bootstrap
+references, in its order: layer blobs and dictionary blobs, while a layer left without data of its own
+(everything deduplicated, or only directories and whiteouts) is not listed.
+
 Limits of nydus-image 2.2.0 worth knowing: it writes a file's xattrs in hash-map order, so a layer with a
 file carrying two or more xattrs converts to different (equivalent) bytes on each run; its tar reader
 rejects blank device numbers on FIFO headers, which this driver fills in on the way (not possible for
@@ -55,8 +62,9 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import oci, tools
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
-from accel.errors import ConfigError, DriverError
+from accel.errors import ConfigError, DriverError, ReferenceError_
 from accel.image import BuiltImage, BuiltManifest, SourceImage, SourceManifest
+from accel.reference import Reference
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,7 @@ class NydusOptions(DriverOptions):
     chunk_size: str | None = None  # normalised to hex, e.g. "0x100000"; None = builder default (1 MiB)
     fs_align_chunk: bool = False
     prefetch_patterns: str = ""  # newline-separated absolute paths; empty = prefetch nothing in particular
-    chunk_dict_ref: str | None = None  # accepted and kept; resolving it to a bootstrap is not wired yet
+    chunk_dict_ref: str | None = None  # a Nydus image whose chunks new layers reuse (see ChunkDict)
     oci_ref: bool = False
     docker2oci: bool = True
     # Accepted for acceld compatibility: every converted manifest carries `subject` anyway.
@@ -166,6 +174,16 @@ class NydusOptions(DriverOptions):
             )
         return f"{size:#x}"
 
+    @field_validator("chunk_dict_ref")
+    @classmethod
+    def _parsable_reference(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        try:
+            return str(Reference.parse(value))
+        except ReferenceError_ as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("prefetch_patterns")
     @classmethod
     def _absolute_patterns(cls, value: str) -> str:
@@ -185,6 +203,9 @@ class NydusOptions(DriverOptions):
             raise ValueError(
                 "oci_ref (zran) needs docker2oci: Docker manifests cannot carry its layer annotations"
             )
+        if self.oci_ref and self.chunk_dict_ref:
+            # nydus-snapshotter builds zran layers without a dictionary too: they hold no chunk data.
+            raise ValueError("chunk_dict_ref cannot be combined with oci_ref (zran layers hold no chunks)")
         return self
 
     @property
@@ -203,6 +224,24 @@ class TrailerEntry:
     toc_digest: str | None  # sha256 of the TOC data, which zran merges need; None without a TOC
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkDict:
+    """A resolved `chunk_dict_ref`: one platform of a Nydus image whose chunks new layers reuse."""
+
+    reference: str  # as configured, normalised
+    image_digest: str  # the dictionary's image manifest
+    bootstrap_digest: str  # its merged RAFS bootstrap (`image/image.boot`), in the content store
+    blobs: tuple[oci.Descriptor, ...]  # its Nydus blob layers, which hold the chunks
+    fs_version: str | None = None  # from its bootstrap layer annotation, when it has one
+
+    def blob(self, blob_id: str) -> oci.Descriptor | None:
+        """The dictionary blob with this id (a hex digest), as a manifest layer lists it."""
+        return next((b for b in self.blobs if dg.hex_of(b.digest) == blob_id), None)
+
+
+CHUNK_DICT_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus chunk dictionary blob"}
+
+
 class NydusDriver(Driver):
     name = "nydus"
     options_model = NydusOptions
@@ -211,9 +250,29 @@ class NydusDriver(Driver):
 
     options: NydusOptions
 
-    def __init__(self, options: DriverOptions) -> None:
+    def __init__(self, options: DriverOptions, chunk_dict: ChunkDict | None = None) -> None:
         super().__init__(options)
         self._builder_path: Path | None = None
+        self.chunk_dict = chunk_dict
+
+    def with_chunk_dict(self, chunk_dict: ChunkDict) -> NydusDriver:
+        """This driver using `chunk_dict`, the resolved `chunk_dict_ref`."""
+        if chunk_dict.fs_version and chunk_dict.fs_version != self.options.fs_version:
+            raise DriverError(
+                f"nydus chunk_dict_ref {chunk_dict.reference} is RAFS v{chunk_dict.fs_version}, "
+                f"the driver builds v{self.options.fs_version}: they must match"
+            )
+        bound = NydusDriver(self.options, chunk_dict)
+        bound._builder_path = self._builder_path
+        return bound
+
+    def _required_chunk_dict(self) -> ChunkDict | None:
+        if self.options.chunk_dict_ref and self.chunk_dict is None:
+            raise DriverError(
+                f"nydus chunk_dict_ref {self.options.chunk_dict_ref} is not resolved: "
+                "drivers get their chunk dictionary from accel.nydus_chunkdict (Context.driver does this)"
+            )
+        return self.chunk_dict
 
     # --- builder -----------------------------------------------------------------------------------
     @property
@@ -228,7 +287,11 @@ class NydusDriver(Driver):
 
     @property
     def version(self) -> str:
-        return f"{self.implementation_version}+nydus-image-{self.builder_version}"
+        """Builder version, and the dictionary image when there is one: a new dictionary, new bytes."""
+        version = f"{self.implementation_version}+nydus-image-{self.builder_version}"
+        if self.chunk_dict is not None:
+            version += f"+chunk-dict-{dg.hex_of(self.chunk_dict.image_digest)[:16]}"
+        return version
 
     def _run_builder(
         self,
@@ -272,7 +335,9 @@ class NydusDriver(Driver):
             raise DriverError(f"nydus-image {what} failed with exit code {returncode}:\n{detail}")
 
     # --- per layer ---------------------------------------------------------------------------------
-    def _create_args(self, blob_path: Path, source_path: Path) -> list[str]:
+    def _create_args(
+        self, blob_path: Path, source_path: Path, store: ContentStore, chunk_dict: ChunkDict | None
+    ) -> list[str]:
         opts = self.options
         args = [
             "create",
@@ -292,15 +357,13 @@ class NydusDriver(Driver):
             args += ["--chunk-size", opts.chunk_size]
         if opts.fs_align_chunk:
             args.append("--aligned-chunk")
+        if chunk_dict is not None:
+            args += _chunk_dict_args(store, chunk_dict)
         args.append(str(source_path))
         return args
 
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
-        if self.options.chunk_dict_ref:
-            log.warning(
-                "nydus chunk_dict_ref %s is not applied yet; converting without it",
-                self.options.chunk_dict_ref,
-            )
+        chunk_dict = self._required_chunk_dict()
         if self.options.oci_ref:
             return self._convert_layer_ref(layer)
         store = layer.store
@@ -310,7 +373,7 @@ class NydusDriver(Driver):
             os.mkfifo(fifo, 0o600)
             with layer.open_tar() as tar_stream:
                 self._run_builder(
-                    self._create_args(blob_path, fifo),
+                    self._create_args(blob_path, fifo, store, chunk_dict),
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
                     fifo=fifo,
@@ -322,6 +385,9 @@ class NydusDriver(Driver):
         extra = {"bootstrap": bootstrap.digest, "fs_version": self.options.fs_version}
         if bootstrap.toc_digest:
             extra["blob_toc_digest"] = bootstrap.toc_digest
+        if chunk_dict is not None:
+            # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
+            extra["chunk_dict"] = chunk_dict.image_digest
         descriptor = oci.Descriptor(
             media_type=mt.NYDUS_BLOB,
             digest=blob_digest,
@@ -390,6 +456,15 @@ class NydusDriver(Driver):
         if len(layers) != len(plan.layers):
             raise DriverError("nydus finish: the plan mixes nydus blob layers with other layers")
         fs_version = "6" if self.options.oci_ref else self.options.fs_version
+        chunk_dict = self._required_chunk_dict()
+        used = {layer.extra.get("chunk_dict") for layer in layers}
+        wanted = chunk_dict.image_digest if chunk_dict else None
+        if used != {wanted}:
+            # The dictionary moved (its tag was pushed again) between converting layers and merging them.
+            raise DriverError(
+                f"nydus finish: layers were converted with chunk dictionaries {sorted(map(str, used))}, "
+                f"the merge would use {wanted}; convert again"
+            )
 
         with _scratch_dir(store) as work:
             merged = work / "image.boot"
@@ -413,13 +488,20 @@ class NydusDriver(Driver):
                     "--blob-toc-digests",
                     ",".join(dg.hex_of(layer.extra["blob_toc_digest"]) for layer in layers),
                 ]
+            if chunk_dict is not None:
+                # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
+                args += _chunk_dict_args(store, chunk_dict)
             self._run_builder(args, what="merge", stdin_text=self.options.prefetch_input)
             merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
-            if merged_blobs != blob_ids:
-                raise DriverError(
-                    f"nydus merge references blobs {merged_blobs}, "
-                    f"expected the layer blobs {blob_ids} in order"
-                )
+            if self.options.oci_ref:
+                if merged_blobs != blob_ids:
+                    raise DriverError(
+                        f"nydus merge references blobs {merged_blobs}, "
+                        f"expected the layer blobs {blob_ids} in order"
+                    )
+                blob_layers, positions = list(layers), list(range(len(layers)))
+            else:
+                blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
             merged_digest, _ = store.commit_file(merged)
 
         bootstrap_layer = self._bootstrap_layer(plan, store, merged_digest, fs_version)
@@ -434,8 +516,8 @@ class NydusDriver(Driver):
         )
         return dataclasses.replace(
             plan,
-            layers=(*plan.layers, bootstrap_layer),
-            history=_history_with_bootstrap(plan),
+            layers=(*blob_layers, bootstrap_layer),
+            history=_history_with_bootstrap(plan, positions),
             manifest_annotations=annotations,
             artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
         )
@@ -849,12 +931,98 @@ def _pack_bootstrap(store: ContentStore, merged_digest: str) -> tuple[str, int, 
     return w.digest, w.size, sink.digest()
 
 
-def _history_with_bootstrap(plan: ImagePlan) -> tuple[dict[str, Any], ...] | None:
-    """Append the bootstrap's history entry so non-empty history entries still match the layers."""
+def _history_with_bootstrap(
+    plan: ImagePlan, positions: list[int | None]
+) -> tuple[dict[str, Any], ...] | None:
+    """History whose non-empty entries still match the layers: the source's, then the bootstrap's.
+
+    `positions` are the manifest's blob layers as indexes into `plan.layers` (None: a dictionary blob).
+    A source layer left out of the manifest keeps its entry, marked `empty_layer`; a dictionary blob gets
+    an entry of its own where it is listed.
+    """
     history = plan.history
     if history is None:
         source_history = plan.config.doc.get("history")
         if not source_history:
             return None  # no history to keep consistent
         history = tuple(source_history)
-    return (*history, dict(BOOTSTRAP_HISTORY))
+    bootstrap = dict(BOOTSTRAP_HISTORY)
+    if positions == list(range(len(plan.layers))):
+        return (*history, bootstrap)
+    # Each source layer's entries: its own non-empty one and the empty ones just before it.
+    groups: list[list[dict[str, Any]]] = [[]]
+    for entry in history:
+        groups[-1].append(dict(entry))
+        if not entry.get("empty_layer"):
+            groups.append([])
+    *layer_groups, trailing = groups
+    if len(layer_groups) != len(plan.layers):  # the source history does not match its layers anyway
+        return (*history, bootstrap)
+
+    def without_layer(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [*group[:-1], group[-1] | {"empty_layer": True}]
+
+    result: list[dict[str, Any]] = []
+    emitted = 0
+    for position in positions:
+        if position is None:
+            result.append(dict(CHUNK_DICT_HISTORY))
+            continue
+        result += [entry for group in layer_groups[emitted:position] for entry in without_layer(group)]
+        result += layer_groups[position]
+        emitted = position + 1
+    result += [entry for group in layer_groups[emitted:] for entry in without_layer(group)]
+    return (*result, *trailing, bootstrap)
+
+
+def _chunk_dict_args(store: ContentStore, chunk_dict: ChunkDict) -> list[str]:
+    return ["--chunk-dict", f"bootstrap={store.path(chunk_dict.bootstrap_digest)}"]
+
+
+def _layers_in_merge_order(
+    layers: list[ConvertedLayer],
+    blob_ids: list[str],
+    merged_blobs: list[str],
+    chunk_dict: ChunkDict | None,
+) -> tuple[list[ConvertedLayer], list[int | None]]:
+    """The blob layers the merged bootstrap references, in its order, with their indexes in `layers`.
+
+    Like nydus-snapshotter, the manifest lists what the bootstrap references: layer blobs in layer order,
+    with dictionary blobs among them. A layer whose bootstrap holds no chunk of its own (all deduplicated,
+    or only directories, links and whiteouts) is not referenced and so not listed; anything else is an error.
+    """
+    result: list[ConvertedLayer] = []
+    positions: list[int | None] = []
+    next_index = 0
+    for blob_id in merged_blobs:
+        index = next((i for i in range(next_index, len(blob_ids)) if blob_ids[i] == blob_id), None)
+        if index is not None:
+            result.append(layers[index])
+            positions.append(index)
+            next_index = index + 1
+            continue
+        dictionary_blob = chunk_dict.blob(blob_id) if chunk_dict else None
+        if chunk_dict is None or dictionary_blob is None:
+            expected = "layer blobs in order" + (" and chunk dictionary blobs" if chunk_dict else "")
+            raise DriverError(
+                f"nydus merge references blobs {merged_blobs}, expected the {expected} {blob_ids}"
+            )
+        result.append(_dictionary_layer(dictionary_blob, chunk_dict))
+        positions.append(None)
+    return result, positions
+
+
+def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedLayer:
+    descriptor = oci.Descriptor(
+        media_type=mt.NYDUS_BLOB,
+        digest=blob.digest,
+        size=blob.size,
+        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+    )
+    # Its diff_id is its digest, as for every nydus blob; it comes from the dictionary, not a source layer.
+    return ConvertedLayer(
+        source=descriptor,
+        descriptor=descriptor,
+        diff_id=blob.digest,
+        extra={"role": "chunk-dict", "chunk_dict": chunk_dict.image_digest},
+    )

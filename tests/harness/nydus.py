@@ -142,6 +142,11 @@ def chunk_sizes(stat_block: str) -> list[tuple[int, int]]:
     return [(int(c), int(d)) for c, d, _, _ in CHUNK.findall(stat_block)]
 
 
+def chunk_blobs(stat_block: str) -> list[str]:
+    """The blob id (hex digest) each chunk of the file an `inspect` stat block describes is stored in."""
+    return [blob_id for _, _, _, blob_id in CHUNK.findall(stat_block)]
+
+
 def read_file_from_blobs(store: ContentStore, stat_block: str) -> bytes:
     data = bytearray()
     for compressed, decompressed, offset, blob_id in CHUNK.findall(stat_block):
