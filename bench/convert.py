@@ -12,6 +12,7 @@ Prints figures only; nothing here passes or fails on speed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no internet here; keep logs clean
 
 from accel import image as img  # noqa: E402
 from accel import publish  # noqa: E402
