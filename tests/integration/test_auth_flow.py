@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from accel import constants as mt
 from accel.oci import Manifest
@@ -18,7 +17,7 @@ from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.registry.errors import AuthenticationError
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing
+from tests.harness import configs, imagegen, pushing
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -37,15 +36,8 @@ def client(secured) -> Iterator[RegistryClient]:
 
 
 def write_config(path: Path, host: str, auth: str) -> str:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "provider": {"source": {host: {"auth": auth}}, "work_dir": str(path.parent / "work")},
-                "converter": {"driver": {"type": "estargz", "config": {"compression_level": 1}}},
-            }
-        )
-    )
-    return str(path)
+    fast = configs.driver("estargz", compression_level=1)
+    return str(configs.write_config(path, {host: {"auth": auth}}, [fast]))
 
 
 def _push_source(client: RegistryClient, store: ContentStore, host: str) -> tuple[Reference, str]:

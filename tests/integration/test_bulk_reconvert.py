@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from accel import constants as mt
 from accel.oci import Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing
+from tests.harness import configs, imagegen, pushing
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -30,20 +29,10 @@ def client(registry) -> Iterator[RegistryClient]:
 
 @pytest.fixture
 def config(registry, tmp_path: Path) -> str:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "provider": {"source": {registry.host: {}}, "work_dir": str(tmp_path / "work")},
-                "converter": {
-                    "driver": {"type": "estargz", "config": {"compression_level": 1}},
-                    # The cache image's tag sits among the source tags: it must never count as stale.
-                    "rules": [{"tag_suffix": SUFFIX}, {"cache_tag": CACHE_TAG}],
-                },
-            }
-        )
-    )
-    return str(path)
+    # The cache image's tag sits among the source tags: it must never count as stale.
+    rules = [{"tag_suffix": SUFFIX}, {"cache_tag": CACHE_TAG}]
+    fast = configs.driver("estargz", compression_level=1)
+    return str(configs.write_config(tmp_path / "config.yaml", {registry.host: {}}, [fast], rules))
 
 
 def _made_from(client: RegistryClient, ref: Reference) -> str:

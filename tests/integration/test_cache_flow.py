@@ -12,7 +12,7 @@ from accel.oci import Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, NotFound, RegistryClient
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing
+from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -21,12 +21,9 @@ CACHE_TAG = "accel-cache"
 
 
 def write_config(path: Path, registry_host: str, work_dir: Path, drivers: list[str]) -> Path:
-    listed = "\n".join(f"    - type: {d}" for d in drivers)
-    path.write_text(
-        f"provider:\n  source:\n    {registry_host}: {{}}\n  work_dir: {work_dir}\n"
-        f"converter:\n  drivers:\n{listed}\n  rules:\n    - cache_tag: {CACHE_TAG}\n"
-    )
-    return path
+    drivers_config = [configs.driver(d) for d in drivers]
+    rules = [{"cache_tag": CACHE_TAG}]
+    return configs.write_config(path, {registry_host: {}}, drivers_config, rules, work_dir=work_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from accel import constants as mt
 from accel.compression import open_uncompressed
@@ -18,23 +19,12 @@ from accel.reference import Reference
 from accel.referrers import referrers_tag
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import conformance, imagegen, pushing
+from tests.harness import configs, conformance, imagegen, pushing
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.conformance]
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = ["estargz", "zstdchunked"]
-
-
-def write_config(path: Path, registry_host: str, work_dir: Path, **driver_config: dict) -> Path:
-    drivers = "\n".join(
-        f"    - type: {d}\n      config: {json.dumps(driver_config.get(d, {}))}" for d in DRIVERS
-    )
-    path.write_text(
-        f"provider:\n  source:\n    {registry_host}: {{}}\n  work_dir: {work_dir}\n"
-        f"converter:\n  drivers:\n{drivers}\n"
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +42,10 @@ def client(registry) -> RegistryClient:
 def config(registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("flow")
     # Small chunks so the 5 MiB file spans several chunks in both formats.
-    return write_config(
+    return configs.write_config(
         tmp / "config.yaml",
-        registry.host,
-        tmp / "work",
-        estargz={"chunk_size": 1 << 20, "compression_level": 6},
+        {registry.host: {}},
+        [configs.driver("estargz", chunk_size=1 << 20, compression_level=6), configs.driver("zstdchunked")],
     )
 
 
@@ -171,8 +160,10 @@ def test_skips_own_outputs_cache_tags_and_accelerated_images(
     accelerated = convert_image(source=str(foreign_ref), config=str(config))
     assert accelerated.skipped == "the image already is estargz (layer annotations)"
 
+    settings = yaml.safe_load(config.read_text())
+    settings["converter"]["rules"] = [{"cache_tag": "accel-cache"}]
     cache_config = config.parent / "with-cache-tag.yaml"
-    cache_config.write_text(config.read_text() + "  rules:\n    - cache_tag: accel-cache\n")
+    cache_config.write_text(yaml.safe_dump(settings))
     cache = convert_image(source=str(source.with_tag("accel-cache")), config=str(cache_config))
     assert cache.skipped == "tag 'accel-cache' is a conversion cache tag"
 

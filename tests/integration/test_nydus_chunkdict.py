@@ -8,7 +8,6 @@ B's repository and judged by `nydus-image` itself.
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from accel.oci import Descriptor, ImageConfig, Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing
+from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.nydus, nh.needs_builder]
@@ -65,13 +64,8 @@ def _image_b(store: ContentStore) -> imagegen.BuiltImage:
 
 
 def _config(registry, work: Path, driver_config: dict[str, Any]) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    config = work / "config.yaml"
-    config.write_text(
-        f"provider:\n  source:\n    {registry.host}: {{}}\n  work_dir: {work / 'work'}\n"
-        f"converter:\n  drivers:\n    - type: nydus\n      config: {json.dumps(driver_config)}\n"
-    )
-    return config
+    nydus = configs.driver("nydus", **driver_config)
+    return configs.write_config(work / "config.yaml", {registry.host: {}}, [nydus])
 
 
 def _convert(config: Path, source: Reference) -> Reference:

@@ -22,7 +22,7 @@ from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing, trees
+from tests.harness import configs, imagegen, pushing, trees
 from tests.harness import nydus as nh
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.nydus, nh.needs_builder]
@@ -46,11 +46,8 @@ def _convert(registry, tmp: Path, source: Reference, driver_config: dict[str, An
     """One convert-image flow run with only the nydus driver; returns the pushed target reference."""
     from flows.convert_image import convert_image
 
-    config = tmp / "config.yaml"
-    config.write_text(
-        f"provider:\n  source:\n    {registry.host}: {{}}\n  work_dir: {tmp / 'work'}\n"
-        f"converter:\n  drivers:\n    - type: nydus\n      config: {json.dumps(driver_config)}\n"
-    )
+    nydus = configs.driver("nydus", **driver_config)
+    config = configs.write_config(tmp / "config.yaml", {registry.host: {}}, [nydus])
     result = convert_image(source=str(source), config=str(config))
     (target,) = result.targets
     assert target.driver == "nydus"

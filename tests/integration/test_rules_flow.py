@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from accel import constants as mt
 from accel.oci import Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import imagegen, pushing
+from tests.harness import configs, imagegen, pushing
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -24,15 +23,7 @@ FAST_ESTARGZ = {"type": "estargz", "config": {"compression_level": 1}}
 
 
 def write_config(path: Path, host: str, drivers: list[dict[str, Any]], rules: list[dict[str, Any]]) -> str:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "provider": {"source": {host: {}}, "work_dir": str(path.parent / "work")},
-                "converter": {"drivers": drivers, "rules": rules},
-            }
-        )
-    )
-    return str(path)
+    return str(configs.write_config(path, {host: {}}, drivers, rules))
 
 
 @pytest.fixture(scope="module")
