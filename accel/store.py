@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -85,6 +86,39 @@ class ContentStore:
                 w.write(chunk)
         assert w.digest is not None
         return w.digest, w.size
+
+    def touch(self, digest: str) -> None:
+        """Mark a blob as used now, so garbage collection keeps it longest."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest))
+
+    def total_size(self) -> int:
+        return sum(p.stat().st_size for p in self._blobs.iterdir())
+
+    def gc(self, max_bytes: int, min_age_seconds: float = 3600.0, now: float | None = None) -> list[str]:
+        """Delete least recently used blobs until the store holds at most `max_bytes`.
+
+        Blobs used (written or touched) within `min_age_seconds` are kept whatever the size: a conversion
+        running now may still need them. Returns the digests removed.
+        """
+        now = time.time() if now is None else now
+        entries = []
+        for path in self._blobs.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                entries.append((max(st.st_mtime, st.st_atime), st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        removed: list[str] = []
+        for used, size, path in sorted(entries):
+            if total <= max_bytes:
+                break
+            if now - used < min_age_seconds:
+                break  # everything after this one is newer still
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(f"sha256:{path.name}")
+            total -= size
+        return removed
 
     def temp_path(self, suffix: str = "") -> Path:
         """A fresh private path under the store for scratch files (removed by the caller)."""

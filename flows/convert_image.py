@@ -26,6 +26,7 @@ from accel.reference import Reference
 from accel.rules import target_reference
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
+from tasks.store import collect_garbage
 
 
 class LayerResult(BaseModel):
@@ -134,6 +135,7 @@ def convert_image(
         merge_cache(image, converted, str(cache_ref), targets_by_driver, lookup.gone, config_path)
         timings["cache merge"] = time.monotonic() - started
 
+    collect_garbage(config_path)
     result = ConversionResult(
         source=str(source_ref), source_digest=image.root.digest, targets=targets, seconds=timings
     )
@@ -195,7 +197,10 @@ def _pull_and_convert(
         fresh = {layer.descriptor.digest: f.result() for layer, f in zip(missed[d], futures, strict=True)}
         # A Prefect-cached result whose blob has since left the content store is converted again.
         for layer in missed[d]:
-            if not store.exists(fresh[layer.descriptor.digest].descriptor.digest):
+            blob = fresh[layer.descriptor.digest].descriptor.digest
+            if store.exists(blob):
+                store.touch(blob)
+            else:
                 refresh = convert_layer.with_options(refresh_cache=True)
                 fresh[layer.descriptor.digest] = refresh(layer, d, config_path)
         converted[d] = [

@@ -240,6 +240,7 @@ class RegistryClient:
     def fetch_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> Path:
         """Stream a blob into the store (verified, atomic); a blob already stored is not fetched again."""
         if store.exists(desc.digest):
+            store.touch(desc.digest)  # reused: keep it from garbage collection longest
             return store.path(desc.digest)
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
 

@@ -55,3 +55,33 @@ def test_concurrent_writers_of_one_blob(tmp_path):
         t.join()
     assert errors == []
     assert store.read_bytes(expected) == data
+
+
+def test_gc_removes_least_recently_used_first_and_spares_recent_blobs(tmp_path):
+    import os
+
+    store = ContentStore(tmp_path)
+    digests = [store.put_bytes(bytes([i]) * 1000) for i in range(4)]
+    now = 1_000_000.0
+    for age_hours, d in zip((5, 4, 3, 0), digests, strict=True):  # the last one was used just now
+        stamp = now - age_hours * 3600
+        os.utime(store.path(d), (stamp, stamp))
+
+    removed = store.gc(max_bytes=2500, min_age_seconds=3600, now=now)
+    assert removed == digests[:2]  # oldest first, until 2 x 1000 bytes remain
+    assert [store.exists(d) for d in digests] == [False, False, True, True]
+
+    # Over the limit, but what was used within the last hour stays.
+    assert store.gc(max_bytes=0, min_age_seconds=3600, now=now) == [digests[2]]
+    assert store.exists(digests[3])
+
+
+def test_touch_makes_a_blob_recent(tmp_path):
+    import os
+
+    store = ContentStore(tmp_path)
+    old, used = store.put_bytes(b"old"), store.put_bytes(b"used")
+    for d in (old, used):
+        os.utime(store.path(d), (1000.0, 1000.0))
+    store.touch(used)
+    assert store.gc(max_bytes=4, min_age_seconds=0) == [old]
