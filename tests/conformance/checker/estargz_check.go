@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"path"
 	"slices"
 
@@ -42,16 +41,11 @@ func checkEstargz(blobPath, tocDigestText string, expectedUncompressedSize int64
 	if err != nil {
 		return failed(result, fmt.Errorf("invalid --toc-digest: %w", err))
 	}
-	file, err := os.Open(blobPath)
+	file, blob, err := openSection(blobPath)
 	if err != nil {
 		return failed(result, err)
 	}
 	defer file.Close()
-	info, err := file.Stat()
-	if err != nil {
-		return failed(result, err)
-	}
-	blob := io.NewSectionReader(file, 0, info.Size())
 
 	reader, err := estargz.Open(blob)
 	if err != nil {

@@ -35,8 +35,9 @@ func writeAtomically(out string, produce func(io.Writer) error) (digest.Digest, 
 	return digester.Digest(), counter.n, nil
 }
 
-func openSection(tarPath string) (*os.File, *io.SectionReader, error) {
-	file, err := os.Open(tarPath)
+// openSection opens a file for random access; the caller closes the file.
+func openSection(path string) (*os.File, *io.SectionReader, error) {
+	file, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}

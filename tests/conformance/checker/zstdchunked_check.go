@@ -85,16 +85,11 @@ func checkZstdChunked(blobPath, annotationsPath, expectedDiffID string) Result {
 	if err != nil {
 		return failed(result, err)
 	}
-	file, err := os.Open(blobPath)
+	file, blob, err := openSection(blobPath)
 	if err != nil {
 		return failed(result, err)
 	}
 	defer file.Close()
-	info, err := file.Stat()
-	if err != nil {
-		return failed(result, err)
-	}
-	blob := io.NewSectionReader(file, 0, info.Size())
 	blobDigester := digest.Canonical.Digester()
 	if _, err := io.Copy(blobDigester.Hash(), io.NewSectionReader(blob, 0, blob.Size())); err != nil {
 		return failed(result, err)
