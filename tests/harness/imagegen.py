@@ -78,6 +78,16 @@ def _block(seed: int, index: int, pattern: Pattern, length: int = _BLOCK) -> byt
     return data.translate(_TEXT_TABLE) if pattern == "text" else data
 
 
+def tar_info(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
+    """A bare TarInfo with a fixed mtime, for tests that write tar headers by hand."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mtime = 1_700_000_000
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info
+
+
 def generated_bytes(size: int, seed: int, pattern: Pattern = "random") -> Iterator[bytes]:
     """The content of `file_from_generator(..., size, seed, pattern)` as chunks of at most 1 MiB.
 

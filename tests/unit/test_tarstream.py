@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 from accel.tarstream import TarError, TarFormat, TarScanner, Timestamp
+from tests.harness.imagegen import tar_info as _info
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -19,15 +20,6 @@ def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile
                 info.size = len(data)
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
-
-
-def _info(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mtime = 1_700_000_000
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 def _rich_tar(fmt: int) -> bytes:

@@ -23,6 +23,7 @@ from accel.drivers.base import LayerInput
 from accel.errors import ConfigError, DigestMismatch, DriverError
 from accel.oci import Descriptor
 from accel.store import ContentStore
+from tests.harness.imagegen import tar_info as _info
 
 # --- a literal port of the reference chunking (containers/storage compressor.go + rollsum.go) ----------
 
@@ -167,15 +168,6 @@ def test_crc64_iso_matches_go_check_value_and_chains() -> None:
 
 
 # --- building source layers ----------------------------------------------------------------------------
-
-
-def _info(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mtime = 1_700_000_000
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 def _make_tar(fmt: int = tarfile.PAX_FORMAT) -> tuple[bytes, dict[str, bytes]]:
