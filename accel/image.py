@@ -166,11 +166,7 @@ def resolve_source(
 
 
 def _wants_oci(driver: Driver, source_media_type: str) -> bool:
-    return (
-        driver.requires_oci
-        or bool(getattr(driver.options, "docker2oci", True))
-        or (source_media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX))
-    )
+    return driver.writes_oci(source_media_type)
 
 
 def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:

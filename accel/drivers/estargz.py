@@ -43,7 +43,7 @@ from zlib_ng import zlib_ng
 
 from accel import constants as mt
 from accel.digest import Digester
-from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
+from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput, oci_unless_docker_kept
 from accel.errors import DriverError, InvalidImage
 from accel.oci import Descriptor
 from accel.store import BlobWriter
@@ -114,9 +114,11 @@ class EStargzDriver(Driver):
     name: ClassVar[str] = "estargz"
     options_model: ClassVar[type[DriverOptions]] = EStargzOptions
     implementation_version: ClassVar[str] = IMPLEMENTATION_VERSION
-    requires_oci: ClassVar[bool] = False  # layers are plain gzip tars; `docker2oci` decides
-
     options: EStargzOptions
+
+    def writes_oci(self, source_media_type: str) -> bool:
+        # Layers are plain gzip tars, which Docker manifests can list too: `docker2oci` decides.
+        return oci_unless_docker_kept(self.options.docker2oci, source_media_type)
 
     def __init__(self, options: DriverOptions) -> None:
         if not isinstance(options, EStargzOptions):

@@ -20,6 +20,7 @@ from isal import igzip
 from accel import digest as dg
 from accel.drivers.nydus.tar import COPY_SIZE, TAR_BLOCK
 from accel.errors import DriverError
+from accel.oci import Descriptor
 from accel.store import ContentStore
 
 # Names inside the nydus blob trailer (nydus-snapshotter pkg/converter/convert_unix.go).
@@ -36,6 +37,15 @@ _TOC_MAX_SIZE = 1 << 20
 _TOC_COMPRESSOR_MASK = 0x0F
 _TOC_COMPRESSOR_NONE = 0x01
 _TOC_COMPRESSOR_ZSTD = 0x02
+
+
+# A layer bootstrap extracted into the content store: raw RAFS metadata, needed locally by `finish`.
+BOOTSTRAP_BLOB_MEDIA_TYPE = "application/octet-stream"
+
+
+def bootstrap_blob(store: ContentStore, digest: str) -> Descriptor:
+    """The descriptor of an extracted bootstrap in the store, as `ConvertedLayer.local_blobs` lists it."""
+    return Descriptor(media_type=BOOTSTRAP_BLOB_MEDIA_TYPE, digest=digest, size=store.size(digest))
 
 
 @dataclasses.dataclass(frozen=True)
