@@ -20,18 +20,16 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from accel import compression
 from accel import constants as mt
+from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
 from accel.reference import Reference
 from accel.store import ContentStore
-
-if TYPE_CHECKING:  # accel.image imports this module
-    from accel.image import BuiltImage, SourceImage
 
 
 class DriverOptions(BaseModel):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from accel.drivers.base import DependencySource, Driver, ResolvedDependency
-from accel.image import BuiltImage
+from accel.model import BuiltImage
 from accel.oci import Descriptor, Platform
 from accel.reference import Reference
 from accel.store import ContentStore

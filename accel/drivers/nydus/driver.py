@@ -41,7 +41,7 @@ from accel.drivers.nydus.trailer import (
     pack_bootstrap,
 )
 from accel.errors import DriverError
-from accel.image import BuiltImage, SourceImage
+from accel.model import BuiltImage, SourceImage
 from accel.oci import Platform
 from accel.store import ContentStore
 
