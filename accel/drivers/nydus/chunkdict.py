@@ -14,12 +14,12 @@ reused by content digest, so another platform's image stays correct; it only ded
 from __future__ import annotations
 
 import dataclasses
-import tarfile
 
 from isal import igzip
 
 from accel import constants as mt
 from accel import digest as dg
+from accel import tarstream
 from accel.drivers.base import DependencySource
 from accel.drivers.nydus.tar import COPY_SIZE
 from accel.drivers.nydus.trailer import BOOTSTRAP_TAR_NAME
@@ -65,14 +65,13 @@ def _select_manifest(
 
 def _extract_bootstrap(store: ContentStore, layer_digest: str, reference: Reference) -> str:
     """`image/image.boot` out of a bootstrap layer (gzip tar) in the store, streamed into its own blob."""
-    with igzip.open(store.path(layer_digest), "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-        for member in tar:
-            if member.name.lstrip("./") != BOOTSTRAP_TAR_NAME or not member.isfile():
+    wanted = BOOTSTRAP_TAR_NAME.encode()
+    with igzip.open(store.path(layer_digest), "rb") as gz:
+        for member in tarstream.TarScanner(gz):  # type: ignore[arg-type]
+            if member.header.name.lstrip(b"./") != wanted or member.header.typeflag != tarstream.TYPE_REG:
                 continue
-            source = tar.extractfile(member)
-            assert source is not None  # a regular file
             with store.writer() as writer:
-                while chunk := source.read(COPY_SIZE):
+                for chunk in member.iter_data(COPY_SIZE):
                     writer.write(chunk)
             assert writer.digest is not None
             return writer.digest
@@ -105,12 +104,12 @@ def resolve_chunk_dict(
         bootstrap_digest = _extract_bootstrap(store, bootstrap_layer.digest, ref)
     except DriverError:
         raise
+    except (tarstream.TarError, OSError) as exc:
+        raise DriverError(f"nydus chunk_dict_ref {reference}: unreadable bootstrap layer: {exc}") from exc
     except AccelError as exc:  # not found, refused, not a manifest, digest mismatch, bad reference
         if is_transient(exc):
             raise
         raise DriverError(f"nydus chunk_dict_ref {reference}: {exc}") from exc
-    except (tarfile.TarError, OSError) as exc:
-        raise DriverError(f"nydus chunk_dict_ref {reference}: unreadable bootstrap layer: {exc}") from exc
     return ChunkDict(
         reference=str(ref),
         image_digest=desc.digest,

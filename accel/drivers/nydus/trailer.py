@@ -18,6 +18,7 @@ import zstandard
 from isal import igzip
 
 from accel import digest as dg
+from accel import tarstream
 from accel.drivers.nydus.tar import COPY_SIZE, TAR_BLOCK
 from accel.errors import DriverError
 from accel.oci import Descriptor
@@ -59,16 +60,17 @@ class TrailerEntry:
 
 def _find_tar_entry(f: BinaryIO, size: int, name: str) -> tuple[int, int] | None:
     """(offset, size) of `name` in the blob trailer, walking `data | header` pairs from the end."""
+    wanted = name.encode()
     cursor = size - TAR_BLOCK
     while cursor >= 0:
         f.seek(cursor)
         try:
-            header = tarfile.TarInfo.frombuf(f.read(TAR_BLOCK), "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
+            header, _ = tarstream.parse_header_block(f.read(TAR_BLOCK))
+        except tarstream.TarError:
             return None
         if header.size > cursor:
             return None
-        if header.name == name:
+        if header.name == wanted:
             return cursor - header.size, header.size
         cursor -= header.size + TAR_BLOCK
     return None
