@@ -46,7 +46,8 @@ from accel.errors import AccelError, InvalidImage
 from accel.image import SourceImage, SourceLayer
 from accel.oci import Descriptor, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
-from accel.registry import NotFound, RegistryClient, RegistryError
+from accel.registry import NotFound, RegistryError
+from accel.registry.interfaces import Registry
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def same_platform(cached: Platform | None, wanted: Platform | None) -> bool:
 
 
 def _config_platform(
-    client: RegistryClient, ref: Reference, config: Descriptor, store: ContentStore
+    client: Registry, ref: Reference, config: Descriptor, store: ContentStore
 ) -> Platform | None:
     raw = client.fetch_blob_bytes(ref, config)
     store.put_bytes(raw, config.digest)
@@ -270,7 +271,7 @@ def _config_platform(
 
 
 def _import_manifest(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     desc: Descriptor,
     raw: bytes,
@@ -297,7 +298,7 @@ def _import_manifest(
 
 
 def fetch_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     version: str,
@@ -348,7 +349,7 @@ class Restored:
 
 
 def _make_available(
-    client: RegistryClient, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
+    client: Registry, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
 ) -> None:
     """The converted blob in the target repository: already there, mounted, else downloaded for the push."""
     if target.registry == cache.registry and target.repository == cache.repository:
@@ -366,7 +367,7 @@ def _make_available(
 
 
 def _restore_original_nydus(
-    client: RegistryClient,
+    client: Registry,
     cache: Reference,
     entry: CacheEntry,
     source: Descriptor,
@@ -397,7 +398,7 @@ def _restore_original_nydus(
 
 
 def restore_hits(
-    client: RegistryClient,
+    client: Registry,
     cache: CacheImage,
     driver: Driver,
     layers: Sequence[SourceLayer],
@@ -626,20 +627,20 @@ def plan_update(
 # --- push ------------------------------------------------------------------------------------------
 
 
-def _current_root(client: RegistryClient, ref: Reference) -> str | None:
+def _current_root(client: Registry, ref: Reference) -> str | None:
     try:
         return client.resolve(ref).digest
     except NotFound:
         return None
 
 
-def _missing_blobs(client: RegistryClient, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
+def _missing_blobs(client: Registry, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
     digests = dict.fromkeys(d for entry in entries for d in entry.digests())
     return frozenset(d for d in digests if not client.blob_exists(ref, d))
 
 
 def push_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     updates: Sequence[PlatformRecords],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +20,7 @@ from accel.drivers.base import ConvertedLayer, Driver, ImagePlan
 from accel.errors import InvalidImage, UnsupportedMediaType
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json, detect_media_type
 from accel.reference import Reference
+from accel.registry.interfaces import ManifestSource
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,6 @@ class BuiltImage(_Frozen):
             for d in (m.config, *m.layers, *m.companions):
                 seen.setdefault(d.digest, d)
         return list(seen.values())
-
-
-class ManifestSource(Protocol):
-    """The slice of the registry client that resolution needs."""
-
-    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
-
-    def fetch_blob_bytes(self, repo_ref: Reference, desc: Descriptor) -> bytes: ...
 
 
 def _is_image_child(desc: Descriptor) -> bool:

@@ -17,19 +17,14 @@ from accel.image import BuiltImage
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry import RegistryError
+from accel.registry.interfaces import ImageTarget, ReferrersTarget
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
 
 
-class Pusher(referrers.ReferrersClient, Protocol):
-    """The slice of the registry client that publishing needs."""
-
-    def push_blob(
-        self, repo_ref: Reference, desc: Descriptor, store: ContentStore, mount_from: Sequence[str] = ()
-    ) -> None: ...
-
-    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor: ...
+class Pusher(ImageTarget, ReferrersTarget, Protocol):
+    """What publishing an image and listing it as a referrer needs."""
 
 
 def push_blobs(

@@ -8,23 +8,16 @@ OCI distribution spec: an image index tagged `sha256-<hex of the subject digest>
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from accel import constants as mt
 from accel.digest import hex_of
 from accel.oci import Descriptor, Index, Manifest, canonical_json
 from accel.reference import Reference
 from accel.registry import NotFound
+from accel.registry.interfaces import ReferrersTarget
 
 log = logging.getLogger(__name__)
-
-
-class ReferrersClient(Protocol):
-    def referrers(self, repo_ref: Reference, digest: str) -> list[Descriptor] | None: ...
-
-    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
-
-    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor: ...
 
 
 def referrers_tag(subject_digest: str) -> str:
@@ -46,7 +39,7 @@ def referrer_descriptor(manifest_raw: bytes, media_type: str) -> Descriptor:
     )
 
 
-def attach(client: ReferrersClient, repo: Reference, subject: Descriptor, referrer: Descriptor) -> bool:
+def attach(client: ReferrersTarget, repo: Reference, subject: Descriptor, referrer: Descriptor) -> bool:
     """List `referrer` under `subject` via the tag schema when the registry lacks the referrers API.
 
     Returns True when the tag index was written. Re-running is harmless (the referrer is listed once).
