@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from accel import constants as mt
+from accel import copy
 from accel import digest as dg
 from accel.drivers.base import ConvertedLayer, Driver
 from accel.errors import AccelError, InvalidImage
@@ -356,12 +357,8 @@ def _make_available(
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
         return
-    if client.blob_exists(target, layer.digest):
-        return
-    if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
-        return
     try:
-        client.fetch_blob(cache, layer, store)  # publish uploads it with the target image
+        copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
     except NotFound:
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
 
@@ -660,13 +657,9 @@ def push_cache(
     for attempt in range(1, attempts + 1):
         cache = fetch_cache(client, ref, store, version, platforms)
         update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
-        for blob in update.blobs:
-            client.push_blob(ref, blob, store, mount_from)
+        copy.copy_blobs(client, ref, update.blobs, store, mount_from)
         try:
-            for child in update.manifests:
-                client.push_manifest(
-                    ref.with_digest(child.digest), store.read_bytes(child.digest), child.media_type
-                )
+            copy.push_manifests(client, ref, update.manifests, store)
             fetched_root = cache.root.digest if cache.root else None
             checked = time.monotonic()
             if _current_root(client, ref) != fetched_root:

@@ -79,11 +79,15 @@ class ManifestSource(ManifestFetcher, BlobFetcher, Protocol):
     """What reading an image (manifests, configs, layers) needs."""
 
 
-class BlobTarget(BlobChecker, BlobMounter, BlobPusher, Protocol):
+class BlobLinker(BlobChecker, BlobMounter, Protocol):
+    """What finding a blob in a repository, or mounting it there, needs."""
+
+
+class BlobTarget(BlobLinker, BlobPusher, Protocol):
     """What making a blob exist in a repository needs: exists → mount → upload."""
 
 
-class BlobStager(BlobChecker, BlobMounter, BlobFetcher, Protocol):
+class BlobStager(BlobLinker, BlobFetcher, Protocol):
     """What making a blob available to a later push needs: exists → mount → fetch into the store."""
 
 
