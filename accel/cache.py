@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from accel import constants as mt
-from accel import copy
+from accel import copy, mutate
 from accel import digest as dg
 from accel.drivers.base import ConvertedLayer, Driver
 from accel.errors import AccelError, InvalidImage
@@ -524,17 +524,13 @@ def _write_manifest(
     config_raw = canonical_json(config_doc)
     config = Descriptor.of(mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG, config_raw)
     store.put_bytes(config_raw, config.digest)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "config": config.to_dict(),
-        "layers": [layer.to_dict() for layer in layers],
-        "annotations": {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
-    }
-    raw = canonical_json(doc)
-    desc = Descriptor.of(media_type, raw, platform=platform)
-    store.put_bytes(raw, desc.digest)
-    return desc, config
+    manifest = mutate.manifest(
+        media_type,
+        config,
+        layers,
+        annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+    )
+    return mutate.store_document(manifest, store, platform=platform), config
 
 
 def plan_update(
@@ -606,16 +602,8 @@ def plan_update(
         desc = write(manifest_type, update.platform, update.entries, ())
         changed.append(desc)
         children.append(desc)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": index_type,
-        "manifests": [c.to_dict() for c in children],
-    }
     annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
-    doc["annotations"] = annotations
-    raw = canonical_json(doc)
-    root = Descriptor.of(index_type, raw)
-    store.put_bytes(raw, root.digest)
+    root = mutate.store_document(mutate.index(index_type, children, annotations=annotations), store)
     return CacheUpdate(
         root=root, manifests=tuple(changed), blobs=tuple(blobs.values()), entries=tuple(all_entries)
     )

@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from accel import constants as mt
+from accel import mutate
 from accel.digest import hex_of
-from accel.oci import Descriptor, Index, Manifest, canonical_json
+from accel.oci import Descriptor, Index, Manifest
 from accel.reference import Reference
 from accel.registry import NotFound
 from accel.registry.interfaces import ReferrersTarget
@@ -54,8 +55,7 @@ def attach(client: ReferrersTarget, repo: Reference, subject: Descriptor, referr
         manifests = []
     if any(m.get("digest") == referrer.digest for m in manifests):
         return False
-    manifests = [*manifests, referrer.to_dict()]
-    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
-    client.push_manifest(tag_ref, canonical_json(doc), mt.OCI_INDEX)
+    listing = mutate.index(mt.OCI_INDEX, [*manifests, referrer])  # earlier entries kept verbatim
+    client.push_manifest(tag_ref, listing.raw, listing.media_type)
     log.info("listed %s as a referrer of %s in tag %s", referrer.digest, subject.digest, tag_ref.tag)
     return True
