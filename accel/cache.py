@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -55,11 +56,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TAG = "accel-cache"  # when only `provider.cache_repository` is configured
 PUSH_ATTEMPTS = 6  # merges with concurrent writers before a cache push gives up
-# Seconds to wait after pushing the root before checking our records survived concurrent writers.
-SETTLE_MIN = 0.1
-SETTLE_MAX = 2.0
+RETRY_JITTER = 0.1  # at most this many seconds between two attempts, so colliding writers drift apart
 _ORIGINAL_NYDUS_KEY = "nydus-original"  # records written by the original service carry no driver key
 _MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
+# One lock per cache reference: writers of this process take turns (see `push_cache`).
+_WRITERS: dict[str, threading.RLock] = {}
+_WRITERS_GUARD = threading.Lock()
 
 
 class CacheConflict(AccelError):
@@ -624,6 +626,27 @@ def _missing_blobs(client: Registry, ref: Reference, entries: Iterable[CacheEntr
     return frozenset(d for d in digests if not client.blob_exists(ref, d))
 
 
+def _writer_lock(ref: Reference) -> threading.RLock:
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(str(ref), threading.RLock())
+
+
+def _records_present(
+    client: Registry,
+    ref: Reference,
+    store: ContentStore,
+    updates: Sequence[PlatformRecords],
+    *,
+    version: str,
+    size: int,
+) -> bool:
+    """Re-read the cache at `ref`: does it hold every record of `updates` (as far as `size` keeps them)?"""
+    platforms = [u.platform for u in updates]
+    latest = fetch_cache(client, ref, store, version, platforms)
+    have = {entry.identity for entry in latest.entries()}
+    return all(entry.identity in have for u in updates for entry in u.entries[:size])
+
+
 def push_cache(
     client: Registry,
     ref: Reference,
@@ -638,44 +661,43 @@ def push_cache(
 ) -> Descriptor:
     """Merge this conversion's records into the cache at `ref` and push it; returns the pushed root.
 
-    Optimistic concurrency: the root is read, merged and re-read just before the tag is pushed; when another
-    worker pushed in between, the merge starts again from its cache (at most `attempts` times).
+    Optimistic concurrency, checked by reading, never by waiting: each attempt reads the root, merges,
+    pushes blobs and children, checks the root is still the one it read, pushes the new root, then reads
+    the cache back and returns once our records are in it. Another writer's push in between sends us
+    round again (at most `attempts` times, with a small random pause between attempts only).
+
+    Writers in this process take turns per cache reference, so among them nothing is ever lost. Across
+    processes the registry offers no conditional tag update: a writer that checked the root just before
+    our push and pushes just after our read-back still replaces our records. Such records are only
+    missing from the cache (those layers are converted again next time), never wrong.
     """
-    platforms = [u.platform for u in updates]
-    for attempt in range(1, attempts + 1):
-        cache = fetch_cache(client, ref, store, version, platforms)
-        update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
-        copy.copy_blobs(client, ref, update.blobs, store, mount_from)
-        try:
-            copy.push_manifests(client, ref, update.manifests, store)
-            fetched_root = cache.root.digest if cache.root else None
-            checked = time.monotonic()
-            if _current_root(client, ref) != fetched_root:
-                log.info(
-                    "cache %s changed while merging (attempt %d/%d); merging again", ref, attempt, attempts
+    with _writer_lock(ref):
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                time.sleep(random.uniform(0, RETRY_JITTER))  # de-synchronise writers that keep colliding
+            cache = fetch_cache(client, ref, store, version, [u.platform for u in updates])
+            update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
+            copy.copy_blobs(client, ref, update.blobs, store, mount_from)
+            try:
+                copy.push_manifests(client, ref, update.manifests, store)
+                if _current_root(client, ref) != (cache.root.digest if cache.root else None):
+                    log.info("cache %s changed while merging (attempt %d/%d)", ref, attempt, attempts)
+                    continue
+                raw = store.read_bytes(update.root.digest)
+                pushed = client.push_manifest(ref, raw, update.root.media_type)
+            except RegistryError as exc:
+                if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
+                    raise
+                # A record kept from the old cache lost its blob: find which and leave them out.
+                missing = _missing_blobs(client, ref, update.entries)
+                log.warning(
+                    "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
                 )
-                time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+                gone = gone | missing
                 continue
-            pushed = client.push_manifest(ref, store.read_bytes(update.root.digest), update.root.media_type)
-        except RegistryError as exc:
-            if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
-                raise
-            # A record kept from the old cache lost its blob: find which and leave them out.
-            missing = _missing_blobs(client, ref, update.entries)
-            log.warning(
-                "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
-            )
-            gone = gone | missing
-            continue
-        # Another writer that checked the root just before our push may still overwrite it: give such a
-        # push time to land, then make sure our records survived (else merge again).
-        time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 4 * (time.monotonic() - checked))))
-        if _current_root(client, ref) == pushed.digest:
-            return pushed
-        latest = fetch_cache(client, ref, store, version, platforms)
-        have = {entry.identity for entry in latest.entries()}
-        if all(entry.identity in have for u in updates for entry in u.entries[:size]):
-            return pushed
-        log.info("cache %s was overwritten right after our push (attempt %d/%d)", ref, attempt, attempts)
-        time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+            if _current_root(client, ref) == pushed.digest or _records_present(
+                client, ref, store, updates, version=version, size=size
+            ):
+                return pushed
+            log.info("cache %s was replaced right after our push (attempt %d/%d)", ref, attempt, attempts)
     raise CacheConflict(f"cache {ref} kept changing; gave up after {attempts} merges")

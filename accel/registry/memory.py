@@ -4,7 +4,8 @@ It behaves like `distribution` where accel depends on it: digests are verified o
 a manifest naming a blob (or an index naming a child manifest) the repository lacks is refused with
 MANIFEST_BLOB_UNKNOWN, unknown things are `NotFound`, mounts work between repositories of one registry
 host. Unlike a real registry it records every call (`calls`), lets a test make a chosen call fail
-(`fail`), and can answer with or without the OCI referrers API.
+(`fail`) or run something just before it (`before`, to stage a race deterministically), and can answer
+with or without the OCI referrers API.
 
 Repositories are keyed by (registry host, repository), so one instance can stand for several registries.
 """
@@ -59,10 +60,11 @@ class Call:
 
 
 @dataclasses.dataclass
-class _Failure:
+class _Hook:
     verb: str
     target: str | None
-    error: Callable[[], BaseException]
+    action: Callable[[], None]
+    skip: int
     remaining: int
 
 
@@ -88,7 +90,7 @@ class MemoryRegistry:
         self.referrers_api = referrers_api
         self.calls: list[Call] = []
         self._repositories: dict[_RepoKey, _Repository] = {}
-        self._failures: list[_Failure] = []
+        self._hooks: list[_Hook] = []
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -103,19 +105,39 @@ class MemoryRegistry:
         target: str | None = None,
         error: Callable[[], BaseException] | None = None,
         times: int = 1,
+        skip: int = 0,
     ) -> None:
-        """The next `times` calls of `verb` (on `target`, a tag or digest, when given) raise `error()`.
+        """Calls of `verb` (on `target`, a tag or digest, when given) raise `error()`: `times` of them,
+        after the first `skip` such calls went through.
 
         The default error is a 500 the client would have given up on. A failed call is still recorded.
         """
-        if verb not in VERBS:
-            raise ValueError(f"unknown verb {verb!r}; one of {', '.join(sorted(VERBS))}")
 
         def server_error() -> BaseException:
             return RegistryError(f"{verb} {target or ''}: injected failure", status=500, registry="memory")
 
+        make_error = error or server_error
+
+        def raise_error() -> None:
+            raise make_error()
+
+        self.before(verb, raise_error, target=target, times=times, skip=skip)
+
+    def before(
+        self,
+        verb: str,
+        action: Callable[[], None],
+        *,
+        target: str | None = None,
+        times: int = 1,
+        skip: int = 0,
+    ) -> None:
+        """Run `action` just before calls of `verb` (on `target`, when given) take effect: `times` of them,
+        after the first `skip`. It may call the registry itself (another writer, made to race)."""
+        if verb not in VERBS:
+            raise ValueError(f"unknown verb {verb!r}; one of {', '.join(sorted(VERBS))}")
         with self._lock:
-            self._failures.append(_Failure(verb, target, error or server_error, times))
+            self._hooks.append(_Hook(verb, target, action, skip, times))
 
     def verbs(self, *wanted: str) -> list[str]:
         """The recorded calls as strings, only those of `wanted` verbs when given."""
@@ -289,10 +311,14 @@ class MemoryRegistry:
         self._inject(verb, target)
 
     def _inject(self, verb: str, target: str | None) -> None:
-        for failure in self._failures:
-            if failure.verb == verb and failure.remaining > 0 and failure.target in (None, target):
-                failure.remaining -= 1
-                raise failure.error()
+        for hook in list(self._hooks):
+            if hook.verb != verb or hook.remaining <= 0 or hook.target not in (None, target):
+                continue
+            if hook.skip > 0:
+                hook.skip -= 1
+                continue
+            hook.remaining -= 1
+            hook.action()
 
     def _repository(self, ref: Reference, *, create: bool = False) -> _Repository:
         key = _key(ref)

@@ -193,6 +193,13 @@ def test_injected_failure_hits_the_chosen_call_only(store: ContentStore) -> None
             registry.blob_exists(REPO, config.digest)
     assert registry.blob_exists(REPO, config.digest) is True
     assert registry.calls[-1] == Call("blob_exists", "registry.invalid/team/app", config.digest)
+
+    seen: list[str] = []
+    registry.before("resolve", lambda: seen.append(registry.tags(REPO)["v1"]), skip=1)
+    registry.resolve(REPO)  # skipped
+    registry.resolve(REPO)  # runs the action, then resolves
+    registry.resolve(REPO)  # used up
+    assert seen == [dg.of_bytes(raw)]
     with pytest.raises(ValueError):
         registry.fail("push")
 
