@@ -36,29 +36,33 @@ import dataclasses
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from accel import constants as mt
+from accel import copy, mutate
 from accel import digest as dg
 from accel.drivers.base import ConvertedLayer, Driver
 from accel.errors import AccelError, InvalidImage
 from accel.image import SourceImage, SourceLayer
 from accel.oci import Descriptor, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
-from accel.registry import NotFound, RegistryClient, RegistryError
+from accel.registry import NotFound, RegistryError
+from accel.registry.interfaces import Registry
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TAG = "accel-cache"  # when only `provider.cache_repository` is configured
 PUSH_ATTEMPTS = 6  # merges with concurrent writers before a cache push gives up
-# Seconds to wait after pushing the root before checking our records survived concurrent writers.
-SETTLE_MIN = 0.1
-SETTLE_MAX = 2.0
+RETRY_JITTER = 0.1  # at most this many seconds between two attempts, so colliding writers drift apart
 _ORIGINAL_SERVICE_KEY = "original-service"  # records written by the original service carry no driver key
 _MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
+# One lock per cache reference: writers of this process take turns (see `push_cache`).
+_WRITERS: dict[str, threading.RLock] = {}
+_WRITERS_GUARD = threading.Lock()
 
 
 class CacheConflict(AccelError):
@@ -263,7 +267,7 @@ def same_platform(cached: Platform | None, wanted: Platform | None) -> bool:
 
 
 def _config_platform(
-    client: RegistryClient, ref: Reference, config: Descriptor, store: ContentStore
+    client: Registry, ref: Reference, config: Descriptor, store: ContentStore
 ) -> Platform | None:
     raw = client.fetch_blob_bytes(ref, config)
     store.put_bytes(raw, config.digest)
@@ -278,7 +282,7 @@ def _config_platform(
 
 
 def _import_manifest(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     desc: Descriptor,
     raw: bytes,
@@ -305,7 +309,7 @@ def _import_manifest(
 
 
 def fetch_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     version: str,
@@ -356,25 +360,21 @@ class Restored:
 
 
 def _make_available(
-    client: RegistryClient, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
+    client: Registry, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
 ) -> None:
     """The converted blob in the target repository: already there, mounted, else downloaded for the push."""
     if target.registry == cache.registry and target.repository == cache.repository:
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
         return
-    if client.blob_exists(target, layer.digest):
-        return
-    if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
-        return
     try:
-        client.fetch_blob(cache, layer, store)  # publish uploads it with the target image
+        copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
     except NotFound:
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
 
 
 def _restore_original(
-    client: RegistryClient,
+    client: Registry,
     cache: Reference,
     entry: CacheEntry,
     source: Descriptor,
@@ -390,7 +390,7 @@ def _restore_original(
 
 
 def restore_hits(
-    client: RegistryClient,
+    client: Registry,
     cache: CacheImage,
     driver: Driver,
     layers: Sequence[SourceLayer],
@@ -517,17 +517,13 @@ def _write_manifest(
     config_raw = canonical_json(config_doc)
     config = Descriptor.of(mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG, config_raw)
     store.put_bytes(config_raw, config.digest)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "config": config.to_dict(),
-        "layers": [layer.to_dict() for layer in layers],
-        "annotations": {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
-    }
-    raw = canonical_json(doc)
-    desc = Descriptor.of(media_type, raw, platform=platform)
-    store.put_bytes(raw, desc.digest)
-    return desc, config
+    manifest = mutate.manifest(
+        media_type,
+        config,
+        layers,
+        annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+    )
+    return mutate.store_document(manifest, store, platform=platform), config
 
 
 def plan_update(
@@ -599,16 +595,8 @@ def plan_update(
         desc = write(manifest_type, update.platform, update.entries, ())
         changed.append(desc)
         children.append(desc)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": index_type,
-        "manifests": [c.to_dict() for c in children],
-    }
     annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
-    doc["annotations"] = annotations
-    raw = canonical_json(doc)
-    root = Descriptor.of(index_type, raw)
-    store.put_bytes(raw, root.digest)
+    root = mutate.store_document(mutate.index(index_type, children, annotations=annotations), store)
     return CacheUpdate(
         root=root, manifests=tuple(changed), blobs=tuple(blobs.values()), entries=tuple(all_entries)
     )
@@ -617,20 +605,41 @@ def plan_update(
 # --- push ------------------------------------------------------------------------------------------
 
 
-def _current_root(client: RegistryClient, ref: Reference) -> str | None:
+def _current_root(client: Registry, ref: Reference) -> str | None:
     try:
         return client.resolve(ref).digest
     except NotFound:
         return None
 
 
-def _missing_blobs(client: RegistryClient, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
+def _missing_blobs(client: Registry, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
     digests = dict.fromkeys(d for entry in entries for d in entry.digests())
     return frozenset(d for d in digests if not client.blob_exists(ref, d))
 
 
+def _writer_lock(ref: Reference) -> threading.RLock:
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(str(ref), threading.RLock())
+
+
+def _records_present(
+    client: Registry,
+    ref: Reference,
+    store: ContentStore,
+    updates: Sequence[PlatformRecords],
+    *,
+    version: str,
+    size: int,
+) -> bool:
+    """Re-read the cache at `ref`: does it hold every record of `updates` (as far as `size` keeps them)?"""
+    platforms = [u.platform for u in updates]
+    latest = fetch_cache(client, ref, store, version, platforms)
+    have = {entry.identity for entry in latest.entries()}
+    return all(entry.identity in have for u in updates for entry in u.entries[:size])
+
+
 def push_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     updates: Sequence[PlatformRecords],
@@ -643,48 +652,43 @@ def push_cache(
 ) -> Descriptor:
     """Merge this conversion's records into the cache at `ref` and push it; returns the pushed root.
 
-    Optimistic concurrency: the root is read, merged and re-read just before the tag is pushed; when another
-    worker pushed in between, the merge starts again from its cache (at most `attempts` times).
+    Optimistic concurrency, checked by reading, never by waiting: each attempt reads the root, merges,
+    pushes blobs and children, checks the root is still the one it read, pushes the new root, then reads
+    the cache back and returns once our records are in it. Another writer's push in between sends us
+    round again (at most `attempts` times, with a small random pause between attempts only).
+
+    Writers in this process take turns per cache reference, so among them nothing is ever lost. Across
+    processes the registry offers no conditional tag update: a writer that checked the root just before
+    our push and pushes just after our read-back still replaces our records. Such records are only
+    missing from the cache (those layers are converted again next time), never wrong.
     """
-    platforms = [u.platform for u in updates]
-    for attempt in range(1, attempts + 1):
-        cache = fetch_cache(client, ref, store, version, platforms)
-        update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
-        for blob in update.blobs:
-            client.push_blob(ref, blob, store, mount_from)
-        try:
-            for child in update.manifests:
-                client.push_manifest(
-                    ref.with_digest(child.digest), store.read_bytes(child.digest), child.media_type
+    with _writer_lock(ref):
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                time.sleep(random.uniform(0, RETRY_JITTER))  # de-synchronise writers that keep colliding
+            cache = fetch_cache(client, ref, store, version, [u.platform for u in updates])
+            update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
+            copy.copy_blobs(client, ref, update.blobs, store, mount_from)
+            try:
+                copy.push_manifests(client, ref, update.manifests, store)
+                if _current_root(client, ref) != (cache.root.digest if cache.root else None):
+                    log.info("cache %s changed while merging (attempt %d/%d)", ref, attempt, attempts)
+                    continue
+                raw = store.read_bytes(update.root.digest)
+                pushed = client.push_manifest(ref, raw, update.root.media_type)
+            except RegistryError as exc:
+                if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
+                    raise
+                # A record kept from the old cache lost its blob: find which and leave them out.
+                missing = _missing_blobs(client, ref, update.entries)
+                log.warning(
+                    "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
                 )
-            fetched_root = cache.root.digest if cache.root else None
-            checked = time.monotonic()
-            if _current_root(client, ref) != fetched_root:
-                log.info(
-                    "cache %s changed while merging (attempt %d/%d); merging again", ref, attempt, attempts
-                )
-                time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+                gone = gone | missing
                 continue
-            pushed = client.push_manifest(ref, store.read_bytes(update.root.digest), update.root.media_type)
-        except RegistryError as exc:
-            if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
-                raise
-            # A record kept from the old cache lost its blob: find which and leave them out.
-            missing = _missing_blobs(client, ref, update.entries)
-            log.warning(
-                "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
-            )
-            gone = gone | missing
-            continue
-        # Another writer that checked the root just before our push may still overwrite it: give such a
-        # push time to land, then make sure our records survived (else merge again).
-        time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 4 * (time.monotonic() - checked))))
-        if _current_root(client, ref) == pushed.digest:
-            return pushed
-        latest = fetch_cache(client, ref, store, version, platforms)
-        have = {entry.identity for entry in latest.entries()}
-        if all(entry.identity in have for u in updates for entry in u.entries[:size]):
-            return pushed
-        log.info("cache %s was overwritten right after our push (attempt %d/%d)", ref, attempt, attempts)
-        time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+            if _current_root(client, ref) == pushed.digest or _records_present(
+                client, ref, store, updates, version=version, size=size
+            ):
+                return pushed
+            log.info("cache %s was replaced right after our push (attempt %d/%d)", ref, attempt, attempts)
     raise CacheConflict(f"cache {ref} kept changing; gave up after {attempts} merges")

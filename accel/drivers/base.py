@@ -28,7 +28,7 @@ from accel import compression
 from accel import constants as mt
 from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
-from accel.reference import Reference
+from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
 
 
@@ -92,16 +92,8 @@ class ImagePlan:
     artifact_type: str | None = None
 
 
-class DependencySource(Protocol):
-    """The slice of the registry client that resolving a dependency and staging its blobs needs."""
-
-    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
-
-    def fetch_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> Path: ...
-
-    def blob_exists(self, repo_ref: Reference, digest: str) -> bool: ...
-
-    def mount_blob(self, repo_ref: Reference, digest: str, from_repository: str) -> bool: ...
+class DependencySource(ManifestFetcher, BlobStager, Protocol):
+    """The registry verbs that resolving a dependency and staging its blobs need."""
 
 
 class ResolvedDependency(Protocol):

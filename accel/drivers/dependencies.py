@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from accel import copy
 from accel.drivers.base import DependencySource, Driver, ResolvedDependency
 from accel.model import BuiltImage
 from accel.oci import Descriptor, Platform
@@ -101,10 +102,5 @@ def stage_dependency_blobs(
         if dependency is None:
             continue
         staged.append(blob)
-        if client.blob_exists(target, blob.digest):
-            continue
-        source = Reference.parse(dependency.reference)
-        if source.registry == target.registry and client.mount_blob(target, blob.digest, source.repository):
-            continue
-        client.fetch_blob(source, blob, store)  # a blob already in the store is not fetched again
+        copy.stage_blob(client, target, blob, store, source=Reference.parse(dependency.reference))
     return staged

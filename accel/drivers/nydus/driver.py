@@ -11,11 +11,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import oci
+from accel import mutate, oci
 from accel.drivers.base import (
     ConvertedLayer,
     DependencySource,
@@ -317,8 +317,6 @@ class NydusDriver(Driver):
         annotations = dict(plan.manifest_annotations)
         annotations.update(
             {
-                mt.ACCEL_SOURCE_DIGEST: plan.source_manifest.digest,
-                mt.ACCEL_SOURCE_REFERENCE: plan.source_reference,
                 mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
                 mt.ACCEL_NYDUS_BUILDER_VERSION: self.builder_version,
             }
@@ -344,16 +342,14 @@ class NydusDriver(Driver):
         nydus_entries = [m.descriptor.with_(artifact_type=mt.NYDUS_ARTIFACT_TYPE) for m in image.manifests]
         # The converted root (an index, or the single manifest) hands over its subject and annotations.
         converted_root = json.loads(store.read_bytes(image.root.digest))
-        merged_doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX}
-        merged_doc["manifests"] = [
-            e.to_dict() for e in (*(m.descriptor for m in oci_manifests), *nydus_entries)
-        ]
-        merged_doc |= {
-            key: converted_root[key] for key in ("subject", "annotations") if key in converted_root
-        }
-        raw = oci.canonical_json(merged_doc)
-        root = oci.Descriptor.of(mt.OCI_INDEX, raw)
-        store.put_bytes(raw, root.digest)
+        subject = converted_root.get("subject")
+        merged = mutate.index(
+            mt.OCI_INDEX,
+            [*(m.descriptor for m in oci_manifests), *nydus_entries],
+            subject=oci.Descriptor.model_validate(subject) if subject else None,
+            annotations=converted_root.get("annotations"),
+        )
+        root = mutate.store_document(merged, store)
         nydus_manifests = [
             m.model_copy(update={"descriptor": entry})
             for m, entry in zip(image.manifests, nydus_entries, strict=True)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from isal import igzip
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import oci
+from accel import mutate, oci
 from accel.model import BuiltManifest, SourceManifest
 from accel.store import ContentStore
 
@@ -40,13 +38,13 @@ def _oci_variant(source: SourceManifest, store: ContentStore) -> BuiltManifest:
     config_desc = oci.Descriptor.of(source.config.media_type, config.raw)
     store.put_bytes(config.raw, config_desc.digest)
 
-    doc = json.loads(store.read_bytes(source.descriptor.digest))
-    doc["config"] = config_desc.to_dict()
-    doc["layers"] = [empty_layer.to_dict(), *doc["layers"]]
-    # The media type comes from the descriptor: an OCI manifest need not name its own.
-    raw = oci.canonical_json(doc)
-    descriptor = oci.Descriptor.of(source.descriptor.media_type, raw, platform=source.platform)
-    store.put_bytes(raw, descriptor.digest)
+    manifest = mutate.edit_manifest(
+        store.read_bytes(source.descriptor.digest),
+        source.descriptor.media_type,
+        config=config_desc,
+        layers=[empty_layer, *(layer.descriptor for layer in source.layers)],
+    )
+    descriptor = mutate.store_document(manifest, store, platform=source.platform)
     return BuiltManifest(
         descriptor=descriptor,
         config=config_desc,
