@@ -278,9 +278,14 @@ def apply_layers(layers: Iterable[bytes | BinaryIO | Path | str]) -> dict[str, E
     a later entry replaces an earlier one; a non-dir over a dir removes the dir's subtree; a dir over a
     dir keeps the children. Missing parents are added as `implicit` dirs. Output is sorted by path.
     """
+    return apply_entries(list(iter_tar(layer)) for layer in layers)
+
+
+def apply_entries(layers: Iterable[Iterable[Entry]]) -> dict[str, Entry]:
+    """`apply_layers` over layers already read into entries (`iter_tar` order)."""
     fs = _Filesystem()
-    for layer in layers:
-        fs.apply_layer(list(iter_tar(layer)))
+    for members in layers:
+        fs.apply_layer(members)
     return fs.entries()
 
 
