@@ -374,26 +374,14 @@ def _restore_original_nydus(
     store: ContentStore,
 ) -> ConvertedLayer:
     """An original-service record: pull the bootstrap out of the blob, as our Nydus driver records it."""
-    from accel.drivers.nydus import ENTRY_BOOTSTRAP, extract_trailer_entry  # only Nydus records get here
+    from accel.drivers.nydus.legacy import converted_from_original_record  # only Nydus records get here
 
     try:
         client.fetch_blob(cache, entry.layer, store)
     except NotFound:
         raise RecordGone(f"blob {entry.layer.digest} is gone from {cache.name}") from None
-    bootstrap = extract_trailer_entry(store, entry.layer.digest, ENTRY_BOOTSTRAP)
     fs_version = str(getattr(driver.options, "fs_version", "6"))
-    if (fs_version == "6") != (bootstrap.toc_digest is not None):
-        raise InvalidImage(f"cached Nydus blob {entry.layer.digest} is not RAFS v{fs_version}")
-    extra = {"bootstrap": bootstrap.digest, "fs_version": fs_version}
-    if bootstrap.toc_digest:
-        extra["blob_toc_digest"] = bootstrap.toc_digest
-    descriptor = Descriptor(
-        media_type=mt.NYDUS_BLOB,
-        digest=entry.layer.digest,
-        size=entry.layer.size,
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-    )
-    return ConvertedLayer(source=source, descriptor=descriptor, diff_id=entry.layer.digest, extra=extra)
+    return converted_from_original_record(store, entry.layer, source, fs_version)
 
 
 def restore_hits(

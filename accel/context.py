@@ -11,7 +11,7 @@ from pathlib import Path
 
 from accel.config import Settings, load_file
 from accel.drivers import Driver, load_driver
-from accel.nydus_chunkdict import ChunkDictResolver
+from accel.drivers.nydus.chunkdict import ChunkDictResolver
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 

@@ -9,9 +9,10 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from accel import image as img
-from accel import nydus_chunkdict, publish
+from accel import publish
 from accel.context import context_for
 from accel.drivers import ConvertedLayer, LayerInput
+from accel.drivers.nydus import chunkdict as nydus_chunkdict
 from accel.oci import Descriptor
 from accel.reference import Reference
 from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only

@@ -15,14 +15,14 @@ import pytest
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import nydus_chunkdict
 from accel.compression import open_uncompressed
 from accel.context import context_for
 from accel.drivers import LayerInput, load_driver
 from accel.drivers.nydus import ChunkDict, NydusDriver
+from accel.drivers.nydus import chunkdict as nydus_chunkdict
+from accel.drivers.nydus.chunkdict import resolve_chunk_dict
 from accel.errors import ConfigError, DriverError
 from accel.image import BuiltImage, BuiltManifest
-from accel.nydus_chunkdict import resolve_chunk_dict
 from accel.oci import Descriptor, ImageConfig, Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient

@@ -17,9 +17,8 @@ import pytest
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import tools
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
-from accel.drivers.nydus import NydusDriver, NydusOptions, extract_trailer_entry
+from accel.drivers.nydus import NydusDriver, NydusOptions, extract_trailer_entry, tools
 from accel.errors import ConfigError, DigestMismatch, DriverError
 from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
 from accel.oci import Descriptor, ImageConfig, Index, Manifest

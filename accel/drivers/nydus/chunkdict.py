@@ -21,13 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from isal import igzip
 
 from accel import constants as mt
+from accel import digest as dg
 from accel.drivers.base import Driver
-from accel.drivers.nydus import BOOTSTRAP_TAR_NAME, COPY_SIZE, ChunkDict, NydusDriver
+from accel.drivers.nydus.tar import COPY_SIZE
+from accel.drivers.nydus.trailer import BOOTSTRAP_TAR_NAME
 from accel.errors import AccelError, DriverError
 from accel.image import BuiltImage
 from accel.oci import Descriptor, Index, Manifest, Platform
@@ -35,8 +37,26 @@ from accel.reference import Reference
 from accel.registry import is_transient
 from accel.store import ContentStore
 
+if TYPE_CHECKING:  # the driver module imports this one
+    from accel.drivers.nydus.driver import NydusDriver
+
 RESOLVE_TTL_SECONDS = 60.0
 DEFAULT_PLATFORM = Platform(os="linux", architecture="amd64")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkDict:
+    """A resolved `chunk_dict_ref`: one platform of a Nydus image whose chunks new layers reuse."""
+
+    reference: str  # as configured, normalised
+    image_digest: str  # the dictionary's image manifest
+    bootstrap_digest: str  # its merged RAFS bootstrap (`image/image.boot`), in the content store
+    blobs: tuple[Descriptor, ...]  # its Nydus blob layers, which hold the chunks
+    fs_version: str | None = None  # from its bootstrap layer annotation, when it has one
+
+    def blob(self, blob_id: str) -> Descriptor | None:
+        """The dictionary blob with this id (a hex digest), as a manifest layer lists it."""
+        return next((b for b in self.blobs if dg.hex_of(b.digest) == blob_id), None)
 
 
 class DictionarySource(Protocol):
@@ -153,6 +173,8 @@ class ChunkDictResolver:
         self._dictionaries: dict[str, ChunkDict] = {}
 
     def bind(self, driver: Driver) -> Driver:
+        from accel.drivers.nydus.driver import NydusDriver  # imports this module
+
         if not isinstance(driver, NydusDriver) or not driver.options.chunk_dict_ref:
             return driver
         chunk_dict = self.resolve(driver.options.chunk_dict_ref)
