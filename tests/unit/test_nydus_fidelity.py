@@ -29,7 +29,6 @@ from tests.harness import trees
 pytestmark = [
     nh.needs_builder,
     pytest.mark.nydus,
-    pytest.mark.xfail(strict=True, reason="issue 11 reproduced; fixed by the next commits"),
 ]
 
 MTIME = 1_700_000_000
@@ -101,14 +100,17 @@ def _plan(store: ContentStore, layers: list[ConvertedLayer], diff_ids: list[str]
 
 
 def convert_and_merge(
-    store: ContentStore, tmp_path: Path, tars: list[bytes], **options: Any
+    store: ContentStore, tmp_path: Path, tars: list[bytes], *, per_layer: bool = True, **options: Any
 ) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, object]]]:
-    """(merged tree of the converted image, the layers applied): equal when the conversion is faithful."""
+    """(merged tree of the converted image, the layers applied): equal when the conversion is faithful.
+
+    With `per_layer`, each layer's own bootstrap and blob must also unpack to that layer's tree.
+    """
     driver = load_driver("nydus", options)
     inputs = _inputs(store, tars)
     converted = [driver.convert_layer(layer) for layer in inputs]
     for layer, result in zip(tars, converted, strict=True):
-        if any(".wh." in path for path in trees.tar_entries(layer)):
+        if not per_layer or any(".wh." in path for path in trees.tar_entries(layer)):
             continue  # whiteouts act on lower layers: such a layer is only comparable merged
         unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
         assert nh.compare_layer(layer, unpacked) == []
@@ -298,7 +300,9 @@ def test_absolute_and_dotdot_names_inside_the_root_are_normalised(
         file("abs/x/../y", b"y\n"),
         hardlink("abs/link", "/abs/file"),
     )
-    actual, _ = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    # The harness applies names literally (no `..` resolution), so only the expectations below count.
+    actual, _ = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer], per_layer=False)
+    assert sorted(actual) == ["abs", "abs/file", "abs/link", "abs/y", "base"]
     assert actual["abs"]["mode"] == 0o750
     assert actual["abs/y"]["sha256"] == dg.of_bytes(b"y\n")
     assert actual["abs/link"]["kind"] == "hardlink"

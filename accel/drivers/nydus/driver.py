@@ -8,30 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import oci
+from accel import oci, tarnormalize
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
 from accel.drivers.nydus import tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
+from accel.drivers.nydus.directories import patch_tar, patches
 from accel.drivers.nydus.history import history_with_bootstrap
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
 from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, ENTRY_TOC, extract_trailer_entry, pack_bootstrap
-from accel.errors import DriverError
+from accel.errors import DriverError, InvalidImage
 from accel.image import BuiltImage, SourceImage
 from accel.store import ContentStore
+
+log = logging.getLogger(__name__)
 
 
 class NydusDriver(Driver):
     name = "nydus"
     options_model = NydusOptions
-    implementation_version = "1"
+    # 2: layers are normalised before the builder reads them (accel.tarnormalize) and carry a directory
+    # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
+    implementation_version = "2"
     requires_oci = False  # `docker2oci` decides, as in acceld
 
     options: NydusOptions
@@ -123,6 +129,13 @@ class NydusDriver(Driver):
         if self.options.oci_ref:
             return self._convert_layer_ref(layer)
         store = layer.store
+        # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
+        try:
+            with layer.open_tar() as tar_stream:
+                normal = tarnormalize.scan_layer(tar_stream)
+        except InvalidImage as exc:
+            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        table_digest = store.put_bytes(normal.table.to_json())
         with scratch_dir(store) as work:
             blob_path = work / "layer.blob"
             fifo = work / "layer.tar"
@@ -133,12 +146,16 @@ class NydusDriver(Driver):
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
                     fifo=fifo,
-                    source=tar_stream,
+                    source=tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal)),
                 )
             # Only now, after the source tar matched its diff_id, does the blob enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
-        extra = {"bootstrap": bootstrap.digest, "fs_version": self.options.fs_version}
+        extra = {
+            "bootstrap": bootstrap.digest,
+            "fs_version": self.options.fs_version,
+            "directories": table_digest,  # for `finish`: implicit parents get the lower layers' attributes
+        }
         if bootstrap.toc_digest:
             extra["blob_toc_digest"] = bootstrap.toc_digest
         if chunk_dict is not None:
@@ -226,6 +243,8 @@ class NydusDriver(Driver):
             merged = work / "image.boot"
             output_json = work / "merge-output.json"
             sources, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
+            if not self.options.oci_ref:
+                sources = self._with_directory_patches(layers, sources, store, work / "patches")
             args = [
                 "merge",
                 "--log-level", "warn",
@@ -306,6 +325,55 @@ class NydusDriver(Driver):
             for m, entry in zip(image.manifests, nydus_entries, strict=True)
         ]
         return BuiltImage(root=root, manifests=(*oci_manifests, *nydus_manifests))
+
+    def _with_directory_patches(
+        self, layers: list[ConvertedLayer], sources: list[Path], store: ContentStore, directory: Path
+    ) -> list[Path]:
+        """`sources` and a patch after each layer implying lower directories (see directories)."""
+        tables = []
+        for layer in layers:
+            digest = layer.extra.get("directories")
+            if digest is None or not store.exists(digest):
+                log.warning(
+                    "nydus finish: layer %s has no directory table; implicit parent directories keep "
+                    "the builder's defaults in the merged bootstrap",
+                    dg.short(layer.source.digest),
+                )
+                return sources
+            tables.append(tarnormalize.DirectoryTable.from_json(store.read_bytes(digest)))
+        directory.mkdir()
+        result: list[Path] = []
+        for index, (source, patch) in enumerate(zip(sources, patches(tables), strict=True)):
+            result.append(source)
+            if patch:
+                result.append(self._patch_bootstrap(patch_tar(patch), directory / str(index)))
+        return result
+
+    def _patch_bootstrap(self, tar: bytes, directory: Path) -> Path:
+        """A chunkless bootstrap of directory entries only; merge never references its (empty) blob."""
+        directory.mkdir()
+        source = directory / "patch.tar"
+        source.write_bytes(tar)
+        bootstrap = directory / "patch.boot"
+        opts = self.options
+        args = [
+            "create",
+            "--log-level", "warn",
+            "--type", "tar-rafs",
+            "--fs-version", opts.fs_version,
+            "--whiteout-spec", "none",
+            "--compressor", opts.compressor,
+            "--blob", str(directory / "patch.blob"),
+            "--bootstrap", str(bootstrap),
+        ]  # fmt: skip
+        if opts.chunk_size:
+            args += ["--chunk-size", opts.chunk_size]
+        args.append(str(source))
+        self._run_builder(args, what="create (directory patch)")
+        # merge takes a bootstrap's blob id from its file name; this one names no chunk of any blob.
+        named = directory / dg.hex_of(dg.of_bytes(tar))
+        bootstrap.rename(named)
+        return named
 
     def _stage_bootstraps(
         self, layers: list[ConvertedLayer], store: ContentStore, directory: Path
