@@ -265,7 +265,7 @@ def scan_layer(stream: BinaryIO) -> LayerPlan:
         index: directory_headers[index] for moved in plan.moved_before.values() for index in moved
     }
     plan.table = DirectoryTable(
-        directories, tuple(sorted(implied)), tuple(whiteouts), tuple(opaque), tuple(replaced)
+        directories, *(tuple(sorted(paths)) for paths in (implied, whiteouts, opaque, replaced))
     )
     return plan
 

@@ -23,8 +23,8 @@ from accel.drivers.nydus import NydusDriver
 from accel.errors import DriverError, InvalidImage
 from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
+from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
-from tests.harness import trees
 
 pytestmark = [
     nh.needs_builder,
@@ -177,6 +177,19 @@ def test_sparse_files_are_expanded(format_args: tuple[str, ...], store: ContentS
     actual, expected = convert_and_merge(store, tmp_path, [base, sparse_tar(tmp_path, *format_args)])
     assert actual["sp/sparse16m"]["size"] == SPARSE_SIZE
     assert not any("GNUSparseFile" in path for path in actual)
+    assert actual == expected
+
+
+@pytest.mark.parametrize("form", imagegen.SPARSE_FORMS)
+def test_hand_written_sparse_forms_are_expanded(
+    form: imagegen.SparseForm, store: ContentStore, tmp_path: Path
+) -> None:
+    # 30 regions: the old GNU form needs extension blocks, the PAX 1.0 map more than one line.
+    regions = tuple((i * 300_000 + 5, bytes([97 + i % 26]) * (4096 + i)) for i in range(30))
+    sparse = imagegen.SparseFile("sp/many", 9_500_000, regions)
+    layer = imagegen.sparse_tar(sparse, form, after={"sp/after": b"after\n"})
+    actual, expected = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    assert actual["sp/many"]["sha256"] == dg.of_bytes(sparse.content())
     assert actual == expected
 
 
