@@ -153,10 +153,26 @@ class LayerPlan:
     moved_before: dict[int, list[int]] = dataclasses.field(default_factory=dict)
     directory_headers: dict[int, bytes] = dataclasses.field(default_factory=dict)
     table: DirectoryTable = dataclasses.field(default_factory=lambda: DirectoryTable({}))
+    # Entries whose header `normalized_tar` rewrites (sparse files, absolute or `..` names), for messages.
+    rewritten: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def reorders(self) -> bool:
         return bool(self.skip or self.moved_before)
+
+    def changes(self) -> list[str]:
+        """What the normalised stream changes, one phrase per kind (empty: it is the layer byte for byte)."""
+        changes = []
+        if self.skip - set(self.directory_headers):
+            changes.append(f"{len(self.skip - set(self.directory_headers))} repeated path(s) dropped")
+        if self.moved_before:
+            changes.append(f"{len(self.directory_headers)} directory entries moved before their children")
+        if self.rewritten:
+            changes.append(
+                f"headers rewritten for {', '.join(self.rewritten[:3])}"
+                + (f" and {len(self.rewritten) - 3} more" if len(self.rewritten) > 3 else "")
+            )
+        return changes
 
 
 @dataclasses.dataclass
@@ -204,6 +220,13 @@ def scan_layer(stream: BinaryIO) -> LayerPlan:
         if last[seen.path] != seen.index:
             plan.skip.add(seen.index)
             continue
+        header = seen.header
+        if (
+            header.sparse
+            or not _name_is_clean(header.name)
+            or (header.typeflag == tarstream.TYPE_LINK and not _name_is_clean(header.linkname))
+        ):
+            plan.rewritten.append(entry_label(header.name))
         kept.append(seen)
     kept_by_path = {seen.path: seen for seen in kept}
 

@@ -7,9 +7,11 @@ the blob trailer, tar fix-ups, history and the merged-manifest variant live in t
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -179,6 +181,20 @@ class NydusDriver(Driver):
                 f"oci_ref needs gzip layers, layer {layer.descriptor.digest} is {layer.descriptor.media_type}"
             )
         store = layer.store
+        # The builder indexes the original gzip bytes, so nothing can be normalised on the way in: refuse
+        # what it would get wrong, and keep the directory table for the merge.
+        try:
+            with layer.open_tar() as tar_stream:
+                normal = tarnormalize.scan_layer(tar_stream)
+        except InvalidImage as exc:
+            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        if normal.changes():
+            raise DriverError(
+                f"oci_ref: layer {layer.descriptor.digest} needs normalising for nydus-image "
+                f"({'; '.join(normal.changes())}), which zran cannot do as it indexes the original "
+                "gzip bytes; convert without oci_ref"
+            )
+        table_digest = store.put_bytes(normal.table.to_json())
         with scratch_dir(store) as work:
             blob_path = work / "layer.ref.blob"
             args = [
@@ -212,7 +228,12 @@ class NydusDriver(Driver):
             size=blob_size,
             annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest},
         )
-        extra = {"bootstrap": bootstrap.digest, "fs_version": "6", "blob_toc_digest": bootstrap.toc_digest}
+        extra = {
+            "bootstrap": bootstrap.digest,
+            "fs_version": "6",
+            "blob_toc_digest": bootstrap.toc_digest,
+            "directories": table_digest,
+        }
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
@@ -242,27 +263,28 @@ class NydusDriver(Driver):
         with scratch_dir(store) as work:
             merged = work / "image.boot"
             output_json = work / "merge-output.json"
-            sources, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
-            if not self.options.oci_ref:
-                sources = self._with_directory_patches(layers, sources, store, work / "patches")
+            staged, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
+            sources = self._with_directory_patches(layers, staged, store, work / "patches")
             args = [
                 "merge",
                 "--log-level", "warn",
                 "--prefetch-policy", "fs",
                 "--output-json", str(output_json),
                 "--bootstrap", str(merged),
-                *[str(s) for s in sources],
+                *[str(path) for path, _ in sources],
             ]  # fmt: skip
             if self.options.oci_ref:
                 # The bootstraps are named after the gzip blobs (the data); these describe the meta blobs.
+                # A patch has no blob, so its entries (one per source, as merge wants) are never read.
+                def each(value: Callable[[ConvertedLayer], str], patch: Callable[[Path], str]) -> str:
+                    return ",".join(value(c) if c else patch(path) for path, c in sources)
+
                 args += [
-                    "--blob-digests",
-                    ",".join(dg.hex_of(layer.descriptor.digest) for layer in layers),
-                    "--blob-sizes",
-                    ",".join(str(layer.descriptor.size) for layer in layers),
+                    "--blob-digests", each(lambda c: dg.hex_of(c.descriptor.digest), lambda p: p.name),
+                    "--blob-sizes", each(lambda c: str(c.descriptor.size), lambda _: "0"),
                     "--blob-toc-digests",
-                    ",".join(dg.hex_of(layer.extra["blob_toc_digest"]) for layer in layers),
-                ]
+                    each(lambda c: dg.hex_of(c.extra["blob_toc_digest"]), lambda p: p.name),
+                ]  # fmt: skip
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
                 args += _chunk_dict_args(store, chunk_dict)
@@ -327,8 +349,8 @@ class NydusDriver(Driver):
         return BuiltImage(root=root, manifests=(*oci_manifests, *nydus_manifests))
 
     def _with_directory_patches(
-        self, layers: list[ConvertedLayer], sources: list[Path], store: ContentStore, directory: Path
-    ) -> list[Path]:
+        self, layers: list[ConvertedLayer], staged: list[Path], store: ContentStore, directory: Path
+    ) -> list[tuple[Path, ConvertedLayer | None]]:
         """`sources` and a patch after each layer implying lower directories (see directories)."""
         tables = []
         for layer in layers:
@@ -339,35 +361,34 @@ class NydusDriver(Driver):
                     "the builder's defaults in the merged bootstrap",
                     dg.short(layer.source.digest),
                 )
-                return sources
+                return list(zip(staged, layers, strict=True))
             tables.append(tarnormalize.DirectoryTable.from_json(store.read_bytes(digest)))
         directory.mkdir()
-        result: list[Path] = []
-        for index, (source, patch) in enumerate(zip(sources, patches(tables), strict=True)):
-            result.append(source)
+        result: list[tuple[Path, ConvertedLayer | None]] = []
+        for index, (path, layer, patch) in enumerate(zip(staged, layers, patches(tables), strict=True)):
+            result.append((path, layer))
             if patch:
-                result.append(self._patch_bootstrap(patch_tar(patch), directory / str(index)))
+                result.append((self._patch_bootstrap(patch_tar(patch), directory / str(index)), None))
         return result
 
     def _patch_bootstrap(self, tar: bytes, directory: Path) -> Path:
         """A chunkless bootstrap of directory entries only; merge never references its (empty) blob."""
         directory.mkdir()
-        source = directory / "patch.tar"
-        source.write_bytes(tar)
         bootstrap = directory / "patch.boot"
         opts = self.options
-        args = [
-            "create",
-            "--log-level", "warn",
-            "--type", "tar-rafs",
-            "--fs-version", opts.fs_version,
-            "--whiteout-spec", "none",
-            "--compressor", opts.compressor,
-            "--blob", str(directory / "patch.blob"),
-            "--bootstrap", str(bootstrap),
-        ]  # fmt: skip
-        if opts.chunk_size:
-            args += ["--chunk-size", opts.chunk_size]
+        args = ["create", "--log-level", "warn", "--blob", str(directory / "patch.blob"),
+                "--bootstrap", str(bootstrap), "--whiteout-spec", "none"]  # fmt: skip
+        if opts.oci_ref:
+            # Same kind of bootstrap as the zran layers (merge wants one chunk size and RAFS version).
+            source = directory / "patch.tar.gz"
+            source.write_bytes(gzip.compress(tar, mtime=0))
+            args += ["--type", "targz-ref"]
+        else:
+            source = directory / "patch.tar"
+            source.write_bytes(tar)
+            args += ["--type", "tar-rafs", "--fs-version", opts.fs_version, "--compressor", opts.compressor]
+            if opts.chunk_size:
+                args += ["--chunk-size", opts.chunk_size]
         args.append(str(source))
         self._run_builder(args, what="create (directory patch)")
         # merge takes a bootstrap's blob id from its file name; this one names no chunk of any blob.
