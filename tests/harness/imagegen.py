@@ -583,7 +583,7 @@ def _layer_media_type(media: MediaFlavor, compression: Compression) -> str:
 
 
 def _write_layer(
-    builder: TarBuilder, blob: BlobWriter, compression: Compression, tar_format: TarFormat
+    builder: TarBuilder | RawLayer, blob: BlobWriter, compression: Compression, tar_format: TarFormat
 ) -> str:
     """Tar -> compressor -> blob in one pass; returns the DiffID."""
     if compression == "none":
@@ -613,7 +613,7 @@ def _platform(platform: Sequence[str]) -> Platform:
 
 
 def build_image(
-    layers: Sequence[TarBuilder],
+    layers: Sequence[TarBuilder | RawLayer],
     store: ContentStore,
     *,
     platform: Sequence[str] = ("linux", "amd64"),
@@ -838,7 +838,9 @@ def _padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % 512)
 
 
-def sparse_tar(sparse: SparseFile, form: SparseForm, *, after: Mapping[str, bytes] | None = None) -> bytes:
+def sparse_tar(
+    sparse: SparseFile, form: SparseForm, *, after: Mapping[str, bytes] | None = None, end: bool = True
+) -> bytes:
     """A tar holding `sparse` in one of the four sparse encodings Go and GNU tar read, then `after` files.
 
     Written by hand, byte for byte as GNU tar lays them out: old GNU ('S' header, regions in the header
@@ -884,4 +886,58 @@ def sparse_tar(sparse: SparseFile, form: SparseForm, *, after: Mapping[str, byte
         out += _padded(payload)
     for name, data in (after or {}).items():
         out += _ustar_block(name, b"0", len(data)) + _padded(data)
-    return bytes(out + bytes(1024))
+    return bytes(out + bytes(1024 if end else 0))
+
+
+# --- layers in orders TarBuilder never writes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawLayer:
+    """A layer given as finished tar bytes; `build_image` takes it beside TarBuilders."""
+
+    data: bytes
+
+    def write_tar(self, fileobj: Any, tar_format: TarFormat = "pax") -> None:
+        del tar_format  # the bytes are the layer
+        fileobj.write(self.data)
+
+
+def tar_members(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    """PAX entries exactly in this order, without the end-of-archive blocks (to concatenate with others)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        end = tar.offset  # closing appends the end-of-archive blocks
+    return buffer.getvalue()[:end]
+
+
+ODD_SPARSE_SIZE = 5 * MiB + 77
+
+
+def odd_layers() -> list[TarBuilder | RawLayer]:
+    """Two layers with what nydus-image 2.2.0 gets wrong unaided (issue 11): over a base with private
+    directories, an upper layer carrying files but not their directories (implicit parents), a directory
+    after its own child, a repeated path, and sparse files in PAX 1.0 and old GNU form."""
+    base = TarBuilder()
+    base.dir("opt", mode=0o755)
+    base.dir("opt/app", mode=0o750, uid=1001, gid=1001, mtime=1_600_000_000)
+    base.file("opt/app/config", b"base\n", uid=1001, gid=1001)
+    base.dir("etc", mode=0o755, mtime=1_650_000_000)
+    base.dir("etc/apt", mode=0o755, mtime=1_650_000_001)
+    regions = tuple((i * 400_000 + 3, bytes([65 + i]) * (3000 + i)) for i in range(12))
+    upper = tar_members(
+        (tar_info("opt/app/added", uid=1001), b"added to a private dir\n"),
+        (tar_info("etc/apt/sources.list"), b"deb http://deb.example bookworm main\n"),
+        (tar_info("late/file"), b"before its directory\n"),
+        (tar_info("late", tarfile.DIRTYPE, mode=0o750, uid=3), None),
+        (tar_info("again"), b"first copy\n"),
+        (tar_info("z"), b"after the directory\n"),
+        (tar_info("again", mode=0o600), b"second copy wins\n"),
+    )
+    upper += sparse_tar(SparseFile("sparse/pax10", ODD_SPARSE_SIZE, regions), "pax-1.0", end=False)
+    upper += sparse_tar(SparseFile("sparse/gnu", ODD_SPARSE_SIZE, regions[::2]), "gnu-old", end=False)
+    return [base, RawLayer(upper + bytes(1024))]
