@@ -4,14 +4,15 @@ A cache image lives at `<source repository>:<cache_tag>` (or `<cache_repository>
 repositories). Its root is an image manifest (one platform) or an index of them (several platforms). Each
 manifest lists *records*, most recently used first:
 
-- a record is one converted layer descriptor annotated with the source layer digest
-  (`containerd.io/snapshot/nydus-source-digest` for Nydus, `io.accel.layer.source-digest` otherwise), the
-  driver's `cache_key()` (name, version and options: an eStargz layer never answers a Nydus request, a
-  level-9 layer never a level-3 one) and `io.accel.cache.record`, a JSON copy of the `ConvertedLayer`
-  (descriptor, diff_id, extra, companions), so a hit equals what conversion would have produced;
-- blobs a record needs locally for `Driver.finish` (values of `extra` naming blobs in the content store,
-  e.g. a Nydus layer bootstrap) follow it as `application/vnd.accel.cache.blob.v1` layers annotated with
-  `io.accel.cache.blob-of`;
+- a record is one converted layer descriptor annotated with the source layer digest (under the driver's
+  `source_digest_annotation`: `containerd.io/snapshot/nydus-source-digest` for Nydus, as the original
+  service writes it, `io.accel.layer.source-digest` otherwise), the driver's `cache_key()` (name, version
+  and options: an eStargz layer never answers a Nydus request, a level-9 layer never a level-3 one) and
+  `io.accel.cache.record`, a JSON copy of the `ConvertedLayer` (descriptor, diff_id, extra, local_blobs,
+  companions), so a hit equals what conversion would have produced;
+- blobs a record needs locally for `Driver.finish` (`ConvertedLayer.local_blobs`, e.g. a Nydus layer
+  bootstrap) follow it as `application/vnd.accel.cache.blob.v1` layers annotated with
+  `io.accel.cache.blob-of` (records written before `local_blobs` existed: those layers are its local blobs);
 - the manifest carries `containerd.io/snapshot/nydus-cache-version` and `io.accel.cache.version`; a
   manifest whose version differs from `provider.cache_version` is ignored and rewritten on the next push;
 - its config is a real image config (platform, `rootfs.diff_ids` matching the layers), so the cache image
@@ -19,10 +20,10 @@ manifest lists *records*, most recently used first:
 
 Caches written by the original service (goharbor/acceleration-service `pkg/cache`: an index whose children
 have a `{}` config, Nydus layers annotated with the source digest and no accel annotations) are read too.
-Their records carry no driver options, so they are taken to be what the Nydus driver produces with its
-default options and are used only by a Nydus driver configured with exactly those defaults; the layer blob
-is downloaded once to pull its bootstrap out of the blob trailer (the original stores no separate bootstrap),
-and the next push stores the record in accel's own form.
+Their records carry no driver options: a driver says whether they fit it (`Driver.accepts_original_records`,
+only the Nydus driver with its default options) and turns the downloaded blob into its converted layer
+(`Driver.restore_original_record`: Nydus pulls the bootstrap out of the blob trailer, as the original
+stores no separate bootstrap); the next push stores the record in accel's own form.
 
 Fetching accepts all four root media types through one import path (`_import_manifest`); pushing writes
 the shape the update calls for (`plan_update`) and merges with whatever another worker pushed meanwhile
@@ -56,7 +57,7 @@ PUSH_ATTEMPTS = 6  # merges with concurrent writers before a cache push gives up
 # Seconds to wait after pushing the root before checking our records survived concurrent writers.
 SETTLE_MIN = 0.1
 SETTLE_MAX = 2.0
-_ORIGINAL_NYDUS_KEY = "nydus-original"  # records written by the original service carry no driver key
+_ORIGINAL_SERVICE_KEY = "original-service"  # records written by the original service carry no driver key
 _MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
 
 
@@ -104,7 +105,7 @@ class CacheEntry:
 
     @property
     def key(self) -> str:
-        return self.layer.annotation(mt.ACCEL_CACHE_KEY) or _ORIGINAL_NYDUS_KEY
+        return self.layer.annotation(mt.ACCEL_CACHE_KEY) or _ORIGINAL_SERVICE_KEY
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -121,15 +122,15 @@ class CacheEntry:
     def matches(self, driver: Driver) -> bool:
         if not self.is_original:
             return self.key == driver.cache_key()
-        return driver.name == "nydus" and driver.options == type(driver.options)()
+        return driver.accepts_original_records()
 
 
 def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> CacheEntry:
-    """The record for one converted layer; `extra` values naming stored blobs travel with it."""
+    """The record for one converted layer; its `local_blobs` travel with it."""
     blob_digests = dict.fromkeys(
-        value
-        for value in layer.extra.values()
-        if dg.is_digest(value) and value != layer.descriptor.digest and store.exists(value)
+        blob.digest
+        for blob in layer.local_blobs
+        if blob.digest != layer.descriptor.digest and store.exists(blob.digest)
     )
     blobs = tuple(
         Descriptor(
@@ -144,12 +145,12 @@ def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> C
         "descriptor": layer.descriptor.to_dict(),
         "diffID": layer.diff_id,
         "extra": layer.extra,
+        "localBlobs": [b.to_dict() for b in layer.local_blobs],
         "companions": [c.to_dict() for c in layer.companions],
     }
-    source_key = mt.NYDUS_SOURCE_DIGEST if driver.name == "nydus" else mt.ACCEL_LAYER_SOURCE_DIGEST
     annotations = dict(layer.descriptor.annotations or {})
     annotations |= {
-        source_key: layer.source.digest,
+        driver.source_digest_annotation: layer.source.digest,
         mt.ACCEL_CACHE_KEY: driver.cache_key(),
         mt.ACCEL_CACHE_RECORD: canonical_json(record).decode(),
     }
@@ -161,11 +162,18 @@ def _converted_from_record(entry: CacheEntry, source: Descriptor) -> ConvertedLa
     try:
         record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
         descriptor = Descriptor.model_validate(record["descriptor"])
+        if "localBlobs" in record:
+            local_blobs = tuple(Descriptor.model_validate(b) for b in record["localBlobs"])
+        else:  # written before records named them: the blobs that follow the record are its local blobs
+            local_blobs = tuple(
+                Descriptor(media_type=b.media_type, digest=b.digest, size=b.size) for b in entry.blobs
+            )
         converted = ConvertedLayer(
             source=source,
             descriptor=descriptor,
             diff_id=dg.validate(record["diffID"]),
             extra=dict(record.get("extra") or {}),
+            local_blobs=local_blobs,
             companions=tuple(Descriptor.model_validate(c) for c in record.get("companions") or ()),
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -192,7 +200,7 @@ def _entries(layers: Sequence[Descriptor], where: str) -> tuple[CacheEntry, ...]
                 "cache %s: ignoring layer %s without a valid source digest (%r)", where, layer.digest, source
             )
             continue
-        diff_id = layer.digest  # Nydus blobs (the original's records) are their own diff_id
+        diff_id = layer.digest  # the original service's records: blobs that are their own diff_id
         if layer.annotation(mt.ACCEL_CACHE_KEY) is not None:
             try:
                 diff_id = dg.validate(json.loads(layer.annotation(mt.ACCEL_CACHE_RECORD) or "")["diffID"])
@@ -365,7 +373,7 @@ def _make_available(
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
 
 
-def _restore_original_nydus(
+def _restore_original(
     client: RegistryClient,
     cache: Reference,
     entry: CacheEntry,
@@ -373,15 +381,12 @@ def _restore_original_nydus(
     driver: Driver,
     store: ContentStore,
 ) -> ConvertedLayer:
-    """An original-service record: pull the bootstrap out of the blob, as our Nydus driver records it."""
-    from accel.drivers.nydus.legacy import converted_from_original_record  # only Nydus records get here
-
+    """An original-service record: its blob downloaded, turned into a converted layer by the driver."""
     try:
         client.fetch_blob(cache, entry.layer, store)
     except NotFound:
         raise RecordGone(f"blob {entry.layer.digest} is gone from {cache.name}") from None
-    fs_version = str(getattr(driver.options, "fs_version", "6"))
-    return converted_from_original_record(store, entry.layer, source, fs_version)
+    return driver.restore_original_record(entry.layer, source, store)
 
 
 def restore_hits(
@@ -402,7 +407,7 @@ def restore_hits(
     for source_digest, entry in cache.find(driver, layers).items():
         try:
             if entry.is_original:
-                converted = _restore_original_nydus(
+                converted = _restore_original(
                     client, cache.reference, entry, sources[source_digest], driver, store
                 )
             else:
@@ -412,9 +417,7 @@ def restore_hits(
                         client.fetch_blob(cache.reference, blob, store)
                     except NotFound:
                         raise RecordGone(f"blob {blob.digest} is gone from {cache.reference.name}") from None
-                missing = [
-                    v for v in converted.extra.values() if v in entry.digests() and not store.exists(v)
-                ]
+                missing = [b.digest for b in converted.local_blobs if not store.exists(b.digest)]
                 if missing:
                     raise RecordGone(f"blobs {', '.join(missing)} are missing")
             _make_available(client, cache.reference, target, entry.layer, store)

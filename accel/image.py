@@ -13,11 +13,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
-
 from accel import constants as mt
 from accel.drivers.base import ConvertedLayer, Driver, ImagePlan
 from accel.errors import InvalidImage, UnsupportedMediaType
+
+# The image value types live in accel.model (drivers import them too); re-exported here.
+from accel.model import BuiltImage, BuiltManifest, SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json, detect_media_type
 from accel.reference import Reference
 from accel.store import ContentStore
@@ -26,67 +27,6 @@ log = logging.getLogger(__name__)
 
 # Docker buildx attaches attestations as index children with this annotation; they are not images.
 _DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class SourceLayer(_Frozen):
-    descriptor: Descriptor
-    diff_id: str
-
-
-class SourceManifest(_Frozen):
-    """One platform of the source; its manifest and config bytes are in the content store."""
-
-    descriptor: Descriptor  # platform set when it came from an index
-    config: Descriptor
-    layers: tuple[SourceLayer, ...]
-    annotations: dict[str, str] = {}
-
-    @property
-    def platform(self) -> Platform | None:
-        return self.descriptor.platform
-
-
-class SourceImage(_Frozen):
-    reference: str  # as given, normalised
-    root: Descriptor  # manifest or index
-    manifests: tuple[SourceManifest, ...]
-    annotations: dict[str, str] = {}  # of the root document
-
-    @property
-    def is_index(self) -> bool:
-        return self.root.media_type in mt.INDEX_TYPES
-
-    def unique_layers(self) -> list[SourceLayer]:
-        seen: dict[str, SourceLayer] = {}
-        for m in self.manifests:
-            for layer in m.layers:
-                seen.setdefault(layer.descriptor.digest, layer)
-        return list(seen.values())
-
-
-class BuiltManifest(_Frozen):
-    descriptor: Descriptor
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
-    companions: tuple[Descriptor, ...] = ()  # pushed with the image, listed by no manifest
-
-
-class BuiltImage(_Frozen):
-    """A converted image whose every blob and document is in the content store."""
-
-    root: Descriptor
-    manifests: tuple[BuiltManifest, ...]
-
-    def blobs(self) -> list[Descriptor]:
-        seen: dict[str, Descriptor] = {}
-        for m in self.manifests:
-            for d in (m.config, *m.layers, *m.companions):
-                seen.setdefault(d.digest, d)
-        return list(seen.values())
 
 
 class ManifestSource(Protocol):
@@ -166,11 +106,7 @@ def resolve_source(
 
 
 def _wants_oci(driver: Driver, source_media_type: str) -> bool:
-    return (
-        driver.requires_oci
-        or bool(getattr(driver.options, "docker2oci", True))
-        or (source_media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX))
-    )
+    return driver.writes_oci(source_media_type)
 
 
 def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -15,7 +16,7 @@ from accel import cache
 from accel import constants as mt
 from accel import digest as dg
 from accel import image as img
-from accel.drivers import ConvertedLayer, Driver, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, Driver, DriverOptions, LayerInput, load_driver
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
@@ -169,6 +170,41 @@ def test_merge_entries_puts_used_records_first_and_evicts_the_oldest() -> None:
     assert cache.merge_entries([a], [b, c], size=5, gone=frozenset({b.layer.digest})) == [a, c]
 
 
+def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_follow_them() -> None:
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source"), size=6)
+    layer = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"blob"), size=4)
+    local = Descriptor(media_type="application/octet-stream", digest=dg.of_bytes(b"bootstrap"), size=9)
+    converted = ConvertedLayer(
+        source=source, descriptor=layer, diff_id=layer.digest, extra={"k": "v"}, local_blobs=(local,)
+    )
+
+    class _Driver(Driver):
+        name = "fake"
+
+        def cache_key(self) -> str:
+            return "fake-key"
+
+    class _Store:
+        def exists(self, digest: str) -> bool:
+            return True
+
+        def size(self, digest: str) -> int:
+            return local.size
+
+    entry = cache.cache_entry(_Driver(DriverOptions()), converted, _Store())  # type: ignore[arg-type]
+    assert [(b.media_type, b.digest) for b in entry.blobs] == [(mt.ACCEL_CACHE_BLOB, local.digest)]
+    assert entry.layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) == source.digest
+    assert cache._converted_from_record(entry, source) == converted
+    # A record written before records named their local blobs: the blobs following it are they.
+    record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
+    del record["localBlobs"]
+    annotations = dict(entry.layer.annotations or {}) | {mt.ACCEL_CACHE_RECORD: json.dumps(record)}
+    older = dataclasses.replace(entry, layer=entry.layer.with_(annotations=annotations))
+    restored = cache._converted_from_record(older, source)
+    assert [(b.digest, b.size) for b in restored.local_blobs] == [(local.digest, local.size)]
+    assert restored.extra == converted.extra
+
+
 # --- the three upstream cases, per driver -----------------------------------------------------------
 
 
@@ -307,6 +343,16 @@ def test_a_single_manifest_cache_becomes_an_index_when_another_platform_joins(
 # --- compatibility, versions, eviction, missing blobs, other options -----------------------------
 
 
+def _without_directory_table(layer: ConvertedLayer) -> ConvertedLayer:
+    table = layer.extra["directories"]
+    return layer.model_copy(
+        update={
+            "extra": {k: v for k, v in layer.extra.items() if k != "directories"},
+            "local_blobs": tuple(b for b in layer.local_blobs if b.digest != table),
+        }
+    )
+
+
 @nh.needs_builder
 @pytest.mark.nydus
 def test_original_service_layout_is_read_and_used(registry, client, source, tmp_path) -> None:
@@ -341,7 +387,9 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     client.push_manifest(ref, index_raw.encode(), mt.OCI_INDEX)
 
     restored, fresh = restore(client, ref, driver, layers, tmp_path)
-    assert restored.hits == {c.source.digest: c for c in converted}  # bootstraps pulled out of the blobs
+    # Bootstraps are pulled out of the blobs; the original records have no directory table (accel's Nydus
+    # layers carry one for the merge), so those images merge as the original service did.
+    assert restored.hits == {c.source.digest: _without_directory_table(c) for c in converted}
     assert all(fresh.exists(c.extra["bootstrap"]) for c in restored.hits.values())
     # Other options than the defaults the original's records are taken to have: no hits.
     lz4 = load_driver("nydus", {"compressor": "lz4_block"})

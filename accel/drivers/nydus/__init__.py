@@ -37,7 +37,7 @@ Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (th
 (original-service cache records) and `driver` (NydusDriver).
 """
 
-from accel.drivers.nydus.chunkdict import ChunkDict, ChunkDictResolver, resolve_chunk_dict
+from accel.drivers.nydus.chunkdict import ChunkDict, resolve_chunk_dict
 from accel.drivers.nydus.driver import NydusDriver
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, CHUNK_DICT_HISTORY
 from accel.drivers.nydus.merge_manifest import EMPTY_GZIP_LAYER, EMPTY_LAYER_HISTORY
@@ -59,7 +59,6 @@ __all__ = [
     "ENTRY_BOOTSTRAP",
     "ENTRY_TOC",
     "ChunkDict",
-    "ChunkDictResolver",
     "NydusDriver",
     "NydusOptions",
     "TrailerEntry",

@@ -19,10 +19,20 @@ import io
 import tarfile
 from collections.abc import Sequence
 
+from accel.oci import Descriptor
+from accel.store import ContentStore
 from accel.tarnormalize import DirectoryAttributes, DirectoryTable
 
 # What nydus-image 2.2.0 gives a directory no tar entry describes.
 BUILDER_DEFAULT = DirectoryAttributes(mode=0o755, uid=0, gid=0, mtime=0)
+# A layer's DirectoryTable as stored: one of its `local_blobs`, so it travels with conversion cache records.
+DIRECTORY_TABLE_MEDIA_TYPE = "application/vnd.accel.nydus.directory-table.v1+json"
+
+
+def store_table(store: ContentStore, table: DirectoryTable) -> Descriptor:
+    """`table` into the content store, as `ConvertedLayer.local_blobs` lists it."""
+    raw = table.to_json()
+    return Descriptor(media_type=DIRECTORY_TABLE_MEDIA_TYPE, digest=store.put_bytes(raw), size=len(raw))
 
 
 def _ancestors(path: str) -> list[str]:

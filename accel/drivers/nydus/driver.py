@@ -11,24 +11,41 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
 from accel import oci, tarnormalize
-from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
-from accel.drivers.nydus import tools
+from accel.drivers.base import (
+    ConvertedLayer,
+    DependencySource,
+    Driver,
+    DriverOptions,
+    ImagePlan,
+    LayerInput,
+    ResolvedDependency,
+    oci_unless_docker_kept,
+)
+from accel.drivers.nydus import chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
-from accel.drivers.nydus.directories import patch_tar, patches
+from accel.drivers.nydus.directories import patch_tar, patches, store_table
 from accel.drivers.nydus.history import history_with_bootstrap
+from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
-from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, ENTRY_TOC, extract_trailer_entry, pack_bootstrap
+from accel.drivers.nydus.trailer import (
+    ENTRY_BOOTSTRAP,
+    ENTRY_TOC,
+    bootstrap_blob,
+    extract_trailer_entry,
+    pack_bootstrap,
+)
 from accel.errors import DriverError, InvalidImage
-from accel.image import BuiltImage, SourceImage
+from accel.model import BuiltImage, SourceImage
+from accel.oci import Platform
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
@@ -40,7 +57,7 @@ class NydusDriver(Driver):
     # 2: layers are normalised before the builder reads them (accel.tarnormalize) and carry a directory
     # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
     implementation_version = "2"
-    requires_oci = False  # `docker2oci` decides, as in acceld
+    source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
 
     options: NydusOptions
 
@@ -60,11 +77,41 @@ class NydusDriver(Driver):
         bound._builder_path = self._builder_path
         return bound
 
+    def writes_oci(self, source_media_type: str) -> bool:
+        return oci_unless_docker_kept(self.options.docker2oci, source_media_type)  # as in acceld
+
+    # --- chunk dictionary: resolved by the engine, outside the driver -----------------------------
+    def dependencies(self) -> tuple[str, ...]:
+        return (self.options.chunk_dict_ref,) if self.options.chunk_dict_ref else ()
+
+    def resolve_dependency(
+        self, source: DependencySource, reference: str, store: ContentStore, platform: Platform | None
+    ) -> ChunkDict:
+        return chunkdict.resolve_chunk_dict(source, reference, store, platform)
+
+    def bind(self, resolved: Mapping[str, ResolvedDependency]) -> NydusDriver:
+        if not self.options.chunk_dict_ref:
+            return self
+        chunk_dict = resolved[self.options.chunk_dict_ref]
+        if not isinstance(chunk_dict, ChunkDict):
+            raise TypeError(f"nydus chunk_dict_ref resolved to {type(chunk_dict).__name__}, not a ChunkDict")
+        return self.with_chunk_dict(chunk_dict)
+
+    # --- conversion cache: records of the original acceleration service ---------------------------
+    def accepts_original_records(self) -> bool:
+        # They carry no options: taken to be what the default options produce.
+        return self.options == NydusOptions()
+
+    def restore_original_record(
+        self, blob: oci.Descriptor, source: oci.Descriptor, store: ContentStore
+    ) -> ConvertedLayer:
+        return converted_from_original_record(store, blob, source, self.options.fs_version)
+
     def _required_chunk_dict(self) -> ChunkDict | None:
         if self.options.chunk_dict_ref and self.chunk_dict is None:
             raise DriverError(
                 f"nydus chunk_dict_ref {self.options.chunk_dict_ref} is not resolved: "
-                "drivers get their chunk dictionary from ChunkDictResolver (Context.driver does this)"
+                "the engine resolves driver dependencies (Context.driver does this)"
             )
         return self.chunk_dict
 
@@ -137,7 +184,7 @@ class NydusDriver(Driver):
                 normal = tarnormalize.scan_layer(tar_stream)
         except InvalidImage as exc:
             raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
-        table_digest = store.put_bytes(normal.table.to_json())
+        table = store_table(store, normal.table)
         with scratch_dir(store) as work:
             blob_path = work / "layer.blob"
             fifo = work / "layer.tar"
@@ -156,7 +203,7 @@ class NydusDriver(Driver):
         extra = {
             "bootstrap": bootstrap.digest,
             "fs_version": self.options.fs_version,
-            "directories": table_digest,  # for `finish`: implicit parents get the lower layers' attributes
+            "directories": table.digest,  # for `finish`: implicit parents get the lower layers' attributes
         }
         if bootstrap.toc_digest:
             extra["blob_toc_digest"] = bootstrap.toc_digest
@@ -171,7 +218,11 @@ class NydusDriver(Driver):
         )
         # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
         return ConvertedLayer(
-            source=layer.descriptor, descriptor=descriptor, diff_id=blob_digest, extra=extra
+            source=layer.descriptor,
+            descriptor=descriptor,
+            diff_id=blob_digest,
+            extra=extra,
+            local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
 
     def _convert_layer_ref(self, layer: LayerInput) -> ConvertedLayer:
@@ -194,7 +245,7 @@ class NydusDriver(Driver):
                 f"({'; '.join(normal.changes())}), which zran cannot do as it indexes the original "
                 "gzip bytes; convert without oci_ref"
             )
-        table_digest = store.put_bytes(normal.table.to_json())
+        table = store_table(store, normal.table)
         with scratch_dir(store) as work:
             blob_path = work / "layer.ref.blob"
             args = [
@@ -232,13 +283,14 @@ class NydusDriver(Driver):
             "bootstrap": bootstrap.digest,
             "fs_version": "6",
             "blob_toc_digest": bootstrap.toc_digest,
-            "directories": table_digest,
+            "directories": table.digest,
         }
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
             extra=extra,
+            local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
             companions=(layer.descriptor,),  # the data stays in the original gzip blob
         )
 

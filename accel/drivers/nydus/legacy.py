@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from accel import constants as mt
 from accel.drivers.base import ConvertedLayer
-from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, extract_trailer_entry
+from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, bootstrap_blob, extract_trailer_entry
 from accel.errors import InvalidImage
 from accel.oci import Descriptor
 from accel.store import ContentStore
-
-# Records written by the original service carry no driver key; this stands in for it.
-ORIGINAL_RECORD_KEY = "nydus-original"
 
 
 def converted_from_original_record(
@@ -34,4 +31,10 @@ def converted_from_original_record(
         size=blob.size,
         annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
     )
-    return ConvertedLayer(source=source, descriptor=descriptor, diff_id=blob.digest, extra=extra)
+    return ConvertedLayer(
+        source=source,
+        descriptor=descriptor,
+        diff_id=blob.digest,
+        extra=extra,
+        local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+    )

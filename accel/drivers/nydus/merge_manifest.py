@@ -9,7 +9,7 @@ from isal import igzip
 from accel import constants as mt
 from accel import digest as dg
 from accel import oci
-from accel.image import BuiltManifest, SourceManifest
+from accel.model import BuiltManifest, SourceManifest
 from accel.store import ContentStore
 
 # merge_manifest: the classic 32-byte gzip of an empty tar (1024 zero bytes), put first in the OCI manifests

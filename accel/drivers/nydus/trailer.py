@@ -18,8 +18,10 @@ import zstandard
 from isal import igzip
 
 from accel import digest as dg
+from accel import tarstream
 from accel.drivers.nydus.tar import COPY_SIZE, TAR_BLOCK
 from accel.errors import DriverError
+from accel.oci import Descriptor
 from accel.store import ContentStore
 
 # Names inside the nydus blob trailer (nydus-snapshotter pkg/converter/convert_unix.go).
@@ -38,6 +40,15 @@ _TOC_COMPRESSOR_NONE = 0x01
 _TOC_COMPRESSOR_ZSTD = 0x02
 
 
+# A layer bootstrap extracted into the content store: raw RAFS metadata, needed locally by `finish`.
+BOOTSTRAP_BLOB_MEDIA_TYPE = "application/octet-stream"
+
+
+def bootstrap_blob(store: ContentStore, digest: str) -> Descriptor:
+    """The descriptor of an extracted bootstrap in the store, as `ConvertedLayer.local_blobs` lists it."""
+    return Descriptor(media_type=BOOTSTRAP_BLOB_MEDIA_TYPE, digest=digest, size=store.size(digest))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrailerEntry:
     """Facts about one entry pulled out of a nydus blob trailer."""
@@ -49,16 +60,17 @@ class TrailerEntry:
 
 def _find_tar_entry(f: BinaryIO, size: int, name: str) -> tuple[int, int] | None:
     """(offset, size) of `name` in the blob trailer, walking `data | header` pairs from the end."""
+    wanted = name.encode()
     cursor = size - TAR_BLOCK
     while cursor >= 0:
         f.seek(cursor)
         try:
-            header = tarfile.TarInfo.frombuf(f.read(TAR_BLOCK), "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
+            header, _ = tarstream.parse_header_block(f.read(TAR_BLOCK))
+        except tarstream.TarError:
             return None
         if header.size > cursor:
             return None
-        if header.name == name:
+        if header.name == wanted:
             return cursor - header.size, header.size
         cursor -= header.size + TAR_BLOCK
     return None
