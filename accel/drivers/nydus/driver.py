@@ -185,6 +185,13 @@ class NydusDriver(Driver):
         except InvalidImage as exc:
             raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
         table = store_table(store, normal.table)
+        if normal.changes():
+            # The tree stays the same (layer application would do the same); the log says what moved.
+            log.info(
+                "layer %s normalised for nydus-image: %s",
+                dg.short(layer.descriptor.digest),
+                "; ".join(normal.changes()),
+            )
         with scratch_dir(store) as work:
             blob_path = work / "layer.blob"
             fifo = work / "layer.tar"
