@@ -4,7 +4,8 @@ CompressionTestSuite): what the engine, the Prefect cache and the conversion cac
 Per driver: each converted layer is a blob in the store under its digest and size; its diff_id is the digest
 of the layer's uncompressed content; its file tree read back with the format's own reader equals the source
 layer's; `cache_key()` is stable across instances and changes with an option; `is_converted` (and so
-`detect_format`) knows the driver's own layers and not plain gzip ones; blobs `finish` needs are in the store.
+`detect_format`) knows the driver's own layers and not plain gzip ones; blobs `finish` needs are in the store;
+a source tar that does not match its diff_id fails and commits nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import zstandard
 from accel import constants as mt
 from accel import digest as dg
 from accel.drivers import ConvertedLayer, LayerInput, detect_format, load_driver
+from accel.errors import DigestMismatch
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
@@ -141,6 +143,20 @@ def test_converted_layers_keep_the_driver_contract(
     assert detect_format(descriptors) == fmt.driver
     assert not type(driver).is_converted(list(image.layers))
     assert detect_format(list(image.layers)) is None
+
+
+@pytest.mark.parametrize("fmt", FORMAT_PARAMS)
+def test_a_source_that_does_not_match_its_diff_id_commits_nothing(fmt: Format, tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "store")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("etc/motd", b"hello\n")
+    image = imagegen.build_image([layer], store)
+    before = sorted(p.name for p in store.path(image.layers[0].digest).parent.iterdir())
+    wrong = LayerInput(image.layers[0], dg.of_bytes(b"another layer"), store)
+    with pytest.raises(DigestMismatch):
+        load_driver(fmt.driver).convert_layer(wrong)
+    assert sorted(p.name for p in store.path(image.layers[0].digest).parent.iterdir()) == before
+    assert list((store.root / "ingest").iterdir()) == []
 
 
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
