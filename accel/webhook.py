@@ -13,10 +13,9 @@ malformed raises `InvalidWebhook` with a reason meant for the HTTP 400 answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,9 +42,6 @@ SOURCE_DISTRIBUTION = "distribution"
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-# The OCI distribution spec's referrers tag schema: where clients keep a referrers index on registries
-# without the referrers API. Such a tag names a list of artifacts, not an image.
-_REFERRERS_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}$|^sha512-[0-9a-f]{128}$")
 
 
 class InvalidWebhook(AccelError):
@@ -269,32 +265,3 @@ def parse_distribution(body: bytes, content_type: str | None = None) -> WebhookE
     return WebhookEvent(
         SOURCE_DISTRIBUTION, "push", tuple(dict.fromkeys(images)), ignored=tuple(dict.fromkeys(ignored))
     )
-
-
-def is_converted_tag(tag: str | None, suffixes: Iterable[str]) -> bool:
-    """Whether a tag is one accel itself pushes (so its push event must not start another conversion):
-    a converted image (`<tag><suffix>`) or a referrers index kept under the referrers tag schema."""
-    if not tag:
-        return False
-    return bool(_REFERRERS_TAG_RE.match(tag)) or any(s and tag.endswith(s) for s in suffixes)
-
-
-def conversion_key(
-    source: Reference,
-    drivers: Sequence[str],
-    options: Mapping[str, Any],
-    target_repository: str | None,
-) -> str:
-    """Idempotency key of one conversion: the same pinned source, drivers, options and target → one run."""
-    material = json.dumps(
-        {
-            "source": str(source),
-            "drivers": sorted(drivers),
-            "options": options,
-            "target": target_repository,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    return "accel-" + hashlib.sha256(material.encode()).hexdigest()
