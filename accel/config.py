@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -328,8 +327,3 @@ def load_file(path: Path | str) -> Settings:
             update={"provider": settings.provider.model_copy(update={"work_dir": work_dir})}
         )
     return settings
-
-
-def config_path_from_env() -> Path | None:
-    value = os.environ.get("ACCEL_CONFIG")
-    return Path(value) if value else None

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from accel import constants as mt
-from accel.errors import AccelError, ReferenceError_
+from accel.errors import AccelError, InvalidReference
 from accel.reference import Reference
 
 MAX_BODY_BYTES = 1 << 20  # Harbor payloads are a few hundred bytes; anything near 1 MiB is not one
@@ -136,7 +136,7 @@ def pushed_reference(resource_url: str, digest: str | None = None, tag: str | No
     """
     try:
         ref = Reference.parse(resource_url)
-    except ReferenceError_ as exc:
+    except InvalidReference as exc:
         raise InvalidWebhook(f"resource_url: {exc}") from None
     if "/" not in resource_url.split("@", 1)[0].split("://", 1)[-1]:
         raise InvalidWebhook(f"resource_url {resource_url!r} has no registry host")

@@ -62,7 +62,8 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import oci, tools
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
-from accel.errors import ConfigError, DriverError, ReferenceError_
+from accel.errors import ConfigError, DriverError
+from accel.errors import InvalidReference as ReferenceError_  # renamed; the alias keeps this edit to imports
 from accel.image import BuiltImage, BuiltManifest, SourceImage, SourceManifest
 from accel.reference import Reference
 from accel.store import ContentStore
