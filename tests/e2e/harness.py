@@ -3,7 +3,7 @@
 The Prefect server gets its own PREFECT_HOME (a tmp dir), a free port and a database: a private PostgreSQL
 (tests/harness/postgres.py) in the e2e suite, as in the scale-out mode, since SQLite answers `database is
 locked` under concurrent conversions; SQLite when no database URL is given. acceld
-runs as `python -m deployments.acceld` against it. Output goes to log files the tests read (e.g. to prove
+runs as `python -m service.acceld` against it. Output goes to log files the tests read (e.g. to prove
 that no `database is locked` happened).
 """
 
@@ -131,7 +131,7 @@ class Acceld:
     def start(self, timeout: float = 120.0) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "deployments.acceld", "--config", str(self.config_path)],
+                [sys.executable, "-m", "service.acceld", "--config", str(self.config_path)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -243,7 +243,7 @@ def test_metrics_reflect_conversions(acceld):
 
 def _accelctl(acceld: Acceld, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deployments.accelctl", "task", *args],
+        [sys.executable, "-m", "service.accelctl", "task", *args],
         env={**acceld.env, "ACCELD_URL": acceld.url, "ACCELD_AUTH_HEADER": WEBHOOK_SECRET},
         cwd=REPO,
         capture_output=True,

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from accel.config import load_settings
-from accel.metrics import Metrics
-from deployments.api import ConversionTask, SubmitRequest, TaskNotFound, create_app
-from deployments.api.tasks import COMPLETED, FAILED, PROCESSING
+from service.api import ConversionTask, SubmitRequest, TaskNotFound, create_app
+from service.api.conversions import COMPLETED, FAILED, PROCESSING
+from service.metrics import Metrics
 
 HOST = "harbor.test:8443"
 OPEN_HOST = "open.test"

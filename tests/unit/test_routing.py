@@ -14,7 +14,7 @@ from accel.config import Route, Settings, load_settings
 from accel.errors import ConfigError
 from accel.plan import target_reference, target_tag
 from accel.reference import Reference
-from deployments.api import create_app
+from service.api import create_app
 from tests.unit.test_api import FakeBackend, harbor
 
 HARBOR = "harbor.test:8443"
@@ -257,7 +257,7 @@ def test_a_run_without_drivers_is_listed_with_its_rule_s_drivers_and_targets(tmp
     from prefect.client.schemas.objects import FlowRun
     from prefect.states import Running
 
-    from deployments.api.prefect_backend import PrefectBackend
+    from service.api.prefect_backend import PrefectBackend
 
     settings = _settings(tmp_path, _two_drivers(LIBRARY_RULE))
     backend = PrefectBackend(settings, str(tmp_path / "config.yaml"))

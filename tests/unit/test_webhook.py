@@ -8,7 +8,7 @@ import pytest
 
 from accel.plan import conversion_key, is_converted_tag
 from accel.reference import Reference
-from accel.webhook import (
+from service.webhook import (
     MAX_BODY_BYTES,
     InvalidWebhook,
     parse_distribution,

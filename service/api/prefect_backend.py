@@ -33,10 +33,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, get_state_result
 
 from accel.config import Settings
-from accel.metrics import Metrics
 from accel.plan import ConversionPlan, plan_conversion
 from accel.reference import Reference
-from deployments.api.tasks import (
+from flows.convert_image import ConversionResult
+from service.api.conversions import (
     COMPLETED,
     CONVERT_DEPLOYMENT,
     CONVERT_FLOW,
@@ -48,7 +48,7 @@ from deployments.api.tasks import (
     SubmitRequest,
     TaskNotFound,
 )
-from flows.convert_image import ConversionResult
+from service.metrics import Metrics
 
 log = logging.getLogger("acceld.prefect")
 

@@ -23,9 +23,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accel.config import Settings
-from accel.metrics import Metrics
 from accel.plan import is_own_output, plan_conversion
-from accel.webhook import (
+from service.api.conversions import (
+    COMPLETED,
+    BackendUnavailable,
+    ConversionBackend,
+    ConversionTask,
+    SubmitRequest,
+    TaskNotFound,
+)
+from service.metrics import Metrics
+from service.webhook import (
     MAX_BODY_BYTES,
     SOURCE_DISTRIBUTION,
     SOURCE_HARBOR,
@@ -34,14 +42,6 @@ from accel.webhook import (
     WebhookEvent,
     parse_distribution,
     parse_harbor,
-)
-from deployments.api.tasks import (
-    COMPLETED,
-    BackendUnavailable,
-    ConversionBackend,
-    ConversionTask,
-    SubmitRequest,
-    TaskNotFound,
 )
 
 log = logging.getLogger("acceld.api")
