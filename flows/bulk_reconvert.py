@@ -22,9 +22,8 @@ from accel.context import context_for
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from accel.registry.errors import NotFound
+from deployments.definitions import CONVERT_DEPLOYMENT
 from flows.convert_image import _config_path, convert_image
-
-CONVERT_DEPLOYMENT = "convert-image/convert-image"
 
 
 class StaleImage(BaseModel):

@@ -59,37 +59,29 @@ async def _wait_for_prefect(timeout: float) -> None:
 
 def serve_deployments(config_path: str) -> int:
     """The runner child: register and serve both deployments; flow runs are its subprocesses."""
+    import importlib
+
     from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
     from accel.config import load_file
-    from flows.bulk_reconvert import bulk_reconvert
-    from flows.convert_image import convert_image
-    from service.api.conversions import BULK_FLOW, CONVERT_FLOW
+    from deployments.definitions import definitions
 
     settings = load_file(config_path)
-    convert = convert_image.to_deployment(
-        name=CONVERT_FLOW,
-        parameters={"config": config_path},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        tags=["accel"],
-        description="Convert one image with the configured drivers and push beside it (acceld).",
-    )
-    bulk = bulk_reconvert.to_deployment(
-        name=BULK_FLOW,
-        parameters={"config": config_path},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        cron=settings.bulk.schedule,
-        tags=["accel"],
-        description="Convert every tag lacking an up-to-date converted image (acceld).",
-    )
-    serve(
-        convert,
-        bulk,
-        limit=settings.converter.worker,
-        pause_on_shutdown=False,
-        print_starting_message=False,
-    )
+    convert, bulk = definitions(settings)
+    runners = [
+        getattr(importlib.import_module(d.module), d.function).to_deployment(
+            name=d.name,
+            parameters=d.parameters(config_path),
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            cron=d.schedule,
+            tags=list(d.tags),
+            description=d.description,
+        )
+        for d in (convert, bulk)
+    ]
+    # One runner for both: its limit is the conversion concurrency (converter.worker).
+    serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 
 
@@ -97,8 +89,8 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     import uvicorn
 
     from accel.config import Settings
+    from deployments.definitions import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
-    from service.api.conversions import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
     from service.metrics import Metrics
     from service.supervisor import RunnerSupervisor, WorkDirLock

@@ -35,11 +35,10 @@ from prefect.states import Failed, get_state_result
 from accel.config import Settings
 from accel.plan import ConversionPlan, plan_conversion
 from accel.reference import Reference
+from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from flows.convert_image import ConversionResult
 from service.api.conversions import (
     COMPLETED,
-    CONVERT_DEPLOYMENT,
-    CONVERT_FLOW,
     FAILED,
     PROCESSING,
     BackendUnavailable,
