@@ -139,6 +139,8 @@ class Api:
             for i in event.images
             if i not in wanted
         ]
+        if len(wanted) < len(event.images):
+            log.info("ignored: %s", "; ".join(ignored))
         if not wanted:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(ignored), "tasks": []})

@@ -15,7 +15,7 @@ from accel.errors import ConfigError
 from accel.plan import target_reference, target_tag
 from accel.reference import Reference
 from service.api import create_app
-from tests.unit.test_api import FakeBackend, harbor
+from tests.harness.api import FakeBackend, harbor
 
 HARBOR = "harbor.test:8443"
 OTHER = "open.test"

@@ -25,6 +25,10 @@ from tests.harness.registry import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
+# What the e2e acceld is configured with (tests/e2e/conftest.py) and its tests send or expect.
+WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
+SUFFIX = "-esgz"
+
 
 def _quiet_prefect_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
