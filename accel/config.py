@@ -312,6 +312,11 @@ def load_file(path: Path | str) -> Settings:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path) -> Settings:
+    """Settings from the YAML text of the config file at `path` (relative work dirs resolve against it)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

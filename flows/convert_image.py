@@ -96,7 +96,7 @@ def convert_image(
         return _skipped(plan, "", f"tag {source_ref.tag!r} is a conversion cache tag")
 
     started = time.monotonic()
-    image = resolve(str(source_ref), config_path)
+    image = resolve(source_ref, config_path)
     timings["resolve"] = time.monotonic() - started
     logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
     if produced := produced_by_accel(image):
@@ -105,13 +105,12 @@ def convert_image(
         return _skipped(plan, image.root.digest, f"the image already is {already} (layer annotations)")
 
     layers = image.unique_layers()
-    target_refs = plan.targets
-    targets_by_driver = plan.target_names()
+    target_refs = dict(plan.targets)
     cache_ref = plan.cache
     lookup = CacheLookup(hits={d: {} for d in driver_types})
     if cache_ref is not None:
         started = time.monotonic()
-        lookup = lookup_cache(image, driver_types, str(cache_ref), targets_by_driver, config_path)
+        lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
         timings["cache lookup"] = time.monotonic() - started
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
@@ -126,7 +125,7 @@ def convert_image(
         timings[f"build {d}"] = time.monotonic() - started
         target = target_refs[d]
         started = time.monotonic()
-        pushed = push_image(built, str(target), str(source_ref), config_path)
+        pushed = push_image(built, target, source_ref, config_path)
         timings[f"push {d}"] = time.monotonic() - started
         targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(target)))
         logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
@@ -134,7 +133,7 @@ def convert_image(
     if cache_ref is not None:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
         started = time.monotonic()
-        merge_cache(image, converted, str(cache_ref), targets_by_driver, lookup.gone, config_path)
+        merge_cache(image, converted, cache_ref, target_refs, lookup.gone, config_path)
         timings["cache merge"] = time.monotonic() - started
 
     collect_garbage(config_path)
@@ -189,7 +188,7 @@ def _pull_and_convert(
     by every driver) and converted in parallel task runs."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
-    pulls = {digest: pull_layer.submit(str(source), layer, config_path) for digest, layer in to_pull.items()}
+    pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
         d: [
             convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
