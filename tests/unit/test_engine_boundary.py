@@ -1,5 +1,6 @@
 """The engine (`accel/`) stays free of the orchestrator and the service: importing every one of its modules
-pulls in none of Prefect, FastAPI, Starlette, uvicorn or prometheus_client."""
+pulls in none of Prefect, FastAPI, Starlette, uvicorn or prometheus_client, nor the project's own layers
+above it (tasks, flows, deployments, service)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-FORBIDDEN = ("prefect", "fastapi", "starlette", "uvicorn", "prometheus_client", "service")
+FORBIDDEN = (
+    *("prefect", "fastapi", "starlette", "uvicorn", "prometheus_client"),
+    *("tasks", "flows", "deployments", "service"),
+)
 
 _PROBE = """
 import importlib, json, pkgutil, sys
