@@ -4,14 +4,15 @@ A cache image lives at `<source repository>:<cache_tag>` (or `<cache_repository>
 repositories). Its root is an image manifest (one platform) or an index of them (several platforms). Each
 manifest lists *records*, most recently used first:
 
-- a record is one converted layer descriptor annotated with the source layer digest
-  (`containerd.io/snapshot/nydus-source-digest` for Nydus, `io.accel.layer.source-digest` otherwise), the
-  driver's `cache_key()` (name, version and options: an eStargz layer never answers a Nydus request, a
-  level-9 layer never a level-3 one) and `io.accel.cache.record`, a JSON copy of the `ConvertedLayer`
-  (descriptor, diff_id, extra, companions), so a hit equals what conversion would have produced;
-- blobs a record needs locally for `Driver.finish` (values of `extra` naming blobs in the content store,
-  e.g. a Nydus layer bootstrap) follow it as `application/vnd.accel.cache.blob.v1` layers annotated with
-  `io.accel.cache.blob-of`;
+- a record is one converted layer descriptor annotated with the source layer digest (under the driver's
+  `source_digest_annotation`: `containerd.io/snapshot/nydus-source-digest` for Nydus, as the original
+  service writes it, `io.accel.layer.source-digest` otherwise), the driver's `cache_key()` (name, version
+  and options: an eStargz layer never answers a Nydus request, a level-9 layer never a level-3 one) and
+  `io.accel.cache.record`, a JSON copy of the `ConvertedLayer` (descriptor, diff_id, extra, local_blobs,
+  companions), so a hit equals what conversion would have produced;
+- blobs a record needs locally for `Driver.finish` (`ConvertedLayer.local_blobs`, e.g. a Nydus layer
+  bootstrap) follow it as `application/vnd.accel.cache.blob.v1` layers annotated with
+  `io.accel.cache.blob-of` (records written before `local_blobs` existed: those layers are its local blobs);
 - the manifest carries `containerd.io/snapshot/nydus-cache-version` and `io.accel.cache.version`; a
   manifest whose version differs from `provider.cache_version` is ignored and rewritten on the next push;
 - its config is a real image config (platform, `rootfs.diff_ids` matching the layers), so the cache image
@@ -19,10 +20,10 @@ manifest lists *records*, most recently used first:
 
 Caches written by the original service (goharbor/acceleration-service `pkg/cache`: an index whose children
 have a `{}` config, Nydus layers annotated with the source digest and no accel annotations) are read too.
-Their records carry no driver options, so they are taken to be what the Nydus driver produces with its
-default options and are used only by a Nydus driver configured with exactly those defaults; the layer blob
-is downloaded once to pull its bootstrap out of the blob trailer (the original stores no separate bootstrap),
-and the next push stores the record in accel's own form.
+Their records carry no driver options: a driver says whether they fit it (`Driver.accepts_original_records`,
+only the Nydus driver with its default options) and turns the downloaded blob into its converted layer
+(`Driver.restore_original_record`: Nydus pulls the bootstrap out of the blob trailer, as the original
+stores no separate bootstrap); the next push stores the record in accel's own form.
 
 Fetching accepts all four root media types through one import path (`_import_manifest`); pushing writes
 the shape the update calls for (`plan_update`) and merges with whatever another worker pushed meanwhile
@@ -35,29 +36,33 @@ import dataclasses
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from accel import constants as mt
+from accel import copy, mutate
 from accel import digest as dg
 from accel.drivers.base import ConvertedLayer, Driver
 from accel.errors import AccelError, InvalidImage
 from accel.image import SourceImage, SourceLayer
 from accel.oci import Descriptor, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
-from accel.registry import NotFound, RegistryClient, RegistryError
+from accel.registry import NotFound, RegistryError
+from accel.registry.interfaces import Registry
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TAG = "accel-cache"  # when only `provider.cache_repository` is configured
 PUSH_ATTEMPTS = 6  # merges with concurrent writers before a cache push gives up
-# Seconds to wait after pushing the root before checking our records survived concurrent writers.
-SETTLE_MIN = 0.1
-SETTLE_MAX = 2.0
-_ORIGINAL_NYDUS_KEY = "nydus-original"  # records written by the original service carry no driver key
+RETRY_JITTER = 0.1  # at most this many seconds between two attempts, so colliding writers drift apart
+_ORIGINAL_SERVICE_KEY = "original-service"  # records written by the original service carry no driver key
 _MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
+# One lock per cache reference: writers of this process take turns (see `push_cache`).
+_WRITERS: dict[str, threading.RLock] = {}
+_WRITERS_GUARD = threading.Lock()
 
 
 class CacheConflict(AccelError):
@@ -104,7 +109,7 @@ class CacheEntry:
 
     @property
     def key(self) -> str:
-        return self.layer.annotation(mt.ACCEL_CACHE_KEY) or _ORIGINAL_NYDUS_KEY
+        return self.layer.annotation(mt.ACCEL_CACHE_KEY) or _ORIGINAL_SERVICE_KEY
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -121,15 +126,15 @@ class CacheEntry:
     def matches(self, driver: Driver) -> bool:
         if not self.is_original:
             return self.key == driver.cache_key()
-        return driver.name == "nydus" and driver.options == type(driver.options)()
+        return driver.accepts_original_records()
 
 
 def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> CacheEntry:
-    """The record for one converted layer; `extra` values naming stored blobs travel with it."""
+    """The record for one converted layer; its `local_blobs` travel with it."""
     blob_digests = dict.fromkeys(
-        value
-        for value in layer.extra.values()
-        if dg.is_digest(value) and value != layer.descriptor.digest and store.exists(value)
+        blob.digest
+        for blob in layer.local_blobs
+        if blob.digest != layer.descriptor.digest and store.exists(blob.digest)
     )
     blobs = tuple(
         Descriptor(
@@ -144,12 +149,12 @@ def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> C
         "descriptor": layer.descriptor.to_dict(),
         "diffID": layer.diff_id,
         "extra": layer.extra,
+        "localBlobs": [b.to_dict() for b in layer.local_blobs],
         "companions": [c.to_dict() for c in layer.companions],
     }
-    source_key = mt.NYDUS_SOURCE_DIGEST if driver.name == "nydus" else mt.ACCEL_LAYER_SOURCE_DIGEST
     annotations = dict(layer.descriptor.annotations or {})
     annotations |= {
-        source_key: layer.source.digest,
+        driver.source_digest_annotation: layer.source.digest,
         mt.ACCEL_CACHE_KEY: driver.cache_key(),
         mt.ACCEL_CACHE_RECORD: canonical_json(record).decode(),
     }
@@ -161,11 +166,18 @@ def _converted_from_record(entry: CacheEntry, source: Descriptor) -> ConvertedLa
     try:
         record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
         descriptor = Descriptor.model_validate(record["descriptor"])
+        if "localBlobs" in record:
+            local_blobs = tuple(Descriptor.model_validate(b) for b in record["localBlobs"])
+        else:  # written before records named them: the blobs that follow the record are its local blobs
+            local_blobs = tuple(
+                Descriptor(media_type=b.media_type, digest=b.digest, size=b.size) for b in entry.blobs
+            )
         converted = ConvertedLayer(
             source=source,
             descriptor=descriptor,
             diff_id=dg.validate(record["diffID"]),
             extra=dict(record.get("extra") or {}),
+            local_blobs=local_blobs,
             companions=tuple(Descriptor.model_validate(c) for c in record.get("companions") or ()),
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -192,7 +204,7 @@ def _entries(layers: Sequence[Descriptor], where: str) -> tuple[CacheEntry, ...]
                 "cache %s: ignoring layer %s without a valid source digest (%r)", where, layer.digest, source
             )
             continue
-        diff_id = layer.digest  # Nydus blobs (the original's records) are their own diff_id
+        diff_id = layer.digest  # the original service's records: blobs that are their own diff_id
         if layer.annotation(mt.ACCEL_CACHE_KEY) is not None:
             try:
                 diff_id = dg.validate(json.loads(layer.annotation(mt.ACCEL_CACHE_RECORD) or "")["diffID"])
@@ -255,7 +267,7 @@ def same_platform(cached: Platform | None, wanted: Platform | None) -> bool:
 
 
 def _config_platform(
-    client: RegistryClient, ref: Reference, config: Descriptor, store: ContentStore
+    client: Registry, ref: Reference, config: Descriptor, store: ContentStore
 ) -> Platform | None:
     raw = client.fetch_blob_bytes(ref, config)
     store.put_bytes(raw, config.digest)
@@ -270,7 +282,7 @@ def _config_platform(
 
 
 def _import_manifest(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     desc: Descriptor,
     raw: bytes,
@@ -297,7 +309,7 @@ def _import_manifest(
 
 
 def fetch_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     version: str,
@@ -348,56 +360,37 @@ class Restored:
 
 
 def _make_available(
-    client: RegistryClient, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
+    client: Registry, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
 ) -> None:
     """The converted blob in the target repository: already there, mounted, else downloaded for the push."""
     if target.registry == cache.registry and target.repository == cache.repository:
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
         return
-    if client.blob_exists(target, layer.digest):
-        return
-    if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
-        return
     try:
-        client.fetch_blob(cache, layer, store)  # publish uploads it with the target image
+        copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
     except NotFound:
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
 
 
-def _restore_original_nydus(
-    client: RegistryClient,
+def _restore_original(
+    client: Registry,
     cache: Reference,
     entry: CacheEntry,
     source: Descriptor,
     driver: Driver,
     store: ContentStore,
 ) -> ConvertedLayer:
-    """An original-service record: pull the bootstrap out of the blob, as our Nydus driver records it."""
-    from accel.drivers.nydus import ENTRY_BOOTSTRAP, extract_trailer_entry  # only Nydus records get here
-
+    """An original-service record: its blob downloaded, turned into a converted layer by the driver."""
     try:
         client.fetch_blob(cache, entry.layer, store)
     except NotFound:
         raise RecordGone(f"blob {entry.layer.digest} is gone from {cache.name}") from None
-    bootstrap = extract_trailer_entry(store, entry.layer.digest, ENTRY_BOOTSTRAP)
-    fs_version = str(getattr(driver.options, "fs_version", "6"))
-    if (fs_version == "6") != (bootstrap.toc_digest is not None):
-        raise InvalidImage(f"cached Nydus blob {entry.layer.digest} is not RAFS v{fs_version}")
-    extra = {"bootstrap": bootstrap.digest, "fs_version": fs_version}
-    if bootstrap.toc_digest:
-        extra["blob_toc_digest"] = bootstrap.toc_digest
-    descriptor = Descriptor(
-        media_type=mt.NYDUS_BLOB,
-        digest=entry.layer.digest,
-        size=entry.layer.size,
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-    )
-    return ConvertedLayer(source=source, descriptor=descriptor, diff_id=entry.layer.digest, extra=extra)
+    return driver.restore_original_record(entry.layer, source, store)
 
 
 def restore_hits(
-    client: RegistryClient,
+    client: Registry,
     cache: CacheImage,
     driver: Driver,
     layers: Sequence[SourceLayer],
@@ -414,7 +407,7 @@ def restore_hits(
     for source_digest, entry in cache.find(driver, layers).items():
         try:
             if entry.is_original:
-                converted = _restore_original_nydus(
+                converted = _restore_original(
                     client, cache.reference, entry, sources[source_digest], driver, store
                 )
             else:
@@ -424,9 +417,7 @@ def restore_hits(
                         client.fetch_blob(cache.reference, blob, store)
                     except NotFound:
                         raise RecordGone(f"blob {blob.digest} is gone from {cache.reference.name}") from None
-                missing = [
-                    v for v in converted.extra.values() if v in entry.digests() and not store.exists(v)
-                ]
+                missing = [b.digest for b in converted.local_blobs if not store.exists(b.digest)]
                 if missing:
                     raise RecordGone(f"blobs {', '.join(missing)} are missing")
             _make_available(client, cache.reference, target, entry.layer, store)
@@ -526,17 +517,13 @@ def _write_manifest(
     config_raw = canonical_json(config_doc)
     config = Descriptor.of(mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG, config_raw)
     store.put_bytes(config_raw, config.digest)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "config": config.to_dict(),
-        "layers": [layer.to_dict() for layer in layers],
-        "annotations": {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
-    }
-    raw = canonical_json(doc)
-    desc = Descriptor.of(media_type, raw, platform=platform)
-    store.put_bytes(raw, desc.digest)
-    return desc, config
+    manifest = mutate.manifest(
+        media_type,
+        config,
+        layers,
+        annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+    )
+    return mutate.store_document(manifest, store, platform=platform), config
 
 
 def plan_update(
@@ -608,16 +595,8 @@ def plan_update(
         desc = write(manifest_type, update.platform, update.entries, ())
         changed.append(desc)
         children.append(desc)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": index_type,
-        "manifests": [c.to_dict() for c in children],
-    }
     annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
-    doc["annotations"] = annotations
-    raw = canonical_json(doc)
-    root = Descriptor.of(index_type, raw)
-    store.put_bytes(raw, root.digest)
+    root = mutate.store_document(mutate.index(index_type, children, annotations=annotations), store)
     return CacheUpdate(
         root=root, manifests=tuple(changed), blobs=tuple(blobs.values()), entries=tuple(all_entries)
     )
@@ -626,20 +605,41 @@ def plan_update(
 # --- push ------------------------------------------------------------------------------------------
 
 
-def _current_root(client: RegistryClient, ref: Reference) -> str | None:
+def _current_root(client: Registry, ref: Reference) -> str | None:
     try:
         return client.resolve(ref).digest
     except NotFound:
         return None
 
 
-def _missing_blobs(client: RegistryClient, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
+def _missing_blobs(client: Registry, ref: Reference, entries: Iterable[CacheEntry]) -> frozenset[str]:
     digests = dict.fromkeys(d for entry in entries for d in entry.digests())
     return frozenset(d for d in digests if not client.blob_exists(ref, d))
 
 
+def _writer_lock(ref: Reference) -> threading.RLock:
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(str(ref), threading.RLock())
+
+
+def _records_present(
+    client: Registry,
+    ref: Reference,
+    store: ContentStore,
+    updates: Sequence[PlatformRecords],
+    *,
+    version: str,
+    size: int,
+) -> bool:
+    """Re-read the cache at `ref`: does it hold every record of `updates` (as far as `size` keeps them)?"""
+    platforms = [u.platform for u in updates]
+    latest = fetch_cache(client, ref, store, version, platforms)
+    have = {entry.identity for entry in latest.entries()}
+    return all(entry.identity in have for u in updates for entry in u.entries[:size])
+
+
 def push_cache(
-    client: RegistryClient,
+    client: Registry,
     ref: Reference,
     store: ContentStore,
     updates: Sequence[PlatformRecords],
@@ -652,48 +652,43 @@ def push_cache(
 ) -> Descriptor:
     """Merge this conversion's records into the cache at `ref` and push it; returns the pushed root.
 
-    Optimistic concurrency: the root is read, merged and re-read just before the tag is pushed; when another
-    worker pushed in between, the merge starts again from its cache (at most `attempts` times).
+    Optimistic concurrency, checked by reading, never by waiting: each attempt reads the root, merges,
+    pushes blobs and children, checks the root is still the one it read, pushes the new root, then reads
+    the cache back and returns once our records are in it. Another writer's push in between sends us
+    round again (at most `attempts` times, with a small random pause between attempts only).
+
+    Writers in this process take turns per cache reference, so among them nothing is ever lost. Across
+    processes the registry offers no conditional tag update: a writer that checked the root just before
+    our push and pushes just after our read-back still replaces our records. Such records are only
+    missing from the cache (those layers are converted again next time), never wrong.
     """
-    platforms = [u.platform for u in updates]
-    for attempt in range(1, attempts + 1):
-        cache = fetch_cache(client, ref, store, version, platforms)
-        update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
-        for blob in update.blobs:
-            client.push_blob(ref, blob, store, mount_from)
-        try:
-            for child in update.manifests:
-                client.push_manifest(
-                    ref.with_digest(child.digest), store.read_bytes(child.digest), child.media_type
+    with _writer_lock(ref):
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                time.sleep(random.uniform(0, RETRY_JITTER))  # de-synchronise writers that keep colliding
+            cache = fetch_cache(client, ref, store, version, [u.platform for u in updates])
+            update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
+            copy.copy_blobs(client, ref, update.blobs, store, mount_from)
+            try:
+                copy.push_manifests(client, ref, update.manifests, store)
+                if _current_root(client, ref) != (cache.root.digest if cache.root else None):
+                    log.info("cache %s changed while merging (attempt %d/%d)", ref, attempt, attempts)
+                    continue
+                raw = store.read_bytes(update.root.digest)
+                pushed = client.push_manifest(ref, raw, update.root.media_type)
+            except RegistryError as exc:
+                if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
+                    raise
+                # A record kept from the old cache lost its blob: find which and leave them out.
+                missing = _missing_blobs(client, ref, update.entries)
+                log.warning(
+                    "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
                 )
-            fetched_root = cache.root.digest if cache.root else None
-            checked = time.monotonic()
-            if _current_root(client, ref) != fetched_root:
-                log.info(
-                    "cache %s changed while merging (attempt %d/%d); merging again", ref, attempt, attempts
-                )
-                time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+                gone = gone | missing
                 continue
-            pushed = client.push_manifest(ref, store.read_bytes(update.root.digest), update.root.media_type)
-        except RegistryError as exc:
-            if exc.code != _MANIFEST_BLOB_UNKNOWN or attempt == attempts:
-                raise
-            # A record kept from the old cache lost its blob: find which and leave them out.
-            missing = _missing_blobs(client, ref, update.entries)
-            log.warning(
-                "cache %s: dropping records whose blobs are gone: %s", ref, ", ".join(sorted(missing))
-            )
-            gone = gone | missing
-            continue
-        # Another writer that checked the root just before our push may still overwrite it: give such a
-        # push time to land, then make sure our records survived (else merge again).
-        time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 4 * (time.monotonic() - checked))))
-        if _current_root(client, ref) == pushed.digest:
-            return pushed
-        latest = fetch_cache(client, ref, store, version, platforms)
-        have = {entry.identity for entry in latest.entries()}
-        if all(entry.identity in have for u in updates for entry in u.entries[:size]):
-            return pushed
-        log.info("cache %s was overwritten right after our push (attempt %d/%d)", ref, attempt, attempts)
-        time.sleep(random.uniform(0, SETTLE_MIN))  # de-synchronise writers that keep colliding
+            if _current_root(client, ref) == pushed.digest or _records_present(
+                client, ref, store, updates, version=version, size=size
+            ):
+                return pushed
+            log.info("cache %s was replaced right after our push (attempt %d/%d)", ref, attempt, attempts)
     raise CacheConflict(f"cache {ref} kept changing; gave up after {attempts} merges")

@@ -24,7 +24,6 @@ class DigestingReader(io.RawIOBase):
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
         self.digester = dg.Digester()
-        self.eof = False
 
     def readable(self) -> bool:
         return True
@@ -32,16 +31,11 @@ class DigestingReader(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self._inner.read(len(buffer))
         if not data:
-            self.eof = True
             return 0
         n = len(data)
         buffer[:n] = data
         self.digester.update(data)
         return n
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
 
 
 def _decompressor(path: Path, media_type: str) -> BinaryIO:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from accel.config import Settings, load_text
 from accel.drivers import Driver, load_driver
+from accel.drivers.dependencies import DependencyResolver
 from accel.errors import ConfigError
-from accel.nydus_chunkdict import ChunkDictResolver
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 
@@ -26,8 +26,8 @@ class Context:
         self._drivers: dict[str, Driver] = {}
         self._lock = threading.Lock()
         platforms = settings.converter.platform_filter()
-        # Nydus `chunk_dict_ref`: resolved here, so drivers never see the registry.
-        self.chunk_dicts = ChunkDictResolver(
+        # Images drivers depend on (a Nydus `chunk_dict_ref`), resolved here: drivers never see the registry.
+        self.dependencies = DependencyResolver(
             lambda: self.client, self.store, platforms[0] if platforms else None
         )
 
@@ -52,8 +52,8 @@ class Context:
                 settings = self.settings.converter.find_driver(driver_type)
                 self._drivers[driver_type] = load_driver(driver_type, settings.driver_config())
             driver = self._drivers[driver_type]
-        # Outside the lock: resolving a chunk dictionary talks to the registry (through `self.client`).
-        return self.chunk_dicts.bind(driver)
+        # Outside the lock: resolving a dependency talks to the registry (through `self.client`).
+        return self.dependencies.bind(driver)
 
     def close(self) -> None:
         if self._client is not None:

@@ -11,90 +11,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
-
-from pydantic import BaseModel, ConfigDict
 
 from accel import constants as mt
+from accel import mutate
 from accel.drivers.base import ConvertedLayer, Driver, ImagePlan
 from accel.errors import InvalidImage, UnsupportedMediaType
-from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json, detect_media_type
+
+# The image value types live in accel.model (drivers import them too); re-exported here.
+from accel.model import BuiltImage, BuiltManifest, SourceImage, SourceLayer, SourceManifest
+from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, detect_media_type
 from accel.reference import Reference
+from accel.registry.interfaces import ManifestSource
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
 
 # Docker buildx attaches attestations as index children with this annotation; they are not images.
 _DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class SourceLayer(_Frozen):
-    descriptor: Descriptor
-    diff_id: str
-
-
-class SourceManifest(_Frozen):
-    """One platform of the source; its manifest and config bytes are in the content store."""
-
-    descriptor: Descriptor  # platform set when it came from an index
-    config: Descriptor
-    layers: tuple[SourceLayer, ...]
-    annotations: dict[str, str] = {}
-
-    @property
-    def platform(self) -> Platform | None:
-        return self.descriptor.platform
-
-
-class SourceImage(_Frozen):
-    reference: str  # as given, normalised
-    root: Descriptor  # manifest or index
-    manifests: tuple[SourceManifest, ...]
-    annotations: dict[str, str] = {}  # of the root document
-
-    @property
-    def is_index(self) -> bool:
-        return self.root.media_type in mt.INDEX_TYPES
-
-    def unique_layers(self) -> list[SourceLayer]:
-        seen: dict[str, SourceLayer] = {}
-        for m in self.manifests:
-            for layer in m.layers:
-                seen.setdefault(layer.descriptor.digest, layer)
-        return list(seen.values())
-
-
-class BuiltManifest(_Frozen):
-    descriptor: Descriptor
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
-    companions: tuple[Descriptor, ...] = ()  # pushed with the image, listed by no manifest
-
-
-class BuiltImage(_Frozen):
-    """A converted image whose every blob and document is in the content store."""
-
-    root: Descriptor
-    manifests: tuple[BuiltManifest, ...]
-
-    def blobs(self) -> list[Descriptor]:
-        seen: dict[str, Descriptor] = {}
-        for m in self.manifests:
-            for d in (m.config, *m.layers, *m.companions):
-                seen.setdefault(d.digest, d)
-        return list(seen.values())
-
-
-class ManifestSource(Protocol):
-    """The slice of the registry client that resolution needs."""
-
-    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
-
-    def fetch_blob_bytes(self, repo_ref: Reference, desc: Descriptor) -> bytes: ...
 
 
 def _is_image_child(desc: Descriptor) -> bool:
@@ -166,11 +99,7 @@ def resolve_source(
 
 
 def _wants_oci(driver: Driver, source_media_type: str) -> bool:
-    return (
-        driver.requires_oci
-        or bool(getattr(driver.options, "docker2oci", True))
-        or (source_media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX))
-    )
+    return driver.writes_oci(source_media_type)
 
 
 def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:
@@ -198,25 +127,11 @@ class BuildOptions:
 
 
 def _provenance(
-    source_digest: str, source_reference: str, driver: Driver, options: BuildOptions
+    source: Descriptor, source_reference: str, driver: Driver, options: BuildOptions
 ) -> dict[str, str]:
-    annotations = {
-        mt.ACCEL_SOURCE_DIGEST: source_digest,
-        mt.ACCEL_SOURCE_REFERENCE: source_reference,
-        mt.ACCEL_DRIVER: driver.name,
-        mt.ACCEL_DRIVER_VERSION: driver.version,
-    }
-    if options.harbor_annotation:
-        annotations |= {
-            mt.HARBOR_DRIVER_NAME: driver.name,
-            mt.HARBOR_DRIVER_VERSION: driver.version,
-            mt.HARBOR_SOURCE_DIGEST: source_digest,
-        }
-    return annotations
-
-
-def _subject(source: Descriptor) -> dict[str, Any]:
-    return {"mediaType": source.media_type, "digest": source.digest, "size": source.size}
+    return mutate.provenance(
+        source.digest, source_reference, driver.name, driver.version, harbor=options.harbor_annotation
+    )
 
 
 def assemble_manifest(
@@ -233,22 +148,19 @@ def assemble_manifest(
         layer.descriptor.with_(media_type=_layer_media_type(layer, oci), platform=None)
         for layer in plan.layers
     ]
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST if oci else mt.DOCKER_MANIFEST,
-    }
-    if plan.artifact_type and oci:
-        doc["artifactType"] = plan.artifact_type
-    doc["config"] = config_desc.to_dict()
-    doc["layers"] = [d.to_dict() for d in layers]
     if oci:
-        if options.subject:
-            doc["subject"] = _subject(plan.source_manifest)
-        provenance = _provenance(plan.source_manifest.digest, plan.source_reference, driver, options)
-        doc["annotations"] = provenance | plan.manifest_annotations
-    manifest = Manifest.build(doc)
-    store.put_bytes(manifest.raw, manifest.descriptor().digest)
-    descriptor = manifest.descriptor(platform=plan.source_manifest.platform)
+        manifest = mutate.manifest(
+            mt.OCI_MANIFEST,
+            config_desc,
+            layers,
+            artifact_type=plan.artifact_type or None,
+            subject=plan.source_manifest if options.subject else None,
+            annotations=_provenance(plan.source_manifest, plan.source_reference, driver, options)
+            | plan.manifest_annotations,
+        )
+    else:
+        manifest = mutate.manifest(mt.DOCKER_MANIFEST, config_desc, layers)
+    descriptor = mutate.store_document(manifest, store, platform=plan.source_manifest.platform)
     companions = tuple(c for layer in plan.layers for c in layer.companions)
     return BuiltManifest(
         descriptor=descriptor, config=config_desc, layers=tuple(layers), companions=companions
@@ -262,20 +174,17 @@ def assemble_index(
     store: ContentStore,
     options: BuildOptions = BuildOptions(),
 ) -> Descriptor:
-    oci = _wants_oci(driver, source.root.media_type)
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_INDEX if oci else mt.DOCKER_MANIFEST_LIST,
-        "manifests": [m.descriptor.to_dict() for m in manifests],
-    }
-    if oci:
-        if options.subject:
-            doc["subject"] = _subject(source.root)
-        doc["annotations"] = _provenance(source.root.digest, source.reference, driver, options)
-    raw = canonical_json(doc)
-    desc = Descriptor.of(doc["mediaType"], raw)
-    store.put_bytes(raw, desc.digest)
-    return desc
+    entries = [m.descriptor for m in manifests]
+    if _wants_oci(driver, source.root.media_type):
+        index = mutate.index(
+            mt.OCI_INDEX,
+            entries,
+            subject=source.root if options.subject else None,
+            annotations=_provenance(source.root, source.reference, driver, options),
+        )
+    else:
+        index = mutate.index(mt.DOCKER_MANIFEST_LIST, entries)
+    return mutate.store_document(index, store)
 
 
 def build_image(

@@ -1,7 +1,8 @@
-"""Pushing a converted image: blobs, then manifests, then the index, then the tag — last.
+"""Publishing a converted image: `accel.copy.copy_image` (blobs, then manifests, then the index, then the
+tag — last), then the referrers tag schema for registries without a referrers API.
 
 A reader of the tag therefore never sees a manifest whose blobs or children are missing; a failure
-anywhere before the last step leaves the tag untouched.
+anywhere before the tag leaves it untouched.
 """
 
 from __future__ import annotations
@@ -12,49 +13,26 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from accel import constants as mt
-from accel import referrers
+from accel import copy, referrers
 from accel.image import BuiltImage
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry import RegistryError
+from accel.registry.interfaces import ImageTarget, ReferrersTarget
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
 
 
-class Pusher(referrers.ReferrersClient, Protocol):
-    """The slice of the registry client that publishing needs."""
-
-    def push_blob(
-        self, repo_ref: Reference, desc: Descriptor, store: ContentStore, mount_from: Sequence[str] = ()
-    ) -> None: ...
-
-    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor: ...
+class Pusher(ImageTarget, ReferrersTarget, Protocol):
+    """What publishing an image and listing it as a referrer needs."""
 
 
-def push_blobs(
-    client: Pusher, target: Reference, image: BuiltImage, store: ContentStore, mount_from: Sequence[str] = ()
-) -> None:
-    for blob in image.blobs():
-        client.push_blob(target, blob, store, mount_from)
-
-
-def push_manifests(client: Pusher, target: Reference, image: BuiltImage, store: ContentStore) -> None:
-    """Children by digest (an index's children must exist before the index)."""
+def children_of(image: BuiltImage) -> list[Descriptor]:
+    """The manifests an index root lists (pushed by digest before it); none for a manifest root."""
     if image.root.media_type not in mt.INDEX_TYPES:
-        return
-    for m in image.manifests:
-        client.push_manifest(
-            target.with_digest(m.descriptor.digest),
-            store.read_bytes(m.descriptor.digest),
-            m.descriptor.media_type,
-        )
-
-
-def push_tag(client: Pusher, target: Reference, image: BuiltImage, store: ContentStore) -> Descriptor:
-    """The root document under the target's tag (or digest, for digest-only targets)."""
-    raw = store.read_bytes(image.root.digest)
-    return client.push_manifest(target, raw, image.root.media_type)
+        return []
+    return [m.descriptor for m in image.manifests]
 
 
 def list_as_referrers(client: Pusher, target: Reference, image: BuiltImage, store: ContentStore) -> None:
@@ -85,8 +63,15 @@ def list_as_referrers(client: Pusher, target: Reference, image: BuiltImage, stor
 def push_image(
     client: Pusher, target: Reference, image: BuiltImage, store: ContentStore, mount_from: Sequence[str] = ()
 ) -> Descriptor:
-    push_blobs(client, target, image, store, mount_from)
-    push_manifests(client, target, image, store)
-    pushed = push_tag(client, target, image, store)
+    """Copy the image (blobs → child manifests → root under the tag, last), then list it as a referrer."""
+    pushed = copy.copy_image(
+        client,
+        target,
+        image.root,
+        store,
+        blobs=image.blobs(),
+        children=children_of(image),
+        mount_from=mount_from,
+    )
     list_as_referrers(client, target, image, store)
     return pushed

@@ -8,23 +8,17 @@ OCI distribution spec: an image index tagged `sha256-<hex of the subject digest>
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from accel import constants as mt
+from accel import mutate
 from accel.digest import hex_of
-from accel.oci import Descriptor, Index, Manifest, canonical_json
+from accel.oci import Descriptor, Index, Manifest
 from accel.reference import Reference
 from accel.registry import NotFound
+from accel.registry.interfaces import ReferrersTarget
 
 log = logging.getLogger(__name__)
-
-
-class ReferrersClient(Protocol):
-    def referrers(self, repo_ref: Reference, digest: str) -> list[Descriptor] | None: ...
-
-    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]: ...
-
-    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor: ...
 
 
 def referrers_tag(subject_digest: str) -> str:
@@ -46,7 +40,7 @@ def referrer_descriptor(manifest_raw: bytes, media_type: str) -> Descriptor:
     )
 
 
-def attach(client: ReferrersClient, repo: Reference, subject: Descriptor, referrer: Descriptor) -> bool:
+def attach(client: ReferrersTarget, repo: Reference, subject: Descriptor, referrer: Descriptor) -> bool:
     """List `referrer` under `subject` via the tag schema when the registry lacks the referrers API.
 
     Returns True when the tag index was written. Re-running is harmless (the referrer is listed once).
@@ -61,8 +55,7 @@ def attach(client: ReferrersClient, repo: Reference, subject: Descriptor, referr
         manifests = []
     if any(m.get("digest") == referrer.digest for m in manifests):
         return False
-    manifests = [*manifests, referrer.to_dict()]
-    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
-    client.push_manifest(tag_ref, canonical_json(doc), mt.OCI_INDEX)
+    listing = mutate.index(mt.OCI_INDEX, [*manifests, referrer])  # earlier entries kept verbatim
+    client.push_manifest(tag_ref, listing.raw, listing.media_type)
     log.info("listed %s as a referrer of %s in tag %s", referrer.digest, subject.digest, tag_ref.tag)
     return True

@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,13 +79,6 @@ class ContentStore:
             w.write(data)
         assert w.digest is not None
         return w.digest
-
-    def put_stream(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
-        with self.writer(expected) as w:
-            for chunk in chunks:
-                w.write(chunk)
-        assert w.digest is not None
-        return w.digest, w.size
 
     def touch(self, digest: str) -> None:
         """Mark a blob as used now, so garbage collection keeps it longest."""

@@ -318,6 +318,16 @@ def _padding(size: int) -> int:
     return -size % BLOCK_SIZE
 
 
+def parse_header_block(block: bytes) -> tuple[TarHeader, int]:
+    """One 512-byte header block on its own (no extension headers applied), for callers that walk tar
+    blocks themselves: the header, and how many payload bytes follow the block in the stream (0 for the
+    header-only types). TarError when the block is no valid header (zero blocks included)."""
+    if len(block) != BLOCK_SIZE:
+        raise TarError(f"a tar header block is {BLOCK_SIZE} bytes, not {len(block)}")
+    header, stored_size = _make_header(_parse_block(block), None, None, None)
+    return header, 0 if header.is_header_only else stored_size
+
+
 # --- header parsing (mirrors Go's archive/tar reader) -----------------------------------------------------
 
 

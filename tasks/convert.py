@@ -9,9 +9,11 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from accel import image as img
-from accel import nydus_chunkdict, publish
+from accel import publish
 from accel.context import context_for
 from accel.drivers import ConvertedLayer, LayerInput
+from accel.drivers.base import CONVERTED_LAYER_SCHEMA
+from accel.drivers.dependencies import stage_dependency_blobs
 from accel.oci import Descriptor
 from accel.reference import Reference
 from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
@@ -51,7 +53,8 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     layer: img.SourceLayer = parameters["layer"]
     # The result names a blob in *this* store, so another store must not reuse it.
     store_id = hashlib.sha256(str(ctx.store.root).encode()).hexdigest()[:12]
-    return f"convert-{layer.descriptor.digest}-{driver.cache_key()}-{store_id}"
+    # The schema: a result persisted before ConvertedLayer changed shape is converted again.
+    return f"convert-{layer.descriptor.digest}-{driver.cache_key()}-{store_id}-r{CONVERTED_LAYER_SCHEMA}"
 
 
 @task(
@@ -94,8 +97,6 @@ def push_image(
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
-    # Blobs of a Nydus chunk dictionary the image points at live in the dictionary's repository.
-    nydus_chunkdict.stage_dictionary_blobs(
-        ctx.client, target_ref, image, ctx.chunk_dicts.dictionaries(), ctx.store
-    )
+    # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
+    stage_dependency_blobs(ctx.client, target_ref, image, ctx.dependencies.resolved(), ctx.store)
     return publish.push_image(ctx.client, target_ref, image, ctx.store, mount_from)

@@ -4,6 +4,12 @@ A driver converts one layer at a time (`convert_layer`, pure function of the sou
 it can be cached and retried per layer), may touch each platform's image once at the end (`finish`, where
 Nydus merges bootstraps) and may reshape the assembled image as a whole (`finish_image`, where Nydus merges
 the OCI and Nydus manifests into one index). Drivers only see the content store, never the registry.
+
+The engine asks drivers, never their names or options: `writes_oci` (media types of the output),
+`source_digest_annotation` and the `*_original_record` pair (conversion cache records), `dependencies` /
+`resolve_dependency` / `bind` (images a driver needs resolved through the registry before converting, such
+as a Nydus chunk dictionary; see `accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish`
+needs in the content store, which the conversion cache carries with a record).
 """
 
 from __future__ import annotations
@@ -12,18 +18,18 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from accel import compression
-from accel.oci import Descriptor, ImageConfig
+from accel import constants as mt
+from accel.model import BuiltImage, SourceImage
+from accel.oci import Descriptor, ImageConfig, Platform
+from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
-
-if TYPE_CHECKING:  # accel.image imports this module
-    from accel.image import BuiltImage, SourceImage
 
 
 class DriverOptions(BaseModel):
@@ -59,10 +65,17 @@ class ConvertedLayer(BaseModel):
     source: Descriptor  # the source layer it came from
     descriptor: Descriptor  # the converted blob (digest, size, media type, annotations)
     diff_id: str  # digest of the converted layer's uncompressed content
-    extra: dict[str, str] = {}  # driver-private facts for `finish` (e.g. a bootstrap blob digest)
+    extra: dict[str, str] = {}  # driver-private facts for `finish`, kept verbatim by the cache
+    # Blobs `finish` needs in the content store besides the layer itself (a Nydus layer bootstrap); a
+    # conversion cache record carries them.
+    local_blobs: tuple[Descriptor, ...] = ()
     # Blobs the target repository must hold although no manifest lists them (Nydus zran layers read their
     # data from the original gzip blobs).
     companions: tuple[Descriptor, ...] = ()
+
+
+# Bump when ConvertedLayer gains or changes fields: results persisted by an older version must not be reused.
+CONVERTED_LAYER_SCHEMA = "2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +92,28 @@ class ImagePlan:
     artifact_type: str | None = None
 
 
+class DependencySource(ManifestFetcher, BlobStager, Protocol):
+    """The registry verbs that resolving a dependency and staging its blobs need."""
+
+
+class ResolvedDependency(Protocol):
+    """An image a driver depends on, resolved to one manifest."""
+
+    @property
+    def reference(self) -> str: ...  # as configured, normalised
+
+    @property
+    def image_digest(self) -> str: ...  # the manifest it resolved to
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]: ...  # its blobs a converted image may list (staged on push)
+
+
+def oci_unless_docker_kept(docker2oci: bool, source_media_type: str) -> bool:
+    """`docker2oci` as acceld reads it: a Docker source stays Docker only when the option is off."""
+    return docker2oci or source_media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX)
+
+
 class Driver:
     """Base class: subclasses set `name`, `options_model`, and implement `convert_layer`."""
 
@@ -86,8 +121,8 @@ class Driver:
     options_model: ClassVar[type[DriverOptions]]
     # Bump when the output bytes for the same input and options change.
     implementation_version: ClassVar[str] = "1"
-    # Converted images use OCI media types unless the options say otherwise.
-    requires_oci: ClassVar[bool] = True
+    # Where a conversion cache record names its source layer.
+    source_digest_annotation: ClassVar[str] = mt.ACCEL_LAYER_SOURCE_DIGEST
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options
@@ -109,6 +144,40 @@ class Driver:
         )
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
+    def writes_oci(self, source_media_type: str) -> bool:
+        """Whether the converted manifest/index (of a source of this media type) uses OCI media types.
+
+        Default: always; drivers with a `docker2oci` option let a Docker source stay Docker.
+        """
+        return True
+
+    # --- dependencies: images resolved through the registry before converting ---------------------
+    def dependencies(self) -> tuple[str, ...]:
+        """Image references this driver needs resolved (`bind`) before it converts anything."""
+        return ()
+
+    def resolve_dependency(
+        self, source: DependencySource, reference: str, store: ContentStore, platform: Platform | None
+    ) -> ResolvedDependency:
+        """Resolve one of `dependencies()`; what it needs of the image goes into `store`."""
+        raise NotImplementedError(f"driver {self.name} declares no dependencies")
+
+    def bind(self, resolved: Mapping[str, ResolvedDependency]) -> Driver:
+        """This driver using its resolved dependencies (by reference); a driver without any is unchanged."""
+        return self
+
+    # --- conversion cache -------------------------------------------------------------------------
+    def accepts_original_records(self) -> bool:
+        """Whether records of the original acceleration service's cache (no driver key) fit this driver."""
+        return False
+
+    def restore_original_record(
+        self, blob: Descriptor, source: Descriptor, store: ContentStore
+    ) -> ConvertedLayer:
+        """The converted layer an original-service record (its blob `blob` is in `store`) stands for."""
+        raise NotImplementedError(f"driver {self.name} has no original-service cache records")
+
+    # --- conversion -------------------------------------------------------------------------------
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         raise NotImplementedError
 

@@ -2,6 +2,9 @@
 
 client = RegistryClient({"127.0.0.1:5000": HostConfig()})
 desc = client.resolve(Reference.parse("127.0.0.1:5000/app:v1"))
+
+Consumers type their client with the protocols of `accel.registry.interfaces` (`Registry` has every
+verb); `accel.registry.memory.MemoryRegistry` implements the same over dicts, for tests.
 """
 
 from accel.registry.auth import Credential, DockerConfig
@@ -15,6 +18,7 @@ from accel.registry.errors import (
     TransientRegistryError,
     is_transient,
 )
+from accel.registry.interfaces import Registry
 
 __all__ = [
     "AuthenticationError",
@@ -24,6 +28,7 @@ __all__ = [
     "Forbidden",
     "HostConfig",
     "NotFound",
+    "Registry",
     "RegistryClient",
     "RegistryError",
     "TransientRegistryError",

@@ -314,19 +314,9 @@ class RegistryClient:
             self._cancel_upload(repo_ref, self._absolute(resp, location))
         return False
 
-    def push_blob(
-        self,
-        repo_ref: Reference,
-        desc: Descriptor,
-        store: ContentStore,
-        mount_from: Sequence[str] = (),
-    ) -> None:
-        """Make the blob exist in `repo_ref`'s repository: already there, mounted, or uploaded."""
-        if self.blob_exists(repo_ref, desc.digest):
-            return
-        for source in mount_from:
-            if source != repo_ref.repository and self.mount_blob(repo_ref, desc.digest, source):
-                return
+    def push_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> None:
+        """Upload the stored blob (monolithic, or in chunks when large); `accel.copy.copy_blob` checks
+        whether it exists or can be mounted first."""
         path = store.path(desc.digest)
         size = path.stat().st_size
         what = f"push blob {dg.short(desc.digest)} to {repo_ref.name}"

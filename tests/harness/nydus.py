@@ -22,8 +22,7 @@ import pytest
 import zstandard
 
 from accel import digest as dg
-from accel import tools
-from accel.drivers.nydus import BOOTSTRAP_TAR_NAME
+from accel.drivers.nydus import BOOTSTRAP_TAR_NAME, tools
 from accel.errors import ConfigError
 from accel.store import ContentStore
 from tests.harness import trees

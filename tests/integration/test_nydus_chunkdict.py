@@ -15,14 +15,15 @@ import pytest
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import nydus_chunkdict
 from accel.compression import open_uncompressed
 from accel.context import context_for
 from accel.drivers import LayerInput, load_driver
+from accel.drivers.dependencies import DependencyResolver, stage_dependency_blobs
 from accel.drivers.nydus import ChunkDict, NydusDriver
+from accel.drivers.nydus import chunkdict as nydus_chunkdict
+from accel.drivers.nydus.chunkdict import resolve_chunk_dict
 from accel.errors import ConfigError, DriverError
 from accel.image import BuiltImage, BuiltManifest
-from accel.nydus_chunkdict import resolve_chunk_dict
 from accel.oci import Descriptor, ImageConfig, Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
@@ -243,7 +244,7 @@ def test_resolver_re_resolves_after_its_ttl(monkeypatch: pytest.MonkeyPatch, tmp
 
     monkeypatch.setattr(nydus_chunkdict, "resolve_chunk_dict", fake_resolve)
     now = [0.0]
-    resolver = nydus_chunkdict.ChunkDictResolver(
+    resolver = DependencyResolver(
         lambda: None,  # type: ignore[arg-type,return-value]
         ContentStore(tmp_path),
         ttl=60,
@@ -259,7 +260,7 @@ def test_resolver_re_resolves_after_its_ttl(monkeypatch: pytest.MonkeyPatch, tmp
     assert second.chunk_dict == _chunk_dict("second") and len(resolved) == 2
     assert first.version != second.version
     # Both stay known: an image built with the first may still be on its way to the registry.
-    assert [d.image_digest for d in resolver.dictionaries()] == [
+    assert [d.image_digest for d in resolver.resolved()] == [
         _chunk_dict("first").image_digest,
         _chunk_dict("second").image_digest,
     ]
@@ -300,7 +301,7 @@ def test_dictionary_blobs_are_mounted_else_fetched_for_the_push(tmp_path: Path) 
 
     fake = _FakeRegistry(mountable={mounted.digest})
     target = Reference.parse("registry.local/app:v1-nydus")
-    staged = nydus_chunkdict.stage_dictionary_blobs(fake, target, image, [chunk_dict], store)
+    staged = stage_dependency_blobs(fake, target, image, [chunk_dict], store)
     assert staged == [mounted, copied]
     assert fake.calls == [
         ("exists", mounted.digest),
@@ -312,6 +313,6 @@ def test_dictionary_blobs_are_mounted_else_fetched_for_the_push(tmp_path: Path) 
     # Another registry cannot mount: the blob goes through the store.
     fake = _FakeRegistry(mountable={mounted.digest})
     elsewhere = Reference.parse("other.example/app:v1-nydus")
-    nydus_chunkdict.stage_dictionary_blobs(fake, elsewhere, image, [chunk_dict], store)
+    stage_dependency_blobs(fake, elsewhere, image, [chunk_dict], store)
     assert ("fetch from registry.local/dict", mounted.digest) in fake.calls
     assert not any(call.startswith("mount") for call, _ in fake.calls)

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from accel import constants as mt
+from accel import copy
 from accel import digest as dg
+from accel.copy import BlobCopy
 from accel.errors import DigestMismatch
 from accel.oci import Descriptor, Platform
 from accel.reference import Reference
@@ -129,7 +131,7 @@ def test_blob_already_in_store_is_not_fetched_and_existing_blob_not_uploaded(
     client.push_blob(ref, desc, store)
     fault_proxy.clear()
 
-    client.push_blob(ref, desc, store)  # exists: one HEAD, no upload
+    assert copy.copy_blob(client, ref, desc, store) is BlobCopy.EXISTS  # one HEAD, no upload
     client.fetch_blob(ref, desc, store)  # in the store: no request at all
 
     assert [(h.method, h.status) for h in fault_proxy.hits] == [("HEAD", 200)]
@@ -211,7 +213,7 @@ def test_cross_repository_mount(request, clients, store, repo_name, server_fixtu
     assert client.blob_exists(target, desc.digest)
 
 
-def test_mount_of_unknown_blob_is_refused_and_push_blob_falls_back_to_upload(
+def test_mount_of_unknown_blob_is_refused_and_copy_blob_falls_back_to_upload(
     fault_proxy, clients, store, repo_name
 ):
     client = make_client(clients)
@@ -219,21 +221,22 @@ def test_mount_of_unknown_blob_is_refused_and_push_blob_falls_back_to_upload(
     desc = put_blob(store, b"never pushed anywhere")
 
     assert client.mount_blob(target, desc.digest, f"{repo_name}/elsewhere") is False
-    client.push_blob(target, desc, store, mount_from=[f"{repo_name}/elsewhere"])
+    copied = copy.copy_blob(client, target, desc, store, mount_from=[f"{repo_name}/elsewhere"])
 
+    assert copied is BlobCopy.UPLOADED
     assert client.blob_exists(target, desc.digest)
     assert fault_proxy.count(r"/blobs/uploads/", "DELETE") == 2  # both refused mounts' sessions cancelled
     assert fault_proxy.count(r"/blobs/uploads/", "PUT") == 1
 
 
-def test_push_blob_mounts_instead_of_uploading(fault_proxy, clients, store, repo_name):
+def test_copy_blob_mounts_instead_of_uploading(fault_proxy, clients, store, repo_name):
     client = make_client(clients)
     source, target = ref_for(fault_proxy.host, f"{repo_name}/a"), ref_for(fault_proxy.host, f"{repo_name}/b")
     desc = put_blob(store, os.urandom(10_000))
     client.push_blob(source, desc, store)
     fault_proxy.clear()
 
-    client.push_blob(target, desc, store, mount_from=[source.repository])
+    assert copy.copy_blob(client, target, desc, store, mount_from=[source.repository]) is BlobCopy.MOUNTED
 
     assert fault_proxy.count(r"/blobs/uploads/", "PUT") == 0
     assert fault_proxy.count(r"/blobs/uploads/", "POST") == 1

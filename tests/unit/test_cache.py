@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -15,7 +16,7 @@ from accel import cache
 from accel import constants as mt
 from accel import digest as dg
 from accel import image as img
-from accel.drivers import ConvertedLayer, Driver, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, Driver, DriverOptions, LayerInput, load_driver
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
@@ -167,6 +168,41 @@ def test_merge_entries_puts_used_records_first_and_evicts_the_oldest() -> None:
     other_key = _entry("a", key="other")
     assert cache.merge_entries([a], [other_key], size=5) == [a, other_key]  # per driver/options
     assert cache.merge_entries([a], [b, c], size=5, gone=frozenset({b.layer.digest})) == [a, c]
+
+
+def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_follow_them() -> None:
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source"), size=6)
+    layer = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"blob"), size=4)
+    local = Descriptor(media_type="application/octet-stream", digest=dg.of_bytes(b"bootstrap"), size=9)
+    converted = ConvertedLayer(
+        source=source, descriptor=layer, diff_id=layer.digest, extra={"k": "v"}, local_blobs=(local,)
+    )
+
+    class _Driver(Driver):
+        name = "fake"
+
+        def cache_key(self) -> str:
+            return "fake-key"
+
+    class _Store:
+        def exists(self, digest: str) -> bool:
+            return True
+
+        def size(self, digest: str) -> int:
+            return local.size
+
+    entry = cache.cache_entry(_Driver(DriverOptions()), converted, _Store())  # type: ignore[arg-type]
+    assert [(b.media_type, b.digest) for b in entry.blobs] == [(mt.ACCEL_CACHE_BLOB, local.digest)]
+    assert entry.layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) == source.digest
+    assert cache._converted_from_record(entry, source) == converted
+    # A record written before records named their local blobs: the blobs following it are they.
+    record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
+    del record["localBlobs"]
+    annotations = dict(entry.layer.annotations or {}) | {mt.ACCEL_CACHE_RECORD: json.dumps(record)}
+    older = dataclasses.replace(entry, layer=entry.layer.with_(annotations=annotations))
+    restored = cache._converted_from_record(older, source)
+    assert [(b.digest, b.size) for b in restored.local_blobs] == [(local.digest, local.size)]
+    assert restored.extra == converted.extra
 
 
 # --- the three upstream cases, per driver -----------------------------------------------------------

@@ -374,7 +374,7 @@ def test_oversized_members_are_compressed_inline(
 ) -> None:
     import accel.drivers.estargz as estargz
 
-    monkeypatch.setattr(estargz, "MEMBER_BUFFER_LIMIT", 1000)
+    monkeypatch.setattr(estargz.members, "MEMBER_BUFFER_LIMIT", 1000)
     source = _all_kinds_tar()
     reference, _ = _convert(ContentStore(store.root.parent / "reference"), source, chunk_size=SMALL_CHUNK)
     result, blob = _convert(store, source, chunk_size=SMALL_CHUNK)

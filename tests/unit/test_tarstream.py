@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from accel.tarstream import TarError, TarFormat, TarScanner, Timestamp
+from accel.tarstream import TarError, TarFormat, TarScanner, Timestamp, parse_header_block
 from tests.harness.imagegen import tar_info as _info
 
 
@@ -172,3 +172,26 @@ def test_padding_short_at_end_of_stream_ends_the_archive() -> None:
     scanner = TarScanner(io.BytesIO(raw))
     (member,) = list(scanner)
     assert member.padding == bytes(97) and scanner.end_bytes == b""
+
+
+def test_a_single_header_block_parses_on_its_own() -> None:
+    raw = _tar(
+        [
+            (_info("dir/small", uid=7), b"hello\n"),
+            (_info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3), None),
+        ],
+        tarfile.USTAR_FORMAT,
+    )
+    header, data_size = parse_header_block(raw[:512])
+    assert (header.name, header.typeflag, header.uid, header.size, data_size) == (b"dir/small", b"0", 7, 6, 6)
+    header, data_size = parse_header_block(raw[1024:1536])
+    assert (header.name, header.typeflag, header.devmajor, header.devminor) == (b"dev/null", b"3", 1, 3)
+    assert data_size == 0  # header-only type
+    with pytest.raises(TarError):
+        parse_header_block(bytes(512))  # an end-of-archive block is no header
+    with pytest.raises(TarError):
+        parse_header_block(raw[:100])
+    corrupt = bytearray(raw[:512])
+    corrupt[0] ^= 0xFF
+    with pytest.raises(TarError, match="checksum"):
+        parse_header_block(bytes(corrupt))

@@ -158,13 +158,13 @@ def test_chunking_edge_cases() -> None:
 
 
 def test_crc64_iso_matches_go_check_value_and_chains() -> None:
-    assert zc._crc64_iso_python(0, b"123456789") == 0xB90956C775A41001
+    assert zc.crc64._crc64_iso_python(0, b"123456789") == 0xB90956C775A41001
     data = random.Random(1).randbytes(100_000)
     crc = zc.Crc64()
     crc.update(data[:777])
     crc.update(data[777:])
-    assert crc.value == zc._crc64_update(0, data) == zc._crc64_iso_python(0, data)
-    assert zc._crc64_iso_python(zc._crc64_iso_python(0, data[:5]), data[5:]) == crc.value
+    assert crc.value == zc.crc64._crc64_update(0, data) == zc.crc64._crc64_iso_python(0, data)
+    assert zc.crc64._crc64_iso_python(zc.crc64._crc64_iso_python(0, data[:5]), data[5:]) == crc.value
 
 
 # --- building source layers ----------------------------------------------------------------------------
@@ -382,10 +382,10 @@ def test_annotation_formats() -> None:
 
 
 def test_large_frames_stream_and_backpressure(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(zc, "LARGE_FRAME", 50_000)
-    monkeypatch.setattr(zc, "MAX_PENDING_BYTES", 100_000)
-    monkeypatch.setattr(zc, "READ_SIZE", 30_000)
-    monkeypatch.setattr(zc, "_ZERO_BLOCK", bytes(30_000))
+    monkeypatch.setattr(zc.frames, "LARGE_FRAME", 50_000)
+    monkeypatch.setattr(zc.frames, "MAX_PENDING_BYTES", 100_000)
+    monkeypatch.setattr(zc.writer, "READ_SIZE", 30_000)
+    monkeypatch.setattr(zc.writer, "_ZERO_BLOCK", bytes(30_000))
     content = b"abcdefgh" * 40_000 + bytes(300_000) + random.Random(3).randbytes(400_000)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:

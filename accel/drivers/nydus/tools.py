@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accel.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # accel/drivers/nydus/tools.py
 PROJECT_TOOLS_BIN = PROJECT_ROOT / ".tools" / "bin"
 
 NYDUS_RS_VERSION = "2.2.0"

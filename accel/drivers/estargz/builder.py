@@ -1,0 +1,161 @@
+"""Re-encoding tar entries into eStargz members: headers, chunked payloads, the TOC entry and the footer."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import tarfile
+from typing import Any
+
+from accel import constants as mt
+from accel.drivers.estargz.entries import READ_SIZE, TAR_ENCODING, TAR_ERRORS, Entry
+from accel.drivers.estargz.footer import footer_bytes
+from accel.drivers.estargz.members import GzipMembers
+from accel.drivers.estargz.toc import TOC_TYPES, TOC_VERSION, TocEntry, modtime, toc_text
+from accel.errors import DriverError, InvalidImage
+from accel.store import BlobWriter
+
+_TAR_BLOCK = 512
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    toc_digest: str
+    diff_id: str
+    uncompressed_size: int
+
+
+class BlobBuilder:
+    """Re-encodes tar entries into eStargz members and collects the TOC."""
+
+    def __init__(self, out: BlobWriter, level: int, chunk_size: int) -> None:
+        self._out = out
+        self._chunk_size = chunk_size
+        self._members = GzipMembers(out, level)
+        self._toc: list[TocEntry] = []
+        # The reference writes userName/groupName only when they change for a uid/gid.
+        self._last_user: dict[int, str] = {}
+        self._last_group: dict[int, str] = {}
+
+    def close(self) -> None:
+        self._members.close()
+
+    def add(self, entry: Entry) -> None:
+        header = _output_header(entry.info)
+        toc_entry = self._toc_entry(header)
+        self._members.write(header.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS))
+        if toc_entry.type != "reg":
+            self._toc.append(toc_entry)
+            return
+        if entry.payload is None:
+            raise DriverError(f"no payload for regular file {entry.info.name!r}")
+        file_digest = hashlib.sha256()
+        chunk_entry = toc_entry  # the first chunk is described by the file's own entry
+        for chunk_offset in range(0, header.size, self._chunk_size):
+            chunk = min(self._chunk_size, header.size - chunk_offset)
+            if chunk == self._chunk_size:
+                chunk_entry.chunk_size = chunk  # the reference leaves it out on a short last chunk
+            # Each chunk starts a gzip member; the tar padding and the headers that follow share it.
+            chunk_entry.member = self._members.new_member()
+            chunk_entry.chunk_offset = chunk_offset
+            chunk_entry.chunk_digest = self._copy(entry, chunk, file_digest)
+            self._toc.append(chunk_entry)
+            chunk_entry = TocEntry(name=toc_entry.name, type="chunk")
+        if header.size == 0:
+            self._toc.append(toc_entry)
+        self._members.write(b"\0" * (-header.size % _TAR_BLOCK))
+        toc_entry.digest = "sha256:" + file_digest.hexdigest()
+
+    def _copy(self, entry: Entry, size: int, file_digest: Any) -> str:
+        assert entry.payload is not None
+        chunk_digest = hashlib.sha256()
+        while size > 0:
+            piece = entry.payload.read(min(size, READ_SIZE))
+            if not piece:
+                raise InvalidImage(f"tar entry {entry.info.name!r} is truncated")
+            chunk_digest.update(piece)
+            file_digest.update(piece)
+            self._members.write(piece)
+            size -= len(piece)
+        return "sha256:" + chunk_digest.hexdigest()
+
+    def _toc_entry(self, header: tarfile.TarInfo) -> TocEntry:
+        kind = "reg" if header.type == tarfile.REGTYPE else TOC_TYPES[header.type]
+        xattrs = {
+            toc_text(key[len(_XATTR_PAX_PREFIX) :]): base64.b64encode(
+                value.encode(TAR_ENCODING, TAR_ERRORS)
+            ).decode("ascii")
+            for key, value in sorted(header.pax_headers.items())
+            if key.startswith(_XATTR_PAX_PREFIX)
+        }
+        # tarfile strips a directory's trailing slash and writes it back; name it as written.
+        name = header.name + "/" if header.isdir() and not header.name.endswith("/") else header.name
+        entry = TocEntry(
+            name=toc_text(name),
+            type=kind,
+            size=header.size if kind == "reg" else 0,
+            modtime=modtime(header.mtime),
+            link_name=toc_text(header.linkname) if kind in ("hardlink", "symlink") else "",
+            mode=header.mode,
+            uid=header.uid,
+            gid=header.gid,
+            user_name=_name_if_changed(self._last_user, header.uid, toc_text(header.uname)),
+            group_name=_name_if_changed(self._last_group, header.gid, toc_text(header.gname)),
+            xattrs=xattrs or None,
+        )
+        if kind in ("char", "block"):
+            entry.dev_major, entry.dev_minor = header.devmajor, header.devminor
+        return entry
+
+    def finish(self) -> BuildResult:
+        self._members.drain()
+        offsets = self._members.offsets
+        toc = {"version": TOC_VERSION, "entries": [entry.to_json(offsets) for entry in self._toc]}
+        toc_json = json.dumps(toc, indent="\t", ensure_ascii=False).encode()
+
+        toc_header = tarfile.TarInfo(mt.ESTARGZ_TOC_TAR_NAME)
+        toc_header.size = len(toc_json)
+        toc_header.mode = 0
+        toc_member = self._members.new_member()
+        self._members.write(toc_header.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS))
+        self._members.write(toc_json)
+        self._members.write(b"\0" * (-len(toc_json) % _TAR_BLOCK) + b"\0" * (2 * _TAR_BLOCK))
+        self._members.drain()
+        self._out.write(footer_bytes(self._members.offsets[toc_member]))
+        return BuildResult(
+            toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+            diff_id=self._members.uncompressed.digest(),
+            uncompressed_size=self._members.uncompressed.size,
+        )
+
+
+def _name_if_changed(last: dict[int, str], ident: int, name: str) -> str:
+    if not name or last.get(ident) == name:
+        return ""
+    last[ident] = name
+    return name
+
+
+def _output_header(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The header we write for a source entry: same metadata, PAX-encodable, regular types normalised."""
+    if info.type not in TOC_TYPES and not info.isreg():
+        raise DriverError(f"unsupported tar entry type {info.type!r} for {info.name!r}")
+    out = tarfile.TarInfo(info.name)
+    out.type = tarfile.REGTYPE if info.isreg() else info.type  # also '\0', contiguous and sparse files
+    out.size = info.size if info.isreg() else 0
+    out.mode = info.mode & 0o7777  # what tarfile writes anyway; the TOC must agree with the header
+    out.uid, out.gid = info.uid, info.gid
+    out.uname, out.gname = info.uname, info.gname
+    out.mtime = info.mtime
+    out.linkname = info.linkname
+    out.devmajor, out.devminor = info.devmajor, info.devminor
+    # Sparse maps describe the source's on-disk layout, not ours (we write the payload expanded).
+    out.pax_headers = {
+        key: value
+        for key, value in info.pax_headers.items()
+        if not key.startswith("GNU.sparse.") and not (info.sparse is not None and key == "size")
+    }
+    return out

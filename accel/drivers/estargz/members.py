@@ -1,0 +1,99 @@
+"""Consecutive gzip members, compressed on a bounded thread pool (zlib-ng releases the GIL) in order."""
+
+from __future__ import annotations
+
+import collections
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from zlib_ng import zlib_ng
+
+from accel.digest import Digester
+from accel.store import BlobWriter
+
+# A member buffered beyond this is compressed inline instead of on the pool, so a huge chunk size or a
+# long run of headers never sits in memory whole.
+MEMBER_BUFFER_LIMIT = 16 << 20
+WORKERS = max(1, min(8, os.cpu_count() or 1))
+_GZIP_WBITS = 31  # deflate with a gzip header and trailer
+
+
+def _compress_member(pieces: list[bytes], level: int) -> bytes:
+    compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _GZIP_WBITS)
+    out = [compressor.compress(piece) for piece in pieces]
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+class GzipMembers:
+    """Writes consecutive gzip members to `out`, compressing buffered members on a bounded thread pool.
+
+    Uncompressed bytes go into the current member through `write`; `new_member` ends it. Members are
+    written in order. `offsets[i]` is member i's compressed offset once it has been written, and
+    `uncompressed` hashes every uncompressed byte in order (the DiffID of the whole blob).
+    """
+
+    def __init__(self, out: BlobWriter, level: int) -> None:
+        self._out = out
+        self._level = level
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="estargz-gzip")
+        self._in_flight: collections.deque[Future[bytes]] = collections.deque()
+        self._max_in_flight = 2 * WORKERS
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._inline: Any = None  # the compressor of an oversized member compressed on this thread
+        self.current = 0  # index of the member being filled
+        self.offsets: list[int] = []
+        self.uncompressed = Digester()
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.uncompressed.update(data)
+        if self._inline is not None:
+            self._out.write(self._inline.compress(data))
+            return
+        self._pieces.append(data)
+        self._buffered += len(data)
+        if self._buffered > MEMBER_BUFFER_LIMIT:
+            self._compress_inline()
+
+    def new_member(self) -> int:
+        """End the current member (unless it is still empty); return the index of the next one."""
+        if self._inline is not None:
+            self._out.write(self._inline.flush())
+            self._inline = None
+            self.current += 1
+        elif self._pieces:
+            self._in_flight.append(self._pool.submit(_compress_member, self._pieces, self._level))
+            self._pieces, self._buffered = [], 0
+            self.current += 1
+            while len(self._in_flight) > self._max_in_flight:
+                self._write_oldest()
+        return self.current
+
+    def drain(self) -> None:
+        """End the current member and write every member still being compressed."""
+        self.new_member()
+        while self._in_flight:
+            self._write_oldest()
+
+    def close(self) -> None:
+        for future in self._in_flight:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write_oldest(self) -> None:
+        member = self._in_flight.popleft().result()
+        self.offsets.append(self._out.tell())
+        self._out.write(member)
+
+    def _compress_inline(self) -> None:
+        while self._in_flight:  # everything before this member must be in the file first
+            self._write_oldest()
+        self.offsets.append(self._out.tell())
+        self._inline = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, _GZIP_WBITS)
+        for piece in self._pieces:
+            self._out.write(self._inline.compress(piece))
+        self._pieces, self._buffered = [], 0

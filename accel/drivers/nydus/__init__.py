@@ -1,0 +1,67 @@
+"""Nydus (RAFS) driver, built with the real `nydus-image` builder; modelled on nydus-snapshotter's converter.
+
+Per layer, the uncompressed tar is streamed through a FIFO into `nydus-image create --type tar-rafs
+--blob-inline-meta`, which writes one "nydus blob": chunk data followed by a tar-like trailer holding the
+layer's RAFS bootstrap (`image.boot`), blob metadata and, for RAFS v6, a TOC (`rafs.blob.toc`). The layer's
+diff_id is the blob's own digest, as nydus-snapshotter records it. The bootstrap is pulled out of the trailer
+into the content store so `finish` can `nydus-image merge` all of them (each named after its blob digest,
+which merge uses as the blob id) into the image bootstrap, shipped as the last layer: a gzip tar holding
+`image/image.boot`.
+
+With `merge_manifest` the pushed root is one index holding, per platform, the source image (its manifest
+rewritten with an empty gzip layer first, see `finish_image`) and then the Nydus manifest marked with
+`artifactType: application/vnd.nydus.image.manifest.v1+json`, so one tag serves Nydus and plain clients.
+
+Every converted manifest carries `subject` (the source manifest) whatever the driver, so `with_referrer`
+is accepted for compatibility with acceld configs and is always on.
+
+With `oci_ref` (zran) the builder reads the *compressed* gzip source blob (`--type targz-ref`) and the Nydus
+layer holds only metadata; its `containerd.io/snapshot/nydus-ref` annotation names the original gzip blob,
+which the merged bootstrap uses as the data blob id, so that blob must stay in the target repository.
+
+With `chunk_dict_ref` another Nydus image serves as chunk dictionary: `create` and `merge` get its image
+bootstrap (`--chunk-dict bootstrap=PATH`) and store no chunk the dictionary already holds, pointing at the
+dictionary's blobs instead. The reference is resolved outside the driver (`chunkdict`), which hands it a
+`ChunkDict`. As in nydus-snapshotter, the manifest then lists the blobs the merged bootstrap
+references, in its order: layer blobs and dictionary blobs, while a layer left without data of its own
+(everything deduplicated, or only directories and whiteouts) is not listed.
+
+Limits of nydus-image 2.2.0 worth knowing: it writes a file's xattrs in hash-map order, so a layer with a
+file carrying two or more xattrs converts to different (equivalent) bytes on each run; its tar reader
+rejects blank device numbers on FIFO headers, which this driver fills in on the way (not possible for
+zran, which indexes the original bytes); `batch_size`, encryption and parent-bootstrap merges do not exist.
+
+Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
+`tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
+(resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `legacy`
+(original-service cache records) and `driver` (NydusDriver).
+"""
+
+from accel.drivers.nydus.chunkdict import ChunkDict, resolve_chunk_dict
+from accel.drivers.nydus.driver import NydusDriver
+from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, CHUNK_DICT_HISTORY
+from accel.drivers.nydus.merge_manifest import EMPTY_GZIP_LAYER, EMPTY_LAYER_HISTORY
+from accel.drivers.nydus.options import NydusOptions
+from accel.drivers.nydus.trailer import (
+    BOOTSTRAP_TAR_NAME,
+    ENTRY_BOOTSTRAP,
+    ENTRY_TOC,
+    TrailerEntry,
+    extract_trailer_entry,
+)
+
+__all__ = [
+    "BOOTSTRAP_HISTORY",
+    "BOOTSTRAP_TAR_NAME",
+    "CHUNK_DICT_HISTORY",
+    "EMPTY_GZIP_LAYER",
+    "EMPTY_LAYER_HISTORY",
+    "ENTRY_BOOTSTRAP",
+    "ENTRY_TOC",
+    "ChunkDict",
+    "NydusDriver",
+    "NydusOptions",
+    "TrailerEntry",
+    "extract_trailer_entry",
+    "resolve_chunk_dict",
+]

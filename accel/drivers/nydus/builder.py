@@ -1,0 +1,133 @@
+"""The `nydus-image` process: running create/merge with its output logged, feeding a tar through a FIFO.
+
+The builder reads its input tar from a path, so a layer is streamed into a FIFO while the builder runs
+(fixed up on the way, see `tar.builder_compatible_tar`) instead of being written to disk first.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from accel.drivers.nydus.tar import builder_compatible_tar
+from accel.errors import DriverError
+from accel.store import ContentStore
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 40
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_builder(
+    builder: Path,
+    args: list[str],
+    *,
+    what: str,
+    stdin_text: str | None = None,
+    fifo: Path | None = None,
+    source: BinaryIO | None = None,
+) -> None:
+    """Run the builder; optionally feed `source` into `fifo` (its input path) while it runs."""
+    command = [str(builder), *args]
+    log.debug("running %s", " ".join(command))
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    threads = [threading.Thread(target=_pump_log, args=(proc.stdout, tail, what), daemon=True)]
+    if stdin_text is not None:
+        assert proc.stdin is not None
+        threads.append(threading.Thread(target=_write_text, args=(proc.stdin, stdin_text), daemon=True))
+    for thread in threads:
+        thread.start()
+    try:
+        if fifo is not None and source is not None:
+            _feed_fifo(fifo, source, proc)
+        returncode = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for thread in threads:
+            thread.join()
+    if returncode != 0:
+        detail = "\n".join(tail) or "(no output)"
+        raise DriverError(f"nydus-image {what} failed with exit code {returncode}:\n{detail}")
+
+
+@contextlib.contextmanager
+def scratch_dir(store: ContentStore) -> Iterator[Path]:
+    # Inside the store's ingest area, so finished files move into blobs/ with a rename.
+    with tempfile.TemporaryDirectory(prefix="nydus-", dir=store.root / "ingest") as name:
+        yield Path(name)
+
+
+def _pump_log(stream: IO[bytes], tail: collections.deque[str], what: str) -> None:
+    for raw in stream:
+        line = _ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
+        if line:
+            tail.append(line)
+            log.info("nydus-image %s: %s", what, line)
+    stream.close()
+
+
+def _write_text(stream: IO[bytes], text: str) -> None:
+    # The builder may exit without reading stdin; that is its business, not an error here.
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.write(text.encode())
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.close()
+
+
+def _open_fifo_writer(fifo: Path, proc: subprocess.Popen[bytes]) -> int | None:
+    """Open the FIFO once the builder opened it for reading; None when the builder exited first."""
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            if proc.poll() is not None:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return fd
+
+
+def _feed_fifo(fifo: Path, source: BinaryIO, proc: subprocess.Popen[bytes]) -> None:
+    fd = _open_fifo_writer(fifo, proc)
+    if fd is None:
+        return
+    with os.fdopen(fd, "wb", buffering=0) as sink:
+        try:
+            for chunk in builder_compatible_tar(source):
+                view = memoryview(chunk)
+                while view:
+                    written = sink.write(view)
+                    view = view[written or 0 :]
+        except BrokenPipeError:
+            # The builder stopped reading (it failed); its exit code and output tell why.
+            pass

@@ -1,0 +1,465 @@
+"""`NydusDriver`: per layer `nydus-image create`, per image `nydus-image merge` and the bootstrap layer.
+
+The package docstring (`accel.drivers.nydus`) describes the format and the options; the builder process,
+the blob trailer, tar fix-ups, history and the merged-manifest variant live in their own modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from accel import constants as mt
+from accel import digest as dg
+from accel import mutate, oci
+from accel.drivers.base import (
+    ConvertedLayer,
+    DependencySource,
+    Driver,
+    DriverOptions,
+    ImagePlan,
+    LayerInput,
+    ResolvedDependency,
+    oci_unless_docker_kept,
+)
+from accel.drivers.nydus import chunkdict, tools
+from accel.drivers.nydus.builder import run_builder, scratch_dir
+from accel.drivers.nydus.chunkdict import ChunkDict
+from accel.drivers.nydus.history import history_with_bootstrap
+from accel.drivers.nydus.legacy import converted_from_original_record
+from accel.drivers.nydus.merge_manifest import _oci_variant
+from accel.drivers.nydus.options import NydusOptions
+from accel.drivers.nydus.trailer import (
+    ENTRY_BOOTSTRAP,
+    ENTRY_TOC,
+    bootstrap_blob,
+    extract_trailer_entry,
+    pack_bootstrap,
+)
+from accel.errors import DriverError
+from accel.model import BuiltImage, SourceImage
+from accel.oci import Platform
+from accel.store import ContentStore
+
+
+class NydusDriver(Driver):
+    name = "nydus"
+    options_model = NydusOptions
+    implementation_version = "1"
+    source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
+
+    options: NydusOptions
+
+    def __init__(self, options: DriverOptions, chunk_dict: ChunkDict | None = None) -> None:
+        super().__init__(options)
+        self._builder_path: Path | None = None
+        self.chunk_dict = chunk_dict
+
+    def with_chunk_dict(self, chunk_dict: ChunkDict) -> NydusDriver:
+        """This driver using `chunk_dict`, the resolved `chunk_dict_ref`."""
+        if chunk_dict.fs_version and chunk_dict.fs_version != self.options.fs_version:
+            raise DriverError(
+                f"nydus chunk_dict_ref {chunk_dict.reference} is RAFS v{chunk_dict.fs_version}, "
+                f"the driver builds v{self.options.fs_version}: they must match"
+            )
+        bound = NydusDriver(self.options, chunk_dict)
+        bound._builder_path = self._builder_path
+        return bound
+
+    def writes_oci(self, source_media_type: str) -> bool:
+        return oci_unless_docker_kept(self.options.docker2oci, source_media_type)  # as in acceld
+
+    # --- chunk dictionary: resolved by the engine, outside the driver -----------------------------
+    def dependencies(self) -> tuple[str, ...]:
+        return (self.options.chunk_dict_ref,) if self.options.chunk_dict_ref else ()
+
+    def resolve_dependency(
+        self, source: DependencySource, reference: str, store: ContentStore, platform: Platform | None
+    ) -> ChunkDict:
+        return chunkdict.resolve_chunk_dict(source, reference, store, platform)
+
+    def bind(self, resolved: Mapping[str, ResolvedDependency]) -> NydusDriver:
+        if not self.options.chunk_dict_ref:
+            return self
+        chunk_dict = resolved[self.options.chunk_dict_ref]
+        if not isinstance(chunk_dict, ChunkDict):
+            raise TypeError(f"nydus chunk_dict_ref resolved to {type(chunk_dict).__name__}, not a ChunkDict")
+        return self.with_chunk_dict(chunk_dict)
+
+    # --- conversion cache: records of the original acceleration service ---------------------------
+    def accepts_original_records(self) -> bool:
+        # They carry no options: taken to be what the default options produce.
+        return self.options == NydusOptions()
+
+    def restore_original_record(
+        self, blob: oci.Descriptor, source: oci.Descriptor, store: ContentStore
+    ) -> ConvertedLayer:
+        return converted_from_original_record(store, blob, source, self.options.fs_version)
+
+    def _required_chunk_dict(self) -> ChunkDict | None:
+        if self.options.chunk_dict_ref and self.chunk_dict is None:
+            raise DriverError(
+                f"nydus chunk_dict_ref {self.options.chunk_dict_ref} is not resolved: "
+                "the engine resolves driver dependencies (Context.driver does this)"
+            )
+        return self.chunk_dict
+
+    # --- builder -----------------------------------------------------------------------------------
+    @property
+    def builder(self) -> Path:
+        if self._builder_path is None:
+            self._builder_path = tools.nydus_builder(self.options.builder)
+        return self._builder_path
+
+    @property
+    def builder_version(self) -> str:
+        return tools.tool_version(self.builder)
+
+    @property
+    def version(self) -> str:
+        """Builder version, and the dictionary image when there is one: a new dictionary, new bytes."""
+        version = f"{self.implementation_version}+nydus-image-{self.builder_version}"
+        if self.chunk_dict is not None:
+            version += f"+chunk-dict-{dg.hex_of(self.chunk_dict.image_digest)[:16]}"
+        return version
+
+    def _run_builder(
+        self,
+        args: list[str],
+        *,
+        what: str,
+        stdin_text: str | None = None,
+        fifo: Path | None = None,
+        source: BinaryIO | None = None,
+    ) -> None:
+        run_builder(self.builder, args, what=what, stdin_text=stdin_text, fifo=fifo, source=source)
+
+    # --- per layer ---------------------------------------------------------------------------------
+    def _create_args(
+        self, blob_path: Path, source_path: Path, store: ContentStore, chunk_dict: ChunkDict | None
+    ) -> list[str]:
+        opts = self.options
+        args = [
+            "create",
+            "--log-level", "warn",
+            "--type", "tar-rafs",
+            "--blob-inline-meta",
+            "--fs-version", opts.fs_version,
+            "--whiteout-spec", "none",
+            "--prefetch-policy", "fs",
+            "--compressor", opts.compressor,
+            "--blob", str(blob_path),
+        ]  # fmt: skip
+        if opts.fs_version == "6":
+            # 2.2.0 refuses the TOC for v5; nydus-snapshotter adds it for v6 only as well.
+            args += ["--features", "blob-toc"]
+        if opts.chunk_size:
+            args += ["--chunk-size", opts.chunk_size]
+        if opts.fs_align_chunk:
+            args.append("--aligned-chunk")
+        if chunk_dict is not None:
+            args += _chunk_dict_args(store, chunk_dict)
+        args.append(str(source_path))
+        return args
+
+    def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
+        chunk_dict = self._required_chunk_dict()
+        if self.options.oci_ref:
+            return self._convert_layer_ref(layer)
+        store = layer.store
+        with scratch_dir(store) as work:
+            blob_path = work / "layer.blob"
+            fifo = work / "layer.tar"
+            os.mkfifo(fifo, 0o600)
+            with layer.open_tar() as tar_stream:
+                self._run_builder(
+                    self._create_args(blob_path, fifo, store, chunk_dict),
+                    what=f"create for layer {dg.short(layer.descriptor.digest)}",
+                    stdin_text=self.options.prefetch_input,
+                    fifo=fifo,
+                    source=tar_stream,
+                )
+            # Only now, after the source tar matched its diff_id, does the blob enter the store.
+            blob_digest, blob_size = store.commit_file(blob_path)
+        bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
+        extra = {"bootstrap": bootstrap.digest, "fs_version": self.options.fs_version}
+        if bootstrap.toc_digest:
+            extra["blob_toc_digest"] = bootstrap.toc_digest
+        if chunk_dict is not None:
+            # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
+            extra["chunk_dict"] = chunk_dict.image_digest
+        descriptor = oci.Descriptor(
+            media_type=mt.NYDUS_BLOB,
+            digest=blob_digest,
+            size=blob_size,
+            annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+        )
+        # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
+        return ConvertedLayer(
+            source=layer.descriptor,
+            descriptor=descriptor,
+            diff_id=blob_digest,
+            extra=extra,
+            local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+        )
+
+    def _convert_layer_ref(self, layer: LayerInput) -> ConvertedLayer:
+        """zran: index the original gzip blob; the Nydus layer keeps only RAFS and zran metadata."""
+        if not oci.is_gzip_layer(layer.descriptor.media_type):
+            raise DriverError(
+                f"oci_ref needs gzip layers, layer {layer.descriptor.digest} is {layer.descriptor.media_type}"
+            )
+        store = layer.store
+        with scratch_dir(store) as work:
+            blob_path = work / "layer.ref.blob"
+            args = [
+                "create",
+                "--log-level", "warn",
+                "--type", "targz-ref",
+                "--blob-inline-meta",
+                "--features", "blob-toc",
+                "--blob", str(blob_path),
+                str(layer.path),
+            ]  # fmt: skip
+            # The source blob is already verified by digest in the store; the builder reads it directly.
+            try:
+                self._run_builder(args, what=f"create (zran) for layer {dg.short(layer.descriptor.digest)}")
+            except DriverError as exc:
+                if "device_major" not in str(exc):
+                    raise
+                # Python's tarfile leaves FIFO device numbers blank; zran indexes the original bytes,
+                # so unlike a normal conversion the headers cannot be fixed on the way in.
+                raise DriverError(
+                    f"{exc}\nhint: the layer has a FIFO or device header with blank device numbers, which "
+                    f"nydus-image {tools.NYDUS_RS_VERSION} cannot index in place; convert without oci_ref"
+                ) from None
+            blob_digest, blob_size = store.commit_file(blob_path)
+        bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
+        if not bootstrap.toc_digest:
+            raise DriverError(f"zran blob {blob_digest} has no {ENTRY_TOC}")
+        descriptor = oci.Descriptor(
+            media_type=mt.NYDUS_BLOB,
+            digest=blob_digest,
+            size=blob_size,
+            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest},
+        )
+        extra = {"bootstrap": bootstrap.digest, "fs_version": "6", "blob_toc_digest": bootstrap.toc_digest}
+        return ConvertedLayer(
+            source=layer.descriptor,
+            descriptor=descriptor,
+            diff_id=blob_digest,
+            extra=extra,
+            local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+            companions=(layer.descriptor,),  # the data stays in the original gzip blob
+        )
+
+    # --- whole image -------------------------------------------------------------------------------
+    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
+        layers = [layer for layer in plan.layers if layer.descriptor.annotation(mt.NYDUS_BLOB_ANNOTATION)]
+        if not layers:
+            raise DriverError("nydus finish: the plan has no nydus blob layers to merge")
+        if len(layers) != len(plan.layers):
+            raise DriverError("nydus finish: the plan mixes nydus blob layers with other layers")
+        fs_version = "6" if self.options.oci_ref else self.options.fs_version
+        chunk_dict = self._required_chunk_dict()
+        used = {layer.extra.get("chunk_dict") for layer in layers}
+        wanted = chunk_dict.image_digest if chunk_dict else None
+        if used != {wanted}:
+            # The dictionary moved (its tag was pushed again) between converting layers and merging them.
+            raise DriverError(
+                f"nydus finish: layers were converted with chunk dictionaries {sorted(map(str, used))}, "
+                f"the merge would use {wanted}; convert again"
+            )
+
+        with scratch_dir(store) as work:
+            merged = work / "image.boot"
+            output_json = work / "merge-output.json"
+            sources, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
+            args = [
+                "merge",
+                "--log-level", "warn",
+                "--prefetch-policy", "fs",
+                "--output-json", str(output_json),
+                "--bootstrap", str(merged),
+                *[str(s) for s in sources],
+            ]  # fmt: skip
+            if self.options.oci_ref:
+                # The bootstraps are named after the gzip blobs (the data); these describe the meta blobs.
+                args += [
+                    "--blob-digests",
+                    ",".join(dg.hex_of(layer.descriptor.digest) for layer in layers),
+                    "--blob-sizes",
+                    ",".join(str(layer.descriptor.size) for layer in layers),
+                    "--blob-toc-digests",
+                    ",".join(dg.hex_of(layer.extra["blob_toc_digest"]) for layer in layers),
+                ]
+            if chunk_dict is not None:
+                # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
+                args += _chunk_dict_args(store, chunk_dict)
+            self._run_builder(args, what="merge", stdin_text=self.options.prefetch_input)
+            merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
+            if self.options.oci_ref:
+                if merged_blobs != blob_ids:
+                    raise DriverError(
+                        f"nydus merge references blobs {merged_blobs}, "
+                        f"expected the layer blobs {blob_ids} in order"
+                    )
+                blob_layers, positions = list(layers), list(range(len(layers)))
+            else:
+                blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
+            merged_digest, _ = store.commit_file(merged)
+
+        bootstrap_layer = self._bootstrap_layer(plan, store, merged_digest, fs_version)
+        annotations = dict(plan.manifest_annotations)
+        annotations.update(
+            {
+                mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
+                mt.ACCEL_NYDUS_BUILDER_VERSION: self.builder_version,
+            }
+        )
+        return dataclasses.replace(
+            plan,
+            layers=(*blob_layers, bootstrap_layer),
+            history=history_with_bootstrap(plan, positions),
+            manifest_annotations=annotations,
+            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
+        )
+
+    def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
+        """merge_manifest: one index with every platform's OCI manifest first, then the Nydus manifests.
+
+        Clients that pick the first manifest matching their platform get the OCI image; Nydus-aware ones
+        find the entries marked with the Nydus artifactType. The index keeps `subject` and annotations of
+        the converted root.
+        """
+        if not self.options.merge_manifest:
+            return image
+        oci_manifests = [_oci_variant(m, store) for m in source.manifests]
+        nydus_entries = [m.descriptor.with_(artifact_type=mt.NYDUS_ARTIFACT_TYPE) for m in image.manifests]
+        # The converted root (an index, or the single manifest) hands over its subject and annotations.
+        converted_root = json.loads(store.read_bytes(image.root.digest))
+        subject = converted_root.get("subject")
+        merged = mutate.index(
+            mt.OCI_INDEX,
+            [*(m.descriptor for m in oci_manifests), *nydus_entries],
+            subject=oci.Descriptor.model_validate(subject) if subject else None,
+            annotations=converted_root.get("annotations"),
+        )
+        root = mutate.store_document(merged, store)
+        nydus_manifests = [
+            m.model_copy(update={"descriptor": entry})
+            for m, entry in zip(image.manifests, nydus_entries, strict=True)
+        ]
+        return BuiltImage(root=root, manifests=(*oci_manifests, *nydus_manifests))
+
+    def _stage_bootstraps(
+        self, layers: list[ConvertedLayer], store: ContentStore, directory: Path
+    ) -> tuple[list[Path], list[str]]:
+        """Link each layer bootstrap under its data blob id: merge takes the blob id from the file name."""
+        directory.mkdir()
+        paths: list[Path] = []
+        blob_ids: list[str] = []
+        for index, layer in enumerate(layers):
+            data_blob = layer.descriptor.annotation(mt.NYDUS_REF_ANNOTATION) or layer.descriptor.digest
+            blob_id = dg.hex_of(data_blob)
+            if blob_id in blob_ids:
+                # The same layer twice in one image: merge needs distinct paths with the same name.
+                target = directory / str(index) / blob_id
+                target.parent.mkdir()
+            else:
+                target = directory / blob_id
+            source = store.path(layer.extra["bootstrap"])
+            try:
+                os.link(source, target)
+            except OSError:
+                target.symlink_to(source)
+            paths.append(target)
+            blob_ids.append(blob_id)
+        return paths, blob_ids
+
+    def _bootstrap_layer(
+        self, plan: ImagePlan, store: ContentStore, merged_digest: str, fs_version: str
+    ) -> ConvertedLayer:
+        digest, size, diff_id = pack_bootstrap(store, merged_digest)
+        docker_source = plan.source_manifest.media_type == mt.DOCKER_MANIFEST
+        media_type = (
+            mt.DOCKER_LAYER_GZIP if docker_source and not self.options.docker2oci else mt.OCI_LAYER_GZIP
+        )
+        descriptor = oci.Descriptor(
+            media_type=media_type,
+            digest=digest,
+            size=size,
+            annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true", mt.NYDUS_FS_VERSION_ANNOTATION: fs_version},
+        )
+        # The bootstrap layer has no source layer: it is derived from the whole source manifest.
+        return ConvertedLayer(
+            source=plan.source_manifest,
+            descriptor=descriptor,
+            diff_id=diff_id,
+            extra={"role": "bootstrap", "bootstrap": merged_digest, "fs_version": fs_version},
+        )
+
+    @classmethod
+    def is_converted(cls, layers: list[oci.Descriptor]) -> bool:
+        return any(
+            layer.annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) is not None
+            or layer.annotation(mt.NYDUS_BLOB_ANNOTATION) is not None
+            for layer in layers
+        )
+
+
+def _chunk_dict_args(store: ContentStore, chunk_dict: ChunkDict) -> list[str]:
+    return ["--chunk-dict", f"bootstrap={store.path(chunk_dict.bootstrap_digest)}"]
+
+
+def _layers_in_merge_order(
+    layers: list[ConvertedLayer],
+    blob_ids: list[str],
+    merged_blobs: list[str],
+    chunk_dict: ChunkDict | None,
+) -> tuple[list[ConvertedLayer], list[int | None]]:
+    """The blob layers the merged bootstrap references, in its order, with their indexes in `layers`.
+
+    Like nydus-snapshotter, the manifest lists what the bootstrap references: layer blobs in layer order,
+    with dictionary blobs among them. A layer whose bootstrap holds no chunk of its own (all deduplicated,
+    or only directories, links and whiteouts) is not referenced and so not listed; anything else is an error.
+    """
+    result: list[ConvertedLayer] = []
+    positions: list[int | None] = []
+    next_index = 0
+    for blob_id in merged_blobs:
+        index = next((i for i in range(next_index, len(blob_ids)) if blob_ids[i] == blob_id), None)
+        if index is not None:
+            result.append(layers[index])
+            positions.append(index)
+            next_index = index + 1
+            continue
+        dictionary_blob = chunk_dict.blob(blob_id) if chunk_dict else None
+        if chunk_dict is None or dictionary_blob is None:
+            expected = "layer blobs in order" + (" and chunk dictionary blobs" if chunk_dict else "")
+            raise DriverError(
+                f"nydus merge references blobs {merged_blobs}, expected the {expected} {blob_ids}"
+            )
+        result.append(_dictionary_layer(dictionary_blob, chunk_dict))
+        positions.append(None)
+    return result, positions
+
+
+def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedLayer:
+    descriptor = oci.Descriptor(
+        media_type=mt.NYDUS_BLOB,
+        digest=blob.digest,
+        size=blob.size,
+        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+    )
+    # Its diff_id is its digest, as for every nydus blob; it comes from the dictionary, not a source layer.
+    return ConvertedLayer(
+        source=descriptor,
+        descriptor=descriptor,
+        diff_id=blob.digest,
+        extra={"role": "chunk-dict", "chunk_dict": chunk_dict.image_digest},
+    )

@@ -1,0 +1,40 @@
+"""Records in the original service's conversion cache (goharbor/acceleration-service `pkg/cache`).
+
+Its records are bare nydus blobs annotated with the source layer digest: no driver options, no separate
+bootstrap. They are taken to be what the Nydus driver produces with its default options, and the layer
+bootstrap that `finish` needs is pulled out of the blob trailer, as conversion records it.
+"""
+
+from __future__ import annotations
+
+from accel import constants as mt
+from accel.drivers.base import ConvertedLayer
+from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, bootstrap_blob, extract_trailer_entry
+from accel.errors import InvalidImage
+from accel.oci import Descriptor
+from accel.store import ContentStore
+
+
+def converted_from_original_record(
+    store: ContentStore, blob: Descriptor, source: Descriptor, fs_version: str
+) -> ConvertedLayer:
+    """The ConvertedLayer for an original-service record whose nydus blob `blob` is in the store."""
+    bootstrap = extract_trailer_entry(store, blob.digest, ENTRY_BOOTSTRAP)
+    if (fs_version == "6") != (bootstrap.toc_digest is not None):
+        raise InvalidImage(f"cached Nydus blob {blob.digest} is not RAFS v{fs_version}")
+    extra = {"bootstrap": bootstrap.digest, "fs_version": fs_version}
+    if bootstrap.toc_digest:
+        extra["blob_toc_digest"] = bootstrap.toc_digest
+    descriptor = Descriptor(
+        media_type=mt.NYDUS_BLOB,
+        digest=blob.digest,
+        size=blob.size,
+        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+    )
+    return ConvertedLayer(
+        source=source,
+        descriptor=descriptor,
+        diff_id=blob.digest,
+        extra=extra,
+        local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+    )

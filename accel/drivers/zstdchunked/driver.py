@@ -1,0 +1,51 @@
+"""`ZstdChunkedDriver` and its options."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from accel import constants as mt
+from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
+from accel.drivers.zstdchunked.writer import write_zstd_chunked
+from accel.errors import DriverError
+from accel.oci import Descriptor
+
+
+class ZstdChunkedOptions(DriverOptions):
+    level: int = Field(default=3, ge=1, le=22)
+    # zstd layers only exist in OCI manifests; the image assembler converts Docker manifests when set.
+    docker2oci: bool = True
+
+
+class ZstdChunkedDriver(Driver):
+    name: ClassVar[str] = "zstdchunked"
+    options_model: ClassVar[type[DriverOptions]] = ZstdChunkedOptions
+    implementation_version: ClassVar[str] = "1"
+
+    @property
+    def zstd_options(self) -> ZstdChunkedOptions:
+        assert isinstance(self.options, ZstdChunkedOptions)
+        return self.options
+
+    def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
+        with layer.store.writer() as blob:
+            with layer.open_tar() as tar_stream:  # verifies the source DiffID on exit
+                result = write_zstd_chunked(tar_stream, blob, self.zstd_options.level)
+            if result.uncompressed_digest != layer.diff_id:
+                raise DriverError(
+                    f"zstd:chunked output of layer {layer.descriptor.digest} decompresses to "
+                    f"{result.uncompressed_digest}, not the source DiffID {layer.diff_id}"
+                )
+        assert blob.digest is not None
+        descriptor = Descriptor(
+            media_type=mt.OCI_LAYER_ZSTD, digest=blob.digest, size=blob.size, annotations=result.annotations
+        )
+        return ConvertedLayer(source=layer.descriptor, descriptor=descriptor, diff_id=layer.diff_id)
+
+    @classmethod
+    def is_converted(cls, layers: list[Descriptor]) -> bool:
+        return bool(layers) and all(
+            layer.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM) is not None for layer in layers
+        )

@@ -1,0 +1,163 @@
+"""Content-defined chunking as containers/storage does it: zero runs become "zeros" chunks, the rest is cut
+where the bup-style rolling sum over a 64-byte window has its low 16 bits all set.
+
+The rolling sum is evaluated for a whole block at once with numpy prefix sums (see `_rollsum_cuts`); a
+per-byte Python loop would be two orders of magnitude slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+ROLLSUM_BITS = 16
+HOLE_THRESHOLD = 1024  # zero runs at least this long become "zeros" chunks
+
+_WINDOW = 64
+# s2 == sum_{k=0..63} (k+1)*byte[p-k] + 64*63*31 (mod 2^32) for the reference RollSum; cut when its low
+# 16 bits are all ones, i.e. when the weighted sum is this value mod 2^16.
+_CUT_RESIDUE = (0xFFFF - _WINDOW * (_WINDOW - 1) * 31) % (1 << ROLLSUM_BITS)
+_CUT_MASK = (1 << ROLLSUM_BITS) - 1
+
+
+_ROLLSUM_SLICE = 64 << 10  # numpy temporaries stay cache- and allocator-friendly at this size
+
+
+def _rollsum_cuts(history: bytes, data: bytes) -> list[int]:
+    """Indexes i in `data` after which the reference rolling sum says "split"."""
+    cuts: list[int] = []
+    for offset in range(0, len(data), _ROLLSUM_SLICE):
+        before = (history + data[max(0, offset - (_WINDOW - 1)) : offset])[-(_WINDOW - 1) :]
+        cuts += [offset + i for i in _rollsum_cuts_slice(before, data[offset : offset + _ROLLSUM_SLICE])]
+    return cuts
+
+
+def _rollsum_cuts_slice(history: bytes, data: bytes) -> list[int]:
+    """`_rollsum_cuts` for one slice.
+
+    `history` is the 63 bytes before `data` in the file (zeros before the file start). Every window's
+    weighted sum comes from two prefix sums, in numpy (C speed): with S1 = cumsum(b) and S2 = cumsum(j*b[j]),
+    sum_{j=p-63..p} (p+1-j)*b[j] = (p+1)*(S1[p+1]-S1[p-63]) - (S2[p+1]-S2[p-63]). uint32 arithmetic wraps
+    modulo 2^32, which keeps the low 16 bits exact.
+    """
+    assert len(history) == _WINDOW - 1
+    b = np.frombuffer(history + data, dtype=np.uint8).astype(np.uint32)
+    n = len(b)
+    s1 = np.zeros(n + 1, dtype=np.uint32)
+    s2 = np.zeros(n + 1, dtype=np.uint32)
+    np.cumsum(b, out=s1[1:])
+    b *= np.arange(n, dtype=np.uint32)  # b[j] * j, reusing the buffer
+    np.cumsum(b, out=s2[1:])
+    # Slices, not fancy indexing: upper = p+1 and lower = p-63 for every position p of `data`.
+    first = _WINDOW - 1
+    upper = slice(first + 1, n + 1)
+    lower = slice(0, n - first)
+    p_plus_1 = np.arange(first + 1, n + 1, dtype=np.uint32)
+    weighted = p_plus_1 * (s1[upper] - s1[lower]) - (s2[upper] - s2[lower])
+    return np.flatnonzero((weighted & np.uint32(_CUT_MASK)) == np.uint32(_CUT_RESIDUE)).tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPiece:
+    data: bytes
+    cut_after: bool  # the current data chunk ends after these bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroRun:
+    length: int  # bytes of a zero hole (a hole may arrive as several runs; it ends at the next DataPiece)
+
+
+_HOLE_NEEDLE = bytes(HOLE_THRESHOLD)
+_NONZERO_RE = re.compile(b"[^\x00]")
+_ZERO_STEP = bytes(4096)
+
+
+def _zero_run_end(buf: bytes, start: int) -> int:
+    """Index of the first non-zero byte at or after `start` (len(buf) if none)."""
+    step = len(_ZERO_STEP)
+    pos = start
+    while pos + step <= len(buf) and buf[pos : pos + step] == _ZERO_STEP:  # C-speed compares
+        pos += step
+    limit = min(len(buf), pos + step)
+    found = _NONZERO_RE.search(buf, pos, limit)
+    return found.start() if found else limit
+
+
+def _find_holes(buf: bytes, start: int) -> list[tuple[int, int]]:
+    """Maximal runs of at least HOLE_THRESHOLD zero bytes in buf[start:]."""
+    holes = []
+    pos = buf.find(_HOLE_NEEDLE, start)
+    while pos >= 0:
+        end = _zero_run_end(buf, pos + HOLE_THRESHOLD)
+        holes.append((pos, end))
+        pos = buf.find(_HOLE_NEEDLE, end)
+    return holes
+
+
+class FileChunker:
+    """Splits one file's content into the reference compressor's chunks, fed block by block.
+
+    Emits DataPiece / ZeroRun events; a chunk ends at a DataPiece with cut_after, where a hole starts,
+    where a hole ends, and at the end of the file.
+    """
+
+    def __init__(self) -> None:
+        self._history = bytes(_WINDOW - 1)
+        self._carry = b""  # trailing zeros that may still grow into a hole
+        self._in_hole = False
+
+    def feed(self, block: bytes) -> Iterator[DataPiece | ZeroRun]:
+        yield from self._process(self._carry + block, final=False)
+
+    def finish(self) -> Iterator[DataPiece | ZeroRun]:
+        yield from self._process(self._carry, final=True)
+        self._carry = b""
+
+    def _process(self, buf: bytes, final: bool) -> Iterator[DataPiece | ZeroRun]:
+        self._carry = b""
+        start = 0
+        if self._in_hole:
+            start = _zero_run_end(buf, 0)
+            if start:
+                yield ZeroRun(start)
+            if start == len(buf):
+                self._remember(buf)
+                return
+            self._in_hole = False
+        end = len(buf)
+        holes = _find_holes(buf, start)
+        if not final:
+            tail_zeros = len(buf) - len(buf.rstrip(b"\x00"))
+            tail_start = max(len(buf) - tail_zeros, start)
+            if tail_start < len(buf) and not (holes and holes[-1][1] == len(buf)):
+                # A short zero run at the end might continue in the next block: decide later.
+                self._carry = buf[tail_start:]
+                end = tail_start
+        pos = start
+        for hole_start, hole_end in holes:
+            yield from self._data(buf, pos, hole_start)
+            yield ZeroRun(hole_end - hole_start)
+            pos = hole_end
+        if holes and holes[-1][1] == len(buf) and not final:
+            self._in_hole = True
+        yield from self._data(buf, pos, end)
+        self._remember(buf[:end])
+
+    def _data(self, buf: bytes, start: int, end: int) -> Iterator[DataPiece]:
+        if start >= end:
+            return
+        history = (self._history + buf[max(0, start - (_WINDOW - 1)) : start])[-(_WINDOW - 1) :]
+        data = buf[start:end]
+        pos = 0
+        for cut in _rollsum_cuts(history, data):
+            yield DataPiece(data[pos : cut + 1], cut_after=True)
+            pos = cut + 1
+        if pos < len(data):
+            yield DataPiece(data[pos:], cut_after=False)
+
+    def _remember(self, processed: bytes) -> None:
+        self._history = (self._history + processed[-(_WINDOW - 1) :])[-(_WINDOW - 1) :]

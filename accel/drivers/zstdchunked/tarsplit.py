@@ -1,0 +1,86 @@
+"""tar-split's JSON-lines stream (github.com/vbatts/tar-split tar/storage), which lets a reader rebuild the
+source tar byte for byte from the TOC's files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+import zstandard
+
+from accel.errors import DriverError
+
+# tar-split entry types (github.com/vbatts/tar-split tar/storage)
+TARSPLIT_FILE = 1
+TARSPLIT_SEGMENT = 2
+TARSPLIT_MAX_SEGMENT = 1 << 20  # tar-split stores trailing data in segments of at most this size
+
+
+def _tarsplit_name(name: bytes) -> dict[str, str]:
+    """tar-split stores names that are not clean UTF-8 (or contain U+FFFD) base64'd as name_raw."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\ufffd" in text:
+        return {"name_raw": base64.b64encode(name).decode("ascii")}
+    return {"name": text} if text else {}
+
+
+class TarSplitWriter:
+    """tar-split's JSON-lines stream (as asm.NewInputTarStream packs it), zstd-compressed in memory."""
+
+    def __init__(self, level: int) -> None:
+        self._compressed = _CountingBuffer()
+        self._zstd = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(
+            self._compressed, closefd=False
+        )
+        self._position = 0
+        self.uncompressed_size = 0
+        self._seen: set[str] = set()
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        entry["position"] = self._position
+        self._position += 1
+        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self.uncompressed_size += len(line)
+        self._zstd.write(line)
+
+    def add_segment(self, raw: bytes) -> None:
+        for start in range(0, len(raw), TARSPLIT_MAX_SEGMENT):
+            piece = raw[start : start + TARSPLIT_MAX_SEGMENT]
+            self._add({"type": TARSPLIT_SEGMENT, "payload": base64.b64encode(piece).decode("ascii")})
+
+    def add_file(self, name: bytes, size: int, checksum: bytes | None) -> None:
+        # The reader's unpacker rejects repeated paths (after filepath.Clean); fail early instead.
+        clean = os.path.normpath(name.decode("utf-8", "surrogateescape")) if name else "."
+        if clean in self._seen:
+            raise DriverError(f"tar entry {name!r} appears twice; zstd:chunked readers reject duplicates")
+        self._seen.add(clean)
+        entry: dict[str, Any] = {"type": TARSPLIT_FILE, **_tarsplit_name(name)}
+        if size:
+            entry["size"] = size
+        entry["payload"] = base64.b64encode(checksum).decode("ascii") if checksum is not None else None
+        self._add(entry)
+
+    def finish(self) -> bytes:
+        self._zstd.flush(zstandard.FLUSH_FRAME)
+        self._zstd.close()
+        return self._compressed.getvalue()
+
+
+class _CountingBuffer:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)

@@ -1,0 +1,121 @@
+"""The zstd:chunked TOC (containers/storage `minimal.FileMetadata` entries), as the reference marshals it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+from typing import Any
+
+from accel import tarstream
+from accel.errors import DriverError
+
+TOC_VERSION = 1
+
+# TOC entry types by (Go-normalised) tar typeflag; anything else cannot be represented.
+TOC_TYPES = {
+    tarstream.TYPE_REG: "reg",
+    tarstream.TYPE_LINK: "hardlink",
+    tarstream.TYPE_CHAR: "char",
+    tarstream.TYPE_BLOCK: "block",
+    tarstream.TYPE_DIR: "dir",
+    tarstream.TYPE_FIFO: "fifo",
+    tarstream.TYPE_SYMLINK: "symlink",
+}
+TOC_TYPE_CHUNK = "chunk"
+CHUNK_TYPE_ZEROS = "zeros"
+
+
+def _go_string(value: bytes, what: str) -> str:
+    """Go marshals invalid UTF-8 as U+FFFD, after which the reader's TOC/tar-split check fails: refuse."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DriverError(f"{what} {value!r} is not valid UTF-8; zstd:chunked cannot represent it") from None
+
+
+_GO_ZERO_TIME = tarstream.Timestamp(-62135596800)  # Go's time.Time{} (0001-01-01), omitted from the TOC
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def rfc3339_nano(ts: tarstream.Timestamp) -> str:
+    """Go's time.Time JSON form (RFC 3339 with nanoseconds, trailing zeros trimmed), in UTC."""
+    try:
+        moment = _EPOCH + datetime.timedelta(seconds=ts.seconds)
+    except OverflowError:
+        raise DriverError(f"timestamp {ts.seconds} is out of range for zstd:chunked") from None
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    if ts.nanoseconds:
+        text += "." + f"{ts.nanoseconds:09d}".rstrip("0")
+    return text + "Z"
+
+
+@dataclasses.dataclass
+class TocEntry:
+    """minimal.FileMetadata; `to_json` keeps the reference's field order and omitempty rules."""
+
+    type: str
+    name: str
+    linkName: str = ""  # camelCase: the JSON field names of the format
+    mode: int = 0
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    modtime: str | None = None
+    accesstime: str | None = None
+    changetime: str | None = None
+    devMajor: int = 0
+    devMinor: int = 0
+    xattrs: dict[str, str] = dataclasses.field(default_factory=dict)
+    digest: str = ""
+    offset: int = 0
+    endOffset: int = 0
+    chunkSize: int = 0
+    chunkOffset: int = 0
+    chunkDigest: str = ""
+    chunkType: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": self.type, "name": self.name}
+        for f in dataclasses.fields(self)[2:]:
+            value = getattr(self, f.name)
+            if value:
+                doc[f.name] = dict(sorted(value.items())) if isinstance(value, dict) else value
+        return doc
+
+    @classmethod
+    def from_header(cls, header: tarstream.TarHeader) -> TocEntry:
+        toc_type = TOC_TYPES.get(header.typeflag)
+        name = _go_string(header.name, "tar entry name")
+        if toc_type is None:
+            raise DriverError(
+                f"tar entry {name!r} has type {header.typeflag!r}, which zstd:chunked cannot represent"
+            )
+        if header.sparse:
+            raise DriverError(f"tar entry {name!r} is a sparse file, which zstd:chunked cannot represent")
+        xattrs = {
+            _go_string(key, "xattr name"): base64.b64encode(value).decode("ascii")
+            for key, value in header.xattrs.items()
+        }
+
+        def when(ts: tarstream.Timestamp | None) -> str | None:
+            return None if ts is None or ts == _GO_ZERO_TIME else rfc3339_nano(ts)
+
+        return cls(
+            type=toc_type,
+            name=name,
+            linkName=_go_string(header.linkname, "tar link target"),
+            mode=header.mode,
+            size=header.size,
+            uid=header.uid,
+            gid=header.gid,
+            modtime=when(header.mtime),
+            accesstime=when(header.atime),
+            changetime=when(header.ctime),
+            devMajor=header.devmajor,
+            devMinor=header.devminor,
+            xattrs=xattrs,
+        )

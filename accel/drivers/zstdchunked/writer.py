@@ -1,0 +1,210 @@
+"""The zstd:chunked layer writer: tar members → header/payload frames, TOC, tar-split and footer."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import zstandard
+
+from accel import constants as mt
+from accel import digest as dg
+from accel import tarstream
+from accel.drivers.zstdchunked.crc64 import Crc64
+from accel.drivers.zstdchunked.footer import (
+    MANIFEST_TYPE_CRFS,
+    SKIPPABLE_FRAME_HEADER_SIZE,
+    ZstdChunkedFooter,
+    skippable_frame,
+)
+from accel.drivers.zstdchunked.frames import Frame, FrameWriter, SupportsWrite
+from accel.drivers.zstdchunked.rollsum import DataPiece, FileChunker, ZeroRun
+from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWriter
+from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_TYPE_CHUNK, TOC_VERSION, TocEntry
+
+READ_SIZE = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ZstdChunkedResult:
+    annotations: dict[str, str]
+    footer: ZstdChunkedFooter
+    uncompressed_digest: str
+    uncompressed_size: int
+    toc_entries: int
+
+
+# --- the writer ---------------------------------------------------------------------------------------------
+
+
+class _LayerWriter:
+    def __init__(self, out: SupportsWrite, level: int, workers: int) -> None:
+        self.level = level
+        self.frames = FrameWriter(out, level, workers)
+        self.tarsplit = TarSplitWriter(level)
+        self.entries: list[TocEntry] = []
+        self.frame = self.frames.frame()  # the open frame holding headers and padding
+
+    def member(self, member: tarstream.TarMember, pending_padding: bytes) -> None:
+        entry = TocEntry.from_header(member.header)
+        segment = pending_padding + member.header_bytes
+        self.tarsplit.add_segment(segment)
+        self.frame.write(segment)
+        crc = Crc64() if member.header.size > 0 else None
+        entries = [entry]
+        if member.data_size:
+            self._payload(member, entry, entries, crc)
+        self.tarsplit.add_file(member.header.name, member.header.size, crc.digest() if crc else None)
+        self.entries.extend(entries)
+
+    def _payload(
+        self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
+    ) -> None:
+        self.frame.close()  # the header frame ends where the payload starts
+        file_digest = hashlib.sha256()
+        chunks: list[TocEntry] = []  # one per chunk; the first is `entry` itself
+        chunk_offset = 0
+        current: tuple[Frame, Any, bool] | None = None  # (frame, sha256, is_zeros)
+
+        def close_chunk() -> None:
+            nonlocal current, chunk_offset
+            if current is None:
+                return
+            frame, digester, zeros = current
+            target = (
+                entry
+                if not chunks
+                else TocEntry(type=TOC_TYPE_CHUNK, name=entry.name, chunkOffset=chunk_offset)
+            )
+            target.chunkSize = frame.size
+            target.chunkDigest = "sha256:" + digester.hexdigest()
+            target.chunkType = CHUNK_TYPE_ZEROS if zeros else ""
+            chunks.append(target)
+            chunk_offset += frame.size
+            first = len(chunks) == 1
+
+            def written(start: int, end: int, target: TocEntry = target, first: bool = first) -> None:
+                target.offset = start
+                if first:
+                    entry.offset = start
+                entry.endOffset = end
+
+            frame.close(written)
+            current = None
+
+        def add(data: bytes, zeros: bool) -> None:
+            nonlocal current
+            if current is not None and current[2] != zeros:
+                close_chunk()
+            if current is None:
+                current = (self.frames.frame(), hashlib.sha256(), zeros)
+            current[0].write(data)
+            current[1].update(data)
+            file_digest.update(data)
+
+        def consume(events: Iterator[DataPiece | ZeroRun]) -> None:
+            for event in events:
+                if isinstance(event, ZeroRun):
+                    remaining = event.length
+                    while remaining:
+                        step = min(remaining, READ_SIZE)
+                        add(_zeros(step), zeros=True)
+                        remaining -= step
+                else:
+                    add(event.data, zeros=False)
+                    if event.cut_after:
+                        close_chunk()
+
+        chunker = FileChunker()
+        for block in member.iter_data(READ_SIZE):
+            if crc is not None:
+                crc.update(block)
+            consume(chunker.feed(block))
+        consume(chunker.finish())
+        close_chunk()
+        entry.digest = "sha256:" + file_digest.hexdigest()
+        if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
+            entry.chunkSize, entry.chunkDigest, entry.chunkType = 0, "", ""
+        entries.extend(chunks[1:])
+        self.frame = self.frames.frame()
+
+    def finish(self, scanner: tarstream.TarScanner) -> ZstdChunkedResult:
+        tail = (scanner.last_member.padding or b"") if scanner.last_member else b""
+        tail += scanner.end_bytes
+        if tail:
+            self.tarsplit.add_segment(tail)
+            self.frame.write(tail)
+        for data in scanner.iter_trailing(TARSPLIT_MAX_SEGMENT):
+            self.tarsplit.add_segment(data)
+            self.frame.write(data)
+        self.frame.close()
+        self.frames.drain()
+
+        tarsplit = self.tarsplit.finish()
+        toc = {
+            "version": TOC_VERSION,
+            "entries": [e.to_json() for e in self.entries],
+            "tarSplitDigest": dg.of_bytes(tarsplit),
+        }
+        manifest = json.dumps(toc, separators=(",", ":"), ensure_ascii=False).encode()
+        compressed_manifest = zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(
+            manifest
+        )
+
+        manifest_offset = self.frames.offset + SKIPPABLE_FRAME_HEADER_SIZE
+        tarsplit_offset = manifest_offset + len(compressed_manifest) + SKIPPABLE_FRAME_HEADER_SIZE
+        footer = ZstdChunkedFooter(
+            manifest_offset=manifest_offset,
+            manifest_length=len(compressed_manifest),
+            manifest_uncompressed_length=len(manifest),
+            manifest_type=MANIFEST_TYPE_CRFS,
+            tarsplit_offset=tarsplit_offset,
+            tarsplit_length=len(tarsplit),
+            tarsplit_uncompressed_length=self.tarsplit.uncompressed_size,
+        )
+        self.frames.write_raw(skippable_frame(compressed_manifest))
+        self.frames.write_raw(skippable_frame(tarsplit))
+        self.frames.write_raw(skippable_frame(footer.to_bytes()))
+        annotations = {
+            mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(compressed_manifest),
+            mt.ZSTD_CHUNKED_MANIFEST_POSITION: (
+                f"{manifest_offset}:{len(compressed_manifest)}:{len(manifest)}:{MANIFEST_TYPE_CRFS}"
+            ),
+            mt.ZSTD_CHUNKED_TARSPLIT_POSITION: (
+                f"{tarsplit_offset}:{len(tarsplit)}:{self.tarsplit.uncompressed_size}"
+            ),
+        }
+        return ZstdChunkedResult(
+            annotations=annotations,
+            footer=footer,
+            uncompressed_digest=self.frames.uncompressed.digest(),
+            uncompressed_size=self.frames.uncompressed.size,
+            toc_entries=len(self.entries),
+        )
+
+
+_ZERO_BLOCK = bytes(READ_SIZE)
+
+
+def _zeros(n: int) -> bytes:
+    return _ZERO_BLOCK if n == READ_SIZE else bytes(n)
+
+
+def write_zstd_chunked(
+    tar_stream: BinaryIO, out: SupportsWrite, level: int = 3, workers: int | None = None
+) -> ZstdChunkedResult:
+    """Convert an uncompressed tar stream into a zstd:chunked blob written to `out` (only `write` used)."""
+    writer = _LayerWriter(out, level, workers or os.cpu_count() or 2)
+    try:
+        scanner = tarstream.TarScanner(tar_stream)
+        pending_padding = b""
+        for member in scanner:
+            writer.member(member, pending_padding)
+            pending_padding = member.finish()
+        return writer.finish(scanner)
+    finally:
+        writer.frames.close()
