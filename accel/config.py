@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -313,6 +312,11 @@ def load_file(path: Path | str) -> Settings:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path) -> Settings:
+    """Settings from the YAML text of the config file at `path` (relative work dirs resolve against it)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -328,8 +332,3 @@ def load_file(path: Path | str) -> Settings:
             update={"provider": settings.provider.model_copy(update={"work_dir": work_dir})}
         )
     return settings
-
-
-def config_path_from_env() -> Path | None:
-    value = os.environ.get("ACCEL_CONFIG")
-    return Path(value) if value else None
