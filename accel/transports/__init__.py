@@ -4,6 +4,8 @@
 verbs of `accel.registry.interfaces` for it (the registry client itself for `docker://`), so
 `accel.image.resolve_source`, `accel.copy.copy_image` and `accel.publish.push_image` work on any of them.
 Use the result as a context manager when writing: an archive is written on a clean exit only.
+`Transports` routes every verb by the reference itself (local references name their transport and path),
+which is how the flow's tasks take any source and target.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from accel.transports.names import (
     OCI_LAYOUT,
     TRANSPORTS,
     ImageLocation,
+    is_local,
+    local_reference,
+    location_of,
     parse_location,
 )
+from accel.transports.router import Transports
 
 __all__ = [
     "TRANSPORTS",
@@ -29,6 +35,10 @@ __all__ = [
     "LayoutReader",
     "OCIArchive",
     "OCILayout",
+    "Transports",
+    "is_local",
+    "local_reference",
+    "location_of",
     "open_location",
     "parse_location",
 ]

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from accel import constants as mt
 from accel import digest as dg
 from accel import mutate
-from accel.errors import InvalidImage, ReferenceError_
+from accel.errors import InvalidImage, InvalidReference
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports.layout import REF_NAME_ANNOTATION, LayoutReader
@@ -59,7 +59,7 @@ def _normalised_name(name: str) -> str:
     """`busybox:latest` (as `docker save` records it) and `docker.io/library/busybox:latest` are one name."""
     try:
         return str(Reference.parse(name))
-    except ReferenceError_:
+    except InvalidReference:
         return name
 
 

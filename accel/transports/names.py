@@ -6,8 +6,8 @@
     docker-archive:FILE[:REPO:TAG | :@N]            `docker save` output (read only)
 
 As in containers/image, the path ends at the first ":" (paths containing ":" are not supported). A local
-location also carries a `Reference` (registry = the transport name), so code written for registry
-references (naming, messages, `with_digest`) works on it unchanged; only its tag or digest matters.
+location also carries a `Reference` (registry = the transport name, repository = the absolute path), so code
+written for registry references (tasks, naming, `with_digest`, `with_tag`) works on it unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from accel.errors import ReferenceError_
+from accel.errors import InvalidReference
 from accel.reference import Reference
 
 REGISTRY = "docker"
@@ -26,7 +26,6 @@ DOCKER_ARCHIVE = "docker-archive"
 LOCAL_TRANSPORTS = (OCI_LAYOUT, OCI_ARCHIVE, DOCKER_ARCHIVE)
 TRANSPORTS = (REGISTRY, *LOCAL_TRANSPORTS)
 
-_LOCAL_REPOSITORY_RE = re.compile(r"[^a-z0-9]+")
 _DIGEST_SUFFIX_RE = re.compile(r"^(?P<path>.+)@(?P<digest>sha256:[a-f0-9]{64})$")
 
 
@@ -54,9 +53,23 @@ class ImageLocation:
         return f"{self.transport}:{self.path}{suffix}{digest}"
 
 
-def _local_reference(transport: str, path: Path, name: str | None, digest: str | None) -> Reference:
-    repository = _LOCAL_REPOSITORY_RE.sub("-", path.name.lower()).strip("-") or "image"
-    return Reference(registry=transport, repository=repository, tag=name, digest=digest)
+def local_reference(
+    transport: str, path: Path, name: str | None = None, digest: str | None = None
+) -> Reference:
+    """A local location as a `Reference`: registry = the transport, repository = the absolute path, so the
+    location can be rebuilt from the reference alone (`location_of`), e.g. inside a task."""
+    return Reference(registry=transport, repository=str(path.resolve()), tag=name, digest=digest)
+
+
+def location_of(ref: Reference) -> ImageLocation:
+    """The location a reference stands for (inverse of `parse_location(...).reference`)."""
+    if ref.registry not in LOCAL_TRANSPORTS:
+        return ImageLocation(REGISTRY, ref)
+    return ImageLocation(ref.registry, ref, Path(ref.repository), ref.tag)
+
+
+def is_local(ref: Reference) -> bool:
+    return ref.registry in LOCAL_TRANSPORTS
 
 
 def parse_location(text: str) -> ImageLocation:
@@ -67,17 +80,17 @@ def parse_location(text: str) -> ImageLocation:
     if not sep or transport not in LOCAL_TRANSPORTS:
         return ImageLocation(REGISTRY, Reference.parse(text))
     if not rest:
-        raise ReferenceError_(f"{text!r}: {transport}: needs a path")
+        raise InvalidReference(f"{text!r}: {transport}: needs a path")
     digest = None
     found = _DIGEST_SUFFIX_RE.match(rest)
     if found and transport != DOCKER_ARCHIVE:
         rest, digest = found["path"], found["digest"]
     path_text, _, name = rest.partition(":")
     if not path_text:
-        raise ReferenceError_(f"{text!r}: {transport}: needs a path")
+        raise InvalidReference(f"{text!r}: {transport}: needs a path")
     if transport == DOCKER_ARCHIVE and name.startswith("@") and not name[1:].isdigit():
-        raise ReferenceError_(f"{text!r}: @N must be the position of an image in manifest.json")
+        raise InvalidReference(f"{text!r}: @N must be the position of an image in manifest.json")
     path = Path(path_text)
     return ImageLocation(
-        transport, _local_reference(transport, path, name or None, digest), path, name or None
+        transport, local_reference(transport, path, name or None, digest), path, name or None
     )

@@ -12,7 +12,7 @@ import pytest
 
 from accel import constants as mt
 from accel import publish
-from accel.errors import DigestMismatch, InvalidImage, ReferenceError_
+from accel.errors import DigestMismatch, InvalidImage, InvalidReference
 from accel.image import resolve_source
 from accel.reference import Reference
 from accel.registry.errors import NotFound, RegistryError
@@ -58,9 +58,9 @@ def test_parse_locations() -> None:
     assert registry.is_registry and str(registry.reference) == "127.0.0.1:5000/team/app:v2"
     assert parse_location("nginx").reference == Reference.parse("docker.io/library/nginx:latest")
     assert str(parse_location("oci:out:v1")) == "oci:out:v1"
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReference):
         parse_location("oci:")
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReference):
         parse_location("docker-archive:x.tar:@one")
 
 
