@@ -43,7 +43,7 @@ from accel.drivers.zstdchunked.footer import SKIPPABLE_FRAME_HEADER_SIZE, ZstdCh
 from accel.errors import AccelError, ConfigError
 from accel.image import resolve_source
 from accel.model import SourceImage, SourceLayer, SourceManifest
-from accel.oci import Descriptor, Platform
+from accel.oci import Descriptor, Platform, detect_media_type
 from accel.reference import Reference
 from accel.registry.interfaces import ManifestSource
 from accel.store import ContentStore
@@ -580,3 +580,66 @@ def _verify_nydus(
         verdict.fail(f"platform {key} merged view: {difference}", bootstrap_row)
     else:
         bootstrap_row.checks.append("merged view")
+
+
+# --- a built image, before it is pushed ------------------------------------------------------------
+
+
+class StoredImage:
+    """A built image still in the content store, readable as a `ManifestSource` (for the flow's verify step:
+    what cannot be proven is not pushed). Blobs are copied out digest-verified, like from a registry."""
+
+    def __init__(
+        self,
+        store: ContentStore,
+        root: Descriptor,
+        fallback: ManifestSource | None = None,
+        at: Reference | None = None,
+    ) -> None:
+        self.store = store
+        self.root = root
+        self.fallback, self.at = fallback, at  # where blobs not stored locally are (cache hits mounted there)
+
+    def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        digest = ref.digest or self.root.digest
+        raw = self.store.read_bytes(digest)
+        media_type = self.root.media_type if digest == self.root.digest else None
+        return Descriptor.of(detect_media_type(raw, media_type), raw), raw
+
+    def fetch_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> Path:
+        if store.exists(desc.digest):
+            return store.path(desc.digest)
+        if not self.store.exists(desc.digest) and self.fallback is not None and self.at is not None:
+            return self.fallback.fetch_blob(self.at, desc, store)
+        with self.store.open(desc.digest) as stream, store.writer(expected=desc.digest) as writer:
+            copied = 0
+            while chunk := stream.read(_READ_SIZE):
+                copied += writer.write(chunk)
+        if copied != desc.size:
+            store.path(desc.digest).unlink()
+            raise VerifyError(f"blob {desc.digest}: {copied} bytes stored, descriptor says {desc.size}")
+        return store.path(desc.digest)
+
+    def fetch_blob_bytes(self, repo_ref: Reference, desc: Descriptor) -> bytes:
+        data = self.store.read_bytes(desc.digest)
+        if len(data) != desc.size:
+            raise VerifyError(f"blob {desc.digest}: {len(data)} bytes stored, descriptor says {desc.size}")
+        return data
+
+
+def verify_built(
+    source: ManifestSource,
+    source_ref: Reference,
+    store: ContentStore,
+    root: Descriptor,
+    *,
+    work_dir: Path | None = None,
+    platforms: Sequence[Platform] = (),
+    target: ManifestSource | None = None,
+    target_ref: Reference | None = None,
+) -> Verdict:
+    """`verify_image` of a built image still in `store` (its root descriptor) against its source; blobs
+    not in the store are read from `target_ref` in `target` (where cache hits were mounted)."""
+    built_ref = Reference(registry="store", repository="built", digest=root.digest)
+    stored = StoredImage(store, root, target, target_ref)
+    return verify_image(source, source_ref, stored, built_ref, work_dir=work_dir, platforms=platforms)

@@ -72,6 +72,11 @@ def is_local(ref: Reference) -> bool:
     return ref.registry in LOCAL_TRANSPORTS
 
 
+def describe(ref: Reference) -> str:
+    """A registry reference as it is, a local one in its transport syntax (`oci:DIR:TAG`)."""
+    return str(location_of(ref)) if is_local(ref) else str(ref)
+
+
 def parse_location(text: str) -> ImageLocation:
     """`oci:out/app:v1` → an OCI layout location; `docker://x/y:z` and `x/y:z` → a registry location."""
     transport, sep, rest = text.partition(":")

@@ -10,6 +10,7 @@ staged per router and written by `commit`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,15 @@ def _reader(transport: str, path: Path) -> LayoutReader:
 class Transports:
     """Every verb of `accel.registry.interfaces.Registry`, routed by the reference's transport."""
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(self, registry: Any = None, *, writing: Iterable[Reference] = ()) -> None:
+        """`writing`: the targets this router writes; an `oci-archive:` among them is staged (every verb on
+        it, reads included, sees what was pushed so far) and written by `commit`."""
         self.registry = registry
-        self._archives: dict[str, OCIArchive] = {}  # path → archive being written
+        self._archives: dict[str, OCIArchive] = {
+            ref.repository: OCIArchive(Path(ref.repository), writable=True)
+            for ref in writing
+            if ref.registry == OCI_ARCHIVE
+        }
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -58,11 +65,10 @@ class Transports:
                 raise ValueError(f"{ref}: a registry reference, and no registry client was given")
             return self.registry
         path = Path(ref.repository)
-        if ref.registry == OCI_ARCHIVE and (write or ref.repository in self._archives):
-            with self._lock:
-                if ref.repository not in self._archives:
-                    self._archives[ref.repository] = OCIArchive(path, writable=True)
-                return self._archives[ref.repository]
+        if ref.registry == OCI_ARCHIVE and ref.repository in self._archives:
+            return self._archives[ref.repository]
+        if write and ref.registry == OCI_ARCHIVE:
+            raise ValueError(f"{ref.repository}: an oci-archive is written only as a declared target")
         if write and ref.registry == DOCKER_ARCHIVE:
             raise ValueError(
                 f"{ref.repository}: docker-archive is read-only in accel; write oci-archive: instead"
