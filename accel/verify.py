@@ -562,11 +562,12 @@ def _verify_nydus(
             continue
         with unpacked.open("rb") as stream:
             layer_tree = trees.apply_layers([stream])
+        source_tree = trees.apply_entries([source_trees[n]])
+        # A Nydus layer has the directories its whiteouts live in, which a source layer need not list.
+        invented = _whiteout_parents(source_trees[n]) - source_tree.keys()
+        layer_tree = {p: e for p, e in layer_tree.items() if not (p in invented and e.type == "dir")}
         differences = trees.compare(
-            trees.apply_entries([source_trees[n]]),
-            layer_tree,
-            ignore={"uname", "gname"},
-            labels=("source", "target"),
+            source_tree, layer_tree, ignore={"uname", "gname"}, labels=("source", "target")
         )
         unpacked.unlink()
         if differences:
@@ -580,6 +581,17 @@ def _verify_nydus(
         verdict.fail(f"platform {key} merged view: {difference}", bootstrap_row)
     else:
         bootstrap_row.checks.append("merged view")
+
+
+def _whiteout_parents(entries: Sequence[trees.Entry]) -> set[str]:
+    parents: set[str] = set()
+    for entry in entries:
+        directory, _, base = entry.path.rpartition("/")
+        if base.startswith(trees.WHITEOUT_PREFIX):
+            while directory:
+                parents.add(directory)
+                directory = directory.rpartition("/")[0]
+    return parents
 
 
 # --- a built image, before it is pushed ------------------------------------------------------------
