@@ -22,6 +22,7 @@ from service import accelctl
 from tests.harness import configs, conformance, imagegen
 from tests.harness import nydus as nh
 from tests.harness.pushing import as_built
+from tests.integration.test_transports_tools import run, tool
 from tests.unit.test_transports import docker_save
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -86,7 +87,9 @@ def reference_readers_accept(target: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_layout_to_layout_for_every_driver(driver: str, prefect_api, registry, tmp_path: Path) -> None:
+def test_layout_to_layout_for_every_driver(
+    driver: str, prefect_api, registry, repo_name: str, tmp_path: Path
+) -> None:
     from flows.convert_image import convert_image
 
     config = write_config(tmp_path, registry)
@@ -102,6 +105,13 @@ def test_layout_to_layout_for_every_driver(driver: str, prefect_api, registry, t
     assert accelctl.main(["check", f"oci:{source}:v1", target]) == 0
     if driver != "nydus":
         reference_readers_accept(target, tmp_path)
+        # Other tools read what accel wrote: skopeo copies the layout to a registry, crane validates it there.
+        skopeo, crane = tool("skopeo"), tool("crane")
+        pushed_ref = f"{registry.host}/{repo_name}:{driver}"
+        run(skopeo, "copy", "--all", "--dest-tls-verify=false", target, f"docker://{pushed_ref}")
+        # crane 0.20's layer validation gunzips every layer, so zstd layers get the structural check only.
+        fast = ["--fast"] if driver == "zstdchunked" else []
+        assert "PASS" in run(crane, "--insecure", "validate", *fast, "--remote", pushed_ref)
 
 
 def test_layout_to_registry_and_back_to_a_layout(
