@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from accel import constants as mt
 from accel import digest as dg
+from accel.drivers.zstdchunked.footer import SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter, skippable_frame
 from accel.oci import Descriptor, canonical_json
 from accel.reference import Reference
 from accel.store import ContentStore
@@ -264,3 +266,92 @@ def test_a_missing_file_and_a_changed_mode_are_named(driver: str, tmp_path: Path
         verdict = check(tmp_path, OCILayout(tmp_path / "source-t"), target)
         assert not verdict.ok
         assert f"layer 0: {expected}" in verdict.first_difference, verdict.table()
+
+
+# --- zstd:chunked forgeries ------------------------------------------------------------------------
+
+
+def zstd_parts(blob: bytes) -> tuple[ZstdChunkedFooter, dict[str, Any], bytes]:
+    footer = ZstdChunkedFooter.parse(blob)
+    compressed = blob[footer.manifest_offset : footer.manifest_offset + footer.manifest_length]
+    manifest = json.loads(
+        zstandard.ZstdDecompressor().decompress(compressed, footer.manifest_uncompressed_length)
+    )
+    tarsplit = blob[footer.tarsplit_offset : footer.tarsplit_offset + footer.tarsplit_length]
+    return footer, manifest, tarsplit
+
+
+def zstd_with_manifest(
+    data: bytes, footer: ZstdChunkedFooter, manifest: dict[str, Any], tarsplit: bytes
+) -> tuple[bytes, dict[str, str]]:
+    """`data` (the frames before the manifest) + a coherent manifest, tar-split, footer and annotations."""
+    raw = json.dumps(manifest).encode()
+    compressed = zstandard.ZstdCompressor().compress(raw)
+    manifest_offset = len(data) + SKIPPABLE_FRAME_HEADER_SIZE
+    out = data + skippable_frame(compressed)
+    tarsplit_offset = len(out) + SKIPPABLE_FRAME_HEADER_SIZE
+    out += skippable_frame(tarsplit)
+    new_footer = ZstdChunkedFooter(
+        manifest_offset, len(compressed), len(raw), footer.manifest_type,
+        tarsplit_offset, len(tarsplit), footer.tarsplit_uncompressed_length,
+    )  # fmt: skip
+    out += skippable_frame(new_footer.to_bytes())
+    manifest_position = f"{manifest_offset}:{len(compressed)}:{len(raw)}:{footer.manifest_type}"
+    tarsplit_position = f"{tarsplit_offset}:{len(tarsplit)}:{footer.tarsplit_uncompressed_length}"
+    annotations = {
+        mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(compressed),
+        mt.ZSTD_CHUNKED_MANIFEST_POSITION: manifest_position,
+        mt.ZSTD_CHUNKED_TARSPLIT_POSITION: tarsplit_position,
+    }
+    return out, annotations
+
+
+def chunked_file(manifest: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """A file stored in several chunks: the index of its entry, the entry and its second chunk."""
+    entries = manifest["entries"]
+    for i, entry in enumerate(entries[:-1]):
+        if (
+            entry["type"] == "reg"
+            and entries[i + 1]["type"] == "chunk"
+            and entries[i + 1]["name"] == entry["name"]
+        ):
+            return i, entry, entries[i + 1]
+    raise AssertionError("no file with several chunks")
+
+
+def test_swapped_zstd_chunked_chunk_offsets_are_named(tmp_path: Path) -> None:
+    forger = Forger(converted(tmp_path, "zstdchunked"), tmp_path)
+    n, blob = forger.layer(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)
+    footer, manifest, tarsplit = zstd_parts(blob)
+    _, entry, second = chunked_file(manifest)
+    entry["offset"], second["offset"] = second["offset"], entry["offset"]
+    new_blob, annotations = zstd_with_manifest(blob[: footer.manifest_offset - 8], footer, manifest, tarsplit)
+    forger.replace_layer(n, new_blob, **annotations)
+    forger.publish()
+    verdict = failing(tmp_path, forger.layout)
+    assert f"{entry['name']}: zstd:chunked chunk 0 is at a wrong place" in verdict.first_difference
+
+
+def test_flipped_byte_in_a_zstd_chunked_chunk_is_named(tmp_path: Path) -> None:
+    forger = Forger(converted(tmp_path, "zstdchunked"), tmp_path)
+    n, blob = forger.layer(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)
+    footer, manifest, tarsplit = zstd_parts(blob)
+    i, entry, second = chunked_file(manifest)
+    # Re-encode the file's second chunk with one byte flipped; every later offset moves with it.
+    start = second["offset"]
+    following = manifest["entries"][i + 2]
+    end = following["offset"] if following.get("name") == entry["name"] else entry["endOffset"]
+    content = bytearray(zstandard.ZstdDecompressor().decompress(blob[start:end], second["chunkSize"]))
+    content[len(content) // 2] ^= 0x01
+    frame = zstandard.ZstdCompressor().compress(bytes(content))
+    shift = len(frame) - (end - start)
+    for other in manifest["entries"]:
+        for key in ("offset", "endOffset"):
+            if other.get(key, 0) > start:
+                other[key] += shift
+    data = blob[:start] + frame + blob[end : footer.manifest_offset - 8]
+    new_blob, annotations = zstd_with_manifest(data, footer, manifest, tarsplit)
+    forger.replace_layer(n, new_blob, **annotations)
+    forger.publish()
+    verdict = failing(tmp_path, forger.layout)
+    assert f"{entry['name']}: zstd:chunked chunk 1 does not match its chunkDigest" in verdict.first_difference
