@@ -373,15 +373,16 @@ def verify_image(
     """Check `target_ref` against `source_ref` (see the module docstring); blobs go to a private store."""
     verdict = Verdict(source=str(source_ref), target=str(target_ref))
     with _scratch(work_dir) as scratch:
-        store = ContentStore(scratch / "store")
-        source_image = resolve_source(source, source_ref, store, platforms)
+        # Two stores: a blob both images list is fetched (and verified) from each.
+        source_store, target_store = ContentStore(scratch / "source"), ContentStore(scratch / "target")
+        source_image = resolve_source(source, source_ref, source_store, platforms)
         try:
-            target_image = resolve_source(target, target_ref, store, platforms)
+            target_image = resolve_source(target, target_ref, target_store, platforms)
         except AccelError as exc:
             verdict.fail(f"target {target_ref}: {exc}")
             return verdict
-        broken = _fetch_all(source, source_ref, source_image, store, verdict, "source")
-        broken |= _fetch_all(target, target_ref, target_image, store, verdict, "target")
+        broken = _fetch_all(source, source_ref, source_image, source_store, verdict, "source")
+        broken |= _fetch_all(target, target_ref, target_image, target_store, verdict, "target")
         by_platform: dict[str, list[SourceManifest]] = {}
         for manifest in target_image.manifests:
             by_platform.setdefault(_platform_key(manifest), []).append(manifest)
@@ -391,8 +392,9 @@ def verify_image(
             if not candidates:
                 verdict.fail(f"platform {key}: no target manifest")
                 continue
-            target_manifest = _pick_target(candidates, store)
-            _verify_platform(source_manifest, target_manifest, store, broken, verdict, scratch, nydus_image)
+            target_manifest = _pick_target(candidates, target_store)
+            stores = (source_store, target_store)
+            _verify_platform(source_manifest, target_manifest, stores, broken, verdict, scratch, nydus_image)
     return verdict
 
 
@@ -410,7 +412,7 @@ def _scratch(work_dir: Path | None) -> Iterator[Path]:
 def _verify_platform(
     source: SourceManifest,
     target: SourceManifest,
-    store: ContentStore,
+    stores: tuple[ContentStore, ContentStore],  # source's, target's
     broken: set[str],
     verdict: Verdict,
     scratch: Path,
@@ -419,7 +421,7 @@ def _verify_platform(
     key = _platform_key(source)
     formats = [layer_format(layer.descriptor) for layer in target.layers]
     if any(f.startswith("nydus") for f in formats):
-        _verify_nydus(source, target, store, broken, verdict, scratch, nydus_image)
+        _verify_nydus(source, target, stores, broken, verdict, scratch, nydus_image)
         return
     rows = [
         LayerVerdict(key, n, layer.descriptor.digest, formats[n]) for n, layer in enumerate(target.layers)
@@ -435,7 +437,7 @@ def _verify_platform(
         if layer.descriptor.digest in broken:
             return
         try:
-            source_trees.append(_source_layer_entries(store, layer))
+            source_trees.append(_source_layer_entries(stores[0], layer))
         except AccelError as exc:
             verdict.fail(f"platform {key}: source layer {layer.descriptor.digest}: {exc}")
             return
@@ -448,7 +450,7 @@ def _verify_platform(
             row.problem = next(p for p in verdict.problems if layer.descriptor.digest in p)
             target_trees.append(None)
             continue
-        target_trees.append(_verify_layer(row, layer, source.layers[n] if paired else None, store, verdict))
+        target_trees.append(_verify_layer(row, layer, stores[1], verdict))
         if paired and target_trees[-1] is not None and row.ok:
             if row.format == "estargz":
                 source_trees[n] = _refill_owner_names(source_trees[n])
@@ -481,7 +483,7 @@ def _verify_platform(
 
 
 def _verify_layer(
-    row: LayerVerdict, layer: SourceLayer, source: SourceLayer | None, store: ContentStore, verdict: Verdict
+    row: LayerVerdict, layer: SourceLayer, store: ContentStore, verdict: Verdict
 ) -> list[trees.Entry] | None:
     where = f"platform {row.platform} layer {row.position} ({row.format} {dg.short(row.target)})"
     path = store.path(layer.descriptor.digest)
@@ -506,7 +508,7 @@ def _verify_layer(
 def _verify_nydus(
     source: SourceManifest,
     target: SourceManifest,
-    store: ContentStore,
+    stores: tuple[ContentStore, ContentStore],  # source's, target's
     broken: set[str],
     verdict: Verdict,
     scratch: Path,
@@ -536,7 +538,8 @@ def _verify_nydus(
     if bootstrap_row.format != "nydus-bootstrap":
         verdict.fail(f"platform {key}: the last layer is not a Nydus bootstrap layer", bootstrap_row)
         return
-    source_trees = [_source_layer_entries(store, layer) for layer in source.layers]
+    source_store, store = stores
+    source_trees = [_source_layer_entries(source_store, layer) for layer in source.layers]
     where = f"platform {key} layer {bootstrap_row.position} (nydus-bootstrap)"
     try:
         merged = readback.bootstrap_of_layer(
