@@ -22,8 +22,9 @@ from accel.transports.docker_archive import DockerArchive
 from accel.transports.layout import LayoutReader, OCILayout
 from accel.transports.names import DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_LAYOUT, is_local
 
-_readers: dict[tuple[str, str, int, int], LayoutReader] = {}
+_readers: dict[tuple[str, str, int, int], LayoutReader] = {}  # insertion order = age
 _readers_lock = threading.Lock()
+_MAX_READERS = 16  # archive indexes kept per process
 
 
 def _reader(transport: str, path: Path) -> LayoutReader:
@@ -39,6 +40,8 @@ def _reader(transport: str, path: Path) -> LayoutReader:
         if found is None:
             found = OCIArchive(path) if transport == OCI_ARCHIVE else DockerArchive(path)
             _readers[key] = found
+            while len(_readers) > _MAX_READERS:
+                del _readers[next(iter(_readers))]
         return found
 
 

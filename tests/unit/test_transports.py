@@ -244,3 +244,30 @@ def test_layout_to_registry_and_back(tmp_path: Path) -> None:
     back = ContentStore(tmp_path / "back")
     resolved = resolve_source(registry, target, back)
     assert resolved.root.digest == image.digest
+
+
+def test_the_router_sends_each_reference_to_its_transport(tmp_path: Path) -> None:
+    from accel.transports import Transports, describe
+
+    store = ContentStore(tmp_path / "store")
+    image = imagegen.standard_image(store, big_file_size=1024)
+    registry = MemoryRegistry()
+    in_registry = Reference.parse("registry.invalid/team/app:v1")
+    layout = parse_location(f"oci:{tmp_path / 'layout'}:v1").reference
+    archive = parse_location(f"oci-archive:{tmp_path / 'out.tar'}:v1").reference
+
+    routes = Transports(registry, writing=[archive])
+    for target in (in_registry, layout, archive):
+        publish.push_image(routes, target, as_built(image), store)
+    assert not (tmp_path / "out.tar").exists()  # staged until committed
+    assert routes.resolve(archive).digest == image.digest  # reads see what was staged
+    routes.commit(archive)
+
+    reader = Transports(registry)
+    assert {reader.resolve(ref).digest for ref in (in_registry, layout, archive)} == {image.digest}
+    assert registry.tags(in_registry) == {"v1": image.digest}
+    assert describe(layout) == f"oci:{(tmp_path / 'layout').resolve()}:v1"
+    with pytest.raises(ValueError, match="declared target"):
+        reader.push_manifest(archive, image.manifest_raw, image.manifest_media_type)
+    with pytest.raises(ValueError, match="no registry client"):
+        Transports().resolve(in_registry)
