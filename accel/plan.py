@@ -159,10 +159,8 @@ def with_target(plan: ConversionPlan, target: Reference | None) -> ConversionPla
                 f"{plan.source.registry} source {plan.source.repository}: give a target to write to"
             )
         return replace(plan, cache=None) if is_local(plan.source) else plan
-    if len(plan.drivers) > 1 and target.registry == "oci-archive":
-        raise ConfigError("an oci-archive target holds one converted image: convert with one driver")
-    if is_local(target) and target.registry != OCI_LAYOUT and target.registry != "oci-archive":
-        raise ConfigError(f"{target.registry} is read-only in accel: write oci: or oci-archive: instead")
+    if len(plan.drivers) > 1 and target.registry in ("oci-archive", "docker-archive"):
+        raise ConfigError(f"a {target.registry} target holds one converted image: convert with one driver")
     if len(plan.drivers) == 1:
         targets = {plan.drivers[0]: target}
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from accel.transports.archive import OCIArchive
+from accel.transports.archive import DockerArchiveTarget, OCIArchive
 from accel.transports.docker_archive import DockerArchive
 from accel.transports.layout import LayoutReader, OCILayout
 from accel.transports.names import (
@@ -32,6 +32,7 @@ from accel.transports.router import Transports
 __all__ = [
     "TRANSPORTS",
     "DockerArchive",
+    "DockerArchiveTarget",
     "ImageLocation",
     "LayoutReader",
     "OCIArchive",
@@ -59,7 +60,5 @@ def open_location(location: ImageLocation, registry: Any = None, *, writable: bo
     if location.transport == OCI_ARCHIVE:
         return OCIArchive(location.path, writable=writable)
     if location.transport == DOCKER_ARCHIVE:
-        if writable:
-            raise ValueError(f"{location}: docker-archive is read-only in accel; write oci-archive: instead")
-        return DockerArchive(location.path)
+        return DockerArchiveTarget(location.path) if writable else DockerArchive(location.path)
     raise ValueError(f"unknown transport {location.transport!r}")

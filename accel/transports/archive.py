@@ -9,6 +9,7 @@ only what this writer put in it (as skopeo, which replaces the file).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -17,12 +18,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from accel import constants as mt
 from accel import digest as dg
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry.errors import RegistryError
 from accel.store import ContentStore
-from accel.transports.layout import INDEX_FILE, LAYOUT_FILE, LayoutReader, OCILayout, blob_member
+from accel.transports.layout import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    REF_NAME_ANNOTATION,
+    LayoutReader,
+    OCILayout,
+    blob_member,
+)
 from accel.transports.tarindex import TarIndex
 
 
@@ -104,7 +113,7 @@ class OCIArchive(LayoutReader):
             os.fchmod(fd, 0o644)
             try:
                 with os.fdopen(fd, "wb") as out:
-                    write_layout_tar(self._staging_dir, out)
+                    write_layout_tar(self._staging_dir, out, self._extra_files())
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(name, self.path)
@@ -113,6 +122,9 @@ class OCIArchive(LayoutReader):
                     os.unlink(name)
         finally:
             self.discard()
+
+    def _extra_files(self) -> dict[str, bytes]:
+        return {}
 
     def discard(self) -> None:
         """Forget what was staged (a failed conversion leaves FILE as it was)."""
@@ -136,8 +148,9 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def write_layout_tar(layout: Path, out: BinaryIO) -> None:
-    """A layout directory as a plain tar: oci-layout, then blobs, then index.json, in a stable order."""
+def write_layout_tar(layout: Path, out: BinaryIO, extra: dict[str, bytes] | None = None) -> None:
+    """A layout directory as a plain tar: oci-layout, then blobs, then index.json (then `extra` files), in a
+    stable order."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(layout / LAYOUT_FILE, arcname=LAYOUT_FILE, filter=_normalised)
         blobs = layout / "blobs"
@@ -148,3 +161,39 @@ def write_layout_tar(layout: Path, out: BinaryIO) -> None:
         for blob in sorted(p for p in blobs.rglob("*") if p.is_file() and not p.name.startswith(".")):
             tar.add(blob, arcname=blob.relative_to(layout).as_posix(), filter=_normalised)
         tar.add(layout / INDEX_FILE, arcname=INDEX_FILE, filter=_normalised)
+        for name, data in (extra or {}).items():
+            info = _normalised(tarfile.TarInfo(name))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+class DockerArchiveTarget(OCIArchive):
+    """`docker-archive:FILE[:REPO:TAG]` as a target: what `docker save` (25 and later) writes, an OCI layout
+    plus `manifest.json` naming each image's config and layer blobs, which `docker load` and
+    `accel.transports.docker_archive` read. One image per platform-less manifest: an index cannot be saved."""
+
+    transport = "docker-archive"
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, writable=True)
+
+    def _extra_files(self) -> dict[str, bytes]:
+        assert self._staging is not None
+        images = []
+        for entry in self._staging.entries():
+            desc = Descriptor.model_validate(entry)
+            doc = json.loads(self._staging._read_small(desc.digest, f"manifest {desc.digest}"))
+            if desc.media_type in mt.INDEX_TYPES or "config" not in doc:
+                raise RegistryError(
+                    f"docker-archive:{self.path}: {desc.digest} is an index; docker-archive holds "
+                    "single-platform images (select one with converter.platforms, or write oci-archive:)"
+                )
+            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
+            images.append(
+                {
+                    "Config": blob_member(doc["config"]["digest"]),
+                    "RepoTags": [name] if name else [],
+                    "Layers": [blob_member(layer["digest"]) for layer in doc.get("layers") or []],
+                }
+            )
+        return {"manifest.json": json.dumps(images).encode()}

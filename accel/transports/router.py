@@ -3,8 +3,8 @@
 
 Code written against `accel.registry.interfaces` (resolve, pull, push, publish) then takes sources and
 targets of any transport in any combination. Readers are shared per process (an archive's tar index and a
-`docker save` archive's layer digests are computed once per file version); an `oci-archive:` target is
-staged per router and written by `commit`.
+`docker save` archive's layer digests are computed once per file version); an archive target is staged per
+router and written by `commit`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.store import ContentStore
-from accel.transports.archive import OCIArchive
+from accel.transports.archive import DockerArchiveTarget, OCIArchive
 from accel.transports.docker_archive import DockerArchive
 from accel.transports.layout import LayoutReader, OCILayout
 from accel.transports.names import DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_LAYOUT, is_local
@@ -54,8 +54,10 @@ class Transports:
         self.registry = registry
         self._archives: dict[str, OCIArchive] = {
             ref.repository: OCIArchive(Path(ref.repository), writable=True)
-            for ref in writing
             if ref.registry == OCI_ARCHIVE
+            else DockerArchiveTarget(ref.repository)
+            for ref in writing
+            if ref.registry in (OCI_ARCHIVE, DOCKER_ARCHIVE)
         }
         self._lock = threading.Lock()
 
@@ -68,20 +70,16 @@ class Transports:
                 raise ValueError(f"{ref}: a registry reference, and no registry client was given")
             return self.registry
         path = Path(ref.repository)
-        if ref.registry == OCI_ARCHIVE and ref.repository in self._archives:
+        if ref.registry in (OCI_ARCHIVE, DOCKER_ARCHIVE) and ref.repository in self._archives:
             return self._archives[ref.repository]
-        if write and ref.registry == OCI_ARCHIVE:
-            raise ValueError(f"{ref.repository}: an oci-archive is written only as a declared target")
-        if write and ref.registry == DOCKER_ARCHIVE:
-            raise ValueError(
-                f"{ref.repository}: docker-archive is read-only in accel; write oci-archive: instead"
-            )
+        if write and ref.registry in (OCI_ARCHIVE, DOCKER_ARCHIVE):
+            raise ValueError(f"{ref.repository}: an archive is written only as a declared target")
         return _reader(ref.registry, path)
 
     def commit(self, ref: Reference) -> None:
         """Write a staged `oci-archive:` target (a no-op for every other transport)."""
         with self._lock:
-            archive = self._archives.pop(ref.repository, None) if ref.registry == OCI_ARCHIVE else None
+            archive = self._archives.pop(ref.repository, None) if is_local(ref) else None
         if archive is not None:
             archive.close()
 

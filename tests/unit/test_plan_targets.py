@@ -55,5 +55,8 @@ def test_refused_targets_and_sources(tmp_path: Path) -> None:
         with_target(plan_conversion(_settings(), archive, ["estargz"]), None)
     with pytest.raises(ConfigError, match="one driver"):
         with_target(plan_conversion(_settings(), registry, ["estargz", "zstdchunked"]), archive)
-    with pytest.raises(ConfigError, match="read-only"):
-        with_target(plan_conversion(_settings(), registry, ["estargz"]), saved)
+    with pytest.raises(ConfigError, match="one driver"):
+        with_target(plan_conversion(_settings(), registry, ["estargz", "zstdchunked"]), saved)
+    assert with_target(plan_conversion(_settings(), registry, ["estargz"]), saved).targets == {
+        "estargz": saved
+    }

@@ -213,8 +213,6 @@ def test_docker_archive_reads_as_docker_schema2(tmp_path: Path) -> None:
         open_location(parse_location(f"docker-archive:{path}:other:v1")).resolve(
             parse_location(f"docker-archive:{path}:other:v1").reference
         )
-    with pytest.raises(ValueError, match="read-only"):
-        open_location(parse_location(f"docker-archive:{path}"), writable=True)
 
 
 def test_compressed_archive_is_refused_with_its_cause(tmp_path: Path) -> None:
@@ -271,3 +269,41 @@ def test_the_router_sends_each_reference_to_its_transport(tmp_path: Path) -> Non
         reader.push_manifest(archive, image.manifest_raw, image.manifest_media_type)
     with pytest.raises(ValueError, match="no registry client"):
         Transports().resolve(in_registry)
+
+
+def test_docker_archive_target_is_docker_save_output(tmp_path: Path) -> None:
+    from accel.transports import Transports
+
+    store = ContentStore(tmp_path / "store")
+    image = imagegen.standard_image(store, big_file_size=64 * 1024)
+    target = parse_location(f"docker-archive:{tmp_path / 'saved.tar'}:team/app:v1").reference
+    routes = Transports(writing=[target])
+    publish.push_image(routes, target, as_built(image), store)
+    routes.commit(target)
+
+    with tarfile.open(tmp_path / "saved.tar") as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        [saved] = json.loads(member.read())
+    assert saved["RepoTags"] == ["team/app:v1"]
+    assert saved["Config"] == f"blobs/sha256/{image.config.digest.split(':')[1]}"
+    assert saved["Layers"] == [f"blobs/sha256/{layer.digest.split(':')[1]}" for layer in image.layers]
+    # Read back as `docker save` output: same config and layer blobs, under a synthesised Docker manifest.
+    archive = DockerArchive(tmp_path / "saved.tar")
+    source = resolve_source(
+        archive, parse_location(f"docker-archive:{tmp_path / 'saved.tar'}").reference, store
+    )
+    [manifest] = source.manifests
+    assert manifest.config.digest == image.config.digest
+    assert [layer.descriptor.digest for layer in manifest.layers] == [layer.digest for layer in image.layers]
+    # ... and as the OCI layout docker 25+ also writes beside manifest.json.
+    as_layout = OCIArchive(tmp_path / "saved.tar")
+    assert as_layout.resolve(Reference("oci-archive", "x", tag="team/app:v1")).digest == image.digest
+
+    index = imagegen.standard_index(store, big_file_size=1024)
+    multi = parse_location(f"docker-archive:{tmp_path / 'multi.tar'}:team/app:v2").reference
+    routes = Transports(writing=[multi])
+    publish.push_image(routes, multi, as_built(index), store)
+    with pytest.raises(RegistryError, match="single-platform"):
+        routes.commit(multi)
+    assert not (tmp_path / "multi.tar").exists()
