@@ -360,6 +360,37 @@ def _fetch_all(
     return broken
 
 
+def _fetch_referenced(
+    target: ManifestSource,
+    target_ref: Reference,
+    source_image: SourceImage,
+    target_image: SourceImage,
+    store: ContentStore,
+    verdict: Verdict,
+) -> set[str]:
+    """A Nydus zran layer's data is the source's gzip blob, which must be in the target repository too."""
+    by_digest = {
+        layer.descriptor.digest: layer.descriptor for m in source_image.manifests for layer in m.layers
+    }
+    broken: set[str] = set()
+    for manifest in target_image.manifests:
+        for layer in manifest.layers:
+            referenced = layer.descriptor.annotation(mt.NYDUS_REF_ANNOTATION)
+            if not referenced or referenced in broken or store.exists(referenced):
+                continue
+            desc = by_digest.get(referenced)
+            try:
+                if desc is None:
+                    raise VerifyError("not a layer of the source")
+                target.fetch_blob(target_ref, desc, store)
+            except AccelError as exc:
+                broken.add(layer.descriptor.digest)
+                verdict.fail(
+                    f"target blob {referenced} (data of zran layer {layer.descriptor.digest}): {exc}"
+                )
+    return broken
+
+
 def verify_image(
     source: ManifestSource,
     source_ref: Reference,
@@ -383,6 +414,7 @@ def verify_image(
             return verdict
         broken = _fetch_all(source, source_ref, source_image, source_store, verdict, "source")
         broken |= _fetch_all(target, target_ref, target_image, target_store, verdict, "target")
+        broken |= _fetch_referenced(target, target_ref, source_image, target_image, target_store, verdict)
         by_platform: dict[str, list[SourceManifest]] = {}
         for manifest in target_image.manifests:
             by_platform.setdefault(_platform_key(manifest), []).append(manifest)
