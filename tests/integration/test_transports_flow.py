@@ -219,3 +219,36 @@ def test_the_verify_switch_refuses_to_push_what_it_cannot_prove(
     with pytest.raises(VerifyError, match="not pushed, it fails verification"):
         convert_image(source=f"oci:{source}:v1", drivers=["estargz"], config=str(config), target=target)
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_the_verify_switch_proves_a_warm_run_whose_layers_come_from_the_cache(
+    prefect_api, registry, repo_name: str, tmp_path: Path
+) -> None:
+    """A fresh work dir: the converted layers are cache hits mounted in the target repository, not local; the
+    verify step reads them from there."""
+    from flows.convert_image import convert_image
+
+    store = ContentStore(tmp_path / "source-store")
+    image = imagegen.standard_image(store, big_file_size=300 * 1024)
+    source = Reference.parse(f"{registry.host}/{repo_name}:v1")
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        publish.push_image(client, source, as_built(image), store)
+
+    def config(work: str) -> Path:
+        path = configs.write_config(
+            tmp_path / f"{work}.yaml",
+            {registry.host: {}},
+            [configs.driver("estargz")],
+            [{"cache_tag": "accel-cache"}],
+            work_dir=tmp_path / work,
+        )
+        settings = yaml.safe_load(path.read_text())
+        settings["converter"]["verify"] = True
+        path.write_text(yaml.safe_dump(settings))
+        return path
+
+    cold = convert_image(source=str(source), config=str(config("cold")))
+    warm = convert_image(source=str(source), config=str(config("warm")))
+    assert [(t.cached_layers, t.layers) for t in warm.targets] == [(len(image.layers), len(image.layers))]
+    assert [t.digest for t in warm.targets] == [t.digest for t in cold.targets]
+    assert "verify estargz" in warm.seconds
