@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from accel import cache
 from accel import constants as mt
 from accel import digest as dg
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
@@ -667,6 +668,7 @@ def test_acceld_aliases_and_no_op_options() -> None:
     assert NydusOptions.model_validate({"backend_type": "oss", "backend_config": ""}) == NydusOptions()
 
 
+@nh.needs_builder
 def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path) -> None:
     other = tmp_path / "elsewhere" / "nydus-image"
     other.parent.mkdir()
@@ -678,6 +680,17 @@ def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path)
     )
     assert placed.cache_key() == plain.cache_key()
     assert placed.accepts_original_records() and plain.accepts_original_records()  # type: ignore[attr-defined]
+    # So records match whichever path wrote or reads them: accel's, and the Go service's (no options).
+    store = ContentStore(tmp_path / "store")
+    blob = Descriptor(media_type=mt.NYDUS_BLOB, digest=store.put_bytes(b"blob"), size=4)
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source"), size=6)
+    ours = cache.cache_entry(
+        plain, ConvertedLayer(source=source, descriptor=blob, diff_id=blob.digest), store
+    )
+    go_record = cache.CacheEntry(
+        layer=blob.with_(annotations={mt.NYDUS_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
+    )
+    assert ours.matches(placed) and go_record.matches(placed)
     # What changes the bytes still counts.
     assert load_driver("nydus", {"compressor": "lz4_block"}).cache_key() != plain.cache_key()
     assert not load_driver("nydus", {"chunk_size": "0x4000"}).accepts_original_records()  # type: ignore[attr-defined]
