@@ -24,7 +24,6 @@ import base64
 import binascii
 import fnmatch
 import logging
-import os
 import re
 import types
 import typing
@@ -455,6 +454,11 @@ def load_file(path: Path | str, *, strict: bool = False) -> Settings:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return load_text(text, path, strict=strict)
+
+
+def load_text(text: str, path: Path, *, strict: bool = False) -> Settings:
+    """Settings from the YAML text of the config file at `path` (relative work dirs resolve against it)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -470,8 +474,3 @@ def load_file(path: Path | str, *, strict: bool = False) -> Settings:
             update={"provider": settings.provider.model_copy(update={"work_dir": work_dir})}
         )
     return settings
-
-
-def config_path_from_env() -> Path | None:
-    value = os.environ.get("ACCEL_CONFIG")
-    return Path(value) if value else None

@@ -6,12 +6,14 @@ token cache) and one content store per config, so nothing secret ever travels as
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
-from accel.config import Settings, load_file
+from accel.config import Settings, load_text
 from accel.drivers import Driver, load_driver
 from accel.drivers.dependencies import DependencyResolver
+from accel.errors import ConfigError
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 
@@ -58,16 +60,21 @@ class Context:
             self._client.close()
 
 
-_contexts: dict[tuple[str, float], Context] = {}
+_contexts: dict[tuple[str, str], Context] = {}
 _contexts_lock = threading.Lock()
 
 
 def context_for(config_path: str | Path) -> Context:
-    """One Context per config file (and its mtime, so an edited config takes effect on the next run)."""
+    """One Context per config file content: every task of a run shares the one its flow built, and an
+    edited config (whatever its mtime says) takes effect on the next run."""
     path = Path(config_path).resolve()
-    key = (str(path), path.stat().st_mtime)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    key = (str(path), hashlib.sha256(text.encode()).hexdigest())
     with _contexts_lock:
         ctx = _contexts.get(key)
         if ctx is None:
-            ctx = _contexts[key] = Context(load_file(path))
+            ctx = _contexts[key] = Context(load_text(text, path))
         return ctx

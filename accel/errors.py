@@ -9,7 +9,7 @@ class ConfigError(AccelError):
     """The configuration is invalid; the message says which field and why."""
 
 
-class ReferenceError_(AccelError):
+class InvalidReference(AccelError):
     """An image reference cannot be parsed."""
 
 

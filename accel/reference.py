@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from accel.errors import ReferenceError_
+from accel.errors import InvalidReference
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -35,7 +35,7 @@ class Reference:
         original = text
         text = text.strip()
         if not text or len(text) > 4096 or any(c.isspace() for c in text):
-            raise ReferenceError_(f"invalid image reference {original!r}")
+            raise InvalidReference(f"invalid image reference {original!r}")
         for scheme in ("https://", "http://"):
             if text.startswith(scheme):
                 text = text[len(scheme) :]
@@ -43,14 +43,14 @@ class Reference:
         if "@" in text:
             name, digest = text.split("@", 1)
             if not _DIGEST_RE.match(digest):
-                raise ReferenceError_(f"invalid digest in reference {original!r}")
+                raise InvalidReference(f"invalid digest in reference {original!r}")
         tag = None
         slash = name.rfind("/")
         colon = name.rfind(":")
         if colon > slash:
             name, tag = name[:colon], name[colon + 1 :]
             if not _TAG_RE.match(tag):
-                raise ReferenceError_(f"invalid tag {tag!r} in reference {original!r}")
+                raise InvalidReference(f"invalid tag {tag!r} in reference {original!r}")
         first, _, rest = name.partition("/")
         if rest and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
             registry, path = first, rest
@@ -61,9 +61,9 @@ class Reference:
         if registry == DEFAULT_REGISTRY and "/" not in path:
             path = f"library/{path}"
         if not _HOST_RE.match(registry):
-            raise ReferenceError_(f"invalid registry host {registry!r} in reference {original!r}")
+            raise InvalidReference(f"invalid registry host {registry!r} in reference {original!r}")
         if not _PATH_RE.match(path):
-            raise ReferenceError_(f"invalid repository {path!r} in reference {original!r}")
+            raise InvalidReference(f"invalid repository {path!r} in reference {original!r}")
         if tag is None and digest is None:
             tag = DEFAULT_TAG
         return cls(registry=registry, repository=path, tag=tag, digest=digest)

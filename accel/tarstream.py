@@ -107,6 +107,8 @@ class TarHeader:
     format: TarFormat
     pax_records: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     sparse: bool = False
+    # Old GNU sparse ('S'): the (offset, length) regions from the header and its extension blocks.
+    gnu_sparse_map: tuple[tuple[int, int], ...] = ()
 
     @property
     def xattrs(self) -> dict[bytes, bytes]:
@@ -278,14 +280,19 @@ class TarScanner:
                 else:
                     long_link = _cstring(data)
                 continue
+            gnu_sparse_map: list[tuple[int, int]] = []
             if typeflag == TYPE_GNU_SPARSE and fields.format is TarFormat.GNU:
-                # Old GNU sparse: more sparse-map blocks may follow the header.
+                # Old GNU sparse: 4 regions in the header, more in extension blocks of 21 each.
+                gnu_sparse_map += _gnu_sparse_regions(block[386:482], 4)
                 extended = block[482] != 0
                 while extended:
                     ext = self._source.read_exact(BLOCK_SIZE, "a GNU sparse extension block")
                     raw.append(ext)
+                    gnu_sparse_map += _gnu_sparse_regions(ext[:504], 21)
                     extended = ext[504] != 0
             header, stored_size = _make_header(fields, pax, long_name, long_link)
+            if gnu_sparse_map:
+                header = dataclasses.replace(header, gnu_sparse_map=tuple(gnu_sparse_map))
             data_size = 0 if header.is_header_only else stored_size
             return TarMember(self._source, header, b"".join(raw), start, data_size)
 
@@ -316,6 +323,104 @@ class _PreloadedMember(TarMember):
 
 def _padding(size: int) -> int:
     return -size % BLOCK_SIZE
+
+
+def _gnu_sparse_regions(data: bytes, count: int) -> list[tuple[int, int]]:
+    """(offset, length) pairs of 12-byte numeric fields; an all-NUL offset ends the list."""
+    regions = []
+    for index in range(count):
+        entry = data[index * 24 : index * 24 + 24]
+        if not entry[:12].strip(b"\x00"):
+            break
+        try:
+            regions.append((_parse_numeric(entry[:12]), _parse_numeric(entry[12:24])))
+        except ValueError as exc:
+            raise TarError(f"invalid GNU sparse map: {exc}") from None
+    return regions
+
+
+# --- sparse files ----------------------------------------------------------------------------------
+
+
+def sparse_regions(member: TarMember) -> list[tuple[int, int]]:
+    """The data regions (offset, length) of a sparse member, in the order its payload stores them.
+
+    Covers the three forms Go reads: old GNU ('S' header and extension blocks), PAX 0.0/0.1
+    (GNU.sparse.offset/numbytes pairs or GNU.sparse.map) and PAX 1.0, whose map is the start of the
+    payload (decimal numbers, one a line, padded to a block) and is consumed here.
+    """
+    header = member.header
+    if header.gnu_sparse_map:
+        regions = list(header.gnu_sparse_map)
+    elif header.pax_records.get(b"GNU.sparse.major") == b"1":
+        regions = _read_pax1_map(member)
+    elif b"GNU.sparse.map" in header.pax_records:
+        numbers = [
+            _pax_int(n, "GNU.sparse.map") for n in header.pax_records[b"GNU.sparse.map"].split(b",") if n
+        ]
+        if len(numbers) % 2:
+            raise TarError(f"sparse map of {header.name!r} has an odd number of fields")
+        regions = list(zip(numbers[::2], numbers[1::2], strict=True))
+    else:
+        raise TarError(f"{header.name!r} is marked sparse but has no sparse map")
+    # Writers end maps with empty regions (GNU tar: one at the file size, zeros after it); they hold nothing.
+    regions = [(offset, length) for offset, length in regions if length]
+    end = 0
+    for offset, length in regions:
+        if offset < end or length < 0 or offset + length > header.size:
+            raise TarError(f"sparse map of {header.name!r} has overlapping or out-of-range regions")
+        end = offset + length
+    return regions
+
+
+def _read_pax1_map(member: TarMember) -> list[tuple[int, int]]:
+    consumed = 0
+    pending = b""
+    numbers: list[int] = []
+    wanted: int | None = None
+    while wanted is None or len(numbers) < 2 * wanted:
+        block = member.read(BLOCK_SIZE)
+        if len(block) != BLOCK_SIZE:
+            raise TarError(f"sparse map of {member.header.name!r} is truncated")
+        consumed += BLOCK_SIZE
+        *lines, pending = (pending + block).split(b"\n")
+        for line in lines:
+            value = _pax_int(line, "sparse map entry")
+            if wanted is None:
+                wanted = value
+            else:
+                numbers.append(value)
+        if consumed > MAX_SPECIAL_FILE_SIZE:
+            raise TarError(f"sparse map of {member.header.name!r} is too large")
+    if len(numbers) != 2 * wanted:
+        raise TarError(f"sparse map of {member.header.name!r} is malformed")
+    return list(zip(numbers[::2], numbers[1::2], strict=True))
+
+
+def iter_expanded(member: TarMember, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """A regular member's content as extraction writes it: sparse holes filled with zeros."""
+    if not member.header.sparse:
+        yield from member.iter_data(chunk_size)
+        return
+    position = 0
+    for offset, length in sparse_regions(member):
+        yield from _zeros(offset - position, chunk_size)
+        remaining = length
+        while remaining:
+            data = member.read(min(chunk_size, remaining))
+            if not data:
+                raise TarError(f"sparse data of {member.header.name!r} is shorter than its map")
+            remaining -= len(data)
+            yield data
+        position = offset + length
+    yield from _zeros(member.header.size - position, chunk_size)
+
+
+def _zeros(count: int, chunk_size: int) -> Iterator[bytes]:
+    while count > 0:
+        step = min(count, chunk_size)
+        yield bytes(step)
+        count -= step
 
 
 def parse_header_block(block: bytes) -> tuple[TarHeader, int]:

@@ -25,9 +25,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no interne
 from accel import image as img  # noqa: E402
 from accel import publish  # noqa: E402
 from accel.drivers import LayerInput, load_driver  # noqa: E402
+from accel.plan import target_reference  # noqa: E402
 from accel.reference import Reference  # noqa: E402
 from accel.registry import HostConfig, RegistryClient  # noqa: E402
-from accel.rules import target_reference  # noqa: E402
 from accel.store import ContentStore  # noqa: E402
 from tests.harness import imagegen, pushing  # noqa: E402
 from tests.harness.registry import anonymous_registry  # noqa: E402

@@ -1,1 +1,1 @@
-"""Entry points: `acceld` (HTTP API + Prefect deployments) and `accelctl` (CLI)."""
+"""The Prefect deployment definitions: the one source for acceld's serve list and for prefect.yaml."""

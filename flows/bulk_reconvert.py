@@ -17,15 +17,13 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from accel import constants as mt
-from accel.cache import cache_reference
+from accel.config import Settings
 from accel.context import context_for
+from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from accel.registry.errors import NotFound
-from accel.rules import target_reference
-from accel.webhook import conversion_key, is_converted_tag
+from deployments.definitions import CONVERT_DEPLOYMENT
 from flows.convert_image import _config_path, convert_image
-
-CONVERT_DEPLOYMENT = "convert-image/convert-image"
 
 
 class StaleImage(BaseModel):
@@ -68,22 +66,17 @@ def list_repositories(config_path: str, repositories: list[str] | None) -> list[
 @task(name="plan-repository", task_run_name="plan {repository}")
 def plan_repository(config_path: str, repository: str, drivers: list[str] | None) -> list[StaleImage]:
     ctx = context_for(config_path)
-    converter = ctx.settings.converter
     base = Reference.parse(f"{repository}:latest")
     if base.registry not in ctx.settings.provider.source:
         raise ValueError(f"{repository}: registry {base.registry} is not configured in provider.source")
-    suffixes = [converter.suffix_for(d) for d in converter.all_drivers()]
     tags = ctx.client.list_tags(base)
     present = set(tags)
     stale = []
-    cache = cache_reference(base, converter.cache_tag, ctx.settings.provider.cache_repository)
-    cache_tags = converter.cache_tags() | ({cache.tag} if cache and cache.tag else set())
     for tag in tags:
-        if is_converted_tag(tag, suffixes) or tag in cache_tags:
-            continue  # accel's own outputs: converted images, referrers indexes, conversion caches
         source = base.with_tag(tag)
-        route = converter.route(source.registry, source.repository)
-        wanted = drivers or route.drivers or [d.type for d in converter.all_drivers()]
+        if is_own_output(ctx.settings, source):
+            continue  # accel's own outputs: converted images, referrers indexes, conversion caches
+        plan = plan_conversion(ctx.settings, source, drivers)
         try:
             digest = ctx.client.resolve(source).digest
         except NotFound:
@@ -91,9 +84,7 @@ def plan_repository(config_path: str, repository: str, drivers: list[str] | None
         pinned = source.with_digest(digest)
         need: list[str] = []
         reasons: list[str] = []
-        for driver_type in wanted:
-            suffix = converter.suffix_for(converter.find_driver(driver_type))
-            target = target_reference(source, suffix, route.target_repository)
+        for driver_type, target in plan.targets.items():
             if target.repository == source.repository and target.tag not in present:
                 need.append(driver_type)
                 reasons.append(f"{driver_type}: {target.tag} missing")
@@ -120,25 +111,17 @@ def plan_repository(config_path: str, repository: str, drivers: list[str] | None
                 StaleImage(
                     source=str(pinned),
                     drivers=need,
-                    target_repository=route.target_repository,
+                    target_repository=plan.target_repository,
                     reasons=reasons,
                 )
             )
     return stale
 
 
-def _idempotency_key(config_path: str, image: StaleImage, run_scope: str) -> str:
-    converter = context_for(config_path).settings.converter
-    options = {
-        d: {
-            "config": converter.find_driver(d).driver_config(),
-            "suffix": converter.suffix_for(converter.find_driver(d)),
-        }
-        for d in image.drivers
-    }
-    key = conversion_key(Reference.parse(image.source), image.drivers, options, image.target_repository)
+def _idempotency_key(settings: Settings, image: StaleImage, run_scope: str) -> str:
+    plan = plan_conversion(settings, Reference.parse(image.source), image.drivers, image.target_repository)
     # Scoped to this bulk run: its own retries reuse runs, a later bulk run may retry a failed conversion.
-    return f"{key}-bulk-{run_scope}"
+    return f"{plan.idempotency_key}-bulk-{run_scope}"
 
 
 @flow(name="bulk-reconvert", log_prints=True)
@@ -176,7 +159,7 @@ def bulk_reconvert(
                     CONVERT_DEPLOYMENT,
                     parameters=parameters,
                     timeout=0,
-                    idempotency_key=_idempotency_key(config_path, image, scope),
+                    idempotency_key=_idempotency_key(context_for(config_path).settings, image, scope),
                     as_subflow=False,
                 )
                 runs.append(str(run.id))

@@ -15,15 +15,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
-from accel.cache import cache_reference
 from accel.context import context_for
 from accel.digest import short
 from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import ConfigError
 from accel.image import BuiltImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
+from accel.plan import ConversionPlan, is_cache_tag, plan_conversion
 from accel.reference import Reference
-from accel.rules import target_reference
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.store import collect_garbage
@@ -49,12 +48,24 @@ class TargetResult(BaseModel):
     layer_sizes: list[LayerResult] = []
 
 
+class PlanRecord(BaseModel):
+    """The plan the run resolved (drivers and targets), so every reader shows what actually ran."""
+
+    drivers: list[str]
+    targets: dict[str, str]  # driver type → target reference
+
+    @classmethod
+    def of(cls, plan: ConversionPlan) -> PlanRecord:
+        return cls(drivers=list(plan.drivers), targets=plan.target_names())
+
+
 class ConversionResult(BaseModel):
     source: str
     source_digest: str
     targets: list[TargetResult]
     seconds: dict[str, float]
     skipped: str | None = None  # why nothing was converted (a COMPLETED run, not a failure)
+    plan: PlanRecord | None = None  # None in results written before plans were recorded
 
 
 def _config_path(config: str | None) -> str:
@@ -76,40 +87,30 @@ def convert_image(
     logger = get_run_logger()
     config_path = _config_path(config)
     ctx = context_for(config_path)
-    converter = ctx.settings.converter
     source_ref = Reference.parse(source)
-    # Unset drivers and target follow the config's rules, as for acceld and bulk-reconvert runs.
-    route = converter.route(source_ref.registry, source_ref.repository)
-    driver_types = drivers or route.drivers or [d.type for d in converter.all_drivers()]
-    target_repository = target_repository or route.target_repository
-    for d in driver_types:
-        converter.find_driver(d)  # unknown driver: fail before touching the registry
+    # Unknown drivers fail here, before anything touches the registry.
+    plan = plan_conversion(ctx.settings, source_ref, drivers, target_repository)
+    driver_types = list(plan.drivers)
     timings: dict[str, float] = {}
-    provider = ctx.settings.provider
-    cache_ref = cache_reference(source_ref, converter.cache_tag, provider.cache_repository)
-    own_cache_tags = converter.cache_tags() | ({cache_ref.tag} if cache_ref and cache_ref.tag else set())
-    if source_ref.tag and source_ref.tag in own_cache_tags:
-        return _skipped(source_ref, "", f"tag {source_ref.tag!r} is a conversion cache tag")
+    if is_cache_tag(ctx.settings, source_ref):
+        return _skipped(plan, "", f"tag {source_ref.tag!r} is a conversion cache tag")
 
     started = time.monotonic()
-    image = resolve(str(source_ref), config_path)
+    image = resolve(source_ref, config_path)
     timings["resolve"] = time.monotonic() - started
     logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
     if produced := produced_by_accel(image):
-        return _skipped(source_ref, image.root.digest, f"the image was produced by accel ({produced})")
+        return _skipped(plan, image.root.digest, f"the image was produced by accel ({produced})")
     if already := detect_format([layer.descriptor for m in image.manifests for layer in m.layers]):
-        return _skipped(source_ref, image.root.digest, f"the image already is {already} (layer annotations)")
+        return _skipped(plan, image.root.digest, f"the image already is {already} (layer annotations)")
 
     layers = image.unique_layers()
-    target_refs = {
-        d: target_reference(source_ref, converter.suffix_for(converter.find_driver(d)), target_repository)
-        for d in driver_types
-    }
-    targets_by_driver = {d: str(t) for d, t in target_refs.items()}
+    target_refs = dict(plan.targets)
+    cache_ref = plan.cache
     lookup = CacheLookup(hits={d: {} for d in driver_types})
     if cache_ref is not None:
         started = time.monotonic()
-        lookup = lookup_cache(image, driver_types, str(cache_ref), targets_by_driver, config_path)
+        lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
         timings["cache lookup"] = time.monotonic() - started
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
@@ -124,7 +125,7 @@ def convert_image(
         timings[f"build {d}"] = time.monotonic() - started
         target = target_refs[d]
         started = time.monotonic()
-        pushed = push_image(built, str(target), str(source_ref), config_path)
+        pushed = push_image(built, target, source_ref, config_path)
         timings[f"push {d}"] = time.monotonic() - started
         targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(target)))
         logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
@@ -132,12 +133,16 @@ def convert_image(
     if cache_ref is not None:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
         started = time.monotonic()
-        merge_cache(image, converted, str(cache_ref), targets_by_driver, lookup.gone, config_path)
+        merge_cache(image, converted, cache_ref, target_refs, lookup.gone, config_path)
         timings["cache merge"] = time.monotonic() - started
 
     collect_garbage(config_path)
     result = ConversionResult(
-        source=str(source_ref), source_digest=image.root.digest, targets=targets, seconds=timings
+        source=str(source_ref),
+        source_digest=image.root.digest,
+        targets=targets,
+        seconds=timings,
+        plan=PlanRecord.of(plan),
     )
     _publish_artifact(result)
     return result
@@ -183,7 +188,7 @@ def _pull_and_convert(
     by every driver) and converted in parallel task runs."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
-    pulls = {digest: pull_layer.submit(str(source), layer, config_path) for digest, layer in to_pull.items()}
+    pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
         d: [
             convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
@@ -209,10 +214,15 @@ def _pull_and_convert(
     return converted
 
 
-def _skipped(source: Reference, digest: str, reason: str) -> ConversionResult:
-    get_run_logger().info("skipping %s: %s", source, reason)
+def _skipped(plan: ConversionPlan, digest: str, reason: str) -> ConversionResult:
+    get_run_logger().info("skipping %s: %s", plan.source, reason)
     result = ConversionResult(
-        source=str(source), source_digest=digest, targets=[], seconds={}, skipped=reason
+        source=str(plan.source),
+        source_digest=digest,
+        targets=[],
+        seconds={},
+        skipped=reason,
+        plan=PlanRecord.of(plan),
     )
     _publish_artifact(result)
     return result

@@ -26,13 +26,17 @@ class CacheLookup(BaseModel):
 
 @task(name="lookup-cache", task_run_name="lookup cache {cache_ref}")
 def lookup_cache(
-    image: SourceImage, driver_types: list[str], cache_ref: str, targets: dict[str, str], config_path: str
+    image: SourceImage,
+    driver_types: list[str],
+    cache_ref: Reference,
+    targets: dict[str, Reference],
+    config_path: str,
 ) -> CacheLookup:
     """Read the cache image and make each hit usable: blob in the target repository, extra blobs local."""
     ctx = context_for(config_path)
     provider = ctx.settings.provider
     layers = image.unique_layers()
-    ref = Reference.parse(cache_ref)
+    ref = cache_ref
     try:
         found = cache.fetch_cache(
             ctx.client, ref, ctx.store, provider.cache_version, [m.platform for m in image.manifests]
@@ -45,7 +49,7 @@ def lookup_cache(
                 found,
                 ctx.driver(driver_type),
                 layers,
-                Reference.parse(targets[driver_type]),
+                targets[driver_type],
                 ctx.store,
             )
             lookup.hits[driver_type] = restored.hits
@@ -65,21 +69,21 @@ def lookup_cache(
 def merge_cache(
     image: SourceImage,
     converted: dict[str, list[ConvertedLayer]],
-    cache_ref: str,
-    targets: dict[str, str],
+    cache_ref: Reference,
+    targets: dict[str, Reference],
     gone: list[str],
     config_path: str,
 ) -> str | None:
     """Merge this conversion's records into the cache image and push it; the pushed root digest or None."""
     ctx = context_for(config_path)
     provider = ctx.settings.provider
-    ref = Reference.parse(cache_ref)
+    ref = cache_ref
     if provider.cache_size == 0:
         get_run_logger().info("provider.cache_size is 0: no records are stored in %s", ref)
         return None
     records = cache.records_for(image, {ctx.driver(d): layers for d, layers in converted.items()}, ctx.store)
     # New blobs are already in the target repositories: mount them from there.
-    mount_from = [t.repository for t in map(Reference.parse, targets.values()) if t.registry == ref.registry]
+    mount_from = [t.repository for t in targets.values() if t.registry == ref.registry]
     try:
         pushed = cache.push_cache(
             ctx.client,

@@ -26,10 +26,10 @@ from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=transient_only,
 )
-def resolve(source: str, config_path: str) -> img.SourceImage:
+def resolve(source: Reference, config_path: str) -> img.SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
-    return img.resolve_source(ctx.client, Reference.parse(source), ctx.store, platforms)
+    return img.resolve_source(ctx.client, source, ctx.store, platforms)
 
 
 @task(
@@ -39,10 +39,10 @@ def resolve(source: str, config_path: str) -> img.SourceImage:
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=transient_only,
 )
-def pull_layer(source: str, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
+def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
     ctx = context_for(config_path)
-    ctx.client.fetch_blob(Reference.parse(source), layer.descriptor, ctx.store)
+    ctx.client.fetch_blob(source, layer.descriptor, ctx.store)
     return layer
 
 
@@ -86,16 +86,16 @@ def build_image(
 
 @task(
     name="push",
-    task_run_name="push {target}",
+    task_run_name="push {target_ref}",
     retries=len(RETRY_DELAYS),
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=transient_only,
 )
-def push_image(image: img.BuiltImage, target: str, source: str, config_path: str) -> Descriptor:
+def push_image(
+    image: img.BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str
+) -> Descriptor:
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
-    target_ref = Reference.parse(target)
-    source_ref = Reference.parse(source)
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
     # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
     stage_dependency_blobs(ctx.client, target_ref, image, ctx.dependencies.resolved(), ctx.store)

@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.harness import Acceld, PrefectServer, tail
 from tests.harness import registry as harness
 from tests.harness.postgres import PostgresServer
 from tests.harness.postgres import available as postgres_available
-
-WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
-SUFFIX = "-esgz"
+from tests.harness.services import SUFFIX, WEBHOOK_SECRET, Acceld, PrefectServer, tail
 
 pytestmark = pytest.mark.prefect
 

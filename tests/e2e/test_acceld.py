@@ -21,10 +21,9 @@ from accel import constants as mt
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.e2e.conftest import SUFFIX, WEBHOOK_SECRET
-from tests.e2e.harness import REPO, Acceld
 from tests.harness import imagegen, pushing
-from tests.unit.test_api import _malformed_bodies
+from tests.harness.api import malformed_bodies, wait_until
+from tests.harness.services import REPO, SUFFIX, WEBHOOK_SECRET, Acceld
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -79,6 +78,12 @@ def cloudevent_payload(ref: Reference) -> dict[str, Any]:
     }
 
 
+def answered_every(body: dict[str, Any], refs: list[Reference]) -> bool:
+    """A 202 answer accounts for each pushed image: a task created, or its creation still pending."""
+    named = {t["source"] for t in body["tasks"]} | set(body["pending"])
+    return named == {str(ref) for ref in refs}
+
+
 def wait_task(acceld: Acceld, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -114,10 +119,11 @@ def wait_listed(acceld: Acceld, ref: Reference, timeout: float = 60) -> list[dic
 
 def test_harbor_default_payload_async(acceld, registry, source_store):
     ref = push_image(registry.host, source_store)
-    started = time.monotonic()
     r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
-    assert time.monotonic() - started < 3, "Harbor gives up after 3 s"
+    # Harbor gives up after 3 s: acceld answers without waiting for the run (tests/unit/test_api.py proves
+    # that with a hanging orchestrator); here the answer names the task or leaves it pending.
     assert r.status_code == 202, r.text
+    assert answered_every(r.json(), [ref]), r.json()
     task_ids = [t["id"] for t in r.json()["tasks"]] or [t["id"] for t in wait_listed(acceld, ref)]
     assert len(task_ids) == 1
     done = wait_task(acceld, task_ids[0])
@@ -146,14 +152,18 @@ def test_cloudevents_payload_sync(acceld, registry, source_store):
 def test_distribution_notification_from_a_real_registry(acceld, notifying_registry, source_store):
     """The registry itself notifies acceld; the converted image's own push event is ignored (no loop)."""
     ref = push_image(notifying_registry.host, source_store, tag="dist", seed=2)
-    deadline = time.monotonic() + 120
-    while not (tasks := tasks_for(acceld, ref)) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    tasks = wait_listed(acceld, ref, timeout=120)
     assert len(tasks) == 1, tasks
     done = wait_task(acceld, tasks[0]["id"])
     assert done["status"] == "COMPLETED", done
     assert_converted(ref)
-    time.sleep(2)  # the target's own push notification has arrived by now
+    # The registry notifies acceld of the converted image's push too; acceld logs that it ignored it.
+    target = f"{ref.name}:{ref.tag}{SUFFIX}"
+    wait_until(
+        lambda: any("ignored" in line and target in line for line in acceld.log().splitlines()),
+        timeout=120,
+        what=f"acceld to receive and ignore the push notification of {target}",
+    )
     assert len(tasks_for(acceld, ref)) == 1
 
 
@@ -185,7 +195,7 @@ def test_unknown_registry_is_403(acceld):
 
 
 def test_fifty_malformed_bodies_get_4xx(acceld):
-    bodies = _malformed_bodies()
+    bodies = malformed_bodies()
     assert len(bodies) == 50
     for body in bodies:
         for path in ("/api/v1/conversions", "/api/v1/notifications/distribution"):
@@ -209,14 +219,14 @@ def test_failed_conversion_reports_reason(acceld, registry):
 def test_ten_concurrent_conversions_without_database_locks(acceld, registry, source_store, prefect_server):
     refs = [push_image(registry.host, source_store, tag=f"c{i}", seed=100 + i) for i in range(10)]
 
-    def send(ref: Reference) -> tuple[int, float, dict[str, Any]]:
-        started = time.monotonic()
+    def send(ref: Reference) -> tuple[int, dict[str, Any]]:
         r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
-        return r.status_code, time.monotonic() - started, r.json()
+        return r.status_code, r.json()
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(send, refs))
-    assert all(status == 202 and seconds < 3 for status, seconds, _ in answers), answers
+    assert all(status == 202 for status, _ in answers), answers
+    assert all(answered_every(body, [ref]) for ref, (_, body) in zip(refs, answers, strict=True)), answers
     ids = [wait_listed(acceld, ref)[0]["id"] for ref in refs]  # some may have been "pending"
     finished = [wait_task(acceld, i, timeout=300) for i in ids]
     assert [t["status"] for t in finished] == ["COMPLETED"] * 10, [t["reason"] for t in finished]
@@ -226,15 +236,23 @@ def test_ten_concurrent_conversions_without_database_locks(acceld, registry, sou
     assert "database is locked" not in logs
 
 
-def test_metrics_reflect_conversions(acceld):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def test_metrics_reflect_conversions(acceld, registry, source_store):
+    """Counts what this test itself causes: one refused and one completed conversion."""
+    ref = push_image(registry.host, source_store, tag="metrics", seed=5)
+    refused = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), timeout=30)
+    assert refused.status_code == 401
+    r = httpx.post(
+        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_payload(ref), headers=AUTH, timeout=180
+    )
+    assert r.status_code == 200 and r.json()["tasks"][0]["status"] == "COMPLETED", r.text
+    success = 'accel_conversions_total{driver="estargz",result="success"}'
+
+    def metrics_with_success() -> str | None:
         text = httpx.get(f"{acceld.url}/metrics", timeout=30).text
-        if 'accel_conversions_total{driver="estargz",result="success"}' in text:
-            break
-        time.sleep(2)
-    assert 'accel_conversions_total{driver="estargz",result="success"}' in text
-    assert 'accel_webhook_requests_total{result="accepted",source="harbor"}' in text
+        return text if success in text else None
+
+    text = wait_until(metrics_with_success, timeout=60, what="the completed conversion in the metrics")
+    assert 'accel_webhook_requests_total{result="completed",source="harbor"}' in text
     assert 'accel_webhook_requests_total{result="unauthorized",source="harbor"}' in text
     assert "accel_conversion_duration_seconds_bucket" in text
     assert "accel_build_info{" in text
@@ -243,7 +261,7 @@ def test_metrics_reflect_conversions(acceld):
 
 def _accelctl(acceld: Acceld, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deployments.accelctl", "task", *args],
+        [sys.executable, "-m", "service.accelctl", "task", *args],
         env={**acceld.env, "ACCELD_URL": acceld.url, "ACCELD_AUTH_HEADER": WEBHOOK_SECRET},
         cwd=REPO,
         capture_output=True,
@@ -273,7 +291,7 @@ def test_accelctl_task_commands(acceld, registry, source_store):
     assert async_id.stdout.strip() == mine[0]["id"]
 
 
-def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server):
+def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server, registry, source_store):
     """Tasks are Prefect runs, so a restart loses nothing; a run left RUNNING by a dead acceld is FAILED."""
     import asyncio
 
@@ -281,8 +299,16 @@ def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server):
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Running
 
+    # A conversion of this test's own, finished before the restart.
+    ref = push_image(registry.host, source_store, tag="restart", seed=6)
+    r = httpx.post(
+        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_payload(ref), headers=AUTH, timeout=180
+    )
+    [mine] = r.json()["tasks"]
+    assert mine["status"] == "COMPLETED", r.text
     before = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
-    assert before
+    finished_before = {t["id"]: t for t in before if t["status"] != "PROCESSING"}
+    assert finished_before[mine["id"]]["target"] == f"{ref.name}:{ref.tag}{SUFFIX}"
     acceld.stop()
 
     async def orphan() -> str:
@@ -298,10 +324,10 @@ def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server):
         orphan_id = asyncio.run(orphan())
     acceld.start()
     after = {t["id"]: t for t in httpx.get(f"{acceld.url}/api/v1/conversions?limit=1000", timeout=30).json()}
-    for task in before:
-        if task["status"] != "PROCESSING":
-            assert after[task["id"]]["status"] == task["status"]
-            assert after[task["id"]]["target"] == task["target"]
+    # Finished tasks (this test's among them) are listed as before: status, target and sizes.
+    for task_id, task in finished_before.items():
+        for field in ("status", "target", "source_size", "target_size"):
+            assert after[task_id][field] == task[field], (task_id, field)
     orphan_task = after[orphan_id]
     assert orphan_task["status"] == "FAILED"
     assert "acceld stopped" in orphan_task["reason"]

@@ -583,7 +583,7 @@ def _layer_media_type(media: MediaFlavor, compression: Compression) -> str:
 
 
 def _write_layer(
-    builder: TarBuilder, blob: BlobWriter, compression: Compression, tar_format: TarFormat
+    builder: TarBuilder | RawLayer, blob: BlobWriter, compression: Compression, tar_format: TarFormat
 ) -> str:
     """Tar -> compressor -> blob in one pass; returns the DiffID."""
     if compression == "none":
@@ -613,7 +613,7 @@ def _platform(platform: Sequence[str]) -> Platform:
 
 
 def build_image(
-    layers: Sequence[TarBuilder],
+    layers: Sequence[TarBuilder | RawLayer],
     store: ContentStore,
     *,
     platform: Sequence[str] = ("linux", "amd64"),
@@ -782,3 +782,162 @@ def big_image(
         media=media,
         compression=compression,
     )
+
+
+# --- sparse files ----------------------------------------------------------------------------------
+
+SparseForm = Literal["pax-0.0", "pax-0.1", "pax-1.0", "gnu-old"]
+SPARSE_FORMS: tuple[SparseForm, ...] = ("pax-0.0", "pax-0.1", "pax-1.0", "gnu-old")
+
+
+@dataclass(frozen=True)
+class SparseFile:
+    """A sparse file: its logical size and its data regions (offset, bytes); the rest reads as zeros."""
+
+    name: str
+    size: int
+    regions: tuple[tuple[int, bytes], ...]
+
+    def content(self) -> bytes:
+        data = bytearray(self.size)
+        for offset, chunk in self.regions:
+            data[offset : offset + len(chunk)] = chunk
+        return bytes(data)
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return str(length).encode() + body
+
+
+def _ustar_block(name: str, typeflag: bytes, size: int, *, gnu: bool = False, extra: bytes = b"") -> bytes:
+    """One header block written field by field (tarfile cannot write sparse headers)."""
+    block = bytearray(512)
+    block[0:100] = name.encode().ljust(100, b"\0")[:100]
+    block[100:108] = b"0000644\0"
+    block[108:116] = b"0000000\0"
+    block[116:124] = b"0000000\0"
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"%011o\0" % DEFAULT_MTIME
+    block[156:157] = typeflag
+    block[257:265] = b"ustar  \0" if gnu else b"ustar\x0000"
+    block[265:269] = b"root"
+    block[297:301] = b"root"
+    block[329:345] = b"0000000\x000000000\0"
+    if extra:
+        block[345 : 345 + len(extra)] = extra
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def sparse_tar(
+    sparse: SparseFile, form: SparseForm, *, after: Mapping[str, bytes] | None = None, end: bool = True
+) -> bytes:
+    """A tar holding `sparse` in one of the four sparse encodings Go and GNU tar read, then `after` files.
+
+    Written by hand, byte for byte as GNU tar lays them out: old GNU ('S' header, regions in the header
+    and extension blocks), PAX 0.0 (repeated offset/numbytes records), 0.1 (one GNU.sparse.map record)
+    and 1.0 (the map at the start of the data, the real name in GNU.sparse.name).
+    """
+    stored = b"".join(chunk for _, chunk in sparse.regions)
+    numbers = [str(n) for offset, chunk in sparse.regions for n in (offset, len(chunk))]
+    out = bytearray()
+    if form == "gnu-old":
+        entries = [b"%011o\0%011o\0" % (offset, len(chunk)) for offset, chunk in sparse.regions]
+        head, rest = entries[:4], entries[4:]
+        extended = b"\1" if rest else b"\0"
+        extra = bytes(41) + b"".join(head).ljust(96, b"\0") + extended + b"%011o\0" % sparse.size
+        out += _ustar_block(sparse.name, b"S", len(stored), gnu=True, extra=extra)
+        while rest:
+            chunk_entries, rest = rest[:21], rest[21:]
+            out += b"".join(chunk_entries).ljust(504, b"\0") + (b"\1" if rest else b"\0") + bytes(7)
+        out += _padded(stored)
+    else:
+        records = b""
+        if form == "pax-1.0":
+            records += _pax_record("GNU.sparse.major", "1") + _pax_record("GNU.sparse.minor", "0")
+            records += _pax_record("GNU.sparse.name", sparse.name)
+            records += _pax_record("GNU.sparse.realsize", str(sparse.size))
+            sparse_map = _padded(("\n".join([str(len(sparse.regions)), *numbers]) + "\n").encode())
+            payload = sparse_map + stored
+            member_name = f"GNUSparseFile.0/{sparse.name.rsplit('/', 1)[-1]}"
+        else:
+            records += _pax_record("GNU.sparse.size", str(sparse.size))
+            records += _pax_record("GNU.sparse.numblocks", str(len(sparse.regions)))
+            if form == "pax-0.1":
+                records += _pax_record("GNU.sparse.map", ",".join(numbers))
+            else:
+                for offset, chunk in sparse.regions:
+                    records += _pax_record("GNU.sparse.offset", str(offset))
+                    records += _pax_record("GNU.sparse.numbytes", str(len(chunk)))
+            payload = stored
+            member_name = sparse.name
+        out += _ustar_block(f"PaxHeaders.0/{member_name.rsplit('/', 1)[-1]}", b"x", len(records))
+        out += _padded(records)
+        out += _ustar_block(member_name[:100], b"0", len(payload))
+        out += _padded(payload)
+    for name, data in (after or {}).items():
+        out += _ustar_block(name, b"0", len(data)) + _padded(data)
+    return bytes(out + bytes(1024 if end else 0))
+
+
+# --- layers in orders TarBuilder never writes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawLayer:
+    """A layer given as finished tar bytes; `build_image` takes it beside TarBuilders."""
+
+    data: bytes
+
+    def write_tar(self, fileobj: Any, tar_format: TarFormat = "pax") -> None:
+        del tar_format  # the bytes are the layer
+        fileobj.write(self.data)
+
+
+def tar_members(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    """PAX entries exactly in this order, without the end-of-archive blocks (to concatenate with others)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        end = tar.offset  # closing appends the end-of-archive blocks
+    return buffer.getvalue()[:end]
+
+
+ODD_SPARSE_SIZE = 5 * MiB + 77
+
+
+def odd_layers() -> list[TarBuilder | RawLayer]:
+    """Two layers with what nydus-image 2.2.0 gets wrong unaided (issue 11): over a base with private
+    directories, an upper layer carrying files but not their directories (implicit parents), a directory
+    after its own child, a repeated path, and sparse files in PAX 1.0 and old GNU form."""
+    base = TarBuilder()
+    base.dir("opt", mode=0o755)
+    base.dir("opt/app", mode=0o750, uid=1001, gid=1001, mtime=1_600_000_000)
+    base.file("opt/app/config", b"base\n", uid=1001, gid=1001)
+    base.dir("etc", mode=0o755, mtime=1_650_000_000)
+    base.dir("etc/apt", mode=0o755, mtime=1_650_000_001)
+    regions = tuple((i * 400_000 + 3, bytes([65 + i]) * (3000 + i)) for i in range(12))
+    upper = tar_members(
+        (tar_info("opt/app/added", uid=1001), b"added to a private dir\n"),
+        (tar_info("etc/apt/sources.list"), b"deb http://deb.example bookworm main\n"),
+        (tar_info("late/file"), b"before its directory\n"),
+        (tar_info("late", tarfile.DIRTYPE, mode=0o750, uid=3), None),
+        (tar_info("again"), b"first copy\n"),
+        (tar_info("z"), b"after the directory\n"),
+        (tar_info("again", mode=0o600), b"second copy wins\n"),
+    )
+    upper += sparse_tar(SparseFile("sparse/pax10", ODD_SPARSE_SIZE, regions), "pax-1.0", end=False)
+    upper += sparse_tar(SparseFile("sparse/gnu", ODD_SPARSE_SIZE, regions[::2]), "gnu-old", end=False)
+    return [base, RawLayer(upper + bytes(1024))]

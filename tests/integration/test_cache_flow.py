@@ -136,3 +136,35 @@ def test_concurrent_conversions_of_two_tags_both_leave_their_records(
         recorded = {layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) for layer in Manifest.parse(raw).layers}
         wanted = {layer.digest for layer in (*first.layers, *second.layers)}
         assert wanted <= recorded
+
+
+@nh.needs_builder
+@pytest.mark.nydus
+def test_nydus_cache_hits_bring_the_directory_tables_for_the_merge(
+    prefect_api, registry, source_store, tmp_path
+) -> None:
+    """An upper layer without its parent directories: a warm run merges from cached records alone and must
+    restore the lower directories' attributes exactly as the cold run did (same bootstrap, same digest)."""
+    from flows.convert_image import convert_image
+
+    image = imagegen.build_image(imagegen.odd_layers(), source_store)
+    source = Reference.parse(f"{registry.host}/cache-flow/odd:v1")
+    with _client(registry.host) as client:
+        pushing.push(client, source_store, source, image)
+        cold_config = write_config(tmp_path / "cold.yaml", registry.host, tmp_path / "cold-work", ["nydus"])
+        cold = convert_image(source=str(source), config=str(cold_config))
+        warm_config = write_config(tmp_path / "warm.yaml", registry.host, tmp_path / "warm-work", ["nydus"])
+        warm = convert_image(source=str(source), config=str(warm_config))
+        assert [(t.cached_layers, t.layers) for t in warm.targets] == [(2, 2)]
+        assert [t.digest for t in warm.targets] == [t.digest for t in cold.targets]
+
+        target = Reference.parse(warm.targets[0].reference)
+        _, raw = client.fetch_manifest(target)
+        manifest = Manifest.parse(raw)
+        store = ContentStore(tmp_path / "fetched")
+        for layer in manifest.layers:
+            client.fetch_blob(target, layer, store)
+        bootstrap = tmp_path / "image.boot"
+        bootstrap.write_bytes(nh.bootstrap_from_layer(store.path(manifest.layers[-1].digest).read_bytes()))
+        (app,) = nh.inspect_dir(bootstrap, "opt", ["app"])
+        assert "Permissions:        40750" in app and "UID:                1001" in app

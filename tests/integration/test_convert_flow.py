@@ -241,7 +241,7 @@ def test_accelctl_convert_one_time_mode(prefect_api, registry, client, config, s
     source = Reference.parse(f"{registry.host}/slice/cli:v1")
     pushing.push(client, source_store, source, image)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    cmd = [sys.executable, "-m", "deployments.accelctl", "convert", "--config", str(config)]
+    cmd = [sys.executable, "-m", "service.accelctl", "convert", "--config", str(config)]
 
     ok = subprocess.run([*cmd, str(source)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr

@@ -73,6 +73,10 @@ def test_rule_target_maps_to_another_repository_and_mounts_blobs(
     [target] = result.targets
     lazy = f"{repo}-lazy"
     assert target.reference == f"{fault_proxy.host}/{lazy}:v1-estargz"
+    # The run records the plan it resolved, so readers (acceld's task list) show what actually ran.
+    assert result.plan is not None
+    assert result.plan.drivers == ["estargz"]
+    assert result.plan.targets == {"estargz": target.reference}
     lazy_ref = Reference.parse(f"{registry.host}/{lazy}:v1-estargz")
     assert client.resolve(lazy_ref).digest == target.digest
     manifest = _manifest(client, lazy_ref)

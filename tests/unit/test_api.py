@@ -2,75 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
-import random
-import time
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
 
 from accel.config import load_settings
-from accel.metrics import Metrics
-from deployments.api import ConversionTask, SubmitRequest, TaskNotFound, create_app
-from deployments.api.tasks import COMPLETED, FAILED, PROCESSING
+from service.api import create_app
+from service.metrics import Metrics
+from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
 
 HOST = "harbor.test:8443"
 OPEN_HOST = "open.test"
-DIGEST = "sha256:" + "ab" * 32
 SECRET = "Bearer s3cret"
-
-
-class FakeBackend:
-    def __init__(self) -> None:
-        self.tasks: dict[str, ConversionTask] = {}
-        self.requests: list[SubmitRequest] = []
-        self.by_key: dict[str, str] = {}
-        self.fail_sources: set[str] = set()
-        self.down = False
-        self.delay = 0.0
-
-    async def submit(self, request: SubmitRequest) -> ConversionTask:
-        self.requests.append(request)
-        await asyncio.sleep(self.delay)
-        if request.idempotency_key in self.by_key:
-            return self.tasks[self.by_key[request.idempotency_key]]
-        task = ConversionTask(
-            id=f"task-{len(self.tasks)}",
-            created=dt.datetime.now(dt.UTC),
-            source=str(request.source),
-            status=PROCESSING,
-            drivers=list(request.drivers),
-        )
-        self.tasks[task.id] = task
-        self.by_key[request.idempotency_key] = task.id
-        return task
-
-    async def get(self, task_id: str) -> ConversionTask:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise TaskNotFound(task_id) from None
-
-    async def list(self, limit: int) -> list[ConversionTask]:
-        return list(self.tasks.values())[:limit]
-
-    async def wait(self, task_id: str, timeout: float) -> ConversionTask:
-        task = self.tasks[task_id]
-        failed = task.source in self.fail_sources
-        done = task.model_copy(
-            update={
-                "status": FAILED if failed else COMPLETED,
-                "reason": "boom" if failed else "",
-                "finished": dt.datetime.now(dt.UTC),
-            }
-        )
-        self.tasks[task_id] = done
-        return done
-
-    async def problems(self) -> list[str]:
-        return ["prefect down"] if self.down else []
 
 
 @pytest.fixture
@@ -105,36 +50,6 @@ def client(settings, backend, metrics):
         yield c
 
 
-def harbor(resource_url: str, digest: str | None = DIGEST, tag: str | None = "v1", kind="PUSH_ARTIFACT"):
-    resource = {"resource_url": resource_url}
-    if digest:
-        resource["digest"] = digest
-    if tag:
-        resource["tag"] = tag
-    return {
-        "type": kind,
-        "occur_at": 1700000000,
-        "operator": "admin",
-        "event_data": {
-            "resources": [resource],
-            "repository": {"name": "app", "namespace": "library", "repo_full_name": "library/app"},
-        },
-    }
-
-
-def cloudevent(resource_url: str, kind="harbor.artifact.pushed"):
-    return {
-        "specversion": "1.0",
-        "id": "4b2f89a6",
-        "source": "/projects/1/webhook/policies/3",
-        "type": kind,
-        "datacontenttype": "application/json",
-        "time": "2024-03-06T06:08:43Z",
-        "data": harbor(resource_url)["event_data"],
-        "operator": "admin",
-    }
-
-
 def test_harbor_push_creates_task_pinned_to_digest(client, backend):
     r = client.post(
         "/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1"), headers={"Authorization": SECRET}
@@ -163,17 +78,23 @@ def test_same_event_twice_is_one_task(client, backend):
 
 
 def test_slow_orchestrator_still_answers_in_time(settings, backend, metrics):
-    backend.delay = 1.0
+    """Harbor gives up after 3 s: the answer must not wait for a run creation that hangs."""
+    backend.gate = threading.Event()  # every submission hangs until released
+    # Safety net: an app that waited for the creation would hang here; released, it fails the asserts.
+    safety = threading.Timer(60, backend.gate.set)
+    safety.start()
     app = create_app(settings, backend, metrics)
     app.state.api.answer_within = 0.2
     with TestClient(app) as client:
-        started = time.monotonic()
         r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
-        assert time.monotonic() - started < 0.9
+        # Answered while the creation still hangs: accepted, the image pending, no task yet.
         assert r.status_code == 202 and r.json()["tasks"] == []
         assert r.json()["pending"] == [f"{OPEN_HOST}/a/b:v1@{DIGEST}"]
-        time.sleep(1.2)  # creation finished in the background
-        assert len(backend.tasks) == 1
+        assert backend.tasks == {} and len(backend.requests) == 1
+        backend.gate.set()
+        # Creation goes on in the background once the orchestrator answers.
+        wait_until(lambda: len(backend.tasks) == 1, timeout=30, what="the background run creation")
+    safety.cancel()
 
 
 def test_cloudevents_push(client, backend):
@@ -300,52 +221,7 @@ def test_metrics_count_webhooks(client, backend):
     assert "a/b" not in text  # no per-repository labels
 
 
-def _malformed_bodies() -> list[bytes]:
-    rng = random.Random(7)
-    good = json.dumps(harbor(f"{OPEN_HOST}/a/b:v1")).encode()
-    fixed = [
-        b"",
-        b"   ",
-        b"null",
-        b"[]",
-        b"42",
-        b'"PUSH_ARTIFACT"',
-        b"{",
-        b"\xff\xfe\x00",
-        b"NaN",
-        b'{"type": 5}',
-        b'{"type": "PUSH_ARTIFACT"}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": []}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": {}}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": []}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [7]}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": 7}]}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": "UPPER/Case:x"}]}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": "h/a:b c"}]}}',
-        b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": "nohost"}]}}',
-        b'{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"resource_url":"open.test/a/b","digest":"md5:1"}]}}',
-        b'{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"resource_url":"open.test/a/b","tag":"-bad"}]}}',
-        b'{"specversion": "0.3", "type": "harbor.artifact.pushed"}',
-        b'{"specversion": "1.0", "type": "harbor.artifact.pushed", "data": "x"}',
-        b"[" * 100_000,
-        b'{"a": ' + b"1" * 10_000 + b"}",
-        json.dumps({"type": "PUSH_ARTIFACT", "event_data": {"resources": [{}] * 300}}).encode(),
-        b"x" * ((1 << 20) + 1),
-    ]
-    mutated = []
-    while len(fixed) + len(mutated) < 50:
-        data = bytearray(good)
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\x00\\ab')
-        try:
-            json.loads(bytes(data))
-            continue  # still valid JSON: not a malformed body
-        except ValueError:
-            mutated.append(bytes(data))
-    return fixed + mutated
-
-
-@pytest.mark.parametrize("body", _malformed_bodies(), ids=lambda b: f"{len(b)}B")
+@pytest.mark.parametrize("body", malformed_bodies(), ids=lambda b: f"{len(b)}B")
 def test_malformed_bodies_get_4xx_with_reason(client, backend, body):
     r = client.post("/api/v1/conversions", content=body, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])

@@ -111,6 +111,53 @@ def test_parse_size():
     assert parse_size("512") == 512
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_sample_configs_are_valid(path):
-    load_file(path)
+SAMPLE_DRIVER_CONFIGS = {
+    "estargz": {"compression_level": 9, "chunk_size": 4194304, "docker2oci": True},
+    "zstdchunked": {"level": 3, "docker2oci": True},
+    "nydus": {
+        "fs_version": 6,
+        "compressor": "zstd",
+        "fs_align_chunk": False,
+        "prefetch_patterns": "/usr/bin\n/etc\n",
+        "oci_ref": False,
+        "docker2oci": True,
+        "with_referrer": True,
+        "merge_manifest": False,
+    },
+}
+# Options as the drivers read them (a few per format: the ones the samples exist to show).
+SAMPLE_PARSED_OPTIONS = {
+    "estargz": {"compression_level": 9, "chunk_size": 4 << 20},
+    "zstdchunked": {"level": 3},
+    "nydus": {"compressor": "zstd", "oci_ref": False, "with_referrer": True},
+}
+
+
+def test_every_sample_config_is_covered():
+    assert sorted(p.name for p in (REPO / "configs").glob("*.yaml")) == sorted(
+        f"config.{d}.yaml" for d in SAMPLE_DRIVER_CONFIGS
+    )
+
+
+@pytest.mark.parametrize("driver_type", sorted(SAMPLE_DRIVER_CONFIGS))
+def test_sample_configs_load_with_their_driver_suffix_cache_and_options(driver_type):
+    from accel.drivers import load_driver
+    from accel.plan import plan_conversion
+    from accel.reference import Reference
+
+    settings = load_file(REPO / "configs" / f"config.{driver_type}.yaml")
+    converter = settings.converter
+    assert [d.type for d in converter.all_drivers()] == [driver_type]
+    assert converter.worker == 5 and converter.harbor_annotation is True
+    assert settings.provider.work_dir == (REPO / ".state" / "work").resolve()
+    host = settings.host("localhost:5000")
+    assert host is not None and host.webhook.auth_header is not None
+    assert host.webhook.auth_header.get_secret_value() == "change-me"
+    driver = converter.find_driver(driver_type)
+    assert driver.driver_config() == SAMPLE_DRIVER_CONFIGS[driver_type]
+    options = load_driver(driver_type, driver.driver_config()).options
+    for name, value in SAMPLE_PARSED_OPTIONS[driver_type].items():
+        assert getattr(options, name) == value, name
+    plan = plan_conversion(settings, Reference.parse("localhost:5000/library/app:v1"))
+    assert plan.target_names() == {driver_type: f"localhost:5000/library/app:v1-{driver_type}"}
+    assert str(plan.cache) == f"localhost:5000/library/app:{driver_type}-cache"

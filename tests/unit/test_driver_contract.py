@@ -53,7 +53,7 @@ def _blob(layer: ConvertedLayer, store: ContentStore) -> bytes:
 
 def _nydus_unpacked(layer: ConvertedLayer, store: ContentStore, work: Path) -> Path:
     # The layer's own bootstrap is among the blobs it needs locally.
-    (bootstrap,) = layer.local_blobs
+    (bootstrap,) = [b for b in layer.local_blobs if b.digest == layer.extra["bootstrap"]]
     return nh.unpack_layer(store, layer.descriptor.digest, bootstrap.digest, work)
 
 

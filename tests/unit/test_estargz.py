@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import struct
 import tarfile
@@ -459,3 +460,24 @@ def test_is_converted() -> None:
     assert not EStargzDriver.is_converted([layer({"other": "x"})])
     assert not EStargzDriver.is_converted([])
     assert load_driver("estargz").is_converted([layer(toc)])
+
+
+def test_a_non_utf8_name_is_kept_in_the_tar_and_logged_as_replaced_in_the_toc(
+    store: ContentStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:  # fmt: skip
+        info = tarfile.TarInfo(b"caf\xe9.txt".decode("utf-8", "surrogateescape"))
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"x\n"))
+        tar.addfile(tarfile.TarInfo("plain.txt"), io.BytesIO(b""))
+    with caplog.at_level(logging.WARNING, logger="accel.drivers.estargz.builder"):
+        _, blob = _convert(store, buffer.getvalue())
+    assert [e["name"] for e in _toc(blob)["entries"]][1:] == ["caf\ufffd.txt", "plain.txt"]
+    with tarfile.open(
+        fileobj=io.BytesIO(gzip.decompress(blob)), encoding="utf-8", errors="surrogateescape"
+    ) as t:
+        assert b"caf\xe9.txt" in [m.name.encode("utf-8", "surrogateescape") for m in t.getmembers()]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "b'caf\\xe9.txt'" in warning and "caf\ufffd.txt" in warning

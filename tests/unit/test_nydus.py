@@ -21,7 +21,7 @@ from accel import digest as dg
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
 from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, extract_trailer_entry, tools
 from accel.drivers.nydus.tar import builder_compatible_tar
-from accel.errors import ConfigError, DigestMismatch, DriverError
+from accel.errors import ConfigError, DigestMismatch, DriverError, InvalidImage
 from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
 from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.store import ContentStore
@@ -158,7 +158,7 @@ def test_tools_cache_location_is_configurable(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setattr(tools, "PROJECT_TOOLS_BIN", tmp_path / "no-project-tools")
     assert tools.nydus_builder() == binary.resolve()
     assert tools.tool_version(binary) == "9.8.7"
-    assert load_driver("nydus", {"builder": str(binary)}).version == "1+nydus-image-9.8.7"
+    assert load_driver("nydus", {"builder": str(binary)}).version == "2+nydus-image-9.8.7"
 
 
 def test_version_parsing() -> None:
@@ -186,7 +186,7 @@ def test_cargo_install_metadata_supplies_an_unknown_version(tmp_path: Path) -> N
 @nh.needs_builder
 def test_driver_version_names_the_real_builder() -> None:
     driver = load_driver("nydus")
-    assert driver.version == "1+nydus-image-2.2.0"
+    assert driver.version == "2+nydus-image-2.2.0"
     assert driver.cache_key() != load_driver("nydus", {"fs_version": 5}).cache_key()
 
 
@@ -527,9 +527,7 @@ def test_wrong_diff_id_commits_nothing(store: ContentStore) -> None:
     assert list((store.root / "ingest").iterdir()) == []
 
 
-@nh.needs_builder
-@pytest.mark.nydus
-def test_builder_failure_raises_with_its_output(store: ContentStore) -> None:
+def test_a_layer_that_is_no_tar_is_refused_before_the_builder_runs(store: ContentStore) -> None:
     garbage = b"this is not a tar archive " * 100
     digest = store.put_bytes(garbage)
     layer = LayerInput(
@@ -537,8 +535,28 @@ def test_builder_failure_raises_with_its_output(store: ContentStore) -> None:
         diff_id=digest,
         store=store,
     )
-    with pytest.raises(DriverError, match=r"nydus-image create .* failed with exit code \d+:\n.+"):
-        load_driver("nydus").convert_layer(layer)
+    with pytest.raises(InvalidImage, match=rf"layer {digest}: tar header has an unreadable checksum"):
+        load_driver("nydus", {"builder": "/nonexistent/nydus-image"}).convert_layer(layer)
+    assert list((store.root / "ingest").iterdir()) == []
+
+
+def test_builder_failure_raises_with_its_output(store: ContentStore, tmp_path: Path) -> None:
+    builder = tmp_path / "failing-nydus-image"
+    builder.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "Version: 2.2.0"; exit 0; fi\n'
+        "echo 'Error: build failed'; echo 'Caused by:'; echo '    0: numeric field was not a number'\n"
+        "exit 1\n"
+    )
+    builder.chmod(0o755)
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("a.txt", b"a\n")
+    image = imagegen.build_image([layer], store)
+    with pytest.raises(
+        DriverError,
+        match=r"nydus-image create .* failed with exit code 1:\n.*build failed\n.*\n.*numeric field",
+    ):
+        load_driver("nydus", {"builder": str(builder)}).convert_layer(_layer_inputs(image, store)[0])
     assert list((store.root / "ingest").iterdir()) == []
 
 

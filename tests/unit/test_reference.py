@@ -1,6 +1,6 @@
 import pytest
 
-from accel.errors import ReferenceError_
+from accel.errors import InvalidReference
 from accel.reference import Reference
 
 DIGEST = "sha256:" + "a" * 64
@@ -37,5 +37,5 @@ def test_identifier_prefers_digest():
     ["", "UPPER/x:y/", "h.io/Repo", "h.io/r:bad tag", "h.io/r@sha256:short", "h.io/r:" + "t" * 200, "a b"],
 )
 def test_rejects_invalid(text):
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReference):
         Reference.parse(text)

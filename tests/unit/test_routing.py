@@ -3,6 +3,8 @@ config, in target naming and in what acceld submits for a webhook event."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -10,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from accel.config import Route, Settings, load_settings
 from accel.errors import ConfigError
+from accel.plan import target_reference, target_tag
 from accel.reference import Reference
-from accel.rules import target_reference, target_tag
-from deployments.api import create_app
-from tests.unit.test_api import FakeBackend, harbor
+from service.api import create_app
+from tests.harness.api import FakeBackend, harbor
 
 HARBOR = "harbor.test:8443"
 OTHER = "open.test"
@@ -244,3 +246,31 @@ def test_pushes_of_our_own_outputs_are_ignored(routed):
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "ignored" and "accel's own output" in r.json()["reason"]
     assert backend.requests == []
+
+
+# --- acceld: what the task list says a run does ----------------------------------------------------------
+
+
+def test_a_run_without_drivers_is_listed_with_its_rule_s_drivers_and_targets(tmp_path):
+    """Runs started by the event trigger (or `prefect deployment run`) have no `drivers` parameter: the
+    task list must show what the flow will do for them (the rule's drivers and target), not every driver."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Running
+
+    from service.api.prefect_backend import PrefectBackend
+
+    settings = _settings(tmp_path, _two_drivers(LIBRARY_RULE))
+    backend = PrefectBackend(settings, str(tmp_path / "config.yaml"))
+    source = f"{HARBOR}/library/app:v1@{DIGEST}"
+    run = FlowRun(flow_id=uuid.uuid4(), parameters={"source": source}, state=Running())
+    task = asyncio.run(backend._task(None, run))  # type: ignore[arg-type]  # a live run needs no client
+    assert task.status == "PROCESSING"
+    assert task.drivers == ["zstdchunked"]
+    assert task.targets == [f"{HARBOR}/library/app-lazy:v1-zstdchunked"]
+    # Explicit parameters still win.
+    run = FlowRun(
+        flow_id=uuid.uuid4(), parameters={"source": source, "drivers": ["estargz"]}, state=Running()
+    )
+    task = asyncio.run(backend._task(None, run))  # type: ignore[arg-type]
+    assert task.drivers == ["estargz"]
+    assert task.targets == [f"{HARBOR}/library/app-lazy:v1-esgz"]

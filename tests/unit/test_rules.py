@@ -1,5 +1,5 @@
+from accel.plan import target_reference
 from accel.reference import Reference
-from accel.rules import target_reference
 
 DIGEST = "sha256:" + "c" * 64
 

@@ -6,12 +6,11 @@ import json
 
 import pytest
 
+from accel.plan import conversion_key, is_converted_tag
 from accel.reference import Reference
-from accel.webhook import (
+from service.webhook import (
     MAX_BODY_BYTES,
     InvalidWebhook,
-    conversion_key,
-    is_converted_tag,
     parse_distribution,
     parse_harbor,
     pushed_reference,

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import tarfile
 from typing import Any
 
@@ -16,6 +17,8 @@ from accel.drivers.estargz.members import GzipMembers
 from accel.drivers.estargz.toc import TOC_TYPES, TOC_VERSION, TocEntry, modtime, toc_text
 from accel.errors import DriverError, InvalidImage
 from accel.store import BlobWriter
+
+log = logging.getLogger(__name__)
 
 _TAR_BLOCK = 512
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
@@ -93,6 +96,13 @@ class BlobBuilder:
         }
         # tarfile strips a directory's trailing slash and writes it back; name it as written.
         name = header.name + "/" if header.isdir() and not header.name.endswith("/") else header.name
+        if toc_text(name) != name:
+            # Lossy like the reference writer: say which entry, so the run's log shows it.
+            log.warning(
+                "eStargz TOC names tar entry %r as %r: the name is not UTF-8 (the tar keeps its bytes)",
+                name.encode(TAR_ENCODING, TAR_ERRORS),
+                toc_text(name),
+            )
         entry = TocEntry(
             name=toc_text(name),
             type=kind,

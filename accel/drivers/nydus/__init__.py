@@ -30,11 +30,18 @@ Limits of nydus-image 2.2.0 worth knowing: it writes a file's xattrs in hash-map
 file carrying two or more xattrs converts to different (equivalent) bytes on each run; its tar reader
 rejects blank device numbers on FIFO headers, which this driver fills in on the way (not possible for
 zran, which indexes the original bytes); `batch_size`, encryption and parent-bootstrap merges do not exist.
+It also mishandles legal tars (issue 11): sparse entries, a directory after its child, a repeated path,
+and it gives directories an upper layer only implies the defaults 0755 root mtime 0, which merge lets win
+over the lower layer's. So the layer reaches it normalised (`accel.tarnormalize`: sparse files expanded,
+parents first, the last entry of a path only, hostile entries refused before it runs), and `finish` merges
+a chunkless patch bootstrap after each layer with implied directories (`directories`); zran layers that
+would need normalising are refused. Its panics are reported in one line (`builder.failure_message`).
 
 Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
 (resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `legacy`
-(original-service cache records) and `driver` (NydusDriver).
+(original-service cache records), `directories` (merge patches for implied directories) and `driver`
+(NydusDriver).
 """
 
 from accel.drivers.nydus.chunkdict import ChunkDict, resolve_chunk_dict

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -44,8 +45,11 @@ def run_builder(
     """Run the builder; optionally feed `source` into `fifo` (its input path) while it runs."""
     command = [str(builder), *args]
     log.debug("running %s", " ".join(command))
+    # Backtraces are for the builder's developers; a panic is summarised in one line below.
+    env = os.environ | {"RUST_BACKTRACE": "0"}
     proc = subprocess.Popen(
         command,
+        env=env,
         stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -70,8 +74,37 @@ def run_builder(
         for thread in threads:
             thread.join()
     if returncode != 0:
-        detail = "\n".join(tail) or "(no output)"
-        raise DriverError(f"nydus-image {what} failed with exit code {returncode}:\n{detail}")
+        raise DriverError(failure_message(what, returncode, list(tail)))
+
+
+# log-panics prints "thread 'main' panicked at '<message>': <file>:<line>" followed by a backtrace.
+_PANIC = re.compile(r"panicked at '(?P<message>.*)'(?::\s*(?P<where>\S+))?")
+_BACKTRACE_FRAME = re.compile(r"^\s*\d+:\s|^\s*at\s|note: .*RUST_BACKTRACE")
+_BACKTRACE_HINT = re.compile(r"note: .*RUST_BACKTRACE")
+
+
+def failure_message(what: str, returncode: int, output: list[str]) -> str:
+    """How a failed builder run is reported: a panic or abort in one line, an error with its own words.
+
+    nydus-image 2.2.0 panics (exit 101) or aborts (SIGABRT, exit -6) on some inputs it cannot handle;
+    its backtrace says nothing to a user, so only the panic message is kept.
+    """
+    if returncode < 0:
+        try:
+            how = f"aborted ({signal.Signals(-returncode).name})"
+        except ValueError:
+            how = f"killed by signal {-returncode}"
+    else:
+        how = f"failed with exit code {returncode}"
+    for line in output:
+        panic = _PANIC.search(line)
+        if panic:
+            return f"nydus-image {what} {how}: it panicked: {panic.group('message')}"
+    if returncode < 0:
+        last = next((line for line in reversed(output) if not _BACKTRACE_FRAME.search(line)), "")
+        return f"nydus-image {what} {how}" + (f": {last.strip()}" if last else "")
+    detail = "\n".join(line for line in output if not _BACKTRACE_HINT.search(line)) or "(no output)"
+    return f"nydus-image {what} {how}:\n{detail}"
 
 
 @contextlib.contextmanager

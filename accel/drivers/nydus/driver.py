@@ -7,15 +7,17 @@ the blob trailer, tar fix-ups, history and the merged-manifest variant live in t
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
-from accel import mutate, oci
+from accel import mutate, oci, tarnormalize
 from accel.drivers.base import (
     ConvertedLayer,
     DependencySource,
@@ -29,6 +31,7 @@ from accel.drivers.base import (
 from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
+from accel.drivers.nydus.directories import patch_tar, patches, store_table
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
 from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
@@ -40,16 +43,20 @@ from accel.drivers.nydus.trailer import (
     extract_trailer_entry,
     pack_bootstrap,
 )
-from accel.errors import DriverError
+from accel.errors import DriverError, InvalidImage
 from accel.model import BuiltImage, SourceImage
 from accel.oci import Platform
 from accel.store import ContentStore
+
+log = logging.getLogger(__name__)
 
 
 class NydusDriver(Driver):
     name = "nydus"
     options_model = NydusOptions
-    implementation_version = "1"
+    # 2: layers are normalised before the builder reads them (accel.tarnormalize) and carry a directory
+    # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
+    implementation_version = "2"
     source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
 
     options: NydusOptions
@@ -174,6 +181,20 @@ class NydusDriver(Driver):
         if self.options.oci_ref:
             return self._convert_layer_ref(layer)
         store = layer.store
+        # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
+        try:
+            with layer.open_tar() as tar_stream:
+                normal = tarnormalize.scan_layer(tar_stream)
+        except InvalidImage as exc:
+            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        table = store_table(store, normal.table)
+        if normal.changes():
+            # The tree stays the same (layer application would do the same); the log says what moved.
+            log.info(
+                "layer %s normalised for nydus-image: %s",
+                dg.short(layer.descriptor.digest),
+                "; ".join(normal.changes()),
+            )
         with scratch_dir(store) as work:
             blob_path = work / "layer.blob"
             fifo = work / "layer.tar"
@@ -184,12 +205,16 @@ class NydusDriver(Driver):
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
                     fifo=fifo,
-                    source=tar_stream,
+                    source=tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal)),
                 )
             # Only now, after the source tar matched its diff_id, does the blob enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
-        extra = {"bootstrap": bootstrap.digest, "fs_version": self.options.fs_version}
+        extra = {
+            "bootstrap": bootstrap.digest,
+            "fs_version": self.options.fs_version,
+            "directories": table.digest,  # for `finish`: implicit parents get the lower layers' attributes
+        }
         if bootstrap.toc_digest:
             extra["blob_toc_digest"] = bootstrap.toc_digest
         if chunk_dict is not None:
@@ -207,7 +232,7 @@ class NydusDriver(Driver):
             descriptor=descriptor,
             diff_id=blob_digest,
             extra=extra,
-            local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+            local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
 
     def _convert_layer_ref(self, layer: LayerInput) -> ConvertedLayer:
@@ -217,6 +242,20 @@ class NydusDriver(Driver):
                 f"oci_ref needs gzip layers, layer {layer.descriptor.digest} is {layer.descriptor.media_type}"
             )
         store = layer.store
+        # The builder indexes the original gzip bytes, so nothing can be normalised on the way in: refuse
+        # what it would get wrong, and keep the directory table for the merge.
+        try:
+            with layer.open_tar() as tar_stream:
+                normal = tarnormalize.scan_layer(tar_stream)
+        except InvalidImage as exc:
+            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        if normal.changes():
+            raise DriverError(
+                f"oci_ref: layer {layer.descriptor.digest} needs normalising for nydus-image "
+                f"({'; '.join(normal.changes())}), which zran cannot do as it indexes the original "
+                "gzip bytes; convert without oci_ref"
+            )
+        table = store_table(store, normal.table)
         with scratch_dir(store) as work:
             blob_path = work / "layer.ref.blob"
             args = [
@@ -250,13 +289,18 @@ class NydusDriver(Driver):
             size=blob_size,
             annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest},
         )
-        extra = {"bootstrap": bootstrap.digest, "fs_version": "6", "blob_toc_digest": bootstrap.toc_digest}
+        extra = {
+            "bootstrap": bootstrap.digest,
+            "fs_version": "6",
+            "blob_toc_digest": bootstrap.toc_digest,
+            "directories": table.digest,
+        }
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
             extra=extra,
-            local_blobs=(bootstrap_blob(store, bootstrap.digest),),
+            local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
             companions=(layer.descriptor,),  # the data stays in the original gzip blob
         )
 
@@ -281,25 +325,28 @@ class NydusDriver(Driver):
         with scratch_dir(store) as work:
             merged = work / "image.boot"
             output_json = work / "merge-output.json"
-            sources, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
+            staged, blob_ids = self._stage_bootstraps(layers, store, work / "bootstraps")
+            sources = self._with_directory_patches(layers, staged, store, work / "patches")
             args = [
                 "merge",
                 "--log-level", "warn",
                 "--prefetch-policy", "fs",
                 "--output-json", str(output_json),
                 "--bootstrap", str(merged),
-                *[str(s) for s in sources],
+                *[str(path) for path, _ in sources],
             ]  # fmt: skip
             if self.options.oci_ref:
                 # The bootstraps are named after the gzip blobs (the data); these describe the meta blobs.
+                # A patch has no blob, so its entries (one per source, as merge wants) are never read.
+                def each(value: Callable[[ConvertedLayer], str], patch: Callable[[Path], str]) -> str:
+                    return ",".join(value(c) if c else patch(path) for path, c in sources)
+
                 args += [
-                    "--blob-digests",
-                    ",".join(dg.hex_of(layer.descriptor.digest) for layer in layers),
-                    "--blob-sizes",
-                    ",".join(str(layer.descriptor.size) for layer in layers),
+                    "--blob-digests", each(lambda c: dg.hex_of(c.descriptor.digest), lambda p: p.name),
+                    "--blob-sizes", each(lambda c: str(c.descriptor.size), lambda _: "0"),
                     "--blob-toc-digests",
-                    ",".join(dg.hex_of(layer.extra["blob_toc_digest"]) for layer in layers),
-                ]
+                    each(lambda c: dg.hex_of(c.extra["blob_toc_digest"]), lambda p: p.name),
+                ]  # fmt: skip
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
                 args += _chunk_dict_args(store, chunk_dict)
@@ -371,6 +418,54 @@ class NydusDriver(Driver):
             for m, entry in zip(image.manifests, nydus_entries, strict=True)
         ]
         return BuiltImage(root=root, manifests=(*oci_manifests, *nydus_manifests))
+
+    def _with_directory_patches(
+        self, layers: list[ConvertedLayer], staged: list[Path], store: ContentStore, directory: Path
+    ) -> list[tuple[Path, ConvertedLayer | None]]:
+        """`sources` and a patch after each layer implying lower directories (see directories)."""
+        tables = []
+        for layer in layers:
+            digest = layer.extra.get("directories")
+            if digest is None or not store.exists(digest):
+                log.warning(
+                    "nydus finish: layer %s has no directory table; implicit parent directories keep "
+                    "the builder's defaults in the merged bootstrap",
+                    dg.short(layer.source.digest),
+                )
+                return list(zip(staged, layers, strict=True))
+            tables.append(tarnormalize.DirectoryTable.from_json(store.read_bytes(digest)))
+        directory.mkdir()
+        result: list[tuple[Path, ConvertedLayer | None]] = []
+        for index, (path, layer, patch) in enumerate(zip(staged, layers, patches(tables), strict=True)):
+            result.append((path, layer))
+            if patch:
+                result.append((self._patch_bootstrap(patch_tar(patch), directory / str(index)), None))
+        return result
+
+    def _patch_bootstrap(self, tar: bytes, directory: Path) -> Path:
+        """A chunkless bootstrap of directory entries only; merge never references its (empty) blob."""
+        directory.mkdir()
+        bootstrap = directory / "patch.boot"
+        opts = self.options
+        args = ["create", "--log-level", "warn", "--blob", str(directory / "patch.blob"),
+                "--bootstrap", str(bootstrap), "--whiteout-spec", "none"]  # fmt: skip
+        if opts.oci_ref:
+            # Same kind of bootstrap as the zran layers (merge wants one chunk size and RAFS version).
+            source = directory / "patch.tar.gz"
+            source.write_bytes(gzip.compress(tar, mtime=0))
+            args += ["--type", "targz-ref"]
+        else:
+            source = directory / "patch.tar"
+            source.write_bytes(tar)
+            args += ["--type", "tar-rafs", "--fs-version", opts.fs_version, "--compressor", opts.compressor]
+            if opts.chunk_size:
+                args += ["--chunk-size", opts.chunk_size]
+        args.append(str(source))
+        self._run_builder(args, what="create (directory patch)")
+        # merge takes a bootstrap's blob id from its file name; this one names no chunk of any blob.
+        named = directory / dg.hex_of(dg.of_bytes(tar))
+        bootstrap.rename(named)
+        return named
 
     def _stage_bootstraps(
         self, layers: list[ConvertedLayer], store: ContentStore, directory: Path

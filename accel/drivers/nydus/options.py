@@ -11,7 +11,7 @@ from pydantic import field_validator, model_validator
 
 from accel.drivers.base import DriverOptions
 from accel.drivers.nydus import tools
-from accel.errors import ConfigError, ReferenceError_
+from accel.errors import ConfigError, InvalidReference
 from accel.reference import Reference
 
 _MIN_CHUNK_SIZE = 0x1000
@@ -172,7 +172,7 @@ class NydusOptions(DriverOptions):
             return None
         try:
             return str(Reference.parse(value))
-        except ReferenceError_ as exc:
+        except InvalidReference as exc:
             raise ValueError(str(exc)) from None
 
     @field_validator("prefetch_patterns")

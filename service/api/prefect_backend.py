@@ -33,13 +33,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, get_state_result
 
 from accel.config import Settings
-from accel.metrics import Metrics
+from accel.plan import ConversionPlan, plan_conversion
 from accel.reference import Reference
-from accel.rules import target_reference
-from deployments.api.tasks import (
+from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
+from flows.convert_image import ConversionResult
+from service.api.conversions import (
     COMPLETED,
-    CONVERT_DEPLOYMENT,
-    CONVERT_FLOW,
     FAILED,
     PROCESSING,
     BackendUnavailable,
@@ -48,6 +47,7 @@ from deployments.api.tasks import (
     SubmitRequest,
     TaskNotFound,
 )
+from service.metrics import Metrics
 
 log = logging.getLogger("acceld.prefect")
 
@@ -67,12 +67,6 @@ def status_of(run: FlowRun) -> Status:
     return PROCESSING
 
 
-def _field(result: Any, name: str, default: Any = None) -> Any:
-    if isinstance(result, dict):
-        return result.get(name, default)
-    return getattr(result, name, default)
-
-
 class PrefectBackend:
     def __init__(
         self,
@@ -89,7 +83,9 @@ class PrefectBackend:
         self.poll_interval = poll_interval
         self.started_at = dt.datetime.now(dt.UTC)
         self._deployment_id: uuid.UUID | None = None
-        self._results: dict[uuid.UUID, Any] = {}  # final runs only: their results never change
+        self._results: dict[
+            uuid.UUID, ConversionResult | None
+        ] = {}  # final runs only: their results never change
         self._observed: set[uuid.UUID] = set()
         self._shared: PrefectClient | None = None
 
@@ -214,36 +210,26 @@ class PrefectBackend:
         flow = await client.read_flow(run.flow_id)
         return flow.name == CONVERT_FLOW
 
-    def _drivers(self, run: FlowRun) -> list[str]:
-        drivers = (run.parameters or {}).get("drivers")
-        return list(drivers) if drivers else [d.type for d in self.settings.converter.all_drivers()]
-
-    def _planned_targets(self, run: FlowRun, drivers: Iterable[str]) -> list[str]:
+    def _plan(self, run: FlowRun) -> ConversionPlan | None:
+        """The plan a run's parameters give under acceld's config, as the flow computes it."""
         params = run.parameters or {}
-        converter = self.settings.converter
         try:
             source = Reference.parse(str(params.get("source", "")))
-            return [
-                str(
-                    target_reference(
-                        source,
-                        converter.suffix_for(converter.find_driver(d)),
-                        params.get("target_repository"),
-                    )
-                )
-                for d in drivers
-            ]
+            return plan_conversion(
+                self.settings, source, params.get("drivers") or None, params.get("target_repository")
+            )
         except Exception:  # a run from another config (unknown driver) or a bad source: no guess
-            return []
+            return None
 
-    async def _result(self, run: FlowRun) -> Any:
+    async def _result(self, run: FlowRun) -> ConversionResult | None:
         if run.id in self._results:
             return self._results[run.id]
+        result: ConversionResult | None = None
         try:
-            result = await get_state_result(run.state, raise_on_failure=False, retry_result_failure=False)
-        except Exception as exc:  # not persisted, or storage not reachable from here
+            stored = await get_state_result(run.state, raise_on_failure=False, retry_result_failure=False)
+            result = ConversionResult.model_validate(stored, from_attributes=True)
+        except Exception as exc:  # not persisted, storage not reachable from here, or not a conversion
             log.debug("no result for flow run %s: %s", run.id, exc)
-            result = None
         if len(self._results) >= _RESULT_CACHE_LIMIT:
             self._results.clear()
         self._results[run.id] = result
@@ -251,21 +237,25 @@ class PrefectBackend:
 
     async def _task(self, client: PrefectClient, run: FlowRun) -> ConversionTask:
         status = status_of(run)
-        drivers = self._drivers(run)
-        targets = self._planned_targets(run, drivers)
+        plan = self._plan(run)
+        drivers = (
+            list(plan.drivers) if plan is not None else list((run.parameters or {}).get("drivers") or [])
+        )
+        targets = list(plan.target_names().values()) if plan is not None else []
         reason = ""
         source_size = target_size = 0
         if status == COMPLETED:
             result = await self._result(run)
             if result is not None:
-                results = _field(result, "targets") or []
-                if results:
-                    targets = [str(_field(t, "reference")) for t in results]
-                    source_size = int(_field(results[0], "source_size", 0) or 0)
-                    target_size = sum(int(_field(t, "target_size", 0) or 0) for t in results)
-                skipped = _field(result, "skipped")
-                if skipped:
-                    reason = str(_field(result, "reason") or skipped)
+                if result.plan is not None:  # what the run itself resolved wins over our reading
+                    drivers = list(result.plan.drivers)
+                    targets = list(result.plan.targets.values())
+                if result.targets:
+                    targets = [t.reference for t in result.targets]
+                    source_size = result.targets[0].source_size
+                    target_size = sum(t.target_size for t in result.targets)
+                if result.skipped:
+                    reason = result.skipped
         elif status == FAILED and run.state is not None:
             reason = run.state.message or run.state.name
         if status != PROCESSING:
@@ -313,10 +303,9 @@ class PrefectBackend:
             self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached")
         # Layers the remote cache image answered have no convert task run at all: the result counts them.
         result = await self._result(run) if status_of(run) == COMPLETED else None
-        for target in (_field(result, "targets") or []) if result is not None else []:
-            cached = int(_field(target, "cached_layers", 0) or 0)
-            if cached:
-                self.metrics.layer_converted(str(_field(target, "driver")), cached=True, count=cached)
+        for target in result.targets if result is not None else []:
+            if target.cached_layers:
+                self.metrics.layer_converted(target.driver, cached=True, count=target.cached_layers)
 
     async def poll_forever(self, interval: float = 10.0) -> None:
         """Keep conversion metrics current even when nobody lists tasks."""
@@ -334,7 +323,7 @@ class PrefectBackend:
                         limit=200,
                     )
                     for run in runs:
-                        await self._observe(client, run, self._drivers(run))
+                        await self._task(client, run)  # observes each finished run once
                     since = dt.datetime.now(dt.UTC)
             except asyncio.CancelledError:
                 raise

@@ -22,29 +22,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from accel.cache import cache_reference
 from accel.config import Settings
-from accel.metrics import Metrics
-from accel.reference import Reference
-from accel.webhook import (
-    MAX_BODY_BYTES,
-    SOURCE_DISTRIBUTION,
-    SOURCE_HARBOR,
-    InvalidWebhook,
-    PushedImage,
-    WebhookEvent,
-    conversion_key,
-    is_converted_tag,
-    parse_distribution,
-    parse_harbor,
-)
-from deployments.api.tasks import (
+from accel.plan import is_own_output, plan_conversion
+from service.api.conversions import (
     COMPLETED,
     BackendUnavailable,
     ConversionBackend,
     ConversionTask,
     SubmitRequest,
     TaskNotFound,
+)
+from service.metrics import Metrics
+from service.webhook import (
+    MAX_BODY_BYTES,
+    SOURCE_DISTRIBUTION,
+    SOURCE_HARBOR,
+    InvalidWebhook,
+    PushedImage,
+    WebhookEvent,
+    parse_distribution,
+    parse_harbor,
 )
 
 log = logging.getLogger("acceld.api")
@@ -102,8 +99,6 @@ class Api:
         self.sync_timeout = sync_timeout
         self.answer_within = ANSWER_WITHIN
         self._background: set[asyncio.Future[ConversionTask]] = set()
-        converter = settings.converter
-        self.suffixes = [converter.suffix_for(d) for d in converter.all_drivers()]
 
     async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
         request = self.submit_request(image)
@@ -129,39 +124,23 @@ class Api:
                 what = "missing" if not authorization else "does not match"
                 raise _Refused(401, "unauthorized", f"Authorization header {what} for registry {registry}")
 
-    def _own_output(self, ref: Reference) -> bool:
-        """A tag accel pushes itself: converting it again would loop (as convert-image decides too)."""
-        if is_converted_tag(ref.tag, self.suffixes):
-            return True
-        converter, provider = self.settings.converter, self.settings.provider
-        cache = cache_reference(ref, converter.cache_tag, provider.cache_repository)
-        return ref.tag is not None and ref.tag in converter.cache_tags() | ({cache.tag} if cache else set())
-
     def submit_request(self, image: PushedImage) -> SubmitRequest:
-        converter = self.settings.converter
-        route = converter.route(image.registry, image.reference.repository)
-        drivers = tuple(route.drivers or [d.type for d in converter.all_drivers()])
-        options = {
-            d: {
-                "config": converter.find_driver(d).driver_config(),
-                "suffix": converter.suffix_for(converter.find_driver(d)),
-            }
-            for d in drivers
-        }
-        key = conversion_key(image.reference, drivers, options, route.target_repository)
-        return SubmitRequest(image.reference, drivers, route.target_repository, key)
+        plan = plan_conversion(self.settings, image.reference)
+        return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
 
     async def accept(self, event: WebhookEvent, authorization: str | None, sync: bool) -> JSONResponse:
         if not event.images:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
         self._check_access(event.images, authorization)
-        wanted = [i for i in event.images if not self._own_output(i.reference)]
+        wanted = [i for i in event.images if not is_own_output(self.settings, i.reference)]
         ignored = list(event.ignored) + [
             f"{i.reference} is accel's own output (converted image, referrers index or cache tag)"
             for i in event.images
             if i not in wanted
         ]
+        if len(wanted) < len(event.images):
+            log.info("ignored: %s", "; ".join(ignored))
         if not wanted:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(ignored), "tasks": []})

@@ -10,12 +10,6 @@ from pydantic import BaseModel
 
 from accel.reference import Reference
 
-# Names of the deployments acceld serves (and prefect.yaml declares): `<flow name>/<deployment name>`.
-CONVERT_FLOW = "convert-image"
-BULK_FLOW = "bulk-reconvert"
-CONVERT_DEPLOYMENT = f"{CONVERT_FLOW}/{CONVERT_FLOW}"
-BULK_DEPLOYMENT = f"{BULK_FLOW}/{BULK_FLOW}"
-
 Status = Literal["PROCESSING", "COMPLETED", "FAILED"]
 PROCESSING: Status = "PROCESSING"
 COMPLETED: Status = "COMPLETED"

@@ -3,7 +3,7 @@
 The Prefect server gets its own PREFECT_HOME (a tmp dir), a free port and a database: a private PostgreSQL
 (tests/harness/postgres.py) in the e2e suite, as in the scale-out mode, since SQLite answers `database is
 locked` under concurrent conversions; SQLite when no database URL is given. acceld
-runs as `python -m deployments.acceld` against it. Output goes to log files the tests read (e.g. to prove
+runs as `python -m service.acceld` against it. Output goes to log files the tests read (e.g. to prove
 that no `database is locked` happened).
 """
 
@@ -24,6 +24,10 @@ import yaml
 from tests.harness.registry import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+# What the e2e acceld is configured with (tests/e2e/conftest.py) and its tests send or expect.
+WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
+SUFFIX = "-esgz"
 
 
 def _quiet_prefect_env(home: Path) -> dict[str, str]:
@@ -131,7 +135,7 @@ class Acceld:
     def start(self, timeout: float = 120.0) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "deployments.acceld", "--config", str(self.config_path)],
+                [sys.executable, "-m", "service.acceld", "--config", str(self.config_path)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,7 +1,7 @@
 """acceld's HTTP API: Harbor acceleration-service compatible webhooks and task listing over Prefect runs."""
 
-from deployments.api.app import create_app
-from deployments.api.tasks import (
+from service.api.app import create_app
+from service.api.conversions import (
     BackendUnavailable,
     ConversionBackend,
     ConversionTask,

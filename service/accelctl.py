@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.state import use_embedded_prefect
+from service.state import use_embedded_prefect
 
 
 def _convert(args: argparse.Namespace) -> int:

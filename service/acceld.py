@@ -12,31 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
-import fcntl
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from service.state import PROJECT_ROOT
+
 log = logging.getLogger("acceld")
 
-_PR_SET_PDEATHSIG = 1
 RUNNER_POLL_SECONDS = "2"  # Prefect's default (10 s) would add up to 10 s before each conversion starts
-
-
-def _die_with_parent() -> None:
-    """In the runner child: get SIGTERM when acceld dies, even by SIGKILL (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def runtime_env(config_path: str, work_dir: Path) -> None:
@@ -70,106 +57,31 @@ async def _wait_for_prefect(timeout: float) -> None:
     raise RuntimeError(f"Prefect API did not become healthy in {timeout:.0f}s: {error}")
 
 
-class WorkDirLock:
-    """One acceld serving deployments per work dir: the lock is what makes orphan recovery safe."""
-
-    def __init__(self, work_dir: Path) -> None:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        self.path = work_dir / "acceld.lock"
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> bool:
-        handle = self.path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-class RunnerSupervisor:
-    """Keeps one `acceld --runner` child alive until stopped."""
-
-    def __init__(self, config_path: str, restart_delay: float = 3.0) -> None:
-        self.command = [sys.executable, "-m", "deployments.acceld", "--config", config_path, "--runner"]
-        self.restart_delay = restart_delay
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="runner-supervisor", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, cwd=PROJECT_ROOT, preexec_fn=_die_with_parent)
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._proc = self._spawn()
-            log.info("deployment runner started (pid %d)", self._proc.pid)
-            code = self._proc.wait()
-            if self._stopping.is_set():
-                return
-            log.error("deployment runner exited with %s; restarting in %.0fs", code, self.restart_delay)
-            self._stopping.wait(self.restart_delay)
-
-    def stop(self, grace: float = 30.0) -> None:
-        self._stopping.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self._thread.join(timeout=5)
-
-
 def serve_deployments(config_path: str) -> int:
     """The runner child: register and serve both deployments; flow runs are its subprocesses."""
+    import importlib
+
     from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
     from accel.config import load_file
-    from deployments.api.tasks import BULK_FLOW, CONVERT_FLOW
-    from flows.bulk_reconvert import bulk_reconvert
-    from flows.convert_image import convert_image
+    from deployments.definitions import definitions
 
     settings = load_file(config_path)
-    convert = convert_image.to_deployment(
-        name=CONVERT_FLOW,
-        parameters={"config": config_path},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        tags=["accel"],
-        description="Convert one image with the configured drivers and push beside it (acceld).",
-    )
-    bulk = bulk_reconvert.to_deployment(
-        name=BULK_FLOW,
-        parameters={"config": config_path},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        cron=settings.bulk.schedule,
-        tags=["accel"],
-        description="Convert every tag lacking an up-to-date converted image (acceld).",
-    )
-    serve(
-        convert,
-        bulk,
-        limit=settings.converter.worker,
-        pause_on_shutdown=False,
-        print_starting_message=False,
-    )
+    convert, bulk = definitions(settings)
+    runners = [
+        getattr(importlib.import_module(d.module), d.function).to_deployment(
+            name=d.name,
+            parameters=d.parameters(config_path),
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            cron=d.schedule,
+            tags=list(d.tags),
+            description=d.description,
+        )
+        for d in (convert, bulk)
+    ]
+    # One runner for both: its limit is the conversion concurrency (converter.worker).
+    serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 
 
@@ -177,10 +89,11 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     import uvicorn
 
     from accel.config import Settings
-    from accel.metrics import Metrics
-    from deployments.api import create_app
-    from deployments.api.prefect_backend import PrefectBackend, fail_orphaned_runs
-    from deployments.api.tasks import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+    from deployments.definitions import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+    from service.api import create_app
+    from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from service.metrics import Metrics
+    from service.supervisor import RunnerSupervisor, WorkDirLock
 
     assert isinstance(settings, Settings)
     if not prefect_api_url():

@@ -13,16 +13,15 @@ malformed raises `InvalidWebhook` with a reason meant for the HTTP 400 answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from accel import constants as mt
-from accel.errors import AccelError, ReferenceError_
+from accel.errors import AccelError, InvalidReference
 from accel.reference import Reference
 
 MAX_BODY_BYTES = 1 << 20  # Harbor payloads are a few hundred bytes; anything near 1 MiB is not one
@@ -43,9 +42,6 @@ SOURCE_DISTRIBUTION = "distribution"
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-# The OCI distribution spec's referrers tag schema: where clients keep a referrers index on registries
-# without the referrers API. Such a tag names a list of artifacts, not an image.
-_REFERRERS_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}$|^sha512-[0-9a-f]{128}$")
 
 
 class InvalidWebhook(AccelError):
@@ -140,7 +136,7 @@ def pushed_reference(resource_url: str, digest: str | None = None, tag: str | No
     """
     try:
         ref = Reference.parse(resource_url)
-    except ReferenceError_ as exc:
+    except InvalidReference as exc:
         raise InvalidWebhook(f"resource_url: {exc}") from None
     if "/" not in resource_url.split("@", 1)[0].split("://", 1)[-1]:
         raise InvalidWebhook(f"resource_url {resource_url!r} has no registry host")
@@ -269,32 +265,3 @@ def parse_distribution(body: bytes, content_type: str | None = None) -> WebhookE
     return WebhookEvent(
         SOURCE_DISTRIBUTION, "push", tuple(dict.fromkeys(images)), ignored=tuple(dict.fromkeys(ignored))
     )
-
-
-def is_converted_tag(tag: str | None, suffixes: Iterable[str]) -> bool:
-    """Whether a tag is one accel itself pushes (so its push event must not start another conversion):
-    a converted image (`<tag><suffix>`) or a referrers index kept under the referrers tag schema."""
-    if not tag:
-        return False
-    return bool(_REFERRERS_TAG_RE.match(tag)) or any(s and tag.endswith(s) for s in suffixes)
-
-
-def conversion_key(
-    source: Reference,
-    drivers: Sequence[str],
-    options: Mapping[str, Any],
-    target_repository: str | None,
-) -> str:
-    """Idempotency key of one conversion: the same pinned source, drivers, options and target → one run."""
-    material = json.dumps(
-        {
-            "source": str(source),
-            "drivers": sorted(drivers),
-            "options": options,
-            "target": target_repository,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    return "accel-" + hashlib.sha256(material.encode()).hexdigest()

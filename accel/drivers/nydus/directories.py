@@ -1,0 +1,103 @@
+"""Implicit parent directories in the merged bootstrap: lower layers' attributes, fixed at merge time.
+
+A layer holding `d/b` but no `d/` entry gets a `d` with builder defaults (0755, root, mtime 0) in its own
+bootstrap, and `nydus-image merge` lets that upper `d` win over the lower layer's real one. OCI layer
+application keeps the lower directory instead. The fix leaves every layer blob as it is (a blob stays a
+function of its own source layer, so blobs and cache records are shared between images whatever lies
+below) and corrects the merged view instead: after a layer with such directories, `finish` merges a small
+*patch* bootstrap, built from a tar of directory entries only, that restores the attributes the directory
+has in the layers below. A patch has no chunks, so no blob of it is referenced or shipped.
+
+The inputs are the layers' `DirectoryTable`s (written during conversion, see `accel.tarnormalize`):
+which directories each layer carries, which it only implies, what it whites out, empties or replaces
+with non-directories.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Sequence
+
+from accel.oci import Descriptor
+from accel.store import ContentStore
+from accel.tarnormalize import DirectoryAttributes, DirectoryTable
+
+# What nydus-image 2.2.0 gives a directory no tar entry describes.
+BUILDER_DEFAULT = DirectoryAttributes(mode=0o755, uid=0, gid=0, mtime=0)
+# A layer's DirectoryTable as stored: one of its `local_blobs`, so it travels with conversion cache records.
+DIRECTORY_TABLE_MEDIA_TYPE = "application/vnd.accel.nydus.directory-table.v1+json"
+
+
+def store_table(store: ContentStore, table: DirectoryTable) -> Descriptor:
+    """`table` into the content store, as `ConvertedLayer.local_blobs` lists it."""
+    raw = table.to_json()
+    return Descriptor(media_type=DIRECTORY_TABLE_MEDIA_TYPE, digest=store.put_bytes(raw), size=len(raw))
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+
+
+class _Directories:
+    """The directories of the layers applied so far: path -> attributes (None: the builder's defaults)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, DirectoryAttributes | None] = {}
+
+    def remove(self, path: str, *, keep_root: bool) -> None:
+        if path not in self.known and not keep_root:
+            return  # not a directory: nothing below it either
+        prefix = f"{path}/"
+        for doomed in [p for p in self.known if p.startswith(prefix)]:
+            del self.known[doomed]
+        if not keep_root:
+            self.known.pop(path, None)
+
+
+def patches(tables: Sequence[DirectoryTable]) -> list[dict[str, DirectoryAttributes]]:
+    """Per layer, the directory entries to merge right after it (empty: the layer needs no patch).
+
+    A directory a layer only implies gets the attributes it has below (the topmost lower layer carrying it,
+    after whiteouts and opaque directories); a patch also carries the directory's ancestors with the
+    attributes they have after the layer, so the patch's own implied parents change nothing.
+    """
+    below = _Directories()
+    result: list[dict[str, DirectoryAttributes]] = []
+    for table in tables:
+        # Whiteouts and opaque markers act on the lower layers, whatever their place in the archive.
+        for path in table.whiteouts:
+            below.remove(path, keep_root=False)
+        for path in table.opaque:
+            below.remove(path, keep_root=True)
+        patch = {path: attrs for path in table.implied if (attrs := below.known.get(path)) is not None}
+        for path in list(patch):
+            for ancestor in _ancestors(path):
+                if ancestor not in patch:
+                    patch[ancestor] = (
+                        table.directories.get(ancestor) or below.known.get(ancestor) or (BUILDER_DEFAULT)
+                    )
+        result.append(dict(sorted(patch.items())))
+        for path in table.replaced:
+            below.remove(path, keep_root=False)
+        for path in table.implied:
+            below.known.setdefault(path, None)
+        below.known.update(table.directories)
+    return result
+
+
+def patch_tar(entries: dict[str, DirectoryAttributes]) -> bytes:
+    """A PAX tar of directory entries, parents first (sorted paths put a parent before its children)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:  # fmt: skip
+        for path, attrs in sorted(entries.items()):
+            info = tarfile.TarInfo(f"{path}/")
+            info.type = tarfile.DIRTYPE
+            info.mode, info.uid, info.gid, info.mtime = attrs.mode, attrs.uid, attrs.gid, attrs.mtime
+            info.pax_headers = {f"SCHILY.xattr.{name}": value for name, value in attrs.xattrs}
+            if attrs.mtime_ns:
+                info.pax_headers["mtime"] = f"{attrs.mtime}.{attrs.mtime_ns:09d}"
+            tar.addfile(info)
+    return buffer.getvalue()

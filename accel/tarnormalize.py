@@ -1,0 +1,399 @@
+"""A layer tar rewritten into the plain form strict tar readers (nydus-image) need; same tree once applied.
+
+Two passes over the uncompressed layer, neither holding payloads in memory:
+
+1. `scan_layer` reads headers only and plans: which occurrences of a repeated path to drop (the last one
+   wins, as in layer application), which directory entries to move before their first child, which entries
+   to refuse (a `..` escaping the root, a hardlink whose target is not an earlier entry of the layer, an
+   entry below a non-directory of the same layer). It also yields the layer's `DirectoryTable`.
+2. `normalized_tar` writes the stream: unchanged entries byte for byte, moved directories where their first
+   child was, sparse files (old GNU and PAX 0.0/0.1/1.0) expanded into plain files, absolute and `..`
+   names rewritten relative to the root (OCI semantics).
+
+A layer that needs none of this comes out byte-identical. `as_stream` turns the output into a file object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+from accel import tarstream
+from accel.errors import InvalidImage
+from accel.tarstream import TarHeader, TarMember, TarScanner
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+_AUFS_META_PREFIX = b".wh..wh."
+_REGULAR_TYPES = frozenset({tarstream.TYPE_REG, b"7", tarstream.TYPE_GNU_SPARSE})
+_ENTRY_TYPES = _REGULAR_TYPES | tarstream.HEADER_ONLY_TYPES
+_DROPPED_PAX_KEYS = frozenset({"path", "linkpath", "size"})
+
+
+class UnsafeEntry(InvalidImage):
+    """A layer entry that cannot be applied inside the root filesystem (refused before any builder runs)."""
+
+
+def entry_label(name: bytes) -> str:
+    return repr(name.decode("utf-8", "backslashreplace"))
+
+
+def clean_path(name: bytes, what: str = "entry") -> bytes:
+    """`name` relative to the root, `.` and `..` resolved lexically; UnsafeEntry if `..` leaves the root."""
+    parts: list[bytes] = []
+    for part in name.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not parts:
+                raise UnsafeEntry(f"tar {what} {entry_label(name)} escapes the root with '..'")
+            parts.pop()
+            continue
+        parts.append(part)
+    return b"/".join(parts)
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]
+
+
+def _ancestors(path: bytes) -> Iterator[bytes]:
+    """Proper ancestors of `path`, outermost first (the root excluded)."""
+    parts = path.split(b"/")
+    for depth in range(1, len(parts)):
+        yield b"/".join(parts[:depth])
+
+
+# --- the per-layer directory table -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectoryAttributes:
+    """What a directory entry sets: mode bits, owner, mtime (seconds, nanoseconds), xattrs."""
+
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_ns: int = 0
+    xattrs: tuple[tuple[str, str], ...] = ()  # names and values, bytes kept via surrogateescape
+
+    @classmethod
+    def of(cls, header: TarHeader) -> DirectoryAttributes:
+        xattrs = tuple(sorted((_text(k), _text(v)) for k, v in header.xattrs.items()))
+        return cls(header.mode & 0o7777, header.uid, header.gid, header.mtime.seconds,
+                   header.mtime.nanoseconds, xattrs)  # fmt: skip
+
+    def to_json(self) -> list[Any]:
+        return [self.mode, self.uid, self.gid, self.mtime, self.mtime_ns, [list(x) for x in self.xattrs]]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> DirectoryAttributes:
+        mode, uid, gid, mtime, mtime_ns, xattrs = value
+        return cls(mode, uid, gid, mtime, mtime_ns, tuple((k, v) for k, v in xattrs))
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectoryTable:
+    """What one layer does to directories when applied, as paths relative to the root (str, surrogateescape).
+
+    `directories`: the directory entries it carries (final attributes); `implied`: parents of its entries it
+    does not carry; `whiteouts` / `opaque`: lower paths it removes / directories it empties; `replaced`: its
+    non-directory paths (each replaces a lower directory of that name and its subtree).
+    """
+
+    directories: dict[str, DirectoryAttributes]
+    implied: tuple[str, ...] = ()
+    whiteouts: tuple[str, ...] = ()
+    opaque: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        doc = {
+            "version": 1,
+            "directories": {k: v.to_json() for k, v in sorted(self.directories.items())},
+            "implied": sorted(self.implied),
+            "whiteouts": sorted(self.whiteouts),
+            "opaque": sorted(self.opaque),
+            "replaced": sorted(self.replaced),
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DirectoryTable:
+        doc = json.loads(raw)
+        if doc.get("version") != 1:
+            raise ValueError(f"unknown directory table version {doc.get('version')!r}")
+        return cls(
+            directories={k: DirectoryAttributes.from_json(v) for k, v in doc["directories"].items()},
+            implied=tuple(doc["implied"]),
+            whiteouts=tuple(doc["whiteouts"]),
+            opaque=tuple(doc["opaque"]),
+            replaced=tuple(doc["replaced"]),
+        )
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+# --- pass 1: plan ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """What `normalized_tar` does to each entry, by its index in the stream."""
+
+    skip: set[int] = dataclasses.field(default_factory=set)
+    # entry index -> directory entries (by index) to write just before it, outermost first
+    moved_before: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    directory_headers: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    table: DirectoryTable = dataclasses.field(default_factory=lambda: DirectoryTable({}))
+    # Entries whose header `normalized_tar` rewrites (sparse files, absolute or `..` names), for messages.
+    rewritten: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def reorders(self) -> bool:
+        return bool(self.skip or self.moved_before)
+
+    def changes(self) -> list[str]:
+        """What the normalised stream changes, one phrase per kind (empty: it is the layer byte for byte)."""
+        changes = []
+        if self.skip - set(self.directory_headers):
+            changes.append(f"{len(self.skip - set(self.directory_headers))} repeated path(s) dropped")
+        if self.moved_before:
+            changes.append(f"{len(self.directory_headers)} directory entries moved before their children")
+        if self.rewritten:
+            changes.append(
+                f"headers rewritten for {', '.join(self.rewritten[:3])}"
+                + (f" and {len(self.rewritten) - 3} more" if len(self.rewritten) > 3 else "")
+            )
+        return changes
+
+
+@dataclasses.dataclass
+class _Seen:
+    index: int
+    header: TarHeader
+    path: bytes
+
+
+def scan_layer(stream: BinaryIO) -> LayerPlan:
+    """Pass 1 (headers only): the plan for `normalized_tar` and the layer's directory table."""
+    entries: list[_Seen | None] = []
+    last: dict[bytes, int] = {}
+    first: dict[bytes, int] = {}
+    directory_headers: dict[int, bytes] = {}
+    for index, member in enumerate(TarScanner(stream)):
+        header = member.header
+        if header.typeflag not in _ENTRY_TYPES:
+            entries.append(None)  # PAX global headers and unknown types pass through untouched
+            continue
+        path = clean_path(header.name)
+        if header.typeflag == tarstream.TYPE_DIR:
+            # Header-only and few: kept in case the directory must move before its first child.
+            directory_headers[index] = (
+                member.header_bytes if _name_is_clean(header.name) else rewritten_header(header, 0)
+            )
+        if header.typeflag == tarstream.TYPE_LINK:
+            target = clean_path(header.linkname, f"hardlink {entry_label(header.name)} target")
+            if not target or target not in first:
+                raise UnsafeEntry(
+                    f"tar entry {entry_label(header.name)} is a hardlink to {entry_label(header.linkname)}, "
+                    "which is not an earlier entry of the layer"
+                )
+        entries.append(_Seen(index, header, path))
+        first.setdefault(path, index)
+        last[path] = index
+
+    plan = LayerPlan()
+    kept: list[_Seen] = []
+    for seen in entries:
+        if seen is None:
+            continue
+        if not seen.path:
+            continue  # the root itself: passed through, never moved
+        if last[seen.path] != seen.index:
+            plan.skip.add(seen.index)
+            continue
+        header = seen.header
+        if (
+            header.sparse
+            or not _name_is_clean(header.name)
+            or (header.typeflag == tarstream.TYPE_LINK and not _name_is_clean(header.linkname))
+        ):
+            plan.rewritten.append(entry_label(header.name))
+        kept.append(seen)
+    kept_by_path = {seen.path: seen for seen in kept}
+
+    for seen in kept:
+        for ancestor in _ancestors(seen.path):
+            carrier = kept_by_path.get(ancestor)
+            if carrier is not None and carrier.header.typeflag != tarstream.TYPE_DIR:
+                below = entry_label(carrier.header.name)
+                raise UnsafeEntry(
+                    f"tar entry {entry_label(seen.header.name)} lies below {below}, "
+                    "which this layer makes a non-directory"
+                )
+        if seen.header.typeflag == tarstream.TYPE_LINK:
+            target = clean_path(seen.header.linkname)
+            if last[target] > seen.index:
+                raise UnsafeEntry(
+                    f"tar entry {entry_label(seen.header.name)} is a hardlink to "
+                    f"{entry_label(seen.header.linkname)}, which the layer replaces after the link"
+                )
+            if kept_by_path[target].header.typeflag == tarstream.TYPE_DIR:
+                raise UnsafeEntry(f"tar entry {entry_label(seen.header.name)} is a hardlink to a directory")
+
+    # Directories go before their first child.
+    placed: set[bytes] = set()
+    directories: dict[str, DirectoryAttributes] = {}
+    implied: set[str] = set()
+    whiteouts: list[str] = []
+    opaque: list[str] = []
+    replaced: list[str] = []
+    for seen in kept:
+        moved: list[int] = []
+        for ancestor in _ancestors(seen.path):
+            if ancestor in placed:
+                continue
+            placed.add(ancestor)
+            carrier = kept_by_path.get(ancestor)
+            if carrier is None:
+                implied.add(_text(ancestor))
+            elif carrier.index > seen.index:
+                moved.append(carrier.index)
+        if moved:
+            plan.moved_before[seen.index] = moved
+            plan.skip.update(moved)
+        base = seen.path.rpartition(b"/")[2]
+        if seen.header.typeflag == tarstream.TYPE_DIR:
+            placed.add(seen.path)
+            directories[_text(seen.path)] = DirectoryAttributes.of(seen.header)
+        elif base == OPAQUE_MARKER:
+            opaque.append(_text(_parent(seen.path)))
+        elif base.startswith(_AUFS_META_PREFIX):
+            pass
+        elif base.startswith(WHITEOUT_PREFIX):
+            hidden = base.removeprefix(WHITEOUT_PREFIX)
+            parent = _parent(seen.path)
+            whiteouts.append(_text(parent + b"/" + hidden if parent else hidden))
+        else:
+            replaced.append(_text(seen.path))
+    plan.directory_headers = {
+        index: directory_headers[index] for moved in plan.moved_before.values() for index in moved
+    }
+    plan.table = DirectoryTable(
+        directories, *(tuple(sorted(paths)) for paths in (implied, whiteouts, opaque, replaced))
+    )
+    return plan
+
+
+# --- pass 2: write ---------------------------------------------------------------------------------
+
+
+def normalized_tar(stream: BinaryIO, plan: LayerPlan, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Pass 2: the normalised tar, in chunks. `stream` is the same layer `scan_layer` read."""
+    moved_headers = plan.directory_headers
+    scanner = TarScanner(stream)
+    for index, member in enumerate(scanner):
+        for moved in plan.moved_before.get(index, ()):
+            yield moved_headers[moved]
+        if index in plan.skip:
+            member.finish()
+            continue
+        yield from _entry_bytes(member, chunk_size)
+    yield scanner.end_bytes or tarstream.ZERO_BLOCK * 2
+    yield from scanner.iter_trailing(chunk_size)
+
+
+def _entry_bytes(member: TarMember, chunk_size: int) -> Iterator[bytes]:
+    header = member.header
+    if header.typeflag not in _ENTRY_TYPES:
+        yield member.header_bytes
+        yield from member.iter_data(chunk_size)
+        yield member.finish()
+        return
+    name_ok = _name_is_clean(header.name)
+    link_ok = header.typeflag != tarstream.TYPE_LINK or _name_is_clean(header.linkname)
+    if name_ok and link_ok and not header.sparse:
+        yield member.header_bytes
+        yield from member.iter_data(chunk_size)
+        yield member.finish()
+        return
+    size = header.size if header.typeflag in _REGULAR_TYPES else 0
+    yield rewritten_header(header, size)
+    written = 0
+    if header.typeflag in _REGULAR_TYPES:
+        for data in tarstream.iter_expanded(member, chunk_size):
+            written += len(data)
+            yield data
+    member.finish()
+    if written != size:
+        raise tarstream.TarError(
+            f"{entry_label(header.name)}: {written} bytes of content, header says {size}"
+        )
+    yield bytes(-written % tarstream.BLOCK_SIZE)
+
+
+def _name_is_clean(name: bytes) -> bool:
+    """Relative, without `..`: nydus-image takes it as it is (`./` prefixes and `//` are fine)."""
+    return not name.startswith(b"/") and b".." not in name.split(b"/")
+
+
+def rewritten_header(header: TarHeader, size: int) -> bytes:
+    """A PAX header with `header`'s metadata, the name relative to the root, sparse records dropped."""
+    info = tarfile.TarInfo(_text(clean_path(header.name) or b"."))
+    if header.typeflag in _REGULAR_TYPES:
+        info.type = tarfile.REGTYPE
+    else:
+        info.type = header.typeflag
+    info.size = size
+    info.mode = header.mode & 0o7777
+    info.uid, info.gid = header.uid, header.gid
+    info.uname, info.gname = _text(header.uname), _text(header.gname)
+    info.mtime = header.mtime.seconds
+    info.devmajor, info.devminor = header.devmajor, header.devminor
+    if header.typeflag == tarstream.TYPE_LINK:
+        info.linkname = _text(clean_path(header.linkname))
+    else:
+        info.linkname = _text(header.linkname)
+    info.pax_headers = {
+        _text(key): _text(value)
+        for key, value in header.pax_records.items()
+        if not key.startswith(b"GNU.sparse.") and _text(key) not in _DROPPED_PAX_KEYS
+    }
+    if header.mtime.nanoseconds and "mtime" not in info.pax_headers:
+        info.pax_headers["mtime"] = f"{header.mtime.seconds}.{header.mtime.nanoseconds:09d}"
+    if info.type == tarfile.DIRTYPE and not info.name.endswith("/"):
+        info.name += "/"
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def as_stream(chunks: Iterable[bytes]) -> BinaryIO:
+    """A readable binary file over `chunks` (e.g. `normalized_tar`), for consumers that want `read()`."""
+    return io.BufferedReader(_ChunkReader(chunks), buffer_size=1 << 20)  # type: ignore[return-value]

@@ -1,0 +1,110 @@
+"""accel's two Prefect deployments, declared once.
+
+acceld's single-process mode serves them (`service.acceld`), and `prefect.yaml` for the work-pool mode is
+rendered from them (`python -m deployments.render > prefect.yaml`; a test keeps the checked-in file equal to
+the rendering). Names here are the names every caller uses to start runs.
+
+Schedule rule: the bulk re-conversion runs on `bulk.schedule` from the accel config when it is set. acceld
+reads the config it is started with, so unset means on demand only. `prefect.yaml` is rendered with
+DEFAULT_BULK_SCHEDULE (or with `--config FILE`, from that file's `bulk.schedule`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from accel.config import ConverterSettings, Settings
+
+CONVERT_FLOW = "convert-image"
+BULK_FLOW = "bulk-reconvert"
+# `<flow name>/<deployment name>`: each deployment is named after its flow.
+CONVERT_DEPLOYMENT = f"{CONVERT_FLOW}/{CONVERT_FLOW}"
+BULK_DEPLOYMENT = f"{BULK_FLOW}/{BULK_FLOW}"
+
+DEFAULT_BULK_SCHEDULE = "0 3 * * *"  # daily at 03:00 UTC, when the config does not say
+DEFAULT_CONCURRENCY = ConverterSettings.model_fields["worker"].default  # converter.worker's default
+PUSHED_EVENT = "harbor.artifact.pushed"
+TAGS = ("accel",)
+
+# What the config parameter of every deployment is bound to when rendered for prefect.yaml: workers and
+# `prefect deploy` read the config path from their environment.
+CONFIG_FROM_ENV = "{{ $ACCEL_CONFIG }}"
+RESULTS_DIR_FROM_ENV = "{{ $ACCEL_RESULTS_DIR }}"
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    """A Prefect event that starts a run; `parameters` are Jinja templates over the event (the deployment's
+    own parameters, e.g. `config`, are added to them)."""
+
+    event: str
+    resource_id: str  # glob over `prefect.resource.id`
+    parameters: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DeploymentDefinition:
+    flow_name: str
+    module: str  # importable module of the flow function
+    function: str
+    description: str
+    concurrency_limit: int | None = None
+    schedule: str | None = None  # cron, UTC
+    triggers: tuple[EventTrigger, ...] = ()
+    # Environment a work-pool worker gives the flow run process (besides ACCEL_CONFIG).
+    worker_env: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = TAGS
+
+    @property
+    def name(self) -> str:
+        return self.flow_name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+    @property
+    def path_entrypoint(self) -> str:
+        """`flows/convert_image.py:convert_image`, as prefect.yaml names it."""
+        return f"{self.module.replace('.', '/')}.py:{self.function}"
+
+    def parameters(self, config: str) -> dict[str, str]:
+        return {"config": config}
+
+
+def definitions(settings: Settings | None = None) -> tuple[DeploymentDefinition, DeploymentDefinition]:
+    """Both deployments. With `settings`, concurrency and schedule come from them (acceld); without, the
+    defaults prefect.yaml is rendered with."""
+    concurrency = settings.converter.worker if settings is not None else DEFAULT_CONCURRENCY
+    schedule = settings.bulk.schedule if settings is not None else DEFAULT_BULK_SCHEDULE
+    convert = DeploymentDefinition(
+        flow_name=CONVERT_FLOW,
+        module="flows.convert_image",
+        function="convert_image",
+        description="Convert one image with the configured drivers and push it beside the source.",
+        concurrency_limit=concurrency,
+        triggers=(
+            EventTrigger(
+                event=PUSHED_EVENT,
+                resource_id="harbor.artifact.*",
+                parameters={"source": "{{ event.payload.source }}"},
+            ),
+        ),
+        worker_env={
+            # acceld reads sizes and targets from persisted flow results; workers and acceld must share
+            # this storage (a shared volume, or a remote result storage block).
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_LOCAL_STORAGE_PATH": RESULTS_DIR_FROM_ENV,
+        },
+    )
+    bulk = DeploymentDefinition(
+        flow_name=BULK_FLOW,
+        module="flows.bulk_reconvert",
+        function="bulk_reconvert",
+        description=(
+            "Convert every tag of the configured repositories that lacks an up-to-date converted image."
+        ),
+        schedule=schedule,
+    )
+    return convert, bulk

@@ -1,0 +1,73 @@
+"""Deployments are declared once (deployments/definitions.py); prefect.yaml is their rendering."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from accel.config import load_settings
+from deployments.definitions import (
+    BULK_DEPLOYMENT,
+    CONVERT_DEPLOYMENT,
+    DEFAULT_BULK_SCHEDULE,
+    DEFAULT_CONCURRENCY,
+    definitions,
+)
+from deployments.render import render
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _settings(**bulk: object):
+    return load_settings({"converter": {"driver": {"type": "estargz"}, "worker": 3}, "bulk": bulk})
+
+
+def test_checked_in_prefect_yaml_is_the_rendering_of_the_definitions():
+    assert (REPO / "prefect.yaml").read_text() == render(), "run: python -m deployments.render > prefect.yaml"
+
+
+def test_names_and_entrypoints_point_at_the_flows():
+    convert, bulk = definitions()
+    assert (convert.full_name, bulk.full_name) == (CONVERT_DEPLOYMENT, BULK_DEPLOYMENT)
+    for d in (convert, bulk):
+        flow = getattr(importlib.import_module(d.module), d.function)
+        assert flow.name == d.flow_name
+        path, function = d.path_entrypoint.split(":")
+        assert (REPO / path).is_file() and function == d.function
+
+
+def test_prefect_yaml_declares_schedule_trigger_and_limits_from_the_definitions():
+    document = yaml.safe_load(render())
+    convert, bulk = document["deployments"]
+    assert convert["name"] == "convert-image" and bulk["name"] == "bulk-reconvert"
+    assert convert["concurrency_limit"] == DEFAULT_CONCURRENCY == 5
+    assert "schedules" not in convert
+    assert bulk["schedules"] == [{"cron": DEFAULT_BULK_SCHEDULE, "timezone": "UTC", "active": True}]
+    assert all(d["parameters"] == {"config": "{{ $ACCEL_CONFIG }}"} for d in (convert, bulk))
+    [trigger] = convert["triggers"]
+    assert trigger["expect"] == ["harbor.artifact.pushed"]
+    assert trigger["parameters"] == {"source": "{{ event.payload.source }}", "config": "{{ $ACCEL_CONFIG }}"}
+    # What `prefect deploy` builds from it.
+    parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+    assert parsed.expect == {"harbor.artifact.pushed"}
+
+
+def test_with_a_config_acceld_takes_bulk_schedule_and_worker_from_it():
+    convert, bulk = definitions(_settings(schedule="*/5 * * * *"))
+    assert convert.concurrency_limit == 3
+    assert bulk.schedule == "*/5 * * * *"
+    # Unset: on demand only (acceld), while prefect.yaml keeps the default.
+    _, bulk = definitions(_settings())
+    assert bulk.schedule is None
+
+
+def test_render_with_a_config_uses_its_schedule(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"converter": {"driver": {"type": "estargz"}}, "bulk": {"schedule": "0 1 * * *"}})
+    )
+    _, bulk = yaml.safe_load(render(str(config)))["deployments"]
+    assert bulk["schedules"][0]["cron"] == "0 1 * * *"
