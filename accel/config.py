@@ -65,7 +65,10 @@ class _Model(BaseModel):
 
 class ServerSettings(_Model):
     name: str = "API"  # as in acceld, also the prefix of its API metrics
-    uds: Path | None = None  # a unix socket to serve the API on, besides TCP
+    # A unix socket to serve the API on, besides TCP (only the socket when `host` is ""). Requests over it
+    # need no webhook Authorization: its file mode (accel's `uds_mode`, 0600 or 0660) decides who may call.
+    uds: Path | None = None
+    uds_mode: str = "0600"
     host: str = "127.0.0.1"
     port: int = Field(default=2077, ge=0, le=65535)
 
@@ -73,6 +76,22 @@ class ServerSettings(_Model):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("uds_mode", mode="before")
+    @classmethod
+    def _owner_and_group_only(cls, value: Any) -> Any:
+        text = f"{value:o}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            raise ValueError(f"uds_mode must be an octal file mode like 0600 or 0660, got {value!r}")
+        mode = int(text, 8)
+        if mode & 0o007 or mode & 0o600 != 0o600:
+            # Anyone who can open the socket is trusted: never others, and its owner must be able to.
+            raise ValueError(f"uds_mode {text} must give its owner rw and others nothing (0600 or 0660)")
+        return f"{mode:04o}"
+
+    @property
+    def uds_file_mode(self) -> int:
+        return int(self.uds_mode, 8)
 
 
 class MetricSettings(_Model):
