@@ -200,3 +200,33 @@ def test_metrics_in_acceld_names(acceld) -> None:
     # /metrics itself is not counted, and process metrics are there as in Go's registry.
     assert 'url="/metrics"' not in after
     assert "process_cpu_seconds_total" in after or "process_start_time_seconds" in after
+
+
+def test_accelctl_over_the_socket_needs_no_auth_header(acceld, capsys: pytest.CaptureFixture[str]) -> None:
+    from service import accelctl
+
+    uds, tcp, backend = acceld
+    assert accelctl.main(["task", "create", "--server", f"unix:{uds}", SOURCE]) == 0
+    [task_id] = capsys.readouterr().out.split()
+    assert task_id in backend.tasks
+    # acceld's `--addr host:port` works too; without the header TCP refuses, and the message is printed.
+    assert accelctl.main(["task", "create", "--addr", f"{tcp[0]}:{tcp[1]}", SOURCE]) == 1
+    assert "Authorization header missing" in capsys.readouterr().err
+    assert accelctl.main(["task", "list", "--server", f"unix:{uds}", "--json"]) == 0
+    assert task_id in capsys.readouterr().out
+
+
+def test_accelctl_config_check_is_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service import accelctl
+
+    clean = tmp_path / "clean.yaml"
+    clean.write_text("server: {uds: /run/accel/acceld.sock}\nconverter: {driver: {type: estargz}}\n")
+    assert accelctl.main(["config", "check", str(clean)]) == 0
+    assert f"{clean}: ok" in capsys.readouterr().out
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("converter: {driver: {type: estargz, config: {docker2ocl: true}}, workers: 3}\n")
+    assert accelctl.main(["config", "check", str(typo)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "converter.driver.config.docker2ocl: unknown key" in err and "converter.workers: unknown key" in err
+    )
