@@ -53,7 +53,9 @@ from service.webhook import (
 
 log = logging.getLogger("acceld.api")
 
-# acceld's error codes (pkg/errdefs; ERR_INVALID_ENDPOINT from its router).
+# acceld's error codes (pkg/errdefs; ERR_INVALID_ENDPOINT from its router). ERR_ALREADY_CONVERTED and
+# ERR_SAME_TAG never reach an HTTP body in acceld (it answers 200 and skips); here those pushes are answered
+# 200 `ignored` with the reason.
 ERR_ILLEGAL_PARAMETER = "ERR_ILLEGAL_PARAMETER"
 ERR_UNAUTHORIZED = "ERR_UNAUTHORIZED"
 ERR_CONVERT_FAILED = "ERR_CONVERT_FAILED"
