@@ -712,3 +712,19 @@ def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path)
     # What changes the bytes still counts.
     assert load_driver("nydus", {"compressor": "lz4_block"}).cache_key() != plain.cache_key()
     assert not load_driver("nydus", {"chunk_size": "0x4000"}).accepts_original_records()  # type: ignore[attr-defined]
+
+
+def test_localfs_backend_names_a_blob_it_cannot_copy(tmp_path: Path) -> None:
+    from accel.drivers.nydus import backend
+
+    store = ContentStore(tmp_path / "store")
+    here = Descriptor(media_type=mt.NYDUS_BLOB, digest=store.put_bytes(b"here"), size=4)
+    elsewhere = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"cache hit"), size=9)
+    directory = tmp_path / "blobs"
+    with pytest.raises(DriverError, match=f"blob {elsewhere.digest} is neither in the content store"):
+        backend.push_blobs(directory, [here, elsewhere], store, force=False)
+    # Already in the backend: nothing to copy, even when forced.
+    (directory / dg.hex_of(elsewhere.digest)).write_bytes(b"cache hit")
+    assert backend.push_blobs(directory, [here, elsewhere], store, force=True) == [
+        directory / dg.hex_of(here.digest)
+    ]

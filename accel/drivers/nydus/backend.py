@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from accel import digest as dg
+from accel.errors import DriverError
 from accel.oci import Descriptor
 from accel.store import ContentStore
 
@@ -30,8 +31,14 @@ def push_blobs(
     written = []
     for blob in blobs:
         target = blob_path(directory, blob.digest)
-        if target.is_file() and not force:
+        if target.is_file() and (not force or not store.exists(blob.digest)):
             continue
+        if not store.exists(blob.digest):
+            # A conversion cache hit whose blob stayed in the cache repository: nothing to copy from.
+            raise DriverError(
+                f"nydus localfs backend: blob {blob.digest} is neither in the content store nor in "
+                f"{directory} (a conversion cache hit); convert without the cache or copy the blob there"
+            )
         # Temp file then rename: a reader never sees half a blob.
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".incoming-")
         try:
