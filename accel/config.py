@@ -247,6 +247,8 @@ class Route(BaseModel):
 class ConverterSettings(_Model):
     worker: int = Field(default=5, ge=1)
     harbor_annotation: bool = True
+    # Prove every converted image against its source before pushing it (accel.verify); refuse when it fails.
+    verify: bool = False
     platforms: str | list[str] | None = None
     driver: DriverSettings | None = None
     drivers: list[DriverSettings] = []

@@ -28,7 +28,11 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         load_file(args.config)  # config errors before Prefect starts
         result = convert_image(
-            source=args.source, drivers=args.driver or None, config=args.config, return_state=False
+            source=args.source,
+            drivers=args.driver or None,
+            config=args.config,
+            target=args.target,
+            return_state=False,
         )
     except AccelError as exc:
         print(f"accelctl: conversion of {args.source} failed: {exc}", file=sys.stderr)
@@ -39,6 +43,31 @@ def _convert(args: argparse.Namespace) -> int:
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Prove TARGET against SOURCE (accel.verify): the verdict table; exit 1 on any difference."""
+    from accel.errors import AccelError
+    from accel.registry import RegistryClient
+    from accel.transports import Transports, parse_location
+    from accel.verify import verify_image
+
+    try:
+        source, target = parse_location(args.source), parse_location(args.target)
+        if args.config:
+            from accel.context import context_for
+
+            ctx = context_for(args.config)
+            client, platforms = ctx.client, ctx.settings.converter.platform_filter()
+        else:
+            client, platforms = RegistryClient(), []
+        routes = Transports(client)
+        verdict = verify_image(routes, source.reference, routes, target.reference, platforms=platforms)
+    except AccelError as exc:
+        print(f"accelctl: cannot check {args.target} against {args.source}: {exc}", file=sys.stderr)
+        return 2
+    print(verdict.table())
+    return 0 if verdict.ok else 1
 
 
 DEFAULT_SERVER = "http://127.0.0.1:2077"
@@ -223,8 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--driver", action="append", help="driver type (repeatable); default: all configured"
     )
-    convert.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
+    convert.add_argument(
+        "--target",
+        help="where to write (oci:DIR[:TAG], oci-archive:FILE[:TAG] or a registry reference); "
+        "default: beside the source, tag + the driver's suffix",
+    )
+    convert.add_argument(
+        "source",
+        help="source image: a registry reference (e.g. registry:5000/library/nginx:latest), oci:DIR[:TAG], "
+        "oci-archive:FILE[:TAG] or docker-archive:FILE[:REPO:TAG]",
+    )
     convert.set_defaults(func=_convert)
+    check = sub.add_parser(
+        "check", help="prove a converted image against its source: verdict per layer, exit 1 on a difference"
+    )
+    check.add_argument("--config", help="acceld-style YAML config (registry credentials, platforms)")
+    check.add_argument("source", help="the source image (any transport, as for convert)")
+    check.add_argument("target", help="the converted image (any transport)")
+    check.set_defaults(func=_check)
     _add_task_commands(sub)
     _add_config_commands(sub)
     return parser

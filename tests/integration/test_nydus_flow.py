@@ -24,6 +24,7 @@ from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing, trees
 from tests.harness import nydus as nh
+from tests.harness.proof import assert_proven
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.nydus, nh.needs_builder]
 
@@ -53,6 +54,8 @@ def _convert(registry, tmp: Path, source: Reference, driver_config: dict[str, An
     assert target.driver == "nydus"
     ref = Reference.parse(target.reference)
     assert ref.tag == f"{source.tag}-nydus"
+    with RegistryClient({registry.host: HostConfig()}) as proving:
+        assert_proven(proving, source, ref)
     return ref
 
 
