@@ -2,28 +2,88 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 from isal import igzip
 
-from accel import digest as dg
 from accel import oci
 from accel.errors import DigestMismatch, UnsupportedMediaType
 
 READ_SIZE = 1 << 20
 
 
+class BackgroundDigester:
+    """sha256 and size of a byte stream, hashed in order on a thread of its own.
+
+    The stream's producer only queues references (hashlib releases the GIL on large inputs, so the hashing
+    runs beside the producer on another core). Pieces must not change after `update`: pass bytes. `digest`
+    waits for what is queued; `close` stops the thread (also done by `digest`).
+    """
+
+    BATCH_BYTES = 1 << 20  # bytes queued before a batch goes to the thread
+    MAX_BATCHES = 8  # batches in flight before `update` waits: bounds the memory held
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._in_flight: collections.deque[Future[None]] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._result: str | None = None
+
+    def update(self, data: bytes) -> None:
+        if not data:
+            return
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        self.size += len(data)
+        if self._batch_bytes >= self.BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
+        self._in_flight.append(self._pool.submit(self._hash_all, self._batch))
+        self._batch, self._batch_bytes = [], 0
+        while len(self._in_flight) > self.MAX_BATCHES:
+            self._in_flight.popleft().result()
+
+    def _hash_all(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._hash.update(piece)
+
+    def digest(self) -> str:
+        if self._result is None:
+            self._submit()
+            while self._in_flight:
+                self._in_flight.popleft().result()
+            self._result = "sha256:" + self._hash.hexdigest()
+            self.close()
+        return self._result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 class DigestingReader(io.RawIOBase):
-    """Read-through wrapper that hashes every byte it hands out."""
+    """Read-through wrapper that hashes every byte it hands out (on a background thread)."""
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
-        self.digester = dg.Digester()
+        self.digester = BackgroundDigester()
 
     def readable(self) -> bool:
         return True
@@ -65,4 +125,5 @@ def open_uncompressed(path: Path, media_type: str, expected_diff_id: str | None 
                 expected_diff_id, reader.digester.digest(), f"uncompressed layer {path.name}"
             )
     finally:
+        reader.digester.close()
         inner.close()

@@ -27,6 +27,7 @@ from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWri
 from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_TYPE_CHUNK, TOC_VERSION, TocEntry
 
 READ_SIZE = 1 << 20
+FIRST_CHUNK_KEPT = 4 << 20  # a first chunk longer than this is hashed as the whole-file digest right away
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class _LayerWriter:
         self.frames = FrameWriter(out, level, workers)
         self.tarsplit = TarSplitWriter(level)
         self.entries: list[TocEntry] = []
+        # Filled in after the last frame is written, when the pool has hashed every chunk:
+        self.single_chunk_files: list[TocEntry] = []  # file digest = its only chunk's digest
+        self.drop_chunk_digest: list[TocEntry] = []  # single-chunk entries carry no chunk fields
         self.frame = self.frames.frame()  # the open frame holding headers and padding
 
     def member(self, member: tarstream.TarMember, pending_padding: bytes) -> None:
@@ -65,30 +69,44 @@ class _LayerWriter:
         self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
     ) -> None:
         self.frame.close()  # the header frame ends where the payload starts
-        file_digest = hashlib.sha256()
         chunks: list[TocEntry] = []  # one per chunk; the first is `entry` itself
         chunk_offset = 0
-        current: tuple[Frame, Any, bool] | None = None  # (frame, sha256, is_zeros)
+        current: tuple[Frame, bool] | None = None  # (frame, is_zeros)
+        # The pool hashes every chunk, and a file of one chunk (most files) has that as its digest. The
+        # whole-file hash runs here only from a second chunk on, seeded with the first chunk's bytes.
+        first_chunk: list[bytes] | None = []
+        first_chunk_bytes = 0
+        file_digest: Any = None
+
+        def start_file_digest() -> None:
+            nonlocal file_digest, first_chunk
+            file_digest = hashlib.sha256()
+            for piece in first_chunk or ():
+                file_digest.update(piece)
+            first_chunk = None
 
         def close_chunk() -> None:
             nonlocal current, chunk_offset
             if current is None:
                 return
-            frame, digester, zeros = current
+            frame, zeros = current
             target = (
                 entry
                 if not chunks
                 else TocEntry(type=TOC_TYPE_CHUNK, name=entry.name, chunkOffset=chunk_offset)
             )
             target.chunkSize = frame.size
-            target.chunkDigest = "sha256:" + digester.hexdigest()
             target.chunkType = CHUNK_TYPE_ZEROS if zeros else ""
             chunks.append(target)
             chunk_offset += frame.size
             first = len(chunks) == 1
 
-            def written(start: int, end: int, target: TocEntry = target, first: bool = first) -> None:
+            def written(
+                start: int, end: int, digest: bytes | None, target: TocEntry = target, first: bool = first
+            ) -> None:
+                assert digest is not None
                 target.offset = start
+                target.chunkDigest = "sha256:" + digest.hex()
                 if first:
                     entry.offset = start
                 entry.endOffset = end
@@ -97,14 +115,22 @@ class _LayerWriter:
             current = None
 
         def add(data: bytes, zeros: bool) -> None:
-            nonlocal current
-            if current is not None and current[2] != zeros:
+            nonlocal current, first_chunk_bytes
+            if current is not None and current[1] != zeros:
                 close_chunk()
             if current is None:
-                current = (self.frames.frame(), hashlib.sha256(), zeros)
+                if chunks and file_digest is None:
+                    start_file_digest()
+                current = (self.frames.frame(digest=True), zeros)
             current[0].write(data)
-            current[1].update(data)
-            file_digest.update(data)
+            if file_digest is not None:
+                file_digest.update(data)
+            else:
+                assert first_chunk is not None
+                first_chunk.append(data)
+                first_chunk_bytes += len(data)
+                if first_chunk_bytes > FIRST_CHUNK_KEPT:  # do not hold a long first chunk in memory
+                    start_file_digest()
 
         def consume(events: Iterator[DataPiece | ZeroRun]) -> None:
             for event in events:
@@ -126,9 +152,13 @@ class _LayerWriter:
             consume(chunker.feed(block))
         consume(chunker.finish())
         close_chunk()
-        entry.digest = "sha256:" + file_digest.hexdigest()
+        if file_digest is not None:
+            entry.digest = "sha256:" + file_digest.hexdigest()
+        else:  # one chunk: its digest, known once the pool has hashed it, is the file's
+            self.single_chunk_files.append(entry)
         if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
-            entry.chunkSize, entry.chunkDigest, entry.chunkType = 0, "", ""
+            entry.chunkSize, entry.chunkType = 0, ""
+            self.drop_chunk_digest.append(entry)
         entries.extend(chunks[1:])
         self.frame = self.frames.frame()
 
@@ -143,6 +173,10 @@ class _LayerWriter:
             self.frame.write(data)
         self.frame.close()
         self.frames.drain()
+        for entry in self.single_chunk_files:
+            entry.digest = entry.chunkDigest
+        for entry in self.drop_chunk_digest:
+            entry.chunkDigest = ""
 
         tarsplit = self.tarsplit.finish()
         toc = {
