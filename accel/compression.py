@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
-from isal import igzip
+from zlib_ng import gzip_ng_threaded
 
 from accel import oci
 from accel.errors import DigestMismatch, UnsupportedMediaType
@@ -29,7 +29,7 @@ class BackgroundDigester:
     """
 
     BATCH_BYTES = 1 << 20  # bytes queued before a batch goes to the thread
-    MAX_BATCHES = 8  # batches in flight before `update` waits: bounds the memory held
+    MAX_BATCHES = 4  # batches in flight before `update` waits: bounds the memory held
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
@@ -101,7 +101,9 @@ class DigestingReader(io.RawIOBase):
 def _decompressor(path: Path, media_type: str) -> BinaryIO:
     raw = path.open("rb")
     if oci.is_gzip_layer(media_type):
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        # Inflated on a reader thread of its own (zlib-ng releases the GIL there): the converter's thread
+        # only takes the blocks.
+        return gzip_ng_threaded.open(raw, "rb", threads=1)  # type: ignore[return-value]
     if oci.is_zstd_layer(media_type):
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[return-value]
     if oci.is_plain_tar_layer(media_type):

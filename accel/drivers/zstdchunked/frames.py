@@ -19,7 +19,7 @@ import zstandard
 from accel.compression import BackgroundDigester
 
 LARGE_FRAME = 4 << 20  # frames above this are compressed as a stream instead of in one pool job
-MAX_PENDING_BYTES = 32 << 20  # uncompressed bytes queued for the pool before the writer waits
+MAX_PENDING_BYTES = 16 << 20  # uncompressed bytes queued for the pool before the writer waits
 BATCH_BYTES = 256 << 10  # small frames are sent to the pool together until they add up to this
 BATCH_FRAMES = 256
 
