@@ -22,6 +22,7 @@ LARGE_FRAME = 4 << 20  # frames above this are compressed as a stream instead of
 MAX_PENDING_BYTES = 16 << 20  # uncompressed bytes queued for the pool before the writer waits
 BATCH_BYTES = 256 << 10  # small frames are sent to the pool together until they add up to this
 BATCH_FRAMES = 256
+OUTPUT_BYTES = 1 << 20  # compressed bytes gathered before one write to the output
 
 
 class SupportsWrite(Protocol):
@@ -52,6 +53,8 @@ class FrameWriter:
         self._pending_bytes = 0
         self._batch: list[_Job] = []
         self._batch_bytes = 0
+        self._output: list[bytes] = []
+        self._output_bytes = 0
         self._workers = workers
         self.offset = 0
         self.uncompressed = BackgroundDigester()
@@ -77,10 +80,20 @@ class FrameWriter:
         """Bytes outside any compressed frame (skippable frames); everything queued is written first."""
         self.drain()
         self._emit(data)
+        self._flush_output()
 
     def _emit(self, data: bytes) -> None:
-        self._out.write(data)
+        # Small frames are gathered into one write: every `out.write` also costs a hash update and a call.
+        self._output.append(data)
+        self._output_bytes += len(data)
         self.offset += len(data)
+        if self._output_bytes >= OUTPUT_BYTES:
+            self._flush_output()
+
+    def _flush_output(self) -> None:
+        if self._output:
+            self._out.write(self._output[0] if len(self._output) == 1 else b"".join(self._output))
+            self._output, self._output_bytes = [], 0
 
     def _submit(self, data: bytes, digest: bool, on_written: FrameCallback | None) -> None:
         self._batch.append((data, digest, on_written))
@@ -108,9 +121,11 @@ class FrameWriter:
                 on_written(start, self.offset, digest)
 
     def drain(self) -> None:
+        """Write out every queued frame."""
         self._submit_batch()
         while self._pending:
             self._write_oldest()
+        self._flush_output()
 
     def close(self) -> None:
         try:
