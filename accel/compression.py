@@ -9,7 +9,7 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 from zlib_ng import gzip_ng_threaded
@@ -76,6 +76,39 @@ class BackgroundDigester:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class BackgroundWriter:
+    """Ordered writes to `out` on a thread of its own, for a producer that should not wait on them.
+
+    File writes and the content store's hashing release the GIL, so they run beside the producer. At most
+    MAX_PENDING writes are queued (their bytes stay referenced until written); `flush` waits for all of
+    them and raises what a write raised; `close` stops the thread.
+    """
+
+    MAX_PENDING = 4
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._pending: collections.deque[Future[Any]] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending.append(self._pool.submit(self._out.write, data))
+        while len(self._pending) > self.MAX_PENDING:
+            self._pending.popleft().result()
+
+    def flush(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
 
 
 class DigestingReader(io.RawIOBase):

@@ -9,7 +9,7 @@ from typing import Any
 
 from zlib_ng import zlib_ng
 
-from accel.compression import BackgroundDigester
+from accel.compression import BackgroundDigester, BackgroundWriter
 from accel.store import BlobWriter
 
 # A member buffered beyond this is compressed inline instead of on the pool, so a huge chunk size or a
@@ -43,7 +43,7 @@ class GzipMembers:
     """
 
     def __init__(self, out: BlobWriter, level: int) -> None:
-        self._out = out
+        self._out = BackgroundWriter(out)  # the file and its hash are written beside this thread
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="estargz-gzip")
         self._in_flight: collections.deque[Future[list[bytes]]] = collections.deque()
@@ -91,11 +91,13 @@ class GzipMembers:
         self._submit_batch()
         while self._in_flight:
             self._write_oldest()
+        self._out.flush()
 
     def close(self) -> None:
         for future in self._in_flight:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._out.close()
         self.uncompressed.close()
 
     def _submit_batch(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import zstandard
 
-from accel.compression import BackgroundDigester
+from accel.compression import BackgroundDigester, BackgroundWriter
 
 LARGE_FRAME = 4 << 20  # frames above this are compressed as a stream instead of in one pool job
 MAX_PENDING_BYTES = 16 << 20  # uncompressed bytes queued for the pool before the writer waits
@@ -43,7 +43,7 @@ class FrameWriter:
     """
 
     def __init__(self, out: SupportsWrite, level: int, workers: int) -> None:
-        self._out = out
+        self._out = BackgroundWriter(out)
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstdchunked")
         self._local = threading.local()
@@ -81,6 +81,7 @@ class FrameWriter:
         self.drain()
         self._emit(data)
         self._flush_output()
+        self._out.flush()
 
     def _emit(self, data: bytes) -> None:
         # Small frames are gathered into one write: every `out.write` also costs a hash update and a call.
@@ -126,12 +127,14 @@ class FrameWriter:
         while self._pending:
             self._write_oldest()
         self._flush_output()
+        self._out.flush()
 
     def close(self) -> None:
         try:
             self.drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._out.close()
             self.uncompressed.close()
 
     def _stream_compressor(self) -> zstandard.ZstdCompressionObj:
