@@ -31,13 +31,16 @@ class BackgroundDigester:
     BATCH_BYTES = 1 << 20  # bytes queued before a batch goes to the thread
     MAX_BATCHES = 4  # batches in flight before `update` waits: bounds the memory held
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ThreadPoolExecutor | None = None) -> None:
+        """With `pool` (which must have one worker, to keep the order), hash there instead of on a thread
+        of its own; the pool's owner shuts it down."""
         self._hash = hashlib.sha256()
         self.size = 0
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._in_flight: collections.deque[Future[None]] = collections.deque()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = pool
+        self._owns_pool = pool is None
         self._result: str | None = None
 
     def update(self, data: bytes) -> None:
@@ -73,7 +76,7 @@ class BackgroundDigester:
         return self._result
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import zstandard
@@ -14,6 +14,7 @@ import zstandard
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
+from accel.compression import BackgroundDigester
 from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import (
     MANIFEST_TYPE_CRFS,
@@ -52,6 +53,14 @@ class _LayerWriter:
         self.single_chunk_files: list[TocEntry] = []  # file digest = its only chunk's digest
         self.drop_chunk_digest: list[TocEntry] = []  # single-chunk entries carry no chunk fields
         self.frame = self.frames.frame()  # the open frame holding headers and padding
+        # Whole-file digests of multi-chunk files, hashed in order on one thread beside this one.
+        self.file_hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-digest")
+
+    def close(self) -> None:
+        try:
+            self.frames.close()
+        finally:
+            self.file_hashing.shutdown(wait=True, cancel_futures=True)
 
     def member(self, member: tarstream.TarMember, pending_padding: bytes) -> None:
         entry = TocEntry.from_header(member.header)
@@ -80,7 +89,7 @@ class _LayerWriter:
 
         def start_file_digest() -> None:
             nonlocal file_digest, first_chunk
-            file_digest = hashlib.sha256()
+            file_digest = BackgroundDigester(self.file_hashing)
             for piece in first_chunk or ():
                 file_digest.update(piece)
             first_chunk = None
@@ -153,7 +162,7 @@ class _LayerWriter:
         consume(chunker.finish())
         close_chunk()
         if file_digest is not None:
-            entry.digest = "sha256:" + file_digest.hexdigest()
+            entry.digest = file_digest.digest()
         else:  # one chunk: its digest, known once the pool has hashed it, is the file's
             self.single_chunk_files.append(entry)
         if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
@@ -241,4 +250,4 @@ def write_zstd_chunked(
             pending_padding = member.finish()
         return writer.finish(scanner)
     finally:
-        writer.frames.close()
+        writer.close()
