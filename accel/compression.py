@@ -66,6 +66,10 @@ class BackgroundDigester:
         for piece in pieces:
             self._hash.update(piece)
 
+    def send(self) -> None:
+        """Hand what is queued to the thread now, without waiting (before a later `digest`)."""
+        self._submit()
+
     def digest(self) -> str:
         if self._result is None:
             self._submit()

@@ -439,6 +439,23 @@ def test_large_frames_stream_and_backpressure(monkeypatch: pytest.MonkeyPatch) -
         assert entry["chunkDigest"] == dg.of_bytes(content[off : off + entry["chunkSize"]])
 
 
+def test_whole_file_digests_resolved_after_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zc.writer, "MAX_PENDING_FILE_DIGESTS", 1)  # both the waiting and the deferred path
+    rng = random.Random(11)
+    files = {f"f{i}": rng.randbytes(300_000) for i in range(6)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, content in files.items():
+            info = _info(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    blob, result = _convert(buf.getvalue())
+    toc, _, _ = _parts(blob, result.annotations)
+    mains = {e["name"]: e for e in toc["entries"] if e["type"] == "reg"}
+    assert all(len(reference_chunks(content)) > 1 for content in files.values())
+    assert {name: e["digest"] for name, e in mains.items()} == {n: dg.of_bytes(c) for n, c in files.items()}
+
+
 def test_empty_and_minimal_streams() -> None:
     for raw in (b"", bytes(1024), bytes(10240)):
         blob, result = _convert(raw)

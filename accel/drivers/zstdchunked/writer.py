@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWri
 from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_TYPE_CHUNK, TOC_VERSION, TocEntry
 
 READ_SIZE = 1 << 20
+MAX_PENDING_FILE_DIGESTS = 4  # files whose whole-file hash may still be running (each holds <= 5 MiB)
 FIRST_CHUNK_KEPT = 4 << 20  # a first chunk longer than this is hashed as the whole-file digest right away
 
 
@@ -55,6 +57,13 @@ class _LayerWriter:
         self.frame = self.frames.frame()  # the open frame holding headers and padding
         # Whole-file digests of multi-chunk files, hashed in order on one thread beside this one.
         self.file_hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-digest")
+        self.pending_file_digests: collections.deque[tuple[TocEntry, BackgroundDigester]] = (
+            collections.deque()
+        )
+
+    def _resolve_oldest_file_digest(self) -> None:
+        entry, file_digest = self.pending_file_digests.popleft()
+        entry.digest = file_digest.digest()
 
     def close(self) -> None:
         try:
@@ -161,8 +170,11 @@ class _LayerWriter:
             consume(chunker.feed(block))
         consume(chunker.finish())
         close_chunk()
-        if file_digest is not None:
-            entry.digest = file_digest.digest()
+        if file_digest is not None:  # resolved later, so this thread does not wait for the hashing
+            file_digest.send()
+            self.pending_file_digests.append((entry, file_digest))
+            while len(self.pending_file_digests) > MAX_PENDING_FILE_DIGESTS:
+                self._resolve_oldest_file_digest()
         else:  # one chunk: its digest, known once the pool has hashed it, is the file's
             self.single_chunk_files.append(entry)
         if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
@@ -182,6 +194,8 @@ class _LayerWriter:
             self.frame.write(data)
         self.frame.close()
         self.frames.drain()
+        while self.pending_file_digests:
+            self._resolve_oldest_file_digest()
         for entry in self.single_chunk_files:
             entry.digest = entry.chunkDigest
         for entry in self.drop_chunk_digest:
