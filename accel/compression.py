@@ -2,28 +2,128 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
-from isal import igzip
+from zlib_ng import gzip_ng_threaded
 
-from accel import digest as dg
 from accel import oci
 from accel.errors import DigestMismatch, UnsupportedMediaType
 
 READ_SIZE = 1 << 20
 
 
+class BackgroundDigester:
+    """sha256 and size of a byte stream, hashed in order on a thread of its own.
+
+    The stream's producer only queues references (hashlib releases the GIL on large inputs, so the hashing
+    runs beside the producer on another core). Pieces must not change after `update`: pass bytes. `digest`
+    waits for what is queued; `close` stops the thread (also done by `digest`).
+    """
+
+    BATCH_BYTES = 1 << 20  # bytes queued before a batch goes to the thread
+    MAX_BATCHES = 4  # batches in flight before `update` waits: bounds the memory held
+
+    def __init__(self, pool: ThreadPoolExecutor | None = None) -> None:
+        """With `pool` (which must have one worker, to keep the order), hash there instead of on a thread
+        of its own; the pool's owner shuts it down."""
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._in_flight: collections.deque[Future[None]] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = pool
+        self._owns_pool = pool is None
+        self._result: str | None = None
+
+    def update(self, data: bytes) -> None:
+        if not data:
+            return
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        self.size += len(data)
+        if self._batch_bytes >= self.BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
+        self._in_flight.append(self._pool.submit(self._hash_all, self._batch))
+        self._batch, self._batch_bytes = [], 0
+        while len(self._in_flight) > self.MAX_BATCHES:
+            self._in_flight.popleft().result()
+
+    def _hash_all(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._hash.update(piece)
+
+    def send(self) -> None:
+        """Hand what is queued to the thread now, without waiting (before a later `digest`)."""
+        self._submit()
+
+    def digest(self) -> str:
+        if self._result is None:
+            self._submit()
+            while self._in_flight:
+                self._in_flight.popleft().result()
+            self._result = "sha256:" + self._hash.hexdigest()
+            self.close()
+        return self._result
+
+    def close(self) -> None:
+        if self._pool is not None and self._owns_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class BackgroundWriter:
+    """Ordered writes to `out` on a thread of its own, for a producer that should not wait on them.
+
+    File writes and the content store's hashing release the GIL, so they run beside the producer. At most
+    MAX_PENDING writes are queued (their bytes stay referenced until written); `flush` waits for all of
+    them and raises what a write raised; `close` stops the thread.
+    """
+
+    MAX_PENDING = 4
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._pending: collections.deque[Future[Any]] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending.append(self._pool.submit(self._out.write, data))
+        while len(self._pending) > self.MAX_PENDING:
+            self._pending.popleft().result()
+
+    def flush(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
+
 class DigestingReader(io.RawIOBase):
-    """Read-through wrapper that hashes every byte it hands out."""
+    """Read-through wrapper that hashes every byte it hands out (on a background thread)."""
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
-        self.digester = dg.Digester()
+        self.digester = BackgroundDigester()
 
     def readable(self) -> bool:
         return True
@@ -41,7 +141,9 @@ class DigestingReader(io.RawIOBase):
 def _decompressor(path: Path, media_type: str) -> BinaryIO:
     raw = path.open("rb")
     if oci.is_gzip_layer(media_type):
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        # Inflated on a reader thread of its own (zlib-ng releases the GIL there): the converter's thread
+        # only takes the blocks.
+        return gzip_ng_threaded.open(raw, "rb", threads=1)  # type: ignore[return-value]
     if oci.is_zstd_layer(media_type):
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[return-value]
     if oci.is_plain_tar_layer(media_type):
@@ -65,4 +167,5 @@ def open_uncompressed(path: Path, media_type: str, expected_diff_id: str | None 
                 expected_diff_id, reader.digester.digest(), f"uncompressed layer {path.name}"
             )
     finally:
+        reader.digester.close()
         inner.close()

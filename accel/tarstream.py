@@ -489,10 +489,11 @@ def _format_of(block: bytes) -> TarFormat:
     except ValueError:
         raise TarError("tar header has an unreadable checksum") from None
     unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = sum(c - 256 if c > 127 else c for c in block[:148]) + 8 * 0x20
-    signed += sum(c - 256 if c > 127 else c for c in block[156:])
-    if stored not in (unsigned, signed):
-        raise TarError("tar header checksum mismatch")
+    if stored != unsigned:  # the signed sum (old writers) costs a Python loop: only when needed
+        signed = sum(c - 256 if c > 127 else c for c in block[:148]) + 8 * 0x20
+        signed += sum(c - 256 if c > 127 else c for c in block[156:])
+        if stored != signed:
+            raise TarError("tar header checksum mismatch")
     magic, version, trailer = block[257:263], block[263:265], block[508:512]
     if magic == b"ustar\x00":
         return TarFormat.STAR if trailer == b"tar\x00" else TarFormat.USTAR

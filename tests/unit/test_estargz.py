@@ -385,6 +385,17 @@ def test_oversized_members_are_compressed_inline(
     assert files["usr/bin/big"] == BIG_PAYLOAD
 
 
+def test_member_batching_does_not_change_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import accel.drivers.estargz as estargz
+
+    source = _all_kinds_tar()
+    default, default_blob = _convert(ContentStore(tmp_path / "a"), source, chunk_size=SMALL_CHUNK)
+    monkeypatch.setattr(estargz.members, "BATCH_MEMBERS", 2)  # many batches, and waits on the pool
+    monkeypatch.setattr(estargz.members, "BATCH_BYTES", 100)
+    batched, batched_blob = _convert(ContentStore(tmp_path / "b"), source, chunk_size=SMALL_CHUNK)
+    assert batched == default and batched_blob == default_blob
+
+
 def test_output_is_deterministic(tmp_path: Path) -> None:
     source = _all_kinds_tar()
     first, _ = _convert(ContentStore(tmp_path / "a"), source, chunk_size=SMALL_CHUNK)

@@ -141,6 +141,20 @@ def _holey(rng: random.Random) -> bytes:
     return bytes(2000) + b"".join(parts) + bytes(1023)
 
 
+@pytest.fixture(params=["native", "numpy"])
+def rollsum_implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a chunking test with the C rolling sum (built by scripts/setup) and with the numpy fallback."""
+    if request.param == "native":
+        native = zc.rollsum._load_native()
+        if native is None:
+            pytest.skip(f"{zc.rollsum.NATIVE_LIBRARY.name} is not built (scripts/setup builds it)")
+        monkeypatch.setattr(zc.rollsum, "_rollsum_cuts", native)
+    else:
+        monkeypatch.setattr(zc.rollsum, "_rollsum_cuts", zc.rollsum._rollsum_cuts_numpy)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("rollsum_implementation")
 @pytest.mark.parametrize("block", [1000, 4096, 65_536, 1 << 20])
 def test_chunking_matches_reference_byte_by_byte(block: int) -> None:
     rng = random.Random(block)
@@ -152,9 +166,23 @@ def test_chunking_matches_reference_byte_by_byte(block: int) -> None:
     assert fast_chunks(holey, block) == expected
 
 
+@pytest.mark.usefixtures("rollsum_implementation")
 def test_chunking_edge_cases() -> None:
     for data in (b"", bytes(10), bytes(1024), bytes(5000), b"\x01" + bytes(1024), bytes(1024) + b"\x01"):
         assert fast_chunks(data, 100) == reference_chunks(data), data[:8]
+
+
+def test_native_and_numpy_rolling_sums_agree_across_history_and_blocks() -> None:
+    native = zc.rollsum._load_native()
+    if native is None:
+        pytest.skip(f"{zc.rollsum.NATIVE_LIBRARY.name} is not built (scripts/setup builds it)")
+    rng = random.Random(7)
+    data = rng.randbytes(3 << 20)
+    cuts = zc.rollsum._rollsum_cuts_numpy(bytes(63), data)
+    assert len(cuts) > 10 and native(bytes(63), data) == cuts
+    for size in (0, 1, 63, 64, 65, 5000):  # a non-zero history and windows straddling it
+        history, piece = rng.randbytes(63), rng.randbytes(size)
+        assert native(history, piece) == zc.rollsum._rollsum_cuts_numpy(history, piece)
 
 
 def test_crc64_iso_matches_go_check_value_and_chains() -> None:
@@ -386,6 +414,7 @@ def test_large_frames_stream_and_backpressure(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(zc.frames, "MAX_PENDING_BYTES", 100_000)
     monkeypatch.setattr(zc.writer, "READ_SIZE", 30_000)
     monkeypatch.setattr(zc.writer, "_ZERO_BLOCK", bytes(30_000))
+    monkeypatch.setattr(zc.writer, "FIRST_CHUNK_KEPT", 40_000)  # the file digest starts in the first chunk
     content = b"abcdefgh" * 40_000 + bytes(300_000) + random.Random(3).randbytes(400_000)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -402,10 +431,29 @@ def test_large_frames_stream_and_backpressure(monkeypatch: pytest.MonkeyPatch) -
     assert [(e.get("chunkOffset", 0), e["chunkSize"], e.get("chunkType", "")) for e in entries] == (
         reference_chunks(content)
     )
+    assert entries[0]["digest"] == dg.of_bytes(content)
     ends = [e["offset"] for e in entries[1:]] + [entries[0]["endOffset"]]
     for entry, end in zip(entries, ends, strict=True):
         off = entry.get("chunkOffset", 0)
         assert _unzstd(blob[entry["offset"] : end]) == content[off : off + entry["chunkSize"]]
+        assert entry["chunkDigest"] == dg.of_bytes(content[off : off + entry["chunkSize"]])
+
+
+def test_whole_file_digests_resolved_after_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zc.writer, "MAX_PENDING_FILE_DIGESTS", 1)  # both the waiting and the deferred path
+    rng = random.Random(11)
+    files = {f"f{i}": rng.randbytes(300_000) for i in range(6)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, content in files.items():
+            info = _info(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    blob, result = _convert(buf.getvalue())
+    toc, _, _ = _parts(blob, result.annotations)
+    mains = {e["name"]: e for e in toc["entries"] if e["type"] == "reg"}
+    assert all(len(reference_chunks(content)) > 1 for content in files.values())
+    assert {name: e["digest"] for name, e in mains.items()} == {n: dg.of_bytes(c) for n, c in files.items()}
 
 
 def test_empty_and_minimal_streams() -> None:

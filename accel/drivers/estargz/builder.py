@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _TAR_BLOCK = 512
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
+_EMPTY_DIGEST = "sha256:" + hashlib.sha256().hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,8 @@ class BlobBuilder:
             return
         if entry.payload is None:
             raise DriverError(f"no payload for regular file {entry.info.name!r}")
-        file_digest = hashlib.sha256()
+        # A file of one chunk (most files) has one digest for both: hash it once.
+        file_digest = hashlib.sha256() if header.size > self._chunk_size else None
         chunk_entry = toc_entry  # the first chunk is described by the file's own entry
         for chunk_offset in range(0, header.size, self._chunk_size):
             chunk = min(self._chunk_size, header.size - chunk_offset)
@@ -70,7 +72,10 @@ class BlobBuilder:
         if header.size == 0:
             self._toc.append(toc_entry)
         self._members.write(b"\0" * (-header.size % _TAR_BLOCK))
-        toc_entry.digest = "sha256:" + file_digest.hexdigest()
+        if file_digest is not None:
+            toc_entry.digest = "sha256:" + file_digest.hexdigest()
+        else:
+            toc_entry.digest = toc_entry.chunk_digest or _EMPTY_DIGEST
 
     def _copy(self, entry: Entry, size: int, file_digest: Any) -> str:
         assert entry.payload is not None
@@ -80,7 +85,8 @@ class BlobBuilder:
             if not piece:
                 raise InvalidImage(f"tar entry {entry.info.name!r} is truncated")
             chunk_digest.update(piece)
-            file_digest.update(piece)
+            if file_digest is not None:
+                file_digest.update(piece)
             self._members.write(piece)
             size -= len(piece)
         return "sha256:" + chunk_digest.hexdigest()

@@ -9,21 +9,27 @@ from typing import Any
 
 from zlib_ng import zlib_ng
 
-from accel.digest import Digester
+from accel.compression import BackgroundDigester, BackgroundWriter
 from accel.store import BlobWriter
 
 # A member buffered beyond this is compressed inline instead of on the pool, so a huge chunk size or a
 # long run of headers never sits in memory whole.
 MEMBER_BUFFER_LIMIT = 16 << 20
 WORKERS = max(1, min(8, os.cpu_count() or 1))
+BATCH_BYTES = 256 << 10  # small members are sent to the pool together until they add up to this
+BATCH_MEMBERS = 256
 _GZIP_WBITS = 31  # deflate with a gzip header and trailer
 
 
-def _compress_member(pieces: list[bytes], level: int) -> bytes:
-    compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _GZIP_WBITS)
-    out = [compressor.compress(piece) for piece in pieces]
-    out.append(compressor.flush())
-    return b"".join(out)
+def _compress_members(members: list[list[bytes]], level: int) -> list[bytes]:
+    """Each member (a list of pieces) as one gzip member."""
+    compressed = []
+    for pieces in members:
+        compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _GZIP_WBITS)
+        out = [compressor.compress(piece) for piece in pieces]
+        out.append(compressor.flush())
+        compressed.append(b"".join(out))
+    return compressed
 
 
 class GzipMembers:
@@ -31,28 +37,33 @@ class GzipMembers:
 
     Uncompressed bytes go into the current member through `write`; `new_member` ends it. Members are
     written in order. `offsets[i]` is member i's compressed offset once it has been written, and
-    `uncompressed` hashes every uncompressed byte in order (the DiffID of the whole blob).
+    `uncompressed` hashes every uncompressed byte in order (the DiffID of the whole blob) on a background
+    thread. Small members (a file or a run of headers, on real file trees) go to the pool in batches, so
+    each costs a list append here rather than a future, and their output reaches `out` in one write.
     """
 
     def __init__(self, out: BlobWriter, level: int) -> None:
-        self._out = out
+        self._out = BackgroundWriter(out)  # the file and its hash are written beside this thread
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="estargz-gzip")
-        self._in_flight: collections.deque[Future[bytes]] = collections.deque()
+        self._in_flight: collections.deque[Future[list[bytes]]] = collections.deque()
         self._max_in_flight = 2 * WORKERS
         self._pieces: list[bytes] = []
         self._buffered = 0
+        self._batch: list[list[bytes]] = []
+        self._batch_bytes = 0
         self._inline: Any = None  # the compressor of an oversized member compressed on this thread
+        self._offset = out.tell()
         self.current = 0  # index of the member being filled
         self.offsets: list[int] = []
-        self.uncompressed = Digester()
+        self.uncompressed = BackgroundDigester()
 
     def write(self, data: bytes) -> None:
         if not data:
             return
         self.uncompressed.update(data)
         if self._inline is not None:
-            self._out.write(self._inline.compress(data))
+            self._emit(self._inline.compress(data))
             return
         self._pieces.append(data)
         self._buffered += len(data)
@@ -62,38 +73,58 @@ class GzipMembers:
     def new_member(self) -> int:
         """End the current member (unless it is still empty); return the index of the next one."""
         if self._inline is not None:
-            self._out.write(self._inline.flush())
+            self._emit(self._inline.flush())
             self._inline = None
             self.current += 1
         elif self._pieces:
-            self._in_flight.append(self._pool.submit(_compress_member, self._pieces, self._level))
+            self._batch.append(self._pieces)
+            self._batch_bytes += self._buffered
             self._pieces, self._buffered = [], 0
             self.current += 1
-            while len(self._in_flight) > self._max_in_flight:
-                self._write_oldest()
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_MEMBERS:
+                self._submit_batch()
         return self.current
 
     def drain(self) -> None:
         """End the current member and write every member still being compressed."""
         self.new_member()
+        self._submit_batch()
         while self._in_flight:
             self._write_oldest()
+        self._out.flush()
 
     def close(self) -> None:
         for future in self._in_flight:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._out.close()
+        self.uncompressed.close()
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        self._in_flight.append(self._pool.submit(_compress_members, self._batch, self._level))
+        self._batch, self._batch_bytes = [], 0
+        while len(self._in_flight) > self._max_in_flight:
+            self._write_oldest()
 
     def _write_oldest(self) -> None:
-        member = self._in_flight.popleft().result()
-        self.offsets.append(self._out.tell())
-        self._out.write(member)
+        members = self._in_flight.popleft().result()
+        for member in members:
+            self.offsets.append(self._offset)
+            self._offset += len(member)
+        self._out.write(members[0] if len(members) == 1 else b"".join(members))
+
+    def _emit(self, data: bytes) -> None:
+        self._out.write(data)
+        self._offset += len(data)
 
     def _compress_inline(self) -> None:
+        self._submit_batch()
         while self._in_flight:  # everything before this member must be in the file first
             self._write_oldest()
-        self.offsets.append(self._out.tell())
+        self.offsets.append(self._offset)
         self._inline = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, _GZIP_WBITS)
         for piece in self._pieces:
-            self._out.write(self._inline.compress(piece))
+            self._emit(self._inline.compress(piece))
         self._pieces, self._buffered = [], 0

@@ -80,10 +80,10 @@ class TocEntry:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.type, "name": self.name}
-        for f in dataclasses.fields(self)[2:]:
-            value = getattr(self, f.name)
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(self, name)
             if value:
-                doc[f.name] = dict(sorted(value.items())) if isinstance(value, dict) else value
+                doc[name] = dict(sorted(value.items())) if isinstance(value, dict) else value
         return doc
 
     @classmethod
@@ -119,3 +119,7 @@ class TocEntry:
             devMinor=header.devminor,
             xattrs=xattrs,
         )
+
+
+# Every field after type and name, in the reference's order (looked up once: one TOC has many entries).
+_OPTIONAL_FIELDS = tuple(f.name for f in dataclasses.fields(TocEntry)[2:])

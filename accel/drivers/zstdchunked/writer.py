@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import zstandard
@@ -14,6 +15,7 @@ import zstandard
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
+from accel.compression import BackgroundDigester
 from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import (
     MANIFEST_TYPE_CRFS,
@@ -27,6 +29,8 @@ from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWri
 from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_TYPE_CHUNK, TOC_VERSION, TocEntry
 
 READ_SIZE = 1 << 20
+MAX_PENDING_FILE_DIGESTS = 4  # files whose whole-file hash may still be running (each holds <= 5 MiB)
+FIRST_CHUNK_KEPT = 4 << 20  # a first chunk longer than this is hashed as the whole-file digest right away
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +51,25 @@ class _LayerWriter:
         self.frames = FrameWriter(out, level, workers)
         self.tarsplit = TarSplitWriter(level)
         self.entries: list[TocEntry] = []
+        # Filled in after the last frame is written, when the pool has hashed every chunk:
+        self.single_chunk_files: list[TocEntry] = []  # file digest = its only chunk's digest
+        self.drop_chunk_digest: list[TocEntry] = []  # single-chunk entries carry no chunk fields
         self.frame = self.frames.frame()  # the open frame holding headers and padding
+        # Whole-file digests of multi-chunk files, hashed in order on one thread beside this one.
+        self.file_hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-digest")
+        self.pending_file_digests: collections.deque[tuple[TocEntry, BackgroundDigester]] = (
+            collections.deque()
+        )
+
+    def _resolve_oldest_file_digest(self) -> None:
+        entry, file_digest = self.pending_file_digests.popleft()
+        entry.digest = file_digest.digest()
+
+    def close(self) -> None:
+        try:
+            self.frames.close()
+        finally:
+            self.file_hashing.shutdown(wait=True, cancel_futures=True)
 
     def member(self, member: tarstream.TarMember, pending_padding: bytes) -> None:
         entry = TocEntry.from_header(member.header)
@@ -65,30 +87,44 @@ class _LayerWriter:
         self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
     ) -> None:
         self.frame.close()  # the header frame ends where the payload starts
-        file_digest = hashlib.sha256()
         chunks: list[TocEntry] = []  # one per chunk; the first is `entry` itself
         chunk_offset = 0
-        current: tuple[Frame, Any, bool] | None = None  # (frame, sha256, is_zeros)
+        current: tuple[Frame, bool] | None = None  # (frame, is_zeros)
+        # The pool hashes every chunk, and a file of one chunk (most files) has that as its digest. The
+        # whole-file hash runs here only from a second chunk on, seeded with the first chunk's bytes.
+        first_chunk: list[bytes] | None = []
+        first_chunk_bytes = 0
+        file_digest: Any = None
+
+        def start_file_digest() -> None:
+            nonlocal file_digest, first_chunk
+            file_digest = BackgroundDigester(self.file_hashing)
+            for piece in first_chunk or ():
+                file_digest.update(piece)
+            first_chunk = None
 
         def close_chunk() -> None:
             nonlocal current, chunk_offset
             if current is None:
                 return
-            frame, digester, zeros = current
+            frame, zeros = current
             target = (
                 entry
                 if not chunks
                 else TocEntry(type=TOC_TYPE_CHUNK, name=entry.name, chunkOffset=chunk_offset)
             )
             target.chunkSize = frame.size
-            target.chunkDigest = "sha256:" + digester.hexdigest()
             target.chunkType = CHUNK_TYPE_ZEROS if zeros else ""
             chunks.append(target)
             chunk_offset += frame.size
             first = len(chunks) == 1
 
-            def written(start: int, end: int, target: TocEntry = target, first: bool = first) -> None:
+            def written(
+                start: int, end: int, digest: bytes | None, target: TocEntry = target, first: bool = first
+            ) -> None:
+                assert digest is not None
                 target.offset = start
+                target.chunkDigest = "sha256:" + digest.hex()
                 if first:
                     entry.offset = start
                 entry.endOffset = end
@@ -97,14 +133,22 @@ class _LayerWriter:
             current = None
 
         def add(data: bytes, zeros: bool) -> None:
-            nonlocal current
-            if current is not None and current[2] != zeros:
+            nonlocal current, first_chunk_bytes
+            if current is not None and current[1] != zeros:
                 close_chunk()
             if current is None:
-                current = (self.frames.frame(), hashlib.sha256(), zeros)
+                if chunks and file_digest is None:
+                    start_file_digest()
+                current = (self.frames.frame(digest=True), zeros)
             current[0].write(data)
-            current[1].update(data)
-            file_digest.update(data)
+            if file_digest is not None:
+                file_digest.update(data)
+            else:
+                assert first_chunk is not None
+                first_chunk.append(data)
+                first_chunk_bytes += len(data)
+                if first_chunk_bytes > FIRST_CHUNK_KEPT:  # do not hold a long first chunk in memory
+                    start_file_digest()
 
         def consume(events: Iterator[DataPiece | ZeroRun]) -> None:
             for event in events:
@@ -126,9 +170,16 @@ class _LayerWriter:
             consume(chunker.feed(block))
         consume(chunker.finish())
         close_chunk()
-        entry.digest = "sha256:" + file_digest.hexdigest()
+        if file_digest is not None:  # resolved later, so this thread does not wait for the hashing
+            file_digest.send()
+            self.pending_file_digests.append((entry, file_digest))
+            while len(self.pending_file_digests) > MAX_PENDING_FILE_DIGESTS:
+                self._resolve_oldest_file_digest()
+        else:  # one chunk: its digest, known once the pool has hashed it, is the file's
+            self.single_chunk_files.append(entry)
         if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
-            entry.chunkSize, entry.chunkDigest, entry.chunkType = 0, "", ""
+            entry.chunkSize, entry.chunkType = 0, ""
+            self.drop_chunk_digest.append(entry)
         entries.extend(chunks[1:])
         self.frame = self.frames.frame()
 
@@ -143,6 +194,12 @@ class _LayerWriter:
             self.frame.write(data)
         self.frame.close()
         self.frames.drain()
+        while self.pending_file_digests:
+            self._resolve_oldest_file_digest()
+        for entry in self.single_chunk_files:
+            entry.digest = entry.chunkDigest
+        for entry in self.drop_chunk_digest:
+            entry.chunkDigest = ""
 
         tarsplit = self.tarsplit.finish()
         toc = {
@@ -207,4 +264,4 @@ def write_zstd_chunked(
             pending_padding = member.finish()
         return writer.finish(scanner)
     finally:
-        writer.frames.close()
+        writer.close()
