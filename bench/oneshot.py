@@ -189,6 +189,7 @@ def main() -> int:
     parser.add_argument("--driver", default="nydus")
     parser.add_argument("--no-service", dest="service", action="store_false", help="skip the webhook figure")
     parser.add_argument("--peer", type=Path, default=Path("/work/peer/bin"), help="the Go peer's bin dir")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print accelctl's progress lines")
     parser.add_argument("--keep", action="store_true", help="leave the local server running (its state dir)")
     args = parser.parse_args()
 
@@ -213,6 +214,8 @@ def main() -> int:
                 config = _config(work / f"{work_name}.yaml", registry.host, args.driver, work / work_name)
                 wall, proc = _accelctl(env, "convert", "--config", str(config), str(ref))
                 print(f"  {name:<28} {wall:7.2f} s   {proc.stdout.strip()}")
+                if args.verbose:
+                    print("    " + proc.stderr.replace("\n", "\n    "))
                 return wall
 
             try:
