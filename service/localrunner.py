@@ -69,9 +69,14 @@ class Runner:
         self.one_at_a_time = threading.Lock()
 
     def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         from flows.convert_image import convert_image
 
-        with self.one_at_a_time:
+        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
+        # socket closes). Their thread is joined at flow end and cost up to a second per call.
+        no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        with self.one_at_a_time, no_heartbeats:
             self.forwarder.send = send
             try:
                 result = convert_image(
