@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,12 +69,26 @@ def _peak_rss_mib(pid: int | None) -> float | None:
     return None
 
 
+CLIENT_RSS: list[float] = []  # peak RSS of each accelctl call, MiB
+
+
 def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "service.accelctl", *args], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - started
+    # /usr/bin/time reports the client's own peak: a child forked from this (big) process would count the
+    # pages it shared before exec.
+    with tempfile.NamedTemporaryFile() as rss:
+        started = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-o", rss.name, "-f", "%M", sys.executable, "-m", "service.accelctl", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - started
+        with open(rss.name) as f:
+            kib = f.read().split()
+        if kib and kib[-1].isdigit():
+            CLIENT_RSS.append(int(kib[-1]) / 1024)
     if proc.returncode != 0:
         raise SystemExit(f"accelctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return wall, proc
@@ -114,18 +127,19 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
 
 
 def _service(
-    env: dict[str, str], registry: str, source: Reference, driver: str, work: Path
+    env: dict[str, str], registry: str, source: Reference, driver: str, work: Path, *acceld_args: str
 ) -> dict[str, float]:
     from service import local
 
     port = free_port()
-    config = _config(work / "acceld.yaml", registry, driver, work / "work-service", port)
+    name = f"acceld-{source.repository.rsplit('/', 1)[-1]}"
+    config = _config(work / f"{name}.yaml", registry, driver, work / f"work-{name}", port)
     info = local.running_server()
     assert info is not None, "the local server should be up after the one-time calls"
     acceld_env = {**env, "PREFECT_API_URL": info.api_url, "PREFECT_HOME": str(work / "acceld-home")}
-    log = (work / "acceld.log").open("ab")
+    log = (work / f"{name}.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.acceld", "--config", str(config)],
+        [sys.executable, "-m", "service.acceld", "--config", str(config), *acceld_args],
         env=acceld_env,
         cwd=ROOT,
         stdout=log,
@@ -204,7 +218,7 @@ def main() -> int:
         )
         rows: dict[str, float | None] = {}
         with anonymous_registry(work / "registry") as registry:
-            sources = [Reference.parse(f"{registry.host}/bench/oneshot-{n}:v1") for n in "abcd"]
+            sources = [Reference.parse(f"{registry.host}/bench/oneshot-{n}:v1") for n in "abcde"]
             with RegistryClient({registry.host: HostConfig()}) as client:
                 for ref in sources:
                     pushing.push(client, store, ref, built)
@@ -222,7 +236,7 @@ def main() -> int:
                 rows["one-time first call (starts server)"] = convert("first call", sources[0], "w1")
                 rows["one-time second call, cold"] = convert("second call (cold)", sources[1], "w2")
                 rows["one-time warm (all cached)"] = convert("warm (cache answers)", sources[0], "w3")
-                client_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                client_rss = max(CLIENT_RSS)
                 rows["peer one-time cold"] = _peer(
                     args.peer, registry.host, str(sources[2]), args.driver, work
                 )
@@ -234,10 +248,13 @@ def main() -> int:
                 info = local.server_info()
                 server_rss = _peak_rss_mib(info.pid if info else None)
                 if args.service:
-                    service = _service(env, registry.host, sources[3], args.driver, work)
-                    rows["service webhook→pushed"] = service["webhook→pushed"]  # type: ignore[assignment]
-                    task = service["task"]
-                    print(f"  service task: {json.dumps(task)[:600]}")
+                    for label, source, extra in (
+                        ("service webhook→pushed (serve)", sources[3], ()),
+                        ("service webhook→pushed (in-process runs)", sources[4], ("--in-process-runs",)),
+                    ):
+                        service = _service(env, registry.host, source, args.driver, work, *extra)
+                        rows[label] = service["webhook→pushed"]  # type: ignore[assignment]
+                        print(f"  {label}: task {json.dumps(service['task'])[:400]}")
             finally:
                 if not args.keep:
                     _accelctl(env, "server", "stop")
