@@ -33,9 +33,8 @@ from pathlib import Path
 
 from service.state import PROJECT_ROOT, state_dir
 
-SERVER_START_TIMEOUT = (
-    120.0  # a fresh Prefect home migrates its database first; under load this takes a while
-)
+# A fresh Prefect home migrates its database first; on a loaded 2-core machine that took up to 55 s.
+SERVER_START_TIMEOUT = float(os.environ.get("ACCEL_SERVER_START_TIMEOUT") or 180.0)
 RUNNER_START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 
@@ -62,11 +61,17 @@ class ServerInfo:
 
 def _pid_alive(pid: int, marker: str) -> bool:
     """True when `pid` runs and its command line contains `marker`: a recycled pid is not ours."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return marker in cmdline
+    for _ in range(40):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False  # exited, not yet reaped
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        if raw:
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)  # empty while the process is mid-exec: look again, briefly
+    return False
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -81,6 +86,13 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def _tail(path: Path, size: int = 2000) -> str:
@@ -181,9 +193,14 @@ def ensure_server(timeout: float = SERVER_START_TIMEOUT) -> tuple[ServerInfo, bo
     with _start_lock():
         info = server_info()
         if info is not None:
+            # Ours and alive: wait for it (another call may have started it a moment ago), never replace it.
             if _wait_healthy(info, None, timeout):
                 return info, False
-            _terminate(info.pid, _server_marker(info.port))  # alive but never healthy: replace it
+            raise LocalServiceError(
+                f"the local Prefect server (pid {info.pid}, {info.api_url}) does not answer after "
+                f"{timeout:.0f}s; if it does not recover, `accelctl server stop` and run again "
+                f"(log: {local_dir() / 'server.log'})"
+            )
         (local_dir() / "server.json").unlink(missing_ok=True)
         port = _free_port()
         log = local_dir() / "server.log"
@@ -191,20 +208,29 @@ def ensure_server(timeout: float = SERVER_START_TIMEOUT) -> tuple[ServerInfo, bo
         info = ServerInfo(pid=proc.pid, port=port)
         (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))
         if not _wait_healthy(info, proc, timeout):
-            _terminate(info.pid, _server_marker(port))
-            (local_dir() / "server.json").unlink(missing_ok=True)
             exited = proc.poll()
-            why = f"exited with {exited}" if exited is not None else f"did not answer within {timeout:.0f}s"
-            raise LocalServiceError(f"the local Prefect server {why} (log: {log}); last lines:\n{_tail(log)}")
+            if exited is None:
+                # Slow, not dead: keep it, so the next call waits for this one instead of starting another.
+                raise LocalServiceError(
+                    f"the local Prefect server (pid {info.pid}) did not answer within {timeout:.0f}s; it is "
+                    "still starting: run the command again to reuse it, or `accelctl server stop` "
+                    f"(ACCEL_SERVER_START_TIMEOUT sets the wait; log: {log}); last lines:\n{_tail(log)}"
+                )
+            (local_dir() / "server.json").unlink(missing_ok=True)
+            raise LocalServiceError(
+                f"the local Prefect server exited with {exited} while starting (log: {log}); last lines:\n"
+                f"{_tail(log)}"
+            )
         return info, True
 
 
 def _wait_healthy(info: ServerInfo, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # Our own child is watched through its Popen: right after exec its /proc cmdline can read empty.
         if proc is not None and proc.poll() is not None:
             return False
-        if not _pid_alive(info.pid, _server_marker(info.port)):
+        if proc is None and not _pid_alive(info.pid, _server_marker(info.port)):
             return False
         if _healthy(info.api_url):
             return True
@@ -242,13 +268,21 @@ def connect_runner() -> socket.socket | None:
 
 
 def ensure_runner(server: ServerInfo, timeout: float = RUNNER_START_TIMEOUT) -> tuple[socket.socket, bool]:
-    """A connection to the warm runner, started against `server` if none listens."""
-    sock = connect_runner()
-    if sock is not None:
+    """A connection to the warm runner, started against `server` if none listens (or the one listening talks
+    to another server: the server was restarted on a new port)."""
+    api_file = local_dir() / "runner.api"
+
+    def current() -> socket.socket | None:
+        sock = connect_runner()
+        if sock is not None and _read(api_file) != server.api_url:
+            sock.close()
+            return None
+        return sock
+
+    if (sock := current()) is not None:
         return sock, False
     with _start_lock():
-        sock = connect_runner()
-        if sock is not None:
+        if (sock := current()) is not None:
             return sock, False
         if (pid := runner_pid()) is not None:
             _terminate(pid, RUNNER_MARKER)  # alive but not listening: replace it
@@ -260,6 +294,7 @@ def ensure_runner(server: ServerInfo, timeout: float = RUNNER_START_TIMEOUT) -> 
             log,
         )
         (local_dir() / "runner.pid").write_text(str(proc.pid))
+        api_file.write_text(server.api_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -295,6 +330,7 @@ def stop() -> list[str]:
         if (pid := runner_pid()) is not None and _terminate(pid, RUNNER_MARKER):
             stopped.append(f"runner (pid {pid})")
         (local_dir() / "runner.pid").unlink(missing_ok=True)
+        (local_dir() / "runner.api").unlink(missing_ok=True)
         runner_socket().unlink(missing_ok=True)
         info = server_info()
         if info is not None and _terminate(info.pid, _server_marker(info.port)):

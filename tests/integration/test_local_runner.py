@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
 def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
     store = ContentStore(tmp_path / "source")
     image = imagegen.standard_image(store, big_file_size=1024)
-    sources = [Reference.parse(f"{registry.host}/local/cli-{n}:v1") for n in ("a", "b", "c")]
+    sources = [Reference.parse(f"{registry.host}/local/cli-{n}:v1") for n in ("a", "b", "c", "d")]
     with RegistryClient({registry.host: HostConfig()}) as client:
         for ref in sources:
             pushing.push(client, store, ref, image)
@@ -95,8 +95,20 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         third = _accelctl(env, "convert", "--config", str(config), str(sources[2]))
         assert third.returncode == 0, third.stderr
         assert STARTED_RUNNER in third.stderr and STARTED_SERVER not in third.stderr
+        replaced = _status(env)
+        assert replaced["server"] == up["server"] and replaced["runner"]["pid"] != up["runner"]["pid"]
+
+        # A server that died leaves a stale record (pid, port): the next call starts a new server, and a new
+        # runner, since the live one talks to the dead server's port.
+        os.kill(up["server"]["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(up["server"]["pid"]), 30, "the server to die")
+        fourth = _accelctl(env, "convert", "--config", str(config), str(sources[3]))
+        assert fourth.returncode == 0, fourth.stderr
+        assert STARTED_SERVER in fourth.stderr and STARTED_RUNNER in fourth.stderr
         after = _status(env)
-        assert after["server"] == up["server"] and after["runner"]["pid"] != up["runner"]["pid"]
+        assert after["server"]["pid"] != up["server"]["pid"] and after["server"]["healthy"]
+        assert after["runner"]["pid"] != replaced["runner"]["pid"]
+        assert not _alive(replaced["runner"]["pid"])
 
     stopped = _accelctl(env, "server", "stop")
     assert stopped.returncode == 0

@@ -133,3 +133,33 @@ def test_server_status_without_a_server(tmp_path):
     )
     assert proc.returncode == 3
     assert json.loads(proc.stdout)["server"] is None
+
+
+def test_a_server_that_does_not_answer_yet_is_waited_for_never_replaced(local):
+    """A recorded server that is ours but not healthy (still starting, or hung) is not replaced by a second
+    one: the call fails with what to do, and `stop` ends it."""
+    from tests.harness.registry import free_port
+
+    port = free_port()  # nothing listens: the health check never answers
+    # The command-line shape of a real one (`... server start --host H --port P`), but it only sleeps.
+    script = "import time; time.sleep(120)"
+    fake = subprocess.Popen(
+        [sys.executable, "-c", script, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    )
+    try:
+        record = json.dumps({"pid": fake.pid, "port": port})
+        (local.local_dir() / "server.json").write_text(record)
+        assert local.server_info() == local.ServerInfo(pid=fake.pid, port=port)
+
+        with pytest.raises(local.LocalServiceError, match=r"does not answer after 1s.*accelctl server stop"):
+            local.ensure_server(timeout=1)
+        assert fake.poll() is None  # not killed
+        assert (local.local_dir() / "server.json").read_text() == record  # and no second server recorded
+
+        assert local.stop() == [f"Prefect server (pid {fake.pid}, http://127.0.0.1:{port}/api)"]
+        assert fake.wait(timeout=30) is not None
+        assert not (local.local_dir() / "server.json").exists()
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()
