@@ -1,8 +1,13 @@
-"""accelctl: one-time conversions (`convert`), their local server (`server`) and task management against a
-running acceld (`task`).
+"""accelctl: one-time conversions (`convert`), their local server (`server`), task management against a
+running acceld (`task`) and config checks (`config check FILE`: what acceld would ignore is an error here).
 
 Only the standard library is imported at module level: parsing and input checks run before any Prefect
-import, and `convert` normally hands the run to the warm local runner (service/local.py)."""
+import, and `convert` normally hands the run to the warm local runner (service/local.py).
+
+acceld is reached over HTTP (`--server http://host:port`, or acceld's own `--addr host:port`) or over its
+unix socket (`--server unix:/run/accel/acceld.sock`; with `--config`, `server.uds` is used when set), where
+no Authorization header is needed.
+"""
 
 from __future__ import annotations
 
@@ -144,6 +149,7 @@ def _add_server_commands(sub: Any) -> None:
 
 
 DEFAULT_SERVER = "http://127.0.0.1:2077"
+UNIX_PREFIX = "unix:"
 
 
 def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tuple[str, str | None]:
@@ -155,7 +161,9 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
         from accel.reference import Reference
 
         settings = load_file(args.config)
-        if server is None:
+        if server is None and settings.server.uds is not None:
+            server = f"{UNIX_PREFIX}{settings.server.uds}"  # local, and needs no auth header
+        elif server is None:
             host = settings.server.host
             host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             server = f"http://{host}:{settings.server.port}"
@@ -163,14 +171,24 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
             configured = settings.host(Reference.parse(source).registry)
             if configured is not None and configured.webhook.auth_header is not None:
                 auth = configured.webhook.auth_header.get_secret_value()
-    return (server or DEFAULT_SERVER).rstrip("/"), auth
+    server = (server or DEFAULT_SERVER).rstrip("/")
+    if not server.startswith(UNIX_PREFIX) and "://" not in server:
+        server = f"http://{server}"  # acceld's accelctl takes host:port (`--addr`)
+    return server, auth
 
 
 def _request(method: str, url: str, **kwargs: Any) -> Any:
+    """`url` is the server (http://… or unix:PATH) and the path, e.g. `unix:/run/acceld.sock/api/v1/…`."""
     import httpx
 
+    transport = None
+    if url.startswith(UNIX_PREFIX):
+        socket_path, _, path = url.removeprefix(UNIX_PREFIX).partition("/api/")
+        transport = httpx.HTTPTransport(uds=socket_path)
+        url = f"http://localhost/api/{path}"
     try:
-        resp = httpx.request(method, url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+        with httpx.Client(transport=transport, timeout=kwargs.pop("timeout", 30.0)) as client:
+            resp = client.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
         raise SystemExit(f"accelctl: cannot reach acceld at {url}: {exc}") from None
     try:
@@ -178,6 +196,13 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
     except ValueError:
         body = {"reason": resp.text}
     return resp.status_code, body
+
+
+def _message(body: Any) -> Any:
+    """What went wrong: acceld's `message`, accel's `reason`, else the body."""
+    if isinstance(body, dict):
+        return body.get("message") or body.get("reason") or body
+    return body
 
 
 def _print_tasks(tasks: list[dict[str, Any]]) -> None:
@@ -204,7 +229,7 @@ def _task_create(args: argparse.Namespace) -> int:
     )
     tasks = body.get("tasks", []) if isinstance(body, dict) else []
     if status >= 400 or (args.sync and any(t["status"] != "COMPLETED" for t in tasks)):
-        reason = body.get("reason", body) if isinstance(body, dict) else body
+        reason = _message(body)
         print(f"accelctl: acceld answered {status}: {reason}", file=sys.stderr)
         if tasks:
             _print_tasks(tasks)
@@ -224,7 +249,7 @@ def _task_list(args: argparse.Namespace) -> int:
     server, _ = _server_and_auth(args)
     status, body = _request("GET", f"{server}/api/v1/conversions", params={"limit": args.limit})
     if status != 200:
-        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(body, indent=2))
@@ -237,7 +262,7 @@ def _task_get(args: argparse.Namespace) -> int:
     server, _ = _server_and_auth(args)
     status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}")
     if status != 200:
-        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0
@@ -249,7 +274,10 @@ def _add_task_commands(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--server", help=f"acceld URL (env ACCELD_URL; default from --config or {DEFAULT_SERVER})"
+            "--server",
+            "--addr",
+            help="acceld URL, host:port or unix:SOCKET "
+            f"(env ACCELD_URL; default from --config or {DEFAULT_SERVER})",
         )
         p.add_argument("--config", help="acceld config: server address and webhook auth header")
         p.add_argument("--auth-header", help="Authorization value (env ACCELD_AUTH_HEADER)")
@@ -272,6 +300,28 @@ def _add_task_commands(sub: Any) -> None:
     get.set_defaults(func=_task_get)
 
 
+def _config_check(args: argparse.Namespace) -> int:
+    """Strict load: unknown keys (which acceld and acceld here only warn about) are errors too."""
+    from accel.config import load_file
+    from accel.errors import ConfigError
+
+    try:
+        load_file(args.file, strict=True)
+    except ConfigError as exc:
+        print(f"accelctl: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _add_config_commands(sub: Any) -> None:
+    config = sub.add_parser("config", help="acceld config files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate FILE strictly: unknown keys are errors")
+    check.add_argument("file", help="acceld-style YAML config")
+    check.set_defaults(func=_config_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="accelctl", description="accel command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=_convert)
     _add_server_commands(sub)
     _add_task_commands(sub)
+    _add_config_commands(sub)
     return parser
 
 
