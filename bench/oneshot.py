@@ -94,6 +94,13 @@ def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.Comple
     return wall, proc
 
 
+# The Go service writes zstd:chunked through its estargz driver (as E's /work/peer configs do).
+PEER_DRIVERS: dict[str, dict[str, object]] = {
+    "estargz": {"type": "estargz", "config": {"docker2oci": True}},
+    "zstdchunked": {"type": "estargz", "config": {"docker2oci": True, "compression": "zstdchunked"}},
+}
+
+
 def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -> float | None:
     """The Go peer's one-time `accelctl convert`, when E built it; None when it is not there."""
     accelctl = peer_bin / "accelctl"
@@ -110,7 +117,7 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
         },
         "converter": {
             "worker": 2,
-            "driver": {"type": driver, "config": {}},
+            "driver": PEER_DRIVERS.get(driver, {"type": driver, "config": {}}),
             "rules": [{"tag_suffix": "-peer"}],
         },
     }
