@@ -1,5 +1,8 @@
-"""accelctl: one-time conversions (`convert`), task management against a running acceld (`task`) and
-config checks (`config check FILE`: what acceld would ignore is an error here).
+"""accelctl: one-time conversions (`convert`), their local server (`server`), task management against a
+running acceld (`task`) and config checks (`config check FILE`: what acceld would ignore is an error here).
+
+Only the standard library is imported at module level: parsing and input checks run before any Prefect
+import, and `convert` normally hands the run to the warm local runner (service/local.py).
 
 acceld is reached over HTTP (`--server http://host:port`, or acceld's own `--addr host:port`) or over its
 unix socket (`--server unix:/run/accel/acceld.sock`; with `--config`, `server.uds` is used when set), where
@@ -14,19 +17,46 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from service.state import use_embedded_prefect
 
 
-def _convert(args: argparse.Namespace) -> int:
-    use_embedded_prefect()
+def _check_request(args: argparse.Namespace) -> str | None:
+    """Config, reference and drivers checked before anything Prefect runs: a bad call fails in a fraction of
+    a second with its cause, and starts no server. Returns the error message, or None."""
     from accel.config import load_file
     from accel.errors import AccelError
-    from flows.convert_image import convert_image
+    from accel.plan import plan_conversion, with_target
+    from accel.transports import parse_location
 
     try:
-        load_file(args.config)  # config errors before Prefect starts
+        settings = load_file(args.config)
+        source = parse_location(args.source).reference
+        plan = plan_conversion(settings, source, args.driver or None)
+        with_target(plan, parse_location(args.target).reference if args.target else None)
+    except AccelError as exc:
+        return str(exc)
+    return None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if (error := _check_request(args)) is not None:
+        print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
+        return 1
+    if os.environ.get("PREFECT_API_URL") or args.in_process:
+        return _convert_in_process(args)
+    return _convert_on_local_runner(args)
+
+
+def _convert_in_process(args: argparse.Namespace) -> int:
+    """The flow in this process, against PREFECT_API_URL (else Prefect's temporary server)."""
+    use_embedded_prefect()
+    from flows.convert_image import convert_image
+    from service.localrunner import describe_failure
+
+    try:
         result = convert_image(
             source=args.source,
             drivers=args.driver or None,
@@ -34,11 +64,8 @@ def _convert(args: argparse.Namespace) -> int:
             target=args.target,
             return_state=False,
         )
-    except AccelError as exc:
-        print(f"accelctl: conversion of {args.source} failed: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:  # Prefect re-raises the task's exception; name it, don't dump a trace
-        print(f"accelctl: conversion of {args.source} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"accelctl: conversion of {args.source} failed: {describe_failure(exc)}", file=sys.stderr)
         return 1
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
@@ -68,6 +95,89 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     print(verdict.table())
     return 0 if verdict.ok else 1
+
+
+def _convert_on_local_runner(args: argparse.Namespace) -> int:
+    """Hand the conversion to the warm local runner (started once, with the local Prefect server) and stream
+    its progress; see service/local.py."""
+    from service import local
+
+    try:
+        server, started = local.ensure_server()
+        if started:
+            print(f"accelctl: started the local Prefect server at {server.api_url}", file=sys.stderr)
+        sock, started = local.ensure_runner(server)
+        if started:
+            print(
+                "accelctl: started the local runner (stop both with `accelctl server stop`)", file=sys.stderr
+            )
+    except local.LocalServiceError as exc:
+        print(f"accelctl: {exc}", file=sys.stderr)
+        return 1
+    request = {
+        "source": args.source,
+        "drivers": args.driver or None,
+        "config": str(Path(args.config).resolve()),
+        "target": args.target,
+    }
+    with sock, sock.makefile("rwb") as stream:
+        stream.write(json.dumps(request).encode() + b"\n")
+        stream.flush()
+        for line in stream:
+            message = json.loads(line)
+            if "log" in message:
+                print(message["log"], file=sys.stderr, flush=True)
+                continue
+            if message.get("exit") == 0:
+                for driver, reference, digest in message["targets"]:
+                    print(f"{driver}\t{reference}\t{digest}")
+                return 0
+            print(f"accelctl: conversion of {args.source} failed: {message.get('error')}", file=sys.stderr)
+            return int(message.get("exit") or 1)
+    print(
+        f"accelctl: the local runner closed the connection (log: {local.local_dir() / 'runner.log'})",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _server_status(args: argparse.Namespace) -> int:
+    from service import local
+
+    status = local.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0 if status["server"] else 3
+    server, runner = status["server"], status["runner"]
+    print(f"state dir: {status['state_dir']}")
+    if isinstance(server, dict):
+        health = "healthy" if server["healthy"] else "not answering"
+        print(f"Prefect server: running, pid {server['pid']}, {server['api_url']} ({health})")
+    else:
+        print("Prefect server: not running")
+    if isinstance(runner, dict):
+        print(f"local runner: running, pid {runner['pid']}, {runner['socket']}")
+    else:
+        print("local runner: not running")
+    return 0 if server else 3
+
+
+def _server_stop(args: argparse.Namespace) -> int:
+    from service import local
+
+    stopped = local.stop()
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _add_server_commands(sub: Any) -> None:
+    server = sub.add_parser("server", help="the local Prefect server and runner of one-time mode")
+    server_sub = server.add_subparsers(dest="server_command", required=True)
+    status = server_sub.add_parser("status", help="show them (exit 3 when the server is not running)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_server_status)
+    stop = server_sub.add_parser("stop", help="stop the local runner and Prefect server")
+    stop.set_defaults(func=_server_stop)
 
 
 DEFAULT_SERVER = "http://127.0.0.1:2077"
@@ -258,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: beside the source, tag + the driver's suffix",
     )
     convert.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the flow in this process (Prefect's temporary server) instead of the local runner",
+    )
+    convert.add_argument(
         "source",
         help="source image: a registry reference (e.g. registry:5000/library/nginx:latest), oci:DIR[:TAG], "
         "oci-archive:FILE[:TAG] or docker-archive:FILE[:REPO:TAG]",
@@ -270,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("source", help="the source image (any transport, as for convert)")
     check.add_argument("target", help="the converted image (any transport)")
     check.set_defaults(func=_check)
+    _add_server_commands(sub)
     _add_task_commands(sub)
     _add_config_commands(sub)
     return parser

@@ -31,7 +31,10 @@ from service.state import PROJECT_ROOT
 
 log = logging.getLogger("acceld")
 
-RUNNER_POLL_SECONDS = "2"  # Prefect's default (10 s) would add up to 10 s before each conversion starts
+# Prefect's default (10 s) would add up to 10 s before each conversion starts; 1 s keeps a webhook's run
+# starting within about a second for one cheap query a second against the Prefect API.
+RUNNER_POLL_SECONDS = "1"
+IN_PROCESS_POLL_SECONDS = 0.5  # --in-process-runs: one indexed query per poll
 
 
 def runtime_env(config_path: str, work_dir: Path) -> None:
@@ -142,8 +145,9 @@ class ApiServers:
             await asyncio.gather(*followers, return_exceptions=True)
 
 
-def serve_deployments(config_path: str) -> int:
-    """The runner child: register and serve both deployments; flow runs are its subprocesses."""
+def serve_deployments(config_path: str, in_process: bool = False) -> int:
+    """The runner child: register and serve both deployments; flow runs are its subprocesses, or threads of
+    this process with `in_process` (service/localserve.py: no per-run imports, no UI cancellation)."""
     import importlib
 
     from prefect import serve
@@ -154,8 +158,9 @@ def serve_deployments(config_path: str) -> int:
 
     settings = load_file(config_path)
     convert, bulk = definitions(settings)
+    flows = [getattr(importlib.import_module(d.module), d.function) for d in (convert, bulk)]
     runners = [
-        getattr(importlib.import_module(d.module), d.function).to_deployment(
+        flow.to_deployment(
             name=d.name,
             parameters=d.parameters(config_path),
             entrypoint_type=EntrypointType.MODULE_PATH,
@@ -163,8 +168,15 @@ def serve_deployments(config_path: str) -> int:
             tags=list(d.tags),
             description=d.description,
         )
-        for d in (convert, bulk)
+        for flow, d in zip(flows, (convert, bulk), strict=True)
     ]
+    if in_process:
+        from service.localserve import serve_in_process
+
+        serve_in_process(
+            list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
+        )
+        return 0
     # One runner for both: its limit is the conversion concurrency (converter.worker).
     serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
@@ -214,7 +226,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         )
         for run_id in orphans:
             log.warning("marked orphaned flow run %s as FAILED", run_id)
-        supervisor = RunnerSupervisor(config_path)
+        supervisor = RunnerSupervisor(config_path, in_process=args.in_process_runs)
         supervisor.start()
 
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
@@ -254,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="API only: deployments are executed by Prefect workers (work-pool mode)",
     )
+    parser.add_argument(
+        "--in-process-runs",
+        action="store_true",
+        help="run flow runs as threads of the warm runner process instead of one process each: a webhook's "
+        "conversion starts without re-importing Prefect; running flow runs cannot be cancelled from the UI",
+    )
     parser.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)  # the runner child
     parser.add_argument("--prefect-timeout", type=float, default=60.0, help="wait this long for Prefect")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -275,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     runtime_env(config_path, settings.provider.work_dir)
     if args.runner:
-        return serve_deployments(config_path)
+        return serve_deployments(config_path, in_process=args.in_process_runs)
     return run_api(args, settings, config_path)
 
 

@@ -58,8 +58,10 @@ class WorkDirLock:
 class RunnerSupervisor:
     """Keeps one `acceld --runner` child alive until stopped."""
 
-    def __init__(self, config_path: str, restart_delay: float = 3.0) -> None:
+    def __init__(self, config_path: str, restart_delay: float = 3.0, in_process: bool = False) -> None:
         self.command = [sys.executable, "-m", "service.acceld", "--config", config_path, "--runner"]
+        if in_process:
+            self.command.append("--in-process-runs")
         self.restart_delay = restart_delay
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()

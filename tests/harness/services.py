@@ -121,7 +121,10 @@ class PrefectServer:
 class Acceld:
     """`acceld --config FILE` as a child process; restartable, with its output in one log file."""
 
-    def __init__(self, workdir: Path, prefect: PrefectServer, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, prefect: PrefectServer, settings: dict[str, Any], args: tuple[str, ...] = ()
+    ) -> None:
+        self.args = args  # extra acceld flags, e.g. --in-process-runs
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = int(settings["server"]["port"])
@@ -135,7 +138,7 @@ class Acceld:
     def start(self, timeout: float = 120.0) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "service.acceld", "--config", str(self.config_path)],
+                [sys.executable, "-m", "service.acceld", "--config", str(self.config_path), *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 /* The zstd:chunked chunker's rolling sum in C (see rollsum.py, which loads this with ctypes and has a
  * numpy fallback computing the same cuts). Built by scripts/setup:
- *     cc -O3 -shared -fPIC -o _rollsum.so _rollsum.c
+ *     cc -O3 -shared -fPIC -o _rollsum.lib _rollsum.c
  *
  * The bup-style sum over a 64-byte window: s1 is the window's byte sum and s2 the weighted sum
  * sum_{k=0..63} (k+1) * byte[p-k], both modulo 2^32, so that adding byte x and dropping byte d gives

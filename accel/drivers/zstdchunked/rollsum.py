@@ -31,7 +31,8 @@ _CUT_MASK = (1 << ROLLSUM_BITS) - 1
 _ROLLSUM_SLICE = 64 << 10  # numpy temporaries stay cache- and allocator-friendly at this size
 
 
-NATIVE_LIBRARY = Path(__file__).with_name("_rollsum.so")
+# Not ".so": module discovery (pkgutil, import) would take a .so here for an extension module.
+NATIVE_LIBRARY = Path(__file__).with_name("_rollsum.lib")
 
 
 def _load_native(path: Path = NATIVE_LIBRARY) -> Callable[[bytes, bytes], list[int]] | None:

@@ -1,0 +1,339 @@
+"""The project-local background processes of one-time mode, under `<state>/local/`.
+
+`accelctl convert` (without PREFECT_API_URL) starts them once and reuses them on every later call:
+
+- a Prefect server (`prefect server start` on 127.0.0.1, SQLite under `<state>/prefect`), so a conversion
+  pays no server start;
+- the warm runner (`python -m service.localrunner`), which has Prefect and the flows imported and runs each
+  conversion in-process, so a call pays neither Python nor Prefect imports (as docker → dockerd).
+
+Both are detached (own session) and survive the accelctl that started them; `accelctl server stop` ends
+them. Files: `server.json` (pid, port), `runner.pid`, `runner.sock`, `server.log`, `runner.log`, and `lock`,
+which serialises starts so two concurrent calls never start two servers.
+
+This module imports only the standard library: it runs before any Prefect import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.state import PROJECT_ROOT, state_dir
+
+# A fresh Prefect home migrates its database first; on a loaded 2-core machine that took up to 55 s.
+SERVER_START_TIMEOUT = float(os.environ.get("ACCEL_SERVER_START_TIMEOUT") or 180.0)
+RUNNER_START_TIMEOUT = 60.0
+STOP_GRACE = 15.0
+
+
+class LocalServiceError(RuntimeError):
+    """A background process could not be started; the message says which and where its log is."""
+
+
+def local_dir() -> Path:
+    path = state_dir() / "local"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    port: int
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+
+def _pid_alive(pid: int, marker: str) -> bool:
+    """True when `pid` runs and its command line contains `marker`: a recycled pid is not ours."""
+    for _ in range(40):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False  # exited, not yet reaped
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        if raw:
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)  # empty while the process is mid-exec: look again, briefly
+    return False
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")[-size:]
+    return ""
+
+
+def _server_marker(port: int) -> str:
+    return f"server start --host 127.0.0.1 --port {port}"
+
+
+RUNNER_MARKER = "service.localrunner"
+
+
+def _prefect_env(api_url: str | None = None) -> dict[str, str]:
+    home = state_dir() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PYTHONUNBUFFERED="1",  # the logs are what a failed start is explained with
+        PYTHONPATH=os.pathsep.join(
+            dict.fromkeys(
+                [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+            )
+        ),
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    with (local_dir() / "lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=state_dir(),
+            start_new_session=True,  # not killed with the accelctl (or its terminal) that started it
+        )
+
+
+def _terminate(pid: int, marker: str, grace: float = STOP_GRACE) -> bool:
+    """SIGTERM, then SIGKILL after `grace`; False when `pid` was not (or no longer) ours."""
+    if not _pid_alive(pid, marker):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid, marker):
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when we started it in this process
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+# --- the Prefect server ---------------------------------------------------------------------------------
+
+
+def server_info() -> ServerInfo | None:
+    """The recorded server, if its process is still ours (a stale record is ignored)."""
+    try:
+        data = json.loads((local_dir() / "server.json").read_text())
+        info = ServerInfo(pid=int(data["pid"]), port=int(data["port"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if _pid_alive(info.pid, _server_marker(info.port)) else None
+
+
+def running_server() -> ServerInfo | None:
+    """The recorded server when it is alive and answers its health check."""
+    info = server_info()
+    return info if info is not None and _healthy(info.api_url) else None
+
+
+def ensure_server(timeout: float = SERVER_START_TIMEOUT) -> tuple[ServerInfo, bool]:
+    """The local Prefect server, started if none answers; returns it and whether this call started it."""
+    with _start_lock():
+        info = server_info()
+        if info is not None:
+            # Ours and alive: wait for it (another call may have started it a moment ago), never replace it.
+            if _wait_healthy(info, None, timeout):
+                return info, False
+            raise LocalServiceError(
+                f"the local Prefect server (pid {info.pid}, {info.api_url}) does not answer after "
+                f"{timeout:.0f}s; if it does not recover, `accelctl server stop` and run again "
+                f"(log: {local_dir() / 'server.log'})"
+            )
+        (local_dir() / "server.json").unlink(missing_ok=True)
+        port = _free_port()
+        log = local_dir() / "server.log"
+        proc = _spawn([sys.executable, "-m", "prefect", *_server_marker(port).split()], _prefect_env(), log)
+        info = ServerInfo(pid=proc.pid, port=port)
+        (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))
+        if not _wait_healthy(info, proc, timeout):
+            exited = proc.poll()
+            if exited is None:
+                # Slow, not dead: keep it, so the next call waits for this one instead of starting another.
+                raise LocalServiceError(
+                    f"the local Prefect server (pid {info.pid}) did not answer within {timeout:.0f}s; it is "
+                    "still starting: run the command again to reuse it, or `accelctl server stop` "
+                    f"(ACCEL_SERVER_START_TIMEOUT sets the wait; log: {log}); last lines:\n{_tail(log)}"
+                )
+            (local_dir() / "server.json").unlink(missing_ok=True)
+            raise LocalServiceError(
+                f"the local Prefect server exited with {exited} while starting (log: {log}); last lines:\n"
+                f"{_tail(log)}"
+            )
+        return info, True
+
+
+def _wait_healthy(info: ServerInfo, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Our own child is watched through its Popen: right after exec its /proc cmdline can read empty.
+        if proc is not None and proc.poll() is not None:
+            return False
+        if proc is None and not _pid_alive(info.pid, _server_marker(info.port)):
+            return False
+        if _healthy(info.api_url):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --- the warm runner ------------------------------------------------------------------------------------
+
+
+def runner_socket() -> Path:
+    return local_dir() / "runner.sock"
+
+
+def runner_pid() -> int | None:
+    try:
+        pid = int((local_dir() / "runner.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid, RUNNER_MARKER) else None
+
+
+def connect_runner() -> socket.socket | None:
+    """A connection to the warm runner, or None when none listens (a stale socket file is not one)."""
+    path = runner_socket()
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def ensure_runner(server: ServerInfo, timeout: float = RUNNER_START_TIMEOUT) -> tuple[socket.socket, bool]:
+    """A connection to the warm runner, started against `server` if none listens (or the one listening talks
+    to another server: the server was restarted on a new port)."""
+    api_file = local_dir() / "runner.api"
+
+    def current() -> socket.socket | None:
+        sock = connect_runner()
+        if sock is not None and _read(api_file) != server.api_url:
+            sock.close()
+            return None
+        return sock
+
+    if (sock := current()) is not None:
+        return sock, False
+    with _start_lock():
+        if (sock := current()) is not None:
+            return sock, False
+        if (pid := runner_pid()) is not None:
+            _terminate(pid, RUNNER_MARKER)  # alive but not listening: replace it
+        runner_socket().unlink(missing_ok=True)
+        log = local_dir() / "runner.log"
+        proc = _spawn(
+            [sys.executable, "-m", RUNNER_MARKER, "--socket", str(runner_socket())],
+            _prefect_env(server.api_url),
+            log,
+        )
+        (local_dir() / "runner.pid").write_text(str(proc.pid))
+        api_file.write_text(server.api_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if (sock := connect_runner()) is not None:
+                return sock, True
+            time.sleep(0.1)
+        _terminate(proc.pid, RUNNER_MARKER)
+        raise LocalServiceError(
+            f"the local runner did not start within {timeout:.0f}s (log: {log}); last lines:\n{_tail(log)}"
+        )
+
+
+# --- status and stop ------------------------------------------------------------------------------------
+
+
+def status() -> dict[str, object]:
+    info = server_info()
+    pid = runner_pid()
+    return {
+        "state_dir": str(state_dir()),
+        "server": None
+        if info is None
+        else {"pid": info.pid, "api_url": info.api_url, "healthy": _healthy(info.api_url)},
+        "runner": None if pid is None else {"pid": pid, "socket": str(runner_socket())},
+    }
+
+
+def stop() -> list[str]:
+    """Stop the runner, then the server; returns what was stopped. Stale records are removed either way."""
+    stopped = []
+    with _start_lock():
+        if (pid := runner_pid()) is not None and _terminate(pid, RUNNER_MARKER):
+            stopped.append(f"runner (pid {pid})")
+        (local_dir() / "runner.pid").unlink(missing_ok=True)
+        (local_dir() / "runner.api").unlink(missing_ok=True)
+        runner_socket().unlink(missing_ok=True)
+        info = server_info()
+        if info is not None and _terminate(info.pid, _server_marker(info.port)):
+            stopped.append(f"Prefect server (pid {info.pid}, {info.api_url})")
+        (local_dir() / "server.json").unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,159 @@
+"""The warm runner of one-time mode: a process that has Prefect and the flows imported, listening on a unix
+socket under `<state>/local/`, running each `accelctl convert` request in-process (as dockerd does for
+docker), so a call pays neither Python nor Prefect imports nor a flow-run process start.
+
+Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
+"target" (any transport, or null)}.
+Answers: any number of {"log": line} (Prefect's console lines of the run: one per task run), then one
+{"exit": 0, "targets": [[driver, reference, digest], …]} or {"exit": 1, "error": message}.
+
+Conversions run one at a time (a queued call waits); each keeps its own flow run in the Prefect server, so
+the UI shows them as any other. Started and stopped by `service.local` (`accelctl server stop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("accel.localrunner")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The one-line cause accelctl prints: an accel error as is, anything else with its type."""
+    from accel.errors import AccelError
+
+    return str(exc) if isinstance(exc, AccelError) else f"{type(exc).__name__}: {exc}"
+
+
+class _Forwarder(logging.Handler):
+    """Sends the current conversion's log lines to its caller; a closed caller does not stop the run."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.send: Callable[[dict[str, Any]], None] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        send = self.send
+        if send is None or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs", "accel")):
+            return
+        with contextlib.suppress(Exception):
+            send({"log": self.format(record)})
+
+
+class Runner:
+    def __init__(self) -> None:
+        from prefect.logging.formatters import PrefectFormatter
+
+        self.forwarder = _Forwarder()
+        self.forwarder.setFormatter(
+            PrefectFormatter(
+                format="%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
+                flow_run_fmt="%(asctime)s.%(msecs)03d | %(levelname)-7s | Flow run %(flow_run_name)r - "
+                "%(message)s",
+                task_run_fmt="%(asctime)s.%(msecs)03d | %(levelname)-7s | Task run %(task_run_name)r - "
+                "%(message)s",
+                datefmt="%H:%M:%S",
+            )
+        )
+        logging.getLogger().addHandler(self.forwarder)
+        self.one_at_a_time = threading.Lock()
+
+    def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        from flows.convert_image import convert_image
+
+        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
+        # socket closes). Their thread is joined at flow end and cost up to a second per call.
+        no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        with self.one_at_a_time, no_heartbeats:
+            self.forwarder.send = send
+            try:
+                result = convert_image(
+                    source=str(request["source"]),
+                    drivers=request.get("drivers") or None,
+                    config=str(request["config"]),
+                    target=request.get("target") or None,
+                    return_state=False,
+                )
+            except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
+                send({"exit": 1, "error": describe_failure(exc)})
+                return
+            finally:
+                self.forwarder.send = None
+        send({"exit": 0, "targets": [[t.driver, t.reference, t.digest] for t in result.targets]})
+
+
+def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            lock = threading.Lock()
+
+            def send(message: dict[str, Any]) -> None:
+                with lock:
+                    self.wfile.write(json.dumps(message).encode() + b"\n")
+                    self.wfile.flush()
+
+            try:
+                request = json.loads(self.rfile.readline())
+                if not isinstance(request, dict) or "source" not in request or "config" not in request:
+                    raise ValueError("expected {source, drivers, config}")
+            except ValueError as exc:
+                send({"exit": 2, "error": f"bad request: {exc}"})
+                return
+            runner.convert(request, send)
+
+    return Handler
+
+
+def _warm_up() -> None:
+    """Import now what the first conversion would otherwise wait for."""
+    import importlib
+
+    import flows.convert_image  # noqa: F401
+
+    for name in ("estargz", "zstdchunked", "nydus"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"accel.drivers.{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.localrunner")
+    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    args = parser.parse_args(argv)
+    path = Path(args.socket)
+
+    _warm_up()
+    runner = Runner()
+    path.unlink(missing_ok=True)
+    server = socketserver.ThreadingUnixStreamServer(str(path), _handler(runner))
+    server.daemon_threads = True
+    os.chmod(path, 0o600)  # the caller's registry credentials are used on its behalf: owner only
+
+    def _stop(signum: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"accel local runner listening on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

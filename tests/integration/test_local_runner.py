@@ -1,0 +1,118 @@
+"""One-time mode without PREFECT_API_URL: `accelctl convert` starts the local Prefect server and the warm
+runner once, later calls reuse both, a dead runner is replaced, and `accelctl server stop` ends them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from accel.reference import Reference
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
+from tests.harness import configs, imagegen, pushing
+from tests.harness.api import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+STARTED_SERVER = "started the local Prefect server"
+STARTED_RUNNER = "started the local runner"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["ACCEL_STATE_DIR"] = str(tmp_path / "state")
+    yield env
+    subprocess.run(
+        [sys.executable, "-m", "service.accelctl", "server", "stop"], cwd=REPO, env=env, timeout=120
+    )
+
+
+def _accelctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.accelctl", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _status(env: dict[str, str]) -> dict:
+    return json.loads(_accelctl(env, "server", "status", "--json").stdout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
+    store = ContentStore(tmp_path / "source")
+    image = imagegen.standard_image(store, big_file_size=1024)
+    sources = [Reference.parse(f"{registry.host}/local/cli-{n}:v1") for n in ("a", "b", "c", "d")]
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        for ref in sources:
+            pushing.push(client, store, ref, image)
+        config = configs.write_config(
+            tmp_path / "config.yaml", {registry.host: {}}, [configs.driver("zstdchunked")]
+        )
+
+        first = _accelctl(env, "convert", "--config", str(config), str(sources[0]))
+        assert first.returncode == 0, first.stderr
+        assert STARTED_SERVER in first.stderr and STARTED_RUNNER in first.stderr
+        for layer in image.layers:  # progress streamed from the runner: one finished task run per layer
+            assert f"Task run 'convert {layer.digest[:19]} (zstdchunked)' - Finished in state" in first.stderr
+        [(driver, target, digest)] = [line.split("\t") for line in first.stdout.splitlines()]
+        assert (driver, target) == ("zstdchunked", f"{sources[0].name}:v1-zstdchunked")
+        assert client.resolve(Reference.parse(target)).digest == digest
+        up = _status(env)
+        assert up["server"]["healthy"] and up["runner"] is not None
+
+        second = _accelctl(env, "convert", "--config", str(config), str(sources[1]))
+        assert second.returncode == 0, second.stderr
+        assert STARTED_SERVER not in second.stderr and STARTED_RUNNER not in second.stderr
+        assert _status(env) == up  # the same processes answered
+        assert client.resolve(Reference.parse(f"{sources[1].name}:v1-zstdchunked"))
+
+        failed = _accelctl(env, "convert", "--config", str(config), f"{registry.host}/local/nope:v1")
+        assert failed.returncode == 1
+        assert f"accelctl: conversion of {registry.host}/local/nope:v1 failed:" in failed.stderr
+        assert _status(env) == up  # a failed conversion does not take the runner down
+
+        # A runner that died (its socket file left behind) is replaced; the server is not restarted.
+        os.kill(up["runner"]["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(up["runner"]["pid"]), 30, "the runner to die")
+        third = _accelctl(env, "convert", "--config", str(config), str(sources[2]))
+        assert third.returncode == 0, third.stderr
+        assert STARTED_RUNNER in third.stderr and STARTED_SERVER not in third.stderr
+        replaced = _status(env)
+        assert replaced["server"] == up["server"] and replaced["runner"]["pid"] != up["runner"]["pid"]
+
+        # A server that died leaves a stale record (pid, port): the next call starts a new server, and a new
+        # runner, since the live one talks to the dead server's port.
+        os.kill(up["server"]["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(up["server"]["pid"]), 30, "the server to die")
+        fourth = _accelctl(env, "convert", "--config", str(config), str(sources[3]))
+        assert fourth.returncode == 0, fourth.stderr
+        assert STARTED_SERVER in fourth.stderr and STARTED_RUNNER in fourth.stderr
+        after = _status(env)
+        assert after["server"]["pid"] != up["server"]["pid"] and after["server"]["healthy"]
+        assert after["runner"]["pid"] != replaced["runner"]["pid"]
+        assert not _alive(replaced["runner"]["pid"])
+
+    stopped = _accelctl(env, "server", "stop")
+    assert stopped.returncode == 0
+    assert "runner" in stopped.stdout and "Prefect server" in stopped.stdout
+    assert not _alive(after["server"]["pid"]) and not _alive(after["runner"]["pid"])
+    down = _accelctl(env, "server", "status")
+    assert down.returncode == 3 and "Prefect server: not running" in down.stdout
