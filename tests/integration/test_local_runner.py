@@ -84,6 +84,18 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         assert _status(env) == up  # the same processes answered
         assert client.resolve(Reference.parse(f"{sources[1].name}:v1-zstdchunked"))
 
+        # --target reaches the runner: the converted image lands in an OCI layout, as named.
+        layout = tmp_path / "layout"
+        local = _accelctl(
+            env, "convert", "--config", str(config), "--target", f"oci:{layout}:z", str(sources[1])
+        )
+        assert local.returncode == 0, local.stderr
+        [(_, _, written_digest)] = [line.split("\t") for line in local.stdout.splitlines()]
+        index = json.loads((layout / "index.json").read_text())
+        assert [
+            (m["digest"], m["annotations"]["org.opencontainers.image.ref.name"]) for m in index["manifests"]
+        ] == [(written_digest, "z")]
+
         failed = _accelctl(env, "convert", "--config", str(config), f"{registry.host}/local/nope:v1")
         assert failed.returncode == 1
         assert f"accelctl: conversion of {registry.host}/local/nope:v1 failed:" in failed.stderr
