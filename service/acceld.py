@@ -18,8 +18,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.state import PROJECT_ROOT
+
+if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
+    from accel.config import Settings
+    from accel.reference import Reference
+    from service.api.app import TagPinner
 
 log = logging.getLogger("acceld")
 
@@ -85,6 +91,19 @@ def serve_deployments(config_path: str) -> int:
     return 0
 
 
+def registry_pinner(settings: Settings) -> TagPinner:
+    """The API's tag → digest resolver: a HEAD of the tag in a worker thread, through the engine's client."""
+    from accel.context import Context
+
+    context = Context(settings)
+
+    async def pin(reference: Reference) -> Reference:
+        descriptor = await asyncio.to_thread(context.client.resolve, reference)
+        return reference.with_digest(descriptor.digest)
+
+    return pin
+
+
 def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int:
     import uvicorn
 
@@ -134,7 +153,13 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
 
     metrics = Metrics() if settings.metric.enabled else None
     backend = PrefectBackend(settings, config_path, metrics)
-    app = create_app(settings, backend, metrics, background=backend.poll_forever if metrics else None)
+    app = create_app(
+        settings,
+        backend,
+        metrics,
+        background=backend.poll_forever if metrics else None,
+        pin=registry_pinner(settings),
+    )
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())

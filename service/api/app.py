@@ -13,7 +13,7 @@ import hmac
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accel.config import Settings
 from accel.plan import is_own_output, plan_conversion
+from accel.reference import Reference
 from service.api.conversions import (
     COMPLETED,
     BackendUnavailable,
@@ -45,6 +46,9 @@ from service.webhook import (
 )
 
 log = logging.getLogger("acceld.api")
+
+# Resolves a tag to the digest it names now (a registry HEAD), so a tag-only request is keyed by content.
+TagPinner = Callable[[Reference], Awaitable[Reference]]
 
 DEFAULT_SYNC_TIMEOUT = 3600.0
 ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
@@ -92,8 +96,10 @@ class Api:
         backend: ConversionBackend,
         metrics: Metrics | None,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        pin: TagPinner | None = None,
     ) -> None:
         self.settings = settings
+        self.pin = pin
         self.backend = backend
         self.metrics = metrics
         self.sync_timeout = sync_timeout
@@ -101,10 +107,22 @@ class Api:
         self._background: set[asyncio.Future[ConversionTask]] = set()
 
     async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
-        request = self.submit_request(image)
+        request = self.submit_request(await self._pinned(image))
         task = await self.backend.submit(request)
         log.info("%s push of %s → task %s", source, image.reference, task.id)
         return task
+
+    async def _pinned(self, image: PushedImage) -> PushedImage:
+        """A tag-only image pinned to the digest its tag names now: a re-pushed tag is a new conversion,
+        not the old run's answer. When the registry cannot say, the tag goes on unpinned (its run resolves
+        it, and a failed run does not block the next request)."""
+        if image.reference.digest is not None or self.pin is None:
+            return image
+        try:
+            return PushedImage(await self.pin(image.reference))
+        except Exception as exc:
+            log.warning("cannot resolve %s to a digest (%s); submitting the tag", image.reference, exc)
+            return image
 
     def _count(self, source: str, result: str) -> None:
         if self.metrics is not None:
@@ -225,11 +243,13 @@ def create_app(
     *,
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
     background: Callable[[], Any] | None = None,
+    pin: TagPinner | None = None,
 ) -> FastAPI:
-    """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller)."""
+    """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller); `pin`:
+    how tag-only requests learn their digest (None: they stay tag-only)."""
     if metrics is None and settings.metric.enabled:
         metrics = Metrics()
-    api = Api(settings, backend, metrics, sync_timeout)
+    api = Api(settings, backend, metrics, sync_timeout, pin)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

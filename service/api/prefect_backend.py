@@ -33,7 +33,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, get_state_result
 
 from accel.config import Settings
-from accel.plan import ConversionPlan, plan_conversion
+from accel.plan import ConversionPlan, attempt_key, plan_conversion
 from accel.reference import Reference
 from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from flows.convert_image import ConversionResult
@@ -56,6 +56,8 @@ FINAL_TYPES = (StateType.COMPLETED, *FAILED_TYPES)
 LIVE_TYPES = (StateType.RUNNING, StateType.PENDING, StateType.CANCELLING)
 _RESULT_CACHE_LIMIT = 4096
 _PAGE = 200
+# Runs of one conversion before a repeated request stops starting new ones (each failed one is kept).
+MAX_ATTEMPTS = 100
 
 
 def status_of(run: FlowRun) -> Status:
@@ -128,25 +130,41 @@ class PrefectBackend:
         }
         try:
             async with self._client() as client:
-                deployment_id = await self._deployment(client)
                 try:
-                    run = await client.create_flow_run_from_deployment(
-                        deployment_id,
-                        parameters=parameters,
-                        idempotency_key=request.idempotency_key,
-                        tags=["accel", *(f"driver:{d}" for d in request.drivers)],
-                    )
+                    run = await self._create_run(client, await self._deployment(client), parameters, request)
                 except ObjectNotFound:
                     self._deployment_id = None  # deleted and re-created under a new id: look it up again
-                    deployment_id = await self._deployment(client)
-                    run = await client.create_flow_run_from_deployment(
-                        deployment_id, parameters=parameters, idempotency_key=request.idempotency_key
-                    )
+                    run = await self._create_run(client, await self._deployment(client), parameters, request)
                 return await self._task(client, run)
         except BackendUnavailable:
             raise
         except Exception as exc:  # httpx errors, 5xx from the Prefect API
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _create_run(
+        self,
+        client: PrefectClient,
+        deployment_id: uuid.UUID,
+        parameters: dict[str, Any],
+        request: SubmitRequest,
+    ) -> FlowRun:
+        """The live or COMPLETED run of this conversion, else a new one: a key whose run ended FAILED,
+        CRASHED or CANCELLED moves on to the next attempt's key, so a repeated request retries the
+        conversion while concurrent repeats still meet on one run (they walk the same keys)."""
+        run: FlowRun | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            run = await client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=parameters,
+                idempotency_key=attempt_key(request.idempotency_key, attempt),
+                tags=["accel", *(f"driver:{d}" for d in request.drivers)],
+            )
+            if run.state is None or run.state.type not in FAILED_TYPES:
+                return run
+            log.info("%s: attempt %d ended %s; trying again", request.source, attempt, run.state.type.value)
+        assert run is not None
+        log.warning("%s failed %d times; not starting another run", request.source, MAX_ATTEMPTS)
+        return run
 
     async def get(self, task_id: str) -> ConversionTask:
         try:
