@@ -62,6 +62,15 @@ class MetricSettings(_Model):
 
 class WebhookSettings(_Model):
     auth_header: SecretStr | None = None
+    # Webhooks for this host without an Authorization header: acceld refuses to start without
+    # `auth_header` unless this says so explicitly.
+    allow_unauthenticated: bool = False
+
+    @property
+    def secret(self) -> str | None:
+        """The expected Authorization value; None when none is configured (empty counts as none)."""
+        value = self.auth_header.get_secret_value() if self.auth_header is not None else ""
+        return value or None
 
 
 class SourceHost(_Model):
@@ -279,6 +288,23 @@ class Settings(_Model):
 
     def host(self, registry: str) -> SourceHost | None:
         return self.provider.source.get(registry)
+
+    def unauthenticated_hosts(self) -> list[str]:
+        """Source hosts whose webhooks need no Authorization header: no `auth_header`, and
+        `allow_unauthenticated: true` (without it, acceld refuses to start; see `unprotected_hosts`)."""
+        return sorted(
+            name
+            for name, host in self.provider.source.items()
+            if host.webhook.secret is None and host.webhook.allow_unauthenticated
+        )
+
+    def unprotected_hosts(self) -> list[str]:
+        """Source hosts with neither a webhook `auth_header` nor an explicit `allow_unauthenticated`."""
+        return sorted(
+            name
+            for name, host in self.provider.source.items()
+            if host.webhook.secret is None and not host.webhook.allow_unauthenticated
+        )
 
 
 def parse_size(text: str) -> int:

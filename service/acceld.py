@@ -205,7 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime_env(config_path, settings.provider.work_dir)
     if args.runner:
         return serve_deployments(config_path)
+    if problem := webhook_auth_problem(settings):
+        print(f"acceld: {problem}", file=sys.stderr)
+        return 2
+    for host in settings.unauthenticated_hosts():
+        log.warning("webhooks for %s are accepted WITHOUT authentication (allow_unauthenticated: true)", host)
     return run_api(args, settings, config_path)
+
+
+def webhook_auth_problem(settings: Settings) -> str | None:
+    """Why acceld must not start: a source host whose webhooks anyone could send (secure by default)."""
+    unprotected = settings.unprotected_hosts()
+    if not unprotected:
+        return None
+    return (
+        f"provider.source host(s) {', '.join(unprotected)} have no webhook.auth_header: anyone could start "
+        "conversions. Set webhook.auth_header (the Authorization value the registry sends), or set "
+        "webhook.allow_unauthenticated: true for that host to accept unauthenticated webhooks."
+    )
 
 
 if __name__ == "__main__":

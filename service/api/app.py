@@ -128,25 +128,61 @@ class Api:
         if self.metrics is not None:
             self.metrics.webhook_request(source, result)
 
+    def _authenticated(self, authorization: str | None) -> bool:
+        """Whether the Authorization header is some configured host's `webhook.auth_header`. Checked
+        before the body is read; without it a request may only name hosts that explicitly allow
+        unauthenticated webhooks, so a caller without credentials learns nothing about the others."""
+        given = (authorization or "").encode()
+        secrets = [h.webhook.secret for h in self.settings.provider.source.values()]
+        # Compared with every secret (no early exit): the time taken says nothing about which matched.
+        matches = [hmac.compare_digest(given, s.encode()) for s in secrets if s is not None]
+        if any(matches):
+            return True
+        if not self.settings.unauthenticated_hosts():
+            raise self._unauthorized(authorization)
+        return False
+
+    @staticmethod
+    def _unauthorized(authorization: str | None) -> _Refused:
+        what = "missing" if not authorization else "not accepted"
+        return _Refused(401, "unauthorized", f"Authorization header {what}")
+
+    def _require_open_hosts(self, event: WebhookEvent, authorization: str | None) -> None:
+        """An unauthenticated event may name only hosts configured with `allow_unauthenticated`."""
+        open_hosts = set(self.settings.unauthenticated_hosts())
+        if any(i.registry not in open_hosts for i in event.images):
+            raise self._unauthorized(authorization)
+        if not event.images and open_hosts != set(self.settings.provider.source):
+            raise self._unauthorized(authorization)  # an event naming no image: only if no host needs auth
+
     def _check_access(self, images: tuple[PushedImage, ...], authorization: str | None) -> None:
-        """Unknown registry → 403 (never pull from one); configured auth_header not matched → 401."""
+        """After authentication: unknown registry → 403 (never pull from one); a host whose auth_header
+        the header does not match → 403 (authenticated, but for another registry)."""
         for registry in sorted({i.registry for i in images}):
             host = self.settings.host(registry)
-            if registry not in self.settings.provider.source:
+            if host is None:
                 raise _Refused(403, "forbidden", f"registry {registry} is not configured in provider.source")
-            expected = host.webhook.auth_header if host is not None else None
-            if expected is None or not expected.get_secret_value():
+            expected = host.webhook.secret
+            if expected is None:
+                if not host.webhook.allow_unauthenticated:
+                    raise _Refused(
+                        403, "forbidden", f"registry {registry} has no webhook.auth_header configured"
+                    )
                 continue
-            given = (authorization or "").encode()
-            if not hmac.compare_digest(given, expected.get_secret_value().encode()):
-                what = "missing" if not authorization else "does not match"
-                raise _Refused(401, "unauthorized", f"Authorization header {what} for registry {registry}")
+            if not hmac.compare_digest((authorization or "").encode(), expected.encode()):
+                raise _Refused(
+                    403, "forbidden", f"the Authorization header is not the one of registry {registry}"
+                )
 
     def submit_request(self, image: PushedImage) -> SubmitRequest:
         plan = plan_conversion(self.settings, image.reference)
         return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
 
-    async def accept(self, event: WebhookEvent, authorization: str | None, sync: bool) -> JSONResponse:
+    async def accept(
+        self, event: WebhookEvent, authorization: str | None, sync: bool, authenticated: bool = True
+    ) -> JSONResponse:
+        if not authenticated:
+            self._require_open_hosts(event, authorization)
         if not event.images:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
@@ -200,13 +236,15 @@ class Api:
         self, request: Request, source: str, parse: Callable[[bytes, str | None], WebhookEvent]
     ) -> JSONResponse:
         try:
+            authorization = request.headers.get("authorization")
+            authenticated = self._authenticated(authorization)  # before anything else is looked at
             body = await _read_body(request)
             try:
                 event = parse(body, request.headers.get("content-type"))
             except InvalidWebhook as exc:
                 raise _Refused(400, "invalid", str(exc)) from None
             return await self.accept(
-                event, request.headers.get("authorization"), _flag(request.query_params.get("sync"))
+                event, authorization, _flag(request.query_params.get("sync")), authenticated
             )
         except _Refused as exc:
             self._count(source, exc.result)

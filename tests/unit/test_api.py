@@ -23,7 +23,10 @@ def settings(tmp_path):
     return load_settings(
         {
             "provider": {
-                "source": {HOST: {"webhook": {"auth_header": SECRET}}, OPEN_HOST: {}},
+                "source": {
+                    HOST: {"webhook": {"auth_header": SECRET}},
+                    OPEN_HOST: {"webhook": {"allow_unauthenticated": True}},
+                },
                 "work_dir": str(tmp_path / "work"),
             },
             "converter": {
@@ -108,10 +111,21 @@ def test_cloudevents_push(client, backend):
 
 
 def test_non_push_events_are_acknowledged_and_ignored(client, backend):
+    auth = {"Authorization": SECRET}
+    r = client.post(
+        "/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1", kind="PULL_ARTIFACT"), headers=auth
+    )
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    pulled = cloudevent(f"{HOST}/a/b:v1", kind="harbor.artifact.pulled")
+    r = client.post("/api/v1/conversions", json=pulled, headers=auth)
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert backend.requests == []
+
+
+def test_non_push_events_need_auth_too(client, backend):
+    """Not even an acknowledgement without credentials while some host requires them."""
     r = client.post("/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1", kind="PULL_ARTIFACT"))
-    assert r.status_code == 200 and r.json()["status"] == "ignored"
-    r = client.post("/api/v1/conversions", json=cloudevent(f"{HOST}/a/b:v1", kind="harbor.artifact.pulled"))
-    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert r.status_code == 401
     assert backend.requests == []
 
 
@@ -132,9 +146,69 @@ def test_auth_header(client, backend, headers, status):
 
 
 def test_unknown_host_is_forbidden(client, backend):
-    r = client.post("/api/v1/conversions", json=harbor("evil.example.com/library/app:v1"))
+    r = client.post(
+        "/api/v1/conversions",
+        json=harbor("evil.example.com/library/app:v1"),
+        headers={"Authorization": SECRET},
+    )
     assert r.status_code == 403
     assert "evil.example.com" in r.json()["reason"]
+    assert backend.requests == []
+
+
+def test_unauthenticated_callers_cannot_tell_configured_hosts(client, backend):
+    """Authentication comes first: an unknown host and a configured one get the same 401 without auth."""
+    unknown = client.post("/api/v1/conversions", json=harbor("evil.example.com/library/app:v1"))
+    configured = client.post("/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1"))
+    assert unknown.status_code == configured.status_code == 401
+    assert unknown.json() == configured.json()
+    assert "evil.example.com" not in unknown.text and HOST not in configured.text
+    assert backend.requests == []
+
+
+def test_a_host_secret_does_not_open_another_host(tmp_path, backend):
+    two_hosts = load_settings(
+        {
+            "provider": {
+                "source": {
+                    HOST: {"webhook": {"auth_header": SECRET}},
+                    "other.test": {"webhook": {"auth_header": "Bearer other"}},
+                },
+                "work_dir": str(tmp_path / "work"),
+            },
+            "converter": {"driver": {"type": "estargz"}},
+        }
+    )
+    with TestClient(create_app(two_hosts, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor("other.test/a/b:v1"), headers={"Authorization": SECRET})
+        assert r.status_code == 403
+        r = c.post(
+            "/api/v1/conversions", json=harbor("other.test/a/b:v1"), headers={"Authorization": "Bearer other"}
+        )
+        assert r.status_code == 202
+    assert len(backend.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", json.dumps(harbor("evil.example.com/a/b:v1")).encode()]
+)
+def test_without_open_hosts_everything_unauthenticated_is_401(tmp_path, backend, body):
+    """With no host open to unauthenticated webhooks, the header is checked before the body is read."""
+    secured = load_settings(
+        {
+            "provider": {
+                "source": {HOST: {"webhook": {"auth_header": SECRET}}},
+                "work_dir": str(tmp_path / "work"),
+            },
+            "converter": {"driver": {"type": "estargz"}},
+        }
+    )
+    with TestClient(create_app(secured, backend)) as c:
+        for path in ("/api/v1/conversions", "/api/v1/notifications/distribution"):
+            r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 401, (path, r.text)
+            huge = c.post(path, content=body, headers={"Content-Length": str(1 << 30)})
+            assert huge.status_code in (401, 400)
     assert backend.requests == []
 
 
