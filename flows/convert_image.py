@@ -196,6 +196,9 @@ def _pull_and_convert(
         ]
         for d, misses in missed.items()
     }
+    for pull in pulls.values():
+        # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
+        pull.result()
     store = context_for(config_path).store
     converted: dict[str, list[ConvertedLayer]] = {}
     for d, futures in conversions.items():
