@@ -16,15 +16,12 @@ from accel.drivers.base import CONVERTED_LAYER_SCHEMA
 from accel.drivers.dependencies import stage_dependency_blobs
 from accel.oci import Descriptor
 from accel.reference import Reference
-from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
+from tasks.policy import layer_run_name
 
 
 @task(
     name="resolve",
     task_run_name="resolve {source}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def resolve(source: Reference, config_path: str) -> img.SourceImage:
     ctx = context_for(config_path)
@@ -35,9 +32,6 @@ def resolve(source: Reference, config_path: str) -> img.SourceImage:
 @task(
     name="pull-layer",
     task_run_name=layer_run_name("pull"),
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
@@ -60,8 +54,6 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 @task(
     name="convert-layer",
     task_run_name=layer_run_name("convert"),
-    retries=1,
-    retry_delay_seconds=2,
     cache_key_fn=_convert_cache_key,
     persist_result=True,
 )
@@ -87,9 +79,6 @@ def build_image(
 @task(
     name="push",
     task_run_name="push {target_ref}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def push_image(
     image: img.BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str

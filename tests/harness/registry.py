@@ -369,6 +369,8 @@ class Fault:
     tamper: bool
     times: int
     hits: int = 0
+    truncate: bool = False  # announce the whole body, send half of it, close the connection
+    code: str = "UNKNOWN"  # the distribution error code of a `status` answer
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -415,12 +417,14 @@ class FaultProxy:
         status: int | None = None,
         reset: bool = False,
         tamper: bool = False,
+        truncate: bool = False,
         method: str | None = None,
         times: int = 1,
+        code: str = "UNKNOWN",
     ) -> Fault:
-        if (status is not None) + reset + tamper != 1:
-            raise ValueError("choose exactly one of status, reset, tamper")
-        fault = Fault(re.compile(path), method, status, reset, tamper, times)
+        if (status is not None) + reset + tamper + truncate != 1:
+            raise ValueError("choose exactly one of status, reset, tamper, truncate")
+        fault = Fault(re.compile(path), method, status, reset, tamper, times, truncate=truncate, code=code)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -493,7 +497,7 @@ class FaultProxy:
                     return
                 if fault is not None and fault.status is not None:
                     proxy._record(ProxyHit(method, path, fault.status, True))
-                    doc = {"errors": [{"code": "UNKNOWN", "message": "fault injected by test proxy"}]}
+                    doc = {"errors": [{"code": fault.code, "message": "fault injected by test proxy"}]}
                     self._reply(
                         fault.status, [("Content-Type", "application/json")], json.dumps(doc).encode()
                     )
@@ -502,6 +506,10 @@ class FaultProxy:
                 if fault is not None and fault.tamper and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
                 proxy._record(ProxyHit(method, path, status, fault is not None))
+                if fault is not None and fault.truncate and len(data) > 1:
+                    self._reply(status, headers, data, send=len(data) // 2)
+                    self.close_connection = True
+                    return
                 self._reply(status, headers, data)
 
             def _forward(self, method: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -517,7 +525,9 @@ class FaultProxy:
                 finally:
                     conn.close()
 
-            def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+            def _reply(
+                self, status: int, headers: list[tuple[str, str]], data: bytes, send: int | None = None
+            ) -> None:
                 self.send_response_only(status)
                 upstream_length = None
                 for key, value in headers:
@@ -530,7 +540,7 @@ class FaultProxy:
                 self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    self.wfile.write(data if send is None else data[:send])
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
