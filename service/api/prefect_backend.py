@@ -45,6 +45,7 @@ from service.api.conversions import (
     ConversionTask,
     Status,
     SubmitRequest,
+    TargetStatus,
     TaskNotFound,
 )
 from service.metrics import Metrics
@@ -262,20 +263,23 @@ class PrefectBackend:
         targets = list(plan.target_names().values()) if plan is not None else []
         reason = ""
         source_size = target_size = 0
-        if status == COMPLETED:
-            result = await self._result(run)
-            if result is not None:
-                if result.plan is not None:  # what the run itself resolved wins over our reading
-                    drivers = list(result.plan.drivers)
-                    targets = list(result.plan.targets.values())
-                if result.targets:
-                    targets = [t.reference for t in result.targets]
-                    source_size = result.targets[0].source_size
-                    target_size = sum(t.target_size for t in result.targets)
-                if result.skipped:
-                    reason = result.skipped
-        elif status == FAILED and run.state is not None:
+        result = await self._result(run) if status != PROCESSING else None
+        if result is not None:
+            if result.plan is not None:  # what the run itself resolved wins over our reading
+                drivers = list(result.plan.drivers)
+                targets = list(result.plan.targets.values())
+            if result.targets:
+                source_size = result.targets[0].source_size
+                target_size = sum(t.target_size for t in result.targets)
+            if result.skipped:
+                reason = result.skipped
+        if status == FAILED and run.state is not None:
             reason = run.state.message or run.state.name
+        per_target = _target_status(
+            status, reason, drivers, dict(zip(drivers, targets, strict=False)), result
+        )
+        if result is not None and (result.targets or result.failed):
+            targets = [t.target for t in per_target]
         if status != PROCESSING:
             await self._observe(client, run, drivers)
         return ConversionTask(
@@ -290,6 +294,7 @@ class PrefectBackend:
             status=status,
             reason=reason,
             drivers=drivers,
+            target_status=per_target,
         )
 
     # --- metrics from run states --------------------------------------------------------------------
@@ -347,6 +352,34 @@ class PrefectBackend:
                 raise
             except Exception as exc:
                 log.debug("metrics poll failed: %s", exc)
+
+
+def _target_status(
+    status: Status,
+    reason: str,
+    drivers: list[str],
+    names: dict[str, str],
+    result: ConversionResult | None,
+) -> list[TargetStatus]:
+    """Each driver's target with its own status: from the run's result when it has one (pushed targets
+    COMPLETED, failed ones FAILED with their reason), else the run's status for every planned target."""
+    if result is not None and (result.targets or result.failed):
+        pushed = [
+            TargetStatus(driver=t.driver, target=t.reference, status=COMPLETED, digest=t.digest)
+            for t in result.targets
+        ]
+        failed = [
+            TargetStatus(driver=f.driver, target=f.reference, status=FAILED, reason=f.reason)
+            for f in result.failed
+        ]
+        order = {d: i for i, d in enumerate(drivers)}
+        return sorted(pushed + failed, key=lambda t: order.get(t.driver, len(order)))
+    return [
+        TargetStatus(
+            driver=d, target=names.get(d, ""), status=status, reason=reason if status == FAILED else ""
+        )
+        for d in drivers
+    ]
 
 
 async def fail_orphaned_runs(deployment_names: Iterable[str], reason: str) -> list[uuid.UUID]:
