@@ -179,8 +179,28 @@ class Route(BaseModel):
     target_repository: str | None = None
 
 
+class LimitSettings(_Model):
+    """accel: bounds on one conversion, each failing it with a reason that names the limit."""
+
+    max_layer_size: str = "16GiB"  # uncompressed bytes of one source layer
+    max_expansion_ratio: float = Field(default=200.0, gt=1)  # uncompressed / compressed, past 64 MiB
+    timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
+
+    @field_validator("max_layer_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) <= 0:
+            raise ValueError("must be more than 0 bytes")
+        return value
+
+    @property
+    def max_layer_bytes(self) -> int:
+        return parse_size(self.max_layer_size)
+
+
 class ConverterSettings(_Model):
     worker: int = Field(default=5, ge=1)
+    limits: LimitSettings = LimitSettings()
     harbor_annotation: bool = True
     platforms: str | list[str] | None = None
     driver: DriverSettings | None = None

@@ -93,7 +93,26 @@ def _config_path(config: str | None) -> str:
     return str(Path(path).resolve())
 
 
-@flow(name="convert-image", flow_run_name="convert {source}", log_prints=True)
+TIMEOUT_ENV = "ACCEL_CONVERSION_TIMEOUT"
+
+
+def conversion_timeout() -> float | None:
+    """`converter.limits.timeout` as acceld passes it to its runner and flow runs (the flow's timeout is
+    fixed when this module loads, before any config is read); None: no timeout."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds and seconds > 0 else None
+
+
+@flow(
+    name="convert-image",
+    flow_run_name="convert {source}",
+    log_prints=True,
+    timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
+)
 def convert_image(
     source: str,
     drivers: list[str] | None = None,

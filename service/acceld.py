@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acceld: {exc}", file=sys.stderr)
         return 2
     runtime_env(config_path, settings.provider.work_dir)
+    # converter.limits.timeout reaches the flow's timeout through the runner's environment.
+    os.environ["ACCEL_CONVERSION_TIMEOUT"] = str(settings.converter.limits.timeout)
     if args.runner:
         return serve_deployments(config_path)
     if problem := webhook_auth_problem(settings):

@@ -10,6 +10,7 @@ from prefect.context import TaskRunContext
 
 from accel import image as img
 from accel import publish
+from accel.compression import ExpansionLimits
 from accel.context import context_for
 from accel.drivers import ConvertedLayer, LayerInput
 from accel.drivers.base import CONVERTED_LAYER_SCHEMA
@@ -60,7 +61,9 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 def convert_layer(layer: img.SourceLayer, driver_type: str, config_path: str) -> ConvertedLayer:
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
-    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store))
+    limits = ctx.settings.converter.limits
+    expansion = ExpansionLimits(max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio)
+    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
