@@ -159,6 +159,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         metrics,
         background=backend.poll_forever if metrics else None,
         pin=registry_pinner(settings),
+        readiness=(lambda: [p] if (p := supervisor.problem()) else []) if supervisor is not None else None,
     )
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
@@ -205,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime_env(config_path, settings.provider.work_dir)
     # converter.limits.timeout reaches the flow's timeout through the runner's environment.
     os.environ["ACCEL_CONVERSION_TIMEOUT"] = str(settings.converter.limits.timeout)
+    if problem := schedule_problem(settings):
+        print(f"acceld: {config_path} is invalid:\n  bulk.schedule: {problem}", file=sys.stderr)
+        return 2
     if args.runner:
         return serve_deployments(config_path)
     if problem := webhook_auth_problem(settings):
@@ -213,6 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for host in settings.unauthenticated_hosts():
         log.warning("webhooks for %s are accepted WITHOUT authentication (allow_unauthenticated: true)", host)
     return run_api(args, settings, config_path)
+
+
+def schedule_problem(settings: Settings) -> str | None:
+    """Why `bulk.schedule` is no cron Prefect can run (e.g. `61 * * * *`), checked at load by Prefect's own
+    schedule model rather than when the runner registers it (and crash-loops)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    if settings.bulk.schedule is None:
+        return None
+    try:
+        CronSchedule(cron=settings.bulk.schedule)
+    except ValidationError as exc:
+        return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+    return None
 
 
 def webhook_auth_problem(settings: Settings) -> str | None:

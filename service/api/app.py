@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,12 +46,14 @@ from service.webhook import (
 )
 
 log = logging.getLogger("acceld.api")
+T = TypeVar("T")
 
 # Resolves a tag to the digest it names now (a registry HEAD), so a tag-only request is keyed by content.
 TagPinner = Callable[[Reference], Awaitable[Reference]]
 
 DEFAULT_SYNC_TIMEOUT = 3600.0
 ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
+READ_WITHIN = 4.0  # seconds; a read endpoint answers 503 rather than hang while Prefect does not answer
 MAX_LIST = 1000
 
 
@@ -256,6 +258,14 @@ class Api:
             return _error(503, f"orchestrator unavailable: {exc}")
 
 
+async def _in_time(read: Awaitable[T]) -> T:
+    """A backend read, or BackendUnavailable (503) when the orchestrator does not answer in READ_WITHIN."""
+    try:
+        return await asyncio.wait_for(read, timeout=READ_WITHIN)
+    except TimeoutError:
+        raise BackendUnavailable(f"no answer within {READ_WITHIN:g} s") from None
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -282,9 +292,11 @@ def create_app(
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
     background: Callable[[], Any] | None = None,
     pin: TagPinner | None = None,
+    readiness: Callable[[], list[str]] | None = None,
 ) -> FastAPI:
     """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller); `pin`:
-    how tag-only requests learn their digest (None: they stay tag-only)."""
+    how tag-only requests learn their digest (None: they stay tag-only); `readiness`: more problems for
+    /readyz (e.g. a crash-looping runner)."""
     if metrics is None and settings.metric.enabled:
         metrics = Metrics()
     api = Api(settings, backend, metrics, sync_timeout, pin)
@@ -330,12 +342,12 @@ def create_app(
     async def list_conversions(limit: int = 200) -> JSONResponse:
         if not 1 <= limit <= MAX_LIST:
             return _error(400, f"limit must be between 1 and {MAX_LIST}")
-        return JSONResponse([_task_json(t) for t in await backend.list(limit)])
+        return JSONResponse([_task_json(t) for t in await _in_time(backend.list(limit))])
 
     @app.get("/api/v1/conversions/{task_id}")
     async def get_conversion(task_id: str) -> JSONResponse:
         try:
-            return JSONResponse(_task_json(await backend.get(task_id)))
+            return JSONResponse(_task_json(await _in_time(backend.get(task_id))))
         except TaskNotFound:
             return _error(404, f"no conversion task {task_id}")
 
@@ -357,6 +369,8 @@ def create_app(
             problems += await asyncio.wait_for(backend.problems(), timeout=5)
         except TimeoutError:
             problems.append("orchestrator did not answer within 5 s")
+        if readiness is not None:
+            problems += readiness()
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})

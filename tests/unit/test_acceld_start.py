@@ -13,11 +13,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_acceld(tmp_path: Path, webhook: dict | None) -> subprocess.CompletedProcess[str]:
+def start_acceld(tmp_path: Path, webhook: dict | None, **extra: dict) -> subprocess.CompletedProcess[str]:
     host = {} if webhook is None else {"webhook": webhook}
     config = {
         "provider": {"source": {"registry.test": host}, "work_dir": str(tmp_path / "work")},
         "converter": {"driver": {"type": "estargz"}},
+        **extra,
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -53,3 +54,11 @@ def test_a_configured_auth_header_starts(tmp_path):
     done = start_acceld(tmp_path, {"auth_header": "Bearer x"})
     assert "webhook.auth_header" not in done.stderr
     assert "no Prefect API configured" in done.stderr
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "0 25 * * *", "* * * 13 *"])
+def test_an_impossible_bulk_schedule_is_a_config_error_at_load(tmp_path, cron):
+    done = start_acceld(tmp_path, {"auth_header": "Bearer x"}, bulk={"schedule": cron})
+    assert done.returncode == 2
+    assert "bulk.schedule" in done.stderr and cron in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -301,3 +302,34 @@ def test_malformed_bodies_get_4xx_with_reason(client, backend, body):
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
     assert r.json()["reason"]
     assert backend.requests == []
+
+
+class _SilentBackend(FakeBackend):
+    """An orchestrator that accepts connections but never answers reads."""
+
+    async def get(self, task_id):
+        await asyncio.sleep(3600)
+
+    async def list(self, limit):
+        await asyncio.sleep(3600)
+
+
+def test_reads_answer_503_when_the_orchestrator_does_not_answer(settings, monkeypatch):
+    import service.api.app as app_module
+
+    monkeypatch.setattr(app_module, "READ_WITHIN", 0.2)
+    with TestClient(create_app(settings, _SilentBackend())) as c:
+        listed = c.get("/api/v1/conversions")
+        got = c.get("/api/v1/conversions/task-0")
+    for r in (listed, got):
+        assert r.status_code == 503, r.text
+        assert "orchestrator unavailable" in r.json()["reason"]
+
+
+def test_readyz_reports_extra_problems(settings, backend):
+    problems = ["deployment runner exited 3 time(s) in a row (last exit code 1); see acceld's log"]
+    with TestClient(create_app(settings, backend, readiness=lambda: problems)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and problems[0] in r.json()["problems"]
+    with TestClient(create_app(settings, backend, readiness=list)) as c:
+        assert c.get("/readyz").status_code == 200
