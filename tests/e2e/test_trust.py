@@ -6,7 +6,10 @@ Real registry, real Prefect server, acceld with its own runner; each test uses i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ from tests.e2e.test_acceld import (
     wait_task,
 )
 from tests.harness import imagegen, pushing
+from tests.harness.api import wait_until
 from tests.harness.services import SUFFIX
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -99,3 +103,58 @@ def test_a_re_pushed_tag_is_converted_again(acceld, registry, source_store):
     assert second["source"] == str(new)
     assert wait_task(acceld, second["id"], timeout=180)["status"] == "COMPLETED"
     assert converted_from(target) == new.digest
+
+
+def _descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent:
+                frontier.append(pid)
+                try:
+                    cmdline = (
+                        (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    )
+                except OSError:
+                    cmdline = ""
+                found.append((pid, cmdline))
+    return found
+
+
+def test_a_killed_flow_run_is_converted_by_the_same_webhook(acceld, registry, source_store):
+    """kill -9 of the flow run's process while it works: its run ends CRASHED; the same webhook again starts
+    a new run that converts the image, and the task list shows one COMPLETED task for it."""
+    extra = imagegen.TarBuilder(auto_parents=True)
+    extra.file("big.bin", os.urandom(48 << 20))  # enough work to be caught in the middle
+    image = imagegen.build_image([*imagegen.standard_layers(32 * KiB), extra], source_store)
+    tag_ref = Reference.parse(f"{registry.host}/e2e/{uuid.uuid4().hex[:10]}:killed")
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        ref = tag_ref.with_digest(pushing.push(client, source_store, tag_ref, image))
+
+    first = post(acceld, harbor_payload(ref))
+    acceld_pid = acceld._proc.pid  # the harness's own child: every process below it is ours
+
+    def flow_process() -> int | None:
+        return next((pid for pid, cmd in _descendants(acceld_pid) if "prefect.engine" in cmd), None)
+
+    victim = wait_until(flow_process, timeout=120, what="the flow run's process")
+    os.kill(victim, signal.SIGKILL)
+    crashed = wait_task(acceld, first["id"], timeout=180)
+    assert crashed["status"] == "FAILED", crashed
+
+    second = post(acceld, harbor_payload(ref))
+    assert second["id"] != first["id"]
+    assert wait_task(acceld, second["id"], timeout=300)["status"] == "COMPLETED"
+    assert_converted(ref)
+    statuses = [t["status"] for t in tasks_for(acceld, ref)]
+    assert statuses.count("COMPLETED") == 1 and len(statuses) == 2
