@@ -12,8 +12,8 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -51,6 +51,7 @@ from service.api.conversions import (
 from service.metrics import Metrics
 
 log = logging.getLogger("acceld.prefect")
+T = TypeVar("T")
 
 FAILED_TYPES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 FINAL_TYPES = (StateType.COMPLETED, *FAILED_TYPES)
@@ -59,6 +60,18 @@ _RESULT_CACHE_LIMIT = 4096
 _PAGE = 200
 # Runs of one conversion before a repeated request stops starting new ones (each failed one is kept).
 MAX_ATTEMPTS = 100
+
+
+# A read of runs that Prefect has not answered in this time means Prefect is not answering: the API says
+# 503 rather than hang. Only the reads that find the runs are bounded; describing many runs may take longer.
+ANSWER_WITHIN = 4.0
+
+
+async def _answered(call: Awaitable[T]) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout=ANSWER_WITHIN)
+    except TimeoutError:
+        raise BackendUnavailable(f"Prefect API did not answer within {ANSWER_WITHIN:g} s") from None
 
 
 def status_of(run: FlowRun) -> Status:
@@ -174,9 +187,11 @@ class PrefectBackend:
             raise TaskNotFound(task_id) from None
         async with self._client() as client:
             try:
-                run = await client.read_flow_run(run_id)
+                run = await _answered(client.read_flow_run(run_id))
             except ObjectNotFound:
                 raise TaskNotFound(task_id) from None
+            except BackendUnavailable:
+                raise
             except Exception as exc:
                 raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
             if not await self._is_conversion(client, run):
@@ -188,17 +203,21 @@ class PrefectBackend:
             async with self._client() as client:
                 runs: list[FlowRun] = []
                 while len(runs) < limit:  # the Prefect API caps a page at 200 runs
-                    page = await client.read_flow_runs(
-                        flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
-                        sort=FlowRunSort.START_TIME_DESC,
-                        limit=min(_PAGE, limit - len(runs)),
-                        offset=len(runs),
+                    page = await _answered(
+                        client.read_flow_runs(
+                            flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
+                            sort=FlowRunSort.START_TIME_DESC,
+                            limit=min(_PAGE, limit - len(runs)),
+                            offset=len(runs),
+                        )
                     )
                     runs += page
                     if len(page) < _PAGE:
                         break
                 runs.sort(key=lambda r: r.created or self.started_at, reverse=True)
                 return [await self._task(client, run) for run in runs]
+        except BackendUnavailable:
+            raise
         except Exception as exc:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
