@@ -15,6 +15,7 @@ import datetime as dt
 import http.client
 import http.server
 import json
+import random
 import re
 import secrets
 import shutil
@@ -400,6 +401,8 @@ class FaultProxy:
         self.hits: list[ProxyHit] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._random_rate = 0.0
+        self._random = random.Random(0)
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
@@ -429,10 +432,18 @@ class FaultProxy:
             self._faults.append(fault)
         return fault
 
+    def fail_randomly(self, rate: float, seed: int = 0) -> None:
+        """Besides explicit faults, answer a `rate` share of all requests with a 503, a reset or a body cut
+        in half (one of the three at random); 0 turns it off."""
+        with self._lock:
+            self._random_rate = rate
+            self._random = random.Random(seed)
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
             self.hits.clear()
+            self._random_rate = 0.0
 
     def count(self, path: str = "", method: str | None = None) -> int:
         pattern = re.compile(path)
@@ -459,6 +470,17 @@ class FaultProxy:
                 if fault.matches(method, path):
                     fault.hits += 1
                     return fault
+            if self._random_rate and self._random.random() < self._random_rate:
+                kind = self._random.choice(["status", "reset", "truncate"])
+                return Fault(
+                    re.compile(""),
+                    None,
+                    503 if kind == "status" else None,
+                    kind == "reset",
+                    False,
+                    1,
+                    truncate=kind == "truncate",
+                )
         return None
 
     def _record(self, hit: ProxyHit) -> None:
