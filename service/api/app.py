@@ -57,6 +57,7 @@ ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
 # describing many runs of a busy server may take longer than that and is not cut off before this.
 READ_WITHIN = 60.0
 MAX_LIST = 1000
+BACKGROUND_RETRY_FOR = 600.0  # seconds a pending run creation is retried while the orchestrator fails it
 
 
 class _Refused(Exception):
@@ -127,6 +128,35 @@ class Api:
         except Exception as exc:
             log.warning("cannot resolve %s to a digest (%s); submitting the tag", image.reference, exc)
             return image
+
+    async def _keep_trying(
+        self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage
+    ) -> ConversionTask | None:
+        """A creation the caller was answered `pending` for: it must not be lost when the orchestrator
+        fails it (a busy Prefect answers 503). Retried with backoff for BACKGROUND_RETRY_FOR seconds (the
+        idempotency key makes a repeat harmless); giving up is logged with the image."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKGROUND_RETRY_FOR
+        delay = 1.0
+        while True:
+            try:
+                return await job
+            except BackendUnavailable as exc:
+                if loop.time() + delay > deadline:
+                    log.error("gave up creating the conversion of %s: %s", image.reference, exc)
+                    return None
+                log.warning(
+                    "creating the conversion of %s failed (%s); retrying in %.0fs",
+                    image.reference,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                job = asyncio.ensure_future(self._submit(source, image))
+            except Exception:
+                log.exception("creating the conversion of %s failed", image.reference)
+                return None
 
     def _count(self, source: str, result: str) -> None:
         if self.metrics is not None:
@@ -208,8 +238,10 @@ class Api:
             # goes on in the background (the idempotency key makes a retried event harmless).
             done, pending = await asyncio.wait(submissions, timeout=self.answer_within)
             for job in pending:
-                self._background.add(job)
-                job.add_done_callback(self._background.discard)
+                image = wanted[submissions.index(job)]
+                keeper = asyncio.ensure_future(self._keep_trying(job, event.source, image))
+                self._background.add(keeper)
+                keeper.add_done_callback(self._background.discard)
             failures = [j.exception() for j in done if j.exception() is not None]
             if failures and not pending and len(failures) == len(submissions):
                 raise failures[0]  # type: ignore[misc]

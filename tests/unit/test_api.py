@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from accel.config import load_settings
-from service.api import create_app
+from service.api import BackendUnavailable, create_app
 from service.metrics import Metrics
 from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
 
@@ -333,3 +333,34 @@ def test_readyz_reports_extra_problems(settings, backend):
     assert r.status_code == 503 and problems[0] in r.json()["problems"]
     with TestClient(create_app(settings, backend, readiness=list)) as c:
         assert c.get("/readyz").status_code == 200
+
+
+class _BusyBackend(FakeBackend):
+    """Slow, then failing its first `failures` creations as a busy Prefect does (503), then fine."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def submit(self, request):
+        self.requests.append(request)
+        while self.gate is not None and not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        if self.failures > 0:
+            self.failures -= 1
+            raise BackendUnavailable("Server error '503 Service Unavailable'")
+        self.requests.pop()
+        return await super().submit(request)
+
+
+def test_a_pending_creation_that_fails_is_retried_not_lost(settings, metrics):
+    backend = _BusyBackend(failures=2)
+    backend.gate = threading.Event()
+    app = create_app(settings, backend, metrics)
+    app.state.api.answer_within = 0.2
+    with TestClient(app) as client:
+        r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
+        assert r.status_code == 202 and r.json()["pending"] == [f"{OPEN_HOST}/a/b:v1@{DIGEST}"]
+        backend.gate.set()
+        wait_until(lambda: len(backend.tasks) == 1, timeout=60, what="the creation after two failures")
+    assert backend.failures == 0
