@@ -100,6 +100,15 @@ class MetricSettings(_Model):
 
 class WebhookSettings(_Model):
     auth_header: SecretStr | None = None
+    # Webhooks for this host without an Authorization header: acceld refuses to start without
+    # `auth_header` unless this says so explicitly.
+    allow_unauthenticated: bool = False
+
+    @property
+    def secret(self) -> str | None:
+        """The expected Authorization value; None when none is configured (empty counts as none)."""
+        value = self.auth_header.get_secret_value() if self.auth_header is not None else ""
+        return value or None
 
 
 class SourceHost(_Model):
@@ -244,8 +253,28 @@ class Route(BaseModel):
     target_repository: str | None = None
 
 
+class LimitSettings(_Model):
+    """accel: bounds on one conversion, each failing it with a reason that names the limit."""
+
+    max_layer_size: str = "16GiB"  # uncompressed bytes of one source layer
+    max_expansion_ratio: float = Field(default=200.0, gt=1)  # uncompressed / compressed, past 64 MiB
+    timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
+
+    @field_validator("max_layer_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) <= 0:
+            raise ValueError("must be more than 0 bytes")
+        return value
+
+    @property
+    def max_layer_bytes(self) -> int:
+        return parse_size(self.max_layer_size)
+
+
 class ConverterSettings(_Model):
     worker: int = Field(default=5, ge=1)
+    limits: LimitSettings = LimitSettings()
     harbor_annotation: bool = True
     # Prove every converted image against its source before pushing it (accel.verify); refuse when it fails.
     verify: bool = False
@@ -355,6 +384,23 @@ class Settings(_Model):
 
     def host(self, registry: str) -> SourceHost | None:
         return self.provider.source.get(registry)
+
+    def unauthenticated_hosts(self) -> list[str]:
+        """Source hosts whose webhooks need no Authorization header: no `auth_header`, and
+        `allow_unauthenticated: true` (without it, acceld refuses to start; see `unprotected_hosts`)."""
+        return sorted(
+            name
+            for name, host in self.provider.source.items()
+            if host.webhook.secret is None and host.webhook.allow_unauthenticated
+        )
+
+    def unprotected_hosts(self) -> list[str]:
+        """Source hosts with neither a webhook `auth_header` nor an explicit `allow_unauthenticated`."""
+        return sorted(
+            name
+            for name, host in self.provider.source.items()
+            if host.webhook.secret is None and not host.webhook.allow_unauthenticated
+        )
 
 
 def parse_size(text: str) -> int:

@@ -32,3 +32,7 @@ class InvalidImage(AccelError):
 
 class DriverError(AccelError):
     """A driver failed to convert a layer or finish an image."""
+
+
+class LimitExceeded(AccelError):
+    """A configured limit (`converter.limits.*`, named in the message) stopped the work."""

@@ -80,6 +80,14 @@ def conversion_key(
     return "accel-" + hashlib.sha256(material.encode()).hexdigest()
 
 
+def attempt_key(key: str, attempt: int) -> str:
+    """The idempotency key of the `attempt`-th run of one conversion. Attempt 0 is the plain key, so runs
+    created before attempts existed still de-duplicate; a retry after a failed run takes the next attempt."""
+    if attempt < 0:
+        raise ValueError(f"attempt {attempt} is negative")
+    return key if attempt == 0 else f"{key}-attempt-{attempt}"
+
+
 def cache_tags(settings: Settings, source: Reference) -> set[str]:
     """Tags that name conversion caches in `source`'s repository: every rule's and the effective one."""
     converter, provider = settings.converter, settings.provider

@@ -18,8 +18,12 @@ DEFAULT_TAG = "latest"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+# The distribution reference grammar, ASCII only (Python's \w would admit any Unicode letter).
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Only the registered algorithms, lower-case hex of their exact length: `@md5:…`, upper-case or
+# wrong-length sha256 are refused here rather than sent to a registry.
+_DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+MAX_NAME_LENGTH = 255  # registry host + "/" + repository, as distribution's NameTotalLengthMax
 _HOST_RE = re.compile(r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
 
 
@@ -64,6 +68,10 @@ class Reference:
             raise InvalidReference(f"invalid registry host {registry!r} in reference {original!r}")
         if not _PATH_RE.match(path):
             raise InvalidReference(f"invalid repository {path!r} in reference {original!r}")
+        if len(registry) + 1 + len(path) > MAX_NAME_LENGTH:
+            raise InvalidReference(
+                f"repository name {registry}/{path[:40]}… is longer than {MAX_NAME_LENGTH} characters"
+            )
         if tag is None and digest is None:
             tag = DEFAULT_TAG
         return cls(registry=registry, repository=path, tag=tag, digest=digest)

@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from accel.context import context_for
@@ -23,6 +24,7 @@ from accel.image import BuiltImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference
+from accel.store import ContentStore
 from accel.transports import describe, parse_location
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
@@ -49,6 +51,14 @@ class TargetResult(BaseModel):
     layer_sizes: list[LayerResult] = []
 
 
+class TargetFailure(BaseModel):
+    """A driver whose target was not pushed, and why (its first failing step's error)."""
+
+    driver: str
+    reference: str
+    reason: str
+
+
 class PlanRecord(BaseModel):
     """The plan the run resolved (drivers and targets), so every reader shows what actually ran."""
 
@@ -67,6 +77,14 @@ class ConversionResult(BaseModel):
     seconds: dict[str, float]
     skipped: str | None = None  # why nothing was converted (a COMPLETED run, not a failure)
     plan: PlanRecord | None = None  # None in results written before plans were recorded
+    failed: list[TargetFailure] = []  # drivers that failed while the others were pushed (a FAILED run)
+
+    def failure_message(self) -> str:
+        """`zstdchunked (host/repo:v1-zstd): DriverError: …; pushed: estargz` — the run's failure message."""
+        failures = "; ".join(f"{f.driver} ({f.reference}): {f.reason}" for f in self.failed)
+        pushed = ", ".join(t.driver for t in self.targets) or "nothing"
+        total = len(self.failed) + len(self.targets)
+        return f"{len(self.failed)} of {total} drivers failed: {failures}; pushed: {pushed}"
 
 
 def _config_path(config: str | None) -> str:
@@ -76,17 +94,38 @@ def _config_path(config: str | None) -> str:
     return str(Path(path).resolve())
 
 
-@flow(name="convert-image", flow_run_name="convert {source}", log_prints=True)
+TIMEOUT_ENV = "ACCEL_CONVERSION_TIMEOUT"
+
+
+def conversion_timeout() -> float | None:
+    """`converter.limits.timeout` as acceld passes it to its runner and flow runs (the flow's timeout is
+    fixed when this module loads, before any config is read); None: no timeout."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds and seconds > 0 else None
+
+
+@flow(
+    name="convert-image",
+    flow_run_name="convert {source}",
+    log_prints=True,
+    timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
+)
 def convert_image(
     source: str,
     drivers: list[str] | None = None,
     config: str | None = None,
     target_repository: str | None = None,
     target: str | None = None,
-) -> ConversionResult:
+) -> ConversionResult | State[ConversionResult]:
     """Convert `source` with each driver and push beside it (defaults: the matching rule, else every
     configured driver and the source's repository). `source` and `target` may name any transport
-    (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference)."""
+    (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference).
+    When some drivers fail, the others are still pushed and the run ends FAILED with a message naming each
+    failed driver and why (its result lists both)."""
     logger = get_run_logger()
     config_path = _config_path(config)
     ctx = context_for(config_path)
@@ -121,22 +160,30 @@ def convert_image(
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
     started = time.monotonic()
-    converted = _pull_and_convert(source_ref, layers, hits, config_path)
+    converted, failures = _pull_and_convert(source_ref, layers, hits, config_path)
     timings["pull+convert"] = time.monotonic() - started
 
+    # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
     targets = []
     for d in driver_types:
-        started = time.monotonic()
-        built = build_image(image, converted[d], d, config_path)
-        timings[f"build {d}"] = time.monotonic() - started
+        if d in failures:
+            continue
         target_ref = target_refs[d]
-        if ctx.settings.converter.verify:
+        try:
             started = time.monotonic()
-            verify_image(built, source_ref, target_ref, d, config_path)  # raises: nothing unproven is pushed
-            timings[f"verify {d}"] = time.monotonic() - started
-        started = time.monotonic()
-        pushed = push_image(built, target_ref, source_ref, config_path)
-        timings[f"push {d}"] = time.monotonic() - started
+            built = build_image(image, converted[d], d, config_path)
+            timings[f"build {d}"] = time.monotonic() - started
+            if ctx.settings.converter.verify:
+                started = time.monotonic()
+                # Raises when it cannot prove the image: this driver's target is not pushed.
+                verify_image(built, source_ref, target_ref, d, config_path)
+                timings[f"verify {d}"] = time.monotonic() - started
+            started = time.monotonic()
+            pushed = push_image(built, target_ref, source_ref, config_path)
+            timings[f"push {d}"] = time.monotonic() - started
+        except Exception as exc:
+            failures[d] = _reason(exc)
+            continue
         targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(describe(target_ref))))
         logger.info(
             "pushed %s@%s (cached %d/%d layers)",
@@ -146,10 +193,18 @@ def convert_image(
             len(layers),
         )
 
-    if cache_ref is not None:
+    done = {t.driver for t in targets}
+    if cache_ref is not None and done:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
         started = time.monotonic()
-        merge_cache(image, converted, cache_ref, target_refs, lookup.gone, config_path)
+        merge_cache(
+            image,
+            {d: layers for d, layers in converted.items() if d in done},
+            cache_ref,
+            {d: ref for d, ref in target_refs.items() if d in done},
+            lookup.gone,
+            config_path,
+        )
         timings["cache merge"] = time.monotonic() - started
 
     collect_garbage(config_path)
@@ -159,9 +214,27 @@ def convert_image(
         targets=targets,
         seconds=timings,
         plan=PlanRecord.of(plan),
+        failed=[
+            TargetFailure(driver=d, reference=str(describe(target_refs[d])), reason=r)
+            for d, r in failures.items()
+        ],
     )
     _publish_artifact(result)
+    if result.failed:
+        # FAILED, so that the same request runs again (and retries only what is missing: pushed blobs and
+        # converted layers are reused); the result still records what was pushed.
+        logger.error("%s", result.failure_message())
+        return Failed(message=result.failure_message(), data=result)
     return result
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line for a failure message: its type and its lines joined (a builder's cause
+    often comes on the lines after its first), at most 500 characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _target_result(
@@ -199,9 +272,11 @@ def _pull_and_convert(
     layers: list[SourceLayer],
     hits: dict[str, dict[str, ConvertedLayer]],
     config_path: str,
-) -> dict[str, list[ConvertedLayer]]:
+) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str]]:
     """Per driver, the converted layers in source order: cache hits as they are, the rest pulled (once, shared
-    by every driver) and converted in parallel task runs."""
+    by every driver) and converted in parallel task runs. A driver whose conversion fails is left out and
+    its first failing layer's error returned for it (driver → reason); a failed pull fails every driver
+    and raises."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
     pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
@@ -212,22 +287,44 @@ def _pull_and_convert(
         ]
         for d, misses in missed.items()
     }
+    for pull in pulls.values():
+        # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
+        pull.result()
     store = context_for(config_path).store
     converted: dict[str, list[ConvertedLayer]] = {}
+    failures: dict[str, str] = {}
     for d, futures in conversions.items():
-        fresh = {layer.descriptor.digest: f.result() for layer, f in zip(missed[d], futures, strict=True)}
-        # A Prefect-cached result whose blob has since left the content store is converted again.
-        for layer in missed[d]:
-            blob = fresh[layer.descriptor.digest].descriptor.digest
-            if store.exists(blob):
-                store.touch(blob)
-            else:
-                refresh = convert_layer.with_options(refresh_cache=True)
-                fresh[layer.descriptor.digest] = refresh(layer, d, config_path)
-        converted[d] = [
-            hits[d].get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers
-        ]
-    return converted
+        try:
+            converted[d] = _converted_layers(d, layers, missed[d], futures, hits[d], store, config_path)
+        except Exception as exc:
+            failures[d] = _reason(exc)
+            get_run_logger().error("%s: %s", d, failures[d])
+    return converted, failures
+
+
+def _converted_layers(
+    driver: str,
+    layers: list[SourceLayer],
+    missed: list[SourceLayer],
+    futures: list[PrefectFuture[ConvertedLayer]],
+    hits: dict[str, ConvertedLayer],
+    store: ContentStore,
+    config_path: str,
+) -> list[ConvertedLayer]:
+    fresh: dict[str, ConvertedLayer] = {}
+    for future in futures:
+        future.wait()  # all of this driver's layers settle before the first failure is reported
+    for layer, future in zip(missed, futures, strict=True):
+        fresh[layer.descriptor.digest] = future.result()
+    # A Prefect-cached result whose blob has since left the content store is converted again.
+    for layer in missed:
+        blob = fresh[layer.descriptor.digest].descriptor.digest
+        if store.exists(blob):
+            store.touch(blob)
+        else:
+            refresh = convert_layer.with_options(refresh_cache=True)
+            fresh[layer.descriptor.digest] = refresh(layer, driver, config_path)
+    return [hits.get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers]
 
 
 def _skipped(plan: ConversionPlan, digest: str, reason: str) -> ConversionResult:

@@ -25,9 +25,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.state import PROJECT_ROOT
+
+if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
+    from accel.config import Settings
+    from accel.reference import Reference
+    from service.api.app import TagPinner
 
 log = logging.getLogger("acceld")
 
@@ -182,6 +187,19 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
     return 0
 
 
+def registry_pinner(settings: Settings) -> TagPinner:
+    """The API's tag → digest resolver: a HEAD of the tag in a worker thread, through the engine's client."""
+    from accel.context import Context
+
+    context = Context(settings)
+
+    async def pin(reference: Reference) -> Reference:
+        descriptor = await asyncio.to_thread(context.client.resolve, reference)
+        return reference.with_digest(descriptor.digest)
+
+    return pin
+
+
 def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int:
     import uvicorn
 
@@ -231,7 +249,14 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
 
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
     backend = PrefectBackend(settings, config_path, metrics)
-    app = create_app(settings, backend, metrics, background=backend.poll_forever if metrics else None)
+    app = create_app(
+        settings,
+        backend,
+        metrics,
+        background=backend.poll_forever if metrics else None,
+        pin=registry_pinner(settings),
+        readiness=(lambda: [p] if (p := supervisor.problem()) else []) if supervisor is not None else None,
+    )
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
     uds = settings.server.uds
@@ -292,9 +317,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acceld: {exc}", file=sys.stderr)
         return 2
     runtime_env(config_path, settings.provider.work_dir)
+    # converter.limits.timeout reaches the flow's timeout through the runner's environment.
+    os.environ["ACCEL_CONVERSION_TIMEOUT"] = str(settings.converter.limits.timeout)
+    if problem := schedule_problem(settings):
+        print(f"acceld: {config_path} is invalid:\n  bulk.schedule: {problem}", file=sys.stderr)
+        return 2
     if args.runner:
         return serve_deployments(config_path, in_process=args.in_process_runs)
+    if problem := webhook_auth_problem(settings):
+        print(f"acceld: {problem}", file=sys.stderr)
+        return 2
+    for host in settings.unauthenticated_hosts():
+        log.warning("webhooks for %s are accepted WITHOUT authentication (allow_unauthenticated: true)", host)
     return run_api(args, settings, config_path)
+
+
+def schedule_problem(settings: Settings) -> str | None:
+    """Why `bulk.schedule` is no cron Prefect can run (e.g. `61 * * * *`), checked at load by Prefect's own
+    schedule model rather than when the runner registers it (and crash-loops)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    if settings.bulk.schedule is None:
+        return None
+    try:
+        CronSchedule(cron=settings.bulk.schedule)
+    except ValidationError as exc:
+        return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+    return None
+
+
+def webhook_auth_problem(settings: Settings) -> str | None:
+    """Why acceld must not start: a source host whose webhooks anyone could send (secure by default)."""
+    unprotected = settings.unprotected_hosts()
+    if not unprotected:
+        return None
+    return (
+        f"provider.source host(s) {', '.join(unprotected)} have no webhook.auth_header: anyone could start "
+        "conversions. Set webhook.auth_header (the Authorization value the registry sends), or set "
+        "webhook.allow_unauthenticated: true for that host to accept unauthenticated webhooks."
+    )
 
 
 if __name__ == "__main__":

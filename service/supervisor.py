@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -56,13 +57,34 @@ class WorkDirLock:
 
 
 class RunnerSupervisor:
-    """Keeps one `acceld --runner` child alive until stopped."""
+    """Keeps one `acceld --runner` child alive until stopped. A runner that keeps dying is restarted with
+    capped exponential backoff (`restart_delay` doubling up to `max_restart_delay`), and `problem()` says
+    so for /readyz until a restarted runner has stayed up for `healthy_after` seconds."""
 
-    def __init__(self, config_path: str, restart_delay: float = 3.0, in_process: bool = False) -> None:
-        self.command = [sys.executable, "-m", "service.acceld", "--config", config_path, "--runner"]
-        if in_process:
-            self.command.append("--in-process-runs")
+    def __init__(
+        self,
+        config_path: str,
+        restart_delay: float = 1.0,
+        max_restart_delay: float = 60.0,
+        healthy_after: float = 60.0,
+        command: list[str] | None = None,
+        in_process: bool = False,
+    ) -> None:
+        self.command = command or [
+            sys.executable,
+            "-m",
+            "service.acceld",
+            "--config",
+            config_path,
+            "--runner",
+            *(["--in-process-runs"] if in_process else []),
+        ]
         self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.healthy_after = healthy_after
+        self.failures = 0  # runner exits in a row, without a healthy run between them
+        self.last_exit: int | None = None
+        self._started_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runner-supervisor", daemon=True)
@@ -73,15 +95,48 @@ class RunnerSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command, cwd=PROJECT_ROOT, preexec_fn=_die_with_parent)
 
+    def next_delay(self) -> float:
+        """Seconds before the next restart: restart_delay × 2^(failures − 1), at most max_restart_delay."""
+        exponent = max(self.failures - 1, 0)
+        return min(self.restart_delay * (2 ** min(exponent, 32)), self.max_restart_delay)
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._proc = self._spawn()
+            self._started_at = time.monotonic()
             log.info("deployment runner started (pid %d)", self._proc.pid)
             code = self._proc.wait()
             if self._stopping.is_set():
                 return
-            log.error("deployment runner exited with %s; restarting in %.0fs", code, self.restart_delay)
-            self._stopping.wait(self.restart_delay)
+            lived = time.monotonic() - self._started_at
+            self.failures = 1 if lived >= self.healthy_after else self.failures + 1
+            self.last_exit = code
+            delay = self.next_delay()
+            log.error(
+                "deployment runner exited with %s after %.0fs (%d in a row); restarting in %.1fs",
+                code,
+                lived,
+                self.failures,
+                delay,
+            )
+            self._stopping.wait(delay)
+
+    def problem(self) -> str | None:
+        """Why the runner cannot be trusted to run conversions now; None when it is up and healthy."""
+        if self.failures == 0:
+            return None
+        proc = self._proc
+        if (
+            proc is not None
+            and proc.poll() is None
+            and time.monotonic() - self._started_at >= self.healthy_after
+        ):
+            self.failures = 0  # restarted and stayed up: healthy again
+            return None
+        return (
+            f"deployment runner exited {self.failures} time(s) in a row (last exit code {self.last_exit}); "
+            "see acceld's log"
+        )
 
     def stop(self, grace: float = 30.0) -> None:
         self._stopping.set()

@@ -41,7 +41,7 @@ SOURCE_CLOUDEVENTS = "cloudevents"
 SOURCE_DISTRIBUTION = "distribution"
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # ASCII: \w admits any Unicode letter
 
 
 class InvalidWebhook(AccelError):

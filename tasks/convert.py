@@ -10,6 +10,7 @@ from prefect.context import TaskRunContext
 
 from accel import image as img
 from accel import publish
+from accel.compression import ExpansionLimits
 from accel.context import context_for
 from accel.drivers import ConvertedLayer, LayerInput
 from accel.drivers.base import CONVERTED_LAYER_SCHEMA
@@ -18,15 +19,12 @@ from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports import Transports
 from accel.verify import VerifyError, verify_built
-from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
+from tasks.policy import layer_run_name
 
 
 @task(
     name="resolve",
     task_run_name="resolve {source}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def resolve(source: Reference, config_path: str) -> img.SourceImage:
     ctx = context_for(config_path)
@@ -37,9 +35,6 @@ def resolve(source: Reference, config_path: str) -> img.SourceImage:
 @task(
     name="pull-layer",
     task_run_name=layer_run_name("pull"),
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
@@ -62,15 +57,15 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 @task(
     name="convert-layer",
     task_run_name=layer_run_name("convert"),
-    retries=1,
-    retry_delay_seconds=2,
     cache_key_fn=_convert_cache_key,
     persist_result=True,
 )
 def convert_layer(layer: img.SourceLayer, driver_type: str, config_path: str) -> ConvertedLayer:
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
-    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store))
+    limits = ctx.settings.converter.limits
+    expansion = ExpansionLimits(max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio)
+    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
@@ -89,9 +84,6 @@ def build_image(
 @task(
     name="push",
     task_run_name="push {target_ref}",
-    retries=len(RETRY_DELAYS),
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=transient_only,
 )
 def push_image(
     image: img.BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str

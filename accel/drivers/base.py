@@ -59,6 +59,7 @@ class LayerInput:
     descriptor: Descriptor  # as in the source manifest
     diff_id: str  # from the source config; checked while the tar is read
     store: ContentStore
+    limits: compression.ExpansionLimits | None = None  # how far the tar may expand (decompression bombs)
 
     @property
     def path(self) -> Path:
@@ -67,7 +68,9 @@ class LayerInput:
     @contextlib.contextmanager
     def open_tar(self) -> Iterator[BinaryIO]:
         """The uncompressed tar stream; its digest is verified against `diff_id` when the block ends."""
-        with compression.open_uncompressed(self.path, self.descriptor.media_type, self.diff_id) as f:
+        with compression.open_uncompressed(
+            self.path, self.descriptor.media_type, self.diff_id, self.limits
+        ) as f:
             yield f
 
 

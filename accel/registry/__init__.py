@@ -15,6 +15,7 @@ from accel.registry.errors import (
     Forbidden,
     NotFound,
     RegistryError,
+    RegistryUnreachable,
     TransientRegistryError,
     is_transient,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Registry",
     "RegistryClient",
     "RegistryError",
+    "RegistryUnreachable",
     "TransientRegistryError",
     "is_loopback_host",
     "is_transient",

@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,11 +39,13 @@ from accel.registry.auth import (
     repository_scope,
 )
 from accel.registry.errors import (
+    INPUT_ERROR_CODES,
     AuthenticationError,
     BlobSizeMismatch,
     Forbidden,
     NotFound,
     RegistryError,
+    RegistryUnreachable,
     TransientRegistryError,
     is_transient_status,
 )
@@ -57,6 +61,10 @@ DEFAULT_CHUNKED_THRESHOLD = 64 << 20
 DEFAULT_CHUNK_SIZE = 16 << 20
 READ_SIZE = 1 << 20
 MAX_RETRY_AFTER = 30.0
+MAX_BACKOFF = 8.0  # seconds between two attempts, whatever the attempt number
+# Attempts after the first for a transient failure: 0.5 + 1 + 2 + 4 + 8 s of backoff before giving up,
+# about as long as the task retries this replaced, with every request retried on its own.
+DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
 _HUB_API_HOST = "registry-1.docker.io"
 
@@ -116,6 +124,29 @@ def _content_digest(algorithm_of: str, data: bytes) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
+class _TooLarge(RegistryError):
+    """A complete answer longer than the caller allows (permanent)."""
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """One line naming why a connection failed: TLS verification, DNS, refused, or httpx's own text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({seen.verify_message or seen.reason})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake failed ({seen.reason or seen})"
+        if isinstance(seen, socket.gaierror):
+            return f"host name does not resolve ({seen.strerror})"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate verification failed ({text})"
+    return text
+
+
 class RegistryClient:
     """A synchronous, thread-safe distribution client with one connection pool."""
 
@@ -124,7 +155,7 @@ class RegistryClient:
         hosts: Mapping[str, HostConfig] | None = None,
         docker_config: Path | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        retries: int = DEFAULT_RETRIES,
         user_agent: str = f"accel/{__version__}",
         *,
         backoff: float = 0.5,
@@ -267,8 +298,9 @@ class RegistryClient:
             with contextlib.closing(self._get_blob(repo_ref, desc.digest, what)) as resp:
                 try:
                     data = self._read_limited(resp, desc.size, what, repo_ref.registry)
-                except RegistryError:
+                except _TooLarge:
                     raise self._size_error(what, repo_ref.registry, f"more than {desc.size}") from None
+                # A body cut short raises TransientRegistryError from the read: retried, never a mismatch.
             if len(data) != desc.size:
                 raise self._size_error(what, repo_ref.registry, str(len(data)), desc.size)
             return dg.verify(desc.digest, data, what)
@@ -546,7 +578,7 @@ class RegistryClient:
             except TransientRegistryError as exc:
                 if number >= self._retries:
                     raise
-                delay = self._backoff * (2**number)
+                delay = min(self._backoff * (2**number), MAX_BACKOFF)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
                 log.info("%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, self._retries, delay)
@@ -582,6 +614,12 @@ class RegistryClient:
                     resp.close()
                     raise self._auth.rejection(host, scopes)
             if is_transient_status(resp.status_code):
+                code, _ = self._error_detail(resp)
+                if code in INPUT_ERROR_CODES:  # a 5xx about our own malformed request: no retry
+                    message = self._message(resp, what, registry)
+                    resp.close()
+                    raise RegistryError(message, status=resp.status_code, registry=registry, code=code)
+            if is_transient_status(resp.status_code):
                 error = TransientRegistryError(
                     self._message(resp, what, registry), status=resp.status_code, registry=registry
                 )
@@ -616,6 +654,11 @@ class RegistryClient:
         request = self._http.build_request(method, target, headers=request_headers, content=content)
         try:
             response = self._http.send(request, stream=stream, follow_redirects=method in ("GET", "HEAD"))
+        except httpx.ConnectError as exc:
+            # Refused, DNS, TLS verification: permanent (a connect *timeout* is a ConnectTimeout, transient).
+            raise RegistryUnreachable(
+                f"{what}: cannot connect to {registry}: {_connect_failure(exc)}", registry=registry
+            ) from None
         except httpx.TransportError as exc:
             # `from None`: the chained httpx error would keep the request (and its Authorization) alive.
             raise TransientRegistryError(
@@ -637,7 +680,7 @@ class RegistryClient:
         for chunk in self._stream(resp, what, registry):
             buffer += chunk
             if len(buffer) > limit:
-                raise RegistryError(f"{what}: response larger than {limit} bytes", registry=registry)
+                raise _TooLarge(f"{what}: response larger than {limit} bytes", registry=registry)
         return bytes(buffer)
 
     # --- errors ------------------------------------------------------------------------------------

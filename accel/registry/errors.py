@@ -46,7 +46,20 @@ class TransientRegistryError(RegistryError):
 
 
 class BlobSizeMismatch(RegistryError):
-    """A blob's byte count differs from its descriptor's `size`."""
+    """A blob's byte count differs from its descriptor's `size` after a complete read: permanent."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No connection could be made: refused, unknown host (DNS) or a TLS certificate that does not verify.
+    Permanent: retrying in seconds does not cure a wrong address or certificate, and the conversion fails
+    at once with this one line (a later request retries the whole conversion)."""
+
+
+# Distribution error codes that say the request itself was malformed. Some registries answer them with a
+# 5xx; retrying the same request cannot help.
+INPUT_ERROR_CODES = frozenset(
+    {"NAME_INVALID", "TAG_INVALID", "DIGEST_INVALID", "MANIFEST_INVALID", "SIZE_INVALID", "UNSUPPORTED"}
+)
 
 
 # 501 and 505 say "this server will never do that": retrying cannot help.
@@ -58,8 +71,10 @@ def is_transient_status(status: int) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures a later retry may cure; usable as a Prefect `retry_condition_fn` predicate."""
+    """True for failures a later retry may cure: 5xx (not to malformed input), 429, resets, timeouts,
+    truncated bodies. Permanent: 4xx, TLS verification, DNS failure, refused connections, digest or size
+    mismatches after a complete read, format refusals, config errors."""
     if isinstance(exc, TransientRegistryError):
         return True
     # Raw transport failures should have been wrapped, but be generous to callers using httpx directly.
-    return isinstance(exc, httpx.TransportError)
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accel.config import Settings
 from accel.plan import is_own_output, plan_conversion
+from accel.reference import Reference
 from service.api.conversions import (
     COMPLETED,
     BackendUnavailable,
@@ -52,6 +53,10 @@ from service.webhook import (
 )
 
 log = logging.getLogger("acceld.api")
+T = TypeVar("T")
+
+# Resolves a tag to the digest it names now (a registry HEAD), so a tag-only request is keyed by content.
+TagPinner = Callable[[Reference], Awaitable[Reference]]
 
 # acceld's error codes (pkg/errdefs; ERR_INVALID_ENDPOINT from its router). ERR_ALREADY_CONVERTED and
 # ERR_SAME_TAG never reach an HTTP body in acceld (it answers 200 and skips); here those pushes are answered
@@ -77,7 +82,11 @@ LOCAL_SOCKET = "accel.local_socket"
 
 DEFAULT_SYNC_TIMEOUT = 3600.0
 ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
+# A backstop: the Prefect backend answers 503 within 4 s when Prefect is silent (its first read is bounded);
+# describing many runs of a busy server may take longer than that and is not cut off before this.
+READ_WITHIN = 60.0
 MAX_LIST = 1000
+BACKGROUND_RETRY_FOR = 600.0  # seconds a pending run creation is retried while the orchestrator fails it
 
 
 class _Refused(Exception):
@@ -197,8 +206,10 @@ class Api:
         backend: ConversionBackend,
         metrics: Metrics | None,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        pin: TagPinner | None = None,
     ) -> None:
         self.settings = settings
+        self.pin = pin
         self.backend = backend
         self.metrics = metrics
         self.sync_timeout = sync_timeout
@@ -206,41 +217,124 @@ class Api:
         self._background: set[asyncio.Future[ConversionTask]] = set()
 
     async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
-        request = self.submit_request(image)
+        request = self.submit_request(await self._pinned(image))
         task = await self.backend.submit(request)
         log.info("%s push of %s → task %s", source, image.reference, task.id)
         return task
+
+    async def _pinned(self, image: PushedImage) -> PushedImage:
+        """A tag-only image pinned to the digest its tag names now: a re-pushed tag is a new conversion,
+        not the old run's answer. When the registry cannot say, the tag goes on unpinned (its run resolves
+        it, and a failed run does not block the next request)."""
+        if image.reference.digest is not None or self.pin is None:
+            return image
+        try:
+            return PushedImage(await self.pin(image.reference))
+        except Exception as exc:
+            log.warning("cannot resolve %s to a digest (%s); submitting the tag", image.reference, exc)
+            return image
+
+    async def _keep_trying(
+        self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage
+    ) -> ConversionTask | None:
+        """A creation the caller was answered `pending` for: it must not be lost when the orchestrator
+        fails it (a busy Prefect answers 503). Retried with backoff for BACKGROUND_RETRY_FOR seconds (the
+        idempotency key makes a repeat harmless); giving up is logged with the image."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKGROUND_RETRY_FOR
+        delay = 1.0
+        while True:
+            try:
+                return await job
+            except BackendUnavailable as exc:
+                if loop.time() + delay > deadline:
+                    log.error("gave up creating the conversion of %s: %s", image.reference, exc)
+                    return None
+                log.warning(
+                    "creating the conversion of %s failed (%s); retrying in %.0fs",
+                    image.reference,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                job = asyncio.ensure_future(self._submit(source, image))
+            except Exception:
+                log.exception("creating the conversion of %s failed", image.reference)
+                return None
 
     def _count(self, source: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.webhook_request(source, result)
 
+    def _authenticated(self, authorization: str | None, local: bool = False) -> bool:
+        """Whether the Authorization header is some configured host's `webhook.auth_header`. Checked
+        before the body is read; without it a request may only name hosts that explicitly allow
+        unauthenticated webhooks, so a caller without credentials learns nothing about the others. Requests
+        over the unix socket (`local`) are authorised by the socket's file permissions instead."""
+        if local:
+            return True
+        given = (authorization or "").encode()
+        secrets = [h.webhook.secret for h in self.settings.provider.source.values()]
+        # Compared with every secret (no early exit): the time taken says nothing about which matched.
+        matches = [hmac.compare_digest(given, s.encode()) for s in secrets if s is not None]
+        if any(matches):
+            return True
+        if not self.settings.unauthenticated_hosts():
+            raise self._unauthorized(authorization)
+        return False
+
+    @staticmethod
+    def _unauthorized(authorization: str | None) -> _Refused:
+        what = "missing" if not authorization else "not accepted"
+        return _Refused(401, "unauthorized", f"Authorization header {what}")
+
+    def _require_open_hosts(self, event: WebhookEvent, authorization: str | None) -> None:
+        """An unauthenticated event may name only hosts configured with `allow_unauthenticated`."""
+        open_hosts = set(self.settings.unauthenticated_hosts())
+        if any(i.registry not in open_hosts for i in event.images):
+            raise self._unauthorized(authorization)
+        if not event.images and open_hosts != set(self.settings.provider.source):
+            raise self._unauthorized(authorization)  # an event naming no image: only if no host needs auth
+
     def _check_access(
         self, images: tuple[PushedImage, ...], authorization: str | None, local: bool = False
     ) -> None:
-        """Unknown registry → 403 (never pull from one); configured auth_header not matched → 401, unless
-        the request came over the unix socket (`local`), whose file permissions decide who may call."""
+        """After authentication: unknown registry → 403 (never pull from one); a host whose auth_header
+        the header does not match → 403 (authenticated, but for another registry) — unless the request came
+        over the unix socket (`local`), whose file permissions decide who may call."""
         for registry in sorted({i.registry for i in images}):
             host = self.settings.host(registry)
-            if registry not in self.settings.provider.source:
+            if host is None:
                 raise _Refused(403, "forbidden", f"registry {registry} is not configured in provider.source")
             if local:
                 continue
-            expected = host.webhook.auth_header if host is not None else None
-            if expected is None or not expected.get_secret_value():
+            expected = host.webhook.secret
+            if expected is None:
+                if not host.webhook.allow_unauthenticated:
+                    raise _Refused(
+                        403, "forbidden", f"registry {registry} has no webhook.auth_header configured"
+                    )
                 continue
-            given = (authorization or "").encode()
-            if not hmac.compare_digest(given, expected.get_secret_value().encode()):
-                what = "missing" if not authorization else "does not match"
-                raise _Refused(401, "unauthorized", f"Authorization header {what} for registry {registry}")
+            if not hmac.compare_digest((authorization or "").encode(), expected.encode()):
+                raise _Refused(
+                    403, "forbidden", f"the Authorization header is not the one of registry {registry}"
+                )
 
     def submit_request(self, image: PushedImage) -> SubmitRequest:
         plan = plan_conversion(self.settings, image.reference)
         return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
 
     async def accept(
-        self, event: WebhookEvent, authorization: str | None, sync: bool, local: bool = False
+        self,
+        event: WebhookEvent,
+        authorization: str | None,
+        sync: bool,
+        authenticated: bool = True,
+        local: bool = False,
     ) -> JSONResponse:
+        if not authenticated:
+            self._require_open_hosts(event, authorization)
         if not event.images:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
@@ -262,8 +356,10 @@ class Api:
             # goes on in the background (the idempotency key makes a retried event harmless).
             done, pending = await asyncio.wait(submissions, timeout=self.answer_within)
             for job in pending:
-                self._background.add(job)
-                job.add_done_callback(self._background.discard)
+                image = wanted[submissions.index(job)]
+                keeper = asyncio.ensure_future(self._keep_trying(job, event.source, image))
+                self._background.add(keeper)
+                keeper.add_done_callback(self._background.discard)
             failures = [j.exception() for j in done if j.exception() is not None]
             if failures and not pending and len(failures) == len(submissions):
                 raise failures[0]  # type: ignore[misc]
@@ -295,6 +391,9 @@ class Api:
         self, request: Request, source: str, parse: Callable[[bytes, str | None], WebhookEvent]
     ) -> JSONResponse:
         try:
+            authorization = request.headers.get("authorization")
+            local = over_local_socket(request.scope)
+            authenticated = self._authenticated(authorization, local)  # before anything else is looked at
             body = await _read_body(request)
             try:
                 event = parse(body, request.headers.get("content-type"))
@@ -302,9 +401,10 @@ class Api:
                 raise _Refused(400, "invalid", str(exc)) from None
             return await self.accept(
                 event,
-                request.headers.get("authorization"),
+                authorization,
                 _flag(request.query_params.get("sync")),
-                local=over_local_socket(request.scope),
+                authenticated,
+                local=local,
             )
         except _Refused as exc:
             self._count(source, exc.result)
@@ -314,6 +414,14 @@ class Api:
             self._count(source, "unavailable")
             log.error("webhook accepted but the orchestrator is unavailable: %s", exc)
             return _error(503, f"orchestrator unavailable: {exc}")
+
+
+async def _in_time(read: Awaitable[T]) -> T:
+    """A backend read, or BackendUnavailable (503) when the orchestrator does not answer in READ_WITHIN."""
+    try:
+        return await asyncio.wait_for(read, timeout=READ_WITHIN)
+    except TimeoutError:
+        raise BackendUnavailable(f"no answer within {READ_WITHIN:g} s") from None
 
 
 def _flag(value: str | None) -> bool:
@@ -341,11 +449,15 @@ def create_app(
     *,
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
     background: Callable[[], Any] | None = None,
+    pin: TagPinner | None = None,
+    readiness: Callable[[], list[str]] | None = None,
 ) -> FastAPI:
-    """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller)."""
+    """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller); `pin`:
+    how tag-only requests learn their digest (None: they stay tag-only); `readiness`: more problems for
+    /readyz (e.g. a crash-looping runner)."""
     if metrics is None and settings.metric.enabled:
         metrics = Metrics(settings.server.name)
-    api = Api(settings, backend, metrics, sync_timeout)
+    api = Api(settings, backend, metrics, sync_timeout, pin)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -390,12 +502,12 @@ def create_app(
     async def list_conversions(limit: int = 200) -> JSONResponse:
         if not 1 <= limit <= MAX_LIST:
             return _error(400, f"limit must be between 1 and {MAX_LIST}")
-        return JSONResponse([_task_json(t) for t in await backend.list(limit)])
+        return JSONResponse([_task_json(t) for t in await _in_time(backend.list(limit))])
 
     @app.get("/api/v1/conversions/{task_id}")
     async def get_conversion(task_id: str) -> JSONResponse:
         try:
-            return JSONResponse(_task_json(await backend.get(task_id)))
+            return JSONResponse(_task_json(await _in_time(backend.get(task_id))))
         except TaskNotFound:
             return _error(404, f"no conversion task {task_id}", code=ERR_ILLEGAL_PARAMETER)
 
@@ -417,6 +529,8 @@ def create_app(
             problems += await asyncio.wait_for(backend.problems(), timeout=5)
         except TimeoutError:
             problems.append("orchestrator did not answer within 5 s")
+        if readiness is not None:
+            problems += readiness()
         if problems:
             body = {
                 "status": "not ready",

@@ -16,6 +16,16 @@ COMPLETED: Status = "COMPLETED"
 FAILED: Status = "FAILED"
 
 
+class TargetStatus(BaseModel):
+    """One driver's target in a task: its own status, and why it failed."""
+
+    driver: str
+    target: str
+    status: Status
+    reason: str = ""
+    digest: str = ""
+
+
 class ConversionTask(BaseModel):
     """acceleration-service's task fields, plus the drivers and every target when there are several."""
 
@@ -30,6 +40,7 @@ class ConversionTask(BaseModel):
     reason: str = ""
     drivers: list[str] = []
     targets: list[str] = []
+    target_status: list[TargetStatus] = []  # per driver: pushed, failed (with its reason) or processing
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -33,7 +33,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, get_state_result
 
 from accel.config import Settings
-from accel.plan import ConversionPlan, plan_conversion
+from accel.plan import ConversionPlan, attempt_key, plan_conversion
 from accel.reference import Reference
 from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from flows.convert_image import ConversionResult
@@ -45,17 +45,33 @@ from service.api.conversions import (
     ConversionTask,
     Status,
     SubmitRequest,
+    TargetStatus,
     TaskNotFound,
 )
 from service.metrics import Metrics
 
 log = logging.getLogger("acceld.prefect")
+T = TypeVar("T")
 
 FAILED_TYPES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 FINAL_TYPES = (StateType.COMPLETED, *FAILED_TYPES)
 LIVE_TYPES = (StateType.RUNNING, StateType.PENDING, StateType.CANCELLING)
 _RESULT_CACHE_LIMIT = 4096
 _PAGE = 200
+# Runs of one conversion before a repeated request stops starting new ones (each failed one is kept).
+MAX_ATTEMPTS = 100
+
+
+# A read of runs that Prefect has not answered in this time means Prefect is not answering: the API says
+# 503 rather than hang. Only the reads that find the runs are bounded; describing many runs may take longer.
+ANSWER_WITHIN = 4.0
+
+
+async def _answered(call: Awaitable[T]) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout=ANSWER_WITHIN)
+    except TimeoutError:
+        raise BackendUnavailable(f"Prefect API did not answer within {ANSWER_WITHIN:g} s") from None
 
 
 def status_of(run: FlowRun) -> Status:
@@ -128,25 +144,41 @@ class PrefectBackend:
         }
         try:
             async with self._client() as client:
-                deployment_id = await self._deployment(client)
                 try:
-                    run = await client.create_flow_run_from_deployment(
-                        deployment_id,
-                        parameters=parameters,
-                        idempotency_key=request.idempotency_key,
-                        tags=["accel", *(f"driver:{d}" for d in request.drivers)],
-                    )
+                    run = await self._create_run(client, await self._deployment(client), parameters, request)
                 except ObjectNotFound:
                     self._deployment_id = None  # deleted and re-created under a new id: look it up again
-                    deployment_id = await self._deployment(client)
-                    run = await client.create_flow_run_from_deployment(
-                        deployment_id, parameters=parameters, idempotency_key=request.idempotency_key
-                    )
+                    run = await self._create_run(client, await self._deployment(client), parameters, request)
                 return await self._task(client, run)
         except BackendUnavailable:
             raise
         except Exception as exc:  # httpx errors, 5xx from the Prefect API
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _create_run(
+        self,
+        client: PrefectClient,
+        deployment_id: uuid.UUID,
+        parameters: dict[str, Any],
+        request: SubmitRequest,
+    ) -> FlowRun:
+        """The live or COMPLETED run of this conversion, else a new one: a key whose run ended FAILED,
+        CRASHED or CANCELLED moves on to the next attempt's key, so a repeated request retries the
+        conversion while concurrent repeats still meet on one run (they walk the same keys)."""
+        run: FlowRun | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            run = await client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=parameters,
+                idempotency_key=attempt_key(request.idempotency_key, attempt),
+                tags=["accel", *(f"driver:{d}" for d in request.drivers)],
+            )
+            if run.state is None or run.state.type not in FAILED_TYPES:
+                return run
+            log.info("%s: attempt %d ended %s; trying again", request.source, attempt, run.state.type.value)
+        assert run is not None
+        log.warning("%s failed %d times; not starting another run", request.source, MAX_ATTEMPTS)
+        return run
 
     async def get(self, task_id: str) -> ConversionTask:
         try:
@@ -155,9 +187,11 @@ class PrefectBackend:
             raise TaskNotFound(task_id) from None
         async with self._client() as client:
             try:
-                run = await client.read_flow_run(run_id)
+                run = await _answered(client.read_flow_run(run_id))
             except ObjectNotFound:
                 raise TaskNotFound(task_id) from None
+            except BackendUnavailable:
+                raise
             except Exception as exc:
                 raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
             if not await self._is_conversion(client, run):
@@ -169,17 +203,21 @@ class PrefectBackend:
             async with self._client() as client:
                 runs: list[FlowRun] = []
                 while len(runs) < limit:  # the Prefect API caps a page at 200 runs
-                    page = await client.read_flow_runs(
-                        flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
-                        sort=FlowRunSort.START_TIME_DESC,
-                        limit=min(_PAGE, limit - len(runs)),
-                        offset=len(runs),
+                    page = await _answered(
+                        client.read_flow_runs(
+                            flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
+                            sort=FlowRunSort.START_TIME_DESC,
+                            limit=min(_PAGE, limit - len(runs)),
+                            offset=len(runs),
+                        )
                     )
                     runs += page
                     if len(page) < _PAGE:
                         break
                 runs.sort(key=lambda r: r.created or self.started_at, reverse=True)
                 return [await self._task(client, run) for run in runs]
+        except BackendUnavailable:
+            raise
         except Exception as exc:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -244,20 +282,23 @@ class PrefectBackend:
         targets = list(plan.target_names().values()) if plan is not None else []
         reason = ""
         source_size = target_size = 0
-        if status == COMPLETED:
-            result = await self._result(run)
-            if result is not None:
-                if result.plan is not None:  # what the run itself resolved wins over our reading
-                    drivers = list(result.plan.drivers)
-                    targets = list(result.plan.targets.values())
-                if result.targets:
-                    targets = [t.reference for t in result.targets]
-                    source_size = result.targets[0].source_size
-                    target_size = sum(t.target_size for t in result.targets)
-                if result.skipped:
-                    reason = result.skipped
-        elif status == FAILED and run.state is not None:
+        result = await self._result(run) if status != PROCESSING else None
+        if result is not None:
+            if result.plan is not None:  # what the run itself resolved wins over our reading
+                drivers = list(result.plan.drivers)
+                targets = list(result.plan.targets.values())
+            if result.targets:
+                source_size = result.targets[0].source_size
+                target_size = sum(t.target_size for t in result.targets)
+            if result.skipped:
+                reason = result.skipped
+        if status == FAILED and run.state is not None:
             reason = run.state.message or run.state.name
+        per_target = _target_status(
+            status, reason, drivers, dict(zip(drivers, targets, strict=False)), result
+        )
+        if result is not None and (result.targets or result.failed):
+            targets = [t.target for t in per_target]
         if status != PROCESSING:
             await self._observe(client, run, drivers)
         return ConversionTask(
@@ -272,6 +313,7 @@ class PrefectBackend:
             status=status,
             reason=reason,
             drivers=drivers,
+            target_status=per_target,
         )
 
     # --- metrics from run states --------------------------------------------------------------------
@@ -329,6 +371,34 @@ class PrefectBackend:
                 raise
             except Exception as exc:
                 log.debug("metrics poll failed: %s", exc)
+
+
+def _target_status(
+    status: Status,
+    reason: str,
+    drivers: list[str],
+    names: dict[str, str],
+    result: ConversionResult | None,
+) -> list[TargetStatus]:
+    """Each driver's target with its own status: from the run's result when it has one (pushed targets
+    COMPLETED, failed ones FAILED with their reason), else the run's status for every planned target."""
+    if result is not None and (result.targets or result.failed):
+        pushed = [
+            TargetStatus(driver=t.driver, target=t.reference, status=COMPLETED, digest=t.digest)
+            for t in result.targets
+        ]
+        failed = [
+            TargetStatus(driver=f.driver, target=f.reference, status=FAILED, reason=f.reason)
+            for f in result.failed
+        ]
+        order = {d: i for i, d in enumerate(drivers)}
+        return sorted(pushed + failed, key=lambda t: order.get(t.driver, len(order)))
+    return [
+        TargetStatus(
+            driver=d, target=names.get(d, ""), status=status, reason=reason if status == FAILED else ""
+        )
+        for d in drivers
+    ]
 
 
 async def fail_orphaned_runs(deployment_names: Iterable[str], reason: str) -> list[uuid.UUID]:

@@ -301,7 +301,8 @@ def test_accelctl_task_commands(acceld, registry, source_store):
 
     listed = _accelctl(acceld, "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    mine = [t for t in json.loads(listed.stdout) if t["source"] == f"{ref.name}:{ref.tag}"]
+    # A tag-only request is pinned to the digest its tag named when it arrived.
+    mine = [t for t in json.loads(listed.stdout) if t["source"] == str(ref)]
     assert len(mine) == 1 and mine[0]["status"] == "COMPLETED"
 
     got = _accelctl(acceld, "get", mine[0]["id"])

@@ -15,6 +15,7 @@ import datetime as dt
 import http.client
 import http.server
 import json
+import random
 import re
 import secrets
 import shutil
@@ -369,6 +370,8 @@ class Fault:
     tamper: bool
     times: int
     hits: int = 0
+    truncate: bool = False  # announce the whole body, send half of it, close the connection
+    code: str = "UNKNOWN"  # the distribution error code of a `status` answer
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -398,6 +401,8 @@ class FaultProxy:
         self.hits: list[ProxyHit] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._random_rate = 0.0
+        self._random = random.Random(0)
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
@@ -415,20 +420,30 @@ class FaultProxy:
         status: int | None = None,
         reset: bool = False,
         tamper: bool = False,
+        truncate: bool = False,
         method: str | None = None,
         times: int = 1,
+        code: str = "UNKNOWN",
     ) -> Fault:
-        if (status is not None) + reset + tamper != 1:
-            raise ValueError("choose exactly one of status, reset, tamper")
-        fault = Fault(re.compile(path), method, status, reset, tamper, times)
+        if (status is not None) + reset + tamper + truncate != 1:
+            raise ValueError("choose exactly one of status, reset, tamper, truncate")
+        fault = Fault(re.compile(path), method, status, reset, tamper, times, truncate=truncate, code=code)
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    def fail_randomly(self, rate: float, seed: int = 0) -> None:
+        """Besides explicit faults, answer a `rate` share of all requests with a 503, a reset or a body cut
+        in half (one of the three at random); 0 turns it off."""
+        with self._lock:
+            self._random_rate = rate
+            self._random = random.Random(seed)
 
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
             self.hits.clear()
+            self._random_rate = 0.0
 
     def count(self, path: str = "", method: str | None = None) -> int:
         pattern = re.compile(path)
@@ -455,6 +470,17 @@ class FaultProxy:
                 if fault.matches(method, path):
                     fault.hits += 1
                     return fault
+            if self._random_rate and self._random.random() < self._random_rate:
+                kind = self._random.choice(["status", "reset", "truncate"])
+                return Fault(
+                    re.compile(""),
+                    None,
+                    503 if kind == "status" else None,
+                    kind == "reset",
+                    False,
+                    1,
+                    truncate=kind == "truncate",
+                )
         return None
 
     def _record(self, hit: ProxyHit) -> None:
@@ -493,7 +519,7 @@ class FaultProxy:
                     return
                 if fault is not None and fault.status is not None:
                     proxy._record(ProxyHit(method, path, fault.status, True))
-                    doc = {"errors": [{"code": "UNKNOWN", "message": "fault injected by test proxy"}]}
+                    doc = {"errors": [{"code": fault.code, "message": "fault injected by test proxy"}]}
                     self._reply(
                         fault.status, [("Content-Type", "application/json")], json.dumps(doc).encode()
                     )
@@ -502,6 +528,10 @@ class FaultProxy:
                 if fault is not None and fault.tamper and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
                 proxy._record(ProxyHit(method, path, status, fault is not None))
+                if fault is not None and fault.truncate and len(data) > 1:
+                    self._reply(status, headers, data, send=len(data) // 2)
+                    self.close_connection = True
+                    return
                 self._reply(status, headers, data)
 
             def _forward(self, method: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -517,7 +547,9 @@ class FaultProxy:
                 finally:
                     conn.close()
 
-            def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+            def _reply(
+                self, status: int, headers: list[tuple[str, str]], data: bytes, send: int | None = None
+            ) -> None:
                 self.send_response_only(status)
                 upstream_length = None
                 for key, value in headers:
@@ -530,7 +562,7 @@ class FaultProxy:
                 self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    self.wfile.write(data if send is None else data[:send])
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

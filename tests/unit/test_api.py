@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -9,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from accel.config import load_settings
-from service.api import create_app
+from service.api import BackendUnavailable, create_app
 from service.metrics import Metrics
 from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
 
@@ -23,7 +24,10 @@ def settings(tmp_path):
     return load_settings(
         {
             "provider": {
-                "source": {HOST: {"webhook": {"auth_header": SECRET}}, OPEN_HOST: {}},
+                "source": {
+                    HOST: {"webhook": {"auth_header": SECRET}},
+                    OPEN_HOST: {"webhook": {"allow_unauthenticated": True}},
+                },
                 "work_dir": str(tmp_path / "work"),
             },
             "converter": {
@@ -108,10 +112,21 @@ def test_cloudevents_push(client, backend):
 
 
 def test_non_push_events_are_acknowledged_and_ignored(client, backend):
+    auth = {"Authorization": SECRET}
+    r = client.post(
+        "/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1", kind="PULL_ARTIFACT"), headers=auth
+    )
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    pulled = cloudevent(f"{HOST}/a/b:v1", kind="harbor.artifact.pulled")
+    r = client.post("/api/v1/conversions", json=pulled, headers=auth)
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert backend.requests == []
+
+
+def test_non_push_events_need_auth_too(client, backend):
+    """Not even an acknowledgement without credentials while some host requires them."""
     r = client.post("/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1", kind="PULL_ARTIFACT"))
-    assert r.status_code == 200 and r.json()["status"] == "ignored"
-    r = client.post("/api/v1/conversions", json=cloudevent(f"{HOST}/a/b:v1", kind="harbor.artifact.pulled"))
-    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert r.status_code == 401
     assert backend.requests == []
 
 
@@ -132,9 +147,69 @@ def test_auth_header(client, backend, headers, status):
 
 
 def test_unknown_host_is_forbidden(client, backend):
-    r = client.post("/api/v1/conversions", json=harbor("evil.example.com/library/app:v1"))
+    r = client.post(
+        "/api/v1/conversions",
+        json=harbor("evil.example.com/library/app:v1"),
+        headers={"Authorization": SECRET},
+    )
     assert r.status_code == 403
     assert "evil.example.com" in r.json()["reason"]
+    assert backend.requests == []
+
+
+def test_unauthenticated_callers_cannot_tell_configured_hosts(client, backend):
+    """Authentication comes first: an unknown host and a configured one get the same 401 without auth."""
+    unknown = client.post("/api/v1/conversions", json=harbor("evil.example.com/library/app:v1"))
+    configured = client.post("/api/v1/conversions", json=harbor(f"{HOST}/library/app:v1"))
+    assert unknown.status_code == configured.status_code == 401
+    assert unknown.json() == configured.json()
+    assert "evil.example.com" not in unknown.text and HOST not in configured.text
+    assert backend.requests == []
+
+
+def test_a_host_secret_does_not_open_another_host(tmp_path, backend):
+    two_hosts = load_settings(
+        {
+            "provider": {
+                "source": {
+                    HOST: {"webhook": {"auth_header": SECRET}},
+                    "other.test": {"webhook": {"auth_header": "Bearer other"}},
+                },
+                "work_dir": str(tmp_path / "work"),
+            },
+            "converter": {"driver": {"type": "estargz"}},
+        }
+    )
+    with TestClient(create_app(two_hosts, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor("other.test/a/b:v1"), headers={"Authorization": SECRET})
+        assert r.status_code == 403
+        r = c.post(
+            "/api/v1/conversions", json=harbor("other.test/a/b:v1"), headers={"Authorization": "Bearer other"}
+        )
+        assert r.status_code == 202
+    assert len(backend.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", json.dumps(harbor("evil.example.com/a/b:v1")).encode()]
+)
+def test_without_open_hosts_everything_unauthenticated_is_401(tmp_path, backend, body):
+    """With no host open to unauthenticated webhooks, the header is checked before the body is read."""
+    secured = load_settings(
+        {
+            "provider": {
+                "source": {HOST: {"webhook": {"auth_header": SECRET}}},
+                "work_dir": str(tmp_path / "work"),
+            },
+            "converter": {"driver": {"type": "estargz"}},
+        }
+    )
+    with TestClient(create_app(secured, backend)) as c:
+        for path in ("/api/v1/conversions", "/api/v1/notifications/distribution"):
+            r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 401, (path, r.text)
+            huge = c.post(path, content=body, headers={"Content-Length": str(1 << 30)})
+            assert huge.status_code in (401, 400)
     assert backend.requests == []
 
 
@@ -227,3 +302,65 @@ def test_malformed_bodies_get_4xx_with_reason(client, backend, body):
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
     assert r.json()["reason"]
     assert backend.requests == []
+
+
+class _SilentBackend(FakeBackend):
+    """An orchestrator that accepts connections but never answers reads."""
+
+    async def get(self, task_id):
+        await asyncio.sleep(3600)
+
+    async def list(self, limit):
+        await asyncio.sleep(3600)
+
+
+def test_reads_answer_503_when_the_orchestrator_does_not_answer(settings, monkeypatch):
+    import service.api.app as app_module
+
+    monkeypatch.setattr(app_module, "READ_WITHIN", 0.2)
+    with TestClient(create_app(settings, _SilentBackend())) as c:
+        listed = c.get("/api/v1/conversions")
+        got = c.get("/api/v1/conversions/task-0")
+    for r in (listed, got):
+        assert r.status_code == 503, r.text
+        assert "orchestrator unavailable" in r.json()["reason"]
+
+
+def test_readyz_reports_extra_problems(settings, backend):
+    problems = ["deployment runner exited 3 time(s) in a row (last exit code 1); see acceld's log"]
+    with TestClient(create_app(settings, backend, readiness=lambda: problems)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and problems[0] in r.json()["problems"]
+    with TestClient(create_app(settings, backend, readiness=list)) as c:
+        assert c.get("/readyz").status_code == 200
+
+
+class _BusyBackend(FakeBackend):
+    """Slow, then failing its first `failures` creations as a busy Prefect does (503), then fine."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def submit(self, request):
+        self.requests.append(request)
+        while self.gate is not None and not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        if self.failures > 0:
+            self.failures -= 1
+            raise BackendUnavailable("Server error '503 Service Unavailable'")
+        self.requests.pop()
+        return await super().submit(request)
+
+
+def test_a_pending_creation_that_fails_is_retried_not_lost(settings, metrics):
+    backend = _BusyBackend(failures=2)
+    backend.gate = threading.Event()
+    app = create_app(settings, backend, metrics)
+    app.state.api.answer_within = 0.2
+    with TestClient(app) as client:
+        r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
+        assert r.status_code == 202 and r.json()["pending"] == [f"{OPEN_HOST}/a/b:v1@{DIGEST}"]
+        backend.gate.set()
+        wait_until(lambda: len(backend.tasks) == 1, timeout=60, what="the creation after two failures")
+    assert backend.failures == 0

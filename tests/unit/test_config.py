@@ -161,3 +161,21 @@ def test_sample_configs_load_with_their_driver_suffix_cache_and_options(driver_t
     plan = plan_conversion(settings, Reference.parse("localhost:5000/library/app:v1"))
     assert plan.target_names() == {driver_type: f"localhost:5000/library/app:v1-{driver_type}"}
     assert str(plan.cache) == f"localhost:5000/library/app:{driver_type}-cache"
+
+
+def test_webhook_hosts_by_authentication():
+    settings = load_settings(
+        {
+            "provider": {
+                "source": {
+                    "secured.test": {"webhook": {"auth_header": "Bearer x"}},
+                    "open.test": {"webhook": {"allow_unauthenticated": True}},
+                    "empty.test": {"webhook": {"auth_header": ""}},
+                    "bare.test": None,
+                }
+            },
+            "converter": {"driver": {"type": "estargz"}},
+        }
+    )
+    assert settings.unauthenticated_hosts() == ["open.test"]
+    assert settings.unprotected_hosts() == ["bare.test", "empty.test"]

@@ -13,11 +13,13 @@ import pytest
 from accel.reference import Reference
 from accel.registry import (
     AuthenticationError,
+    BlobSizeMismatch,
     Credential,
     DockerConfig,
     HostConfig,
     NotFound,
     RegistryClient,
+    RegistryUnreachable,
     TransientRegistryError,
     is_loopback_host,
     is_transient,
@@ -251,8 +253,13 @@ def test_token_server_rejecting_credentials_is_an_authentication_error():
 
 def test_is_transient():
     assert is_transient(TransientRegistryError("x", status=503))
-    assert is_transient(httpx.ConnectError("refused"))
     assert is_transient(httpx.ReadTimeout("slow"))
+    assert is_transient(httpx.ConnectTimeout("slow to connect"))
+    assert is_transient(httpx.RemoteProtocolError("peer closed connection without sending complete body"))
+    # Refused, DNS failure, TLS verification: no retry cures them in seconds.
+    assert not is_transient(httpx.ConnectError("refused"))
+    assert not is_transient(RegistryUnreachable("x"))
+    assert not is_transient(BlobSizeMismatch("x"))
     assert not is_transient(NotFound("x", status=404))
     assert not is_transient(AuthenticationError("x", status=401))
     assert not is_transient(ValueError("x"))

@@ -17,6 +17,8 @@ from accel.reference import Reference
 from service.api import create_app
 from tests.harness.api import FakeBackend, harbor
 
+# Webhooks without auth must be allowed explicitly (acceld is secure by default).
+OPEN = {"webhook": {"allow_unauthenticated": True}}
 HARBOR = "harbor.test:8443"
 OTHER = "open.test"
 DIGEST = "sha256:" + "ab" * 32
@@ -31,7 +33,10 @@ LIBRARY_RULE = {
 def _settings(tmp_path, converter: dict[str, Any]) -> Settings:
     return load_settings(
         {
-            "provider": {"source": {HARBOR: {}, OTHER: {}}, "work_dir": str(tmp_path / "work")},
+            "provider": {
+                "source": {HARBOR: OPEN, OTHER: OPEN},
+                "work_dir": str(tmp_path / "work"),
+            },
             "converter": converter,
         }
     )

@@ -1,0 +1,110 @@
+"""The embedded default under load (issue 9): acceld on a Prefect server with its default SQLite database,
+`worker: 5`, 30 webhook pushes in a few seconds → all converted, none duplicated, no `database is locked`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from accel.store import ContentStore
+from tests.e2e.test_acceld import AUTH, assert_converted, harbor_payload, push_image, wait_task
+from tests.harness import registry as harness
+from tests.harness.api import wait_until
+from tests.harness.services import SUFFIX, WEBHOOK_SECRET, Acceld, PrefectServer, tail
+
+pytestmark = [pytest.mark.registry, pytest.mark.prefect]
+
+BURST = 30
+
+
+@pytest.fixture(scope="module")
+def sqlite_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-sqlite"))  # no database URL: SQLite
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_acceld(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_prefect: PrefectServer, registry: harness.RegistryServer
+) -> Iterator[Acceld]:
+    workdir: Path = tmp_path_factory.mktemp("acceld-sqlite")
+    settings = {
+        "server": {"name": "API", "host": "127.0.0.1", "port": harness.free_port()},
+        "provider": {
+            "source": {registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}}},
+            "work_dir": str(workdir / "work"),
+        },
+        "converter": {
+            "worker": 5,
+            "driver": {"type": "estargz", "config": {"compression_level": 1}},
+            "rules": [{"tag_suffix": SUFFIX}],
+        },
+    }
+    service = Acceld(workdir, sqlite_prefect, settings)
+    service.start()
+    yield service
+    service.stop()
+    print(tail(service.log_path, 3000))
+
+
+def _tasks_for(acceld: Acceld, ref) -> list[dict]:
+    """Tasks of `ref`; none while the list answers 503 (a busy SQLite server may be slow to list)."""
+    r = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=120)
+    if r.status_code != 200:
+        return []
+    return [t for t in r.json() if t["source"].startswith(f"{ref.name}:")]
+
+
+@pytest.fixture(scope="module")
+def burst(sqlite_acceld, sqlite_prefect, registry, tmp_path_factory) -> dict:
+    """30 webhook pushes sent within a few seconds, every task waited for; the refs, tasks and logs."""
+    store = ContentStore(tmp_path_factory.mktemp("burst-source"))
+    refs = [push_image(registry.host, store, tag=f"b{i}", seed=500 + i) for i in range(BURST)]
+
+    def send(ref):
+        r = httpx.post(
+            f"{sqlite_acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30
+        )
+        return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(send, refs))
+    listed = {
+        str(ref): wait_until(
+            lambda ref=ref: _tasks_for(sqlite_acceld, ref), timeout=300, what=f"a task for {ref}"
+        )
+        for ref in refs
+    }
+    finished = [wait_task(sqlite_acceld, tasks[0]["id"], timeout=600) for tasks in listed.values()]
+    # Listed again once all are done: a duplicate created late would show here.
+    final = {str(ref): _tasks_for(sqlite_acceld, ref) for ref in refs}
+    logs = sqlite_acceld.log() + sqlite_prefect.log_path.read_text(errors="replace")
+    return {"refs": refs, "statuses": statuses, "finished": finished, "final": final, "logs": logs}
+
+
+def test_a_burst_on_the_embedded_sqlite_default_converts_everything_once(burst):
+    assert burst["statuses"] == [202] * BURST
+    assert [t["status"] for t in burst["finished"]] == ["COMPLETED"] * BURST, [
+        t["reason"] for t in burst["finished"]
+    ]
+    assert all(len(tasks) == 1 for tasks in burst["final"].values()), burst["final"]  # none duplicated
+    for ref in burst["refs"]:
+        assert_converted(ref)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Prefect 3.9's SQLite orchestration opens DEFERRED transactions that read, then insert the new "
+    "state (flow_run_state): when another writer commits in between, SQLite answers SQLITE_BUSY at once "
+    "(busy_timeout does not apply to a read→write upgrade in WAL mode), so the server logs `database is "
+    "locked` (~100 per 30-push burst) although its clients retry and nothing is lost. Not fixed here: "
+    "scale-out mode (PostgreSQL) has no such errors.",
+)
+def test_a_burst_on_the_embedded_sqlite_default_logs_no_lock_errors(burst):
+    assert burst["logs"].count("database is locked") == 0
