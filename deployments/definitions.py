@@ -30,7 +30,6 @@ TAGS = ("accel",)
 # What the config parameter of every deployment is bound to when rendered for prefect.yaml: workers and
 # `prefect deploy` read the config path from their environment.
 CONFIG_FROM_ENV = "{{ $ACCEL_CONFIG }}"
-RESULTS_DIR_FROM_ENV = "{{ $ACCEL_RESULTS_DIR }}"
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,6 @@ def definitions(settings: Settings | None = None) -> tuple[DeploymentDefinition,
                 parameters={"source": "{{ event.payload.source }}"},
             ),
         ),
-        worker_env={
-            # acceld reads sizes and targets from persisted flow results; workers and acceld must share
-            # this storage (a shared volume, or a remote result storage block).
-            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-            "PREFECT_LOCAL_STORAGE_PATH": RESULTS_DIR_FROM_ENV,
-        },
     )
     bulk = DeploymentDefinition(
         flow_name=BULK_FLOW,

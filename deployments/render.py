@@ -41,8 +41,8 @@ HEADER = """\
 #   resource: {"prefect.resource.id": "harbor.artifact.<host>/<repo>@<digest>"}
 #   payload:  {"source": "<host>/<repo>:<tag>@<digest>"}
 #
-# acceld reads sizes and targets from persisted flow results: workers and acceld must share the result
-# storage (PREFECT_LOCAL_STORAGE_PATH = $ACCEL_RESULTS_DIR, a shared volume, or a remote storage block).
+# acceld reads sizes and targets from each run's result artifact (JSON, through the Prefect API): workers
+# and acceld share nothing but the Prefect server, the registries and the config.
 # Workers run flows from the checkout in $ACCEL_HOME (or an image that contains it).
 """
 

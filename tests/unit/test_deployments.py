@@ -71,3 +71,26 @@ def test_render_with_a_config_uses_its_schedule(tmp_path):
     )
     _, bulk = yaml.safe_load(render(str(config)))["deployments"]
     assert bulk["schedules"][0]["cron"] == "0 1 * * *"
+
+
+def test_run_form_lists_every_driver_and_describes_every_parameter():
+    from accel.drivers import DRIVER_TYPES
+    from flows.convert_image import convert_image
+
+    properties = convert_image.parameters.model_dump()["properties"]
+    assert all(properties[name].get("description") for name in properties), properties
+    [array, _null] = properties["drivers"]["anyOf"]
+    assert array["items"]["enum"] == list(DRIVER_TYPES)
+
+
+def test_artifact_keys_are_per_image_and_what_prefect_accepts():
+    import re
+
+    from flows.convert_image import artifact_key
+
+    digest = "sha256:" + "abcdef0123456789" * 4
+    assert (
+        artifact_key("r.example:5000/team/my_app.v2:v1", digest) == "conversion-team-my-app-v2-abcdef012345"
+    )
+    assert artifact_key("r.example/a/b:v1", "") == "conversion-a-b-unresolved"
+    assert re.fullmatch(r"[a-z0-9-]+", artifact_key("not a reference", digest))
