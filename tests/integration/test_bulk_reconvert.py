@@ -63,6 +63,13 @@ def test_bulk_converts_missing_then_nothing_then_only_the_new_tag(
         f"estargz: v2{SUFFIX} missing",
     ]
     assert sorted(client.list_tags(base)) == ["v1", "v2"]
+    # The run's artifact lists each stale image, pinned, and why.
+    markdown = _latest_bulk_artifact()
+    assert markdown.startswith("# dry run: nothing converted")
+    for tag in ("v1", "v2"):
+        assert (
+            f"| `{repository}:{tag}@{digests[tag]}` | estargz | estargz: {tag}{SUFFIX} missing |" in markdown
+        )
 
     first = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
     assert sorted(first.runs) == [f"{repository}:v1{SUFFIX}", f"{repository}:v2{SUFFIX}"]
@@ -112,3 +119,19 @@ def test_bulk_without_a_deployment_falls_back_to_subflows(
 
     assert result.runs == [f"{repository}:v1{SUFFIX}"]
     assert _made_from(client, base.with_tag(f"v1{SUFFIX}")) == digest
+
+
+def _latest_bulk_artifact() -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.bulk_reconvert import ARTIFACT_KEY
+
+    with get_client(sync_client=True) as prefect:
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifact.data)
