@@ -12,7 +12,7 @@ DEFAULT_BULK_SCHEDULE (or with `--config FILE`, from that file's `bulk.schedule`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from accel.config import ConverterSettings, Settings
 
@@ -27,15 +27,13 @@ DEFAULT_CONCURRENCY = ConverterSettings.model_fields["worker"].default  # conver
 PUSHED_EVENT = "harbor.artifact.pushed"
 TAGS = ("accel",)
 
-# What the config parameter of every deployment is bound to when rendered for prefect.yaml: workers and
-# `prefect deploy` read the config path from their environment.
-CONFIG_FROM_ENV = "{{ $ACCEL_CONFIG }}"
+# prefect.yaml binds no config: a work-pool flow run reads ACCEL_CONFIG from its worker's environment, so each
+# worker can have its own config (its own work_dir) and `prefect deploy` needs none.
 
 
 @dataclass(frozen=True)
 class EventTrigger:
-    """A Prefect event that starts a run; `parameters` are Jinja templates over the event (the deployment's
-    own parameters, e.g. `config`, are added to them)."""
+    """A Prefect event that starts a run; `parameters` are Jinja templates over the event."""
 
     event: str
     resource_id: str  # glob over `prefect.resource.id`
@@ -51,8 +49,6 @@ class DeploymentDefinition:
     concurrency_limit: int | None = None
     schedule: str | None = None  # cron, UTC
     triggers: tuple[EventTrigger, ...] = ()
-    # Environment a work-pool worker gives the flow run process (besides ACCEL_CONFIG).
-    worker_env: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = TAGS
 
     @property
@@ -69,6 +65,7 @@ class DeploymentDefinition:
         return f"{self.module.replace('.', '/')}.py:{self.function}"
 
     def parameters(self, config: str) -> dict[str, str]:
+        """acceld's served deployments: runs use the config acceld was started with."""
         return {"config": config}
 
 

@@ -14,11 +14,7 @@ from typing import Any
 import yaml
 
 from accel.config import load_file
-from deployments.definitions import (
-    CONFIG_FROM_ENV,
-    DeploymentDefinition,
-    definitions,
-)
+from deployments.definitions import DeploymentDefinition, definitions
 
 PREFECT_VERSION = "3.9.1"
 WORK_POOL = "accel"
@@ -30,8 +26,10 @@ HEADER = """\
 # started with `prefect worker start --pool accel`, and `acceld --no-serve` for the HTTP API.
 #
 #   prefect work-pool create accel --type process
-#   ACCEL_CONFIG=/etc/accel/config.yaml prefect deploy --all
+#   ACCEL_HOME=/opt/accel prefect deploy --all
 #   ACCEL_CONFIG=/etc/accel/config.yaml prefect worker start --pool accel --limit 5
+#
+# Flow runs read the config from their worker's ACCEL_CONFIG, so workers may differ (e.g. in work_dir).
 #
 # In the single-process mode acceld serves the same two deployments itself (same names), so the two modes
 # are interchangeable for anything that starts runs by deployment name.
@@ -42,23 +40,20 @@ HEADER = """\
 #   payload:  {"source": "<host>/<repo>:<tag>@<digest>"}
 #
 # acceld reads sizes and targets from each run's result artifact (JSON, through the Prefect API): workers
-# and acceld share nothing but the Prefect server, the registries and the config.
+# and acceld share nothing but the Prefect server and the registries.
 # Workers run flows from the checkout in $ACCEL_HOME (or an image that contains it).
 """
 
 
 def _deployment(definition: DeploymentDefinition) -> dict[str, Any]:
-    parameters = definition.parameters(CONFIG_FROM_ENV)
+    # No `config` parameter and no ACCEL_CONFIG in the job's env: the flow run inherits the worker's.
     out: dict[str, Any] = {
         "name": definition.name,
         "entrypoint": definition.path_entrypoint,
         "description": definition.description,
         "tags": list(definition.tags),
-        "parameters": parameters,
-        "work_pool": {
-            "name": WORK_POOL,
-            "job_variables": {"env": {"ACCEL_CONFIG": CONFIG_FROM_ENV, **definition.worker_env}},
-        },
+        "parameters": {},
+        "work_pool": {"name": WORK_POOL},
     }
     if definition.concurrency_limit is not None:
         out["concurrency_limit"] = definition.concurrency_limit
@@ -69,7 +64,7 @@ def _deployment(definition: DeploymentDefinition) -> dict[str, Any]:
                 "enabled": True,
                 "match": {"prefect.resource.id": trigger.resource_id},
                 "expect": [trigger.event],
-                "parameters": {**trigger.parameters, **parameters},
+                "parameters": dict(trigger.parameters),
             }
             for trigger in definition.triggers
         ]

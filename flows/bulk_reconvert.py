@@ -193,7 +193,8 @@ def bulk_reconvert(
             try:
                 run = run_deployment(
                     CONVERT_DEPLOYMENT,
-                    parameters=parameters,
+                    # The run uses its own runner's config: it may run on another worker.
+                    parameters={k: v for k, v in parameters.items() if k != "config"},
                     timeout=0,
                     idempotency_key=_idempotency_key(context_for(config_path).settings, image, scope),
                     as_subflow=True,  # the UI shows each conversion as a child of this run

@@ -132,10 +132,11 @@ class PrefectBackend:
     # --- the backend protocol -------------------------------------------------------------------------
 
     async def submit(self, request: SubmitRequest) -> ConversionTask:
+        # No `config`: the run uses its runner's (acceld binds its own as the served deployment's default;
+        # a work-pool worker has ACCEL_CONFIG), so workers can differ from acceld in work_dir.
         parameters: dict[str, Any] = {
             "source": str(request.source),
             "drivers": list(request.drivers),
-            "config": self.config_path,
             "target_repository": request.target_repository,
         }
         try:

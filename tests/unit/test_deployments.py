@@ -46,10 +46,12 @@ def test_prefect_yaml_declares_schedule_trigger_and_limits_from_the_definitions(
     assert convert["concurrency_limit"] == DEFAULT_CONCURRENCY == 5
     assert "schedules" not in convert
     assert bulk["schedules"] == [{"cron": DEFAULT_BULK_SCHEDULE, "timezone": "UTC", "active": True}]
-    assert all(d["parameters"] == {"config": "{{ $ACCEL_CONFIG }}"} for d in (convert, bulk))
+    # No config is baked in at deploy time: each worker's ACCEL_CONFIG applies (own work_dir per worker).
+    assert all(d["parameters"] == {} and d["work_pool"] == {"name": "accel"} for d in (convert, bulk))
+    assert "ACCEL_CONFIG" not in render().split("deployments:", 1)[1]
     [trigger] = convert["triggers"]
     assert trigger["expect"] == ["harbor.artifact.pushed"]
-    assert trigger["parameters"] == {"source": "{{ event.payload.source }}", "config": "{{ $ACCEL_CONFIG }}"}
+    assert trigger["parameters"] == {"source": "{{ event.payload.source }}"}
     # What `prefect deploy` builds from it.
     parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
     assert parsed.expect == {"harbor.artifact.pushed"}
