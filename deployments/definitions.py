@@ -31,6 +31,49 @@ TAGS = ("accel",)
 # worker can have its own config (its own work_dir) and `prefect deploy` needs none.
 
 
+# Crashed-run detection in the work-pool mode: a flow run process sends a heartbeat event every
+# HEARTBEAT_SECONDS (Prefect's minimum); when a worker machine dies with its runs, the heartbeats stop and the
+# automation below marks the run CRASHED, so it is not left RUNNING forever (a re-sent webhook then starts a
+# new run on a surviving worker). In the single-process mode acceld fails such runs itself when it restarts.
+HEARTBEAT_SECONDS = 30
+MISSED_HEARTBEATS = 3
+CRASHED_RUN_AUTOMATION = "accel: crash runs whose process died"
+
+
+def crashed_run_automation() -> dict[str, object]:
+    """The automation (`prefect automation create --from-file`) that marks an accel run whose heartbeats
+    stopped as CRASHED."""
+    seconds = HEARTBEAT_SECONDS * MISSED_HEARTBEATS
+    return {
+        "name": CRASHED_RUN_AUTOMATION,
+        "description": f"An accel flow run with no heartbeat for {seconds} s lost its process (worker died).",
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            # Any later event of the run: another heartbeat, or its final state.
+            "expect": ["prefect.flow-run.*"],
+            "for_each": ["prefect.resource.id"],
+            "match": {"prefect.resource.id": "prefect.flow-run.*"},
+            "match_related": {
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{TAGS[0]}",
+            },
+            "threshold": 1,
+            "within": seconds,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "name": "Crashed",
+                "message": f"no heartbeat for {seconds} s: the worker or the flow run process died",
+            }
+        ],
+    }
+
+
 @dataclass(frozen=True)
 class EventTrigger:
     """A Prefect event that starts a run; `parameters` are Jinja templates over the event."""

@@ -42,6 +42,7 @@ from accel.plan import ConversionPlan, plan_conversion
 from accel.reference import Reference
 from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult
+from flows.duplicates import DUPLICATE_TAG
 from service.api.conversions import (
     COMPLETED,
     FAILED,
@@ -191,6 +192,8 @@ class PrefectBackend:
                     runs += page
                     if len(page) < _PAGE:
                         break
+                # A run that skipped as a duplicate (the event trigger fired twice) is not a task of its own.
+                runs = [r for r in runs if DUPLICATE_TAG not in (r.tags or [])]
                 runs.sort(key=lambda r: r.created or self.started_at, reverse=True)
                 return [await self._task(client, run) for run in runs]
         except Exception as exc:

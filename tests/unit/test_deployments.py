@@ -47,7 +47,7 @@ def test_prefect_yaml_declares_schedule_trigger_and_limits_from_the_definitions(
     assert "schedules" not in convert
     assert bulk["schedules"] == [{"cron": DEFAULT_BULK_SCHEDULE, "timezone": "UTC", "active": True}]
     # No config is baked in at deploy time: each worker's ACCEL_CONFIG applies (own work_dir per worker).
-    assert all(d["parameters"] == {} and d["work_pool"] == {"name": "accel"} for d in (convert, bulk))
+    assert all(d["parameters"] == {} and d["work_pool"]["name"] == "accel" for d in (convert, bulk))
     assert "ACCEL_CONFIG" not in render().split("deployments:", 1)[1]
     [trigger] = convert["triggers"]
     assert trigger["expect"] == ["harbor.artifact.pushed"]
@@ -96,3 +96,17 @@ def test_artifact_keys_are_per_image_and_what_prefect_accepts():
     )
     assert artifact_key("r.example/a/b:v1", "") == "conversion-a-b-unresolved"
     assert re.fullmatch(r"[a-z0-9-]+", artifact_key("not a reference", digest))
+
+
+def test_checked_in_automations_are_the_rendering_and_prefect_accepts_them():
+    from prefect.events.schemas.automations import AutomationCore
+
+    from deployments.render import render_automations
+
+    assert (REPO / "prefect-automations.yaml").read_text() == render_automations(), (
+        "run: python -m deployments.render --automations > prefect-automations.yaml"
+    )
+    automation = AutomationCore.model_validate(yaml.safe_load(render_automations()))
+    assert automation.trigger.within.total_seconds() == 90
+    for deployment in yaml.safe_load(render())["deployments"]:
+        assert deployment["work_pool"]["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
