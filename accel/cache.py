@@ -522,6 +522,7 @@ def _write_manifest(
         config,
         layers,
         annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+        go_form=True,  # Go workers rewrite cache manifests; their form keeps the documents comparable
     )
     return mutate.store_document(manifest, store, platform=platform), config
 
@@ -534,9 +535,14 @@ def plan_update(
     version: str,
     store: ContentStore,
     gone: frozenset[str] = frozenset(),
+    index_root: bool = False,
 ) -> CacheUpdate:
     """The new cache documents: a manifest root stays a manifest unless another platform joins; an index
-    stays an index, its untouched children kept verbatim."""
+    stays an index, its untouched children kept verbatim. With `index_root` the root is always an index
+    (`provider.cache_index_root`: Go workers from before upstream's single-manifest cache read no other).
+
+    Every document is written in Go's `encoding/json` form (`accel.oci.go_json`): a Go worker re-encodes
+    the index it fetched and can only read one whose bytes are that re-encoding."""
     pending = list(updates)
     blobs: dict[str, Descriptor] = {}
     changed: list[Descriptor] = []
@@ -564,7 +570,7 @@ def plan_update(
     manifest_type = mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST
     index_type = mt.DOCKER_MANIFEST_LIST if docker else mt.OCI_INDEX
 
-    if not cache.is_index and len(updates) == 1:
+    if not cache.is_index and len(updates) == 1 and not index_root:
         existing = cache.manifests[0] if cache.root is not None else None
         if existing is None or same_platform(existing.platform, updates[0].platform):
             # No cache yet, or a single-manifest cache of this platform: the root stays a manifest.
@@ -596,7 +602,9 @@ def plan_update(
         changed.append(desc)
         children.append(desc)
     annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
-    root = mutate.store_document(mutate.index(index_type, children, annotations=annotations), store)
+    root = mutate.store_document(
+        mutate.index(index_type, children, annotations=annotations, go_form=True), store
+    )
     return CacheUpdate(
         root=root, manifests=tuple(changed), blobs=tuple(blobs.values()), entries=tuple(all_entries)
     )
@@ -649,6 +657,7 @@ def push_cache(
     mount_from: Sequence[str] = (),
     gone: frozenset[str] = frozenset(),
     attempts: int = PUSH_ATTEMPTS,
+    index_root: bool = False,
 ) -> Descriptor:
     """Merge this conversion's records into the cache at `ref` and push it; returns the pushed root.
 
@@ -667,7 +676,9 @@ def push_cache(
             if attempt > 1:
                 time.sleep(random.uniform(0, RETRY_JITTER))  # de-synchronise writers that keep colliding
             cache = fetch_cache(client, ref, store, version, [u.platform for u in updates])
-            update = plan_update(cache, updates, size=size, version=version, store=store, gone=gone)
+            update = plan_update(
+                cache, updates, size=size, version=version, store=store, gone=gone, index_root=index_root
+            )
             copy.copy_blobs(client, ref, update.blobs, store, mount_from)
             try:
                 copy.push_manifests(client, ref, update.manifests, store)

@@ -2,15 +2,20 @@
 
 Layout (as Harbor acceleration-service's config.yaml):
 
-    server:    {name, host, port}
+    server:    {name, uds, host, port}
     metric:    {enabled}
     provider:  {source: {<host>: {auth, insecure, plain_http, webhook: {auth_header}}},
                 work_dir, gcpolicy: {threshold}, cache_size, cache_version}
     converter: {worker, harbor_annotation, platforms, driver: {type, config}, rules: [...]}
 
 accel additions: `converter.drivers` (several formats per push, each with its own tag suffix),
-`provider.docker_config` (path to a docker config.json for credentials), `converter.rules[].{repository,
-drivers, target}` (per-repository drivers and target repository), `bulk: {schedule, repositories}`.
+`provider.docker_config` (path to a docker config.json for credentials), `provider.cache_repository`,
+`provider.cache_index_root`, `converter.rules[].{repository, drivers, target}` (per-repository drivers and
+target repository), `bulk: {schedule, repositories}`.
+
+Every key acceld's config struct has is accepted, and either does what it does in acceld or is refused
+with a message naming it and why. Keys nobody knows are what acceld ignores silently: `load_file` warns
+and drops them, `load_file(..., strict=True)` (`accelctl config check`) reports them as errors.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import logging
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +44,13 @@ from pydantic import (
 from accel.errors import ConfigError
 from accel.oci import Platform
 
+log = logging.getLogger(__name__)
+
 # acceld put a per-driver scratch dir in driver.config; accel uses provider.work_dir for everything.
 _ACCELD_ONLY_DRIVER_KEYS = ("work_dir",)
+# acceld runs zstd:chunked as `type: estargz` with `compression: zstdchunked`; these estargz keys carry over.
+_ESTARGZ_COMPRESSION = "compression"
+_ZSTDCHUNKED_KEYS_FROM_ESTARGZ = ("docker2oci", *_ACCELD_ONLY_DRIVER_KEYS)
 
 
 def _usable_in_tag(value: str | None) -> str | None:
@@ -51,9 +64,34 @@ class _Model(BaseModel):
 
 
 class ServerSettings(_Model):
-    name: str = "API"
+    name: str = "API"  # as in acceld, also the prefix of its API metrics
+    # A unix socket to serve the API on, besides TCP (only the socket when `host` is ""). Requests over it
+    # need no webhook Authorization: its file mode (accel's `uds_mode`, 0600 or 0660) decides who may call.
+    uds: Path | None = None
+    uds_mode: str = "0600"
     host: str = "127.0.0.1"
     port: int = Field(default=2077, ge=0, le=65535)
+
+    @field_validator("uds", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("uds_mode", mode="before")
+    @classmethod
+    def _owner_and_group_only(cls, value: Any) -> Any:
+        text = f"{value:o}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            raise ValueError(f"uds_mode must be an octal file mode like 0600 or 0660, got {value!r}")
+        mode = int(text, 8)
+        if mode & 0o007 or mode & 0o600 != 0o600:
+            # Anyone who can open the socket is trusted: never others, and its owner must be able to.
+            raise ValueError(f"uds_mode {text} must give its owner rw and others nothing (0600 or 0660)")
+        return f"{mode:04o}"
+
+    @property
+    def uds_file_mode(self) -> int:
+        return int(self.uds_mode, 8)
 
 
 class MetricSettings(_Model):
@@ -100,8 +138,13 @@ class ProviderSettings(_Model):
     source: dict[str, SourceHost] = {}
     work_dir: Path = Path(".state/work")
     gcpolicy: GCPolicy = GCPolicy()
-    cache_size: int = Field(default=200, ge=1)
+    # At most this many records per cache manifest; 0 keeps none (records are read, never written), as
+    # acceld's cache does with 0.
+    cache_size: int = Field(default=200, ge=0)
     cache_version: str = "v1"
+    # accel: write a new single-platform cache as an index (the layout before upstream's single-manifest
+    # cache change) for fleets that still run Go workers which can only read index roots.
+    cache_index_root: bool = False
     # accel: one conversion cache repository (`repo` on the source's registry, or `host/repo`) shared by
     # every source repository, instead of `<source repository>:<cache_tag>`.
     cache_repository: str | None = None
@@ -130,6 +173,37 @@ class DriverSettings(_Model):
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return {} if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _estargz_zstdchunked(cls, data: Any) -> Any:
+        """acceld's `type: estargz` + `compression: zstdchunked` is accel's zstdchunked driver.
+
+        Deliberately so: accel writes current-format zstd:chunked (TOC and tar-split in skippable frames,
+        what podman and containers/storage read), not the estargz-library variant acceld produces.
+        """
+        if (
+            not isinstance(data, dict)
+            or data.get("type") != "estargz"
+            or not isinstance(data.get("config"), dict)
+        ):
+            return data
+        config = dict(data["config"])
+        compression = config.pop(_ESTARGZ_COMPRESSION, None)
+        if compression in (None, "", "estargz"):
+            return {**data, "config": config}
+        if compression != "zstdchunked":
+            raise ValueError(
+                f"config.compression {compression!r} is not a compression of the estargz driver "
+                "(acceld knows estargz, the default, and zstdchunked)"
+            )
+        others = sorted(set(config) - set(_ZSTDCHUNKED_KEYS_FROM_ESTARGZ))
+        if others:
+            raise ValueError(
+                f"config.{others[0]}: not an option of zstd:chunked (`compression: zstdchunked` runs accel's "
+                "zstdchunked driver, whose options are level and docker2oci)"
+            )
+        return {**data, "type": "zstdchunked", "config": config}
 
     def driver_config(self) -> dict[str, Any]:
         return {k: v for k, v in self.config.items() if k not in _ACCELD_ONLY_DRIVER_KEYS}
@@ -173,6 +247,8 @@ class Route(BaseModel):
 class ConverterSettings(_Model):
     worker: int = Field(default=5, ge=1)
     harbor_annotation: bool = True
+    # Prove every converted image against its source before pushing it (accel.verify); refuse when it fails.
+    verify: bool = False
     platforms: str | list[str] | None = None
     driver: DriverSettings | None = None
     drivers: list[DriverSettings] = []
@@ -299,23 +375,110 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_settings(data: dict[str, Any], origin: str = "config") -> Settings:
+# --- keys acceld would ignore --------------------------------------------------------------------------
+
+
+def _model_in(annotation: Any) -> tuple[str, type[BaseModel]] | None:
+    """The pydantic model a field holds: ("one", M) for M or M | None, ("map"/"list", M) for containers."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "one", annotation
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+        return None
+    args = typing.get_args(annotation)
+    if origin is dict and len(args) == 2 and _model_in(args[1]) is not None:
+        return "map", _model_in(args[1])[1]  # type: ignore[index]
+    if origin is list and args and _model_in(args[0]) is not None:
+        return "list", _model_in(args[0])[1]  # type: ignore[index]
+    return None
+
+
+def _driver_keys(driver_type: Any) -> frozenset[str] | None:
+    from accel.drivers import driver_class
+
+    try:
+        cls = driver_class(str(driver_type))
+    except ConfigError:
+        return None  # the unknown type itself is reported by validation
+    extra = (_ESTARGZ_COMPRESSION,) if driver_type == "estargz" else ()
+    return cls.options_model.accepted_keys() | set(_ACCELD_ONLY_DRIVER_KEYS) | set(extra)
+
+
+def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[str]) -> Any:
+    """`data` without the keys `model` (recursively) does not know; their dotted paths go to `found`."""
+    if not isinstance(data, dict):
+        return data
+    cleaned: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            found.append(path)
+            continue
+        if model is DriverSettings and key == "config" and isinstance(value, dict):
+            known = _driver_keys(data.get("type"))
+            if known is not None:
+                found.extend(f"{path}.{k}" for k in value if k not in known)
+                value = {k: v for k, v in value.items() if k in known}
+        inner = _model_in(field.annotation)
+        if inner is not None:
+            shape, inner_model = inner
+            if shape == "one":
+                value = _strip_unknown(inner_model, value, path, found)
+            elif shape == "map" and isinstance(value, dict):
+                value = {k: _strip_unknown(inner_model, v, f"{path}.{k}", found) for k, v in value.items()}
+            elif shape == "list" and isinstance(value, list):
+                value = [_strip_unknown(inner_model, v, f"{path}.{i}", found) for i, v in enumerate(value)]
+        cleaned[key] = value
+    return cleaned
+
+
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def unknown_keys(data: dict[str, Any]) -> list[str]:
+    """Dotted paths of the keys in `data` that no setting (and no driver option) has."""
+    found: list[str] = []
+    _strip_unknown(Settings, data, "", found)
+    return found
+
+
+def load_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> Settings:
+    """Validated settings. Unknown keys: a warning naming them (acceld ignores them), errors when `strict`."""
+    found: list[str] = []
+    data = _strip_unknown(Settings, data, "", found)
+    if found and strict:
+        lines = [
+            f"  {path}: unknown key (acceld would ignore it; remove it or fix its spelling)" for path in found
+        ]
+        raise ConfigError(f"{origin} is invalid:\n" + "\n".join(lines))
+    if found and (origin, tuple(found)) not in _WARNED:
+        _WARNED.add((origin, tuple(found)))  # once per process, not on every load of the same file
+        log.warning(
+            "%s: ignoring unknown keys %s (as acceld does; `accelctl config check` reports them as errors)",
+            origin,
+            ", ".join(found),
+        )
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{origin} is invalid:\n{_format_errors(exc)}") from None
 
 
-def load_file(path: Path | str) -> Settings:
+def load_file(path: Path | str, *, strict: bool = False) -> Settings:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    return load_text(text, path)
+    return load_text(text, path, strict=strict)
 
 
-def load_text(text: str, path: Path) -> Settings:
+def load_text(text: str, path: Path, *, strict: bool = False) -> Settings:
     """Settings from the YAML text of the config file at `path` (relative work dirs resolve against it)."""
     try:
         data = yaml.safe_load(text)
@@ -323,7 +486,7 @@ def load_text(text: str, path: Path) -> Settings:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    settings = load_settings(data, str(path))
+    settings = load_settings(data, str(path), strict=strict)
     work_dir = settings.provider.work_dir
     if not work_dir.is_absolute():
         # Relative work dirs are relative to the config file, like acceld's.

@@ -154,7 +154,7 @@ def assemble_manifest(
             config_desc,
             layers,
             artifact_type=plan.artifact_type or None,
-            subject=plan.source_manifest if options.subject else None,
+            subject=plan.source_manifest if options.subject and driver.writes_subject() else None,
             annotations=_provenance(plan.source_manifest, plan.source_reference, driver, options)
             | plan.manifest_annotations,
         )
@@ -179,7 +179,7 @@ def assemble_index(
         index = mutate.index(
             mt.OCI_INDEX,
             entries,
-            subject=source.root if options.subject else None,
+            subject=source.root if options.subject and driver.writes_subject() else None,
             annotations=_provenance(source.root, source.reference, driver, options),
         )
     else:

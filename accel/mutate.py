@@ -3,6 +3,8 @@
 Every document accel writes goes through here, so field order, and with it every digest, is decided in one
 place: schemaVersion, mediaType, artifactType, config, layers (a manifest) or manifests (an index),
 subject, annotations; serialised by `accel.oci.canonical_json`. Optional fields are written only when given.
+Documents that Go workers of the original service re-encode and compare (conversion cache images) are
+written with `go_form=True`: `accel.oci.go_json`, the bytes Go's `encoding/json` gives for the OCI types.
 Documents read from a registry are never rewritten: `edit_manifest` changes named fields of one and keeps
 the rest as it was.
 """
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from accel import constants as mt
-from accel.oci import Descriptor, Index, Manifest, canonical_json
+from accel.oci import Descriptor, Index, Manifest, canonical_json, go_json
 from accel.store import ContentStore
 
 Entry = Descriptor | Mapping[str, Any]  # an index entry: a descriptor, or one kept verbatim from a document
@@ -43,14 +45,19 @@ def manifest(
     artifact_type: str | None = None,
     subject: Descriptor | None = None,
     annotations: Mapping[str, str] | None = None,
+    go_form: bool = False,
 ) -> Manifest:
-    """An image manifest (OCI or Docker schema 2) with its canonical bytes."""
+    """An image manifest (OCI or Docker schema 2) with its canonical bytes (or Go's, with `go_form`)."""
     doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type}
     if artifact_type is not None:
         doc["artifactType"] = artifact_type
     doc["config"] = config.to_dict()
     doc["layers"] = [layer.to_dict() for layer in layers]
-    return Manifest.build(_tail(doc, subject, annotations))
+    doc = _tail(doc, subject, annotations)
+    if go_form:
+        raw = go_json(doc, media_type)
+        return Manifest(raw=raw, media_type=media_type, doc=json.loads(raw))
+    return Manifest.build(doc)
 
 
 def index(
@@ -59,11 +66,17 @@ def index(
     *,
     subject: Descriptor | None = None,
     annotations: Mapping[str, str] | None = None,
+    go_form: bool = False,
 ) -> Index:
-    """An image index (or Docker manifest list) with its canonical bytes; mapping entries are kept as is."""
+    """An image index (or Docker manifest list) with its canonical bytes (or Go's, with `go_form`); mapping
+    entries are kept as is (in Go's form: as Go's decoder keeps them)."""
     entries = [m.to_dict() if isinstance(m, Descriptor) else dict(m) for m in manifests]
     doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type, "manifests": entries}
-    return Index.build(_tail(doc, subject, annotations))
+    doc = _tail(doc, subject, annotations)
+    if go_form:
+        raw = go_json(doc, media_type)
+        return Index(raw=raw, media_type=media_type, doc=json.loads(raw))
+    return Index.build(doc)
 
 
 def edit_manifest(

@@ -6,7 +6,9 @@ config carries `raw`, and `Descriptor.of(...)` describes exactly those bytes.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,114 @@ class Descriptor(BaseModel):
 def canonical_json(obj: Any) -> bytes:
     """Stable JSON for documents we write ourselves (compact, keys in insertion order)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- Go's encoding/json form of the OCI types -------------------------------------------------------
+#
+# The Go acceleration service re-encodes a cache index it fetched (`json.MarshalIndent(index, "", "  ")` of
+# image-spec v1.1.0's `ocispec.Index`) and stores the fetched bytes under the re-encoded digest: it can only
+# read an index whose bytes equal that re-encoding. So documents other Go workers read are written that way:
+# the struct's fields in declaration order (not the document's), `omitempty` fields left out when empty,
+# map keys sorted, 2-space indent, no trailing newline, `<`, `>`, `&`, U+2028 and U+2029 escaped, and
+# whatever the struct does not have dropped (as Go's decoder drops it).
+
+_OMIT = True
+# (JSON name, kind, omitempty); kinds: str, int, bytes, strs, map, platform, descriptor, descriptors.
+_GO_PLATFORM = (
+    ("architecture", "str", False),
+    ("os", "str", False),
+    ("os.version", "str", _OMIT),
+    ("os.features", "strs", _OMIT),
+    ("variant", "str", _OMIT),
+)
+_GO_DESCRIPTOR = (
+    ("mediaType", "str", False),
+    ("digest", "str", False),
+    ("size", "int", False),
+    ("urls", "strs", _OMIT),
+    ("annotations", "map", _OMIT),
+    ("data", "bytes", _OMIT),
+    ("platform", "platform", _OMIT),
+    ("artifactType", "str", _OMIT),
+)
+_GO_MANIFEST = (
+    ("schemaVersion", "int", False),
+    ("mediaType", "str", _OMIT),
+    ("artifactType", "str", _OMIT),
+    ("config", "descriptor", False),
+    ("layers", "descriptors", False),
+    ("subject", "descriptor_ptr", _OMIT),
+    ("annotations", "map", _OMIT),
+)
+_GO_INDEX = (
+    ("schemaVersion", "int", False),
+    ("mediaType", "str", _OMIT),
+    ("artifactType", "str", _OMIT),
+    ("manifests", "descriptors", False),
+    ("subject", "descriptor_ptr", _OMIT),
+    ("annotations", "map", _OMIT),
+)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# What Go escapes and Python's encoder leaves alone; none of them occurs outside strings.
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_str(value: Any) -> str:
+    # Go's decoder turns escaped lone surrogates into U+FFFD.
+    return _LONE_SURROGATE.sub("\ufffd", value) if isinstance(value, str) else ""
+
+
+def _go_value(kind: str, value: Any) -> Any:
+    """`value` as Go decodes it into a field of `kind` and encodes it back (None: Go's nil)."""
+    if kind == "str":
+        return _go_str(value)
+    if kind == "int":
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    if kind == "bytes":
+        return (
+            base64.b64encode(base64.b64decode(value)).decode() if isinstance(value, str) and value else None
+        )
+    if kind == "strs":
+        return [_go_str(v) for v in value] if isinstance(value, list) else None
+    if kind == "map":
+        if not isinstance(value, dict):
+            return None
+        pairs = {_go_str(k): _go_str(v) for k, v in value.items()}
+        return {k: pairs[k] for k in sorted(pairs)}  # Go sorts map keys (byte order = code point order)
+    if kind in ("platform", "descriptor_ptr"):
+        if not isinstance(value, dict):
+            return None
+        return _go_struct(_GO_PLATFORM if kind == "platform" else _GO_DESCRIPTOR, value)
+    if kind == "descriptor":
+        return _go_struct(_GO_DESCRIPTOR, value if isinstance(value, dict) else {})
+    if kind == "descriptors":
+        return (
+            [_go_struct(_GO_DESCRIPTOR, v if isinstance(v, dict) else {}) for v in value]
+            if isinstance(value, list)
+            else None
+        )
+    raise ValueError(f"unknown Go field kind {kind!r}")
+
+
+def _go_struct(fields: tuple[tuple[str, str, bool], ...], doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, kind, omitempty in fields:
+        value = _go_value(kind, doc.get(name))
+        empty = value is None or (value in ("", 0) and kind in ("str", "int")) or value in ([], {})
+        if omitempty and empty:
+            continue
+        out[name] = value
+    return out
+
+
+def go_json(doc: dict[str, Any], media_type: str) -> bytes:
+    """`doc` as the Go service writes it: `json.MarshalIndent(v, "", "  ")` of `ocispec.Index` (for index
+    media types) or `ocispec.Manifest`, image-spec v1.1.0."""
+    fields = _GO_INDEX if media_type in mt.INDEX_TYPES else _GO_MANIFEST
+    text = json.dumps(_go_struct(fields, doc), indent=2, ensure_ascii=False)
+    for char, escaped in _GO_ESCAPES.items():
+        text = text.replace(char, escaped)
+    return text.encode()
 
 
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from accel.cache import cache_reference
 from accel.config import Settings
 from accel.digest import hex_of
+from accel.errors import ConfigError
 from accel.reference import Reference
+from accel.transports import OCI_LAYOUT, describe, is_local
 
 # The OCI distribution spec's referrers tag schema: where clients keep a referrers index on registries
 # without the referrers API. Such a tag names a list of artifacts, not an image.
@@ -114,7 +116,7 @@ class ConversionPlan:
 
     def target_names(self) -> dict[str, str]:
         """driver type → target reference text (what tasks and results carry)."""
-        return {d: str(t) for d, t in self.targets.items()}
+        return {d: describe(t) for d, t in self.targets.items()}
 
 
 def plan_conversion(
@@ -145,3 +147,24 @@ def plan_conversion(
         cache=cache,
         options=options,
     )
+
+
+def with_target(plan: ConversionPlan, target: Reference | None) -> ConversionPlan:
+    """An explicit target (any transport): one driver writes exactly there, several add their suffix to its
+    tag. Local sources and targets have no remote conversion cache. Without a target, a layout source gets
+    its outputs as new tags in the same layout; an archive source needs a target."""
+    if target is None:
+        if is_local(plan.source) and plan.source.registry != OCI_LAYOUT:
+            raise ConfigError(
+                f"{plan.source.registry} source {plan.source.repository}: give a target to write to"
+            )
+        return replace(plan, cache=None) if is_local(plan.source) else plan
+    if len(plan.drivers) > 1 and target.registry in ("oci-archive", "docker-archive"):
+        raise ConfigError(f"a {target.registry} target holds one converted image: convert with one driver")
+    if len(plan.drivers) == 1:
+        targets = {plan.drivers[0]: target}
+    else:
+        tag = target.tag or "latest"
+        targets = {d: target.with_tag(f"{tag}{plan.options[d]['suffix']}") for d in plan.drivers}
+    cache = None if is_local(plan.source) or is_local(target) else plan.cache
+    return replace(plan, targets=targets, target_repository=None, cache=cache)

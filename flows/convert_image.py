@@ -23,10 +23,11 @@ from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import ConfigError, InvalidReference
 from accel.image import BuiltImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
-from accel.plan import ConversionPlan, is_cache_tag, plan_conversion
+from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference
+from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
-from tasks import build_image, convert_layer, pull_layer, push_image, resolve
+from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.store import collect_garbage
 
@@ -91,9 +92,11 @@ def convert_image(
     drivers: list[DriverType] | None = None,
     config: str | None = None,
     target_repository: str | None = None,
+    target: str | None = None,
 ) -> ConversionResult:
     """Convert `source` with each driver and push beside it (defaults: the matching rule, else every
-    configured driver and the source's repository).
+    configured driver and the source's repository). `source` and `target` may name any transport
+    (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference).
 
     Args:
         source: The image to convert: `host/repo:tag`, `host/repo@sha256:…` or both. Its registry must be in
@@ -103,13 +106,17 @@ def convert_image(
         config: Path of the accel config on the worker. Empty: $ACCEL_CONFIG.
         target_repository: Repository to push the converted images to. Empty: the matching rule's, else the
             source's own repository.
+        target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
     logger = get_run_logger()
     config_path = _config_path(config)
     ctx = context_for(config_path)
-    source_ref = Reference.parse(source)
+    source_ref = parse_location(source).reference
+    # An untagged layout source (its only image) names its outputs as if tagged `latest`.
+    named = source_ref if source_ref.tag or source_ref.digest else source_ref.with_tag("latest")
     # Unknown drivers fail here, before anything touches the registry.
-    plan = plan_conversion(ctx.settings, source_ref, drivers, target_repository)
+    plan = plan_conversion(ctx.settings, named, drivers, target_repository)
+    plan = with_target(plan, parse_location(target).reference if target else None)
     driver_types = list(plan.drivers)
     timings: dict[str, float] = {}
     if is_cache_tag(ctx.settings, source_ref):
@@ -147,12 +154,22 @@ def convert_image(
         started = time.monotonic()
         built = build_image(image, converted[d], d, config_path)
         timings[f"build {d}"] = time.monotonic() - started
-        target = target_refs[d]
+        target_ref = target_refs[d]
+        if ctx.settings.converter.verify:
+            started = time.monotonic()
+            verify_image(built, source_ref, target_ref, d, config_path)  # raises: nothing unproven is pushed
+            timings[f"verify {d}"] = time.monotonic() - started
         started = time.monotonic()
-        pushed = push_image(built, target, source_ref, config_path)
+        pushed = push_image(built, target_ref, source_ref, config_path)
         timings[f"push {d}"] = time.monotonic() - started
-        targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(target)))
-        logger.info("pushed %s@%s (cached %d/%d layers)", target, pushed.digest, len(hits[d]), len(layers))
+        targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(describe(target_ref))))
+        logger.info(
+            "pushed %s@%s (cached %d/%d layers)",
+            describe(target_ref),
+            pushed.digest,
+            len(hits[d]),
+            len(layers),
+        )
 
     if cache_ref is not None:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
@@ -162,7 +179,7 @@ def convert_image(
 
     collect_garbage(config_path)
     result = ConversionResult(
-        source=str(source_ref),
+        source=describe(source_ref),
         source_digest=image.root.digest,
         targets=targets,
         seconds=timings,
@@ -243,7 +260,7 @@ def _skipped(plan: ConversionPlan, digest: str, reason: str, duplicate: bool = F
     if duplicate:
         mark_duplicate()
     result = ConversionResult(
-        source=str(plan.source),
+        source=describe(plan.source),
         source_digest=digest,
         targets=[],
         seconds={},

@@ -27,8 +27,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from accel.config import Settings
-from accel.plan import ConversionPlan, plan_conversion
-from accel.reference import Reference
+from accel.plan import ConversionPlan, plan_conversion, with_target
+from accel.transports import parse_location
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,17 @@ _MAX_RUNS = 2000
 
 
 def key_of_run(settings: Settings, run: FlowRun) -> str | None:
-    """The idempotency key a run's parameters give under `settings`; None for parameters that plan nothing."""
+    """The idempotency key a run's parameters give under `settings`, planned as the flow plans them; None for
+    parameters that plan nothing."""
     params = run.parameters or {}
     try:
+        source = parse_location(str(params.get("source", ""))).reference
+        named = source if source.tag or source.digest else source.with_tag("latest")
         plan = plan_conversion(
-            settings,
-            Reference.parse(str(params.get("source", ""))),
-            params.get("drivers") or None,
-            params.get("target_repository"),
+            settings, named, params.get("drivers") or None, params.get("target_repository")
         )
+        target = params.get("target")
+        plan = with_target(plan, parse_location(str(target)).reference if target else None)
     except Exception:  # another config's driver, a bad source: not this conversion
         return None
     return plan.idempotency_key

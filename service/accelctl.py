@@ -1,4 +1,10 @@
-"""accelctl: one-time conversions (`convert`) and task management against a running acceld (`task`)."""
+"""accelctl: one-time conversions (`convert`), task management against a running acceld (`task`) and
+config checks (`config check FILE`: what acceld would ignore is an error here).
+
+acceld is reached over HTTP (`--server http://host:port`, or acceld's own `--addr host:port`) or over its
+unix socket (`--server unix:/run/accel/acceld.sock`; with `--config`, `server.uds` is used when set), where
+no Authorization header is needed.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,11 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         load_file(args.config)  # config errors before Prefect starts
         result = convert_image(
-            source=args.source, drivers=args.driver or None, config=args.config, return_state=False
+            source=args.source,
+            drivers=args.driver or None,
+            config=args.config,
+            target=args.target,
+            return_state=False,
         )
     except AccelError as exc:
         print(f"accelctl: conversion of {args.source} failed: {exc}", file=sys.stderr)
@@ -35,7 +45,33 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Prove TARGET against SOURCE (accel.verify): the verdict table; exit 1 on any difference."""
+    from accel.errors import AccelError
+    from accel.registry import RegistryClient
+    from accel.transports import Transports, parse_location
+    from accel.verify import verify_image
+
+    try:
+        source, target = parse_location(args.source), parse_location(args.target)
+        if args.config:
+            from accel.context import context_for
+
+            ctx = context_for(args.config)
+            client, platforms = ctx.client, ctx.settings.converter.platform_filter()
+        else:
+            client, platforms = RegistryClient(), []
+        routes = Transports(client)
+        verdict = verify_image(routes, source.reference, routes, target.reference, platforms=platforms)
+    except AccelError as exc:
+        print(f"accelctl: cannot check {args.target} against {args.source}: {exc}", file=sys.stderr)
+        return 2
+    print(verdict.table())
+    return 0 if verdict.ok else 1
+
+
 DEFAULT_SERVER = "http://127.0.0.1:2077"
+UNIX_PREFIX = "unix:"
 
 
 def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tuple[str, str | None]:
@@ -47,7 +83,9 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
         from accel.reference import Reference
 
         settings = load_file(args.config)
-        if server is None:
+        if server is None and settings.server.uds is not None:
+            server = f"{UNIX_PREFIX}{settings.server.uds}"  # local, and needs no auth header
+        elif server is None:
             host = settings.server.host
             host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             server = f"http://{host}:{settings.server.port}"
@@ -55,14 +93,24 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
             configured = settings.host(Reference.parse(source).registry)
             if configured is not None and configured.webhook.auth_header is not None:
                 auth = configured.webhook.auth_header.get_secret_value()
-    return (server or DEFAULT_SERVER).rstrip("/"), auth
+    server = (server or DEFAULT_SERVER).rstrip("/")
+    if not server.startswith(UNIX_PREFIX) and "://" not in server:
+        server = f"http://{server}"  # acceld's accelctl takes host:port (`--addr`)
+    return server, auth
 
 
 def _request(method: str, url: str, **kwargs: Any) -> Any:
+    """`url` is the server (http://… or unix:PATH) and the path, e.g. `unix:/run/acceld.sock/api/v1/…`."""
     import httpx
 
+    transport = None
+    if url.startswith(UNIX_PREFIX):
+        socket_path, _, path = url.removeprefix(UNIX_PREFIX).partition("/api/")
+        transport = httpx.HTTPTransport(uds=socket_path)
+        url = f"http://localhost/api/{path}"
     try:
-        resp = httpx.request(method, url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+        with httpx.Client(transport=transport, timeout=kwargs.pop("timeout", 30.0)) as client:
+            resp = client.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
         raise SystemExit(f"accelctl: cannot reach acceld at {url}: {exc}") from None
     try:
@@ -70,6 +118,13 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
     except ValueError:
         body = {"reason": resp.text}
     return resp.status_code, body
+
+
+def _message(body: Any) -> Any:
+    """What went wrong: acceld's `message`, accel's `reason`, else the body."""
+    if isinstance(body, dict):
+        return body.get("message") or body.get("reason") or body
+    return body
 
 
 def _print_tasks(tasks: list[dict[str, Any]]) -> None:
@@ -96,7 +151,7 @@ def _task_create(args: argparse.Namespace) -> int:
     )
     tasks = body.get("tasks", []) if isinstance(body, dict) else []
     if status >= 400 or (args.sync and any(t["status"] != "COMPLETED" for t in tasks)):
-        reason = body.get("reason", body) if isinstance(body, dict) else body
+        reason = _message(body)
         print(f"accelctl: acceld answered {status}: {reason}", file=sys.stderr)
         if tasks:
             _print_tasks(tasks)
@@ -116,7 +171,7 @@ def _task_list(args: argparse.Namespace) -> int:
     server, _ = _server_and_auth(args)
     status, body = _request("GET", f"{server}/api/v1/conversions", params={"limit": args.limit})
     if status != 200:
-        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(body, indent=2))
@@ -129,7 +184,7 @@ def _task_get(args: argparse.Namespace) -> int:
     server, _ = _server_and_auth(args)
     status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}")
     if status != 200:
-        print(f"accelctl: acceld answered {status}: {body.get('reason', body)}", file=sys.stderr)
+        print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0
@@ -141,7 +196,10 @@ def _add_task_commands(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--server", help=f"acceld URL (env ACCELD_URL; default from --config or {DEFAULT_SERVER})"
+            "--server",
+            "--addr",
+            help="acceld URL, host:port or unix:SOCKET "
+            f"(env ACCELD_URL; default from --config or {DEFAULT_SERVER})",
         )
         p.add_argument("--config", help="acceld config: server address and webhook auth header")
         p.add_argument("--auth-header", help="Authorization value (env ACCELD_AUTH_HEADER)")
@@ -164,6 +222,28 @@ def _add_task_commands(sub: Any) -> None:
     get.set_defaults(func=_task_get)
 
 
+def _config_check(args: argparse.Namespace) -> int:
+    """Strict load: unknown keys (which acceld and acceld here only warn about) are errors too."""
+    from accel.config import load_file
+    from accel.errors import ConfigError
+
+    try:
+        load_file(args.file, strict=True)
+    except ConfigError as exc:
+        print(f"accelctl: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _add_config_commands(sub: Any) -> None:
+    config = sub.add_parser("config", help="acceld config files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate FILE strictly: unknown keys are errors")
+    check.add_argument("file", help="acceld-style YAML config")
+    check.set_defaults(func=_config_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="accelctl", description="accel command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,9 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--driver", action="append", help="driver type (repeatable); default: all configured"
     )
-    convert.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
+    convert.add_argument(
+        "--target",
+        help="where to write (oci:DIR[:TAG], oci-archive:FILE[:TAG] or a registry reference); "
+        "default: beside the source, tag + the driver's suffix",
+    )
+    convert.add_argument(
+        "source",
+        help="source image: a registry reference (e.g. registry:5000/library/nginx:latest), oci:DIR[:TAG], "
+        "oci-archive:FILE[:TAG] or docker-archive:FILE[:REPO:TAG]",
+    )
     convert.set_defaults(func=_convert)
+    check = sub.add_parser(
+        "check", help="prove a converted image against its source: verdict per layer, exit 1 on a difference"
+    )
+    check.add_argument("--config", help="acceld-style YAML config (registry credentials, platforms)")
+    check.add_argument("source", help="the source image (any transport, as for convert)")
+    check.add_argument("target", help="the converted image (any transport)")
+    check.set_defaults(func=_check)
     _add_task_commands(sub)
+    _add_config_commands(sub)
     return parser
 
 

@@ -6,18 +6,26 @@
 The runner is a child process (`acceld --runner`), restarted if it dies and stopped with acceld; flow runs
 are its children. `--no-serve` runs the API only, for the work-pool mode where `prefect worker start`
 executes the deployments from prefect.yaml.
+
+With `server.uds` the API is served on that unix socket too (only there when `server.host` is ""), created
+with mode `server.uds_mode` (0600: acceld's user; 0660: its group too); requests over it need no webhook
+Authorization header, the socket's permissions decide who may call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import socket
+import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from service.state import PROJECT_ROOT
 
@@ -55,6 +63,83 @@ async def _wait_for_prefect(timeout: float) -> None:
             return
         await asyncio.sleep(1)
     raise RuntimeError(f"Prefect API did not become healthy in {timeout:.0f}s: {error}")
+
+
+def bind_unix_socket(path: Path, mode: int) -> socket.socket:
+    """A listening unix socket at `path` with file mode `mode`, never wider, not even while it is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()  # left by an acceld that stopped; acceld removes it too
+        else:
+            raise OSError(f"{path} exists and is not a socket")
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
+    os.chmod(path, mode)
+    return sock
+
+
+class ApiServers:
+    """The API on a TCP socket and/or the unix socket, in one event loop.
+
+    The first server owns the app's lifespan (the metrics poller) and the signals; the unix-socket one serves
+    `local_socket_app(app)`, whose requests are marked as local, and stops with it.
+    """
+
+    def __init__(
+        self, app: Any, *, tcp: socket.socket | None, uds: socket.socket | None, log_level: str = "info"
+    ) -> None:
+        import uvicorn
+
+        from service.api.app import local_socket_app
+
+        class Follower(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # the first server handles signals and stops the others
+
+        self.servers: list[tuple[uvicorn.Server, socket.socket]] = []
+        if tcp is not None:
+            config = uvicorn.Config(app, log_level=log_level, access_log=False)
+            self.servers.append((uvicorn.Server(config), tcp))
+        if uds is not None:
+            server_class = Follower if self.servers else uvicorn.Server
+            config = uvicorn.Config(
+                local_socket_app(app),
+                log_level=log_level,
+                access_log=False,
+                lifespan="off" if self.servers else "auto",
+            )
+            self.servers.append((server_class(config), uds))
+        if not self.servers:
+            raise ValueError("no socket to serve the API on")
+
+    @property
+    def started(self) -> bool:
+        return all(server.started for server, _ in self.servers)
+
+    def stop(self) -> None:
+        for server, _ in self.servers:
+            server.should_exit = True
+
+    async def serve(self) -> None:
+        (first, first_socket), *others = self.servers
+        followers = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
+        try:
+            await first.serve(sockets=[first_socket])
+        finally:
+            for server, _ in others:
+                server.should_exit = True
+            await asyncio.gather(*followers, return_exceptions=True)
 
 
 def serve_deployments(config_path: str) -> int:
@@ -132,15 +217,26 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         supervisor = RunnerSupervisor(config_path)
         supervisor.start()
 
-    metrics = Metrics() if settings.metric.enabled else None
+    metrics = Metrics(settings.server.name) if settings.metric.enabled else None
     backend = PrefectBackend(settings, config_path, metrics)
     app = create_app(settings, backend, metrics, background=backend.poll_forever if metrics else None)
-    host = args.host or settings.server.host
+    host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())
+    uds = settings.server.uds
+    tcp_socket = uds_socket = None
     try:
-        uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False)
+        if host or uds is None:
+            tcp_socket = uvicorn.Config(app, host=host or "127.0.0.1", port=port).bind_socket()
+            log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())
+        if uds is not None:
+            uds_socket = bind_unix_socket(uds, settings.server.uds_file_mode)
+            log.info("acceld API on unix socket %s (mode %s)", uds, settings.server.uds_mode)
+        servers = ApiServers(app, tcp=tcp_socket, uds=uds_socket, log_level=args.log_level.lower())
+        asyncio.run(servers.serve())
     finally:
+        if uds is not None and uds_socket is not None:
+            with contextlib.suppress(OSError):
+                uds.unlink()
         if supervisor is not None:
             supervisor.stop()
         lock.release()

@@ -2,6 +2,13 @@
 
 Labels are bounded on purpose: driver, result, webhook source, cache outcome. Never a repository or tag,
 which would grow without limit.
+
+Besides accel's own `accel_*` families, the Go acceleration service's are exported under its names, so
+its dashboards and alerts keep working: `acceleration_service_core_conversions_op_{total,error_total,
+duration_seconds}{op="convert"}` (one per conversion; the duration of successful ones only, default
+buckets), `acceleration_service_<server.name lower-cased>_{requests_total,request_duration_seconds,
+request_size_bytes,response_size_bytes}{code,method,host,url}` (echo-contrib's middleware: every request
+but `/metrics`, `url` the route template, sizes approximated the same way) and `process_*`.
 """
 
 from __future__ import annotations
@@ -9,7 +16,14 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from accel import __version__
@@ -22,6 +36,21 @@ RESULT_FAILURE = "failure"
 CACHE_HIT = "hit"
 CACHE_MISS = "miss"
 
+# The Go service's names (pkg/metrics, and echo-contrib's prometheus middleware).
+ACCELD_CORE = "acceleration_service_core"
+ACCELD_OP_CONVERT = "convert"
+_KB = 1024.0
+_MB = 1024.0 * _KB
+_ACCELD_SIZE_BUCKETS = (
+    _KB, 2 * _KB, 5 * _KB, 10 * _KB, 100 * _KB, 500 * _KB, _MB, 2.5 * _MB, 5 * _MB, 10 * _MB
+)  # fmt: skip
+_API_LABELS = ["code", "method", "host", "url"]
+
+
+def acceld_api_prefix(server_name: str) -> str:
+    """`acceleration_service_<server.name>`, as the Go service names its API metrics."""
+    return f"acceleration_service_{server_name.lower()}"
+
 
 def _version_of(distribution: str) -> str:
     try:
@@ -33,7 +62,7 @@ def _version_of(distribution: str) -> str:
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, server_name: str = "API") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.conversions = Counter(
             "accel_conversions",
@@ -67,12 +96,75 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__, _version_of("prefect"), platform.python_version()).set(1)
+        self._acceld_metrics(server_name)
+        ProcessCollector(registry=self.registry)
+
+    def _acceld_metrics(self, server_name: str) -> None:
+        self.acceld_ops = Counter(
+            f"{ACCELD_CORE}_conversions_op",
+            "How many conversions operations.",
+            ["op"],
+            registry=self.registry,
+        )
+        self.acceld_op_errors = Counter(
+            f"{ACCELD_CORE}_conversions_op_error",
+            "How many conversions operation errors.",
+            ["op"],
+            registry=self.registry,
+        )
+        self.acceld_op_duration = Histogram(
+            f"{ACCELD_CORE}_conversions_op_duration_seconds",
+            "The latency of conversions operations in seconds.",
+            ["op"],
+            registry=self.registry,
+        )  # prometheus_client's default buckets are client_golang's DefBuckets
+        prefix = acceld_api_prefix(server_name)
+        self.api_requests = Counter(
+            f"{prefix}_requests",
+            "How many HTTP requests processed, partitioned by status code and HTTP method.",
+            _API_LABELS,
+            registry=self.registry,
+        )
+        self.api_duration = Histogram(
+            f"{prefix}_request_duration_seconds", "The HTTP request latencies in seconds.",
+            _API_LABELS, registry=self.registry,
+        )  # fmt: skip
+        self.api_request_size = Histogram(
+            f"{prefix}_request_size_bytes", "The HTTP request sizes in bytes.",
+            _API_LABELS, buckets=_ACCELD_SIZE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.api_response_size = Histogram(
+            f"{prefix}_response_size_bytes", "The HTTP response sizes in bytes.",
+            _API_LABELS, buckets=_ACCELD_SIZE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def api_request(
+        self,
+        code: int,
+        method: str,
+        host: str,
+        url: str,
+        seconds: float,
+        request_size: int,
+        response_size: int,
+    ) -> None:
+        labels = (str(code), method, host, url)
+        self.api_requests.labels(*labels).inc()
+        self.api_duration.labels(*labels).observe(max(seconds, 0.0))
+        self.api_request_size.labels(*labels).observe(request_size)
+        self.api_response_size.labels(*labels).observe(response_size)
 
     def webhook_request(self, source: str, result: str) -> None:
         self.webhook_requests.labels(source, result).inc()
 
     def conversion_finished(self, drivers: list[str], succeeded: bool, seconds: float | None) -> None:
         result = RESULT_SUCCESS if succeeded else RESULT_FAILURE
+        # acceld counts one operation per conversion, its duration only when it succeeded.
+        self.acceld_ops.labels(ACCELD_OP_CONVERT).inc()
+        if not succeeded:
+            self.acceld_op_errors.labels(ACCELD_OP_CONVERT).inc()
+        elif seconds is not None:
+            self.acceld_op_duration.labels(ACCELD_OP_CONVERT).observe(max(seconds, 0.0))
         for driver in drivers:
             self.conversions.labels(driver, result).inc()
             if seconds is not None:

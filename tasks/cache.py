@@ -78,6 +78,9 @@ def merge_cache(
     ctx = context_for(config_path)
     provider = ctx.settings.provider
     ref = cache_ref
+    if provider.cache_size == 0:
+        get_run_logger().info("provider.cache_size is 0: no records are stored in %s", ref)
+        return None
     records = cache.records_for(image, {ctx.driver(d): layers for d, layers in converted.items()}, ctx.store)
     # New blobs are already in the target repositories: mount them from there.
     mount_from = [t.repository for t in targets.values() if t.registry == ref.registry]
@@ -91,6 +94,7 @@ def merge_cache(
             size=provider.cache_size,
             mount_from=list(dict.fromkeys(mount_from)),
             gone=frozenset(gone),
+            index_root=provider.cache_index_root,
         )
     except (RegistryError, AccelError, OSError, ValueError) as exc:
         get_run_logger().warning(

@@ -16,6 +16,8 @@ from accel.drivers.base import CONVERTED_LAYER_SCHEMA
 from accel.drivers.dependencies import stage_dependency_blobs
 from accel.oci import Descriptor
 from accel.reference import Reference
+from accel.transports import Transports
+from accel.verify import VerifyError, verify_built
 from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
 
 
@@ -29,7 +31,7 @@ from tasks.policy import RETRY_DELAYS, layer_run_name, transient_only
 def resolve(source: Reference, config_path: str) -> img.SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
-    return img.resolve_source(ctx.client, source, ctx.store, platforms)
+    return img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
 
 
 @task(
@@ -42,7 +44,7 @@ def resolve(source: Reference, config_path: str) -> img.SourceImage:
 def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
     ctx = context_for(config_path)
-    ctx.client.fetch_blob(source, layer.descriptor, ctx.store)
+    Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
     return layer
 
 
@@ -97,6 +99,37 @@ def push_image(
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
-    # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
-    stage_dependency_blobs(ctx.client, target_ref, image, ctx.dependencies.resolved(), ctx.store)
-    return publish.push_image(ctx.client, target_ref, image, ctx.store, mount_from)
+    # The target may be a layout or an archive (accel.transports).
+    routes = Transports(ctx.client, writing=[target_ref])
+    try:
+        # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
+        stage_dependency_blobs(routes, target_ref, image, ctx.dependencies.resolved(), ctx.store)
+        pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
+        routes.commit(target_ref)  # an oci-archive target is written now, atomically
+    finally:
+        routes.discard()
+    return pushed
+
+
+@task(name="verify", task_run_name="verify {driver_type} image")
+def verify_image(
+    image: img.BuiltImage, source_ref: Reference, target_ref: Reference, driver_type: str, config_path: str
+) -> str:
+    """converter.verify: prove the built image against its source before it is pushed; raise when it fails."""
+    ctx = context_for(config_path)
+    routes = Transports(ctx.client)
+    verdict = verify_built(
+        routes,
+        source_ref,
+        ctx.store,
+        image.root,
+        work_dir=ctx.store.root / "verify",
+        platforms=ctx.settings.converter.platform_filter(),
+        target=routes,
+        target_ref=target_ref,
+    )
+    if not verdict.ok:
+        raise VerifyError(
+            f"{driver_type} image of {source_ref} not pushed, it fails verification:\n{verdict.table()}"
+        )
+    return verdict.table()

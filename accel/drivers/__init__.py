@@ -37,9 +37,16 @@ def load_driver(driver_type: str, config: dict[str, Any] | None = None) -> Drive
         return cls.from_config(config)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {_message(e, driver_type)}"
+            for e in exc.errors()
         )
         raise ConfigError(f"converter.driver.config for {driver_type}: {problems}") from None
+
+
+def _message(error: Any, driver_type: str) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key (not an option of the {driver_type} driver)"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def detect_format(layers: list[Descriptor]) -> str | None:

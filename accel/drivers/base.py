@@ -37,6 +37,20 @@ class DriverOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Keys accepted besides the fields: acceld's aliases and acceld options refused by name.
+    acceld_keys: ClassVar[frozenset[str]] = frozenset()
+    # Options that never change a converted layer's bytes (where the builder lives, manifest-level choices):
+    # left out of `Driver.cache_key()`, so records and cached results are shared across them.
+    not_in_output: ClassVar[frozenset[str]] = frozenset({"docker2oci"})
+
+    @classmethod
+    def accepted_keys(cls) -> frozenset[str]:
+        return frozenset(cls.model_fields) | cls.acceld_keys
+
+    def output_options(self) -> dict[str, Any]:
+        """The options that decide a converted layer's bytes (JSON values)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.not_in_output}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerInput:
@@ -137,12 +151,19 @@ class Driver:
         return self.implementation_version
 
     def cache_key(self) -> str:
-        """Stable across processes and machines: driver name, version and options."""
+        """Stable across processes and machines: driver name, version and the options that change the output.
+
+        Never a path: workers with the builder installed in different places share records.
+        """
         blob = json.dumps(
-            {"driver": self.name, "version": self.version, "options": self.options.model_dump(mode="json")},
+            {"driver": self.name, "version": self.version, "options": self.options.output_options()},
             sort_keys=True,
         )
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def writes_subject(self) -> bool:
+        """Whether converted manifests carry `subject` (the source). Default: always."""
+        return True
 
     def writes_oci(self, source_media_type: str) -> bool:
         """Whether the converted manifest/index (of a source of this media type) uses OCI media types.

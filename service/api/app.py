@@ -2,7 +2,13 @@
 
 Harbor's webhook client gives up after 3 seconds, so the webhook path does only parsing, checks and one
 call to the backend (creating a flow run); `?sync=true` is for `accelctl task create --sync`, which waits.
-Every refusal is a 4xx with a reason: a malformed body must never look like a server fault.
+Every refusal is a 4xx with a reason: a malformed body must never look like a server fault. Error bodies
+carry acceld's `code` (ERR_…) and `message` beside accel's `status` and `reason`, so clients of the Go
+service (its accelctl prints `message`) read them.
+
+Requests that arrive over `server.uds` (see `LOCAL_SOCKET`) need no webhook Authorization header: whoever
+may open the socket file (0600/0660) is trusted, which is how the Go accelctl's header-less requests are
+served without opening the network to unauthenticated ones.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import hmac
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,28 @@ from service.webhook import (
 
 log = logging.getLogger("acceld.api")
 
+# acceld's error codes (pkg/errdefs; ERR_INVALID_ENDPOINT from its router). ERR_ALREADY_CONVERTED and
+# ERR_SAME_TAG never reach an HTTP body in acceld (it answers 200 and skips); here those pushes are answered
+# 200 `ignored` with the reason.
+ERR_ILLEGAL_PARAMETER = "ERR_ILLEGAL_PARAMETER"
+ERR_UNAUTHORIZED = "ERR_UNAUTHORIZED"
+ERR_CONVERT_FAILED = "ERR_CONVERT_FAILED"
+ERR_ALREADY_CONVERTED = "ERR_ALREADY_CONVERTED"
+ERR_UNHEALTHY = "ERR_UNHEALTHY"
+ERR_SAME_TAG = "ERR_SAME_TAG"
+ERR_INVALID_ENDPOINT = "ERR_INVALID_ENDPOINT"
+_CODE_BY_STATUS = {
+    400: ERR_ILLEGAL_PARAMETER,
+    401: ERR_UNAUTHORIZED,
+    403: ERR_UNAUTHORIZED,  # acceld refuses a registry it has no config for as unauthorised
+    404: ERR_INVALID_ENDPOINT,
+    405: ERR_INVALID_ENDPOINT,
+    500: ERR_CONVERT_FAILED,
+    503: ERR_UNHEALTHY,
+}
+# ASGI scope extension set on requests that came in over the unix socket (`server.uds`).
+LOCAL_SOCKET = "accel.local_socket"
+
 DEFAULT_SYNC_TIMEOUT = 3600.0
 ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
 MAX_LIST = 1000
@@ -61,8 +90,84 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"status": status, "reason": reason, **extra}, status_code=status)
+def _error(status: int, reason: str, code: str | None = None, **extra: Any) -> JSONResponse:
+    code = code or _CODE_BY_STATUS.get(status, ERR_ILLEGAL_PARAMETER if status < 500 else ERR_UNHEALTHY)
+    body = {"status": status, "reason": reason, "code": code, "message": reason, **extra}
+    return JSONResponse(body, status_code=status)
+
+
+def over_local_socket(scope: MutableMapping[str, Any]) -> bool:
+    return LOCAL_SOCKET in (scope.get("extensions") or {})
+
+
+Asgi = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any
+]
+
+
+def local_socket_app(app: Asgi) -> Asgi:
+    """`app` as served on the unix socket: its requests are marked `LOCAL_SOCKET`."""
+
+    async def marked(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope)
+            scope["extensions"] = {**(scope.get("extensions") or {}), LOCAL_SOCKET: {}}
+        await app(scope, receive, send)
+
+    return marked
+
+
+class AcceldApiMetrics:
+    """ASGI middleware: acceld's API metrics per request, as echo-contrib's middleware records them."""
+
+    def __init__(self, app: Asgi, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        status = 500
+        sent = 0
+
+        async def counting_send(message: Any) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers") or ()]
+            host = next((v for k, v in headers if k.lower() == "host"), "")
+            self.metrics.api_request(
+                status,
+                scope.get("method", ""),
+                host,
+                route or scope.get("path", ""),
+                time.monotonic() - start,
+                _approximate_request_size(scope, headers, host),
+                sent,
+            )
+
+
+def _approximate_request_size(
+    scope: MutableMapping[str, Any], headers: list[tuple[str, str]], host: str
+) -> int:
+    """Go's estimate: path, method, protocol, header names and values (Host apart), host, Content-Length."""
+    size = len(scope.get("path", "")) + len(scope.get("method", ""))
+    size += len(f"HTTP/{scope.get('http_version', '1.1')}")
+    size += sum(len(k) + len(v) for k, v in headers if k.lower() != "host") + len(host)
+    length = next((v for k, v in headers if k.lower() == "content-length"), None)
+    if length is not None and length.isdigit():
+        size += int(length)
+    return size
 
 
 async def _read_body(request: Request) -> bytes:
@@ -110,12 +215,17 @@ class Api:
         if self.metrics is not None:
             self.metrics.webhook_request(source, result)
 
-    def _check_access(self, images: tuple[PushedImage, ...], authorization: str | None) -> None:
-        """Unknown registry → 403 (never pull from one); configured auth_header not matched → 401."""
+    def _check_access(
+        self, images: tuple[PushedImage, ...], authorization: str | None, local: bool = False
+    ) -> None:
+        """Unknown registry → 403 (never pull from one); configured auth_header not matched → 401, unless
+        the request came over the unix socket (`local`), whose file permissions decide who may call."""
         for registry in sorted({i.registry for i in images}):
             host = self.settings.host(registry)
             if registry not in self.settings.provider.source:
                 raise _Refused(403, "forbidden", f"registry {registry} is not configured in provider.source")
+            if local:
+                continue
             expected = host.webhook.auth_header if host is not None else None
             if expected is None or not expected.get_secret_value():
                 continue
@@ -128,11 +238,13 @@ class Api:
         plan = plan_conversion(self.settings, image.reference)
         return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
 
-    async def accept(self, event: WebhookEvent, authorization: str | None, sync: bool) -> JSONResponse:
+    async def accept(
+        self, event: WebhookEvent, authorization: str | None, sync: bool, local: bool = False
+    ) -> JSONResponse:
         if not event.images:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(event.ignored), "tasks": []})
-        self._check_access(event.images, authorization)
+        self._check_access(event.images, authorization, local)
         wanted = [i for i in event.images if not is_own_output(self.settings, i.reference)]
         ignored = list(event.ignored) + [
             f"{i.reference} is accel's own output (converted image, referrers index or cache tag)"
@@ -173,6 +285,7 @@ class Api:
         body = {"status": "completed" if ok else "failed", "tasks": [_task_json(t) for t in finished]}
         if not ok:
             body["reason"] = "; ".join(f"{t.source}: {t.reason or t.status}" for t in finished if t.reason)
+            body |= {"code": ERR_CONVERT_FAILED, "message": body["reason"]}
         # acceleration-service answers a failed synchronous conversion with 500; unfinished ones stay 202.
         if any(t.status == "PROCESSING" for t in finished):
             return JSONResponse(body, status_code=202)
@@ -188,7 +301,10 @@ class Api:
             except InvalidWebhook as exc:
                 raise _Refused(400, "invalid", str(exc)) from None
             return await self.accept(
-                event, request.headers.get("authorization"), _flag(request.query_params.get("sync"))
+                event,
+                request.headers.get("authorization"),
+                _flag(request.query_params.get("sync")),
+                local=over_local_socket(request.scope),
             )
         except _Refused as exc:
             self._count(source, exc.result)
@@ -228,7 +344,7 @@ def create_app(
 ) -> FastAPI:
     """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller)."""
     if metrics is None and settings.metric.enabled:
-        metrics = Metrics()
+        metrics = Metrics(settings.server.name)
     api = Api(settings, backend, metrics, sync_timeout)
 
     @contextlib.asynccontextmanager
@@ -247,6 +363,8 @@ def create_app(
 
     app = FastAPI(title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.api = api
+    if metrics is not None:
+        app.add_middleware(AcceldApiMetrics, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -279,7 +397,7 @@ def create_app(
         try:
             return JSONResponse(_task_json(await backend.get(task_id)))
         except TaskNotFound:
-            return _error(404, f"no conversion task {task_id}")
+            return _error(404, f"no conversion task {task_id}", code=ERR_ILLEGAL_PARAMETER)
 
     @app.get("/api/v1/health")
     async def health() -> JSONResponse:
@@ -300,7 +418,13 @@ def create_app(
         except TimeoutError:
             problems.append("orchestrator did not answer within 5 s")
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+            body = {
+                "status": "not ready",
+                "problems": problems,
+                "code": ERR_UNHEALTHY,
+                "message": "; ".join(problems),
+            }
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready"})
 
     if metrics is not None:

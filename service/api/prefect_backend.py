@@ -252,8 +252,9 @@ class PrefectBackend:
                 )
             if artifacts:
                 result = parse_result(artifacts[0].data)
-        except Exception as exc:  # the API failed us, or a result from an incompatible version
+        except Exception as exc:  # the API failed us (asked again next time), or an incompatible result
             log.debug("no result for flow run %s: %s", run.id, exc)
+            return None
         if len(self._results) >= _RESULT_CACHE_LIMIT:
             self._results.clear()
         self._results[run.id] = result

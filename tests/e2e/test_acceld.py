@@ -239,6 +239,7 @@ def test_ten_concurrent_conversions_without_database_locks(acceld, registry, sou
 def test_metrics_reflect_conversions(acceld, registry, source_store):
     """Counts what this test itself causes: one refused and one completed conversion."""
     ref = push_image(registry.host, source_store, tag="metrics", seed=5)
+    before = httpx.get(f"{acceld.url}/metrics", timeout=30).text
     refused = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), timeout=30)
     assert refused.status_code == 401
     r = httpx.post(
@@ -257,6 +258,27 @@ def test_metrics_reflect_conversions(acceld, registry, source_store):
     assert "accel_conversion_duration_seconds_bucket" in text
     assert "accel_build_info{" in text
     assert "/e2e/" not in text
+    # acceld's own families move too (its dashboards read these): one more conversion operation, and the
+    # API requests under acceleration_service_<server.name>.
+    convert = 'acceleration_service_core_conversions_op_total{op="convert"}'
+    assert _value(text, convert) >= _value(before, convert) + 1
+    host = acceld.url.removeprefix("http://")
+    api = (
+        "acceleration_service_api_requests_total"
+        + '{{code="{}",host="{}",method="POST",url="/api/v1/conversions"}}'
+    )
+    for code in ("401", "200"):
+        assert _value(text, api.format(code, host)) >= _value(before, api.format(code, host)) + 1
+    assert 'acceleration_service_core_conversions_op_duration_seconds_count{op="convert"}' in text
+    assert "process_start_time_seconds" in text
+
+
+def _value(metrics_text: str, sample: str) -> float:
+    """A sample's value in a Prometheus text exposition (0 when it is not there yet)."""
+    for line in metrics_text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _accelctl(acceld: Acceld, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from accel.registry import HostConfig, NotFound, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
+from tests.harness.proof import assert_proven
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -156,6 +157,7 @@ def test_nydus_cache_hits_bring_the_directory_tables_for_the_merge(
         warm_config = write_config(tmp_path / "warm.yaml", registry.host, tmp_path / "warm-work", ["nydus"])
         warm = convert_image(source=str(source), config=str(warm_config))
         assert [(t.cached_layers, t.layers) for t in warm.targets] == [(2, 2)]
+        assert_proven(client, source, warm.targets[0].reference)  # built from cache records alone
         assert [t.digest for t in warm.targets] == [t.digest for t in cold.targets]
 
         target = Reference.parse(warm.targets[0].reference)

@@ -20,6 +20,7 @@ from accel.referrers import referrers_tag
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, conformance, imagegen, pushing
+from tests.harness.proof import assert_proven
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.conformance]
 
@@ -109,6 +110,8 @@ def test_index_converts_to_index_per_driver(prefect_api, registry, client, confi
     result = convert_image(source=str(source), config=str(config))
 
     assert result.source_digest == index.digest
+    for proven in result.targets:
+        assert_proven(client, source, proven.reference)
     assert [t.driver for t in result.targets] == DRIVERS
     for target_result in result.targets:
         target = Reference.parse(target_result.reference)
@@ -186,6 +189,8 @@ def test_docker_manifest_converts_to_single_oci_manifest_and_reruns_identically(
 
     again = convert_image(source=str(source), config=str(config))
     assert [t.digest for t in again.targets] == [t.digest for t in first.targets]
+    for proven in again.targets:
+        assert_proven(client, source, proven.reference)
 
     # The run's artifact, keyed per image: every target and every layer's full digests and sizes.
     key = f"conversion-slice-single-{again.source_digest.removeprefix('sha256:')[:12]}"

@@ -4,6 +4,7 @@ above it (tasks, flows, deployments, service)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -35,3 +36,46 @@ def test_no_engine_module_imports_the_orchestrator_or_the_service():
     assert "accel.plan" in found["imported"] and "accel.drivers.nydus" in found["imported"]
     leaked = sorted(set(FORBIDDEN) & set(found["roots"]))
     assert leaked == [], f"accel imports {leaked}"
+
+
+def _engine_import_graph() -> dict[str, set[str]]:
+    """Module → engine modules it imports anywhere in its text (TYPE_CHECKING and function bodies too)."""
+    modules = {}
+    for path in (REPO / "accel").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            # A module importing its own package (`accel.drivers` from `accel.drivers.base`) is no cycle.
+            graph[name] |= {t for t in targets if t in modules and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def test_no_import_cycle_between_engine_modules():
+    graph = _engine_import_graph()
+    assert "accel.drivers.base" in graph["accel.image"]  # the graph is real: a known edge is in it
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(graph[current])
+        return False
+
+    cycles = sorted(f"{a} ⇄ {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert cycles == []

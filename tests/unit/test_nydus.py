@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from accel import cache
 from accel import constants as mt
 from accel import digest as dg
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
-from accel.drivers.nydus import NydusDriver, NydusOptions, extract_trailer_entry, tools
+from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, extract_trailer_entry, tools
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import ConfigError, DigestMismatch, DriverError, InvalidImage
 from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
@@ -71,7 +72,11 @@ def test_options_defaults_and_normalisation() -> None:
         ({"chunk_size": "big"}, "chunk_size"),
         ({"fs_version": "4"}, "fs_version"),
         ({"compressor": "gzip"}, "compressor"),
-        ({"fs_align_chunk": True}, "fs_align_chunk"),
+        ({"compressor": "gzip"}, "compressor 'gzip' is not supported by nydus-image 2.2.0"),
+        ({"fs_chunk_size": "0x4000", "chunk_size": "0x8000"}, "'fs_chunk_size' ('0x4000') and 'chunk_size'"),
+        ({"backend_type": "oss", "backend_config": "{}"}, "backend_type 'oss'"),
+        ({"backend_type": "localfs", "backend_config": "{}"}, "backend_config for localfs"),
+        ({"backend_type": "localfs", "backend_config": '{"dir": "/b"}', "oci_ref": True}, "backend_type"),
         ({"oci_ref": True, "fs_version": 5}, "oci_ref"),
         ({"oci_ref": True, "docker2oci": False}, "docker2oci"),
         ({"prefetch_patterns": "/etc\nusr/bin"}, "usr/bin"),
@@ -84,7 +89,13 @@ def test_invalid_options_name_the_field(config: dict[str, object], field: str) -
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("batch_size", "0x100000"), ("encrypt", True), ("merge_parent_bootstrap", True)]
+    ("key", "value"),
+    [
+        ("batch_size", "0x100000"),
+        ("encrypt", True),
+        ("merge_parent_bootstrap", True),
+        ("encrypt_recipients", "age1recipient"),
+    ],
 )
 def test_features_missing_from_2_2_0_are_refused(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"'{key}'.*nydus-image 2\.2\.0"):
@@ -433,6 +444,50 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
 
 @nh.needs_builder
 @pytest.mark.nydus
+def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    base = imagegen.TarBuilder(auto_parents=True)
+    base.file("etc/a.txt", b"first layer\n")
+    base.file_from_generator("usr/lib/big.bin", MiB + 7, seed=3)
+    update = imagegen.TarBuilder(auto_parents=True)
+    update.file("etc/b.txt", b"second layer\n")
+    image = imagegen.build_image([base, update], store)
+    blobs_dir = tmp_path / "backend"
+    config = {"backend_type": "localfs", "backend_config": json.dumps({"dir": str(blobs_dir)})}
+    driver = load_driver("nydus", config)
+    assert driver.cache_key() == load_driver("nydus").cache_key()  # the layer bytes are the same
+    inputs = _layer_inputs(image, store)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+
+    plan = driver.finish(_plan(image, converted), store)
+    # As nydus-snapshotter with a backend: the manifest lists the bootstrap layer alone.
+    [boot] = plan.layers
+    assert boot.descriptor.annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
+    assert plan.history == (BOOTSTRAP_HISTORY,)
+    assert sorted(p.name for p in blobs_dir.iterdir()) == sorted(
+        dg.hex_of(c.descriptor.digest) for c in converted
+    )
+    for layer in converted:
+        assert (blobs_dir / dg.hex_of(layer.descriptor.digest)).read_bytes() == store.read_bytes(
+            layer.descriptor.digest
+        )
+    merged = tmp_path / "image.boot"
+    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    expected = trees.apply_layers([_source_tar(store, layer) for layer in inputs])
+    assert set(nh.checked_inodes(merged, blobs_dir)) == set(expected)
+
+    # A blob already in the backend is left alone, unless backend_force_push.
+    first = blobs_dir / dg.hex_of(converted[0].descriptor.digest)
+    first.write_bytes(b"kept")
+    driver.finish(_plan(image, converted), store)
+    assert first.read_bytes() == b"kept"
+    load_driver("nydus", config | {"backend_force_push": "true"}).finish(_plan(image, converted), store)
+    assert first.read_bytes() == store.read_bytes(converted[0].descriptor.digest)
+
+
+@nh.needs_builder
+@pytest.mark.nydus
 def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.fifo("run/initctl")
@@ -609,7 +664,67 @@ def test_merge_manifest_indexes_the_oci_variant_and_the_nydus_manifest(
     assert "artifactType" not in json.loads(store.read_bytes(plain.root.digest))
 
 
-def test_with_referrer_is_accepted_and_always_on() -> None:
-    assert NydusOptions().with_referrer is True
-    # Switching it off is accepted (acceld configs carry it) but `subject` is written regardless.
-    assert load_driver("nydus", {"with_referrer": False}).options.with_referrer is False  # type: ignore[attr-defined]
+def test_with_referrer_decides_subject() -> None:
+    assert NydusOptions().with_referrer is True and load_driver("nydus").writes_subject() is True
+    # acceld's `with_referrer: false` (its default is off; accel's is on): no `subject` on the manifests.
+    assert load_driver("nydus", {"with_referrer": "false"}).writes_subject() is False
+
+
+def test_acceld_aliases_and_no_op_options() -> None:
+    aliased = NydusOptions.model_validate(
+        {"fs_chunk_size": "0x4000", "rafs_version": "5", "rafs_compressor": "lz4_block"}
+    )
+    assert (aliased.chunk_size, aliased.fs_version, aliased.compressor) == ("0x4000", "5", "lz4_block")
+    # The current names win over the old ones, as in acceld.
+    assert NydusOptions.model_validate({"fs_version": 6, "rafs_version": "5"}).fs_version == "6"
+    # "" is acceld's "builder default".
+    assert NydusOptions.model_validate({"compressor": "", "fs_chunk_size": ""}) == NydusOptions()
+    # nydus-image aligns chunks for RAFS v5 only: with v6 the flag changes no byte, so it is dropped.
+    assert NydusOptions.model_validate({"fs_align_chunk": True}) == NydusOptions()
+    assert NydusOptions.model_validate({"fs_align_chunk": True, "fs_version": 5}).fs_align_chunk is True
+    # A backend type without a config is no backend in acceld either.
+    assert NydusOptions.model_validate({"backend_type": "oss", "backend_config": ""}) == NydusOptions()
+
+
+@nh.needs_builder
+def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path) -> None:
+    other = tmp_path / "elsewhere" / "nydus-image"
+    other.parent.mkdir()
+    other.symlink_to(tools.nydus_builder())
+    plain = load_driver("nydus")
+    placed = load_driver(
+        "nydus",
+        {"builder": str(other), "docker2oci": False, "with_referrer": False, "merge_manifest": True},
+    )
+    assert placed.cache_key() == plain.cache_key()
+    assert placed.accepts_original_records() and plain.accepts_original_records()  # type: ignore[attr-defined]
+    # So records match whichever path wrote or reads them: accel's, and the Go service's (no options).
+    store = ContentStore(tmp_path / "store")
+    blob = Descriptor(media_type=mt.NYDUS_BLOB, digest=store.put_bytes(b"blob"), size=4)
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source"), size=6)
+    ours = cache.cache_entry(
+        plain, ConvertedLayer(source=source, descriptor=blob, diff_id=blob.digest), store
+    )
+    go_record = cache.CacheEntry(
+        layer=blob.with_(annotations={mt.NYDUS_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
+    )
+    assert ours.matches(placed) and go_record.matches(placed)
+    # What changes the bytes still counts.
+    assert load_driver("nydus", {"compressor": "lz4_block"}).cache_key() != plain.cache_key()
+    assert not load_driver("nydus", {"chunk_size": "0x4000"}).accepts_original_records()  # type: ignore[attr-defined]
+
+
+def test_localfs_backend_names_a_blob_it_cannot_copy(tmp_path: Path) -> None:
+    from accel.drivers.nydus import backend
+
+    store = ContentStore(tmp_path / "store")
+    here = Descriptor(media_type=mt.NYDUS_BLOB, digest=store.put_bytes(b"here"), size=4)
+    elsewhere = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"cache hit"), size=9)
+    directory = tmp_path / "blobs"
+    with pytest.raises(DriverError, match=f"blob {elsewhere.digest} is neither in the content store"):
+        backend.push_blobs(directory, [here, elsewhere], store, force=False)
+    # Already in the backend: nothing to copy, even when forced.
+    (directory / dg.hex_of(elsewhere.digest)).write_bytes(b"cache hit")
+    assert backend.push_blobs(directory, [here, elsewhere], store, force=True) == [
+        directory / dg.hex_of(here.digest)
+    ]

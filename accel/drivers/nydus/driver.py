@@ -28,11 +28,11 @@ from accel.drivers.base import (
     ResolvedDependency,
     oci_unless_docker_kept,
 )
-from accel.drivers.nydus import chunkdict, tools
+from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
 from accel.drivers.nydus.directories import patch_tar, patches, store_table
-from accel.drivers.nydus.history import history_with_bootstrap
+from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
 from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
@@ -99,8 +99,11 @@ class NydusDriver(Driver):
 
     # --- conversion cache: records of the original acceleration service ---------------------------
     def accepts_original_records(self) -> bool:
-        # They carry no options: taken to be what the default options produce.
-        return self.options == NydusOptions()
+        # They carry no options: taken to be what the default options produce (wherever the builder is).
+        return self.options.output_options() == NydusOptions().output_options()
+
+    def writes_subject(self) -> bool:
+        return self.options.with_referrer
 
     def restore_original_record(
         self, blob: oci.Descriptor, source: oci.Descriptor, store: ContentStore
@@ -368,6 +371,19 @@ class NydusDriver(Driver):
                 mt.ACCEL_NYDUS_BUILDER_VERSION: self.builder_version,
             }
         )
+        if self.options.backend_dir is not None:
+            # Blobs to the storage backend; the image is the bootstrap layer alone, as nydus-snapshotter's.
+            own_blobs = [layer.descriptor for layer in blob_layers if layer.extra.get("role") != "chunk-dict"]
+            backend.push_blobs(
+                self.options.backend_dir, own_blobs, store, force=self.options.backend_force_push
+            )
+            return dataclasses.replace(
+                plan,
+                layers=(bootstrap_layer,),
+                history=(dict(BOOTSTRAP_HISTORY),),
+                manifest_annotations=annotations,
+                artifact_type=plan.artifact_type,
+            )
         return dataclasses.replace(
             plan,
             layers=(*blob_layers, bootstrap_layer),

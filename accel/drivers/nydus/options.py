@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -14,12 +17,28 @@ from accel.reference import Reference
 _MIN_CHUNK_SIZE = 0x1000
 _MAX_CHUNK_SIZE = 0x1000000
 
+log = logging.getLogger(__name__)
+
 # Options of acceld/nydusify that the pinned builder (nydus-rs 2.2.0) cannot do.
 _UNSUPPORTED_OPTIONS = {
     "batch_size": "--batch-size",
     "encrypt": "blob encryption",
+    "encrypt_recipients": "bootstrap encryption",
     "merge_parent_bootstrap": "merging onto a parent bootstrap",
 }
+# acceld's older names, used when the current name is not set (as acceld does).
+_ALIASES = {"fs_chunk_size": "chunk_size", "rafs_version": "fs_version", "rafs_compressor": "compressor"}
+# Blob storage backends of acceld (nydus-snapshotter's): the blobs go there instead of into the image.
+BACKEND_LOCALFS = "localfs"
+_UNTESTED_BACKENDS = ("oss", "s3", "registry")
+_OFF = (None, False, 0, "", "0", "0x0", "false")
+
+
+def _number(value: Any) -> Any:
+    try:
+        return int(value, 0) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 class NydusOptions(DriverOptions):
@@ -34,13 +53,23 @@ class NydusOptions(DriverOptions):
     chunk_dict_ref: str | None = None  # a Nydus image whose chunks new layers reuse (see ChunkDict)
     oci_ref: bool = False
     docker2oci: bool = True
-    # Accepted for acceld compatibility: every converted manifest carries `subject` anyway.
+    # OCI `subject` → the source manifest on converted manifests. On by default (acceld's default is off).
     with_referrer: bool = True
     merge_manifest: bool = False  # one index with the (empty-layer-prefixed) OCI and the Nydus manifests
+    # A blob storage backend: layer blobs go there and the image lists only the bootstrap layer.
+    backend_type: Literal["localfs"] | None = None
+    backend_config: str | None = None  # JSON; localfs: {"dir": "/path"}
+    backend_force_push: bool = False  # overwrite blobs the backend already has
+
+    acceld_keys: ClassVar[frozenset[str]] = frozenset(_UNSUPPORTED_OPTIONS) | frozenset(_ALIASES)
+    not_in_output: ClassVar[frozenset[str]] = frozenset(
+        {"builder", "docker2oci", "with_referrer", "merge_manifest", "backend_type", "backend_config",
+         "backend_force_push"}
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
-    def _reject_unsupported(cls, data: Any) -> Any:
+    def _acceld_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -49,13 +78,64 @@ class NydusOptions(DriverOptions):
                 continue
             value = data.pop(key)
             # acceld configs often carry these switched off ("0", false); only a request to use them fails.
-            if value not in (None, False, 0, "", "0", "0x0", "false"):
+            if value not in _OFF:
                 raise ConfigError(
                     f"nydus option {key!r} ({feature}) is not supported by nydus-image "
                     f"{tools.NYDUS_RS_VERSION}, the builder accel uses; "
                     "remove it from converter.driver.config"
                 )
+        for old, new in _ALIASES.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if data.get(new) in (None, ""):
+                data[new] = value
+            elif old == "fs_chunk_size" and value not in (None, "") and _number(value) != _number(data[new]):
+                # Both are current names (acceld's and accel's): a silent winner would hide a mistake.
+                raise ConfigError(f"nydus options {old!r} ({value!r}) and {new!r} ({data[new]!r}) disagree")
+        if data.get("compressor") == "":
+            data.pop("compressor")  # acceld: empty means the builder's default (zstd)
+        if data.get("compressor") == "gzip":
+            raise ConfigError(
+                f"nydus option compressor 'gzip' is not supported by nydus-image {tools.NYDUS_RS_VERSION}, "
+                "the builder accel uses (it offers none, lz4_block and zstd)"
+            )
+        backend = data.get("backend_type")
+        if backend in (None, "") or data.get("backend_config") in (None, ""):
+            # acceld uses a backend only when both are set.
+            for key in ("backend_type", "backend_config"):
+                data.pop(key, None)
+        elif backend != BACKEND_LOCALFS:
+            untested = "an untested" if backend in _UNTESTED_BACKENDS else "an unknown"
+            raise ConfigError(
+                f"nydus option backend_type {backend!r} is {untested} blob storage backend for accel: only "
+                f"{BACKEND_LOCALFS!r} is supported (keep blobs in the registry by leaving backend_type out)"
+            )
+        if data.get("fs_align_chunk") not in _OFF and str(data.get("fs_version", "6")) == "6":
+            # nydus-image aligns chunks for RAFS v5 only; with v6 the flag changes no byte (checked).
+            log.warning("nydus option fs_align_chunk has no effect with fs_version 6; ignoring it")
+            data["fs_align_chunk"] = False
         return data
+
+    @field_validator("backend_config")
+    @classmethod
+    def _backend_config(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            raise ValueError(f"backend_config must be JSON, got {value!r}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("dir"), str) or not doc["dir"]:
+            raise ValueError('backend_config for localfs must be JSON like {"dir": "/path/to/blobs"}')
+        return value
+
+    @property
+    def backend_dir(self) -> Path | None:
+        """The localfs backend's directory, when one is configured."""
+        if self.backend_type != BACKEND_LOCALFS or not self.backend_config:
+            return None
+        return Path(json.loads(self.backend_config)["dir"])
 
     @field_validator("fs_version", mode="before")
     @classmethod
@@ -105,8 +185,6 @@ class NydusOptions(DriverOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> NydusOptions:
-        if self.fs_align_chunk and self.fs_version != "5":
-            raise ValueError("fs_align_chunk is only valid with fs_version 5")
         if self.oci_ref and self.fs_version != "6":
             raise ValueError("oci_ref (zran) needs fs_version 6")
         if self.oci_ref and not self.docker2oci:
@@ -114,6 +192,8 @@ class NydusOptions(DriverOptions):
             raise ValueError(
                 "oci_ref (zran) needs docker2oci: Docker manifests cannot carry its layer annotations"
             )
+        if self.backend_type and (self.oci_ref or self.merge_manifest):
+            raise ValueError("backend_type cannot be combined with oci_ref or merge_manifest")
         if self.oci_ref and self.chunk_dict_ref:
             # nydus-snapshotter builds zran layers without a dictionary too: they hold no chunk data.
             raise ValueError("chunk_dict_ref cannot be combined with oci_ref (zran layers hold no chunks)")
