@@ -45,8 +45,17 @@ _PAGE = 200
 _MAX_RUNS = 2000
 
 
-def key_of_run(settings: Settings, run: FlowRun) -> str | None:
-    """The idempotency key a run's parameters give under `settings`, planned as the flow plans them; None for
+Identity = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def identity(plan: ConversionPlan) -> Identity:
+    """The plan's idempotency key and its targets: an explicit `target` does not change the key (yet), and a
+    run writing elsewhere is not a duplicate."""
+    return plan.idempotency_key, tuple(sorted(plan.target_names().items()))
+
+
+def key_of_run(settings: Settings, run: FlowRun) -> Identity | None:
+    """The identity a run's parameters give under `settings`, planned as the flow plans them; None for
     parameters that plan nothing."""
     params = run.parameters or {}
     try:
@@ -59,10 +68,10 @@ def key_of_run(settings: Settings, run: FlowRun) -> str | None:
         plan = with_target(plan, parse_location(str(target)).reference if target else None)
     except Exception:  # another config's driver, a bad source: not this conversion
         return None
-    return plan.idempotency_key
+    return identity(plan)
 
 
-def earliest_of(runs: list[FlowRun], settings: Settings, key: str) -> FlowRun | None:
+def earliest_of(runs: list[FlowRun], settings: Settings, key: Identity) -> FlowRun | None:
     """The run that converts for `key`: the earliest created (then lowest id) that is not a duplicate."""
     same = [r for r in runs if DUPLICATE_TAG not in (r.tags or []) and key_of_run(settings, r) == key]
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -97,7 +106,7 @@ def duplicate_of(settings: Settings, plan: ConversionPlan) -> uuid.UUID | None:
                 break
     if not any(str(r.id) == str(run_id) for r in runs):
         return None  # our own run is not listed (clock skew, paging): never skip on a partial view
-    winner = earliest_of(runs, settings, plan.idempotency_key)
+    winner = earliest_of(runs, settings, identity(plan))
     if winner is None or str(winner.id) == str(run_id):
         return None
     return winner.id

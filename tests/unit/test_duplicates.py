@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import FlowRun
 from accel.config import load_settings
 from accel.plan import plan_conversion
 from accel.reference import Reference
-from flows.duplicates import DUPLICATE_TAG, earliest_of
+from flows.duplicates import DUPLICATE_TAG, earliest_of, identity
 
 SOURCE = "r.example/team/app:v1@sha256:" + "a" * 64
 SETTINGS = load_settings(
@@ -25,7 +25,7 @@ SETTINGS = load_settings(
         },
     }
 )
-KEY = plan_conversion(SETTINGS, Reference.parse(SOURCE)).idempotency_key
+KEY = identity(plan_conversion(SETTINGS, Reference.parse(SOURCE)))
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -55,6 +55,7 @@ def test_other_images_drivers_duplicates_and_unplannable_runs_do_not_count():
         _run(3, tags=(DUPLICATE_TAG,)),
         _run(4, drivers=["no-such-driver"]),
         _run(5, source="not a reference"),
+        _run(6, target="r.example/elsewhere/app:x"),  # same key today, another destination
     ]
     assert earliest_of([*others, me], SETTINGS, KEY) is me
     assert earliest_of(others[:2], SETTINGS, KEY) is None
