@@ -29,7 +29,7 @@ from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from deployments.render import render
 from tests.e2e.test_acceld import assert_converted, harbor_payload, push_image
-from tests.harness import imagegen, pushing
+from tests.harness import conformance, imagegen, pushing
 from tests.harness import registry as harness
 from tests.harness.api import wait_until
 from tests.harness.postgres import PostgresServer
@@ -208,11 +208,28 @@ def _accelctl_list(acceld: Acceld) -> list[dict[str, Any]]:
     return json.loads(done.stdout)
 
 
+def assert_reference_readable(ref: Reference, scratch: Path) -> None:
+    """Every layer of the converted image passes the eStargz reference reader (tests/conformance/checker)."""
+    from accel.oci import Manifest
+
+    target = ref.with_tag(f"{ref.tag}{SUFFIX}")
+    with RegistryClient({ref.registry: HostConfig()}) as client:
+        _, raw = client.fetch_manifest(target)
+        for layer in Manifest.parse(raw).layers:
+            blob = client.fetch_blob(target, layer, ContentStore(scratch))  # digest-verified
+            verdict = conformance.check_estargz(
+                blob,
+                layer.annotation(mt.ESTARGZ_TOC_DIGEST),
+                int(layer.annotation(mt.ESTARGZ_UNCOMPRESSED_SIZE)),
+            )
+            assert verdict.ok, f"{target} layer {layer.digest}: reference reader said: {verdict.error}"
+
+
 def _worker_of(run: Any) -> str | None:
     return (run.labels or {}).get("prefect.worker.name")
 
 
-def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: WorkPool, registry):
+def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: WorkPool, registry, tmp_path):
     refs = [push_image(registry.host, workpool.store, tag="wp", seed=100 + i) for i in range(IMAGES)]
     ids: dict[str, str] = {}
     for ref in refs:
@@ -228,6 +245,7 @@ def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: 
         task = _task(workpool.acceld, ids[str(ref)])
         assert task["status"] == "COMPLETED", task
         assert_converted(ref)
+        assert_reference_readable(ref, tmp_path / "fetched")
 
     # The same webhooks again: the same runs, nothing new.
     for ref in refs:
@@ -356,7 +374,7 @@ def test_cli_run_as_the_readme_says_and_the_run_form_schema(workpool: WorkPool, 
 
     with temporary_settings({PREFECT_API_URL: workpool.prefect.api_url}):
         properties = asyncio.run(schema())["properties"]
-    assert set(properties) == {"source", "drivers", "config", "target_repository"}
+    assert set(properties) == {"source", "drivers", "config", "target_repository", "target"}
     assert all(p.get("description") for p in properties.values()), properties
     assert properties["drivers"]["anyOf"][0]["items"]["enum"] == ["estargz", "zstdchunked", "nydus"]
 
