@@ -12,7 +12,7 @@ DEFAULT_BULK_SCHEDULE (or with `--config FILE`, from that file's `bulk.schedule`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from accel.config import ConverterSettings, Settings
 
@@ -27,16 +27,56 @@ DEFAULT_CONCURRENCY = ConverterSettings.model_fields["worker"].default  # conver
 PUSHED_EVENT = "harbor.artifact.pushed"
 TAGS = ("accel",)
 
-# What the config parameter of every deployment is bound to when rendered for prefect.yaml: workers and
-# `prefect deploy` read the config path from their environment.
-CONFIG_FROM_ENV = "{{ $ACCEL_CONFIG }}"
-RESULTS_DIR_FROM_ENV = "{{ $ACCEL_RESULTS_DIR }}"
+# prefect.yaml binds no config: a work-pool flow run reads ACCEL_CONFIG from its worker's environment, so each
+# worker can have its own config (its own work_dir) and `prefect deploy` needs none.
+
+
+# Crashed-run detection in the work-pool mode: a flow run process sends a heartbeat event every
+# HEARTBEAT_SECONDS (Prefect's minimum); when a worker machine dies with its runs, the heartbeats stop and the
+# automation below marks the run CRASHED, so it is not left RUNNING forever (a re-sent webhook then starts a
+# new run on a surviving worker). In the single-process mode acceld fails such runs itself when it restarts.
+HEARTBEAT_SECONDS = 30
+MISSED_HEARTBEATS = 3
+CRASHED_RUN_AUTOMATION = "accel: crash runs whose process died"
+
+
+def crashed_run_automation() -> dict[str, object]:
+    """The automation (`prefect automation create --from-file`) that marks an accel run whose heartbeats
+    stopped as CRASHED."""
+    seconds = HEARTBEAT_SECONDS * MISSED_HEARTBEATS
+    return {
+        "name": CRASHED_RUN_AUTOMATION,
+        "description": f"An accel flow run with no heartbeat for {seconds} s lost its process (worker died).",
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            # Any later event of the run: another heartbeat, or its final state.
+            "expect": ["prefect.flow-run.*"],
+            "for_each": ["prefect.resource.id"],
+            "match": {"prefect.resource.id": "prefect.flow-run.*"},
+            "match_related": {
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{TAGS[0]}",
+            },
+            "threshold": 1,
+            "within": seconds,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "name": "Crashed",
+                "message": f"no heartbeat for {seconds} s: the worker or the flow run process died",
+            }
+        ],
+    }
 
 
 @dataclass(frozen=True)
 class EventTrigger:
-    """A Prefect event that starts a run; `parameters` are Jinja templates over the event (the deployment's
-    own parameters, e.g. `config`, are added to them)."""
+    """A Prefect event that starts a run; `parameters` are Jinja templates over the event."""
 
     event: str
     resource_id: str  # glob over `prefect.resource.id`
@@ -52,8 +92,6 @@ class DeploymentDefinition:
     concurrency_limit: int | None = None
     schedule: str | None = None  # cron, UTC
     triggers: tuple[EventTrigger, ...] = ()
-    # Environment a work-pool worker gives the flow run process (besides ACCEL_CONFIG).
-    worker_env: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = TAGS
 
     @property
@@ -70,6 +108,7 @@ class DeploymentDefinition:
         return f"{self.module.replace('.', '/')}.py:{self.function}"
 
     def parameters(self, config: str) -> dict[str, str]:
+        """acceld's served deployments: runs use the config acceld was started with."""
         return {"config": config}
 
 
@@ -91,12 +130,6 @@ def definitions(settings: Settings | None = None) -> tuple[DeploymentDefinition,
                 parameters={"source": "{{ event.payload.source }}"},
             ),
         ),
-        worker_env={
-            # acceld reads sizes and targets from persisted flow results; workers and acceld must share
-            # this storage (a shared volume, or a remote result storage block).
-            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-            "PREFECT_LOCAL_STORAGE_PATH": RESULTS_DIR_FROM_ENV,
-        },
     )
     bulk = DeploymentDefinition(
         flow_name=BULK_FLOW,

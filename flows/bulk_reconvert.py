@@ -2,18 +2,28 @@
 
 "Up to date" means the target tag exists and its manifest (or index) says, in accel's provenance
 annotations, that it was made from the source's current digest by the current driver version. Conversions
-start as runs of the `convert-image` deployment (concurrency and retries stay with whoever serves it);
-without a deployment they run here as subflows, one after another.
+start as runs of the `convert-image` deployment (concurrency and retries stay with whoever serves it), linked
+to the bulk run as its child runs; the bulk run waits for them (at most `wait_minutes`) and fails when one of
+them failed or did not finish, so a failed re-conversion shows on the bulk run. Each run is named
+`bulk-reconvert <UTC date and time>` and leaves a `bulk-reconvert` artifact: every stale image, why, its
+run and that run's final state. Without a deployment the conversions run here as subflows, one after another.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
+import uuid
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from accel import constants as mt
@@ -37,6 +47,16 @@ class BulkResult(BaseModel):
     repositories: int
     stale: list[StaleImage]
     runs: list[str]  # flow run ids (deployment mode) or targets pushed (subflow mode)
+    states: dict[str, str] = {}  # flow run id → its final state name (deployment mode)
+
+
+ARTIFACT_KEY = "bulk-reconvert"
+_FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+_POLL_SECONDS = 5.0
+
+
+def bulk_run_name() -> str:
+    return f"bulk-reconvert {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
 
 
 def _provenance(raw: bytes) -> tuple[str | None, str | None]:
@@ -124,15 +144,28 @@ def _idempotency_key(settings: Settings, image: StaleImage, run_scope: str) -> s
     return f"{plan.idempotency_key}-bulk-{run_scope}"
 
 
-@flow(name="bulk-reconvert", log_prints=True)
+@flow(name="bulk-reconvert", flow_run_name=bulk_run_name, log_prints=True)
 def bulk_reconvert(
     config: str | None = None,
     repositories: list[str] | None = None,
     drivers: list[str] | None = None,
     dry_run: bool = False,
     use_deployment: bool = True,
-) -> BulkResult:
-    """Find stale tags in `repositories` (default: bulk.repositories, else every catalog) and convert them."""
+    wait_minutes: float = 60.0,
+) -> BulkResult | State:
+    """Find stale tags in `repositories` and convert them.
+
+    Args:
+        config: Path of the accel config on the worker. Empty: $ACCEL_CONFIG.
+        repositories: `host/repo` names to walk. Empty: the config's bulk.repositories, else every repository
+            in each source registry's catalog.
+        drivers: Formats to check and produce. Empty: each image's matching rule, else every configured
+            driver.
+        dry_run: List the stale images (in the artifact) and convert nothing.
+        use_deployment: Start each conversion as a run of the convert-image deployment (else convert here,
+            one after another).
+        wait_minutes: How long to wait for the conversion runs; the bulk run fails if any is not done by then.
+    """
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -143,8 +176,11 @@ def bulk_reconvert(
     logger.info("%d repositories, %d stale image(s)", len(repos), len(stale))
     runs: list[str] = []
     if dry_run:
-        return BulkResult(repositories=len(repos), stale=stale, runs=runs)
+        result = BulkResult(repositories=len(repos), stale=stale, runs=runs)
+        _publish_artifact(result, {}, dry_run=True)
+        return result
     scope = str(flow_run.get_id() or "local")
+    run_of: dict[str, str] = {}  # source → flow run id
     for image in stale:
         logger.info("converting %s (%s)", image.source, "; ".join(image.reasons))
         parameters: dict[str, Any] = {
@@ -157,16 +193,64 @@ def bulk_reconvert(
             try:
                 run = run_deployment(
                     CONVERT_DEPLOYMENT,
-                    parameters=parameters,
+                    # The run uses its own runner's config: it may run on another worker.
+                    parameters={k: v for k, v in parameters.items() if k != "config"},
                     timeout=0,
                     idempotency_key=_idempotency_key(context_for(config_path).settings, image, scope),
-                    as_subflow=False,
+                    as_subflow=True,  # the UI shows each conversion as a child of this run
                 )
                 runs.append(str(run.id))
+                run_of[image.source] = str(run.id)
                 continue
             except ObjectNotFound:
                 logger.warning("deployment %s not found; converting in this flow run", CONVERT_DEPLOYMENT)
                 use_deployment = False
-        result = convert_image(**parameters)
-        runs += [t.reference for t in result.targets]
-    return BulkResult(repositories=len(repos), stale=stale, runs=runs)
+        converted = convert_image(**parameters)
+        runs += [t.reference for t in converted.targets]
+    finals = _wait_for(list(run_of.values()), wait_minutes * 60) if run_of else {}
+    states = {str(run_id): run.state.name if run.state else "unknown" for run_id, run in finals.items()}
+    result = BulkResult(repositories=len(repos), stale=stale, runs=runs, states=states)
+    _publish_artifact(result, run_of)
+    failed = [
+        source
+        for source, run_id in run_of.items()
+        if (run := finals.get(run_id)) is None or run.state is None or run.state.type != StateType.COMPLETED
+    ]
+    if failed:
+        return Failed(
+            message=f"{len(failed)} of {len(run_of)} conversion(s) did not complete: {', '.join(failed)}",
+            data=result,
+        )
+    return result
+
+
+def _wait_for(run_ids: list[str], seconds: float) -> dict[str, FlowRun]:
+    """The runs as they are when all are final or `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    ids = [uuid.UUID(r) for r in run_ids]
+    with get_client(sync_client=True) as client:
+        while True:
+            read = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            runs = {str(r.id): r for r in read}
+            done = all(r.state is not None and r.state.type in _FINAL for r in runs.values())
+            if (done and len(runs) == len(ids)) or time.monotonic() >= deadline:
+                return runs
+            time.sleep(_POLL_SECONDS)
+
+
+def _publish_artifact(result: BulkResult, run_of: dict[str, str], dry_run: bool = False) -> None:
+    rows = "\n".join(
+        f"| `{image.source}` | {', '.join(image.drivers)} | {'; '.join(image.reasons)} "
+        f"| {run_of.get(image.source, '—')} | {result.states.get(run_of.get(image.source, ''), '—')} |"
+        for image in result.stale
+    )
+    heading = "dry run: nothing converted" if dry_run else f"{len(result.stale)} stale image(s) re-converted"
+    create_markdown_artifact(
+        key=ARTIFACT_KEY,
+        description=f"bulk re-conversion: {heading}",
+        markdown=(
+            f"# {heading}\n\n{result.repositories} repositories walked.\n\n"
+            "| source | drivers | why | flow run | state |\n|---|---|---|---|---|\n"
+            f"{rows}\n"
+        ),
+    )

@@ -7,28 +7,38 @@ The flow only composes tasks; every step's logic lives in the engine (`accel`).
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from accel.context import context_for
-from accel.digest import short
+from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, detect_format
-from accel.errors import ConfigError
+from accel.errors import ConfigError, InvalidReference
 from accel.image import BuiltImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference
 from accel.store import ContentStore
 from accel.transports import describe, parse_location
+from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.store import collect_garbage
+
+# The type of the artifact that carries a run's ConversionResult as JSON: acceld (any mode, any host) reads
+# sizes and targets from it through the Prefect API, without result storage or the flow's code.
+RESULT_ARTIFACT_TYPE = "accel-result"
+
+# The run form's driver choices: every driver accel has (a run fails early if the config lacks one).
+DriverType = Literal["estargz", "zstdchunked", "nydus"]
 
 
 class LayerResult(BaseModel):
@@ -116,7 +126,7 @@ def conversion_timeout() -> float | None:
 )
 def convert_image(
     source: str,
-    drivers: list[str] | None = None,
+    drivers: list[DriverType] | None = None,
     config: str | None = None,
     target_repository: str | None = None,
     target: str | None = None,
@@ -125,7 +135,18 @@ def convert_image(
     configured driver and the source's repository). `source` and `target` may name any transport
     (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference).
     When some drivers fail, the others are still pushed and the run ends FAILED with a message naming each
-    failed driver and why (its result lists both)."""
+    failed driver and why (its result lists both).
+
+    Args:
+        source: The image to convert: `host/repo:tag`, `host/repo@sha256:…` or both. Its registry must be in
+            the config's provider.source.
+        drivers: Formats to produce. Empty: the first matching converter rule's drivers, else every driver in
+            the config.
+        config: Path of the accel config on the worker. Empty: $ACCEL_CONFIG.
+        target_repository: Repository to push the converted images to. Empty: the matching rule's, else the
+            source's own repository.
+        target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
+    """
     logger = get_run_logger()
     config_path = _config_path(config)
     ctx = context_for(config_path)
@@ -139,6 +160,10 @@ def convert_image(
     timings: dict[str, float] = {}
     if is_cache_tag(ctx.settings, source_ref):
         return _skipped(plan, "", f"tag {source_ref.tag!r} is a conversion cache tag")
+    # Runs started by an event trigger carry no idempotency key: the flow itself makes a repeated event one
+    # conversion, by the same key acceld submits with.
+    if earlier := duplicate_of(ctx.settings, plan):
+        return _skipped(plan, source_ref.digest or "", f"duplicate of flow run {earlier}", duplicate=True)
 
     started = time.monotonic()
     image = resolve(source_ref, config_path)
@@ -327,8 +352,10 @@ def _converted_layers(
     return [hits.get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers]
 
 
-def _skipped(plan: ConversionPlan, digest: str, reason: str) -> ConversionResult:
+def _skipped(plan: ConversionPlan, digest: str, reason: str, duplicate: bool = False) -> ConversionResult:
     get_run_logger().info("skipping %s: %s", plan.source, reason)
+    if duplicate:
+        mark_duplicate()
     result = ConversionResult(
         source=describe(plan.source),
         source_digest=digest,
@@ -341,11 +368,23 @@ def _skipped(plan: ConversionPlan, digest: str, reason: str) -> ConversionResult
     return result
 
 
+def artifact_key(source: str, digest: str) -> str:
+    """`conversion-<repo>-<12 hex of the digest>`: one card per image on Prefect's Artifacts page. Prefect
+    allows lowercase letters, digits and dashes only."""
+    try:
+        repository = Reference.parse(source).repository
+    except (InvalidReference, ValueError):
+        repository = source
+    slug = re.sub(r"[^a-z0-9]+", "-", repository.lower()).strip("-")[:80] or "image"
+    tail = hex_of(digest)[:12] if digest.startswith("sha256:") else "unresolved"
+    return f"conversion-{slug}-{tail}"
+
+
 def _layer_table(target: TargetResult) -> str:
     header = "| source layer | bytes | converted | bytes | cache |\n|---|---|---|---|---|\n"
     rows = "\n".join(
-        f"| `{short(la.source_digest)}` | {la.source_size:,} "
-        f"| `{short(la.target_digest)}` | {la.target_size:,} | {'hit' if la.cached else 'converted'} |"
+        f"| `{la.source_digest}` | {la.source_size:,} "
+        f"| `{la.target_digest}` | {la.target_size:,} | {'hit' if la.cached else 'converted'} |"
         for la in target.layer_sizes
     )
     return f"\n\n### {target.driver} layers\n\n{header}{rows}"
@@ -353,7 +392,7 @@ def _layer_table(target: TargetResult) -> str:
 
 def _publish_artifact(result: ConversionResult) -> None:
     rows = "\n".join(
-        f"| {t.driver} | `{t.reference}` | `{short(t.digest)}` | {t.source_size:,} | {t.target_size:,} "
+        f"| {t.driver} | `{t.reference}` | `{t.digest}` | {t.source_size:,} | {t.target_size:,} "
         f"| cached {t.cached_layers}/{t.layers} layers |"
         for t in result.targets
     )
@@ -361,7 +400,7 @@ def _publish_artifact(result: ConversionResult) -> None:
     stages = "\n".join(f"| {k} | {v:.2f} s |" for k, v in result.seconds.items())
     skipped = f"**skipped**: {result.skipped}\n\n" if result.skipped else ""
     create_markdown_artifact(
-        key="conversion",
+        key=artifact_key(result.source, result.source_digest),
         description=f"conversion of {result.source}",
         markdown=(
             f"# {result.source}\n\nsource digest `{result.source_digest}`\n\n{skipped}"
@@ -369,3 +408,9 @@ def _publish_artifact(result: ConversionResult) -> None:
             f"{rows}{per_layer}\n\n| stage | time |\n|---|---|\n{stages}\n"
         ),
     )
+    # The machine-readable twin (no key: it stays off the global Artifacts page).
+    Artifact(
+        type=RESULT_ARTIFACT_TYPE,
+        description=f"ConversionResult of {result.source} (JSON)",
+        data=result.model_dump(mode="json"),
+    ).create()

@@ -45,7 +45,7 @@ IN_PROCESS_POLL_SECONDS = 0.5  # --in-process-runs: one indexed query per poll
 def runtime_env(config_path: str, work_dir: Path) -> None:
     """Settings every acceld process and flow run shares; set before Prefect reads its settings."""
     os.environ["ACCEL_CONFIG"] = config_path
-    # The API reads conversion results (sizes, targets) that flow runs persist, so both need the same store.
+    # Persisted task results (converted layers) let a retried run reuse its conversions.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(work_dir / "prefect-results"))
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_SECONDS)

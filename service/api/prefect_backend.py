@@ -2,7 +2,9 @@
 
 A task id is the flow run id; the task list is Prefect's list of `convert-image` runs, so it survives acceld
 restarts and shows runs started by any acceld, worker or the `bulk-reconvert` flow. Sizes and targets come
-from the flow's persisted result (`ConversionResult`) once it completes.
+from the run's result artifact (its `ConversionResult` as JSON, written by the flow) once it completes: read
+through the Prefect API, so it works in every mode with no shared result storage and no flow code to
+unpickle.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any, TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
     DeploymentFilter,
     DeploymentFilterId,
     FlowFilter,
@@ -30,13 +35,14 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Failed, get_state_result
+from prefect.states import Failed
 
 from accel.config import Settings
 from accel.plan import ConversionPlan, attempt_key, plan_conversion
 from accel.reference import Reference
 from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
-from flows.convert_image import ConversionResult
+from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult
+from flows.duplicates import DUPLICATE_TAG
 from service.api.conversions import (
     COMPLETED,
     FAILED,
@@ -72,6 +78,13 @@ async def _answered(call: Awaitable[T]) -> T:
         return await asyncio.wait_for(call, timeout=ANSWER_WITHIN)
     except TimeoutError:
         raise BackendUnavailable(f"Prefect API did not answer within {ANSWER_WITHIN:g} s") from None
+
+
+def parse_result(data: Any) -> ConversionResult:
+    """A result artifact's data (JSON text, or already decoded) as the ConversionResult the flow wrote."""
+    if isinstance(data, str | bytes):
+        return ConversionResult.model_validate_json(data)
+    return ConversionResult.model_validate(data)
 
 
 def status_of(run: FlowRun) -> Status:
@@ -136,10 +149,11 @@ class PrefectBackend:
     # --- the backend protocol -------------------------------------------------------------------------
 
     async def submit(self, request: SubmitRequest) -> ConversionTask:
+        # No `config`: the run uses its runner's (acceld binds its own as the served deployment's default;
+        # a work-pool worker has ACCEL_CONFIG), so workers can differ from acceld in work_dir.
         parameters: dict[str, Any] = {
             "source": str(request.source),
             "drivers": list(request.drivers),
-            "config": self.config_path,
             "target_repository": request.target_repository,
         }
         try:
@@ -214,6 +228,8 @@ class PrefectBackend:
                     runs += page
                     if len(page) < _PAGE:
                         break
+                # A run that skipped as a duplicate (the event trigger fired twice) is not a task of its own.
+                runs = [r for r in runs if DUPLICATE_TAG not in (r.tags or [])]
                 runs.sort(key=lambda r: r.created or self.started_at, reverse=True)
                 return [await self._task(client, run) for run in runs]
         except BackendUnavailable:
@@ -264,10 +280,19 @@ class PrefectBackend:
             return self._results[run.id]
         result: ConversionResult | None = None
         try:
-            stored = await get_state_result(run.state, raise_on_failure=False, retry_result_failure=False)
-            result = ConversionResult.model_validate(stored, from_attributes=True)
-        except Exception as exc:  # not persisted, storage not reachable from here, or not a conversion
+            async with self._client() as client:
+                artifacts = await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                        type=ArtifactFilterType(any_=[RESULT_ARTIFACT_TYPE]),
+                    ),
+                    limit=1,
+                )
+            if artifacts:
+                result = parse_result(artifacts[0].data)
+        except Exception as exc:  # the API failed us (asked again next time), or an incompatible result
             log.debug("no result for flow run %s: %s", run.id, exc)
+            return None
         if len(self._results) >= _RESULT_CACHE_LIMIT:
             self._results.clear()
         self._results[run.id] = result

@@ -403,6 +403,9 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._random_rate = 0.0
         self._random = random.Random(0)
+        self._open = threading.Event()  # cleared by hold(): requests wait until release()
+        self._open.set()
+        self.held = 0  # requests that arrived while held
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
@@ -444,6 +447,13 @@ class FaultProxy:
             self._faults.clear()
             self.hits.clear()
             self._random_rate = 0.0
+
+    def hold(self) -> None:
+        """Make every request wait (a registry that stopped answering) until release()."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
 
     def count(self, path: str = "", method: str | None = None) -> int:
         pattern = re.compile(path)
@@ -510,6 +520,10 @@ class FaultProxy:
             def _handle(self) -> None:
                 method, path = self.command, urlsplit(self.path).path
                 body = self._read_body()
+                if not proxy._open.is_set():
+                    with proxy._lock:
+                        proxy.held += 1
+                    proxy._open.wait()
                 fault = proxy._take_fault(method, path)
                 if fault is not None and fault.reset:
                     proxy._record(ProxyHit(method, path, None, True))

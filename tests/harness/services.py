@@ -124,7 +124,7 @@ class Acceld:
     def __init__(
         self, workdir: Path, prefect: PrefectServer, settings: dict[str, Any], args: tuple[str, ...] = ()
     ) -> None:
-        self.args = args  # extra acceld flags, e.g. --in-process-runs
+        self.args = args  # extra acceld flags, e.g. --in-process-runs, or --no-serve for the work-pool mode
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = int(settings["server"]["port"])
@@ -156,3 +156,82 @@ class Acceld:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def prefect_cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """`prefect ARGS` from the checkout (as an operator runs it); its output, or an error with it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env={**env, "PREFECT_CLI_PROMPT": "false"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (flow run processes of a worker), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+class PrefectWorker:
+    """`prefect worker start --pool POOL` with its own PREFECT_HOME, ACCEL_CONFIG and log file."""
+
+    def __init__(
+        self, workdir: Path, prefect: PrefectServer, name: str, config_path: Path, pool: str
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{name}.log"
+        self.env = {
+            **prefect.client_env(workdir / "prefect-home"),
+            "ACCEL_CONFIG": str(config_path),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+        }
+        self.pool = pool
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, limit: int) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool,
+                 "--name", self.name, "--limit", str(limit), "--type", "process"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its flow run processes: a machine that died mid-run."""
+        if self._proc is None:
+            return
+        for pid in [self._proc.pid, *_descendants(self._proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        _stop(self._proc)
+
+    def log(self) -> str:
+        return tail(self.log_path, 20000)

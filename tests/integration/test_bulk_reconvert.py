@@ -63,6 +63,13 @@ def test_bulk_converts_missing_then_nothing_then_only_the_new_tag(
         f"estargz: v2{SUFFIX} missing",
     ]
     assert sorted(client.list_tags(base)) == ["v1", "v2"]
+    # The run's artifact lists each stale image, pinned, and why.
+    markdown = _latest_bulk_artifact()
+    assert markdown.startswith("# dry run: nothing converted")
+    for tag in ("v1", "v2"):
+        assert (
+            f"| `{repository}:{tag}@{digests[tag]}` | estargz | estargz: {tag}{SUFFIX} missing |" in markdown
+        )
 
     first = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
     assert sorted(first.runs) == [f"{repository}:v1{SUFFIX}", f"{repository}:v2{SUFFIX}"]
@@ -112,3 +119,59 @@ def test_bulk_without_a_deployment_falls_back_to_subflows(
 
     assert result.runs == [f"{repository}:v1{SUFFIX}"]
     assert _made_from(client, base.with_tag(f"v1{SUFFIX}")) == digest
+
+
+def _latest_bulk_artifact() -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.bulk_reconvert import ARTIFACT_KEY
+
+    with get_client(sync_client=True) as prefect:
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifact.data)
+
+
+def test_a_failed_child_run_fails_the_bulk_run_and_shows_in_its_artifact(
+    prefect_api, registry, client, config, store: ContentStore, monkeypatch
+):
+    """Children are real Prefect runs (only starting them from a deployment is stood in for): the bulk run
+    waits for them and ends FAILED, naming the image whose conversion failed."""
+    from prefect import get_client
+    from prefect.states import Failed
+
+    import flows.bulk_reconvert as bulk
+    from flows.convert_image import convert_image
+
+    repository = f"{registry.host}/bulk/{uuid.uuid4().hex[:10]}"
+    base = Reference.parse(f"{repository}:latest")
+    digest = pushing.push(
+        client, store, base.with_tag("v1"), imagegen.standard_image(store, big_file_size=1024)
+    )
+    started = []
+
+    def run_deployment(name, parameters, **options):
+        assert name == "convert-image/convert-image" and "config" not in parameters
+        with get_client(sync_client=True) as prefect:
+            run = prefect.create_flow_run(
+                convert_image, parameters=parameters, state=Failed(message="registry said no")
+            )
+        started.append(run)
+        return run
+
+    monkeypatch.setattr(bulk, "run_deployment", run_deployment)
+    state = bulk.bulk_reconvert(config=config, repositories=[repository], return_state=True)
+
+    assert state.is_failed()
+    assert state.message == f"1 of 1 conversion(s) did not complete: {repository}:v1@{digest}"
+    [child] = started
+    markdown = _latest_bulk_artifact()
+    assert (
+        f"| `{repository}:v1@{digest}` | estargz | estargz: v1{SUFFIX} missing | {child.id} | Failed |"
+        in markdown
+    )

@@ -192,29 +192,36 @@ def test_docker_manifest_converts_to_single_oci_manifest_and_reruns_identically(
     for proven in again.targets:
         assert_proven(client, source, proven.reference)
 
-    # The run's artifact: every target and every layer's size before and after.
-    markdown = _latest_conversion_artifact()
+    # The run's artifact, keyed per image: every target and every layer's full digests and sizes.
+    key = f"conversion-slice-single-{again.source_digest.removeprefix('sha256:')[:12]}"
+    markdown = str(_latest_artifact(key=key).data)
     for t in again.targets:
-        assert f"`{t.reference}`" in markdown
+        assert f"`{t.reference}` | `{t.digest}` |" in markdown
         assert [la.source_digest for la in t.layer_sizes] == [d.digest for d in image.layers]
         for la in t.layer_sizes:
-            assert (
-                f"| `{la.source_digest[:19]}` | {la.source_size:,} | `{la.target_digest[:19]}` |" in markdown
-            )
+            assert f"| `{la.source_digest}` | {la.source_size:,} | `{la.target_digest}` |" in markdown
+    # Its JSON twin is the result itself, as acceld reads it.
+    from flows.convert_image import RESULT_ARTIFACT_TYPE
+    from service.api.prefect_backend import parse_result
+
+    assert parse_result(_latest_artifact(kind=RESULT_ARTIFACT_TYPE).data) == again
 
 
-def _latest_conversion_artifact() -> str:
+def _latest_artifact(key: str | None = None, kind: str | None = None):
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, ArtifactFilterType
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["conversion"])),
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]) if key else None,
+                type=ArtifactFilterType(any_=[kind]) if kind else None,
+            ),
             sort=ArtifactSort.CREATED_DESC,
             limit=1,
         )
-    return str(artifacts[0].data)
+    return artifact
 
 
 def test_bad_image_fails_with_the_cause(prefect_api, registry, client, config, source_store):

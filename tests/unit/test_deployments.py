@@ -46,10 +46,12 @@ def test_prefect_yaml_declares_schedule_trigger_and_limits_from_the_definitions(
     assert convert["concurrency_limit"] == DEFAULT_CONCURRENCY == 5
     assert "schedules" not in convert
     assert bulk["schedules"] == [{"cron": DEFAULT_BULK_SCHEDULE, "timezone": "UTC", "active": True}]
-    assert all(d["parameters"] == {"config": "{{ $ACCEL_CONFIG }}"} for d in (convert, bulk))
+    # No config is baked in at deploy time: each worker's ACCEL_CONFIG applies (own work_dir per worker).
+    assert all(d["parameters"] == {} and d["work_pool"]["name"] == "accel" for d in (convert, bulk))
+    assert "ACCEL_CONFIG" not in render().split("deployments:", 1)[1]
     [trigger] = convert["triggers"]
     assert trigger["expect"] == ["harbor.artifact.pushed"]
-    assert trigger["parameters"] == {"source": "{{ event.payload.source }}", "config": "{{ $ACCEL_CONFIG }}"}
+    assert trigger["parameters"] == {"source": "{{ event.payload.source }}"}
     # What `prefect deploy` builds from it.
     parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
     assert parsed.expect == {"harbor.artifact.pushed"}
@@ -71,3 +73,40 @@ def test_render_with_a_config_uses_its_schedule(tmp_path):
     )
     _, bulk = yaml.safe_load(render(str(config)))["deployments"]
     assert bulk["schedules"][0]["cron"] == "0 1 * * *"
+
+
+def test_run_form_lists_every_driver_and_describes_every_parameter():
+    from accel.drivers import DRIVER_TYPES
+    from flows.convert_image import convert_image
+
+    properties = convert_image.parameters.model_dump()["properties"]
+    assert all(properties[name].get("description") for name in properties), properties
+    [array, _null] = properties["drivers"]["anyOf"]
+    assert array["items"]["enum"] == list(DRIVER_TYPES)
+
+
+def test_artifact_keys_are_per_image_and_what_prefect_accepts():
+    import re
+
+    from flows.convert_image import artifact_key
+
+    digest = "sha256:" + "abcdef0123456789" * 4
+    assert (
+        artifact_key("r.example:5000/team/my_app.v2:v1", digest) == "conversion-team-my-app-v2-abcdef012345"
+    )
+    assert artifact_key("r.example/a/b:v1", "") == "conversion-a-b-unresolved"
+    assert re.fullmatch(r"[a-z0-9-]+", artifact_key("not a reference", digest))
+
+
+def test_checked_in_automations_are_the_rendering_and_prefect_accepts_them():
+    from prefect.events.schemas.automations import AutomationCore
+
+    from deployments.render import render_automations
+
+    assert (REPO / "prefect-automations.yaml").read_text() == render_automations(), (
+        "run: python -m deployments.render --automations > prefect-automations.yaml"
+    )
+    automation = AutomationCore.model_validate(yaml.safe_load(render_automations()))
+    assert automation.trigger.within.total_seconds() == 90
+    for deployment in yaml.safe_load(render())["deployments"]:
+        assert deployment["work_pool"]["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
