@@ -65,7 +65,7 @@ def main() -> int:
     print(f"  this run:  {args.ui}/runs/flow-run/{flow_run_id}  ({run.name})")
     print("  look at:   the task graph (resolve → pull → convert per layer → build → push), the task runs")
     print(
-        "             named after layer digests, and the run's 'conversion' artifact (sizes and stage times)"
+        "             named after layer digests, and the 'conversion-demo-sample-…' artifact (sizes, stages)"
     )
     print("\nstop the demo servers with: scripts/demo stop")
     return 0
