@@ -51,6 +51,15 @@ from accel.store import ContentStore
 log = logging.getLogger(__name__)
 
 
+def _scan_layer(layer: LayerInput) -> tarnormalize.LayerPlan:
+    """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer."""
+    try:
+        with layer.open_tar() as tar_stream:
+            return tarnormalize.scan_layer(tar_stream)
+    except InvalidImage as exc:
+        raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+
+
 class NydusDriver(Driver):
     name = "nydus"
     options_model = NydusOptions
@@ -182,11 +191,7 @@ class NydusDriver(Driver):
             return self._convert_layer_ref(layer)
         store = layer.store
         # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
-        try:
-            with layer.open_tar() as tar_stream:
-                normal = tarnormalize.scan_layer(tar_stream)
-        except InvalidImage as exc:
-            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        normal = _scan_layer(layer)
         table = store_table(store, normal.table)
         if normal.changes():
             # The tree stays the same (layer application would do the same); the log says what moved.
@@ -244,11 +249,7 @@ class NydusDriver(Driver):
         store = layer.store
         # The builder indexes the original gzip bytes, so nothing can be normalised on the way in: refuse
         # what it would get wrong, and keep the directory table for the merge.
-        try:
-            with layer.open_tar() as tar_stream:
-                normal = tarnormalize.scan_layer(tar_stream)
-        except InvalidImage as exc:
-            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        normal = _scan_layer(layer)
         if normal.changes():
             raise DriverError(
                 f"oci_ref: layer {layer.descriptor.digest} needs normalising for nydus-image "
