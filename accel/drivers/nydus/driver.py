@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
@@ -146,17 +145,6 @@ class NydusDriver(Driver):
             version += f"+chunk-dict-{dg.hex_of(self.chunk_dict.image_digest)[:16]}"
         return version
 
-    def _run_builder(
-        self,
-        args: list[str],
-        *,
-        what: str,
-        stdin_text: str | None = None,
-        fifo: Path | None = None,
-        source: BinaryIO | None = None,
-    ) -> None:
-        run_builder(self.builder, args, what=what, stdin_text=stdin_text, fifo=fifo, source=source)
-
     # --- per layer ---------------------------------------------------------------------------------
     def _create_args(
         self, blob_path: Path, source_path: Path, store: ContentStore, chunk_dict: ChunkDict | None
@@ -205,7 +193,8 @@ class NydusDriver(Driver):
             fifo = work / "layer.tar"
             os.mkfifo(fifo, 0o600)
             with layer.open_tar() as tar_stream:
-                self._run_builder(
+                run_builder(
+                    self.builder,
                     self._create_args(blob_path, fifo, store, chunk_dict),
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
@@ -270,7 +259,9 @@ class NydusDriver(Driver):
             ]  # fmt: skip
             # The source blob is already verified by digest in the store; the builder reads it directly.
             try:
-                self._run_builder(args, what=f"create (zran) for layer {dg.short(layer.descriptor.digest)}")
+                run_builder(
+                    self.builder, args, what=f"create (zran) for layer {dg.short(layer.descriptor.digest)}"
+                )
             except DriverError as exc:
                 if "device_major" not in str(exc):
                     raise
@@ -351,7 +342,7 @@ class NydusDriver(Driver):
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
                 args += _chunk_dict_args(store, chunk_dict)
-            self._run_builder(args, what="merge", stdin_text=self.options.prefetch_input)
+            run_builder(self.builder, args, what="merge", stdin_text=self.options.prefetch_input)
             merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
             if self.options.oci_ref:
                 if merged_blobs != blob_ids:
@@ -462,7 +453,7 @@ class NydusDriver(Driver):
             if opts.chunk_size:
                 args += ["--chunk-size", opts.chunk_size]
         args.append(str(source))
-        self._run_builder(args, what="create (directory patch)")
+        run_builder(self.builder, args, what="create (directory patch)")
         # merge takes a bootstrap's blob id from its file name; this one names no chunk of any blob.
         named = directory / dg.hex_of(dg.of_bytes(tar))
         bootstrap.rename(named)
