@@ -40,6 +40,7 @@ from accel.drivers.nydus.trailer import (
     ENTRY_TOC,
     bootstrap_blob,
     extract_trailer_entry,
+    nydus_blob,
     pack_bootstrap,
 )
 from accel.errors import DriverError, InvalidImage
@@ -214,12 +215,7 @@ class NydusDriver(Driver):
         if chunk_dict is not None:
             # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
             extra["chunk_dict"] = chunk_dict.image_digest
-        descriptor = oci.Descriptor(
-            media_type=mt.NYDUS_BLOB,
-            digest=blob_digest,
-            size=blob_size,
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-        )
+        descriptor = nydus_blob(blob_digest, blob_size)
         # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
         return ConvertedLayer(
             source=layer.descriptor,
@@ -275,12 +271,7 @@ class NydusDriver(Driver):
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
         if not bootstrap.toc_digest:
             raise DriverError(f"zran blob {blob_digest} has no {ENTRY_TOC}")
-        descriptor = oci.Descriptor(
-            media_type=mt.NYDUS_BLOB,
-            digest=blob_digest,
-            size=blob_size,
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest},
-        )
+        descriptor = nydus_blob(blob_digest, blob_size, ref=layer.descriptor.digest)
         extra = {
             "bootstrap": bootstrap.digest,
             "fs_version": "6",
@@ -553,12 +544,7 @@ def _layers_in_merge_order(
 
 
 def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedLayer:
-    descriptor = oci.Descriptor(
-        media_type=mt.NYDUS_BLOB,
-        digest=blob.digest,
-        size=blob.size,
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-    )
+    descriptor = nydus_blob(blob.digest, blob.size)
     # Its diff_id is its digest, as for every nydus blob; it comes from the dictionary, not a source layer.
     return ConvertedLayer(
         source=descriptor,
