@@ -441,6 +441,16 @@ def _scratch(work_dir: Path | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _layer_rows(key: str, target: SourceManifest, verdict: Verdict) -> list[LayerVerdict]:
+    """One row per target layer (position, digest, format), added to the verdict."""
+    rows = [
+        LayerVerdict(key, n, layer.descriptor.digest, layer_format(layer.descriptor))
+        for n, layer in enumerate(target.layers)
+    ]
+    verdict.layers.extend(rows)
+    return rows
+
+
 def _verify_platform(
     source: SourceManifest,
     target: SourceManifest,
@@ -451,14 +461,10 @@ def _verify_platform(
     nydus_image: Path | None,
 ) -> None:
     key = _platform_key(source)
-    formats = [layer_format(layer.descriptor) for layer in target.layers]
-    if any(f.startswith("nydus") for f in formats):
+    if any(layer_format(layer.descriptor).startswith("nydus") for layer in target.layers):
         _verify_nydus(source, target, stores, broken, verdict, scratch, nydus_image)
         return
-    rows = [
-        LayerVerdict(key, n, layer.descriptor.digest, formats[n]) for n, layer in enumerate(target.layers)
-    ]
-    verdict.layers.extend(rows)
+    rows = _layer_rows(key, target, verdict)
     paired = len(source.layers) == len(target.layers)
     if not paired:
         verdict.fail(
@@ -550,11 +556,7 @@ def _verify_nydus(
     applied; each layer unpacked from its own bootstrap against its source layer (RAFS keeps numeric
     owners only, so user and group names are not compared)."""
     key = _platform_key(source)
-    rows = [
-        LayerVerdict(key, n, layer.descriptor.digest, layer_format(layer.descriptor))
-        for n, layer in enumerate(target.layers)
-    ]
-    verdict.layers.extend(rows)
+    rows = _layer_rows(key, target, verdict)
     for row in rows:
         row.checks.append("digest+size")
         if row.target in broken:

@@ -15,7 +15,7 @@ import yaml
 from tests.harness import registry as harness
 from tests.harness.postgres import PostgresServer
 from tests.harness.postgres import available as postgres_available
-from tests.harness.services import SUFFIX, WEBHOOK_SECRET, Acceld, PrefectServer, tail
+from tests.harness.services import WEBHOOK_SECRET, Acceld, PrefectServer, acceld_settings, tail
 
 pytestmark = pytest.mark.prefect
 
@@ -79,22 +79,8 @@ def acceld(
     acceld_port: int,
 ) -> Iterator[Acceld]:
     workdir: Path = tmp_path_factory.mktemp("acceld")
-    settings = {
-        "server": {"name": "API", "host": "127.0.0.1", "port": acceld_port},
-        "metric": {"enabled": True},
-        "provider": {
-            "source": {
-                registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}},
-                notifying_registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}},
-            },
-            "work_dir": str(workdir / "work"),
-        },
-        "converter": {
-            "worker": 5,
-            "driver": {"type": "estargz", "config": {"compression_level": 1}},
-            "rules": [{"tag_suffix": SUFFIX}],
-        },
-    }
+    hosts = [registry.host, notifying_registry.host]
+    settings = acceld_settings(workdir, acceld_port, hosts, metrics=True)
     service = Acceld(workdir, prefect_server, settings)
     service.start()
     yield service

@@ -14,7 +14,7 @@ from accel.store import ContentStore
 from tests.e2e.test_acceld import AUTH, assert_converted, harbor_payload, push_image, wait_task
 from tests.harness import registry as harness
 from tests.harness.api import wait_until
-from tests.harness.services import SUFFIX, WEBHOOK_SECRET, Acceld, PrefectServer, tail
+from tests.harness.services import Acceld, PrefectServer, acceld_settings, tail
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -34,18 +34,7 @@ def sqlite_acceld(
     tmp_path_factory: pytest.TempPathFactory, sqlite_prefect: PrefectServer, registry: harness.RegistryServer
 ) -> Iterator[Acceld]:
     workdir: Path = tmp_path_factory.mktemp("acceld-sqlite")
-    settings = {
-        "server": {"name": "API", "host": "127.0.0.1", "port": harness.free_port()},
-        "provider": {
-            "source": {registry.host: {"webhook": {"auth_header": WEBHOOK_SECRET}}},
-            "work_dir": str(workdir / "work"),
-        },
-        "converter": {
-            "worker": 5,
-            "driver": {"type": "estargz", "config": {"compression_level": 1}},
-            "rules": [{"tag_suffix": SUFFIX}],
-        },
-    }
+    settings = acceld_settings(workdir, harness.free_port(), [registry.host])
     service = Acceld(workdir, sqlite_prefect, settings)
     service.start()
     yield service

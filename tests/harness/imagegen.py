@@ -903,8 +903,9 @@ class RawLayer:
         fileobj.write(self.data)
 
 
-def tar_members(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
-    """PAX entries exactly in this order, without the end-of-archive blocks (to concatenate with others)."""
+def tar_members(*members: tuple[tarfile.TarInfo, bytes | None], closed: bool = False) -> bytes:
+    """PAX entries exactly in this order; without the end-of-archive blocks (to concatenate with others)
+    unless `closed`, which gives the whole archive as tarfile writes it."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
@@ -912,7 +913,7 @@ def tar_members(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
         end = tar.offset  # closing appends the end-of-archive blocks
-    return buffer.getvalue()[:end]
+    return buffer.getvalue() if closed else buffer.getvalue()[:end]
 
 
 ODD_SPARSE_SIZE = 5 * MiB + 77

@@ -9,20 +9,21 @@ from the blobs and hashed). Blobs are looked up in a ContentStore by their diges
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import re
 import struct
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from accel import digest as dg
-from accel.drivers.nydus import BOOTSTRAP_TAR_NAME, tools
+from accel.drivers.nydus import readback, tools
+
+# The engine's readers, re-exported for the tests.
+from accel.drivers.nydus.readback import blob_dir as blob_dir
+from accel.drivers.nydus.readback import bootstrap_of_layer as bootstrap_of_layer
 from accel.errors import ConfigError
 from accel.store import ContentStore
 from tests.harness import trees
@@ -52,17 +53,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def blob_dir(store: ContentStore) -> Path:
-    """The store's blob directory: blobs named by their hex digest, which is what `--blob-dir` wants."""
-    return store.path(dg.of_bytes(b"")).parent
-
-
 def unpack_layer(store: ContentStore, blob_digest: str, bootstrap_digest: str, work: Path) -> Path:
-    """One layer's tree as a tar, rebuilt by `nydus-image unpack` from its bootstrap and blob."""
-    output = work / f"{dg.hex_of(blob_digest)}.tar"
-    run("unpack", "--log-level", "warn", "--blob", str(store.path(blob_digest)),
-        "--output", str(output), str(store.path(bootstrap_digest)))  # fmt: skip
-    return output
+    """One layer's tree as a tar, rebuilt by `nydus-image unpack` from the given bootstrap and its blob."""
+    assert BUILDER is not None
+    return readback.unpack_with_bootstrap(BUILDER, store, blob_digest, bootstrap_digest, work)
 
 
 def fs_version_of(bootstrap: bytes) -> str:
@@ -74,43 +68,16 @@ def fs_version_of(bootstrap: bytes) -> str:
     return "5"
 
 
-def bootstrap_from_layer(layer_blob: bytes) -> bytes:
-    """`image/image.boot` out of a bootstrap layer (a gzip tar)."""
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer_blob))) as tar:
-        member = tar.extractfile(BOOTSTRAP_TAR_NAME)
-        assert member is not None, f"no {BOOTSTRAP_TAR_NAME} in the bootstrap layer"
-        return member.read()
-
-
 def check(bootstrap: Path, blobs: Path, work: Path) -> dict[str, object]:
     """`nydus-image check --output-json`: the builder's own validation of a bootstrap, as a dict."""
-    report = work / f"{bootstrap.name}.check.json"
-    run(
-        "check", "--log-level", "warn", "--blob-dir", str(blobs), "--output-json", str(report), str(bootstrap)
-    )
-    return json.loads(report.read_text())
-
-
-# `check --verbose` lists inodes like: inode: file "/etc/hosts": ... i_size 36 ... link None ...
-# The kind is file, dir, symlink, hardlink (any inode with several names) or empty (devices, FIFOs).
-_INODE_LINE = re.compile(
-    r'^inode: (\w*) "(.*)": .* i_size (\d+) .* has_xattr (\w+) link (None|Some\("(.*)"\))'
-)
+    assert BUILDER is not None
+    return readback.check(BUILDER, bootstrap, blobs, work)
 
 
 def checked_inodes(bootstrap: Path, blobs: Path) -> dict[str, tuple[str, int, str]]:
     """path -> (kind, size, symlink target) from the builder's own validation listing."""
-    listing = run(
-        "check", "--log-level", "warn", "--verbose", "--blob-dir", str(blobs), str(bootstrap)
-    ).stdout
-    inodes = {}
-    for line in listing.splitlines():
-        match = _INODE_LINE.match(line)
-        if match:
-            kind, path, size, _, _link, target = match.groups()
-            if trees.normalize_path(path):  # the root is not compared
-                inodes[trees.normalize_path(path)] = (kind, int(size), target or "")
-    return inodes
+    assert BUILDER is not None
+    return readback.checked_inodes(BUILDER, bootstrap, blobs)
 
 
 def inspect_dir(bootstrap: Path, directory: str, names: list[str]) -> list[str]:

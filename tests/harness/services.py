@@ -30,6 +30,26 @@ WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
 SUFFIX = "-esgz"
 
 
+def acceld_settings(
+    workdir: Path, port: int, source_hosts: list[str], *, metrics: bool = False
+) -> dict[str, Any]:
+    """The e2e suite's acceld settings: webhooks from `source_hosts` (signed with WEBHOOK_SECRET), 5 workers,
+    eStargz at compression level 1 for tags ending in SUFFIX; the work dir under `workdir`."""
+    settings: dict[str, Any] = {"server": {"name": "API", "host": "127.0.0.1", "port": port}}
+    if metrics:
+        settings["metric"] = {"enabled": True}
+    settings["provider"] = {
+        "source": {host: {"webhook": {"auth_header": WEBHOOK_SECRET}} for host in source_hosts},
+        "work_dir": str(workdir / "work"),
+    }
+    settings["converter"] = {
+        "worker": 5,
+        "driver": {"type": "estargz", "config": {"compression_level": 1}},
+        "rules": [{"tag_suffix": SUFFIX}],
+    }
+    return settings
+
+
 def _quiet_prefect_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(

@@ -167,6 +167,6 @@ def test_nydus_cache_hits_bring_the_directory_tables_for_the_merge(
         for layer in manifest.layers:
             client.fetch_blob(target, layer, store)
         bootstrap = tmp_path / "image.boot"
-        bootstrap.write_bytes(nh.bootstrap_from_layer(store.path(manifest.layers[-1].digest).read_bytes()))
+        nh.bootstrap_of_layer(store.path(manifest.layers[-1].digest), bootstrap)
         (app,) = nh.inspect_dir(bootstrap, "opt", ["app"])
         assert "Permissions:        40750" in app and "UID:                1001" in app

@@ -154,7 +154,7 @@ def test_b_converted_with_a_as_chunk_dictionary_reuses_its_chunks(
     for layer in manifest.layers:
         client.fetch_blob(target, layer, fetched)
     bootstrap = tmp_path / "image.boot"
-    bootstrap.write_bytes(nh.bootstrap_from_layer(fetched.read_bytes(boot.digest)))
+    nh.bootstrap_of_layer(fetched.path(boot.digest), bootstrap)
     report = nh.check(bootstrap, nh.blob_dir(fetched), tmp_path)
     assert report["blobs"] == [dg.hex_of(b.digest) for b in blobs]
     (copy_block, own_block) = nh.inspect_dir(bootstrap, "opt/b", ["copy-of-a.bin", "own.bin"])

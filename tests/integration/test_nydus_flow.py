@@ -85,7 +85,7 @@ def _image_bootstrap(
         client.fetch_blob(target, layer, store)
     tmp.mkdir(parents=True, exist_ok=True)
     bootstrap = tmp / "image.boot"
-    bootstrap.write_bytes(nh.bootstrap_from_layer(store.path(manifest.layers[-1].digest).read_bytes()))
+    nh.bootstrap_of_layer(store.path(manifest.layers[-1].digest), bootstrap)
     return bootstrap
 
 

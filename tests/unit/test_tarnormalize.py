@@ -16,17 +16,12 @@ from accel import tarstream
 from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
-from tests.harness.imagegen import tar_info
+from tests.harness.imagegen import tar_info, tar_members
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
+    """A whole PAX archive of these entries, in this order."""
+    return tar_members(*members, closed=True)
 
 
 def _file(name: str, data: bytes = b"x\n", **attrs: object) -> tuple[tarfile.TarInfo, bytes]:

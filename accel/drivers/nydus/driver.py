@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
@@ -41,6 +40,7 @@ from accel.drivers.nydus.trailer import (
     ENTRY_TOC,
     bootstrap_blob,
     extract_trailer_entry,
+    nydus_blob,
     pack_bootstrap,
 )
 from accel.errors import DriverError, InvalidImage
@@ -49,6 +49,15 @@ from accel.oci import Platform
 from accel.store import ContentStore
 
 log = logging.getLogger(__name__)
+
+
+def _scan_layer(layer: LayerInput) -> tarnormalize.LayerPlan:
+    """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer."""
+    try:
+        with layer.open_tar() as tar_stream:
+            return tarnormalize.scan_layer(tar_stream)
+    except InvalidImage as exc:
+        raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
 
 
 class NydusDriver(Driver):
@@ -137,17 +146,6 @@ class NydusDriver(Driver):
             version += f"+chunk-dict-{dg.hex_of(self.chunk_dict.image_digest)[:16]}"
         return version
 
-    def _run_builder(
-        self,
-        args: list[str],
-        *,
-        what: str,
-        stdin_text: str | None = None,
-        fifo: Path | None = None,
-        source: BinaryIO | None = None,
-    ) -> None:
-        run_builder(self.builder, args, what=what, stdin_text=stdin_text, fifo=fifo, source=source)
-
     # --- per layer ---------------------------------------------------------------------------------
     def _create_args(
         self, blob_path: Path, source_path: Path, store: ContentStore, chunk_dict: ChunkDict | None
@@ -182,11 +180,7 @@ class NydusDriver(Driver):
             return self._convert_layer_ref(layer)
         store = layer.store
         # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
-        try:
-            with layer.open_tar() as tar_stream:
-                normal = tarnormalize.scan_layer(tar_stream)
-        except InvalidImage as exc:
-            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        normal = _scan_layer(layer)
         table = store_table(store, normal.table)
         if normal.changes():
             # The tree stays the same (layer application would do the same); the log says what moved.
@@ -200,7 +194,8 @@ class NydusDriver(Driver):
             fifo = work / "layer.tar"
             os.mkfifo(fifo, 0o600)
             with layer.open_tar() as tar_stream:
-                self._run_builder(
+                run_builder(
+                    self.builder,
                     self._create_args(blob_path, fifo, store, chunk_dict),
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
@@ -220,12 +215,7 @@ class NydusDriver(Driver):
         if chunk_dict is not None:
             # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
             extra["chunk_dict"] = chunk_dict.image_digest
-        descriptor = oci.Descriptor(
-            media_type=mt.NYDUS_BLOB,
-            digest=blob_digest,
-            size=blob_size,
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-        )
+        descriptor = nydus_blob(blob_digest, blob_size)
         # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
         return ConvertedLayer(
             source=layer.descriptor,
@@ -244,11 +234,7 @@ class NydusDriver(Driver):
         store = layer.store
         # The builder indexes the original gzip bytes, so nothing can be normalised on the way in: refuse
         # what it would get wrong, and keep the directory table for the merge.
-        try:
-            with layer.open_tar() as tar_stream:
-                normal = tarnormalize.scan_layer(tar_stream)
-        except InvalidImage as exc:
-            raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+        normal = _scan_layer(layer)
         if normal.changes():
             raise DriverError(
                 f"oci_ref: layer {layer.descriptor.digest} needs normalising for nydus-image "
@@ -269,7 +255,9 @@ class NydusDriver(Driver):
             ]  # fmt: skip
             # The source blob is already verified by digest in the store; the builder reads it directly.
             try:
-                self._run_builder(args, what=f"create (zran) for layer {dg.short(layer.descriptor.digest)}")
+                run_builder(
+                    self.builder, args, what=f"create (zran) for layer {dg.short(layer.descriptor.digest)}"
+                )
             except DriverError as exc:
                 if "device_major" not in str(exc):
                     raise
@@ -283,12 +271,7 @@ class NydusDriver(Driver):
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
         if not bootstrap.toc_digest:
             raise DriverError(f"zran blob {blob_digest} has no {ENTRY_TOC}")
-        descriptor = oci.Descriptor(
-            media_type=mt.NYDUS_BLOB,
-            digest=blob_digest,
-            size=blob_size,
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_REF_ANNOTATION: layer.descriptor.digest},
-        )
+        descriptor = nydus_blob(blob_digest, blob_size, ref=layer.descriptor.digest)
         extra = {
             "bootstrap": bootstrap.digest,
             "fs_version": "6",
@@ -350,7 +333,7 @@ class NydusDriver(Driver):
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
                 args += _chunk_dict_args(store, chunk_dict)
-            self._run_builder(args, what="merge", stdin_text=self.options.prefetch_input)
+            run_builder(self.builder, args, what="merge", stdin_text=self.options.prefetch_input)
             merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
             if self.options.oci_ref:
                 if merged_blobs != blob_ids:
@@ -461,7 +444,7 @@ class NydusDriver(Driver):
             if opts.chunk_size:
                 args += ["--chunk-size", opts.chunk_size]
         args.append(str(source))
-        self._run_builder(args, what="create (directory patch)")
+        run_builder(self.builder, args, what="create (directory patch)")
         # merge takes a bootstrap's blob id from its file name; this one names no chunk of any blob.
         named = directory / dg.hex_of(dg.of_bytes(tar))
         bootstrap.rename(named)
@@ -561,12 +544,7 @@ def _layers_in_merge_order(
 
 
 def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedLayer:
-    descriptor = oci.Descriptor(
-        media_type=mt.NYDUS_BLOB,
-        digest=blob.digest,
-        size=blob.size,
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-    )
+    descriptor = nydus_blob(blob.digest, blob.size)
     # Its diff_id is its digest, as for every nydus blob; it comes from the dictionary, not a source layer.
     return ConvertedLayer(
         source=descriptor,

@@ -7,9 +7,8 @@ bootstrap that `finish` needs is pulled out of the blob trailer, as conversion r
 
 from __future__ import annotations
 
-from accel import constants as mt
 from accel.drivers.base import ConvertedLayer
-from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, bootstrap_blob, extract_trailer_entry
+from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, bootstrap_blob, extract_trailer_entry, nydus_blob
 from accel.errors import InvalidImage
 from accel.oci import Descriptor
 from accel.store import ContentStore
@@ -25,15 +24,9 @@ def converted_from_original_record(
     extra = {"bootstrap": bootstrap.digest, "fs_version": fs_version}
     if bootstrap.toc_digest:
         extra["blob_toc_digest"] = bootstrap.toc_digest
-    descriptor = Descriptor(
-        media_type=mt.NYDUS_BLOB,
-        digest=blob.digest,
-        size=blob.size,
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
-    )
     return ConvertedLayer(
         source=source,
-        descriptor=descriptor,
+        descriptor=nydus_blob(blob.digest, blob.size),
         diff_id=blob.digest,
         extra=extra,
         local_blobs=(bootstrap_blob(store, bootstrap.digest),),

@@ -139,7 +139,14 @@ def unpack_layer(binary: Path, store: ContentStore, blob_digest: str, work: Path
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
     except AccelError as exc:
         raise NydusReadError(f"layer bootstrap: {exc}") from exc
+    return unpack_with_bootstrap(binary, store, blob_digest, bootstrap.digest, work)
+
+
+def unpack_with_bootstrap(
+    binary: Path, store: ContentStore, blob_digest: str, bootstrap_digest: str, work: Path
+) -> Path:
+    """One layer's tree as a tar, rebuilt by `nydus-image unpack` from a given bootstrap and the blob."""
     output = work / f"{dg.hex_of(blob_digest)}.tar"
     run(binary, "unpack", "--log-level", "warn", "--blob", str(store.path(blob_digest)),
-        "--output", str(output), str(store.path(bootstrap.digest)))  # fmt: skip
+        "--output", str(output), str(store.path(bootstrap_digest)))  # fmt: skip
     return output

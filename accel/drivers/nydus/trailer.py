@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import zstandard
 from isal import igzip
 
+from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
 from accel.drivers.nydus.tar import COPY_SIZE, TAR_BLOCK
@@ -47,6 +48,14 @@ BOOTSTRAP_BLOB_MEDIA_TYPE = "application/octet-stream"
 def bootstrap_blob(store: ContentStore, digest: str) -> Descriptor:
     """The descriptor of an extracted bootstrap in the store, as `ConvertedLayer.local_blobs` lists it."""
     return Descriptor(media_type=BOOTSTRAP_BLOB_MEDIA_TYPE, digest=digest, size=store.size(digest))
+
+
+def nydus_blob(digest: str, size: int, *, ref: str | None = None) -> Descriptor:
+    """The layer descriptor of a nydus blob; `ref` names the original gzip blob of a zran layer."""
+    annotations = {mt.NYDUS_BLOB_ANNOTATION: "true"}
+    if ref is not None:
+        annotations[mt.NYDUS_REF_ANNOTATION] = ref
+    return Descriptor(media_type=mt.NYDUS_BLOB, digest=digest, size=size, annotations=annotations)
 
 
 @dataclasses.dataclass(frozen=True)
