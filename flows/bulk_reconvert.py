@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from accel import constants as mt
 from accel.config import Settings
 from accel.context import context_for
+from accel.errors import AccelError
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from accel.registry.errors import NotFound
@@ -48,6 +49,18 @@ class BulkResult(BaseModel):
     stale: list[StaleImage]
     runs: list[str]  # flow run ids (deployment mode) or targets pushed (subflow mode)
     states: dict[str, str] = {}  # flow run id → its final state name (deployment mode)
+
+
+class BulkIncomplete(AccelError):
+    """A bulk run some of whose conversions did not complete: the FAILED state's data, so a direct call of
+    the flow raises it with the message; `result` still lists every stale image and run."""
+
+    def __init__(self, message: str, result: BulkResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[BulkIncomplete], tuple[str, BulkResult]]:
+        return type(self), (str(self), self.result)
 
 
 ARTIFACT_KEY = "bulk-reconvert"
@@ -217,10 +230,8 @@ def bulk_reconvert(
         if (run := finals.get(run_id)) is None or run.state is None or run.state.type != StateType.COMPLETED
     ]
     if failed:
-        return Failed(
-            message=f"{len(failed)} of {len(run_of)} conversion(s) did not complete: {', '.join(failed)}",
-            data=result,
-        )
+        message = f"{len(failed)} of {len(run_of)} conversion(s) did not complete: {', '.join(failed)}"
+        return Failed(message=message, data=BulkIncomplete(message, result))
     return result
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from accel.context import context_for
 from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, detect_format
-from accel.errors import ConfigError, InvalidReference
+from accel.errors import AccelError, ConfigError, InvalidReference
 from accel.image import BuiltImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
@@ -95,6 +95,18 @@ class ConversionResult(BaseModel):
         pushed = ", ".join(t.driver for t in self.targets) or "nothing"
         total = len(self.failed) + len(self.targets)
         return f"{len(self.failed)} of {total} drivers failed: {failures}; pushed: {pushed}"
+
+
+class ConversionFailed(AccelError):
+    """A run in which some drivers failed: its message names each and why; `result` still lists what was
+    pushed. The FAILED state's data, so a direct call of the flow raises it with that message."""
+
+    def __init__(self, result: ConversionResult) -> None:
+        super().__init__(result.failure_message())
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[ConversionFailed], tuple[ConversionResult]]:
+        return type(self), (self.result,)  # persisted with the state: rebuilt from the result, not the text
 
 
 def _config_path(config: str | None) -> str:
@@ -249,7 +261,7 @@ def convert_image(
         # FAILED, so that the same request runs again (and retries only what is missing: pushed blobs and
         # converted layers are reused); the result still records what was pushed.
         logger.error("%s", result.failure_message())
-        return Failed(message=result.failure_message(), data=result)
+        return Failed(message=result.failure_message(), data=ConversionFailed(result))
     return result
 
 

@@ -169,6 +169,9 @@ def test_a_failed_child_run_fails_the_bulk_run_and_shows_in_its_artifact(
 
     assert state.is_failed()
     assert state.message == f"1 of 1 conversion(s) did not complete: {repository}:v1@{digest}"
+    failure = state.result(raise_on_failure=False)
+    assert isinstance(failure, bulk.BulkIncomplete) and str(failure) == state.message
+    assert [image.source for image in failure.result.stale] == [f"{repository}:v1@{digest}"]
     [child] = started
     markdown = _latest_bulk_artifact()
     assert (
