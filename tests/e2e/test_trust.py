@@ -105,6 +105,15 @@ def test_a_re_pushed_tag_is_converted_again(acceld, registry, source_store):
     assert converted_from(target) == new.digest
 
 
+def _runs_flow_run(pid: int, run_id: str) -> bool:
+    """Whether the process was started for flow run `run_id` (the runner passes it in the environment)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
+
+
 def _descendants(root: int) -> list[tuple[int, str]]:
     """(pid, command line) of every process below `root`, from /proc."""
     parents: dict[int, int] = {}
@@ -145,7 +154,15 @@ def test_a_killed_flow_run_is_converted_by_the_same_webhook(acceld, registry, so
     acceld_pid = acceld._proc.pid  # the harness's own child: every process below it is ours
 
     def flow_process() -> int | None:
-        return next((pid for pid, cmd in _descendants(acceld_pid) if "prefect.engine" in cmd), None)
+        """The process running this run: another test's run may still be finishing beside it."""
+        return next(
+            (
+                pid
+                for pid, cmd in _descendants(acceld_pid)
+                if "prefect.engine" in cmd and _runs_flow_run(pid, first["id"])
+            ),
+            None,
+        )
 
     victim = wait_until(flow_process, timeout=120, what="the flow run's process")
     os.kill(victim, signal.SIGKILL)
