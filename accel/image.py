@@ -98,10 +98,6 @@ def resolve_source(
     )
 
 
-def _wants_oci(driver: Driver, source_media_type: str) -> bool:
-    return driver.writes_oci(source_media_type)
-
-
 def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:
     if not oci and layer.descriptor.media_type == mt.OCI_LAYER_GZIP:
         return mt.DOCKER_LAYER_GZIP
@@ -138,7 +134,7 @@ def assemble_manifest(
     plan: ImagePlan, driver: Driver, store: ContentStore, options: BuildOptions = BuildOptions()
 ) -> BuiltManifest:
     """Write the converted config and manifest for one platform into the store."""
-    oci = _wants_oci(driver, plan.source_manifest.media_type)
+    oci = driver.writes_oci(plan.source_manifest.media_type)
     history = list(plan.history) if plan.history is not None else plan.config.doc.get("history")
     config = plan.config.with_diff_ids([layer.diff_id for layer in plan.layers], history)
     config_desc = Descriptor.of(mt.OCI_CONFIG if oci else mt.DOCKER_CONFIG, config.raw)
@@ -175,7 +171,7 @@ def assemble_index(
     options: BuildOptions = BuildOptions(),
 ) -> Descriptor:
     entries = [m.descriptor for m in manifests]
-    if _wants_oci(driver, source.root.media_type):
+    if driver.writes_oci(source.root.media_type):
         index = mutate.index(
             mt.OCI_INDEX,
             entries,
