@@ -31,7 +31,7 @@ from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
-from tasks.limits import check_image_sizes, forget_budgets, images_of_layers
+from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
 from tasks.store import collect_garbage
 
 # The type of the artifact that carries a run's ConversionResult as JSON: acceld (any mode, any host) reads
@@ -136,6 +136,7 @@ def conversion_timeout() -> float | None:
     flow_run_name="convert {source}",
     log_prints=True,
     timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
+    on_failure=[end_timed_out_process],  # and its process ends, freeing the worker slot
 )
 def convert_image(
     source: str,

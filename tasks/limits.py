@@ -12,10 +12,12 @@ earlier layers come from that cache, still counts them (`check_image_sizes`, aft
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prefect import runtime
 
@@ -101,3 +103,20 @@ def check_image_sizes(settings: Settings, image: SourceImage) -> None:
                 known[hex_of(layer.descriptor.digest)] = size
         label = image_label(image.reference, manifest)
         ImageBudget(settings.converter.limits.max_image_bytes, label, known).check()
+
+
+def end_timed_out_process(flow: Any, flow_run: Any, state: Any) -> None:
+    """An `on_failure` hook: a run past converter.limits.timeout (Prefect's `TimedOut` state, already
+    recorded) ends its process at once. Its task threads — a pull the registry stopped answering, a
+    conversion still streaming — would otherwise keep the process, and with it the runner's worker slot,
+    until they finished on their own. Only in a process started for this very run (the runner's); a run in
+    a thread of a longer-lived process (in-process runs, direct calls) is left alone."""
+    if state.name != "TimedOut" or os.environ.get("PREFECT__FLOW_RUN_ID") != str(flow_run.id):
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # the state is recorded: logs and events are best effort
+            worker.drain_all(timeout=5)
+    os._exit(0)  # 0: the run's own state says it failed; the runner must not report it crashed over that

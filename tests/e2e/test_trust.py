@@ -52,8 +52,9 @@ def push_to(ref: Reference, store: ContentStore, seed: int) -> Reference:
 def post(acceld, body: dict) -> dict:
     r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 202, r.text
-    [task] = r.json()["tasks"]
-    return task
+    tasks = r.json()["tasks"]
+    assert len(tasks) == 1, r.text
+    return tasks[0]
 
 
 def converted_from(target: Reference) -> str:
