@@ -241,3 +241,26 @@ def test_recorded_layer_sizes_count_for_layers_a_run_does_not_stream(tmp_path):
     sizes.record(arm.descriptor.digest, 7 * MiB)
     with pytest.raises(LimitExceeded, match=r"\(linux/arm64\) expands to more than 10,485,760 bytes"):
         check_image_sizes(settings, image)
+
+
+def test_only_a_timed_out_run_in_its_own_process_ends_the_process(monkeypatch):
+    """The on_failure hook exits only for Prefect's TimedOut state, and only in the process the runner
+    started for that run (PREFECT__FLOW_RUN_ID), never in a runner or test process running it in a thread."""
+    from types import SimpleNamespace
+
+    import tasks.limits
+
+    exits: list[int] = []
+    monkeypatch.setattr(tasks.limits.os, "_exit", exits.append)
+    run = SimpleNamespace(id="0f0e6a3c-0000-4000-8000-000000000001")
+    timed_out, failed = SimpleNamespace(name="TimedOut"), SimpleNamespace(name="Failed")
+
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "another-run")
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", run.id)
+    tasks.limits.end_timed_out_process(None, run, failed)
+    assert exits == []
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    assert exits == [0]
