@@ -164,7 +164,7 @@ def test_an_image_budget_is_shared_by_layers_streaming_in_parallel_threads():
     assert budget.total <= 10_000_000 + 4 * 1000
 
 
-@pytest.mark.parametrize("driver_type", ["estargz", "zstdchunked"])
+@pytest.mark.parametrize("driver_type", ["estargz", "zstdchunked", "nydus"])
 def test_layers_each_under_the_layer_limit_stop_together_at_the_image_limit(tmp_path, driver_type):
     store = ContentStore(tmp_path / "store")
     first, first_diff = _plain_layer(store, 3 * MiB, 1)
