@@ -264,3 +264,23 @@ def test_only_a_timed_out_run_in_its_own_process_ends_the_process(monkeypatch):
     assert exits == []
     tasks.limits.end_timed_out_process(None, run, timed_out)
     assert exits == [0]
+
+
+def test_partial_files_of_interrupted_runs_are_swept_once_no_live_run_can_own_them(tmp_path):
+    """A run killed or timed out mid-write leaves its ingest file; collect-garbage removes such files once
+    they are older than any live run can be."""
+    import os
+
+    from tasks.store import sweep_abandoned_ingest
+
+    store = ContentStore(tmp_path / "store")
+    ingest = store.root / "ingest"
+    abandoned, fresh = ingest / "ingest-abandoned", ingest / "scratch-live"
+    abandoned.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    (ingest / "a-dir").mkdir()
+    old = time.time() - 7300
+    os.utime(abandoned, (old, old))
+    os.utime(ingest / "a-dir", (old, old))
+    assert sweep_abandoned_ingest(ingest, 7200) == 1
+    assert sorted(p.name for p in ingest.iterdir()) == ["a-dir", "scratch-live"]
