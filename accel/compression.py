@@ -292,12 +292,13 @@ class PrefetchingReader(io.BufferedIOBase):
                 data = self._block[self._pos : self._pos + size]
             self._pos += size
             return data
-        parts = [self._block[self._pos :]]
+        # Views, so that the join is the only copy.
+        parts = [memoryview(self._block)[self._pos :]]
         wanted = size - available
         self._block, self._pos = b"", 0
         while wanted and self._next_block():
             take = min(wanted, len(self._block))
-            parts.append(self._block[:take] if take < len(self._block) else self._block)
+            parts.append(memoryview(self._block)[:take])
             self._pos = take
             wanted -= take
         return b"".join(parts)
@@ -331,19 +332,24 @@ def open_uncompressed(
     expected_diff_id: str | None = None,
     limits: ExpansionLimits | None = None,
 ) -> Iterator[BinaryIO]:
-    """Yield the layer's tar stream. On clean exit the rest is drained and the DiffID checked. Reading
+    """Yield the layer's tar stream. On clean exit the rest is drained and the DiffID checked (without
+    `expected_diff_id` nothing is hashed: a caller that hashes what it consumes checks it itself). Reading
     past `limits` raises LimitExceeded."""
     inner = _decompressor(path, media_type)
     digester = BackgroundDigester()
     checked = limits is not None and (limits.max_bytes is not None or limits.max_ratio is not None)
     compressed = path.stat().st_size if checked else 0
     what = f"layer {path.name[:12]}"
+    total = 0
 
     def on_block(block: bytes) -> None:
+        nonlocal total
+        total += len(block)
         if checked:
             assert limits is not None  # may raise: the bytes past a limit are never handed out
-            limits.check(digester.size + len(block), compressed, what)
-        digester.update(block)
+            limits.check(total, compressed, what)
+        if expected_diff_id is not None:
+            digester.update(block)
 
     reader = PrefetchingReader(inner, on_block)
     try:
