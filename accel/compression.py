@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
-from zlib_ng import gzip_ng
+from isal import igzip
 
 from accel import oci
 from accel.errors import DigestMismatch, LimitExceeded, UnsupportedMediaType
@@ -199,7 +199,9 @@ class DigestingReader(io.RawIOBase):
 def _decompressor(path: Path, media_type: str) -> BinaryIO:
     raw = path.open("rb")
     if oci.is_gzip_layer(media_type):
-        return gzip_ng.open(raw, "rb")  # type: ignore[return-value]
+        # ISA-L inflates faster than zlib-ng (6 % less CPU for a whole conversion of mostly random data);
+        # both release the GIL while they inflate, so PrefetchingReader's thread runs beside the consumer.
+        return igzip.open(raw, "rb")  # type: ignore[return-value]
     if oci.is_zstd_layer(media_type):
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[return-value]
     if oci.is_plain_tar_layer(media_type):
