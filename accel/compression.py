@@ -221,7 +221,7 @@ class PrefetchingReader(io.BufferedIOBase):
     """A decompressed stream read ahead in blocks on a thread of its own, and handed out with as few copies
     as possible: a read of a whole block returns that block itself.
 
-    The thread inflates (zlib-ng, zstandard and file reads release the GIL), so the consumer's thread only
+    The thread inflates (ISA-L, zstandard and file reads release the GIL), so the consumer's thread only
     takes finished blocks. Each block is passed to `on_block` (hashing, limit checks; it may raise) before
     any of its bytes are handed out. `close` stops the thread; the caller closes `inner` after that.
     """
@@ -267,6 +267,8 @@ class PrefetchingReader(io.BufferedIOBase):
         """Make the next block current; False at the end of the stream."""
         if self._ended:
             return False
+        if self.closed:
+            raise ValueError("read from a closed PrefetchingReader")
         item = self._queue.get()
         if isinstance(item, _End):
             self._ended = True

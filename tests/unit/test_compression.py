@@ -144,6 +144,8 @@ def test_prefetching_reader_stops_its_thread_when_closed_early() -> None:
     assert reader.read(10) == bytes(10)
     reader.close()  # the thread is blocked on a full queue: close must still end it
     assert not [t for t in threading.enumerate() if t.name == "layer-reader" and t.is_alive()]
+    with pytest.raises(ValueError, match="closed"):
+        reader.read(1 << 20)
 
 
 def test_a_callback_error_stops_reading_before_the_block_is_handed_out() -> None:
