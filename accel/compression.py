@@ -340,18 +340,22 @@ def open_uncompressed(
     `expected_diff_id` nothing is hashed: a caller that hashes what it consumes checks it itself). Reading
     past `limits` raises LimitExceeded."""
     inner = _decompressor(path, media_type)
+    on_read = None
+    if limits is not None and (limits.max_bytes is not None or limits.max_ratio is not None):
+        compressed = path.stat().st_size
+        what = f"layer {path.name[:12]}"
+
+        def on_read(total: int) -> None:
+            limits.check(total, compressed, what)
+
     digester = BackgroundDigester()
-    checked = limits is not None and (limits.max_bytes is not None or limits.max_ratio is not None)
-    compressed = path.stat().st_size if checked else 0
-    what = f"layer {path.name[:12]}"
     total = 0
 
     def on_block(block: bytes) -> None:
         nonlocal total
         total += len(block)
-        if checked:
-            assert limits is not None  # may raise: the bytes past a limit are never handed out
-            limits.check(total, compressed, what)
+        if on_read is not None:
+            on_read(total)  # may raise: the bytes past a limit are never handed out
         if expected_diff_id is not None:
             digester.update(block)
 
