@@ -6,12 +6,12 @@ import collections
 import contextlib
 import hashlib
 import io
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any, BinaryIO
 
 import zstandard
@@ -235,7 +235,7 @@ class PrefetchingReader(io.BufferedIOBase):
         self._inner = inner
         self._on_block = on_block
         self._block_size = block_size
-        self._queue: queue.Queue[bytes | _End] = queue.Queue(self.QUEUE_BLOCKS)
+        self._queue: Queue[bytes | _End] = Queue(self.QUEUE_BLOCKS)
         self._stopping = threading.Event()
         self._block = b""
         self._pos = 0
@@ -260,7 +260,7 @@ class PrefetchingReader(io.BufferedIOBase):
             try:
                 self._queue.put(item, timeout=0.1)
                 return
-            except queue.Full:
+            except Full:
                 continue
 
     def _next_block(self) -> bool:
@@ -322,7 +322,7 @@ class PrefetchingReader(io.BufferedIOBase):
     def close(self) -> None:
         if not self.closed:
             self._stopping.set()
-            with contextlib.suppress(queue.Empty):
+            with contextlib.suppress(Empty):
                 while True:  # make room for a blocked `put`
                     self._queue.get_nowait()
             self._thread.join()
