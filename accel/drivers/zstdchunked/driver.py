@@ -7,9 +7,10 @@ from typing import ClassVar
 from pydantic import Field
 
 from accel import constants as mt
+from accel.compression import open_uncompressed
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
 from accel.drivers.zstdchunked.writer import write_zstd_chunked
-from accel.errors import DriverError
+from accel.errors import DigestMismatch
 from accel.oci import Descriptor
 
 
@@ -31,12 +32,16 @@ class ZstdChunkedDriver(Driver):
 
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         with layer.store.writer() as blob:
-            with layer.open_tar() as tar_stream:  # verifies the source DiffID on exit
+            # The writer hashes every byte it puts in the frames, the whole tar stream to its end, so one
+            # check covers both the source (does it match its DiffID?) and the writer (does the blob
+            # decompress to the source?): the reader need not hash the same bytes a second time.
+            with open_uncompressed(layer.path, layer.descriptor.media_type, None, layer.limits) as tar_stream:
                 result = write_zstd_chunked(tar_stream, blob, self.zstd_options.level)
             if result.uncompressed_digest != layer.diff_id:
-                raise DriverError(
-                    f"zstd:chunked output of layer {layer.descriptor.digest} decompresses to "
-                    f"{result.uncompressed_digest}, not the source DiffID {layer.diff_id}"
+                raise DigestMismatch(
+                    layer.diff_id,
+                    result.uncompressed_digest,
+                    f"layer {layer.descriptor.digest} (its tar, as the zstd:chunked blob holds it)",
                 )
         assert blob.digest is not None
         descriptor = Descriptor(
