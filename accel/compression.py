@@ -171,31 +171,6 @@ class ExpansionLimits:
             )
 
 
-class DigestingReader(io.RawIOBase):
-    """Read-through wrapper that hashes every byte it hands out (on a background thread)."""
-
-    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None] | None = None) -> None:
-        self._inner = inner
-        self.digester = BackgroundDigester()
-        self._on_read = on_read
-        self.total = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buffer))
-        if not data:
-            return 0
-        n = len(data)
-        self.total += n
-        if self._on_read is not None:
-            self._on_read(self.total)  # may raise: the bytes past a limit are never handed out
-        buffer[:n] = data
-        self.digester.update(data)
-        return n
-
-
 def _decompressor(path: Path, media_type: str) -> BinaryIO:
     raw = path.open("rb")
     if oci.is_gzip_layer(media_type):

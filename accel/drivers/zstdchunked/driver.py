@@ -7,7 +7,6 @@ from typing import ClassVar
 from pydantic import Field
 
 from accel import constants as mt
-from accel.compression import open_uncompressed
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
 from accel.drivers.zstdchunked.writer import write_zstd_chunked
 from accel.errors import DigestMismatch
@@ -35,7 +34,7 @@ class ZstdChunkedDriver(Driver):
             # The writer hashes every byte it puts in the frames, the whole tar stream to its end, so one
             # check covers both the source (does it match its DiffID?) and the writer (does the blob
             # decompress to the source?): the reader need not hash the same bytes a second time.
-            with open_uncompressed(layer.path, layer.descriptor.media_type, None, layer.limits) as tar_stream:
+            with layer.open_tar(check_diff_id=False) as tar_stream:
                 result = write_zstd_chunked(tar_stream, blob, self.zstd_options.level)
             if result.uncompressed_digest != layer.diff_id:
                 raise DigestMismatch(
