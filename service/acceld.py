@@ -1,6 +1,6 @@
 """acceld: the HTTP API (uvicorn) plus a runner serving the `convert-image` and `bulk-reconvert` deployments.
 
-    prefect server start &                      # a real Prefect server (SQLite or PostgreSQL)
+    accel-prefect-server &                      # a real Prefect server (SQLite or PostgreSQL)
     PREFECT_API_URL=http://127.0.0.1:4200/api acceld --config config.yaml
 
 The runner is a child process (`acceld --runner`), restarted if it dies and stopped with acceld; flow runs
@@ -213,7 +213,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     assert isinstance(settings, Settings)
     if not prefect_api_url():
         print(
-            "acceld: no Prefect API configured. Start one (`prefect server start`) and set PREFECT_API_URL, "
+            "acceld: no Prefect API configured. Start one (`accel-prefect-server`) and set PREFECT_API_URL, "
             "e.g. PREFECT_API_URL=http://127.0.0.1:4200/api",
             file=sys.stderr,
         )

@@ -2,8 +2,8 @@
 
 `accelctl convert` (without PREFECT_API_URL) starts them once and reuses them on every later call:
 
-- a Prefect server (`prefect server start` on 127.0.0.1, SQLite under `<state>/prefect`), so a conversion
-  pays no server start;
+- a Prefect server (`service.prefectserver`: `prefect server start` with SQLite writers locking at BEGIN, on
+  127.0.0.1, SQLite under `<state>/prefect`), so a conversion pays no server start;
 - the warm runner (`python -m service.localrunner`), which has Prefect and the flows imported and runs each
   conversion in-process, so a call pays neither Python nor Prefect imports (as docker → dockerd).
 
@@ -102,7 +102,7 @@ def _tail(path: Path, size: int = 2000) -> str:
 
 
 def _server_marker(port: int) -> str:
-    return f"server start --host 127.0.0.1 --port {port}"
+    return f"service.prefectserver --host 127.0.0.1 --port {port}"
 
 
 RUNNER_MARKER = "service.localrunner"
@@ -204,7 +204,7 @@ def ensure_server(timeout: float = SERVER_START_TIMEOUT) -> tuple[ServerInfo, bo
         (local_dir() / "server.json").unlink(missing_ok=True)
         port = _free_port()
         log = local_dir() / "server.log"
-        proc = _spawn([sys.executable, "-m", "prefect", *_server_marker(port).split()], _prefect_env(), log)
+        proc = _spawn([sys.executable, "-m", *_server_marker(port).split()], _prefect_env(), log)
         info = ServerInfo(pid=proc.pid, port=port)
         (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))
         if not _wait_healthy(info, proc, timeout):

@@ -66,11 +66,11 @@ class LayerInput:
         return self.store.path(self.descriptor.digest)
 
     @contextlib.contextmanager
-    def open_tar(self) -> Iterator[BinaryIO]:
-        """The uncompressed tar stream; its digest is verified against `diff_id` when the block ends."""
-        with compression.open_uncompressed(
-            self.path, self.descriptor.media_type, self.diff_id, self.limits
-        ) as f:
+    def open_tar(self, check_diff_id: bool = True) -> Iterator[BinaryIO]:
+        """The uncompressed tar stream; its digest is verified against `diff_id` when the block ends, unless
+        the caller hashes every byte itself and checks `diff_id` (`check_diff_id=False`)."""
+        expected = self.diff_id if check_diff_id else None
+        with compression.open_uncompressed(self.path, self.descriptor.media_type, expected, self.limits) as f:
             yield f
 
 

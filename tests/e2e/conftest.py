@@ -32,7 +32,7 @@ def postgres() -> Iterator[PostgresServer]:
 def prefect_server(
     tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
 ) -> Iterator[PrefectServer]:
-    """A real `prefect server start` on PostgreSQL: the scale-out mode's database."""
+    """A real Prefect server on PostgreSQL: the scale-out mode's database."""
     server = PrefectServer(tmp_path_factory.mktemp("prefect"), database_url=postgres.url)
     server.start()
     yield server

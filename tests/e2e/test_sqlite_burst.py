@@ -1,5 +1,6 @@
-"""The embedded default under load (issue 9): acceld on a Prefect server with its default SQLite database,
-`worker: 5`, 30 webhook pushes in a few seconds → all converted, none duplicated, no `database is locked`."""
+"""The embedded default under load (issue 9): acceld on accel's Prefect server (`service.prefectserver`) with
+its default SQLite database, `worker: 5`, 30 webhook pushes in a few seconds → all converted, none duplicated,
+no `database is locked` in any log (plain `prefect server start` logged ~100-190 of them)."""
 
 from __future__ import annotations
 
@@ -87,13 +88,6 @@ def test_a_burst_on_the_embedded_sqlite_default_converts_everything_once(burst):
         assert_converted(ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Prefect 3.9's SQLite orchestration opens DEFERRED transactions that read, then insert the new "
-    "state (flow_run_state): when another writer commits in between, SQLite answers SQLITE_BUSY at once "
-    "(busy_timeout does not apply to a read→write upgrade in WAL mode), so the server logs `database is "
-    "locked` (~100 per 30-push burst) although its clients retry and nothing is lost. Not fixed here: "
-    "scale-out mode (PostgreSQL) has no such errors.",
-)
 def test_a_burst_on_the_embedded_sqlite_default_logs_no_lock_errors(burst):
     assert burst["logs"].count("database is locked") == 0
+    assert burst["logs"].count("Traceback") == 0

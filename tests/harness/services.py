@@ -1,4 +1,4 @@
-"""Real processes for end-to-end tests: a `prefect server start` and `acceld`, both on loopback.
+"""Real processes for end-to-end tests: a Prefect server (`service.prefectserver`) and `acceld`, on loopback.
 
 The Prefect server gets its own PREFECT_HOME (a tmp dir), a free port and a database: a private PostgreSQL
 (tests/harness/postgres.py) in the e2e suite, as in the scale-out mode, since SQLite answers `database is
@@ -107,9 +107,7 @@ class PrefectServer:
                 [
                     sys.executable,
                     "-m",
-                    "prefect",
-                    "server",
-                    "start",
+                    "service.prefectserver",  # Prefect's server, SQLite writers locking at BEGIN
                     "--host",
                     "127.0.0.1",
                     "--port",

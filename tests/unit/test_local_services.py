@@ -141,10 +141,10 @@ def test_a_server_that_does_not_answer_yet_is_waited_for_never_replaced(local):
     from tests.harness.registry import free_port
 
     port = free_port()  # nothing listens: the health check never answers
-    # The command-line shape of a real one (`... server start --host H --port P`), but it only sleeps.
+    # The command-line shape of a real one (`-m service.prefectserver --host H --port P`); it only sleeps.
     script = "import time; time.sleep(120)"
     fake = subprocess.Popen(
-        [sys.executable, "-c", script, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        [sys.executable, "-c", script, "service.prefectserver", "--host", "127.0.0.1", "--port", str(port)]
     )
     try:
         record = json.dumps({"pid": fake.pid, "port": port})

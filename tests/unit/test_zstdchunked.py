@@ -185,6 +185,17 @@ def test_native_and_numpy_rolling_sums_agree_across_history_and_blocks() -> None
         assert native(history, piece) == zc.rollsum._rollsum_cuts_numpy(history, piece)
 
 
+def test_without_the_native_library_the_numpy_fallback_writes_the_same_blob(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert zc.rollsum._load_native(tmp_path / "absent.lib") is None
+    raw, _ = _make_tar()
+    usual, _ = _convert(raw)
+    monkeypatch.setattr(zc.rollsum, "_rollsum_cuts", zc.rollsum._rollsum_cuts_numpy)
+    fallback, result = _convert(raw)
+    assert fallback == usual and _decompress_all(fallback) == raw and result.toc_entries > 10
+
+
 def test_crc64_iso_matches_go_check_value_and_chains() -> None:
     assert zc.crc64._crc64_iso_python(0, b"123456789") == 0xB90956C775A41001
     data = random.Random(1).randbytes(100_000)

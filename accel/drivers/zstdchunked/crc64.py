@@ -15,14 +15,16 @@ def _load_isal_crc64() -> Callable[[int, bytes], int] | None:
     try:
         from isal import isal_zlib
 
-        func = ctypes.CDLL(isal_zlib.__file__).crc64_iso_refl
+        # PyDLL keeps the GIL: the CRC of a block takes microseconds, and getting the GIL back after
+        # letting go of it (as CDLL does) cost the parsing thread far more while the pool ran.
+        func = ctypes.PyDLL(isal_zlib.__file__).crc64_iso_refl
     except (ImportError, OSError, AttributeError):
         return None
     func.restype = ctypes.c_uint64
     func.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64]
 
     def update(crc: int, data: bytes) -> int:
-        return func(crc, data, len(data))  # ctypes releases the GIL during the call
+        return func(crc, data, len(data))
 
     # Guard against a library whose symbol means something else: the CRC-64/GO-ISO check value.
     return update if update(0, b"123456789") == 0xB90956C775A41001 else None

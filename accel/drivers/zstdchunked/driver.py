@@ -9,7 +9,7 @@ from pydantic import Field
 from accel import constants as mt
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
 from accel.drivers.zstdchunked.writer import write_zstd_chunked
-from accel.errors import DriverError
+from accel.errors import DigestMismatch
 from accel.oci import Descriptor
 
 
@@ -31,12 +31,16 @@ class ZstdChunkedDriver(Driver):
 
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         with layer.store.writer() as blob:
-            with layer.open_tar() as tar_stream:  # verifies the source DiffID on exit
+            # The writer hashes every byte it puts in the frames, the whole tar stream to its end, so one
+            # check covers both the source (does it match its DiffID?) and the writer (does the blob
+            # decompress to the source?): the reader need not hash the same bytes a second time.
+            with layer.open_tar(check_diff_id=False) as tar_stream:
                 result = write_zstd_chunked(tar_stream, blob, self.zstd_options.level)
             if result.uncompressed_digest != layer.diff_id:
-                raise DriverError(
-                    f"zstd:chunked output of layer {layer.descriptor.digest} decompresses to "
-                    f"{result.uncompressed_digest}, not the source DiffID {layer.diff_id}"
+                raise DigestMismatch(
+                    layer.diff_id,
+                    result.uncompressed_digest,
+                    f"layer {layer.descriptor.digest} (its tar, as the zstd:chunked blob holds it)",
                 )
         assert blob.digest is not None
         descriptor = Descriptor(

@@ -32,7 +32,9 @@ class SupportsWrite(Protocol):
 # (start offset, end offset, sha256 of the uncompressed frame or None) of the written frame
 FrameCallback = Callable[[int, int, "bytes | None"], None]
 
-_Job = tuple[bytes, bool, "FrameCallback | None"]  # (uncompressed frame, wants its digest, callback)
+Buffer = bytes | memoryview
+# (the uncompressed frame, or its pieces to join on the pool thread; wants its digest; callback)
+_Job = tuple["Buffer | list[Buffer]", bool, "FrameCallback | None"]
 
 
 class FrameWriter:
@@ -68,9 +70,11 @@ class FrameWriter:
 
     def _compress_batch(self, jobs: list[_Job]) -> list[tuple[bytes, bytes | None]]:
         compress = self._compressor().compress
-        return [
-            (compress(data), hashlib.sha256(data).digest() if digest else None) for data, digest, _ in jobs
-        ]
+        results = []
+        for data, digest, _ in jobs:
+            frame = b"".join(data) if isinstance(data, list) else data
+            results.append((compress(frame), hashlib.sha256(frame).digest() if digest else None))
+        return results
 
     def frame(self, digest: bool = False) -> Frame:
         """A new frame; with `digest`, its callback gets the sha256 of its uncompressed bytes."""
@@ -93,12 +97,14 @@ class FrameWriter:
 
     def _flush_output(self) -> None:
         if self._output:
-            self._out.write(self._output[0] if len(self._output) == 1 else b"".join(self._output))
+            self._out.write_parts(self._output)  # joined (when small) and written on the writer thread
             self._output, self._output_bytes = [], 0
 
-    def _submit(self, data: bytes, digest: bool, on_written: FrameCallback | None) -> None:
+    def _submit(
+        self, data: Buffer | list[Buffer], size: int, digest: bool, on_written: FrameCallback | None
+    ) -> None:
         self._batch.append((data, digest, on_written))
-        self._batch_bytes += len(data)
+        self._batch_bytes += size
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FRAMES:
             self._submit_batch()
 
@@ -149,7 +155,7 @@ class Frame:
     def __init__(self, writer: FrameWriter, digest: bool) -> None:
         self._writer = writer
         self._digest = digest
-        self._parts: list[bytes] = []
+        self._parts: list[Buffer] = []
         self._size = 0
         self._stream: zstandard.ZstdCompressionObj | None = None
         self._stream_hash: Any = None
@@ -159,7 +165,8 @@ class Frame:
     def size(self) -> int:
         return self._size
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Buffer) -> None:
+        """Append bytes to the frame; `data` must not change afterwards (it is queued by reference)."""
         if not data:
             return
         self._writer.uncompressed.update(data)
@@ -177,7 +184,7 @@ class Frame:
                 self._stream_data(part)
             self._parts = []
 
-    def _stream_data(self, data: bytes) -> None:
+    def _stream_data(self, data: Buffer) -> None:
         assert self._stream is not None
         if self._stream_hash is not None:
             self._stream_hash.update(data)
@@ -195,8 +202,8 @@ class Frame:
                 digest = self._stream_hash.digest() if self._stream_hash is not None else None
                 on_written(self._start, self._writer.offset, digest)
         elif self._size:
-            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self._writer._submit(data, self._digest, on_written)
+            data = self._parts[0] if len(self._parts) == 1 else self._parts  # joined on the pool thread
+            self._writer._submit(data, self._size, self._digest, on_written)
         self._parts = []
         self._stream = None
         self._stream_hash = None

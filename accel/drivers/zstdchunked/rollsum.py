@@ -3,7 +3,11 @@ where the bup-style rolling sum over a 64-byte window has its low 16 bits all se
 
 The rolling sum runs in C (`_rollsum.c`, built by scripts/setup and loaded with ctypes) when the library
 is there; otherwise numpy evaluates it for a whole block at once with prefix sums, which is several times
-slower and pays a fixed cost per call that shows on many small files. Both give the same cuts.
+slower and pays a fixed cost per call that shows on many small files. Both give the same cuts. numpy is
+only imported for the fallback: its import costs a tenth of a second, and its OpenBLAS threads spin.
+
+Data pieces are memoryview slices of the fed blocks, not copies: the frame writer, zstd and hashlib all
+take buffers, and a copy per byte on the parsing thread showed in the profile.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROLLSUM_BITS = 16
 HOLE_THRESHOLD = 1024  # zero runs at least this long become "zeros" chunks
@@ -35,31 +37,42 @@ _ROLLSUM_SLICE = 64 << 10  # numpy temporaries stay cache- and allocator-friendl
 NATIVE_LIBRARY = Path(__file__).with_name("_rollsum.lib")
 
 
-def _load_native(path: Path = NATIVE_LIBRARY) -> Callable[[bytes, bytes], list[int]] | None:
+def _load_native(path: Path = NATIVE_LIBRARY) -> Callable[..., list[int]] | None:
     """The C rolling sum, or None when the library was not built (or does not load)."""
     try:
-        function = ctypes.CDLL(str(path)).accel_rollsum_cuts
+        # PyDLL: the call keeps the GIL. A block takes well under a millisecond, and a thread that lets go
+        # of the GIL waits far longer to get it back while the compression and hashing threads run.
+        function = ctypes.PyDLL(str(path)).accel_rollsum_cuts
     except (OSError, AttributeError):
         return None
     function.restype = ctypes.c_size_t
-    function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint16, ctypes.c_void_p]
+    function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint16, ctypes.c_void_p]
 
-    scratch = threading.local()  # per thread: a buffer with room for a cut after every byte, and its address
+    scratch = threading.local()  # per thread: a buffer with room for a cut after every byte
 
-    def cuts(history: bytes, data: bytes) -> list[int]:
-        assert len(history) == _WINDOW - 1
-        found: np.ndarray[Any, Any] | None = getattr(scratch, "found", None)
-        if found is None or len(found) < len(data):
-            found = np.empty(max(len(data), 1 << 20), dtype=np.uint32)
-            scratch.found, scratch.address = found, found.ctypes.data
-        count = function(history, data, len(data), _CUT_RESIDUE, scratch.address)  # GIL released
-        return found[:count].tolist()
+    def cuts(history: bytes, data: bytes, start: int = 0, end: int | None = None) -> list[int]:
+        """Cuts in data[start:end], relative to `start`, without copying the slice."""
+        assert len(history) == _WINDOW - 1 and isinstance(data, bytes)
+        end = len(data) if end is None else end
+        size = end - start
+        if size <= 0:
+            return []
+        found: Any = getattr(scratch, "found", None)
+        if found is None or len(found) < size:
+            found = scratch.found = (ctypes.c_uint32 * max(size, 1 << 20))()
+        address = ctypes.cast(data, ctypes.c_void_p).value  # bytes' own buffer, alive while `data` is
+        assert address is not None
+        count = function(history, address + start, size, _CUT_RESIDUE, found)
+        return found[:count]
 
     return cuts
 
 
-def _rollsum_cuts_numpy(history: bytes, data: bytes) -> list[int]:
-    """Indexes i in `data` after which the reference rolling sum says "split"."""
+def _rollsum_cuts_numpy(history: bytes, data: bytes, start: int = 0, end: int | None = None) -> list[int]:
+    """Indexes i in data[start:end] (relative to `start`) after which the reference rolling sum says
+    "split"."""
+    if start or end is not None:
+        data = data[start:end]
     cuts: list[int] = []
     for offset in range(0, len(data), _ROLLSUM_SLICE):
         before = (history + data[max(0, offset - (_WINDOW - 1)) : offset])[-(_WINDOW - 1) :]
@@ -75,6 +88,8 @@ def _rollsum_cuts_slice(history: bytes, data: bytes) -> list[int]:
     sum_{j=p-63..p} (p+1-j)*b[j] = (p+1)*(S1[p+1]-S1[p-63]) - (S2[p+1]-S2[p-63]). uint32 arithmetic wraps
     modulo 2^32, which keeps the low 16 bits exact.
     """
+    import numpy as np  # only the fallback needs it
+
     assert len(history) == _WINDOW - 1
     b = np.frombuffer(history + data, dtype=np.uint8).astype(np.uint32)
     n = len(b)
@@ -97,7 +112,7 @@ _rollsum_cuts = _load_native() or _rollsum_cuts_numpy
 
 @dataclasses.dataclass(frozen=True)
 class DataPiece:
-    data: bytes
+    data: bytes | memoryview  # a slice of the fed block: valid as long as the event is held
     cut_after: bool  # the current data chunk ends after these bytes
 
 
@@ -166,7 +181,7 @@ class FileChunker:
         end = len(buf)
         holes = _find_holes(buf, start)
         if not final:
-            tail_zeros = len(buf) - len(buf.rstrip(b"\x00"))
+            tail_zeros = len(buf) - len(buf.rstrip(b"\x00")) if buf[-1:] == b"\x00" else 0
             tail_start = max(len(buf) - tail_zeros, start)
             if tail_start < len(buf) and not (holes and holes[-1][1] == len(buf)):
                 # A short zero run at the end might continue in the next block: decide later.
@@ -180,19 +195,21 @@ class FileChunker:
         if holes and holes[-1][1] == len(buf) and not final:
             self._in_hole = True
         yield from self._data(buf, pos, end)
-        self._remember(buf[:end])
+        self._remember(buf, end)
 
     def _data(self, buf: bytes, start: int, end: int) -> Iterator[DataPiece]:
         if start >= end:
             return
         history = (self._history + buf[max(0, start - (_WINDOW - 1)) : start])[-(_WINDOW - 1) :]
-        data = buf[start:end]
-        pos = 0
-        for cut in _rollsum_cuts(history, data):
-            yield DataPiece(data[pos : cut + 1], cut_after=True)
-            pos = cut + 1
-        if pos < len(data):
-            yield DataPiece(data[pos:], cut_after=False)
+        view = memoryview(buf)
+        pos = start
+        for cut in _rollsum_cuts(history, buf, start, end):
+            yield DataPiece(view[pos : start + cut + 1], cut_after=True)
+            pos = start + cut + 1
+        if pos < end:
+            yield DataPiece(view[pos:end], cut_after=False)
 
-    def _remember(self, processed: bytes) -> None:
-        self._history = (self._history + processed[-(_WINDOW - 1) :])[-(_WINDOW - 1) :]
+    def _remember(self, processed: bytes, end: int | None = None) -> None:
+        """Keep the last window's worth of processed[:end] as the next block's history."""
+        end = len(processed) if end is None else end
+        self._history = (self._history + processed[max(0, end - (_WINDOW - 1)) : end])[-(_WINDOW - 1) :]
