@@ -154,6 +154,11 @@ class ExpansionLimits:
     max_bytes: int | None = None  # converter.limits.max_layer_size
     max_ratio: float | None = None  # converter.limits.max_expansion_ratio
     ratio_floor: int = 64 << 20
+    images: tuple[ImageBudget, ...] = ()  # the images the layer is part of (converter.limits.max_image_size)
+
+    @property
+    def active(self) -> bool:
+        return self.max_bytes is not None or self.max_ratio is not None or bool(self.images)
 
     def check(self, uncompressed: int, compressed: int, what: str) -> None:
         if self.max_bytes is not None and uncompressed > self.max_bytes:
@@ -168,6 +173,47 @@ class ExpansionLimits:
             raise LimitExceeded(
                 f"{what} expands more than {self.max_ratio:g} times its compressed {compressed:,} bytes "
                 "(converter.limits.max_expansion_ratio)"
+            )
+
+
+class ImageBudget:
+    """The uncompressed bytes one image's layers may expand to together (converter.limits.max_image_size).
+
+    Every layer of the image charges what it has streamed so far; past `max_bytes` in total the charge
+    raises LimitExceeded. A layer counts once however often it is read (its largest count is kept), and the
+    layers of an image stream in parallel threads, hence the lock. `known` seeds layers the run does not
+    stream (converted before) with the size counted when they were."""
+
+    def __init__(self, max_bytes: int, image: str, known: dict[str, int] | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.image = image
+        self._counted: dict[str, int] = dict(known or {})
+        self._total = sum(self._counted.values())
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def counted(self, layer: str) -> int:
+        with self._lock:
+            return self._counted.get(layer, 0)
+
+    def charge(self, layer: str, streamed: int) -> None:
+        with self._lock:
+            before = self._counted.get(layer, 0)
+            if streamed > before:
+                self._counted[layer] = streamed
+                self._total += streamed - before
+            total = self._total
+        self.check(total)
+
+    def check(self, total: int | None = None) -> None:
+        total = self._total if total is None else total
+        if total > self.max_bytes:
+            raise LimitExceeded(
+                f"image {self.image} expands to more than {self.max_bytes:,} bytes "
+                "(converter.limits.max_image_size)"
             )
 
 
@@ -316,12 +362,14 @@ def open_uncompressed(
     past `limits` raises LimitExceeded."""
     inner = _decompressor(path, media_type)
     on_read = None
-    if limits is not None and (limits.max_bytes is not None or limits.max_ratio is not None):
+    if limits is not None and limits.active:
         compressed = path.stat().st_size
         what = f"layer {path.name[:12]}"
 
         def on_read(total: int) -> None:
             limits.check(total, compressed, what)
+            for image in limits.images:
+                image.charge(path.name, total)  # keyed by the blob's hex digest
 
     digester = BackgroundDigester()
     total = 0

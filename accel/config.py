@@ -257,10 +257,12 @@ class LimitSettings(_Model):
     """accel: bounds on one conversion, each failing it with a reason that names the limit."""
 
     max_layer_size: str = "16GiB"  # uncompressed bytes of one source layer
+    # Uncompressed bytes of one image: the sum over its layers, per platform (each image of an index alone).
+    max_image_size: str = "32GiB"
     max_expansion_ratio: float = Field(default=200.0, gt=1)  # uncompressed / compressed, past 64 MiB
     timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
 
-    @field_validator("max_layer_size")
+    @field_validator("max_layer_size", "max_image_size")
     @classmethod
     def _size(cls, value: str) -> str:
         if parse_size(value) <= 0:
@@ -270,6 +272,10 @@ class LimitSettings(_Model):
     @property
     def max_layer_bytes(self) -> int:
         return parse_size(self.max_layer_size)
+
+    @property
+    def max_image_bytes(self) -> int:
+        return parse_size(self.max_image_size)
 
 
 class ConverterSettings(_Model):

@@ -22,7 +22,7 @@ from accel.context import context_for
 from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import AccelError, ConfigError, InvalidReference
-from accel.image import BuiltImage, SourceLayer, produced_by_accel
+from accel.image import BuiltImage, SourceImage, SourceLayer, produced_by_accel
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference
@@ -31,6 +31,7 @@ from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
+from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
 from tasks.store import collect_garbage
 
 # The type of the artifact that carries a run's ConversionResult as JSON: acceld (any mode, any host) reads
@@ -135,6 +136,7 @@ def conversion_timeout() -> float | None:
     flow_run_name="convert {source}",
     log_prints=True,
     timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
+    on_failure=[end_timed_out_process],  # and its process ends, freeing the worker slot
 )
 def convert_image(
     source: str,
@@ -197,7 +199,10 @@ def convert_image(
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
     started = time.monotonic()
-    converted, failures = _pull_and_convert(source_ref, layers, hits, config_path)
+    try:
+        converted, failures = _pull_and_convert(source_ref, image, layers, hits, config_path)
+    finally:
+        forget_budgets()
     timings["pull+convert"] = time.monotonic() - started
 
     # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
@@ -306,6 +311,7 @@ def _target_result(
 
 def _pull_and_convert(
     source: Reference,
+    image: SourceImage,
     layers: list[SourceLayer],
     hits: dict[str, dict[str, ConvertedLayer]],
     config_path: str,
@@ -317,9 +323,17 @@ def _pull_and_convert(
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
     pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
+    # converter.limits.max_image_size: the layers of each platform image count together while they stream.
+    images = images_of_layers(image)
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
         d: [
-            convert_layer.submit(layer, d, config_path, wait_for=[pulls[layer.descriptor.digest]])
+            convert_layer.submit(
+                layer,
+                d,
+                config_path,
+                images[layer.descriptor.digest],
+                wait_for=[pulls[layer.descriptor.digest]],
+            )
             for layer in misses
         ]
         for d, misses in missed.items()
@@ -330,9 +344,14 @@ def _pull_and_convert(
     store = context_for(config_path).store
     converted: dict[str, list[ConvertedLayer]] = {}
     failures: dict[str, str] = {}
+    settings = context_for(config_path).settings
     for d, futures in conversions.items():
         try:
-            converted[d] = _converted_layers(d, layers, missed[d], futures, hits[d], store, config_path)
+            converted[d] = _converted_layers(
+                d, layers, missed[d], futures, hits[d], store, config_path, images
+            )
+            # Layers the task cache answered were not streamed in this run: their recorded sizes count.
+            check_image_sizes(settings, image)
         except Exception as exc:
             failures[d] = _reason(exc)
             get_run_logger().error("%s: %s", d, failures[d])
@@ -347,6 +366,7 @@ def _converted_layers(
     hits: dict[str, ConvertedLayer],
     store: ContentStore,
     config_path: str,
+    images: dict[str, list[str]],
 ) -> list[ConvertedLayer]:
     fresh: dict[str, ConvertedLayer] = {}
     for future in futures:
@@ -360,7 +380,9 @@ def _converted_layers(
             store.touch(blob)
         else:
             refresh = convert_layer.with_options(refresh_cache=True)
-            fresh[layer.descriptor.digest] = refresh(layer, driver, config_path)
+            fresh[layer.descriptor.digest] = refresh(
+                layer, driver, config_path, images[layer.descriptor.digest]
+            )
     return [hits.get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers]
 
 

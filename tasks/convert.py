@@ -12,6 +12,7 @@ from accel import image as img
 from accel import publish
 from accel.compression import ExpansionLimits
 from accel.context import context_for
+from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, LayerInput
 from accel.drivers.base import CONVERTED_LAYER_SCHEMA
 from accel.drivers.dependencies import stage_dependency_blobs
@@ -19,6 +20,7 @@ from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports import Transports
 from accel.verify import VerifyError, verify_built
+from tasks.limits import LayerSizes, image_budgets
 from tasks.policy import layer_run_name
 
 
@@ -60,12 +62,23 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     cache_key_fn=_convert_cache_key,
     persist_result=True,
 )
-def convert_layer(layer: img.SourceLayer, driver_type: str, config_path: str) -> ConvertedLayer:
+def convert_layer(
+    layer: img.SourceLayer, driver_type: str, config_path: str, images: list[str] | None = None
+) -> ConvertedLayer:
+    """`images`: the platform images that list the layer (`tasks.limits.image_label`), each bounded by
+    converter.limits.max_image_size together with its other layers."""
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
     limits = ctx.settings.converter.limits
-    expansion = ExpansionLimits(max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio)
-    return driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
+    budgets = image_budgets(ctx.settings, driver_type, images or [])
+    expansion = ExpansionLimits(
+        max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio, images=budgets
+    )
+    converted = driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
+    # The driver read the layer to its end (the DiffID is checked there): its whole uncompressed size.
+    if budgets and (size := budgets[0].counted(hex_of(layer.descriptor.digest))):
+        LayerSizes(ctx.settings).record(layer.descriptor.digest, size)
+    return converted
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import stat
+import time
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
 from accel.config import parse_size
@@ -12,6 +17,13 @@ from accel.context import context_for
 def collect_garbage(config_path: str) -> int:
     """Least recently used blobs go first; blobs used in the last hour stay. Returns the bytes freed."""
     ctx = context_for(config_path)
+    # A run killed or timed out mid-write leaves its partial file behind; no live run is older than its
+    # timeout (converter.limits.timeout ends it, and its process), so twice that is safely abandoned.
+    stale = sweep_abandoned_ingest(
+        ctx.store.root / "ingest", max(2 * ctx.settings.converter.limits.timeout, 3600)
+    )
+    if stale:
+        get_run_logger().info("removed %d partial files of interrupted runs from the content store", stale)
     limit = parse_size(ctx.settings.provider.gcpolicy.threshold)
     before = ctx.store.total_size()
     removed = ctx.store.gc(limit)
@@ -24,3 +36,16 @@ def collect_garbage(config_path: str) -> int:
             freed,
         )
     return freed
+
+
+def sweep_abandoned_ingest(ingest: Path, older_than: float) -> int:
+    """Remove files in the store's `ingest/` untouched for `older_than` seconds; returns how many."""
+    now = time.time()
+    removed = 0
+    for entry in ingest.iterdir() if ingest.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            st = entry.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than:
+                entry.unlink()
+                removed += 1
+    return removed

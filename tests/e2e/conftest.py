@@ -71,15 +71,25 @@ def notifying_registry(
 
 
 @pytest.fixture(scope="session")
+def stalling_proxy(registry: harness.RegistryServer) -> Iterator[harness.FaultProxy]:
+    """A FaultProxy in front of `registry` that acceld also takes webhooks for: tests that must stop a
+    conversion at a chosen request name their images by the proxy's host (`proxy.stall(...)`), and clear
+    their stalls when done."""
+    with harness.fault_proxy(registry.host) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
 def acceld(
     tmp_path_factory: pytest.TempPathFactory,
     prefect_server: PrefectServer,
     registry: harness.RegistryServer,
     notifying_registry: harness.RegistryServer,
+    stalling_proxy: harness.FaultProxy,
     acceld_port: int,
 ) -> Iterator[Acceld]:
     workdir: Path = tmp_path_factory.mktemp("acceld")
-    hosts = [registry.host, notifying_registry.host]
+    hosts = [registry.host, notifying_registry.host, stalling_proxy.host]
     settings = acceld_settings(workdir, acceld_port, hosts, metrics=True)
     service = Acceld(workdir, prefect_server, settings)
     service.start()

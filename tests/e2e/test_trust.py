@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.e2e.test_acceld import (
 )
 from tests.harness import imagegen, pushing
 from tests.harness.api import wait_until
+from tests.harness.registry import FaultProxy, Stall
 from tests.harness.services import SUFFIX
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -50,8 +52,9 @@ def push_to(ref: Reference, store: ContentStore, seed: int) -> Reference:
 def post(acceld, body: dict) -> dict:
     r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 202, r.text
-    [task] = r.json()["tasks"]
-    return task
+    tasks = r.json()["tasks"]
+    assert len(tasks) == 1, r.text
+    return tasks[0]
 
 
 def converted_from(target: Reference) -> str:
@@ -140,32 +143,49 @@ def _descendants(root: int) -> list[tuple[int, str]]:
     return found
 
 
-def test_a_killed_flow_run_is_converted_by_the_same_webhook(acceld, registry, source_store):
-    """kill -9 of the flow run's process while it works: its run ends CRASHED; the same webhook again starts
-    a new run that converts the image, and the task list shows one COMPLETED task for it."""
-    extra = imagegen.TarBuilder(auto_parents=True)
-    extra.file("big.bin", os.urandom(48 << 20))  # enough work to be caught in the middle
-    image = imagegen.build_image([*imagegen.standard_layers(32 * KiB), extra], source_store)
-    tag_ref = Reference.parse(f"{registry.host}/e2e/{uuid.uuid4().hex[:10]}:killed")
-    with RegistryClient({registry.host: HostConfig()}) as client:
-        ref = tag_ref.with_digest(pushing.push(client, source_store, tag_ref, image))
+def _flow_process(acceld, run_id: str) -> int | None:
+    """The process running flow run `run_id` (another test's run may still be finishing beside it); every
+    process below the harness's own acceld child is ours."""
+    return next(
+        (
+            pid
+            for pid, cmd in _descendants(acceld._proc.pid)
+            if "prefect.engine" in cmd and _runs_flow_run(pid, run_id)
+        ),
+        None,
+    )
 
-    first = post(acceld, harbor_payload(ref))
-    acceld_pid = acceld._proc.pid  # the harness's own child: every process below it is ours
 
-    def flow_process() -> int | None:
-        """The process running this run: another test's run may still be finishing beside it."""
-        return next(
-            (
-                pid
-                for pid, cmd in _descendants(acceld_pid)
-                if "prefect.engine" in cmd and _runs_flow_run(pid, first["id"])
-            ),
-            None,
-        )
+def _task_runs(prefect_server, run_id: str) -> list[dict]:
+    """The flow run's task runs as Prefect's API lists them (name, state_type)."""
+    r = httpx.post(
+        f"{prefect_server.api_url}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return r.json()
 
-    victim = wait_until(flow_process, timeout=120, what="the flow run's process")
+
+def _push_through(proxy: FaultProxy, store: ContentStore, layers: list[imagegen.TarBuilder], tag: str):
+    """`layers` pushed to a fresh repository; the reference names it through the proxy's host."""
+    image = imagegen.build_image(layers, store)
+    repository = f"e2e/{uuid.uuid4().hex[:10]}"
+    with RegistryClient({proxy.upstream: HostConfig()}) as client:
+        digest = pushing.push(client, store, Reference.parse(f"{proxy.upstream}/{repository}:{tag}"), image)
+    return image, Reference.parse(f"{proxy.host}/{repository}:{tag}").with_digest(digest)
+
+
+def _kill_then_convert_again(acceld, registry, ref: Reference, first: dict, stall: Stall) -> None:
+    """kill -9 of the run's process where it is stopped; no target tag; the same webhook again converts it,
+    and acceld lists one COMPLETED task for it (beside the killed one)."""
+    victim = wait_until(lambda: _flow_process(acceld, first["id"]), timeout=60, what="the flow process")
     os.kill(victim, signal.SIGKILL)
+    target = f"{ref.tag}{SUFFIX}"
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        # Read straight from the registry: nothing half-pushed is visible under the target tag.
+        assert target not in client.list_tags(Reference.parse(f"{registry.host}/{ref.repository}:x"))
+    stall.release()  # the request the killed process left behind goes on; nobody reads its answer
     crashed = wait_task(acceld, first["id"], timeout=180)
     assert crashed["status"] == "FAILED", crashed
 
@@ -174,4 +194,73 @@ def test_a_killed_flow_run_is_converted_by_the_same_webhook(acceld, registry, so
     assert wait_task(acceld, second["id"], timeout=300)["status"] == "COMPLETED"
     assert_converted(ref)
     statuses = [t["status"] for t in tasks_for(acceld, ref)]
-    assert statuses.count("COMPLETED") == 1 and len(statuses) == 2
+    assert statuses.count("COMPLETED") == 1 and len(statuses) == 2, statuses
+
+
+def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
+    acceld, registry, stalling_proxy, prefect_server, source_store
+):
+    """kill -9 while the layers convert: the pull of the last layer is held, so the run stops with a
+    convert-layer task in flight (the big layer's converting or converted, the last one's waiting for its
+    pull) and nothing pushed."""
+    big = imagegen.TarBuilder(auto_parents=True)
+    big.file("big.bin", os.urandom(16 << 20))
+    last = imagegen.TarBuilder(auto_parents=True)
+    last.file("last.txt", f"last layer {uuid.uuid4()}\n".encode())
+    image, ref = _push_through(
+        stalling_proxy, source_store, [*imagegen.standard_layers(32 * KiB), big, last], "mid-convert"
+    )
+    last_layer = image.layers[-1].digest
+    stall = stalling_proxy.stall(rf"^/v2/{ref.repository}/blobs/{last_layer}$", method="GET")
+    try:
+        first = post(acceld, harbor_payload(ref))
+
+        def converting() -> bool:
+            """A convert-layer task run not finished while the last pull is held: the last layer's (named
+            `convert-layer-…` until it starts), which cannot finish before that pull, or one still running."""
+            if not stall.reached.is_set():
+                return False
+            return any(
+                t["name"].startswith("convert") and t["state_type"] in ("PENDING", "RUNNING")
+                for t in _task_runs(prefect_server, first["id"])
+            )
+
+        wait_until(converting, timeout=180, what="a convert-layer task in flight, the last pull held")
+        _kill_then_convert_again(acceld, registry, ref, first, stall)
+    finally:
+        stall.release()
+
+
+def test_a_flow_run_killed_mid_push_is_converted_by_the_same_webhook(
+    acceld, registry, stalling_proxy, prefect_server, source_store
+):
+    """kill -9 while the target is pushed: the second blob upload is held after the first completed, so
+    the run stops with part of the target's blobs in the registry and no tag."""
+    extra = imagegen.TarBuilder(auto_parents=True)
+    extra.file("seed.txt", f"mid-push {uuid.uuid4()}\n".encode())
+    _, ref = _push_through(
+        stalling_proxy, source_store, [*imagegen.standard_layers(32 * KiB), extra], "mid-push"
+    )
+    uploads = rf"^/v2/{ref.repository}/blobs/uploads/.+"
+    stall = stalling_proxy.stall(uploads, method="PUT", after=1)
+    try:
+        first = post(acceld, harbor_payload(ref))
+
+        def one_blob_uploaded() -> bool:
+            """Prefect shows the push task running, one upload of it completed and the next held."""
+            return (
+                stall.reached.is_set()
+                and any(
+                    h.method == "PUT" and h.status == 201 and re.search(uploads, h.path)
+                    for h in list(stalling_proxy.hits)
+                )
+                and any(
+                    t["name"].startswith("push ") and t["state_type"] == "RUNNING"
+                    for t in _task_runs(prefect_server, first["id"])
+                )
+            )
+
+        wait_until(one_blob_uploaded, timeout=180, what="one target blob uploaded, the next upload held")
+        _kill_then_convert_again(acceld, registry, ref, first, stall)
+    finally:
+        stall.release()

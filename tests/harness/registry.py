@@ -381,6 +381,32 @@ class Fault:
         )
 
 
+@dataclass
+class Stall:
+    """Hold requests matching `method` and `path` (regex on the path), after letting the first `after` of
+    them through, until `release()`: the registry stops answering at a chosen point of a conversion.
+    `reached` is set when the first request is held; a held request goes on to the registry once released
+    (after `STALL_CAP` seconds at most, so no test leaves a thread behind for ever)."""
+
+    path: re.Pattern[str]
+    method: str | None
+    after: int
+    times: int
+    seen: int = 0
+    held: int = 0
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and self.path.search(path) is not None
+
+    def release(self) -> None:
+        self.released.set()
+
+
+STALL_CAP = 600.0
+
+
 @dataclass(frozen=True)
 class ProxyHit:
     method: str
@@ -400,6 +426,7 @@ class FaultProxy:
         self.upstream = upstream
         self.hits: list[ProxyHit] = []
         self._faults: list[Fault] = []
+        self._stalls: list[Stall] = []
         self._lock = threading.Lock()
         self._random_rate = 0.0
         self._random = random.Random(0)
@@ -435,6 +462,14 @@ class FaultProxy:
             self._faults.append(fault)
         return fault
 
+    def stall(self, path: str, *, method: str | None = None, after: int = 0, times: int = 1) -> Stall:
+        """Hold the matching requests after the first `after` of them (`times` of them) until the returned
+        Stall is released."""
+        stall = Stall(re.compile(path), method, after, times)
+        with self._lock:
+            self._stalls.append(stall)
+        return stall
+
     def fail_randomly(self, rate: float, seed: int = 0) -> None:
         """Besides explicit faults, answer a `rate` share of all requests with a 503, a reset or a body cut
         in half (one of the three at random); 0 turns it off."""
@@ -445,6 +480,9 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+            for stall in self._stalls:
+                stall.release()
+            self._stalls.clear()
             self.hits.clear()
             self._random_rate = 0.0
 
@@ -463,6 +501,7 @@ class FaultProxy:
             )
 
     def stop(self) -> None:
+        self.clear()  # held requests go on, their threads end
         if self._thread.is_alive():
             self._server.shutdown()
             self._server.server_close()
@@ -491,6 +530,16 @@ class FaultProxy:
                     1,
                     truncate=kind == "truncate",
                 )
+        return None
+
+    def _take_stall(self, method: str, path: str) -> Stall | None:
+        with self._lock:
+            for stall in self._stalls:
+                if stall.matches(method, path):
+                    stall.seen += 1
+                    if stall.seen > stall.after and stall.held < stall.times:
+                        stall.held += 1
+                        return stall
         return None
 
     def _record(self, hit: ProxyHit) -> None:
@@ -524,6 +573,9 @@ class FaultProxy:
                     with proxy._lock:
                         proxy.held += 1
                     proxy._open.wait()
+                if (stall := proxy._take_stall(method, path)) is not None:
+                    stall.reached.set()
+                    stall.released.wait(STALL_CAP)
                 fault = proxy._take_fault(method, path)
                 if fault is not None and fault.reset:
                     proxy._record(ProxyHit(method, path, None, True))

@@ -158,3 +158,22 @@ def test_tls_verification_failure_fails_at_once_with_one_line(untrusted_tls_serv
     message = str(caught.value)
     assert "\n" not in message and "TLS certificate verification failed" in message
     assert not is_transient(caught.value)
+
+
+def test_the_proxy_holds_a_chosen_request_until_released(fault_proxy, client, store, repo_name, tmp_path):
+    """FaultProxy.stall (the e2e kill and timeout tests stop a conversion with it): the first matching
+    request passes, the next waits until released, then goes on to the registry."""
+    ref = Reference.parse(f"{fault_proxy.host}/{repo_name}:v1")
+    desc = pushed_blob(client, store, ref, 1000)
+    stall = fault_proxy.stall(rf"/blobs/{desc.digest}$", method="GET", after=1)
+    assert client.fetch_blob_bytes(ref, desc)  # the first passes
+    assert not stall.reached.is_set()
+    fetched: list[bytes] = []
+    second = threading.Thread(target=lambda: fetched.append(client.fetch_blob_bytes(ref, desc)))
+    second.start()
+    assert stall.reached.wait(30)
+    second.join(0.5)
+    assert second.is_alive() and fetched == []  # held
+    stall.release()
+    second.join(30)
+    assert len(fetched) == 1 and len(fetched[0]) == 1000

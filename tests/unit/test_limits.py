@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from accel import constants as mt
-from accel.compression import ExpansionLimits, open_uncompressed
+from accel.compression import ExpansionLimits, ImageBudget, open_uncompressed
 from accel.config import load_settings
 from accel.drivers import LayerInput, load_driver
 from accel.errors import ConfigError, LimitExceeded
@@ -106,3 +106,181 @@ def test_the_conversion_timeout_comes_from_the_environment_acceld_sets(monkeypat
     for unset in ("", "0", "soon"):
         monkeypatch.setenv(TIMEOUT_ENV, unset)
         assert conversion_timeout() is None
+
+
+# --- converter.limits.max_image_size: the layers of one image together ----------------------------------
+
+
+def _plain_layer(store: ContentStore, size: int, seed: int) -> tuple[Descriptor, str]:
+    """A gzip'd tar holding one file of `size` bytes; returns (descriptor, diff_id)."""
+    import hashlib
+    import io
+
+    info = tarfile.TarInfo(f"file-{seed}")
+    info.size = size
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(bytes([seed]) * size))
+    data = raw.getvalue()
+    blob = _gzip_member(data)
+    desc = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=store.put_bytes(blob), size=len(blob))
+    return desc, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_an_image_budget_counts_each_layer_once_and_names_the_limit():
+    budget = ImageBudget(1000, "host/repo@sha256:abc (linux/amd64)")
+    budget.charge("a", 300)
+    budget.charge("a", 600)  # the same layer read further: its largest count, not the sum
+    budget.charge("a", 200)  # read again from its start
+    budget.charge("b", 400)
+    assert budget.total == 1000 and budget.counted("a") == 600
+    with pytest.raises(LimitExceeded) as caught:
+        budget.charge("c", 1)
+    assert "converter.limits.max_image_size" in str(caught.value)
+    assert "host/repo@sha256:abc (linux/amd64)" in str(caught.value)
+    assert "1,000 bytes" in str(caught.value)
+
+
+def test_an_image_budget_is_shared_by_layers_streaming_in_parallel_threads():
+    import threading
+
+    budget = ImageBudget(10_000_000, "img")
+    exceeded: list[str] = []
+
+    def stream(layer: str) -> None:
+        try:
+            for total in range(0, 3_000_001, 1000):
+                budget.charge(layer, total)
+        except LimitExceeded:
+            exceeded.append(layer)
+
+    threads = [threading.Thread(target=stream, args=(f"layer-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 4 × 3 MB = 12 MB > 10 MB: the layers that charged past the limit stopped, and the count is exact.
+    assert exceeded
+    assert budget.total <= 10_000_000 + 4 * 1000
+
+
+@pytest.mark.parametrize("driver_type", ["estargz", "zstdchunked", "nydus"])
+def test_layers_each_under_the_layer_limit_stop_together_at_the_image_limit(tmp_path, driver_type):
+    store = ContentStore(tmp_path / "store")
+    first, first_diff = _plain_layer(store, 3 * MiB, 1)
+    second, second_diff = _plain_layer(store, 3 * MiB, 2)
+    budget = ImageBudget(5 * MiB, "host/repo@sha256:feed")
+    limits = ExpansionLimits(max_bytes=4 * MiB, max_ratio=None, images=(budget,))
+    driver = load_driver(driver_type)
+    driver.convert_layer(LayerInput(first, first_diff, store, limits))  # alone under both limits
+    blobs_before = set((store.root / "blobs" / "sha256").iterdir())
+    with pytest.raises(
+        LimitExceeded, match=r"image host/repo@sha256:feed .*converter\.limits\.max_image_size"
+    ):
+        driver.convert_layer(LayerInput(second, second_diff, store, limits))
+    assert leftovers(store) == []  # the refused layer's partial outputs are gone
+    assert set((store.root / "blobs" / "sha256").iterdir()) == blobs_before
+    assert budget.total > 5 * MiB
+
+
+def test_max_image_size_has_a_default_and_is_checked():
+    settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
+    assert settings.converter.limits.max_image_bytes == 32 * GiB
+    custom = load_settings(
+        {"converter": {"driver": {"type": "estargz"}, "limits": {"max_image_size": "100MiB"}}}
+    )
+    assert custom.converter.limits.max_image_bytes == 100 * MiB
+    for bad, why in (("lots", "not a size"), ("0", "must be more than 0 bytes"), ("-1GiB", "not a size")):
+        with pytest.raises(ConfigError, match=rf"converter\.limits\.max_image_size: {why}"):
+            load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_image_size": bad}}})
+
+
+def test_recorded_layer_sizes_count_for_layers_a_run_does_not_stream(tmp_path):
+    """A retried run's earlier layers come from the task cache: their sizes, recorded when they streamed,
+    still count toward the image (per platform: each image of an index alone)."""
+    from accel.model import SourceImage, SourceLayer, SourceManifest
+    from accel.oci import Platform
+    from tasks.limits import LayerSizes, check_image_sizes, images_of_layers
+
+    settings = load_settings(
+        {
+            "provider": {"work_dir": str(tmp_path / "work")},
+            "converter": {"driver": {"type": "estargz"}, "limits": {"max_image_size": "10MiB"}},
+        }
+    )
+
+    def layer(n: int) -> SourceLayer:
+        desc = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n:064x}", size=10)
+        return SourceLayer(descriptor=desc, diff_id=f"sha256:{n + 100:064x}")
+
+    def manifest(n: int, arch: str, layers: list[SourceLayer]) -> SourceManifest:
+        desc = Descriptor(
+            media_type=mt.OCI_MANIFEST,
+            digest=f"sha256:{n + 200:064x}",
+            size=10,
+            platform=Platform(os="linux", architecture=arch),
+        )
+        config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{n + 300:064x}", size=10)
+        return SourceManifest(descriptor=desc, config=config, layers=tuple(layers))
+
+    shared, amd, arm = layer(1), layer(2), layer(3)
+    index = Descriptor(media_type=mt.OCI_INDEX, digest=f"sha256:{999:064x}", size=10)
+    image = SourceImage(
+        reference="host/repo:v1",
+        root=index,
+        manifests=(manifest(1, "amd64", [shared, amd]), manifest(2, "arm64", [shared, arm])),
+    )
+    assert images_of_layers(image)[shared.descriptor.digest] == [
+        f"host/repo@sha256:{201:064x} (linux/amd64)",
+        f"host/repo@sha256:{202:064x} (linux/arm64)",
+    ]
+    sizes = LayerSizes(settings)
+    sizes.record(shared.descriptor.digest, 4 * MiB)
+    sizes.record(amd.descriptor.digest, 5 * MiB)
+    check_image_sizes(settings, image)  # 9 MiB each (arm64 has only one recorded layer)
+    sizes.record(arm.descriptor.digest, 7 * MiB)
+    with pytest.raises(LimitExceeded, match=r"\(linux/arm64\) expands to more than 10,485,760 bytes"):
+        check_image_sizes(settings, image)
+
+
+def test_only_a_timed_out_run_in_its_own_process_ends_the_process(monkeypatch):
+    """The on_failure hook exits only for Prefect's TimedOut state, and only in the process the runner
+    started for that run (PREFECT__FLOW_RUN_ID), never in a runner or test process running it in a thread."""
+    from types import SimpleNamespace
+
+    import tasks.limits
+
+    exits: list[int] = []
+    monkeypatch.setattr(tasks.limits.os, "_exit", exits.append)
+    run = SimpleNamespace(id="0f0e6a3c-0000-4000-8000-000000000001")
+    timed_out, failed = SimpleNamespace(name="TimedOut"), SimpleNamespace(name="Failed")
+
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "another-run")
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", run.id)
+    tasks.limits.end_timed_out_process(None, run, failed)
+    assert exits == []
+    tasks.limits.end_timed_out_process(None, run, timed_out)
+    assert exits == [0]
+
+
+def test_partial_files_of_interrupted_runs_are_swept_once_no_live_run_can_own_them(tmp_path):
+    """A run killed or timed out mid-write leaves its ingest file; collect-garbage removes such files once
+    they are older than any live run can be."""
+    import os
+
+    from tasks.store import sweep_abandoned_ingest
+
+    store = ContentStore(tmp_path / "store")
+    ingest = store.root / "ingest"
+    abandoned, fresh = ingest / "ingest-abandoned", ingest / "scratch-live"
+    abandoned.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    (ingest / "a-dir").mkdir()
+    old = time.time() - 7300
+    os.utime(abandoned, (old, old))
+    os.utime(ingest / "a-dir", (old, old))
+    assert sweep_abandoned_ingest(ingest, 7200) == 1
+    assert sorted(p.name for p in ingest.iterdir()) == ["a-dir", "scratch-live"]
