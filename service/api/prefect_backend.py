@@ -319,6 +319,8 @@ class PrefectBackend:
                 reason = result.skipped
         if status == FAILED and run.state is not None:
             reason = run.state.message or run.state.name
+            if run.state.name == "TimedOut":  # Prefect's message gives the seconds; say which setting
+                reason = f"{reason} (converter.limits.timeout)"
         per_target = _target_status(
             status, reason, drivers, dict(zip(drivers, targets, strict=False)), result
         )

@@ -80,6 +80,7 @@ def test_a_stalled_conversion_times_out_and_frees_its_worker(timeout_acceld, reg
         assert stall.reached.is_set()
         assert failed["status"] == "FAILED", failed
         assert f"timeout of {TIMEOUT}" in failed["reason"], failed["reason"]
+        assert "converter.limits.timeout" in failed["reason"], failed["reason"]
         with RegistryClient({registry.host: HostConfig()}) as client:
             tags = client.list_tags(Reference.parse(f"{registry.host}/{stuck.repository}:x"))
         assert f"stuck{SUFFIX}" not in tags  # nothing pushed
