@@ -73,7 +73,15 @@ class Runner:
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         from flows.convert_image import convert_image
+        from service.accelctl import check_request
 
+        # The client skipped this check because this runner was up: bad input fails before any Prefect work.
+        drivers = request.get("drivers") or None
+        target = request.get("target") or None
+        error = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        if error is not None:
+            send({"exit": 1, "error": error})
+            return
         # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
         # socket closes). Their thread is joined at flow end and cost up to a second per call.
         no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
@@ -82,9 +90,9 @@ class Runner:
             try:
                 result = convert_image(
                     source=str(request["source"]),
-                    drivers=request.get("drivers") or None,
+                    drivers=drivers,
                     config=str(request["config"]),
-                    target=request.get("target") or None,
+                    target=target,
                     return_state=False,
                 )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
