@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "target": args.target,
     }
     with sock, sock.makefile("rwb") as stream:
+        sent = time.time()
         stream.write(json.dumps(request).encode() + b"\n")
         stream.flush()
         for line in stream:
@@ -140,6 +142,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             if "log" in message:
                 print(message["log"], file=sys.stderr, flush=True)
                 continue
+            if args.timings and "timings" in message:
+                # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
+                timings = {"sent": sent, **message["timings"], "answered": time.time()}
+                print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
             if message.get("exit") == 0:
                 for driver, reference, digest in message["targets"]:
                     print(f"{driver}\t{reference}\t{digest}")
@@ -384,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the flow in this process (Prefect's temporary server) instead of the local runner",
     )
+    # bench/oneshot.py's stage breakdown (local runner only): not part of the documented interface.
+    convert.add_argument("--timings", action="store_true", help=argparse.SUPPRESS)
     convert.add_argument(
         "source",
         help="source image: a registry reference (e.g. registry:5000/library/nginx:latest), oci:DIR[:TAG], "

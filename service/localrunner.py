@@ -5,7 +5,10 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
 Answers: any number of {"log": line} (Prefect's console lines of the run: one per task run), then one
-{"exit": 0, "targets": [[driver, reference, digest], …]} or {"exit": 1, "error": message}.
+{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or {"exit": 1, "error": message}.
+`timings` (for `accelctl convert --timings` and bench/oneshot.py): wall-clock times (time.time()) at which
+the runner received the request, finished checking it, got its turn and had the flow's result, plus the
+flow's own stage durations (`stages`, seconds).
 
 Conversions run one at a time (a queued call waits); each keeps its own flow run in the Prefect server, so
 the UI shows them as any other. Started and stopped by `service.local` (`accelctl server stop`).
@@ -22,6 +25,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,7 @@ class Runner:
         self.one_at_a_time = threading.Lock()
 
     def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+        timings: dict[str, Any] = {"received": time.time()}
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         from flows.convert_image import convert_image
@@ -82,10 +87,12 @@ class Runner:
         if error is not None:
             send({"exit": 1, "error": error})
             return
+        timings["checked"] = time.time()
         # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
         # socket closes). Their thread is joined at flow end and cost up to a second per call.
         no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
         with self.one_at_a_time, no_heartbeats:
+            timings["started"] = time.time()
             self.forwarder.send = send
             try:
                 result = convert_image(
@@ -100,7 +107,10 @@ class Runner:
                 return
             finally:
                 self.forwarder.send = None
-        send({"exit": 0, "targets": [[t.driver, t.reference, t.digest] for t in result.targets]})
+        timings["finished"] = time.time()
+        timings["stages"] = result.seconds
+        targets = [[t.driver, t.reference, t.digest] for t in result.targets]
+        send({"exit": 0, "targets": targets, "timings": timings})
 
 
 def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
