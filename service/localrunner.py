@@ -72,10 +72,19 @@ class Runner:
         )
         logging.getLogger().addHandler(self.forwarder)
         self.one_at_a_time = threading.Lock()
+        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
+        # socket closes). Their thread is joined at flow end and cost up to a second per call. Built once:
+        # deriving Prefect settings takes tens of milliseconds.
+        from prefect.context import get_settings_context
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+        context = get_settings_context()
+        self.profile = context.profile
+        self.settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
     def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
         timings: dict[str, Any] = {"received": time.time()}
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        from prefect.context import SettingsContext
 
         from flows.convert_image import convert_image
         from service.accelctl import check_request
@@ -88,9 +97,7 @@ class Runner:
             send({"exit": 1, "error": error})
             return
         timings["checked"] = time.time()
-        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
-        # socket closes). Their thread is joined at flow end and cost up to a second per call.
-        no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
         with self.one_at_a_time, no_heartbeats:
             timings["started"] = time.time()
             self.forwarder.send = send
