@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import allow_failure, flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
@@ -345,7 +345,7 @@ def _pull_and_convert(
     }
     uploads: dict[str, list[PrefectFuture[Any]]] = {
         d: [
-            upload_layer.submit(layer, future, early[d], d, config_path)
+            upload_layer.submit(layer, allow_failure(future), early[d], d, config_path)
             for layer, future in zip(missed[d], conversions[d], strict=True)
         ]
         for d in early

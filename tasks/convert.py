@@ -115,14 +115,18 @@ def uploads_early(driver: Driver, target_ref: Reference, verify: bool) -> bool:
 @task(name="upload-layer", task_run_name=layer_run_name("upload"))
 def upload_layer(
     layer: img.SourceLayer,
-    converted: ConvertedLayer,
+    converted: ConvertedLayer | BaseException,
     target_ref: Reference,
     driver_type: str,
     config_path: str,
 ) -> copy.BlobCopy | None:
     """The converted blob of `layer` into the target repository, ahead of the push (which then finds it
-    there). Named after the source layer, like its pull and conversion. None when the blob is not in the
-    store (a cached conversion whose blob was collected: the flow converts it again, the push uploads it)."""
+    there). Named after the source layer, like its pull and conversion. None, uploading nothing, when the
+    conversion failed (submitted with `allow_failure`: that failure is the driver's, reported by the flow)
+    or its blob is not in the store (a cached conversion whose blob was collected: the flow converts it
+    again, the push uploads it)."""
+    if not isinstance(converted, ConvertedLayer):
+        return None
     ctx = context_for(config_path)
     if not ctx.store.exists(converted.descriptor.digest):
         return None

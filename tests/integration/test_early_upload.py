@@ -12,17 +12,27 @@ from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
+from tests.harness.api import wait_until
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
 
 def _task_run_names(flow_run_id: object) -> list[str]:
+    """Names of the run's completed task runs, once the server has recorded every one as final (task run
+    states reach it as events, a moment after the flow returns)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as prefect:
-        runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [r.name for r in runs if r.state is not None and r.state.is_completed()]
+    def final() -> list[str] | None:
+        with get_client(sync_client=True) as prefect:
+            runs = prefect.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        if not runs or any(r.state is None or not r.state.is_final() for r in runs):
+            return None
+        return [r.name for r in runs if r.state is not None and r.state.is_completed()]
+
+    return wait_until(final, 60, "the task runs' final states")
 
 
 def test_each_converted_blob_goes_up_once_by_its_upload_task_and_the_tag_after_all(
