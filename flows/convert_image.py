@@ -345,7 +345,7 @@ def _pull_and_convert(
     }
     uploads: dict[str, list[PrefectFuture[Any]]] = {
         d: [
-            upload_layer.submit(layer, allow_failure(future), early[d], d, config_path)
+            upload_layer.submit(layer, allow_failure(future), early[d], source, d, config_path)
             for layer, future in zip(missed[d], conversions[d], strict=True)
         ]
         for d in early

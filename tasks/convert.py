@@ -117,21 +117,23 @@ def upload_layer(
     layer: img.SourceLayer,
     converted: ConvertedLayer | BaseException,
     target_ref: Reference,
+    source_ref: Reference,
     driver_type: str,
     config_path: str,
 ) -> copy.BlobCopy | None:
-    """The converted blob of `layer` into the target repository, ahead of the push (which then finds it
-    there). Named after the source layer, like its pull and conversion. None, uploading nothing, when the
-    conversion failed (submitted with `allow_failure`: that failure is the driver's, reported by the flow)
-    or its blob is not in the store (a cached conversion whose blob was collected: the flow converts it
-    again, the push uploads it)."""
+    """The converted blob of `layer` into the target repository (mounted from the source repository when an
+    earlier conversion left it there), ahead of the push, which then finds it there. Named after the source
+    layer, like its pull and conversion. None, uploading nothing, when the conversion failed (submitted with
+    `allow_failure`: that failure is the driver's, reported by the flow) or its blob is not in the store (a
+    cached conversion whose blob was collected: the flow converts it again, the push uploads it)."""
     if not isinstance(converted, ConvertedLayer):
         return None
     ctx = context_for(config_path)
     if not ctx.store.exists(converted.descriptor.digest):
         return None
     routes = Transports(ctx.client, writing=[target_ref])
-    return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store)
+    mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
+    return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store, mount_from)
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
