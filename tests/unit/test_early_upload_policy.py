@@ -46,4 +46,4 @@ def test_a_driver_whose_finish_may_replace_layers_waits_for_the_push():
 def test_layer_conversions_at_a_time(monkeypatch, value, expected):
     monkeypatch.setenv("ACCEL_LAYER_CONVERSIONS", value)
     monkeypatch.setattr("os.cpu_count", lambda: 6)
-    assert layer_conversions() == (expected or 12)  # two per CPU unless set
+    assert layer_conversions() == (expected or 6)  # one per CPU unless set
