@@ -1,18 +1,29 @@
 """One-time and service latency: what a user waits for, end to end, for one image and one driver.
 
-    .venv/bin/python bench/oneshot.py [--mb 200] [--driver nydus] [--no-service] [--peer /work/peer/bin]
+    .venv/bin/python bench/oneshot.py [--mb 200] [--driver nydus] [--rounds 3] [--no-service]
+                                      [--peer /work/peer/bin]
 
-Starts a real docker-registry on loopback, pushes a generated image (the same blobs under three
-repositories, so each cold call has no conversion cache), and runs `accelctl convert` as a user would, with a
+Starts a real docker-registry on loopback, pushes a generated image (the same blobs under one repository per
+call, so each cold call has no conversion cache), and runs `accelctl convert` as a user would, with a
 private state dir (ACCEL_STATE_DIR) and no PREFECT_API_URL:
 
 - first call: nothing running; it starts the local Prefect server and the warm runner;
-- second call: cold conversion (new repository, fresh work dir), server and runner already up;
+- cold calls, `--rounds` of them: new repository, fresh work dir, server and runner already up; each paired
+  with the Go peer's one-time convert of another fresh repository (when /work/peer/bin/accelctl exists),
+  alternating, so both see the same machine load; medians and the load average are printed;
 - warm call: the first repository again with a fresh work dir: every layer answered by the remote cache;
-- service: acceld (API + runner) against the same local Prefect server; a Harbor webhook for a fourth
-  repository, timed from the webhook's 200 to the target tag appearing in the registry.
+- service: acceld (API + runner) against the same local Prefect server; a Harbor webhook for another
+  repository, timed from the webhook's 202 to the target tag appearing in the registry.
 
-Peak RSS is each process's VmHWM (the accelctl client, the runner, the Prefect server, acceld's runner).
+Each accel call also prints where its time went (`accelctl convert --timings`): client start (Python,
+until the request is sent), the runner's check of the request, waiting for its turn, the flow's stages
+(its own `seconds`: resolve, cache lookup, pull+convert — with the converted blobs' uploads overlapping —,
+build, push, cache merge), the flow engine's own cost (run and task-run bookkeeping, artifacts, finish: the
+flow's wall minus its stages), and the answer reaching the client and the client exiting.
+
+Peak RSS is each process's VmHWM: the accelctl client, the local runner (it runs every conversion: this is
+the one-time path's memory; Nydus' builder is a child process, counted apart by the kernel), the local
+Prefect server (shared by every call, like dockerd), acceld's runner in service mode is not counted.
 Prints figures only; nothing here passes or fails on speed.
 """
 
@@ -21,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from accel import publish  # noqa: E402
 from accel.reference import Reference  # noqa: E402
 from accel.registry import HostConfig, RegistryClient  # noqa: E402
 from accel.store import ContentStore  # noqa: E402
@@ -70,13 +83,42 @@ def _peak_rss_mib(pid: int | None) -> float | None:
 
 
 CLIENT_RSS: list[float] = []  # peak RSS of each accelctl call, MiB
+BREAKDOWNS: list[dict[str, float]] = []  # stage → seconds of each accelctl call
+
+
+TIMINGS_PREFIX = "accelctl: timings "
+
+
+def _breakdown(started: float, ended: float, stderr: str) -> dict[str, float]:
+    """Stage → seconds of one `accelctl convert --timings` call (wall-clock stamps from client and runner)."""
+    lines = [line for line in stderr.splitlines() if line.startswith(TIMINGS_PREFIX)]
+    if not lines:
+        return {}
+    t = json.loads(lines[-1].removeprefix(TIMINGS_PREFIX))
+    stages = {k: float(v) for k, v in t.get("stages", {}).items()}
+    flow_wall = t["finished"] - t["started"]
+    return {
+        "client start → request sent": t["sent"] - started,
+        "runner: request checked": t["checked"] - t["received"],
+        "runner: waiting for its turn": t["started"] - t["checked"],
+        **{f"flow: {k}": v for k, v in stages.items()},
+        "flow engine (run + task bookkeeping, artifacts, finish)": flow_wall - sum(stages.values()),
+        "answer → client exit": ended - t["finished"],
+    }
+
+
+def _print_breakdown(rows: list[dict[str, float]]) -> None:
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    for name in names:
+        values = [row[name] for row in rows if name in row]
+        print(f"      {name:<56} {statistics.median(values):6.2f} s")
 
 
 def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     # /usr/bin/time reports the client's own peak: a child forked from this (big) process would count the
     # pages it shared before exec.
     with tempfile.NamedTemporaryFile() as rss:
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         proc = subprocess.run(
             ["/usr/bin/time", "-o", rss.name, "-f", "%M", sys.executable, "-m", "service.accelctl", *args],
             env=env,
@@ -85,6 +127,7 @@ def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.Comple
             text=True,
         )
         wall = time.perf_counter() - started
+        BREAKDOWNS.append(_breakdown(wall_started, time.time(), proc.stderr))
         with open(rss.name) as f:
             kib = f.read().split()
         if kib and kib[-1].isdigit():
@@ -102,10 +145,12 @@ PEER_DRIVERS: dict[str, dict[str, object]] = {
 
 
 def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -> float | None:
-    """The Go peer's one-time `accelctl convert`, when E built it; None when it is not there."""
+    """The Go peer's one-time `accelctl convert`, when E built it; None when it is not there. `work` is
+    this call's own directory: nothing from an earlier call is reused."""
     accelctl = peer_bin / "accelctl"
     if not accelctl.exists():
         return None
+    work.mkdir(parents=True, exist_ok=True)
     config = work / "peer.yaml"
     settings = {
         "server": {"name": "API", "host": "127.0.0.1", "port": free_port()},
@@ -208,6 +253,7 @@ def main() -> int:
     )
     parser.add_argument("--mb", type=int, default=200, help="uncompressed image size in MiB")
     parser.add_argument("--driver", default="nydus")
+    parser.add_argument("--rounds", type=int, default=3, help="cold calls, each paired with a peer call")
     parser.add_argument("--no-service", dest="service", action="store_false", help="skip the webhook figure")
     parser.add_argument("--peer", type=Path, default=Path("/work/peer/bin"), help="the Go peer's bin dir")
     parser.add_argument("-v", "--verbose", action="store_true", help="print accelctl's progress lines")
@@ -225,28 +271,49 @@ def main() -> int:
         )
         rows: dict[str, float | None] = {}
         with anonymous_registry(work / "registry") as registry:
-            sources = [Reference.parse(f"{registry.host}/bench/oneshot-{n}:v1") for n in "abcde"]
+            names = ["first", *(f"cold-{n}" for n in range(args.rounds))]
+            names += [*(f"peer-{n}" for n in range(args.rounds)), "serve", "in-process"]
+            sources = {name: Reference.parse(f"{registry.host}/bench/oneshot-{name}:v1") for name in names}
             with RegistryClient({registry.host: HostConfig()}) as client:
-                for ref in sources:
-                    pushing.push(client, store, ref, built)
+                pushing.push(client, store, sources["first"], built)
+                for name in names[1:]:  # the same blobs, mounted: each repository is a cold source
+                    publish.push_image(
+                        client, sources[name], pushing.as_built(built), store, [sources["first"].repository]
+                    )
             print(f"image: {len(built.layers)} layers, {sum(x.size for x in built.layers) / MB:.1f} MiB gzip")
 
             def convert(name: str, ref: Reference, work_name: str) -> float:
                 config = _config(work / f"{work_name}.yaml", registry.host, args.driver, work / work_name)
-                wall, proc = _accelctl(env, "convert", "--config", str(config), str(ref))
+                wall, proc = _accelctl(env, "convert", "--timings", "--config", str(config), str(ref))
                 print(f"  {name:<28} {wall:7.2f} s   {proc.stdout.strip()}")
                 if args.verbose:
                     print("    " + proc.stderr.replace("\n", "\n    "))
                 return wall
 
+            cold: list[float] = []
+            peer: list[float] = []
+            cold_breakdowns: list[dict[str, float]] = []
             try:
-                rows["one-time first call (starts server)"] = convert("first call", sources[0], "w1")
-                rows["one-time second call, cold"] = convert("second call (cold)", sources[1], "w2")
-                rows["one-time warm (all cached)"] = convert("warm (cache answers)", sources[0], "w3")
+                rows["one-time first call (starts server)"] = convert("first call", sources["first"], "w1")
+                load_before = os.getloadavg()[0]
+                for n in range(args.rounds):
+                    cold.append(convert(f"cold call {n + 1}", sources[f"cold-{n}"], f"cold-{n}"))
+                    cold_breakdowns.append(BREAKDOWNS[-1])
+                    wall = _peer(
+                        args.peer, registry.host, str(sources[f"peer-{n}"]), args.driver, work / f"peer-{n}"
+                    )
+                    if wall is not None:
+                        peer.append(wall)
+                        print(f"  {f'peer cold call {n + 1}':<28} {wall:7.2f} s")
+                load_after = os.getloadavg()[0]
+                rows["one-time warm (all cached)"] = convert("warm (cache answers)", sources["first"], "w3")
+                warm_breakdown = BREAKDOWNS[-1]
                 client_rss = max(CLIENT_RSS)
-                rows["peer one-time cold"] = _peer(
-                    args.peer, registry.host, str(sources[2]), args.driver, work
-                )
+                rows[f"one-time cold, median of {len(cold)}"] = statistics.median(cold) if cold else None
+                rows[f"peer one-time cold, median of {len(peer)}"] = statistics.median(peer) if peer else None
+                if cold and peer:
+                    ratio = statistics.median(cold) / statistics.median(peer)
+                    rows["ratio accel / peer (goal ≤ 1.25)"] = ratio
                 sys.path.insert(0, str(ROOT))
                 os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
                 from service import local
@@ -255,11 +322,11 @@ def main() -> int:
                 info = local.server_info()
                 server_rss = _peak_rss_mib(info.pid if info else None)
                 if args.service:
-                    for label, source, extra in (
-                        ("service webhook→pushed (serve)", sources[3], ()),
-                        ("service webhook→pushed (in-process runs)", sources[4], ("--in-process-runs",)),
+                    for label, name, extra in (
+                        ("service webhook→pushed (serve)", "serve", ()),
+                        ("service webhook→pushed (in-process runs)", "in-process", ("--in-process-runs",)),
                     ):
-                        service = _service(env, registry.host, source, args.driver, work, *extra)
+                        service = _service(env, registry.host, sources[name], args.driver, work, *extra)
                         rows[label] = service["webhook→pushed"]  # type: ignore[assignment]
                         print(f"  {label}: task {json.dumps(service['task'])[:400]}")
             finally:
@@ -267,8 +334,20 @@ def main() -> int:
                     _accelctl(env, "server", "stop")
 
         print(f"\n{args.mb} MiB generated image, driver {args.driver}")
+        print(f"  load average (1 min) {load_before:.2f} before the cold rounds, {load_after:.2f} after")
+        engine = [b["flow: pull+convert"] for b in cold_breakdowns if "flow: pull+convert" in b]
+        if engine and args.service:
+            # The service goal: webhook → pushed within the engine's time (pull+convert) plus 3 s.
+            rows["service goal: cold pull+convert + 3 s"] = statistics.median(engine) + 3
         for name, value in rows.items():
-            print(f"  {name:<40} {'n/a' if value is None else f'{value:7.2f} s'}")
+            unit = "" if name.startswith("ratio") else " s"
+            print(f"  {name:<40} {'n/a' if value is None else f'{value:7.2f}{unit}'}")
+        if cold_breakdowns:
+            print(f"  where a cold call's time goes (median of {len(cold_breakdowns)}):")
+            _print_breakdown(cold_breakdowns)
+        if warm_breakdown:
+            print("  where the warm call's time goes:")
+            _print_breakdown([warm_breakdown])
         print(f"  {'peak RSS accelctl client':<40} {client_rss:7.1f} MiB")
         print(f"  {'peak RSS local runner (the conversions)':<40} {runner_rss or 0:7.1f} MiB")
         print(f"  {'peak RSS local Prefect server':<40} {server_rss or 0:7.1f} MiB")

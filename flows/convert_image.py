@@ -6,13 +6,14 @@ The flow only composes tasks; every step's logic lives in the engine (`accel`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import allow_failure, flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
@@ -31,6 +32,7 @@ from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
+from tasks.convert import upload_layer, uploads_early
 from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
 from tasks.store import collect_garbage
 
@@ -198,9 +200,15 @@ def convert_image(
         timings["cache lookup"] = time.monotonic() - started
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
+    # Drivers whose converted blobs go to their target while later layers still convert.
+    early = {
+        d: target_refs[d]
+        for d in driver_types
+        if uploads_early(ctx.driver(d), target_refs[d], ctx.settings.converter.verify)
+    }
     started = time.monotonic()
     try:
-        converted, failures = _pull_and_convert(source_ref, image, layers, hits, config_path)
+        converted, failures, uploads = _pull_and_convert(source_ref, image, layers, hits, config_path, early)
     finally:
         forget_budgets()
     timings["pull+convert"] = time.monotonic() - started
@@ -221,6 +229,7 @@ def convert_image(
                 verify_image(built, source_ref, target_ref, d, config_path)
                 timings[f"verify {d}"] = time.monotonic() - started
             started = time.monotonic()
+            _settle(uploads.get(d, []))  # a failed early upload is done again (and reported) by the push
             pushed = push_image(built, target_ref, source_ref, config_path)
             timings[f"push {d}"] = time.monotonic() - started
         except Exception as exc:
@@ -235,6 +244,7 @@ def convert_image(
             len(layers),
         )
 
+    _settle([u for driver_uploads in uploads.values() for u in driver_uploads])  # none outlives the run
     done = {t.driver for t in targets}
     if cache_ref is not None and done:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
@@ -268,6 +278,13 @@ def convert_image(
         logger.error("%s", result.failure_message())
         return Failed(message=result.failure_message(), data=ConversionFailed(result))
     return result
+
+
+def _settle(futures: list[PrefectFuture[Any]]) -> None:
+    """Wait for task runs whose outcome does not matter to the run (a failure shows in their own state)."""
+    for future in futures:
+        with contextlib.suppress(Exception):
+            future.wait()
 
 
 def _reason(exc: BaseException) -> str:
@@ -315,11 +332,13 @@ def _pull_and_convert(
     layers: list[SourceLayer],
     hits: dict[str, dict[str, ConvertedLayer]],
     config_path: str,
-) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str]]:
+    early: dict[str, Reference],
+) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str], dict[str, list[PrefectFuture[Any]]]]:
     """Per driver, the converted layers in source order: cache hits as they are, the rest pulled (once, shared
     by every driver) and converted in parallel task runs. A driver whose conversion fails is left out and
     its first failing layer's error returned for it (driver → reason); a failed pull fails every driver
-    and raises."""
+    and raises. For the drivers in `early` (driver → target), each converted blob is uploaded to the target
+    as soon as it is converted; those uploads are returned, still running, for the push to wait for."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
     pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
@@ -338,6 +357,14 @@ def _pull_and_convert(
         ]
         for d, misses in missed.items()
     }
+    uploads: dict[str, list[PrefectFuture[Any]]] = {
+        d: [
+            upload_layer.submit(layer, allow_failure(future), early[d], source, d, config_path)
+            for layer, future in zip(missed[d], conversions[d], strict=True)
+        ]
+        for d in early
+        if d in conversions
+    }
     for pull in pulls.values():
         # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
         pull.result()
@@ -355,7 +382,7 @@ def _pull_and_convert(
         except Exception as exc:
             failures[d] = _reason(exc)
             get_run_logger().error("%s: %s", d, failures[d])
-    return converted, failures
+    return converted, failures, uploads
 
 
 def _converted_layers(

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,29 +24,34 @@ from typing import Any
 from service.state import use_embedded_prefect
 
 
-def _check_request(args: argparse.Namespace) -> str | None:
+def check_request(source: str, config: str, drivers: list[str] | None, target: str | None) -> str | None:
     """Config, reference and drivers checked before anything Prefect runs: a bad call fails in a fraction of
-    a second with its cause, and starts no server. Returns the error message, or None."""
+    a second with its cause, and starts no server. Returns the error message, or None. The warm runner runs
+    the same check for a call it receives, so the client need not import the engine when the runner is up."""
     from accel.config import load_file
     from accel.errors import AccelError
     from accel.plan import plan_conversion, with_target
     from accel.transports import parse_location
 
     try:
-        settings = load_file(args.config)
-        source = parse_location(args.source).reference
-        plan = plan_conversion(settings, source, args.driver or None)
-        with_target(plan, parse_location(args.target).reference if args.target else None)
+        settings = load_file(config)
+        reference = parse_location(source).reference
+        plan = plan_conversion(settings, reference, drivers or None)
+        with_target(plan, parse_location(target).reference if target else None)
     except AccelError as exc:
         return str(exc)
     return None
 
 
+def _check_request(args: argparse.Namespace) -> str | None:
+    return check_request(args.source, args.config, args.driver, args.target)
+
+
 def _convert(args: argparse.Namespace) -> int:
-    if (error := _check_request(args)) is not None:
-        print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
-        return 1
     if os.environ.get("PREFECT_API_URL") or args.in_process:
+        if (error := _check_request(args)) is not None:
+            print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
+            return 1
         return _convert_in_process(args)
     return _convert_on_local_runner(args)
 
@@ -102,18 +108,25 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
     its progress; see service/local.py."""
     from service import local
 
-    try:
-        server, started = local.ensure_server()
-        if started:
-            print(f"accelctl: started the local Prefect server at {server.api_url}", file=sys.stderr)
-        sock, started = local.ensure_runner(server)
-        if started:
-            print(
-                "accelctl: started the local runner (stop both with `accelctl server stop`)", file=sys.stderr
-            )
-    except local.LocalServiceError as exc:
-        print(f"accelctl: {exc}", file=sys.stderr)
-        return 1
+    # Up already: the runner checks the request itself (its engine is imported; this process skips that).
+    sock = local.warm_runner()
+    if sock is None:
+        if (error := _check_request(args)) is not None:
+            print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
+            return 1  # bad input starts nothing
+        try:
+            server, started = local.ensure_server()
+            if started:
+                print(f"accelctl: started the local Prefect server at {server.api_url}", file=sys.stderr)
+            sock, started = local.ensure_runner(server)
+            if started:
+                print(
+                    "accelctl: started the local runner (stop both with `accelctl server stop`)",
+                    file=sys.stderr,
+                )
+        except local.LocalServiceError as exc:
+            print(f"accelctl: {exc}", file=sys.stderr)
+            return 1
     request = {
         "source": args.source,
         "drivers": args.driver or None,
@@ -121,6 +134,7 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "target": args.target,
     }
     with sock, sock.makefile("rwb") as stream:
+        sent = time.time()
         stream.write(json.dumps(request).encode() + b"\n")
         stream.flush()
         for line in stream:
@@ -128,6 +142,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             if "log" in message:
                 print(message["log"], file=sys.stderr, flush=True)
                 continue
+            if args.timings and "timings" in message:
+                # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
+                timings = {"sent": sent, **message["timings"], "answered": time.time()}
+                print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
             if message.get("exit") == 0:
                 for driver, reference, digest in message["targets"]:
                     print(f"{driver}\t{reference}\t{digest}")
@@ -372,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the flow in this process (Prefect's temporary server) instead of the local runner",
     )
+    # bench/oneshot.py's stage breakdown (local runner only): not part of the documented interface.
+    convert.add_argument("--timings", action="store_true", help=argparse.SUPPRESS)
     convert.add_argument(
         "source",
         help="source image: a registry reference (e.g. registry:5000/library/nginx:latest), oci:DIR[:TAG], "

@@ -5,7 +5,10 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
 Answers: any number of {"log": line} (Prefect's console lines of the run: one per task run), then one
-{"exit": 0, "targets": [[driver, reference, digest], …]} or {"exit": 1, "error": message}.
+{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or {"exit": 1, "error": message}.
+`timings` (for `accelctl convert --timings` and bench/oneshot.py): wall-clock times (time.time()) at which
+the runner received the request, finished checking it, got its turn and had the flow's result, plus the
+flow's own stage durations (`stages`, seconds).
 
 Conversions run one at a time (a queued call waits); each keeps its own flow run in the Prefect server, so
 the UI shows them as any other. Started and stopped by `service.local` (`accelctl server stop`).
@@ -22,6 +25,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,23 +72,41 @@ class Runner:
         )
         logging.getLogger().addHandler(self.forwarder)
         self.one_at_a_time = threading.Lock()
+        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
+        # socket closes). Their thread is joined at flow end and cost up to a second per call. Built once:
+        # deriving Prefect settings takes tens of milliseconds.
+        from prefect.context import get_settings_context
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+        context = get_settings_context()
+        self.profile = context.profile
+        self.settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
     def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        timings: dict[str, Any] = {"received": time.time()}
+        from prefect.context import SettingsContext
 
         from flows.convert_image import convert_image
+        from service.accelctl import check_request
 
-        # No heartbeats: they detect a flow-run process that died, and here the caller sees that at once (its
-        # socket closes). Their thread is joined at flow end and cost up to a second per call.
-        no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        # The client skipped this check because this runner was up: bad input fails before any Prefect work.
+        drivers = request.get("drivers") or None
+        target = request.get("target") or None
+        error = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        if error is not None:
+            send({"exit": 1, "error": error})
+            return
+        timings["checked"] = time.time()
+        no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
         with self.one_at_a_time, no_heartbeats:
+            timings["started"] = time.time()
             self.forwarder.send = send
             try:
                 result = convert_image(
                     source=str(request["source"]),
-                    drivers=request.get("drivers") or None,
+                    drivers=drivers,
                     config=str(request["config"]),
-                    target=request.get("target") or None,
+                    target=target,
                     return_state=False,
                 )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
@@ -92,7 +114,10 @@ class Runner:
                 return
             finally:
                 self.forwarder.send = None
-        send({"exit": 0, "targets": [[t.driver, t.reference, t.digest] for t in result.targets]})
+        timings["finished"] = time.time()
+        timings["stages"] = result.seconds
+        targets = [[t.driver, t.reference, t.digest] for t in result.targets]
+        send({"exit": 0, "targets": targets, "timings": timings})
 
 
 def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:

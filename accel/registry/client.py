@@ -463,21 +463,37 @@ class RegistryClient:
         location = self._start_upload(repo_ref, what)
         sent = dg.Digester()
         scopes = [repository_scope(repo_ref.repository, "pull", "push")]
+        size = path.stat().st_size
         with path.open("rb") as f:
-            while chunk := f.read(self._chunk_size):
-                start = sent.size
-                sent.update(chunk)
+
+            def piece(start: int, length: int) -> Callable[[], Iterator[bytes]]:
+                # Streamed in READ_SIZE reads: a chunk is never whole in memory (nor copied while sent).
+                def body() -> Iterator[bytes]:
+                    f.seek(start)
+                    position, left = start, length
+                    while left > 0 and (data := f.read(min(READ_SIZE, left))):
+                        if position + len(data) > sent.size:  # a re-send after a 401 hashes nothing twice
+                            sent.update(data[max(0, sent.size - position) :])
+                        position += len(data)
+                        left -= len(data)
+                        yield data
+
+                return body
+
+            for start in range(0, size, self._chunk_size):
+                length = min(self._chunk_size, size - start)
                 resp = self._send(
                     "PATCH",
                     repo_ref.registry,
                     location,
                     what=what,
-                    body=chunk,
+                    body=piece(start, length),
                     retry=False,
                     scopes=scopes,
                     headers={
                         "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{start}-{start + len(chunk) - 1}",
+                        "Content-Length": str(length),
+                        "Content-Range": f"{start}-{start + length - 1}",
                     },
                 )
                 with contextlib.closing(resp):

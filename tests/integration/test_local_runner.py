@@ -78,10 +78,23 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         up = _status(env)
         assert up["server"]["healthy"] and up["runner"] is not None
 
-        second = _accelctl(env, "convert", "--config", str(config), str(sources[1]))
+        second = _accelctl(env, "convert", "--timings", "--config", str(config), str(sources[1]))
         assert second.returncode == 0, second.stderr
         assert STARTED_SERVER not in second.stderr and STARTED_RUNNER not in second.stderr
         assert _status(env) == up  # the same processes answered
+        [timings] = [line for line in second.stderr.splitlines() if line.startswith("accelctl: timings ")]
+        stamps = json.loads(timings.removeprefix("accelctl: timings "))
+        assert stamps["sent"] <= stamps["received"] <= stamps["started"] <= stamps["finished"]
+        assert "pull+convert" in stamps["stages"]
+
+        # With the runner up, the runner checks the request (the client does not): bad input still fails
+        # before any flow run, with the same message, and the runner stays.
+        bad = _accelctl(env, "convert", "--config", str(config), "--driver", "estargz", str(sources[1]))
+        assert bad.returncode == 1
+        assert f"accelctl: conversion of {sources[1]} failed:" in bad.stderr
+        assert "driver 'estargz' is not configured" in bad.stderr
+        assert "Beginning flow run" not in bad.stderr
+        assert _status(env) == up
         assert client.resolve(Reference.parse(f"{sources[1].name}:v1-zstdchunked"))
 
         # --target reaches the runner: the converted image lands in an OCI layout, as named.

@@ -123,6 +123,23 @@ def test_large_blob_goes_up_in_chunks_and_comes_back_intact(fault_proxy, clients
     assert dg.of_bytes(path.read_bytes()) == desc.digest
 
 
+def test_chunks_are_streamed_in_reads_smaller_than_a_chunk(
+    fault_proxy, clients, store, tmp_path, repo_name, monkeypatch
+):
+    # Each 512 KiB chunk goes out as several reads (the last one short): the bytes and digest still match.
+    monkeypatch.setattr("accel.registry.client.READ_SIZE", 100 << 10)
+    client = make_client(clients, chunked_threshold=1 << 20, chunk_size=512 << 10)
+    ref = ref_for(fault_proxy.host, repo_name)
+    data = os.urandom((1 << 20) + (300 << 10) + 7)
+    desc = put_blob(store, data)
+
+    client.push_blob(ref, desc, store)
+
+    assert fault_proxy.count(r"/blobs/uploads/", "PATCH") == 3
+    path = client.fetch_blob(ref, desc, ContentStore(tmp_path / "fetched"))
+    assert path.read_bytes() == data
+
+
 def test_blob_already_in_store_is_not_fetched_and_existing_blob_not_uploaded(
     fault_proxy, clients, store, repo_name
 ):
