@@ -116,13 +116,11 @@ def convert_layer(
 
 def uploads_early(driver: Driver, target_ref: Reference, verify: bool) -> bool:
     """Whether each converted layer's blob may go to the target repository as soon as it is converted,
-    while later layers still convert: only when the driver keeps its converted layers as they are (no
-    whole-image `finish` that could replace them), the target is a registry (a layout or an archive is
+    while later layers still convert: only when the driver keeps its converted blobs as they are
+    (`Driver.keeps_converted_blobs`), the target is a registry (a layout or an archive is
     written whole, at the push), and nothing has to be proven first (`converter.verify` refuses before any
     blob leaves). The push still checks every blob, then writes manifests and the tag last."""
-    kind = type(driver)
-    keeps_layers = kind.finish is Driver.finish and kind.finish_image is Driver.finish_image
-    return keeps_layers and not is_local(target_ref) and not verify
+    return driver.keeps_converted_blobs() and not is_local(target_ref) and not verify
 
 
 @task(name="upload-layer", task_run_name=layer_run_name("upload"))

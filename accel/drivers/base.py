@@ -213,6 +213,13 @@ class Driver:
         """Whole-image step after every manifest (and the index) is in the store. Default: unchanged."""
         return image
 
+    def keeps_converted_blobs(self) -> bool:
+        """Whether every converted layer's blob goes into the target repository as it is, whatever `finish`
+        and `finish_image` do around it, so it may be uploaded as soon as it is converted. Default: when the
+        driver has no whole-image step that could replace its layers."""
+        kind = type(self)
+        return kind.finish is Driver.finish and kind.finish_image is Driver.finish_image
+
     @classmethod
     def is_converted(cls, layers: list[Descriptor]) -> bool:
         """Whether an image with these layers already is in this driver's format (so it is skipped)."""

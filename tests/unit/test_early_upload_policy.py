@@ -3,6 +3,7 @@ how many layers one flow run converts at a time."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ def test_a_driver_whose_finish_may_replace_layers_waits_for_the_push():
 
     driver = Merging(base.options_model())
     assert not uploads_early(driver, REGISTRY_TARGET, verify=False)
+
+
+def test_nydus_uploads_its_layer_blobs_early_unless_they_go_to_a_storage_backend(tmp_path: Path):
+    # Its finish adds the merged bootstrap and may reorder the blobs, but pushes each blob as it is.
+    assert uploads_early(load_driver("nydus", {}), REGISTRY_TARGET, verify=False)
+    backend = {"backend_type": "localfs", "backend_config": json.dumps({"dir": str(tmp_path)})}
+    assert not uploads_early(load_driver("nydus", backend), REGISTRY_TARGET, verify=False)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("3", 3), ("", None), ("0", None), ("x", None)])

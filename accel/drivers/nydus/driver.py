@@ -375,6 +375,11 @@ class NydusDriver(Driver):
             artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
         )
 
+    def keeps_converted_blobs(self) -> bool:
+        # `finish` adds the merged bootstrap and may reorder the layer blobs, but pushes each as it is;
+        # with a storage backend the blobs go there instead, never to the registry.
+        return self.options.backend_dir is None
+
     def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
         """merge_manifest: one index with every platform's OCI manifest first, then the Nydus manifests.
 
