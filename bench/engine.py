@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,23 +38,10 @@ CODEC_PIECE = 4 << 20
 CODEC_THREADS = 2
 
 
-class _TarFileLayer:
-    """Stands in for imagegen.TarBuilder: a layer whose tar already exists on disk."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write_tar(self, fileobj: Any, tar_format: str = "pax") -> None:
-        with self.path.open("rb") as f:
-            shutil.copyfileobj(f, fileobj, MB)
-
-
 def _source_image(args: argparse.Namespace, store: Any) -> Any:
-    from tests.harness import imagegen
+    from bench.images import source_image
 
-    if args.tar:
-        return imagegen.build_image([_TarFileLayer(Path(p)) for p in args.tar], store)  # type: ignore[list-item]
-    return imagegen.big_image(store, total_bytes=args.mb * MB)
+    return source_image(store, args.mb, args.tar)
 
 
 def _child(store_dir: str, driver_type: str, layers_json: str) -> int:

@@ -1,11 +1,11 @@
 """One-time and service latency: what a user waits for, end to end, for one image and one driver.
 
-    .venv/bin/python bench/oneshot.py [--mb 200] [--driver nydus] [--rounds 3] [--no-service]
-                                      [--peer /work/peer/bin]
+    .venv/bin/python bench/oneshot.py [--mb 200 | --tar base.tar --tar app.tar] [--driver nydus] [--rounds 3]
+                                      [--no-service] [--peer /work/peer/bin]
 
-Starts a real docker-registry on loopback, pushes a generated image (the same blobs under one repository per
-call, so each cold call has no conversion cache), and runs `accelctl convert` as a user would, with a
-private state dir (ACCEL_STATE_DIR) and no PREFECT_API_URL:
+Starts a real docker-registry on loopback, pushes the image (generated, or one layer per `--tar`; the same
+blobs under one repository per call, so each cold call has no conversion cache), and runs `accelctl convert`
+as a user would, with a private state dir (ACCEL_STATE_DIR) and no PREFECT_API_URL:
 
 - first call: nothing running; it starts the local Prefect server and the warm runner;
 - cold calls, `--rounds` of them: new repository, fresh work dir, server and runner already up; each paired
@@ -49,7 +49,8 @@ from accel import publish  # noqa: E402
 from accel.reference import Reference  # noqa: E402
 from accel.registry import HostConfig, RegistryClient  # noqa: E402
 from accel.store import ContentStore  # noqa: E402
-from tests.harness import imagegen, pushing  # noqa: E402
+from bench.images import describe, source_image  # noqa: E402
+from tests.harness import pushing  # noqa: E402
 from tests.harness.registry import anonymous_registry, free_port  # noqa: E402
 
 MB = 1 << 20
@@ -251,7 +252,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mb", type=int, default=200, help="uncompressed image size in MiB")
+    parser.add_argument("--mb", type=int, default=200, help="generated image size in MiB (without --tar)")
+    parser.add_argument("--tar", action="append", default=[], help="an uncompressed layer tar (repeatable)")
     parser.add_argument("--driver", default="nydus")
     parser.add_argument("--rounds", type=int, default=3, help="cold calls, each paired with a peer call")
     parser.add_argument("--no-service", dest="service", action="store_false", help="skip the webhook figure")
@@ -263,7 +265,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="accel-oneshot-") as tmp:
         work = Path(tmp)
         store = ContentStore(work / "source")
-        built = imagegen.big_image(store, total_bytes=args.mb * MB)
+        built = source_image(store, args.mb, args.tar)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env["ACCEL_STATE_DIR"] = str(work / "state")
         env["PATH"] = os.pathsep.join(
@@ -333,7 +335,7 @@ def main() -> int:
                 if not args.keep:
                     _accelctl(env, "server", "stop")
 
-        print(f"\n{args.mb} MiB generated image, driver {args.driver}")
+        print(f"\n{describe(args.mb, args.tar)}, driver {args.driver}")
         print(f"  load average (1 min) {load_before:.2f} before the cold rounds, {load_after:.2f} after")
         engine = [b["flow: pull+convert"] for b in cold_breakdowns if "flow: pull+convert" in b]
         if engine and args.service:
