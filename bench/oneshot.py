@@ -169,8 +169,13 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
     }
     config.write_text(yaml.safe_dump(settings))
     started = time.perf_counter()
+    # Its Nydus driver runs `nydus-image` from PATH: the same 2.2.0 build as ours.
+    path = os.pathsep.join([str(ROOT / ".tools/bin"), os.environ.get("PATH", "")])
     proc = subprocess.run(
-        [str(accelctl), "convert", "--config", str(config), source], capture_output=True, text=True
+        [str(accelctl), "convert", "--config", str(config), source],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
