@@ -51,10 +51,11 @@ from accel.store import ContentStore
 log = logging.getLogger(__name__)
 
 
-def _scan_layer(layer: LayerInput) -> tarnormalize.LayerPlan:
-    """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer."""
+def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.LayerPlan:
+    """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer. `check_diff_id=False` when the
+    scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
-        with layer.open_tar() as tar_stream:
+        with layer.open_tar(check_diff_id) as tar_stream:
             return tarnormalize.scan_layer(tar_stream)
     except InvalidImage as exc:
         raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
@@ -180,8 +181,7 @@ class NydusDriver(Driver):
             return self._convert_layer_ref(layer)
         store = layer.store
         # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
-        normal = _scan_layer(layer)
-        table = store_table(store, normal.table)
+        normal = _scan_layer(layer, check_diff_id=False)
         if normal.changes():
             # The tree stays the same (layer application would do the same); the log says what moved.
             log.info(
@@ -202,8 +202,9 @@ class NydusDriver(Driver):
                     fifo=fifo,
                     source=tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal)),
                 )
-            # Only now, after the source tar matched its diff_id, does the blob enter the store.
+            # Only now, after the source tar matched its diff_id, do the blob and the table enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
+        table = store_table(store, normal.table)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
         extra = {
             "bootstrap": bootstrap.digest,
