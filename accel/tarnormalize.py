@@ -155,6 +155,12 @@ class LayerPlan:
     table: DirectoryTable = dataclasses.field(default_factory=lambda: DirectoryTable({}))
     # Entries whose header `normalized_tar` rewrites (sparse files, absolute or `..` names), for messages.
     rewritten: list[str] = dataclasses.field(default_factory=list)
+    ends_cleanly: bool = False  # the layer has an end-of-archive marker (`normalized_tar` adds one if not)
+
+    @property
+    def passes_through(self) -> bool:
+        """Whether `normalized_tar` gives the layer byte for byte: a consumer may read the layer itself."""
+        return self.ends_cleanly and not self.changes()
 
     @property
     def reorders(self) -> bool:
@@ -188,7 +194,8 @@ def scan_layer(stream: BinaryIO) -> LayerPlan:
     last: dict[bytes, int] = {}
     first: dict[bytes, int] = {}
     directory_headers: dict[int, bytes] = {}
-    for index, member in enumerate(TarScanner(stream)):
+    scanner = TarScanner(stream)
+    for index, member in enumerate(scanner):
         header = member.header
         if header.typeflag not in _ENTRY_TYPES:
             entries.append(None)  # PAX global headers and unknown types pass through untouched
@@ -210,7 +217,7 @@ def scan_layer(stream: BinaryIO) -> LayerPlan:
         first.setdefault(path, index)
         last[path] = index
 
-    plan = LayerPlan()
+    plan = LayerPlan(ends_cleanly=bool(scanner.end_bytes))
     kept: list[_Seen] = []
     for seen in entries:
         if seen is None:

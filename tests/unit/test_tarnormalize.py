@@ -50,6 +50,24 @@ def test_an_ordinary_layer_passes_through_byte_for_byte() -> None:
             out, plan = normalize(raw)
             assert out == raw
             assert not plan.reorders
+            assert plan.passes_through  # so the Nydus driver hands the builder the layer itself
+
+
+def test_a_layer_passes_through_only_when_normalising_changes_nothing() -> None:
+    ordinary = _tar(_dir("d"), _file("d/f"))
+    assert normalize(ordinary)[1].passes_through
+    unterminated = ordinary
+    while unterminated.endswith(tarstream.ZERO_BLOCK):
+        unterminated = unterminated[: -tarstream.BLOCK_SIZE]
+    for changed in (
+        _tar(_file("d/f"), _dir("d")),  # a directory after its child
+        _tar(_file("f"), _file("f")),  # a repeated path
+        _tar(_file("/abs")),  # a header to rewrite
+        unterminated,  # no end-of-archive marker: normalising adds one
+    ):
+        out, plan = normalize(changed)
+        assert out != changed
+        assert not plan.passes_through
 
 
 @pytest.mark.parametrize("form", imagegen.SPARSE_FORMS)

@@ -200,7 +200,12 @@ class NydusDriver(Driver):
                     what=f"create for layer {dg.short(layer.descriptor.digest)}",
                     stdin_text=self.options.prefetch_input,
                     fifo=fifo,
-                    source=tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal)),
+                    # Most layers need no change: then the builder reads the tar itself, not a re-parse.
+                    source=(
+                        tar_stream
+                        if normal.passes_through
+                        else tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal))
+                    ),
                 )
             # Only now, after the source tar matched its diff_id, do the blob and the table enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
