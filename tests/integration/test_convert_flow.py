@@ -17,7 +17,7 @@ from accel.errors import InvalidImage
 from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.reference import Reference
 from accel.referrers import referrers_tag
-from accel.registry import HostConfig, RegistryClient
+from accel.registry import RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, conformance, imagegen, pushing
 from tests.harness.proof import assert_proven
@@ -31,12 +31,6 @@ DRIVERS = ["estargz", "zstdchunked"]
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
     return ContentStore(tmp_path_factory.mktemp("source-store"))
-
-
-@pytest.fixture(scope="module")
-def client(registry) -> RegistryClient:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from accel import constants as mt
 from accel.oci import Descriptor
 from accel.reference import Reference
-from accel.registry import BlobSizeMismatch, HostConfig, RegistryClient
+from accel.registry import BlobSizeMismatch
 from accel.store import ContentStore
 from tests.harness import configs, imagegen
 
@@ -20,12 +20,6 @@ pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
     return ContentStore(tmp_path_factory.mktemp("causes-source"))
-
-
-@pytest.fixture(scope="module")
-def client(registry):
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 def test_a_failed_pull_is_the_flow_failure(prefect_api, registry, client, source_store, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
+from accel.registry import RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 
@@ -24,12 +24,6 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
     return ContentStore(tmp_path_factory.mktemp("limits-source"))
-
-
-@pytest.fixture(scope="module")
-def client(registry):
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 def limited_config(path: Path, registry_host: str) -> Path:

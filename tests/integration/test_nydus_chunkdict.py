@@ -26,7 +26,7 @@ from accel.errors import ConfigError, DriverError
 from accel.image import BuiltImage, BuiltManifest
 from accel.oci import Descriptor, ImageConfig, Manifest
 from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
+from accel.registry import RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
@@ -34,12 +34,6 @@ from tests.harness import nydus as nh
 pytestmark = [pytest.mark.registry, pytest.mark.prefect, pytest.mark.nydus, nh.needs_builder]
 
 KiB = 1024
-
-
-@pytest.fixture(scope="module")
-def client(registry) -> RegistryClient:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 def _base_layer() -> imagegen.TarBuilder:

@@ -37,12 +37,6 @@ def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
     return ContentStore(tmp_path_factory.mktemp("nydus-source-store"))
 
 
-@pytest.fixture(scope="module")
-def client(registry) -> RegistryClient:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
-
-
 def _convert(registry, tmp: Path, source: Reference, driver_config: dict[str, Any]) -> Reference:
     """One convert-image flow run with only the nydus driver; returns the pushed target reference."""
     from flows.convert_image import convert_image

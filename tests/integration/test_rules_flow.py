@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from accel import constants as mt
 from accel.oci import Manifest
 from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
+from accel.registry import RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 
@@ -29,12 +28,6 @@ def write_config(path: Path, host: str, drivers: list[dict[str, Any]], rules: li
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
     return ContentStore(tmp_path_factory.mktemp("rules-source-store"))
-
-
-@pytest.fixture(scope="module")
-def client(registry) -> Iterator[RegistryClient]:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 def _manifest(client: RegistryClient, ref: Reference) -> Manifest:
