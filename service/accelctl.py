@@ -43,6 +43,19 @@ def check_request(source: str, config: str, drivers: list[str] | None, target: s
     return None
 
 
+# accel.transports' local transports, spelled here so the client needs no engine import.
+LOCAL_TRANSPORT_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def _absolute_location(text: str | None) -> str | None:
+    """A local transport's relative path made absolute, from this process's working directory: the runner
+    works in another one. Registry references are left as they are."""
+    if text is None or not text.startswith(LOCAL_TRANSPORT_PREFIXES):
+        return text
+    scheme, _, rest = text.partition(":")
+    return text if not rest or rest.startswith("/") else f"{scheme}:{os.path.join(os.getcwd(), rest)}"
+
+
 def _check_request(args: argparse.Namespace) -> str | None:
     return check_request(args.source, args.config, args.driver, args.target)
 
@@ -128,10 +141,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             print(f"accelctl: {exc}", file=sys.stderr)
             return 1
     request = {
-        "source": args.source,
+        "source": _absolute_location(args.source),
         "drivers": args.driver or None,
         "config": str(Path(args.config).resolve()),
-        "target": args.target,
+        "target": _absolute_location(args.target),
     }
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()

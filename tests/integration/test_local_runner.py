@@ -97,10 +97,12 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         assert _status(env) == up
         assert client.resolve(Reference.parse(f"{sources[1].name}:v1-zstdchunked"))
 
-        # --target reaches the runner: the converted image lands in an OCI layout, as named.
+        # --target reaches the runner: the converted image lands in an OCI layout, as named, a relative path
+        # meaning the caller's directory (the runner works in another).
         layout = tmp_path / "layout"
+        relative = os.path.relpath(layout, REPO)
         local = _accelctl(
-            env, "convert", "--config", str(config), "--target", f"oci:{layout}:z", str(sources[1])
+            env, "convert", "--config", str(config), "--target", f"oci:{relative}:z", str(sources[1])
         )
         assert local.returncode == 0, local.stderr
         [(_, _, written_digest)] = [line.split("\t") for line in local.stdout.splitlines()]
