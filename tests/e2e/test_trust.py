@@ -234,20 +234,21 @@ def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
 def test_a_flow_run_killed_mid_push_is_converted_by_the_same_webhook(
     acceld, registry, stalling_proxy, prefect_server, source_store
 ):
-    """kill -9 while the target is pushed: the second blob upload is held after the first completed, so
-    the run stops with part of the target's blobs in the registry and no tag."""
+    """kill -9 while the target is pushed: its blobs are in the registry (uploaded early, as each layer was
+    converted, or by the push) and the push's first manifest upload is held, so the run stops with the
+    target's blobs there and no tag."""
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"mid-push {uuid.uuid4()}\n".encode())
     _, ref = _push_through(
         stalling_proxy, source_store, [*imagegen.standard_layers(32 * KiB), extra], "mid-push"
     )
     uploads = rf"^/v2/{ref.repository}/blobs/uploads/.+"
-    stall = stalling_proxy.stall(uploads, method="PUT", after=1)
+    stall = stalling_proxy.stall(rf"^/v2/{ref.repository}/manifests/.+", method="PUT")
     try:
         first = post(acceld, harbor_payload(ref))
 
-        def one_blob_uploaded() -> bool:
-            """Prefect shows the push task running, one upload of it completed and the next held."""
+        def blobs_uploaded() -> bool:
+            """Prefect shows the push task running, target blobs uploaded and its first manifest held."""
             return (
                 stall.reached.is_set()
                 and any(
@@ -260,7 +261,7 @@ def test_a_flow_run_killed_mid_push_is_converted_by_the_same_webhook(
                 )
             )
 
-        wait_until(one_blob_uploaded, timeout=180, what="one target blob uploaded, the next upload held")
+        wait_until(blobs_uploaded, timeout=180, what="the target's blobs uploaded, its manifest held")
         _kill_then_convert_again(acceld, registry, ref, first, stall)
     finally:
         stall.release()
