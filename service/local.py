@@ -120,8 +120,8 @@ def _prefect_env(api_url: str | None = None) -> dict[str, str]:
         # Peak RSS: glibc gives each allocating thread its own arena (up to 8 per CPU), where the codec and
         # upload threads' freed buffers stay resident; and after the first large free it stops mapping
         # buffers of up to 32 MiB separately, so they fragment the heap. One arena and a fixed mmap
-        # threshold keep the runner's peak close to what is in use (160-230 MiB instead of 260-580 MiB
-        # on a 200 MiB image).
+        # threshold keep the runner's peak close to what is in use (bench/oneshot.py: 127-184 MiB instead of
+        # 260-580 MiB on ~200 MiB images).
         MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "1"),
         MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", str(256 << 10)),
         PYTHONPATH=os.pathsep.join(

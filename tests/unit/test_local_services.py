@@ -163,3 +163,16 @@ def test_a_server_that_does_not_answer_yet_is_waited_for_never_replaced(local):
         if fake.poll() is None:
             fake.kill()
             fake.wait()
+
+
+def test_relative_local_paths_are_sent_to_the_runner_from_the_callers_directory(tmp_path, monkeypatch):
+    from accel.transports.names import LOCAL_TRANSPORTS
+    from service import accelctl
+
+    # The client spells the local transports itself (no engine import): they must stay the engine's.
+    assert tuple(f"{name}:" for name in LOCAL_TRANSPORTS) == accelctl.LOCAL_TRANSPORT_PREFIXES
+    monkeypatch.chdir(tmp_path)
+    assert accelctl._absolute_location("oci:out/app:v1") == f"oci:{tmp_path}/out/app:v1"
+    assert accelctl._absolute_location("docker-archive:img.tar") == f"docker-archive:{tmp_path}/img.tar"
+    for unchanged in ("oci:/abs/app:v1", "registry.invalid/app:v1", "docker://registry.invalid/a:b", None):
+        assert accelctl._absolute_location(unchanged) == unchanged
