@@ -63,9 +63,10 @@ def main() -> int:
         run = prefect.read_flow_run(flow_run_id)
     print(f"\nPrefect UI: {args.ui}")
     print(f"  this run:  {args.ui}/runs/flow-run/{flow_run_id}  ({run.name})")
-    print("  look at:   the task graph (resolve → pull → convert per layer → build → push), the task runs")
+    print("  look at:   the task graph (resolve → pull → convert and upload per layer → build → push),")
     print(
-        "             named after layer digests, and the 'conversion-demo-sample-…' artifact (sizes, stages)"
+        "             the task runs named after layer digests, and the 'conversion-demo-sample-…' artifact"
+        " (sizes, stages)"
     )
     print("\nstop the demo servers with: scripts/demo stop")
     return 0
