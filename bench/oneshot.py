@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -106,6 +107,34 @@ def _breakdown(started: float, ended: float, stderr: str) -> dict[str, float]:
         "flow engine (run + task bookkeeping, artifacts, finish)": flow_wall - sum(stages.values()),
         "answer → client exit": ended - t["finished"],
     }
+
+
+def _task_timeline(api_url: str) -> list[str]:
+    """The latest flow run's task runs as `start–end name` lines, seconds from the flow run's start: which
+    stages overlap and where the gaps are."""
+    flow_runs = httpx.post(
+        f"{api_url}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}, timeout=30
+    ).json()
+    if not flow_runs or not flow_runs[0].get("start_time"):
+        return []
+    run = flow_runs[0]
+    tasks = httpx.post(
+        f"{api_url}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [run["id"]]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200},
+        timeout=30,
+    ).json()
+
+    def seconds(stamp: str | None) -> float:
+        return datetime.fromisoformat(stamp).timestamp() if stamp else float("nan")
+
+    origin = seconds(run["start_time"])
+    lines = [
+        f"{seconds(t.get('start_time')) - origin:6.2f} – {seconds(t.get('end_time')) - origin:6.2f} s"
+        f"  {t['name']}"
+        for t in tasks
+    ]
+    lines.append(f"{0:6.2f} – {seconds(run.get('end_time')) - origin:6.2f} s  (flow run {run['name']})")
+    return lines
 
 
 def _print_breakdown(rows: list[dict[str, float]]) -> None:
@@ -264,6 +293,9 @@ def main() -> int:
     parser.add_argument("--no-service", dest="service", action="store_false", help="skip the webhook figure")
     parser.add_argument("--peer", type=Path, default=Path("/work/peer/bin"), help="the Go peer's bin dir")
     parser.add_argument("-v", "--verbose", action="store_true", help="print accelctl's progress lines")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print the last cold call's task runs on a time line"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the local server running (its state dir)")
     args = parser.parse_args()
 
@@ -300,12 +332,19 @@ def main() -> int:
             cold: list[float] = []
             peer: list[float] = []
             cold_breakdowns: list[dict[str, float]] = []
+            timeline: list[str] = []
             try:
                 rows["one-time first call (starts server)"] = convert("first call", sources["first"], "w1")
                 load_before = os.getloadavg()[0]
                 for n in range(args.rounds):
                     cold.append(convert(f"cold call {n + 1}", sources[f"cold-{n}"], f"cold-{n}"))
                     cold_breakdowns.append(BREAKDOWNS[-1])
+                    if args.timeline and n == args.rounds - 1:
+                        from service import local
+
+                        os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
+                        info = local.running_server()
+                        timeline = _task_timeline(info.api_url) if info else []
                     wall = _peer(
                         args.peer, registry.host, str(sources[f"peer-{n}"]), args.driver, work / f"peer-{n}"
                     )
@@ -352,6 +391,9 @@ def main() -> int:
         if cold_breakdowns:
             print(f"  where a cold call's time goes (median of {len(cold_breakdowns)}):")
             _print_breakdown(cold_breakdowns)
+        if args.timeline and timeline:
+            print("  the last cold call's task runs, from the flow run's start:")
+            print("\n".join(f"      {line}" for line in timeline))
         if warm_breakdown:
             print("  where the warm call's time goes:")
             _print_breakdown([warm_breakdown])
