@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service import local
 from service.state import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
@@ -49,6 +50,8 @@ def runtime_env(config_path: str, work_dir: Path) -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(work_dir / "prefect-results"))
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_SECONDS)
+    for name, value in local.MALLOC_DEFAULTS.items():  # for the runner and its flow-run processes
+        os.environ.setdefault(name, value)
     paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 

@@ -108,6 +108,16 @@ def _server_marker(port: int) -> str:
 RUNNER_MARKER = "service.localrunner"
 
 
+# Peak RSS: glibc gives each allocating thread its own arena (up to 8 per CPU), where the codec and
+# upload threads' freed buffers stay resident; and after the first large free it stops mapping
+# buffers of up to 32 MiB separately, so they fragment the heap. One arena and a fixed mmap
+# threshold keep the runner's peak close to what is in use (bench/oneshot.py: under 200 MiB instead
+# of 260-580 MiB on ~200 MiB images). The threshold is above the 1 MiB blocks that every download,
+# inflate and pipe hands around: mapped one by one, each costs 256 page faults when used and an
+# munmap when freed (at 256 KiB: +0.6-1.0 CPU-s per 200 MiB image, a third of the runner's CPU).
+MALLOC_DEFAULTS = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)}
+
+
 def _prefect_env(api_url: str | None = None) -> dict[str, str]:
     home = state_dir() / "prefect"
     home.mkdir(parents=True, exist_ok=True)
@@ -117,13 +127,7 @@ def _prefect_env(api_url: str | None = None) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
         PYTHONUNBUFFERED="1",  # the logs are what a failed start is explained with
-        # Peak RSS: glibc gives each allocating thread its own arena (up to 8 per CPU), where the codec and
-        # upload threads' freed buffers stay resident; and after the first large free it stops mapping
-        # buffers of up to 32 MiB separately, so they fragment the heap. One arena and a fixed mmap
-        # threshold keep the runner's peak close to what is in use (bench/oneshot.py: 127-184 MiB instead of
-        # 260-580 MiB on ~200 MiB images).
-        MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "1"),
-        MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", str(256 << 10)),
+        **{name: os.environ.get(name, value) for name, value in MALLOC_DEFAULTS.items()},
         PYTHONPATH=os.pathsep.join(
             dict.fromkeys(
                 [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
