@@ -217,8 +217,7 @@ class ImageBudget:
             )
 
 
-def _decompressor(path: Path, media_type: str) -> BinaryIO:
-    raw = path.open("rb")
+def _decompressor(raw: BinaryIO, media_type: str) -> BinaryIO:
     if oci.is_gzip_layer(media_type):
         # ISA-L inflates faster than zlib-ng (6 % less CPU for a whole conversion of mostly random data);
         # both release the GIL while they inflate, so PrefetchingReader's thread runs beside the consumer.
@@ -356,14 +355,19 @@ def open_uncompressed(
     media_type: str,
     expected_diff_id: str | None = None,
     limits: ExpansionLimits | None = None,
+    *,
+    raw: BinaryIO | None = None,
+    compressed_size: int | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield the layer's tar stream. On clean exit the rest is drained and the DiffID checked (without
     `expected_diff_id` nothing is hashed: a caller that hashes what it consumes checks it itself). Reading
-    past `limits` raises LimitExceeded."""
-    inner = _decompressor(path, media_type)
+    past `limits` raises LimitExceeded. The compressed bytes are `path`'s, or `raw`'s when given (a blob
+    still arriving: `ContentStore.open_following`; `compressed_size` is then its size, for the limits)."""
+    compressed_stream = path.open("rb") if raw is None else raw
+    inner = _decompressor(compressed_stream, media_type)
     on_read = None
     if limits is not None and limits.active:
-        compressed = path.stat().st_size
+        compressed = path.stat().st_size if compressed_size is None else compressed_size
         what = f"layer {path.name[:12]}"
 
         def on_read(total: int) -> None:
@@ -393,3 +397,4 @@ def open_uncompressed(
         reader.close()
         digester.close()
         inner.close()
+        compressed_stream.close()  # a gzip reader leaves the file it was given open

@@ -3,34 +3,73 @@
 Blobs are written to a private temp file in `ingest/`, verified, then renamed into `blobs/sha256/<hex>`.
 Rename is atomic, so concurrent writers of the same blob (two conversions pulling one base layer) never
 see or produce a partial file; the loser's identical copy simply replaces the winner's.
+
+A blob written with its expected digest can also be read while it arrives (`open_following`): a layer's
+conversion starts on the bytes its pull has written so far instead of waiting for the whole blob. Such a
+reader ends only once the blob is committed (digest verified), and fails when the writer gives up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from accel import digest as dg
-from accel.errors import DigestMismatch
+from accel.errors import AccelError, DigestMismatch
+
+
+class BlobUnavailable(AccelError):
+    """A blob followed while it arrived (`ContentStore.open_following`) was never committed to the store."""
+
+
+class _Arrival:
+    """A blob on its way into the store, seen by the readers following it (one per final path, process-wide).
+
+    Each write attempt (a registry client retries a broken download from the start) writes its own temp
+    file; followers read the current attempt's file up to `written`, and carry on at the same offset in the
+    next attempt's file, or in the committed blob: the same digest has the same bytes at every offset.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.attempt = 0  # bumped by each writer that takes over the publishing
+        self.path: Path | None = None  # that attempt's temp file; None between attempts
+        self.written = 0
+        self.committed = False
+        self.committed_attempt = 0  # which attempt's file became the blob (0: a writer nobody followed)
+        self.failure: str | None = None  # set when nobody will write the blob any more
+        self.expected = False  # a pull was announced (`ContentStore.expect`): wait even between attempts
+
+
+_arrivals: dict[Path, _Arrival] = {}
+_arrivals_lock = threading.Lock()
 
 
 class BlobWriter:
     """A write-only file that hashes what goes through it. Committed by `ContentStore.writer`."""
 
-    def __init__(self, fileobj: BinaryIO, temp_path: Path) -> None:
+    def __init__(self, fileobj: BinaryIO, temp_path: Path, arrival: _Arrival | None = None) -> None:
         self._file = fileobj
         self._digester = dg.Digester()
         self.temp_path = temp_path
         self.digest: str | None = None  # set after commit
+        self._arrival = arrival  # followers to tell about each write (`ContentStore.open_following`)
 
     def write(self, data: bytes | memoryview) -> int:
         self._file.write(data)
         self._digester.update(data)
+        if self._arrival is not None:
+            self._file.flush()  # followers read the file through their own descriptors
+            with self._arrival.changed:
+                self._arrival.written = self._digester.size
+                self._arrival.changed.notify_all()
         return len(data)
 
     def tell(self) -> int:
@@ -121,12 +160,15 @@ class ContentStore:
 
     @contextlib.contextmanager
     def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
-        """Yield a BlobWriter; on clean exit verify (if `expected`) and commit atomically."""
+        """Yield a BlobWriter; on clean exit verify (if `expected`) and commit atomically. With `expected`,
+        readers may follow the blob while it is written (`open_following`)."""
         fd, name = tempfile.mkstemp(dir=self._ingest, prefix="ingest-")
         temp = Path(name)
+        arrival = self._publish(expected, temp) if expected is not None else None
+        committed = False
         try:
             with os.fdopen(fd, "wb") as f:
-                w = BlobWriter(f, temp)
+                w = BlobWriter(f, temp, arrival)
                 yield w
                 f.flush()
                 os.fsync(f.fileno())
@@ -135,9 +177,84 @@ class ContentStore:
                 raise DigestMismatch(expected, actual, "blob")
             os.replace(temp, self.path(actual))
             w.digest = actual
+            committed = True
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+            if expected is not None:
+                self._attempt_ended(expected, arrival, committed)
+
+    # --- reading a blob while it arrives -----------------------------------------------------------
+    def expect(self, digest: str) -> None:
+        """Announce that a writer of `digest` is coming (a pull is submitted): followers wait for it, and
+        for every retry, until the blob is committed or `give_up` says it will not be."""
+        if self.exists(digest):
+            return
+        with _arrivals_lock:
+            _arrivals.setdefault(self.path(digest), _Arrival()).expected = True
+
+    def give_up(self, digest: str, reason: str) -> None:
+        """No writer of `digest` will commit it any more (its pull ended): followers fail with `reason`,
+        unless the blob is in the store by now."""
+        with _arrivals_lock:
+            arrival = _arrivals.pop(self.path(digest), None)
+        if arrival is None:
+            return
+        with arrival.changed:
+            if not arrival.committed and not self.exists(digest):
+                arrival.failure = reason
+            arrival.changed.notify_all()
+
+    def open_following(self, digest: str) -> BinaryIO:
+        """The blob's bytes, read while a writer in this process still writes them (see the module
+        docstring); the committed blob when it is there, or when nothing is arriving."""
+        with _arrivals_lock:
+            arrival = _arrivals.get(self.path(digest))
+        if arrival is None or self.exists(digest):
+            return self.open(digest)
+        return io.BufferedReader(_FollowingReader(self, digest, arrival), buffer_size=1 << 20)
+
+    def wait_for(self, digest: str) -> Path:
+        """The blob's path once it is committed; at once when no writer in this process is bringing it."""
+        with _arrivals_lock:
+            arrival = _arrivals.get(self.path(digest))
+        if arrival is not None:
+            with arrival.changed:
+                while not (arrival.committed or arrival.failure or self.exists(digest)):
+                    arrival.changed.wait(_FollowingReader.WAIT_SECONDS)
+            if arrival.failure is not None and not self.exists(digest):
+                raise BlobUnavailable(f"blob {digest} never reached the store: {arrival.failure}")
+        return self.path(digest)
+
+    def _publish(self, digest: str, temp: Path) -> _Arrival | None:
+        with _arrivals_lock:
+            arrival = _arrivals.setdefault(self.path(digest), _Arrival())
+        with arrival.changed:
+            if arrival.path is None:  # else another writer publishes already; this one writes privately
+                arrival.attempt += 1
+                arrival.path = temp
+                arrival.written = 0
+                arrival.changed.notify_all()
+                return arrival
+        return None  # that writer writes privately: nobody follows it
+
+    def _attempt_ended(self, digest: str, arrival: _Arrival | None, committed: bool) -> None:
+        key = self.path(digest)
+        with _arrivals_lock:
+            shared = _arrivals.get(key)
+            if shared is not None and (committed or (shared is arrival and not shared.expected)):
+                del _arrivals[key]  # committed, or a writer nobody announced: nothing more will come
+        if shared is None:
+            return
+        with shared.changed:
+            if committed:
+                shared.committed = True
+                shared.committed_attempt = shared.attempt if shared is arrival else 0
+            elif shared is arrival:
+                shared.path = None  # between attempts: followers wait for the next writer or `give_up`
+                if not shared.expected:
+                    shared.failure = "its only writer failed"
+            shared.changed.notify_all()
 
     def commit_file(self, path: Path, expected: str | None = None) -> tuple[str, int]:
         """Move an already-written file (e.g. a builder's output) into the store, hashing it on the way."""
@@ -150,3 +267,65 @@ class ContentStore:
             raise DigestMismatch(expected, actual, f"file {path}")
         os.replace(path, self.path(actual))
         return actual, d.size
+
+
+class _FollowingReader(io.RawIOBase):
+    """Reads a blob while it arrives: see `ContentStore.open_following` and `_Arrival`."""
+
+    WAIT_SECONDS = 1.0  # re-check the store this often while waiting (a writer in another process commits)
+
+    def __init__(self, store: ContentStore, digest: str, arrival: _Arrival) -> None:
+        super().__init__()
+        self._store = store
+        self._digest = digest
+        self._arrival = arrival
+        self._file: BinaryIO | None = None
+        self._attempt = -1  # the attempt `_file` belongs to; 0 = the committed blob
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._file is not None:
+                count = self._file.readinto(buffer)
+                if count:
+                    self._offset += count
+                    return count
+                if self._attempt == 0:
+                    return 0  # the end of the committed blob
+            self._wait_for_more()
+
+    def _wait_for_more(self) -> None:
+        """Wait until bytes past `_offset` can be read; switch files when the attempt changed or the blob
+        was committed."""
+        arrival = self._arrival
+        with arrival.changed:
+            while True:
+                if arrival.committed and arrival.committed_attempt == self._attempt:
+                    self._attempt = 0  # our file became the committed blob (renamed): read it to its end
+                    return
+                if arrival.committed or self._store.exists(self._digest):
+                    self._reopen(self._store.path(self._digest), 0)
+                    return
+                if arrival.failure is not None:
+                    raise BlobUnavailable(f"blob {self._digest} never reached the store: {arrival.failure}")
+                if arrival.path is not None and arrival.written > self._offset:
+                    if arrival.attempt != self._attempt:
+                        self._reopen(arrival.path, arrival.attempt)
+                    return
+                arrival.changed.wait(self.WAIT_SECONDS)
+
+    def _reopen(self, path: Path, attempt: int) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = path.open("rb", buffering=0)  # type: ignore[assignment]
+        self._file.seek(self._offset)
+        self._attempt = attempt
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()

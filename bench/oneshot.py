@@ -21,6 +21,9 @@ until the request is sent), the runner's check of the request, waiting for its t
 build, push, cache merge), the flow engine's own cost (run and task-run bookkeeping, artifacts, finish: the
 flow's wall minus its stages), and the answer reaching the client and the client exiting.
 
+Each call also prints the CPU time the whole machine was busy during it (every process: registry, Prefect
+server, runner, builder; on 2 cores a call that keeps both busy waits on CPU, not on I/O).
+
 Peak RSS is each process's VmHWM: the accelctl client, the local runner (it runs every conversion: this is
 the one-time path's memory; Nydus' builder is a child process, counted apart by the kernel), the local
 Prefect server (shared by every call, like dockerd), acceld's runner in service mode is not counted.
@@ -84,6 +87,25 @@ def _peak_rss_mib(pid: int | None) -> float | None:
     return None
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy so far (every process: registry, server, runner, builder)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pid: int | None) -> float:
+    """CPU time of one process and its waited-for children (a runner's builder processes), 0 if gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+CPU_SECONDS: list[float] = []  # machine CPU-s busy during each accelctl or peer call
 CLIENT_RSS: list[float] = []  # peak RSS of each accelctl call, MiB
 BREAKDOWNS: list[dict[str, float]] = []  # stage → seconds of each accelctl call
 
@@ -148,7 +170,7 @@ def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.Comple
     # /usr/bin/time reports the client's own peak: a child forked from this (big) process would count the
     # pages it shared before exec.
     with tempfile.NamedTemporaryFile() as rss:
-        started, wall_started = time.perf_counter(), time.time()
+        started, wall_started, busy = time.perf_counter(), time.time(), _busy_cpu_seconds()
         proc = subprocess.run(
             ["/usr/bin/time", "-o", rss.name, "-f", "%M", sys.executable, "-m", "service.accelctl", *args],
             env=env,
@@ -157,6 +179,7 @@ def _accelctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.Comple
             text=True,
         )
         wall = time.perf_counter() - started
+        CPU_SECONDS.append(_busy_cpu_seconds() - busy)
         BREAKDOWNS.append(_breakdown(wall_started, time.time(), proc.stderr))
         with open(rss.name) as f:
             kib = f.read().split()
@@ -197,7 +220,7 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
         },
     }
     config.write_text(yaml.safe_dump(settings))
-    started = time.perf_counter()
+    started, busy = time.perf_counter(), _busy_cpu_seconds()
     # Its Nydus driver runs `nydus-image` from PATH: the same 2.2.0 build as ours.
     path = os.pathsep.join([str(ROOT / ".tools/bin"), os.environ.get("PATH", "")])
     proc = subprocess.run(
@@ -207,6 +230,7 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
         env={**os.environ, "PATH": path},
     )
     wall = time.perf_counter() - started
+    CPU_SECONDS.append(_busy_cpu_seconds() - busy)
     if proc.returncode != 0:
         print(f"  peer failed ({proc.returncode}): {proc.stderr[-500:]}")
         return None
@@ -321,10 +345,26 @@ def main() -> int:
                     )
             print(f"image: {len(built.layers)} layers, {sum(x.size for x in built.layers) / MB:.1f} MiB gzip")
 
+            def process_cpu() -> dict[str, float]:
+                from service import local
+
+                os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
+                info = local.server_info()
+                registry_proc = getattr(registry, "_proc", None)
+                pids = {
+                    "runner+builder": local.runner_pid(),
+                    "prefect server": info.pid if info else None,
+                    "registry": registry_proc.pid if registry_proc else None,
+                }
+                return {name: _process_cpu_seconds(pid) for name, pid in pids.items()}
+
             def convert(name: str, ref: Reference, work_name: str) -> float:
                 config = _config(work / f"{work_name}.yaml", registry.host, args.driver, work / work_name)
+                before = process_cpu()
                 wall, proc = _accelctl(env, "convert", "--timings", "--config", str(config), str(ref))
-                print(f"  {name:<28} {wall:7.2f} s   {proc.stdout.strip()}")
+                used = {k: v - before.get(k, 0.0) for k, v in process_cpu().items()}
+                print(f"  {name:<28} {wall:7.2f} s  {CPU_SECONDS[-1]:5.2f} CPU-s   {proc.stdout.strip()}")
+                print("      CPU-s by process: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()))
                 if args.verbose:
                     print("    " + proc.stderr.replace("\n", "\n    "))
                 return wall
@@ -350,7 +390,8 @@ def main() -> int:
                     )
                     if wall is not None:
                         peer.append(wall)
-                        print(f"  {f'peer cold call {n + 1}':<28} {wall:7.2f} s")
+                        label = f"peer cold call {n + 1}"
+                        print(f"  {label:<28} {wall:7.2f} s  {CPU_SECONDS[-1]:5.2f} CPU-s")
                 load_after = os.getloadavg()[0]
                 rows["one-time warm (all cached)"] = convert("warm (cache answers)", sources["first"], "w3")
                 warm_breakdown = BREAKDOWNS[-1]

@@ -30,9 +30,9 @@ from accel.reference import Reference
 from accel.store import ContentStore
 from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
-from tasks import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
+from tasks import build_image, convert_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
-from tasks.convert import upload_layer, uploads_early
+from tasks.convert import pull_layers, upload_layer, uploads_early
 from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
 from tasks.store import collect_garbage
 
@@ -341,7 +341,7 @@ def _pull_and_convert(
     as soon as it is converted; those uploads are returned, still running, for the push to wait for."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
-    pulls = {digest: pull_layer.submit(source, layer, config_path) for digest, layer in to_pull.items()}
+    pulls = pull_layers(source, to_pull, config_path)  # each conversion reads its layer while it arrives
     # converter.limits.max_image_size: the layers of each platform image count together while they stream.
     images = images_of_layers(image)
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
@@ -351,7 +351,6 @@ def _pull_and_convert(
                 d,
                 config_path,
                 images[layer.descriptor.digest],
-                wait_for=[pulls[layer.descriptor.digest]],
             )
             for layer in misses
         ]

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 
 from accel import copy, publish
 from accel import image as img
@@ -46,6 +47,24 @@ def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> i
     ctx = context_for(config_path)
     Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
     return layer
+
+
+def pull_layers(
+    source: Reference, layers: dict[str, img.SourceLayer], config_path: str
+) -> dict[str, PrefectFuture[img.SourceLayer]]:
+    """Submit each layer's pull (digest → its run). Conversions need not wait for them: each reads its layer
+    while the pull writes it (`ContentStore.open_following`), and ends only once the pull has committed the
+    blob, digest verified. A pull that ends without the blob fails the conversions reading it."""
+    store = context_for(config_path).store
+    pulls: dict[str, PrefectFuture[img.SourceLayer]] = {}
+    for digest, layer in layers.items():
+        store.expect(digest)  # before the run exists: a conversion may start first
+        pull = pull_layer.submit(source, layer, config_path)
+        pull.add_done_callback(
+            lambda _, digest=digest: store.give_up(digest, "its pull-layer task run failed")
+        )
+        pulls[digest] = pull
+    return pulls
 
 
 def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

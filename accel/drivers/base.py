@@ -54,7 +54,8 @@ class DriverOptions(BaseModel):
 
 @dataclasses.dataclass(frozen=True)
 class LayerInput:
-    """A source layer whose compressed blob is already in the content store."""
+    """A source layer whose compressed blob is in the content store, or on its way there: its pull in this
+    process still writes it (`ContentStore.open_following`), and the conversion reads behind it."""
 
     descriptor: Descriptor  # as in the source manifest
     diff_id: str  # from the source config; checked while the tar is read
@@ -63,14 +64,23 @@ class LayerInput:
 
     @property
     def path(self) -> Path:
-        return self.store.path(self.descriptor.digest)
+        """The stored blob, once its pull committed it (for a builder that reads the file itself)."""
+        return self.store.wait_for(self.descriptor.digest)
 
     @contextlib.contextmanager
     def open_tar(self, check_diff_id: bool = True) -> Iterator[BinaryIO]:
         """The uncompressed tar stream; its digest is verified against `diff_id` when the block ends, unless
         the caller hashes every byte itself and checks `diff_id` (`check_diff_id=False`)."""
         expected = self.diff_id if check_diff_id else None
-        with compression.open_uncompressed(self.path, self.descriptor.media_type, expected, self.limits) as f:
+        digest = self.descriptor.digest
+        with compression.open_uncompressed(
+            self.store.path(digest),
+            self.descriptor.media_type,
+            expected,
+            self.limits,
+            raw=self.store.open_following(digest),
+            compressed_size=self.descriptor.size,
+        ) as f:
             yield f
 
 

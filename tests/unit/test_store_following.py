@@ -1,0 +1,168 @@
+"""Reading a blob while it arrives (`ContentStore.open_following`): a conversion reads behind its pull."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from accel import digest as dg
+from accel.errors import DigestMismatch
+from accel.store import BlobUnavailable, ContentStore
+
+DATA = os.urandom(3 << 20) + b"tail"
+DIGEST = dg.of_bytes(DATA)
+PIECE = 256 << 10
+
+
+def _read_all(reader) -> bytes:
+    out = bytearray()
+    while chunk := reader.read(100_000):
+        out += chunk
+    return bytes(out)
+
+
+class Gate:
+    """Lets a writer thread go on one step at a time, so a test decides what the follower has seen."""
+
+    def __init__(self) -> None:
+        self._steps = threading.Semaphore(0)
+
+    def step(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._steps.release()
+
+    def wait(self) -> None:
+        assert self._steps.acquire(timeout=30), "the test never let the writer go on"
+
+
+def _write(
+    store: ContentStore,
+    data: bytes,
+    gate: Gate | None,
+    fail_at: int | None = None,
+    started: threading.Event | None = None,
+) -> None:
+    with store.writer(expected=DIGEST) as writer:
+        if started is not None:
+            started.set()
+        for offset in range(0, len(data), PIECE):
+            if gate is not None:
+                gate.wait()
+            if fail_at is not None and offset >= fail_at:
+                raise ConnectionResetError("the registry hung up")
+            writer.write(data[offset : offset + PIECE])
+
+
+def _start(target, *args) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(ConnectionResetError, DigestMismatch):  # the failures made on purpose
+            target(*args)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_follower_reads_the_blob_while_it_is_written_and_ends_only_at_the_commit(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    gate = Gate()
+    writer = _start(_write, store, DATA, gate)
+    with store.open_following(DIGEST) as follower:
+        gate.step(2)  # two pieces written: the follower reads them before the blob is complete
+        first = follower.read(2 * PIECE)
+        assert first == DATA[: 2 * PIECE]
+        assert not store.exists(DIGEST)
+        gate.step(len(DATA) // PIECE + 1)
+        rest = _read_all(follower)
+    writer.join(10)
+    assert first + rest == DATA
+    assert store.exists(DIGEST)
+
+
+def test_a_follower_carries_on_in_the_next_attempt_after_a_broken_download(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    gate = Gate()
+    broken = _start(_write, store, DATA, gate, 5 * PIECE)
+    with store.open_following(DIGEST) as follower:
+        gate.step(3)
+        first = follower.read(3 * PIECE)
+        gate.step(3)  # two more pieces, then the attempt fails
+        broken.join(10)
+        retry = _start(_write, store, DATA, None)  # the client's retry writes the blob from its start
+        rest = _read_all(follower)
+    retry.join(10)
+    assert first + rest == DATA
+
+
+def test_a_follower_fails_when_the_pull_gives_up(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    gate = Gate()
+    broken = _start(_write, store, DATA, gate, 2 * PIECE)
+    with store.open_following(DIGEST) as follower:
+        gate.step(3)
+        assert follower.read(PIECE) == DATA[:PIECE]
+        broken.join(10)
+        store.give_up(DIGEST, "its pull-layer task run failed")
+        with pytest.raises(BlobUnavailable, match="its pull-layer task run failed"):
+            _read_all(follower)
+    assert not store.exists(DIGEST)
+
+
+def test_bytes_that_fail_the_digest_check_are_never_the_end_of_a_follower(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    tampered = DATA[:-4] + b"TAIL"
+    writer = _start(_write, store, tampered, None)
+    with store.open_following(DIGEST) as follower:
+        writer.join(10)  # the whole tampered blob was written, then refused by its digest
+        store.give_up(DIGEST, "digest mismatch")
+        with pytest.raises(BlobUnavailable, match="digest mismatch"):
+            _read_all(follower)
+
+
+def test_a_writer_nobody_announced_fails_its_followers_when_it_fails(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    gate = Gate()
+    started = threading.Event()
+    broken = _start(_write, store, DATA, gate, PIECE, started)
+    assert started.wait(10)
+    with store.open_following(DIGEST) as follower:  # no `expect`: it follows the writer it finds
+        gate.step(2)
+        broken.join(10)
+        with pytest.raises(BlobUnavailable, match="only writer failed"):
+            _read_all(follower)
+
+
+def test_without_a_writer_it_is_the_stored_blob(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.open_following(DIGEST)
+    store.put_bytes(DATA)
+    with store.open_following(DIGEST) as reader:
+        assert _read_all(reader) == DATA
+    assert store.wait_for(DIGEST) == store.path(DIGEST)
+
+
+def test_wait_for_returns_once_the_blob_is_committed(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    gate = Gate()
+    writer = _start(_write, store, DATA, gate)
+    waited: list[Path] = []
+    waiter = threading.Thread(target=lambda: waited.append(store.wait_for(DIGEST)), daemon=True)
+    waiter.start()
+    gate.step(2)
+    waiter.join(0.2)
+    assert waiter.is_alive() and not waited  # two pieces are no blob yet
+    gate.step(len(DATA) // PIECE + 1)
+    waiter.join(10)
+    writer.join(10)
+    assert waited == [store.path(DIGEST)]
+    assert store.path(DIGEST).read_bytes() == DATA
