@@ -45,7 +45,7 @@ class _Arrival:
         self.committed = False
         self.committed_attempt = 0  # which attempt's file became the blob (0: a writer nobody followed)
         self.failure: str | None = None  # set when nobody will write the blob any more
-        self.expected = False  # a pull was announced (`ContentStore.expect`): wait even between attempts
+        self.expected = 0  # pulls announced (`ContentStore.expect`) and not yet ended: wait between attempts
 
 
 _arrivals: dict[Path, _Arrival] = {}
@@ -187,19 +187,22 @@ class ContentStore:
     # --- reading a blob while it arrives -----------------------------------------------------------
     def expect(self, digest: str) -> None:
         """Announce that a writer of `digest` is coming (a pull is submitted): followers wait for it, and
-        for every retry, until the blob is committed or `give_up` says it will not be."""
-        if self.exists(digest):
-            return
+        for every retry, until the blob is committed or `give_up` says it will not be. Each `expect` is
+        ended by one `give_up` (two runs in one process may pull the same layer)."""
         with _arrivals_lock:
-            _arrivals.setdefault(self.path(digest), _Arrival()).expected = True
+            _arrivals.setdefault(self.path(digest), _Arrival()).expected += 1
 
     def give_up(self, digest: str, reason: str) -> None:
-        """No writer of `digest` will commit it any more (its pull ended): followers fail with `reason`,
-        unless the blob is in the store by now."""
+        """An announced writer of `digest` ended (its pull ended, well or not). When it was the last one
+        and the blob is not in the store, followers fail with `reason`."""
         with _arrivals_lock:
-            arrival = _arrivals.pop(self.path(digest), None)
-        if arrival is None:
-            return
+            arrival = _arrivals.get(self.path(digest))
+            if arrival is None:
+                return
+            arrival.expected -= 1
+            if arrival.expected > 0:
+                return
+            del _arrivals[self.path(digest)]
         with arrival.changed:
             if not arrival.committed and not self.exists(digest):
                 arrival.failure = reason

@@ -166,3 +166,17 @@ def test_wait_for_returns_once_the_blob_is_committed(tmp_path: Path) -> None:
     writer.join(10)
     assert waited == [store.path(DIGEST)]
     assert store.path(DIGEST).read_bytes() == DATA
+
+
+def test_one_of_two_pulls_of_a_blob_giving_up_leaves_the_other_to_finish(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)  # two runs in one process pull the same layer
+    store.expect(DIGEST)
+    with store.open_following(DIGEST) as follower:
+        store.give_up(DIGEST, "the first run's pull failed")
+        writer = _start(_write, store, DATA, None)  # the second run's pull
+        assert _read_all(follower) == DATA
+    writer.join(10)
+    store.give_up(DIGEST, "the second run's pull ended")  # after the commit: nothing to fail
+    with store.open_following(DIGEST) as reader:
+        assert _read_all(reader) == DATA
