@@ -315,9 +315,16 @@ class _FollowingReader(io.RawIOBase):
                 if arrival.failure is not None:
                     raise BlobUnavailable(f"blob {self._digest} never reached the store: {arrival.failure}")
                 if arrival.path is not None and arrival.written > self._offset:
-                    if arrival.attempt != self._attempt:
+                    if arrival.attempt == self._attempt:
+                        return
+                    try:
                         self._reopen(arrival.path, arrival.attempt)
-                    return
+                        return
+                    except FileNotFoundError:
+                        # The attempt ended (renamed into the store, or failed) since it was published;
+                        # its writer tells which once it has the lock: let it have it.
+                        arrival.changed.wait(0.01)
+                        continue
                 arrival.changed.wait(self.WAIT_SECONDS)
 
     def _reopen(self, path: Path, attempt: int) -> None:
