@@ -18,6 +18,7 @@ from accel import tarstream
 from accel.tarnormalize import LayerPlan, LayerScan
 
 COPY_SIZE = 1 << 20
+GATHER_SIZE = 1 << 16
 TAR_BLOCK = tarstream.BLOCK_SIZE
 
 # ustar header fields (offset, length) rewritten by `fix_header`.
@@ -112,6 +113,24 @@ class ScanningFeed:
         self._scan = LayerScan(spot_changes=True)
 
     def chunks(self) -> Iterator[bytes]:
+        """The builder's input (see the class); small entries are gathered into one write of at least
+        `GATHER_SIZE` bytes, as one FIFO write per header and per small file costs more than the copy."""
+        pending = bytearray()
+        for piece in self._pieces():
+            if len(piece) >= GATHER_SIZE:
+                if pending:
+                    yield bytes(pending)
+                    pending.clear()
+                yield piece
+                continue
+            pending += piece
+            if len(pending) >= GATHER_SIZE:
+                yield bytes(pending)
+                pending.clear()
+        if pending:
+            yield bytes(pending)
+
+    def _pieces(self) -> Iterator[bytes]:
         for member in self._members:
             change = self._scan.add(member)
             if change is not None:
