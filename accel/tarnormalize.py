@@ -11,6 +11,8 @@ Two passes over the uncompressed layer, neither holding payloads in memory:
    names rewritten relative to the root (OCI semantics).
 
 A layer that needs none of this comes out byte-identical. `as_stream` turns the output into a file object.
+`LayerScan` is pass 1 one member at a time, for a reader that feeds a consumer while it scans (the Nydus
+driver's single read of a layer that needs no normalising, `accel.drivers.nydus.tar.ScanningFeed`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ _DROPPED_PAX_KEYS = frozenset({"path", "linkpath", "size"})
 
 
 class UnsafeEntry(InvalidImage):
-    """A layer entry that cannot be applied inside the root filesystem (refused before any builder runs)."""
+    """A layer entry that cannot be applied inside the root filesystem.
+
+    Refused before a builder gets it or, when a later entry shows the problem (a non-directory above it, its
+    hardlink target replaced), before the builder gets that entry.
+    """
 
 
 def entry_label(name: bytes) -> str:

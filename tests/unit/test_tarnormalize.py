@@ -235,18 +235,24 @@ def _random_layer(rng: random.Random) -> bytes:
 
 
 def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.LayerPlan | str]:
-    """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal)."""
+    """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal).
+
+    The feed stops, or refuses while feeding, before the end of the layer whenever there is a refusal.
+    """
     feed = ScanningFeed(io.BytesIO(raw))
     forwarded = bytearray()
     stopped = None
     try:
-        try:
-            for chunk in feed.chunks():
-                forwarded += chunk
-        except NotPassedThrough as exc:
-            stopped = str(exc)
+        for chunk in feed.chunks():
+            forwarded += chunk
+    except NotPassedThrough as exc:
+        stopped = str(exc)
+    except InvalidImage as exc:
+        return bytes(forwarded), "refused while feeding", str(exc)
+    try:
         return bytes(forwarded), stopped, feed.plan()
     except InvalidImage as exc:
+        assert stopped is not None, f"{exc} was only found after the whole layer was fed"
         return bytes(forwarded), stopped, str(exc)
 
 
