@@ -277,8 +277,8 @@ class NydusDriver(Driver):
                 what=f"create for layer {dg.short(layer.descriptor.digest)}",
                 stdin_text=self.options.prefetch_input,
                 fifo=fifo,
-                # A layer that needs no change (here only when `single_pass` is off, or it has no end-of-
-                # archive marker) goes as it is: the builder reads the tar itself, not a re-parse.
+                # A layer that needs no change goes as it is (here only when `single_pass` is off, or the
+                # one pass met an entry whose extension headers `builder_compatible_tar` walks otherwise).
                 source=(
                     tar_stream
                     if normal.passes_through
