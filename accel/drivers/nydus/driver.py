@@ -191,8 +191,8 @@ class NydusDriver(Driver):
             args = self._create_args(blob_path, fifo, store, chunk_dict)
             # Most layers need no normalising: one read feeds the builder and scans the layer; the rest
             # take a second read, normalised by the plan of the first.
-            normal = self._build_in_one_pass(layer, args, fifo) if self.single_pass else None
-            if normal is None or not normal.passes_through:
+            normal, built = self._build_in_one_pass(layer, args, fifo) if self.single_pass else (None, False)
+            if not built:
                 blob_path.unlink(missing_ok=True)  # a killed or discarded run's output
                 normal = self._build_in_two_passes(layer, args, fifo, normal)
             # Only now, after the source tar matched its diff_id, do the blob and the table enter the store.
@@ -219,12 +219,14 @@ class NydusDriver(Driver):
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
 
-    def _build_in_one_pass(self, layer: LayerInput, args: list[str], fifo: Path) -> tarnormalize.LayerPlan:
-        """Feed the layer to the builder as it is while scanning it (`ScanningFeed`); the plan of the layer.
-
-        The builder's blob is good when the plan passes the layer through, which the caller checks. A hostile
-        entry is refused before the builder gets its header; when the builder fails, a refusal or a needed
-        change found by the scan goes first (the builder may have failed on just that), its error otherwise.
+    def _build_in_one_pass(
+        self, layer: LayerInput, args: list[str], fifo: Path
+    ) -> tuple[tarnormalize.LayerPlan, bool]:
+        """Feed the layer to the builder as it is while scanning it (`ScanningFeed`): the plan of the layer,
+        and whether the builder's blob is the layer's (the builder got all of it, and the plan passes it
+        through). A hostile entry is refused before the builder gets its header; when the builder fails, a
+        refusal or a needed change found by the scan goes first (the builder may have failed on just that),
+        its error otherwise.
         """
         short = dg.short(layer.descriptor.digest)
         try:
@@ -235,6 +237,7 @@ class NydusDriver(Driver):
         with layer.open_tar() as tar_stream:
             feed = ScanningFeed(tar_stream)
             builder_error: DriverError | None = None
+            fed = False
             try:
                 try:
                     run_builder(
@@ -245,6 +248,7 @@ class NydusDriver(Driver):
                         fifo=fifo,
                         chunks=feed.chunks(),
                     )
+                    fed = True
                 except NotPassedThrough as stop:
                     log.debug("layer %s is not passed through as it is (%s): two passes", short, stop)
                 except DriverError as exc:
@@ -254,7 +258,7 @@ class NydusDriver(Driver):
                 raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
             if builder_error is not None and normal.passes_through:
                 raise builder_error
-        return normal
+        return normal, fed and normal.passes_through
 
     def _build_in_two_passes(
         self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.LayerPlan | None
