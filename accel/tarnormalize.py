@@ -250,7 +250,8 @@ class LayerScan:
     def _spot_change(self, header: TarHeader, path: bytes) -> str | None:
         """Why `plan` will not pass the layer through, seen at this (non-root) entry; None: not yet known.
 
-        Each reason is certain: the plan drops, moves or rewrites an entry, or refuses the layer.
+        Each reason is certain: the plan drops, moves or rewrites an entry, or refuses the layer. The first
+        reason is the one to act on: the bookkeeping stops there, so later answers may miss changes.
         """
         if path in self._last:
             return f"{entry_label(header.name)} repeats a path"  # the earlier entry is dropped
