@@ -30,6 +30,7 @@ from accel.store import ContentStore
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 40
+FIFO_BUFFER_SIZE = 1 << 20
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -158,6 +159,10 @@ def _open_fifo_writer(fifo: Path, proc: subprocess.Popen[bytes]) -> int | None:
             continue
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        # A deeper FIFO lets the feeder parse headers ahead while the builder compresses (and the other way
+        # round): 7% off a Debian rootfs conversion. The default pipe-max-size allows it unprivileged.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FIFO_BUFFER_SIZE)
         return fd
 
 
