@@ -161,8 +161,10 @@ def _open_fifo_writer(fifo: Path, proc: subprocess.Popen[bytes]) -> int | None:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         # A deeper FIFO lets the feeder parse headers ahead while the builder compresses (and the other way
         # round): 7% off a Debian rootfs conversion. The default pipe-max-size allows it unprivileged.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FIFO_BUFFER_SIZE)
+        set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+        if set_pipe_size is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, set_pipe_size, FIFO_BUFFER_SIZE)
         return fd
 
 
