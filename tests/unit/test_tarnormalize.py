@@ -283,6 +283,11 @@ def _layers_for_the_one_pass() -> list[bytes]:
     layers += [imagegen.sparse_tar(sparse, form, after={"sp/after": b"x"}) for form in imagegen.SPARSE_FORMS]
     layers.append(_tar((tar_info("dev/fifo", tarfile.FIFOTYPE), None), _file("big", b"q" * 300_000)))
     layers.append(pax_size_layer())
+    with_global_header = io.BytesIO()
+    with tarfile.open(fileobj=with_global_header, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "a PAX global header first"}) as tar:  # fmt: skip
+        tar.addfile(tar_info("g/file", size=3), io.BytesIO(b"abc"))
+    layers.append(with_global_header.getvalue())
     return layers
 
 
