@@ -11,6 +11,8 @@ Two passes over the uncompressed layer, neither holding payloads in memory:
    names rewritten relative to the root (OCI semantics).
 
 A layer that needs none of this comes out byte-identical. `as_stream` turns the output into a file object.
+`LayerScan` is pass 1 one member at a time, for a reader that feeds a consumer while it scans (the Nydus
+driver's single read of a layer that needs no normalising, `accel.drivers.nydus.tar.ScanningFeed`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ _DROPPED_PAX_KEYS = frozenset({"path", "linkpath", "size"})
 
 
 class UnsafeEntry(InvalidImage):
-    """A layer entry that cannot be applied inside the root filesystem (refused before any builder runs)."""
+    """A layer entry that cannot be applied inside the root filesystem.
+
+    Refused before a builder gets it or, when a later entry shows the problem (a non-directory above it, its
+    hardlink target replaced), before the builder gets that entry.
+    """
 
 
 def entry_label(name: bytes) -> str:
@@ -190,34 +196,99 @@ class _Seen:
 
 def scan_layer(stream: BinaryIO) -> LayerPlan:
     """Pass 1 (headers only): the plan for `normalized_tar` and the layer's directory table."""
-    entries: list[_Seen | None] = []
-    last: dict[bytes, int] = {}
-    first: dict[bytes, int] = {}
-    directory_headers: dict[int, bytes] = {}
+    scan = LayerScan()
     scanner = TarScanner(stream)
-    for index, member in enumerate(scanner):
+    for member in scanner:
+        scan.add(member)
+    return scan.plan(ends_cleanly=bool(scanner.end_bytes))
+
+
+class LayerScan:
+    """`scan_layer` one member at a time, for a reader that also forwards the layer (one pass over it).
+
+    `add` makes the checks that can decide on one entry and what came before it (a `..` escaping the root,
+    a hardlink to a path that is no earlier entry) and raises UnsafeEntry; `plan` makes the rest once every
+    member was added. With `spot_changes`, `add` also says when the plan can no longer pass the layer
+    through (see `_spot_change`), so a reader forwarding the layer as it is can stop early.
+    """
+
+    def __init__(self, spot_changes: bool = False) -> None:
+        self._entries: list[_Seen | None] = []
+        self._last: dict[bytes, int] = {}  # path -> index of its latest entry (its keys: every path so far)
+        self._directory_headers: dict[int, bytes] = {}
+        self.spot_changes = spot_changes
+        # Paths with an earlier entry below them / of an entry that is no directory (for `_spot_change`).
+        self._above_entries: set[bytes] = set()
+        self._non_directories: set[bytes] = set()
+
+    def add(self, member: TarMember) -> str | None:
+        """Check the next member; with `spot_changes`, why the layer cannot pass through (None: it may)."""
+        index = len(self._entries)
         header = member.header
         if header.typeflag not in _ENTRY_TYPES:
-            entries.append(None)  # PAX global headers and unknown types pass through untouched
-            continue
+            self._entries.append(None)  # PAX global headers and unknown types pass through untouched
+            return None
         path = clean_path(header.name)
         if header.typeflag == tarstream.TYPE_DIR:
             # Header-only and few: kept in case the directory must move before its first child.
-            directory_headers[index] = (
+            self._directory_headers[index] = (
                 member.header_bytes if _name_is_clean(header.name) else rewritten_header(header, 0)
             )
         if header.typeflag == tarstream.TYPE_LINK:
             target = clean_path(header.linkname, f"hardlink {entry_label(header.name)} target")
-            if not target or target not in first:
+            if not target or target not in self._last:
                 raise UnsafeEntry(
                     f"tar entry {entry_label(header.name)} is a hardlink to {entry_label(header.linkname)}, "
                     "which is not an earlier entry of the layer"
                 )
-        entries.append(_Seen(index, header, path))
-        first.setdefault(path, index)
-        last[path] = index
+        change = self._spot_change(header, path) if self.spot_changes and path else None
+        seen = _Seen(index, header, path)
+        self._entries.append(seen)
+        self._last[path] = index
+        return change
 
-    plan = LayerPlan(ends_cleanly=bool(scanner.end_bytes))
+    def _spot_change(self, header: TarHeader, path: bytes) -> str | None:
+        """Why `plan` will not pass the layer through, seen at this (non-root) entry; None: not yet known.
+
+        Each reason is certain: the plan drops, moves or rewrites an entry, or refuses the layer. The first
+        reason is the one to act on: the bookkeeping stops there, so later answers may miss changes.
+        """
+        if path in self._last:
+            return f"{entry_label(header.name)} repeats a path"  # the earlier entry is dropped
+        if header.sparse or not _name_is_clean(header.name):
+            return f"{entry_label(header.name)} is rewritten"  # unless a later entry drops it
+        if header.typeflag == tarstream.TYPE_LINK:
+            if not _name_is_clean(header.linkname):
+                return f"{entry_label(header.name)} is rewritten"
+            target = self._entries[self._last[clean_path(header.linkname)]]
+            if target is not None and target.header.typeflag == tarstream.TYPE_DIR:
+                return f"{entry_label(header.name)} is a hardlink to a directory"  # refused unless replaced
+        if path in self._above_entries:
+            # A directory after an entry below it moves; a non-directory above entries is refused.
+            return f"{entry_label(header.name)} comes after an entry below it"
+        if header.typeflag != tarstream.TYPE_DIR:
+            self._non_directories.add(path)
+        # Every ancestor of a path in `_above_entries` is in it: stop at the first one already there.
+        ancestor = _parent(path)
+        while ancestor and ancestor not in self._above_entries:
+            if ancestor in self._non_directories:
+                return f"{entry_label(header.name)} lies below a non-directory"  # refused unless replaced
+            self._above_entries.add(ancestor)
+            ancestor = _parent(ancestor)
+        return None
+
+    def plan(self, ends_cleanly: bool) -> LayerPlan:
+        """The plan for `normalized_tar` once every member was added; raises UnsafeEntry as `scan_layer`."""
+        return _plan(self._entries, self._last, self._directory_headers, ends_cleanly)
+
+
+def _plan(
+    entries: list[_Seen | None],
+    last: dict[bytes, int],
+    directory_headers: dict[int, bytes],
+    ends_cleanly: bool,
+) -> LayerPlan:
+    plan = LayerPlan(ends_cleanly=ends_cleanly)
     kept: list[_Seen] = []
     for seen in entries:
         if seen is None:

@@ -6,26 +6,34 @@ plus `inspect`, file data read back from the blobs) with the layers applied with
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
+import logging
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
 from accel import constants as mt
 from accel import digest as dg
+from accel import tarstream
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
 from accel.drivers.nydus import NydusDriver
+from accel.drivers.nydus import driver as nydus_driver
+from accel.drivers.nydus.builder import run_builder
+from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import DriverError, InvalidImage
 from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
+from tests.unit.test_tarnormalize import pax_size_layer
 
 pytestmark = [
     nh.needs_builder,
@@ -393,3 +401,222 @@ def test_builder_panics_are_one_line_without_a_backtrace(
     assert how in message and dg.short(layer.descriptor.digest) in message
     assert "assertion failed: self.offset > self.mapping.info.meta_offset" in message
     assert "panic_with_hook" not in message and "log_panics" not in message
+
+
+# --- one read per layer unless it needs normalising ----------------------------------------------------
+
+
+class _Conversions:
+    """Converts one layer in one pass (the driver's default) or forced through two, counting layer reads
+    and recording every chunk the one pass offered nydus-image."""
+
+    def __init__(self, store: ContentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.store = store
+        self.reads = 0
+        self.forwarded = bytearray()
+        open_tar = LayerInput.open_tar
+
+        @contextlib.contextmanager
+        def counting_open_tar(layer: LayerInput, check_diff_id: bool = True) -> Iterator[BinaryIO]:
+            self.reads += 1
+            with open_tar(layer, check_diff_id) as stream:
+                yield stream
+
+        def recording_run_builder(*args: Any, chunks: Iterable[bytes] | None = None, **kwargs: Any) -> None:
+            if chunks is not None:
+                chunks = self._recorded(chunks)
+            run_builder(*args, chunks=chunks, **kwargs)
+
+        monkeypatch.setattr(LayerInput, "open_tar", counting_open_tar)
+        monkeypatch.setattr(nydus_driver, "run_builder", recording_run_builder)
+
+    def _recorded(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.forwarded += chunk  # taken from the feed: written to the builder's FIFO next
+            yield chunk
+
+    def convert(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> ConvertedLayer:
+        self.reads = 0
+        self.forwarded.clear()
+        driver = load_driver("nydus", options)
+        assert isinstance(driver, NydusDriver)
+        driver.single_pass = single_pass
+        return driver.convert_layer(_inputs(self.store, [raw], gzipped=True)[0])
+
+    def refusal(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> str:
+        with pytest.raises(InvalidImage) as caught:
+            self.convert(raw, single_pass=single_pass, **options)
+        assert list((self.store.root / "ingest").iterdir()) == []
+        return str(caught.value)
+
+
+@pytest.fixture
+def conversions(store: ContentStore, monkeypatch: pytest.MonkeyPatch) -> _Conversions:
+    return _Conversions(store, monkeypatch)
+
+
+def _same_layer(one: ConvertedLayer, other: ConvertedLayer) -> None:
+    assert one.descriptor == other.descriptor  # the blob (with the bootstrap inside)
+    assert one.extra == other.extra  # bootstrap, TOC and directory table digests
+
+
+def _normalised_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if "normalised for nydus-image" in r.getMessage()]
+    caplog.clear()
+    return lines
+
+
+def test_a_layer_that_needs_no_normalising_is_read_once(
+    conversions: _Conversions, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = bytes(range(256)) * 9000  # a few feed chunks; the FIFO fix-up and PAX records on the way
+    layer = tar_of(
+        directory("etc", mode=0o750),
+        file("etc/conf", b"conf\n", pax_headers={"SCHILY.xattr.user.note": "kept"}),
+        file("etc/big", big),
+        link("etc/link", "conf"),
+        hardlink("etc/hard", "etc/conf"),
+        file("deep/" + "long" * 40 + "/name", b"long name\n"),
+        ("run/initctl", b"", {"type": tarfile.FIFOTYPE}),  # tarfile leaves its device numbers blank
+    )
+    caplog.set_level(logging.INFO, logger="accel.drivers.nydus")
+    one_pass = conversions.convert(layer)
+    assert conversions.reads == 1
+    assert conversions.forwarded == b"".join(builder_compatible_tar(io.BytesIO(layer)))
+    two_passes = conversions.convert(layer, single_pass=False)
+    assert conversions.reads == 2
+    _same_layer(one_pass, two_passes)
+    assert _normalised_lines(caplog) == []
+
+
+def _without_end_marker(raw: bytes) -> bytes:
+    while raw.endswith(tarstream.ZERO_BLOCK):
+        raw = raw[: -len(tarstream.ZERO_BLOCK)]
+    return raw
+
+
+_SPARSE = imagegen.SparseFile("sp/s", 3_000_000, tuple((i * 100_000 + 7, b"s" * 5000) for i in range(25)))
+
+
+@pytest.mark.parametrize(
+    ("layer", "change"),
+    [
+        (tar_of(file("a", b"first\n"), file("b"), file("a", b"second\n")), "1 repeated path(s) dropped"),
+        (tar_of(file("d/x"), directory("d", mode=0o700)), "1 directory entries moved before their children"),
+        (imagegen.sparse_tar(_SPARSE, "pax-1.0", after={"z": b"z\n"}), "headers rewritten for 'sp/s'"),
+        (imagegen.sparse_tar(_SPARSE, "gnu-old", after={"z": b"z\n"}), "headers rewritten for 'sp/s'"),
+        (_without_end_marker(tar_of(file("a"), directory("b"))), None),
+    ],
+    ids=["repeated-path", "directory-after-child", "sparse-pax-1.0", "sparse-gnu-old", "no-end-marker"],
+)
+def test_a_layer_that_needs_normalising_gives_the_two_pass_blob(
+    layer: bytes, change: str | None, conversions: _Conversions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="accel.drivers.nydus")
+    one_pass = conversions.convert(layer)
+    assert conversions.reads == 2  # the pass that found the change, then the normalised one
+    one_pass_log = _normalised_lines(caplog)
+    two_passes = conversions.convert(layer, single_pass=False)
+    assert conversions.reads == 2
+    _same_layer(one_pass, two_passes)
+    assert one_pass_log == _normalised_lines(caplog)
+    assert [change in line for line in one_pass_log] == ([True] if change else [])
+
+
+def test_a_size_only_in_a_pax_record_goes_to_the_builder_as_before(conversions: _Conversions) -> None:
+    layer = pax_size_layer()
+    one_pass = conversions.convert(layer)
+    assert conversions.reads == 2  # the one pass stops at `big` (its run is discarded), then as before
+    _same_layer(one_pass, conversions.convert(layer, single_pass=False))
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [file("../escape")],
+        [file("a"), hardlink("l", "/../../a")],
+        [hardlink("l", "etc/passwd")],
+        [file("a"), hardlink("l", "later"), file("later")],
+        [file("a"), hardlink("l", "a"), file("a")],  # the target is replaced after the link
+        [directory("d"), hardlink("l", "d")],
+        [link("evil", "/"), file("evil/etc/x")],
+        [file("f"), file("f/x")],
+        [file("d/x"), file("d")],  # an entry below what the layer later makes a file
+    ],
+    ids=[
+        "dotdot",
+        "link-dotdot",
+        "link-missing",
+        "link-forward",
+        "link-replaced",
+        "link-to-dir",
+        "below-symlink",
+        "below-file",
+        "below-later-file",
+    ],
+)
+def test_refusals_are_the_two_pass_refusals(
+    entries: list[tuple[str, Any, dict[str, Any]]], conversions: _Conversions
+) -> None:
+    layer = tar_of(file("lead", b"\1" * 300_000), *entries)
+    message = conversions.refusal(layer)
+    assert message == conversions.refusal(layer, single_pass=False)
+    assert "nydus-image" not in message
+
+
+@pytest.mark.parametrize(
+    ("offender", "entries"),
+    [
+        (b"escape-me", [file("x/../../escape-me")]),
+        (b"not-yet", [hardlink("link", "not-yet"), file("not-yet")]),
+        (b"nowhere", [hardlink("link", "nowhere")]),
+    ],
+    ids=["dotdot", "link-forward", "link-missing"],
+)
+def test_nydus_image_never_gets_the_header_of_a_refused_entry(
+    offender: bytes, entries: list[tuple[str, Any, dict[str, Any]]], conversions: _Conversions
+) -> None:
+    layer = tar_of(file("lead", b"\1" * 300_000), *entries)
+    message = conversions.refusal(layer)
+    assert offender.decode() in message
+    forwarded = bytes(conversions.forwarded)
+    assert forwarded.startswith(layer[:512]) and len(forwarded) > 200_000  # the entry before it went on
+    assert offender not in forwarded
+
+
+def _failing_builder(tmp_path: Path, *, reads: bool) -> Path:
+    """A builder that reads its whole input (or none of it), counts its runs and fails like 2.2.0 does."""
+    script = tmp_path / "failing-nydus-image"
+    consume = 'for last; do :; done; cat "$last" > /dev/null\n' if reads else ""
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "Version: 2.2.0"; exit 0; fi\n'
+        f"echo run >> {tmp_path / 'runs'}\n"
+        f"{consume}"
+        "echo 'Error: build failed'; echo 'Caused by:'; echo '    0: numeric field was not a number'\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("reads", [True, False], ids=["reads-its-input", "reads-nothing"])
+def test_builder_failures_keep_their_message_and_a_refusal_goes_first(
+    reads: bool, conversions: _Conversions, tmp_path: Path
+) -> None:
+    builder = str(_failing_builder(tmp_path, reads=reads))
+    runs = tmp_path / "runs"
+    plain = tar_of(file("a", b"a\n"), directory("d"))
+    with pytest.raises(DriverError) as one_pass:
+        conversions.convert(plain, builder=builder)
+    with pytest.raises(DriverError) as two_passes:
+        conversions.convert(plain, builder=builder, single_pass=False)
+    assert str(one_pass.value) == str(two_passes.value)
+    assert "failed with exit code 1:\nError: build failed" in str(one_pass.value)
+    # The scan wins over the builder's failure: a refusal, or the normalised build (which fails again).
+    hostile = tar_of(file("a"), link("evil", "/"), file("evil/x"))
+    assert "'evil/x' lies below 'evil'" in conversions.refusal(hostile, builder=builder)
+    runs.unlink()
+    with pytest.raises(DriverError, match="failed with exit code 1"):
+        conversions.convert(tar_of(file("d/x"), directory("d")), builder=builder)
+    assert runs.read_text() == "run\nrun\n"

@@ -6,14 +6,18 @@ applied with OCI semantics (tests/harness/trees.py).
 
 from __future__ import annotations
 
+import collections
 import io
+import random
 import tarfile
 
 import pytest
 
 from accel import tarnormalize as tn
 from accel import tarstream
+from accel.drivers.nydus import tar as nydus_tar
 from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
+from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
 from tests.harness.imagegen import tar_info, tar_members
@@ -206,3 +210,128 @@ def test_patch_tar_holds_directories_parents_first_with_xattrs() -> None:
         assert members[1].mtime == pytest.approx(1_600_000_000.000000123)
     entries = trees.tar_entries(raw)
     assert entries["a/b"].xattrs == {"user.k": b"v\xff"}
+
+
+# --- one pass: the Nydus builder's feed scans the layer as it forwards it -----------------------------
+
+_NAMES = ["a", "a/b", "a/b/c", "d", "d/e", "./f", "/abs", "a/../g", "../esc", "h", "l" * 120 + "/x"]
+_KINDS = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
+
+
+def _random_layer(rng: random.Random) -> bytes:
+    """A few entries drawn from a small pool of names and kinds: repeats, links to anywhere, odd names."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for _ in range(rng.randint(1, 7)):
+        name, kind = rng.choice(_NAMES), rng.choice(_KINDS)
+        info = tar_info(name, kind, mode=0o755 if kind == tarfile.DIRTYPE else 0o644)
+        if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            info.linkname = rng.choice(_NAMES)
+        if rng.random() < 0.2:
+            info.pax_headers = {"SCHILY.xattr.user.k": "v"}
+        data = b"z" * rng.choice([0, 1, 700]) if kind == tarfile.REGTYPE else None
+        members.append((info, data))
+    raw = tar_members(*members, closed=rng.random() < 0.9)
+    return raw + (b"trailing" if rng.random() < 0.1 else b"")
+
+
+def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.LayerPlan | str]:
+    """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal).
+
+    The feed stops, or refuses while feeding, before the end of the layer whenever there is a refusal.
+    """
+    feed = ScanningFeed(io.BytesIO(raw))
+    forwarded = bytearray()
+    stopped = None
+    try:
+        for chunk in feed.chunks():
+            forwarded += chunk
+    except NotPassedThrough as exc:
+        stopped = str(exc)
+    except InvalidImage as exc:
+        return bytes(forwarded), "refused while feeding", str(exc)
+    try:
+        return bytes(forwarded), stopped, feed.plan()
+    except InvalidImage as exc:
+        assert stopped is not None, f"{exc} was only found after the whole layer was fed"
+        return bytes(forwarded), stopped, str(exc)
+
+
+def _scan_layer(raw: bytes) -> tn.LayerPlan | str:
+    try:
+        return tn.scan_layer(io.BytesIO(raw))
+    except InvalidImage as exc:
+        return str(exc)
+
+
+def pax_size_layer() -> bytes:
+    """A layer whose `big` carries its size in a PAX record only (its header block says 0), as writers do
+    for files over 8 GiB: `builder_compatible_tar` reads its payload as header blocks."""
+    raw = bytearray(_tar(_file("a"), _file("big", b"b" * 1000, pax_headers={"size": "1000"}), _file("c")))
+    main_block = 2 * 512 + 2 * 512  # after `a` (header, data) and big's PAX header (header, records)
+    assert raw[main_block : main_block + 4] == b"big\0"
+    raw[main_block + 124 : main_block + 136] = b"%011o\0" % 0
+    raw[main_block + 148 : main_block + 156] = b"        "
+    raw[main_block + 148 : main_block + 156] = b"%06o\0 " % sum(raw[main_block : main_block + 512])
+    return bytes(raw)
+
+
+def _layers_for_the_one_pass() -> list[bytes]:
+    rng = random.Random(20261129)
+    layers = [_random_layer(rng) for _ in range(600)]
+    layers += [builder.to_tar(f) for builder in imagegen.standard_layers(200_000) for f in ("pax", "gnu")]
+    sparse = imagegen.SparseFile("sp/s", 50_000, ((5, b"a" * 600), (40_000, b"b" * 10)))
+    layers += [imagegen.sparse_tar(sparse, form, after={"sp/after": b"x"}) for form in imagegen.SPARSE_FORMS]
+    layers.append(_tar((tar_info("dev/fifo", tarfile.FIFOTYPE), None), _file("big", b"q" * 300_000)))
+    layers.append(pax_size_layer())
+    with_global_header = io.BytesIO()
+    with tarfile.open(fileobj=with_global_header, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "a PAX global header first"}) as tar:  # fmt: skip
+        tar.addfile(tar_info("g/file", size=3), io.BytesIO(b"abc"))
+    layers.append(with_global_header.getvalue())
+    return layers
+
+
+def test_the_one_pass_feed_decides_as_scan_layer_and_forwards_what_the_builder_got_before() -> None:
+    outcomes: collections.Counter[str] = collections.Counter()
+    for raw in _layers_for_the_one_pass():
+        forwarded, stopped, plan = _one_pass(raw)
+        assert plan == _scan_layer(raw)  # the same plan, or the same refusal
+        if isinstance(plan, str):
+            outcomes["refused"] += 1
+        elif plan.passes_through and stopped is not None:
+            # The builder gets it as before, from `builder_compatible_tar`, in a second pass.
+            assert "payload size" in stopped
+            assert raw == pax_size_layer()
+            outcomes["passed through in a second pass"] += 1
+        elif plan.passes_through:
+            # Byte for byte what `builder_compatible_tar` gave the builder when the scan ran first.
+            assert forwarded == b"".join(builder_compatible_tar(io.BytesIO(raw)))
+            outcomes["passed through"] += 1
+        elif plan.ends_cleanly:
+            assert stopped is not None  # every change is seen before the builder gets the entry
+            outcomes["stopped early"] += 1
+        else:
+            outcomes["no end marker"] += 1
+    assert outcomes.pop("passed through in a second pass") == 1
+    assert min(outcomes.values()) >= 10 and len(outcomes) == 4, outcomes
+
+
+def test_the_one_pass_feed_stops_before_the_entry_that_shows_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nydus_tar, "GATHER_SIZE", 1)  # each piece goes on its own: the boundary shows
+    first = _file("first", b"1" * 1000)
+    for later, reason in [
+        (_file("first", b"again"), "repeats a path"),
+        (_file("/abs"), "is rewritten"),
+        (_dir("x/../y"), "is rewritten"),
+        (_file("first/below"), "lies below a non-directory"),
+    ]:
+        raw = _tar(first, later)
+        forwarded, stopped, plan = _one_pass(raw)
+        assert stopped is not None and reason in stopped
+        assert isinstance(plan, str) or not plan.passes_through
+        assert forwarded == raw[: len(forwarded)] and len(forwarded) == 1536  # `first` and nothing more
+    raw = _tar(_file("d/f"), _dir("d"))
+    forwarded, stopped, _ = _one_pass(raw)
+    assert stopped == "'d/' comes after an entry below it" and len(forwarded) == 1024

@@ -33,9 +33,10 @@ zran, which indexes the original bytes); `batch_size`, encryption and parent-boo
 It also mishandles legal tars (issue 11): sparse entries, a directory after its child, a repeated path,
 and it gives directories an upper layer only implies the defaults 0755 root mtime 0, which merge lets win
 over the lower layer's. So the layer reaches it normalised (`accel.tarnormalize`: sparse files expanded,
-parents first, the last entry of a path only, hostile entries refused before it runs), and `finish` merges
-a chunkless patch bootstrap after each layer with implied directories (`directories`); zran layers that
-would need normalising are refused. Its panics are reported in one line (`builder.failure_message`).
+parents first, the last entry of a path only; a hostile layer refused before it reads the entry showing
+it), and `finish` merges a chunkless patch bootstrap after each layer with implied directories
+(`directories`); zran layers that would need normalising are refused. Its panics are reported in one
+line (`builder.failure_message`).
 
 Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`

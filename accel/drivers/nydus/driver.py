@@ -35,6 +35,7 @@ from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstra
 from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
+from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
     ENTRY_TOC,
@@ -43,7 +44,7 @@ from accel.drivers.nydus.trailer import (
     nydus_blob,
     pack_bootstrap,
 )
-from accel.errors import DriverError, InvalidImage
+from accel.errors import ConfigError, DriverError, InvalidImage
 from accel.model import BuiltImage, SourceImage
 from accel.oci import Platform
 from accel.store import ContentStore
@@ -70,6 +71,9 @@ class NydusDriver(Driver):
     source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
 
     options: NydusOptions
+    # False: every layer is read twice, scanned and then built, as before the single pass (kept to compare
+    # the two in tests; the bytes of the blob are the same).
+    single_pass = True
 
     def __init__(self, options: DriverOptions, chunk_dict: ChunkDict | None = None) -> None:
         super().__init__(options)
@@ -180,33 +184,17 @@ class NydusDriver(Driver):
         if self.options.oci_ref:
             return self._convert_layer_ref(layer)
         store = layer.store
-        # Pass 1, headers only: refuses hostile entries before the builder runs, plans the reordering.
-        normal = _scan_layer(layer, check_diff_id=False)
-        if normal.changes():
-            # The tree stays the same (layer application would do the same); the log says what moved.
-            log.info(
-                "layer %s normalised for nydus-image: %s",
-                dg.short(layer.descriptor.digest),
-                "; ".join(normal.changes()),
-            )
         with scratch_dir(store) as work:
             blob_path = work / "layer.blob"
             fifo = work / "layer.tar"
             os.mkfifo(fifo, 0o600)
-            with layer.open_tar() as tar_stream:
-                run_builder(
-                    self.builder,
-                    self._create_args(blob_path, fifo, store, chunk_dict),
-                    what=f"create for layer {dg.short(layer.descriptor.digest)}",
-                    stdin_text=self.options.prefetch_input,
-                    fifo=fifo,
-                    # Most layers need no change: then the builder reads the tar itself, not a re-parse.
-                    source=(
-                        tar_stream
-                        if normal.passes_through
-                        else tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal))
-                    ),
-                )
+            args = self._create_args(blob_path, fifo, store, chunk_dict)
+            # Most layers need no normalising: one read feeds the builder and scans the layer; the rest
+            # take a second read, normalised by the plan of the first.
+            normal, built = self._build_in_one_pass(layer, args, fifo) if self.single_pass else (None, False)
+            if not built:
+                blob_path.unlink(missing_ok=True)  # a killed or discarded run's output
+                normal = self._build_in_two_passes(layer, args, fifo, normal)
             # Only now, after the source tar matched its diff_id, do the blob and the table enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
         table = store_table(store, normal.table)
@@ -230,6 +218,78 @@ class NydusDriver(Driver):
             extra=extra,
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
+
+    def _build_in_one_pass(
+        self, layer: LayerInput, args: list[str], fifo: Path
+    ) -> tuple[tarnormalize.LayerPlan, bool]:
+        """Feed the layer to the builder as it is while scanning it (`ScanningFeed`): the plan of the layer,
+        and whether the builder's blob is the layer's (the builder got all of it, and the plan passes it
+        through). A hostile entry is refused before the builder gets its header; when the builder fails, a
+        refusal or a needed change found by the scan goes first (the builder may have failed on just that),
+        its error otherwise.
+        """
+        short = dg.short(layer.descriptor.digest)
+        try:
+            builder = self.builder
+        except ConfigError:
+            _scan_layer(layer, check_diff_id=False)  # no builder: a refusal still goes first
+            raise
+        with layer.open_tar() as tar_stream:
+            feed = ScanningFeed(tar_stream)
+            builder_error: DriverError | None = None
+            fed = False
+            try:
+                try:
+                    run_builder(
+                        builder,
+                        args,
+                        what=f"create for layer {short}",
+                        stdin_text=self.options.prefetch_input,
+                        fifo=fifo,
+                        chunks=feed.chunks(),
+                    )
+                    fed = True
+                except NotPassedThrough as stop:
+                    log.debug("layer %s is not passed through as it is (%s): two passes", short, stop)
+                except DriverError as exc:
+                    builder_error = exc
+                normal = feed.plan()
+            except InvalidImage as exc:
+                raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+            if builder_error is not None and normal.passes_through:
+                raise builder_error
+        return normal, fed and normal.passes_through
+
+    def _build_in_two_passes(
+        self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.LayerPlan | None
+    ) -> tarnormalize.LayerPlan:
+        """Pass 1 (unless `normal` is its plan already), headers only: refuses hostile entries before the
+        builder runs, plans the normalising. Pass 2 feeds the builder the normalised layer."""
+        if normal is None:
+            normal = _scan_layer(layer, check_diff_id=False)
+        if normal.changes():
+            # The tree stays the same (layer application would do the same); the log says what moved.
+            log.info(
+                "layer %s normalised for nydus-image: %s",
+                dg.short(layer.descriptor.digest),
+                "; ".join(normal.changes()),
+            )
+        with layer.open_tar() as tar_stream:
+            run_builder(
+                self.builder,
+                args,
+                what=f"create for layer {dg.short(layer.descriptor.digest)}",
+                stdin_text=self.options.prefetch_input,
+                fifo=fifo,
+                # A layer that needs no change goes as it is (here only when `single_pass` is off, or the
+                # one pass met an entry whose extension headers `builder_compatible_tar` walks otherwise).
+                source=(
+                    tar_stream
+                    if normal.passes_through
+                    else tarnormalize.as_stream(tarnormalize.normalized_tar(tar_stream, normal))
+                ),
+            )
+        return normal
 
     def _convert_layer_ref(self, layer: LayerInput) -> ConvertedLayer:
         """zran: index the original gzip blob; the Nydus layer keeps only RAFS and zran metadata."""
