@@ -106,8 +106,9 @@ def test_a_follower_fails_when_the_pull_gives_up(tmp_path: Path) -> None:
     gate = Gate()
     broken = _start(_write, store, DATA, gate, 2 * PIECE)
     with store.open_following(DIGEST) as follower:
-        gate.step(3)
+        gate.step()
         assert follower.read(PIECE) == DATA[:PIECE]
+        gate.step(2)  # one more piece, then the download breaks and no retry comes
         broken.join(10)
         store.give_up(DIGEST, "its pull-layer task run failed")
         with pytest.raises(BlobUnavailable, match="its pull-layer task run failed"):
