@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,27 @@ DIGEST = dg.of_bytes(DATA)
 PIECE = 256 << 10
 
 
-def _read_all(reader) -> bytes:
-    out = bytearray()
-    while chunk := reader.read(100_000):
-        out += chunk
-    return bytes(out)
+def _read_all(reader, seconds: float = 30) -> bytes:
+    """The rest of `reader`, or its error; a reader still waiting after `seconds` fails the test (instead of
+    hanging the suite)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        out = bytearray()
+        try:
+            while chunk := reader.read(100_000):
+                out += chunk
+            outcome["data"] = bytes(out)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the follower still waits after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["data"]
 
 
 class Gate:
