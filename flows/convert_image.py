@@ -32,7 +32,13 @@ from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_image, convert_layer, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
-from tasks.convert import pull_layers, upload_layer, uploads_early
+from tasks.convert import (
+    announce_conversions,
+    pull_layers,
+    upload_layer,
+    uploads_early,
+    withdraw_when_done,
+)
 from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
 from tasks.store import collect_garbage
 
@@ -344,6 +350,8 @@ def _pull_and_convert(
     pulls = pull_layers(source, to_pull, config_path)  # each conversion reads its layer while it arrives
     # converter.limits.max_image_size: the layers of each platform image count together while they stream.
     images = images_of_layers(image)
+    # The largest layers take the conversion slots first (tasks.slots).
+    slots = announce_conversions(missed)
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
         d: [
             convert_layer.submit(
@@ -356,6 +364,7 @@ def _pull_and_convert(
         ]
         for d, misses in missed.items()
     }
+    withdraw_when_done(slots, missed, conversions)
     uploads: dict[str, list[PrefectFuture[Any]]] = {
         d: [
             upload_layer.submit(layer, allow_failure(future), early[d], source, d, config_path)

@@ -9,7 +9,7 @@ import weakref
 from typing import Any
 
 from prefect import task
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture
 
 from accel import copy, publish
@@ -26,6 +26,7 @@ from accel.transports import Transports, is_local
 from accel.verify import VerifyError, verify_built
 from tasks.limits import LayerSizes, image_budgets
 from tasks.policy import layer_run_name
+from tasks.slots import ConversionSlots
 
 
 @task(
@@ -90,21 +91,48 @@ def layer_conversions() -> int:
 
 
 _slots_lock = threading.Lock()
-# flow run id → its semaphore, alive while some conversion of that run holds or waits for it.
-_slots: weakref.WeakValueDictionary[str, threading.BoundedSemaphore] = weakref.WeakValueDictionary()
+# flow run id → its slots, alive while the flow (`announce_conversions`) or a conversion holds them.
+_slots: weakref.WeakValueDictionary[str, ConversionSlots] = weakref.WeakValueDictionary()
 
 
-def _conversion_slots() -> threading.BoundedSemaphore:
-    """The calling task run's flow run's limit (runs in one process, e.g. acceld's in-process runner, do not
-    share one: each keeps its own pace, as converter.worker runs in parallel)."""
-    context = TaskRunContext.get()
-    run = str(context.task_run.flow_run_id) if context is not None else ""
+def _run_slots(run: str) -> ConversionSlots:
+    """The flow run's slots (runs in one process, e.g. acceld's in-process runner, do not share them: each
+    keeps its own pace, as converter.worker runs in parallel)."""
     with _slots_lock:
         slots = _slots.get(run)
         if slots is None:
-            slots = threading.BoundedSemaphore(layer_conversions())
+            slots = ConversionSlots(layer_conversions())
             _slots[run] = slots
         return slots
+
+
+def _slot_key(layer: img.SourceLayer, driver_type: str) -> str:
+    return f"{layer.descriptor.digest} {driver_type}"
+
+
+def announce_conversions(missed: dict[str, list[img.SourceLayer]]) -> ConversionSlots:
+    """Tell this flow run's conversion slots which conversions (driver → layers) are about to be submitted,
+    so that the largest layers go first (`tasks.slots`). The caller keeps the returned slots until the
+    conversions are done, and passes their runs to `withdraw_when_done`."""
+    context = FlowRunContext.get()
+    slots = _run_slots(str(context.flow_run.id) if context is not None and context.flow_run else "")
+    for driver_type, layers in missed.items():
+        for layer in layers:
+            slots.announce(_slot_key(layer, driver_type), layer.descriptor.size)
+    return slots
+
+
+def withdraw_when_done(
+    slots: ConversionSlots,
+    missed: dict[str, list[img.SourceLayer]],
+    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]],
+) -> None:
+    """A conversion whose run ends without asking for a slot (answered by Prefect's task cache, or failed
+    first) no longer holds smaller layers back."""
+    for driver_type, futures in conversions.items():
+        for layer, future in zip(missed[driver_type], futures, strict=True):
+            key = _slot_key(layer, driver_type)
+            future.add_done_callback(lambda _, key=key: slots.withdraw(key))
 
 
 @task(
@@ -125,7 +153,10 @@ def convert_layer(
     expansion = ExpansionLimits(
         max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio, images=budgets
     )
-    with _conversion_slots():  # at most layer_conversions() of this flow run's layers at once
+    context = TaskRunContext.get()
+    slots = _run_slots(str(context.task_run.flow_run_id) if context is not None else "")
+    # At most layer_conversions() of this flow run's layers at once, the largest first.
+    with slots.slot(_slot_key(layer, driver_type), layer.descriptor.size):
         converted = driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
     # The driver read the layer to its end (the DiffID is checked there): its whole uncompressed size.
     if budgets and (size := budgets[0].counted(hex_of(layer.descriptor.digest))):
