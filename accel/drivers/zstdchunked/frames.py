@@ -19,8 +19,9 @@ import zstandard
 from accel.compression import BackgroundDigester, BackgroundWriter
 
 LARGE_FRAME = 4 << 20  # frames above this are compressed as a stream instead of in one pool job
-# Uncompressed bytes queued for the pool before the writer waits; 16 MiB held 45 MiB more and was no faster.
-MAX_PENDING_BYTES = 4 << 20
+# Uncompressed bytes queued for the pool before the writer waits; 16 MiB held 45 MiB more and was no faster,
+# and 4 MiB held ~10 MiB more than 2 MiB in the one-time runner (two conversions at once), no faster either.
+MAX_PENDING_BYTES = 2 << 20
 BATCH_BYTES = 256 << 10  # small frames are sent to the pool together until they add up to this
 BATCH_FRAMES = 256
 OUTPUT_BYTES = 1 << 20  # compressed bytes gathered before one write to the output
