@@ -63,7 +63,7 @@ def main() -> int:
         run = prefect.read_flow_run(flow_run_id)
     print(f"\nPrefect UI: {args.ui}")
     print(f"  this run:  {args.ui}/runs/flow-run/{flow_run_id}  ({run.name})")
-    print("  look at:   the task graph (resolve → pull → convert and upload per layer → build → push),")
+    print("  look at:   the task graph (resolve → pull and convert per layer, side by side → upload → push),")
     print(
         "             the task runs named after layer digests, and the 'conversion-demo-sample-…' artifact"
         " (sizes, stages)"
