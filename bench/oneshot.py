@@ -54,6 +54,7 @@ from accel.reference import Reference  # noqa: E402
 from accel.registry import HostConfig, RegistryClient  # noqa: E402
 from accel.store import ContentStore  # noqa: E402
 from bench.images import describe, source_image  # noqa: E402
+from service import local  # noqa: E402
 from tests.harness import pushing  # noqa: E402
 from tests.harness.registry import anonymous_registry, free_port  # noqa: E402
 
@@ -240,8 +241,6 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
 def _service(
     env: dict[str, str], registry: str, source: Reference, driver: str, work: Path, *acceld_args: str
 ) -> dict[str, float]:
-    from service import local
-
     port = free_port()
     name = f"acceld-{source.repository.rsplit('/', 1)[-1]}"
     config = _config(work / f"{name}.yaml", registry, driver, work / f"work-{name}", port)
@@ -329,6 +328,7 @@ def main() -> int:
         built = source_image(store, args.mb, args.tar)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env["ACCEL_STATE_DIR"] = str(work / "state")
+        os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]  # where `service.local` finds them
         env["PATH"] = os.pathsep.join(
             [str(ROOT / ".tools/bin"), str(Path(sys.executable).parent), env["PATH"]]
         )
@@ -346,9 +346,6 @@ def main() -> int:
             print(f"image: {len(built.layers)} layers, {sum(x.size for x in built.layers) / MB:.1f} MiB gzip")
 
             def process_cpu() -> dict[str, float]:
-                from service import local
-
-                os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
                 info = local.server_info()
                 registry_proc = getattr(registry, "_proc", None)
                 pids = {
@@ -380,9 +377,6 @@ def main() -> int:
                     cold.append(convert(f"cold call {n + 1}", sources[f"cold-{n}"], f"cold-{n}"))
                     cold_breakdowns.append(BREAKDOWNS[-1])
                     if args.timeline and n == args.rounds - 1:
-                        from service import local
-
-                        os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
                         info = local.running_server()
                         timeline = _task_timeline(info.api_url) if info else []
                     wall = _peer(
@@ -401,10 +395,6 @@ def main() -> int:
                 if cold and peer:
                     ratio = statistics.median(cold) / statistics.median(peer)
                     rows["ratio accel / peer (goal ≤ 1.25)"] = ratio
-                sys.path.insert(0, str(ROOT))
-                os.environ["ACCEL_STATE_DIR"] = env["ACCEL_STATE_DIR"]
-                from service import local
-
                 runner_rss = _peak_rss_mib(local.runner_pid())
                 info = local.server_info()
                 server_rss = _peak_rss_mib(info.pid if info else None)
