@@ -353,15 +353,7 @@ def _pull_and_convert(
     # The largest layers take the conversion slots first (tasks.slots).
     slots = announce_conversions(missed)
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
-        d: [
-            convert_layer.submit(
-                layer,
-                d,
-                config_path,
-                images[layer.descriptor.digest],
-            )
-            for layer in misses
-        ]
+        d: [convert_layer.submit(layer, d, config_path, images[layer.descriptor.digest]) for layer in misses]
         for d, misses in missed.items()
     }
     withdraw_when_done(slots, missed, conversions)
