@@ -15,12 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from accel.config import ConverterSettings, Settings
-
-CONVERT_FLOW = "convert-image"
-BULK_FLOW = "bulk-reconvert"
-# `<flow name>/<deployment name>`: each deployment is named after its flow.
-CONVERT_DEPLOYMENT = f"{CONVERT_FLOW}/{CONVERT_FLOW}"
-BULK_DEPLOYMENT = f"{BULK_FLOW}/{BULK_FLOW}"
+from flows.names import BULK_FLOW, CONVERT_FLOW
 
 DEFAULT_BULK_SCHEDULE = "0 3 * * *"  # daily at 03:00 UTC, when the config does not say
 DEFAULT_CONCURRENCY = ConverterSettings.model_fields["worker"].default  # converter.worker's default

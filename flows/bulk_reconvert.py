@@ -33,8 +33,8 @@ from accel.errors import AccelError
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from accel.registry.errors import NotFound
-from deployments.definitions import CONVERT_DEPLOYMENT
 from flows.convert_image import _config_path, convert_image
+from flows.names import BULK_FLOW, CONVERT_DEPLOYMENT
 
 
 class StaleImage(BaseModel):
@@ -157,7 +157,7 @@ def _idempotency_key(settings: Settings, image: StaleImage, run_scope: str) -> s
     return f"{plan.idempotency_key}-bulk-{run_scope}"
 
 
-@flow(name="bulk-reconvert", flow_run_name=bulk_run_name, log_prints=True)
+@flow(name=BULK_FLOW, flow_run_name=bulk_run_name, log_prints=True)
 def bulk_reconvert(
     config: str | None = None,
     repositories: list[str] | None = None,

@@ -21,27 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.onetime import check_request, describe_failure
 from service.state import use_embedded_prefect
-
-
-def check_request(source: str, config: str, drivers: list[str] | None, target: str | None) -> str | None:
-    """Config, reference and drivers checked before anything Prefect runs: a bad call fails in a fraction of
-    a second with its cause, and starts no server. Returns the error message, or None. The warm runner runs
-    the same check for a call it receives, so the client need not import the engine when the runner is up."""
-    from accel.config import load_file
-    from accel.errors import AccelError
-    from accel.plan import plan_conversion, with_target
-    from accel.transports import parse_location
-
-    try:
-        settings = load_file(config)
-        reference = parse_location(source).reference
-        plan = plan_conversion(settings, reference, drivers or None)
-        with_target(plan, parse_location(target).reference if target else None)
-    except AccelError as exc:
-        return str(exc)
-    return None
-
 
 # accel.transports' local transports, spelled here so the client needs no engine import.
 LOCAL_TRANSPORT_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
@@ -73,7 +54,6 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     """The flow in this process, against PREFECT_API_URL (else Prefect's temporary server)."""
     use_embedded_prefect()
     from flows.convert_image import convert_image
-    from service.localrunner import describe_failure
 
     try:
         result = convert_image(

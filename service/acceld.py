@@ -207,7 +207,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     import uvicorn
 
     from accel.config import Settings
-    from deployments.definitions import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+    from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
     from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
     from service.metrics import Metrics

@@ -30,14 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.onetime import check_request, describe_failure
+
 log = logging.getLogger("accel.localrunner")
-
-
-def describe_failure(exc: BaseException) -> str:
-    """The one-line cause accelctl prints: an accel error as is, anything else with its type."""
-    from accel.errors import AccelError
-
-    return str(exc) if isinstance(exc, AccelError) else f"{type(exc).__name__}: {exc}"
 
 
 class _Forwarder(logging.Handler):
@@ -87,7 +82,6 @@ class Runner:
         from prefect.context import SettingsContext
 
         from flows.convert_image import convert_image
-        from service.accelctl import check_request
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None

@@ -40,9 +40,9 @@ from prefect.states import Failed
 from accel.config import Settings
 from accel.plan import ConversionPlan, attempt_key, plan_conversion
 from accel.reference import Reference
-from deployments.definitions import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult
 from flows.duplicates import DUPLICATE_TAG
+from flows.names import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from service.api.conversions import (
     COMPLETED,
     FAILED,

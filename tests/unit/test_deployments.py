@@ -9,14 +9,9 @@ import yaml
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from accel.config import load_settings
-from deployments.definitions import (
-    BULK_DEPLOYMENT,
-    CONVERT_DEPLOYMENT,
-    DEFAULT_BULK_SCHEDULE,
-    DEFAULT_CONCURRENCY,
-    definitions,
-)
+from deployments.definitions import DEFAULT_BULK_SCHEDULE, DEFAULT_CONCURRENCY, definitions
 from deployments.render import render
+from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
 
 REPO = Path(__file__).resolve().parents[2]
 
