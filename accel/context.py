@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from pathlib import Path
 
 from accel.config import Settings, load_text
@@ -23,6 +24,10 @@ class Context:
         self.settings = settings
         self.store = ContentStore(settings.provider.work_dir / "content")
         self._client: RegistryClient | None = None
+        # The client's connections close once the context is gone: replaced by an edited config's, and no
+        # longer held by a task still running with it.
+        self._opened: list[RegistryClient] = []
+        weakref.finalize(self, _close_all, self._opened)
         self._drivers: dict[str, Driver] = {}
         self._lock = threading.Lock()
         platforms = settings.converter.platform_filter()
@@ -44,6 +49,7 @@ class Context:
                     for name, h in self.settings.provider.source.items()
                 }
                 self._client = RegistryClient(hosts=hosts, docker_config=self.settings.provider.docker_config)
+                self._opened.append(self._client)
             return self._client
 
     def driver(self, driver_type: str) -> Driver:
@@ -55,12 +61,15 @@ class Context:
         # Outside the lock: resolving a dependency talks to the registry (through `self.client`).
         return self.dependencies.bind(driver)
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+
+def _close_all(clients: list[RegistryClient]) -> None:
+    for client in clients:
+        client.close()
 
 
-_contexts: dict[tuple[str, str], Context] = {}
+# Resolved config path → (its content's digest, the context built from that content): one per file, so an
+# edited config replaces its context instead of adding one.
+_contexts: dict[str, tuple[str, Context]] = {}
 _contexts_lock = threading.Lock()
 
 
@@ -72,9 +81,11 @@ def context_for(config_path: str | Path) -> Context:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    key = (str(path), hashlib.sha256(text.encode()).hexdigest())
+    digest = hashlib.sha256(text.encode()).hexdigest()
     with _contexts_lock:
-        ctx = _contexts.get(key)
-        if ctx is None:
-            ctx = _contexts[key] = Context(load_text(text, path))
+        known = _contexts.get(str(path))
+        if known is not None and known[0] == digest:
+            return known[1]
+        ctx = Context(load_text(text, path))
+        _contexts[str(path)] = (digest, ctx)
         return ctx

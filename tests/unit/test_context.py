@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -31,3 +32,15 @@ def test_same_content_is_one_context_and_new_content_a_new_one(tmp_path):
 def test_a_missing_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         context_for(tmp_path / "missing.yaml")
+
+
+def test_an_edited_config_replaces_its_context_and_closes_the_old_client(tmp_path):
+    path = write_config(tmp_path / "config.yaml", {"127.0.0.1:1": {}}, [driver("estargz")])
+    first = context_for(path)
+    http = first.client._http
+    write_config(path, {"127.0.0.1:1": {}}, [driver("zstdchunked")])
+    assert context_for(path) is not first
+    assert not http.is_closed  # a task still running with the old context keeps its client
+    del first
+    gc.collect()
+    assert http.is_closed  # released: its connections are closed, not leaked
