@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import oras.auth.utils
 
 from accel.registry.errors import AuthenticationError, Forbidden, RegistryError, TransientRegistryError
 from accel.registry.errors import is_transient_status as _is_transient_status
@@ -60,7 +59,7 @@ class Credential:
         return cls(username, password)
 
     def basic_header(self) -> str:
-        return "Basic " + oras.auth.utils.get_basic_auth(self.username, self.password)
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
 
 # --- challenges ------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 def parse_challenges(header: str) -> list[Challenge]:
     """Parse a `WWW-Authenticate` value into its challenges (RFC 7235).
 
-    Not `oras.auth.utils.parse_auth_header`: it drops the scheme (so Basic and Bearer look alike), its
+    Hand-written: oras-py's `parse_auth_header` drops the scheme (so Basic and Bearer look alike), its
     `[a-zA-z]` class admits punctuation, it skips unquoted values and mis-parses empty ones (`service=""`).
     """
     challenges: list[Challenge] = []
@@ -190,14 +189,14 @@ class DockerConfig:
     @classmethod
     def load(cls, path: Path | None = None) -> DockerConfig:
         """One explicit file, or the usual discovery ($DOCKER_CONFIG, then ~/.docker/config.json)."""
+        # Where the docker CLI looks, one file: $DOCKER_CONFIG/config.json (warned about when missing, as
+        # an explicit file is), else ~/.docker/config.json when there is one.
         if path is None and os.environ.get("DOCKER_CONFIG"):
-            # oras only knows ~/.docker; honour DOCKER_CONFIG the way the docker CLI does.
             path = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
         if path is None:
-            found = oras.auth.utils.load_configs()
-            return cls(found.get("auths") or {}, found.get("credsStore"), found.get("credHelpers"))
-        # An explicit file is read alone: oras.load_configs would also merge ~/.docker/config.json in
-        # unspecified (set) order, letting the default file override the one we were given.
+            path = Path.home() / ".docker" / "config.json"
+            if not path.exists():
+                return cls({})
         try:
             doc = json.loads(Path(path).read_text())
         except FileNotFoundError:

@@ -118,6 +118,22 @@ def test_docker_config_username_password_entries_and_env_discovery(tmp_path, mon
     assert DockerConfig.load().lookup("r.example.com") == Credential("carol", SECRET)
 
 
+def test_docker_config_home_discovery_reads_only_the_users_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert DockerConfig.load().lookup("r.example.com") is None  # no ~/.docker/config.json: no credentials
+    (tmp_path / ".docker").mkdir()
+    auths = {"auths": {"r.example.com": {"auth": b64("dan:x:y")}}}
+    (tmp_path / ".docker" / "config.json").write_text(json.dumps(auths))
+    assert DockerConfig.load().lookup("r.example.com") == Credential("dan", "x:y")
+
+
+def test_basic_header_is_base64_of_user_colon_password():
+    header = Credential("bob", SECRET).basic_header()
+    assert header.startswith("Basic ")
+    assert base64.b64decode(header.removeprefix("Basic ")).decode() == f"bob:{SECRET}"
+
+
 def test_credential_helper_is_asked_for_the_host(tmp_path, monkeypatch):
     helper = tmp_path / "bin" / "docker-credential-fake"
     helper.parent.mkdir()
