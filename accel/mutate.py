@@ -19,7 +19,8 @@ from accel import constants as mt
 from accel.oci import Descriptor, Index, Manifest, canonical_json, go_json
 from accel.store import ContentStore
 
-Entry = Descriptor | Mapping[str, Any]  # an index entry: a descriptor, or one kept verbatim from a document
+# An index entry: a descriptor, or one kept verbatim from a document.
+IndexEntry = Descriptor | Mapping[str, Any]
 
 
 def subject_of(desc: Descriptor) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def manifest(
 
 def index(
     media_type: str,
-    manifests: Sequence[Entry],
+    manifests: Sequence[IndexEntry],
     *,
     subject: Descriptor | None = None,
     annotations: Mapping[str, str] | None = None,
