@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
 from accel import compression
 from accel import constants as mt
@@ -84,6 +84,16 @@ class LayerInput:
             yield f
 
 
+class LayerFacts(BaseModel):
+    """Base of a driver's own facts about a converted layer, which its `finish` needs beyond the descriptor
+    (for example where the layer's metadata is in the store). A driver declares its subclass as
+    `Driver.facts_model`; the conversion cache stores `model_dump(mode="json")` with the record and reads it
+    back through `facts_model`, so a subclass keeps its field names (or reads older records itself) and
+    carries a `version` field that says which shape it has: a record of another version is a cache miss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class ConvertedLayer(BaseModel):
     """Result of `convert_layer`: small, JSON-serialisable, the blob itself stays in the store."""
 
@@ -92,7 +102,9 @@ class ConvertedLayer(BaseModel):
     source: Descriptor  # the source layer it came from
     descriptor: Descriptor  # the converted blob (digest, size, media type, annotations)
     diff_id: str  # digest of the converted layer's uncompressed content
-    extra: dict[str, str] = {}  # driver-private facts for `finish`, kept verbatim by the cache
+    # The driver's facts for `finish` (an instance of its `facts_model`), None for a driver that needs none.
+    # SerializeAsAny: dumps keep the subclass's fields.
+    facts: SerializeAsAny[LayerFacts] | None = None
     # Blobs `finish` needs in the content store besides the layer itself (a Nydus layer bootstrap); a
     # conversion cache record carries them.
     local_blobs: tuple[Descriptor, ...] = ()
@@ -102,7 +114,7 @@ class ConvertedLayer(BaseModel):
 
 
 # Bump when ConvertedLayer gains or changes fields: results persisted by an older version must not be reused.
-CONVERTED_LAYER_SCHEMA = "2"
+CONVERTED_LAYER_SCHEMA = "3"  # 3: `facts` (a driver's typed model) replaced the `extra` string map
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +162,9 @@ class Driver:
     implementation_version: ClassVar[str] = "1"
     # Where a conversion cache record names its source layer.
     source_digest_annotation: ClassVar[str] = mt.ACCEL_LAYER_SOURCE_DIGEST
+    # The model of `ConvertedLayer.facts` this driver writes (None: its layers carry none); the conversion
+    # cache reads a record's facts back through it.
+    facts_model: ClassVar[type[LayerFacts] | None] = None
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options

@@ -7,7 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -17,6 +17,10 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import image as img
 from accel.drivers import ConvertedLayer, Driver, DriverOptions, LayerInput, load_driver
+from accel.drivers.base import LayerFacts
+from accel.drivers.nydus import NydusDriver
+from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
+from accel.errors import InvalidImage
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
@@ -175,11 +179,12 @@ def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_foll
     layer = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"blob"), size=4)
     local = Descriptor(media_type="application/octet-stream", digest=dg.of_bytes(b"bootstrap"), size=9)
     converted = ConvertedLayer(
-        source=source, descriptor=layer, diff_id=layer.digest, extra={"k": "v"}, local_blobs=(local,)
+        source=source, descriptor=layer, diff_id=layer.digest, facts=_Facts(k="v"), local_blobs=(local,)
     )
 
     class _Driver(Driver):
         name = "fake"
+        facts_model = _Facts
 
         def cache_key(self) -> str:
             return "fake-key"
@@ -191,18 +196,109 @@ def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_foll
         def size(self, digest: str) -> int:
             return local.size
 
-    entry = cache.cache_entry(_Driver(DriverOptions()), converted, _Store())  # type: ignore[arg-type]
+    driver = _Driver(DriverOptions())
+    entry = cache.cache_entry(driver, converted, _Store())  # type: ignore[arg-type]
     assert [(b.media_type, b.digest) for b in entry.blobs] == [(mt.ACCEL_CACHE_BLOB, local.digest)]
     assert entry.layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) == source.digest
-    assert cache._converted_from_record(entry, source) == converted
+    assert cache._converted_from_record(entry, source, driver) == converted
     # A record written before records named their local blobs: the blobs following it are they.
     record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
     del record["localBlobs"]
     annotations = dict(entry.layer.annotations or {}) | {mt.ACCEL_CACHE_RECORD: json.dumps(record)}
     older = dataclasses.replace(entry, layer=entry.layer.with_(annotations=annotations))
-    restored = cache._converted_from_record(older, source)
+    restored = cache._converted_from_record(older, source, driver)
     assert [(b.digest, b.size) for b in restored.local_blobs] == [(local.digest, local.size)]
-    assert restored.extra == converted.extra
+    assert restored.facts == converted.facts
+
+
+class _Facts(LayerFacts):
+    version: Literal[1] = 1
+    k: str
+
+
+# A Nydus record as accel wrote it before typed layer facts (`extra`, a string map), byte for byte.
+_OLD_NYDUS_RECORD = (
+    '{"descriptor":{"mediaType":"application/vnd.oci.image.layer.nydus.blob.v1","digest":"sha256:fe1e0c7654ceaeec'
+    'bbe32fba7848bd2f414ff9756c3b07ed71d1f1b3250ee849","size":10,"annotations":{"containerd.io/snapshot/nydus-blo'
+    'b":"true"}},"diffID":"sha256:fe1e0c7654ceaeecbbe32fba7848bd2f414ff9756c3b07ed71d1f1b3250ee849","extra":{"boot'
+    'strap":"sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954","fs_version":"6","directori'
+    'es":"sha256:0d4fc4a78d3706edccafb665a8b2fdd9309e82c78625bb0f2b8e7bb9e1c4d21c","blob_toc_digest":"sha256:4ebd'
+    'e790877e2f92305cfb30ed1c0e2943dc00dfc24b49e3dc2a47889ca44151"},"localBlobs":[{"mediaType":"application/octet'
+    '-stream","digest":"sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954","size":9},{"medi'
+    'aType":"application/vnd.accel.nydus.directory-table.v1+json","digest":"sha256:0d4fc4a78d3706edccafb665a8b2fd'
+    'd9309e82c78625bb0f2b8e7bb9e1c4d21c","size":5}],"companions":[]}'
+)
+
+
+def _record_entry(record: str) -> cache.CacheEntry:
+    described = json.loads(record)["descriptor"]
+    layer = Descriptor.model_validate(described).with_(
+        annotations=described["annotations"]
+        | {
+            mt.NYDUS_SOURCE_DIGEST: dg.of_bytes(b"source layer"),
+            mt.ACCEL_CACHE_KEY: "nydus-0123456789abcdef",
+            mt.ACCEL_CACHE_RECORD: record,
+        }
+    )
+    return cache.CacheEntry(layer=layer, diff_id=layer.digest)
+
+
+def test_records_written_before_typed_facts_load_into_the_drivers_model() -> None:
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source layer"), size=12)
+    nydus = load_driver("nydus")
+    restored = cache._converted_from_record(_record_entry(_OLD_NYDUS_RECORD), source, nydus)
+    assert restored.facts == NydusLayerFacts(
+        bootstrap="sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954",
+        fs_version="6",
+        directories="sha256:0d4fc4a78d3706edccafb665a8b2fdd9309e82c78625bb0f2b8e7bb9e1c4d21c",
+        blob_toc_digest="sha256:4ebde790877e2f92305cfb30ed1c0e2943dc00dfc24b49e3dc2a47889ca44151",
+    )
+    assert [b.digest for b in restored.local_blobs] == [
+        facts_of(restored).bootstrap,
+        facts_of(restored).directories,
+    ]
+    # Written again, the record holds the typed facts, which read back the same.
+    again = cache.cache_entry(_KeyedNydus(nydus.options), restored, _AllThere())  # type: ignore[arg-type]
+    assert "extra" not in json.loads(again.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
+    assert cache._converted_from_record(again, source, nydus) == restored
+    # Records of drivers without facts carried an empty map.
+    old_plain = json.loads(_OLD_NYDUS_RECORD) | {"extra": {}}
+    assert cache._converted_from_record(_record_entry(json.dumps(old_plain)), source, nydus).facts is None
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {"bootstrap": "not-a-digest", "fs_version": "6"},  # not what the Nydus driver wrote
+        {"fs_version": "6"},  # a layer without its bootstrap
+        {"version": 2, "bootstrap": dg.of_bytes(b"b"), "fs_version": "6"},  # a later shape of the facts
+        {"bootstrap": dg.of_bytes(b"b"), "fs_version": "6", "unknown": "x"},
+    ],
+)
+def test_records_whose_facts_the_driver_refuses_are_unusable_not_wrong(facts: dict[str, Any]) -> None:
+    """restore_hits drops an unusable record with a warning: its layer is converted again (a miss)."""
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source layer"), size=12)
+    record = json.loads(_OLD_NYDUS_RECORD)
+    del record["extra"]
+    record["facts"] = facts
+    with pytest.raises(InvalidImage, match="is malformed"):
+        cache._converted_from_record(_record_entry(json.dumps(record)), source, load_driver("nydus"))
+    # Facts for a driver that keeps none.
+    with pytest.raises(InvalidImage, match="does not keep"):
+        cache._converted_from_record(_record_entry(_OLD_NYDUS_RECORD), source, load_driver("estargz"))
+
+
+class _KeyedNydus(NydusDriver):
+    def cache_key(self) -> str:
+        return "nydus-0123456789abcdef"  # without asking the builder its version
+
+
+class _AllThere:
+    def exists(self, digest: str) -> bool:
+        return True
+
+    def size(self, digest: str) -> int:
+        return 1
 
 
 # --- the three upstream cases, per driver -----------------------------------------------------------
@@ -226,7 +322,7 @@ def test_new_single_platform_cache_is_a_manifest_and_hits_equal_conversion(
     restored, fresh = restore(client, ref, driver, layers, tmp_path)
     assert restored.hits == {layer.descriptor.digest: converted[layer.descriptor.digest] for layer in layers}
     if driver.name == "nydus":  # what `finish` needs is local again: the layer bootstraps
-        assert all(fresh.exists(h.extra["bootstrap"]) for h in restored.hits.values())
+        assert all(fresh.exists(facts_of(h).bootstrap) for h in restored.hits.values())
         assert all(
             layer.annotation(mt.NYDUS_SOURCE_DIGEST)
             for layer in manifest.layers
@@ -344,10 +440,10 @@ def test_a_single_manifest_cache_becomes_an_index_when_another_platform_joins(
 
 
 def _without_directory_table(layer: ConvertedLayer) -> ConvertedLayer:
-    table = layer.extra["directories"]
+    table = facts_of(layer).directories
     return layer.model_copy(
         update={
-            "extra": {k: v for k, v in layer.extra.items() if k != "directories"},
+            "facts": facts_of(layer).model_copy(update={"directories": None}),
             "local_blobs": tuple(b for b in layer.local_blobs if b.digest != table),
         }
     )
@@ -390,7 +486,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     # Bootstraps are pulled out of the blobs; the original records have no directory table (accel's Nydus
     # layers carry one for the merge), so those images merge as the original service did.
     assert restored.hits == {c.source.digest: _without_directory_table(c) for c in converted}
-    assert all(fresh.exists(c.extra["bootstrap"]) for c in restored.hits.values())
+    assert all(fresh.exists(facts_of(c).bootstrap) for c in restored.hits.values())
     # Other options than the defaults the original's records are taken to have: no hits.
     lz4 = load_driver("nydus", {"compressor": "lz4_block"})
     assert restore(client, ref, lz4, layers, tmp_path)[0].hits == {}

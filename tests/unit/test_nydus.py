@@ -20,6 +20,7 @@ from accel import constants as mt
 from accel import digest as dg
 from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
 from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, extract_trailer_entry, tools
+from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import ConfigError, DigestMismatch, DriverError, InvalidImage
 from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
@@ -258,12 +259,12 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert result.diff_id == result.descriptor.digest
         assert store.size(result.descriptor.digest) == result.descriptor.size
         assert dg.of_bytes(store.path(result.descriptor.digest).read_bytes()) == result.descriptor.digest
-        bootstrap = store.read_bytes(result.extra["bootstrap"])
+        bootstrap = store.read_bytes(facts_of(result).bootstrap)
         assert nh.fs_version_of(bootstrap) == fs_version
-        assert ("blob_toc_digest" in result.extra) == (fs_version == "6")
+        assert (facts_of(result).blob_toc_digest is not None) == (fs_version == "6")
 
         # Each layer alone, through its own bootstrap and blob: the full-fidelity tree check.
-        unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
+        unpacked = nh.unpack_layer(store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path)
         source = _source_tar(store, layer)
         raw = trees.tar_entries(unpacked)
         # Whiteouts stay plain files in a layer (`--whiteout-spec none`); merge applies them.
@@ -296,7 +297,7 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert list(members) == ["image", "image/image.boot"]
         assert members["image"].isdir() and members["image/image.boot"].mode == 0o444
         merged = tar.extractfile(members["image/image.boot"]).read()  # type: ignore[union-attr]
-    assert dg.of_bytes(merged) == boot_layer.extra["bootstrap"]
+    assert dg.of_bytes(merged) == facts_of(boot_layer).bootstrap
     assert nh.fs_version_of(merged) == fs_version
 
     source_history = json.loads(image.config_raw)["history"]
@@ -368,7 +369,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     assert small.descriptor.digest != default.descriptor.digest
     # A layer bootstrap takes its blob id from its file name, as merge does.
     bootstrap = tmp_path / dg.hex_of(small.descriptor.digest)
-    bootstrap.write_bytes(store.read_bytes(small.extra["bootstrap"]))
+    bootstrap.write_bytes(store.read_bytes(facts_of(small).bootstrap))
     blocks = nh.inspect_dir(bootstrap, "data", ["random.bin", "text.txt"])
     # 64 KiB chunks, stored uncompressed.
     sizes = [(int(c), int(d)) for c, d, _, _ in nh.CHUNK.findall(blocks[0])]
@@ -376,7 +377,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     assert nh.read_file_from_blobs(store, blocks[1]) == b"compressible text " * 20000
 
     aligned = load_driver("nydus", {"fs_version": 5, "fs_align_chunk": True}).convert_layer(source)
-    assert nh.fs_version_of(store.read_bytes(aligned.extra["bootstrap"])) == "5"
+    assert nh.fs_version_of(store.read_bytes(facts_of(aligned).bootstrap)) == "5"
 
 
 @nh.needs_builder
@@ -428,7 +429,7 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
         mt.NYDUS_FS_VERSION_ANNOTATION: "6",
     }
     merged = tmp_path / "image.boot"
-    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(boot).bootstrap))
     report = tmp_path / "check.json"
     blob_dir = store.path(boot.descriptor.digest).parent
     nh.run(
@@ -473,7 +474,7 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
             layer.descriptor.digest
         )
     merged = tmp_path / "image.boot"
-    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(boot).bootstrap))
     expected = trees.apply_layers([_source_tar(store, layer) for layer in inputs])
     assert set(nh.checked_inodes(merged, blobs_dir)) == set(expected)
 

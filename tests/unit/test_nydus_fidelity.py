@@ -27,6 +27,7 @@ from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus import driver as nydus_driver
 from accel.drivers.nydus.builder import run_builder
+from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import DriverError, InvalidImage
 from accel.oci import Descriptor, ImageConfig
@@ -125,11 +126,11 @@ def convert_and_merge(
     for layer, result in zip(tars, converted, strict=True):
         if not per_layer or any(".wh." in path for path in trees.tar_entries(layer)):
             continue  # whiteouts act on lower layers: such a layer is only comparable merged
-        unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
+        unpacked = nh.unpack_layer(store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path)
         assert nh.compare_layer(layer, unpacked) == []
     plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(plan.layers[-1].extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(plan.layers[-1]).bootstrap))
     nh.check(merged, nh.blob_dir(store), tmp_path)
     return nh.merged_tree(store, merged), nh.expected_merged_tree(tars)
 
@@ -234,7 +235,7 @@ def test_implicit_parent_keeps_the_lower_directory_with_oci_ref(store: ContentSt
     converted = [driver.convert_layer(layer) for layer in inputs]
     plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(plan.layers[-1].extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(plan.layers[-1]).bootstrap))
     # zran chunks live inside the gzip streams (no per-chunk reads here): metadata and listing only.
     assert nh.check(merged, nh.blob_dir(store), tmp_path)["blobs"] == [
         dg.hex_of(i.descriptor.digest) for i in inputs
@@ -457,7 +458,7 @@ def conversions(store: ContentStore, monkeypatch: pytest.MonkeyPatch) -> _Conver
 
 def _same_layer(one: ConvertedLayer, other: ConvertedLayer) -> None:
     assert one.descriptor == other.descriptor  # the blob (with the bootstrap inside)
-    assert one.extra == other.extra  # bootstrap, TOC and directory table digests
+    assert one.facts == other.facts  # bootstrap, TOC and directory table digests
 
 
 def _normalised_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -31,6 +31,7 @@ from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
 from accel.drivers.nydus.directories import patch_tar, patches, store_table
+from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
 from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
@@ -69,6 +70,7 @@ class NydusDriver(Driver):
     # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
     implementation_version = "2"
     source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
+    facts_model = NydusLayerFacts
 
     options: NydusOptions
     # False: every layer is read twice, scanned and then built, as before the single pass (kept to compare
@@ -199,23 +201,21 @@ class NydusDriver(Driver):
             blob_digest, blob_size = store.commit_file(blob_path)
         table = store_table(store, normal.table)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
-        extra = {
-            "bootstrap": bootstrap.digest,
-            "fs_version": self.options.fs_version,
-            "directories": table.digest,  # for `finish`: implicit parents get the lower layers' attributes
-        }
-        if bootstrap.toc_digest:
-            extra["blob_toc_digest"] = bootstrap.toc_digest
-        if chunk_dict is not None:
+        facts = NydusLayerFacts(
+            bootstrap=bootstrap.digest,
+            fs_version=self.options.fs_version,
+            blob_toc_digest=bootstrap.toc_digest or None,
+            directories=table.digest,  # for `finish`: implicit parents get the lower layers' attributes
             # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
-            extra["chunk_dict"] = chunk_dict.image_digest
+            chunk_dict=chunk_dict.image_digest if chunk_dict is not None else None,
+        )
         descriptor = nydus_blob(blob_digest, blob_size)
         # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
-            extra=extra,
+            facts=facts,
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
 
@@ -338,17 +338,17 @@ class NydusDriver(Driver):
         if not bootstrap.toc_digest:
             raise DriverError(f"zran blob {blob_digest} has no {ENTRY_TOC}")
         descriptor = nydus_blob(blob_digest, blob_size, ref=layer.descriptor.digest)
-        extra = {
-            "bootstrap": bootstrap.digest,
-            "fs_version": "6",
-            "blob_toc_digest": bootstrap.toc_digest,
-            "directories": table.digest,
-        }
+        facts = NydusLayerFacts(
+            bootstrap=bootstrap.digest,
+            fs_version="6",
+            blob_toc_digest=bootstrap.toc_digest,
+            directories=table.digest,
+        )
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
-            extra=extra,
+            facts=facts,
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
             companions=(layer.descriptor,),  # the data stays in the original gzip blob
         )
@@ -362,7 +362,7 @@ class NydusDriver(Driver):
             raise DriverError("nydus finish: the plan mixes nydus blob layers with other layers")
         fs_version = "6" if self.options.oci_ref else self.options.fs_version
         chunk_dict = self._required_chunk_dict()
-        used = {layer.extra.get("chunk_dict") for layer in layers}
+        used = {facts_of(layer).chunk_dict for layer in layers}
         wanted = chunk_dict.image_digest if chunk_dict else None
         if used != {wanted}:
             # The dictionary moved (its tag was pushed again) between converting layers and merging them.
@@ -394,7 +394,7 @@ class NydusDriver(Driver):
                     "--blob-digests", each(lambda c: dg.hex_of(c.descriptor.digest), lambda p: p.name),
                     "--blob-sizes", each(lambda c: str(c.descriptor.size), lambda _: "0"),
                     "--blob-toc-digests",
-                    each(lambda c: dg.hex_of(c.extra["blob_toc_digest"]), lambda p: p.name),
+                    each(lambda c: dg.hex_of(_toc_digest(c)), lambda p: p.name),
                 ]  # fmt: skip
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
@@ -422,7 +422,7 @@ class NydusDriver(Driver):
         )
         if self.options.backend_dir is not None:
             # Blobs to the storage backend; the image is the bootstrap layer alone, as nydus-snapshotter's.
-            own_blobs = [layer.descriptor for layer in blob_layers if layer.extra.get("role") != "chunk-dict"]
+            own_blobs = [layer.descriptor for layer in blob_layers if facts_of(layer).role != "chunk-dict"]
             backend.push_blobs(
                 self.options.backend_dir, own_blobs, store, force=self.options.backend_force_push
             )
@@ -479,7 +479,7 @@ class NydusDriver(Driver):
         """`sources` and a patch after each layer implying lower directories (see directories)."""
         tables = []
         for layer in layers:
-            digest = layer.extra.get("directories")
+            digest = facts_of(layer).directories
             if digest is None or not store.exists(digest):
                 log.warning(
                     "nydus finish: layer %s has no directory table; implicit parent directories keep "
@@ -537,7 +537,7 @@ class NydusDriver(Driver):
                 target.parent.mkdir()
             else:
                 target = directory / blob_id
-            source = store.path(layer.extra["bootstrap"])
+            source = store.path(facts_of(layer).bootstrap_digest)
             try:
                 os.link(source, target)
             except OSError:
@@ -565,7 +565,7 @@ class NydusDriver(Driver):
             source=plan.source_manifest,
             descriptor=descriptor,
             diff_id=diff_id,
-            extra={"role": "bootstrap", "bootstrap": merged_digest, "fs_version": fs_version},
+            facts=NydusLayerFacts(role="bootstrap", bootstrap=merged_digest, fs_version=fs_version),
         )
 
     @classmethod
@@ -575,6 +575,13 @@ class NydusDriver(Driver):
             or layer.annotation(mt.NYDUS_BLOB_ANNOTATION) is not None
             for layer in layers
         )
+
+
+def _toc_digest(layer: ConvertedLayer) -> str:
+    toc = facts_of(layer).blob_toc_digest
+    if toc is None:
+        raise DriverError(f"nydus layer {layer.descriptor.digest} has no blob TOC, which a zran merge names")
+    return toc
 
 
 def _chunk_dict_args(store: ContentStore, chunk_dict: ChunkDict) -> list[str]:
@@ -621,5 +628,5 @@ def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedL
         source=descriptor,
         descriptor=descriptor,
         diff_id=blob.digest,
-        extra={"role": "chunk-dict", "chunk_dict": chunk_dict.image_digest},
+        facts=NydusLayerFacts(role="chunk-dict", chunk_dict=chunk_dict.image_digest),
     )
