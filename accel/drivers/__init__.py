@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
+from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput, PlatformDraft
 from accel.errors import ConfigError
 from accel.oci import Descriptor
 
@@ -62,8 +62,8 @@ __all__ = [
     "ConvertedLayer",
     "Driver",
     "DriverOptions",
-    "ImagePlan",
     "LayerInput",
+    "PlatformDraft",
     "detect_format",
     "driver_class",
     "load_driver",

@@ -118,8 +118,10 @@ CONVERTED_LAYER_SCHEMA = "3"  # 3: `facts` (a driver's typed model) replaced the
 
 
 @dataclasses.dataclass(frozen=True)
-class ImagePlan:
-    """One platform's converted image before its manifest is written; `finish` may change it."""
+class PlatformDraft:
+    """One platform's converted image before its manifest is written: the converted layers, the source config
+    and what the manifest will add. `finish` may change it; `accel.image.assemble_manifest` writes it. (Not
+    a plan: what it holds is already converted, only its manifest and config are still to be written.)"""
 
     source_manifest: Descriptor
     source_reference: str
@@ -230,9 +232,9 @@ class Driver:
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         raise NotImplementedError
 
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
         """Whole-image step after every layer is converted. Default: nothing to do."""
-        return plan
+        return draft
 
     def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
         """Whole-image step after every manifest (and the index) is in the store. Default: unchanged."""

@@ -18,8 +18,8 @@ from accel.drivers.base import (
     ConvertedLayer,
     Driver,
     DriverOptions,
-    ImagePlan,
     LayerInput,
+    PlatformDraft,
     oci_unless_docker_kept,
 )
 from accel.oci import Descriptor, Platform, canonical_json
@@ -61,18 +61,18 @@ class Relabel(Driver):
 class RelabelWithFinish(Relabel):
     """`finish` as Nydus uses it: one more layer, a history to match, annotations, an artifactType."""
 
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
-        extra = f"extra layer for {plan.source_manifest.digest}".encode()
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
+        extra = f"extra layer for {draft.source_manifest.digest}".encode()
         digest = store.put_bytes(extra)
         layer = ConvertedLayer(
-            source=plan.source_manifest,
+            source=draft.source_manifest,
             descriptor=Descriptor(media_type=mt.OCI_LAYER_TAR, digest=digest, size=len(extra)),
             diff_id=digest,
         )
-        history = (*plan.config.doc["history"], {"created_by": "finish"})
+        history = (*draft.config.doc["history"], {"created_by": "finish"})
         return dataclasses.replace(
-            plan,
-            layers=(*plan.layers, layer),
+            draft,
+            layers=(*draft.layers, layer),
             history=history,
             manifest_annotations={"io.accel.test.finished": "yes", mt.ACCEL_DRIVER: "overridden"},
             artifact_type="application/vnd.accel.test.artifact",

@@ -18,7 +18,7 @@ import pytest
 from accel import cache
 from accel import constants as mt
 from accel import digest as dg
-from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
 from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, extract_trailer_entry, tools
 from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
@@ -216,8 +216,8 @@ def _layer_inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[Layer
     ]
 
 
-def _plan(image: imagegen.BuiltImage, layers: list[ConvertedLayer]) -> ImagePlan:
-    return ImagePlan(
+def _draft(image: imagegen.BuiltImage, layers: list[ConvertedLayer]) -> PlatformDraft:
+    return PlatformDraft(
         source_manifest=image.manifest,
         source_reference="registry.local/library/app:1",
         config=ImageConfig.parse(image.config_raw),
@@ -279,9 +279,9 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         )
         assert differences == []
 
-    plan = driver.finish(_plan(image, converted), store)
-    assert plan.layers[:-1] == tuple(converted)
-    boot_layer = plan.layers[-1]
+    draft = driver.finish(_draft(image, converted), store)
+    assert draft.layers[:-1] == tuple(converted)
+    boot_layer = draft.layers[-1]
     desc = boot_layer.descriptor
     assert desc.media_type == mt.OCI_LAYER_GZIP
     assert desc.annotations == {
@@ -301,12 +301,12 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
     assert nh.fs_version_of(merged) == fs_version
 
     source_history = json.loads(image.config_raw)["history"]
-    assert plan.history == (
+    assert draft.history == (
         *source_history,
         {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"},
     )
     # Only the driver's own annotations: provenance is added once, by image assembly (accel.mutate).
-    assert plan.manifest_annotations == {
+    assert draft.manifest_annotations == {
         mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
         mt.ACCEL_NYDUS_BUILDER_VERSION: "2.2.0",
     }
@@ -351,7 +351,7 @@ def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
     runs = []
     for _ in range(2):
         converted = [driver.convert_layer(layer) for layer in _layer_inputs(image, store)]
-        runs.append(driver.finish(_plan(image, converted), store))
+        runs.append(driver.finish(_draft(image, converted), store))
     assert runs[0] == runs[1]
 
 
@@ -389,8 +389,8 @@ def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: Con
     for docker2oci, expected in ((False, mt.DOCKER_LAYER_GZIP), (True, mt.OCI_LAYER_GZIP)):
         driver = load_driver("nydus", {"docker2oci": docker2oci})
         converted = [driver.convert_layer(x) for x in _layer_inputs(image, store)]
-        plan = driver.finish(_plan(image, converted), store)
-        assert plan.layers[-1].descriptor.media_type == expected
+        draft = driver.finish(_draft(image, converted), store)
+        assert draft.layers[-1].descriptor.media_type == expected
 
 
 @nh.needs_builder
@@ -422,8 +422,8 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
     # Only metadata: the 2 MiB of data stay in the original gzip blob.
     assert converted[0].descriptor.size < inputs[0].descriptor.size // 10
 
-    plan = driver.finish(_plan(image, converted), store)
-    boot = plan.layers[-1]
+    draft = driver.finish(_draft(image, converted), store)
+    boot = draft.layers[-1]
     assert boot.descriptor.annotations == {
         mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
         mt.NYDUS_FS_VERSION_ANNOTATION: "6",
@@ -461,11 +461,11 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
     inputs = _layer_inputs(image, store)
     converted = [driver.convert_layer(layer) for layer in inputs]
 
-    plan = driver.finish(_plan(image, converted), store)
+    draft = driver.finish(_draft(image, converted), store)
     # As nydus-snapshotter with a backend: the manifest lists the bootstrap layer alone.
-    [boot] = plan.layers
+    [boot] = draft.layers
     assert boot.descriptor.annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
-    assert plan.history == (BOOTSTRAP_HISTORY,)
+    assert draft.history == (BOOTSTRAP_HISTORY,)
     assert sorted(p.name for p in blobs_dir.iterdir()) == sorted(
         dg.hex_of(c.descriptor.digest) for c in converted
     )
@@ -481,9 +481,9 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
     # A blob already in the backend is left alone, unless backend_force_push.
     first = blobs_dir / dg.hex_of(converted[0].descriptor.digest)
     first.write_bytes(b"kept")
-    driver.finish(_plan(image, converted), store)
+    driver.finish(_draft(image, converted), store)
     assert first.read_bytes() == b"kept"
-    load_driver("nydus", config | {"backend_force_push": "true"}).finish(_plan(image, converted), store)
+    load_driver("nydus", config | {"backend_force_push": "true"}).finish(_draft(image, converted), store)
     assert first.read_bytes() == store.read_bytes(converted[0].descriptor.digest)
 
 
@@ -578,14 +578,14 @@ def test_extract_trailer_entry_reports_missing_entries(store: ContentStore) -> N
 def test_finish_refuses_a_plan_without_nydus_layers(store: ContentStore) -> None:
     driver = NydusDriver(NydusOptions())
     config = ImageConfig.parse(b'{"rootfs":{"type":"layers","diff_ids":[]}}')
-    plan = ImagePlan(
+    draft = PlatformDraft(
         source_manifest=Descriptor(media_type=mt.OCI_MANIFEST, digest=dg.of_bytes(b"m"), size=1),
         source_reference="r/x:1",
         config=config,
         layers=(),
     )
     with pytest.raises(DriverError, match="no nydus blob layers"):
-        driver.finish(plan, store)
+        driver.finish(draft, store)
 
 
 def _source_image(image: imagegen.BuiltImage) -> SourceImage:

@@ -23,7 +23,7 @@ import pytest
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
-from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus import driver as nydus_driver
 from accel.drivers.nydus.builder import run_builder
@@ -96,14 +96,14 @@ def _inputs(store: ContentStore, tars: list[bytes], *, gzipped: bool = False) ->
     return layers
 
 
-def _plan(store: ContentStore, layers: list[ConvertedLayer], diff_ids: list[str]) -> ImagePlan:
+def _draft(store: ContentStore, layers: list[ConvertedLayer], diff_ids: list[str]) -> PlatformDraft:
     config = ImageConfig.parse(
         json.dumps(
             {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
         ).encode()
     )
     manifest = b'{"schemaVersion":2}'
-    return ImagePlan(
+    return PlatformDraft(
         source_manifest=Descriptor.of(mt.OCI_MANIFEST, manifest),
         source_reference="registry.local/fidelity:1",
         config=config,
@@ -128,9 +128,9 @@ def convert_and_merge(
             continue  # whiteouts act on lower layers: such a layer is only comparable merged
         unpacked = nh.unpack_layer(store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path)
         assert nh.compare_layer(layer, unpacked) == []
-    plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(facts_of(plan.layers[-1]).bootstrap))
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
     nh.check(merged, nh.blob_dir(store), tmp_path)
     return nh.merged_tree(store, merged), nh.expected_merged_tree(tars)
 
@@ -233,9 +233,9 @@ def test_implicit_parent_keeps_the_lower_directory_with_oci_ref(store: ContentSt
     driver = load_driver("nydus", {"oci_ref": True})
     inputs = _inputs(store, [lower, upper], gzipped=True)
     converted = [driver.convert_layer(layer) for layer in inputs]
-    plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(facts_of(plan.layers[-1]).bootstrap))
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
     # zran chunks live inside the gzip streams (no per-chunk reads here): metadata and listing only.
     assert nh.check(merged, nh.blob_dir(store), tmp_path)["blobs"] == [
         dg.hex_of(i.descriptor.digest) for i in inputs

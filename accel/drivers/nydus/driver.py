@@ -22,8 +22,8 @@ from accel.drivers.base import (
     DependencySource,
     Driver,
     DriverOptions,
-    ImagePlan,
     LayerInput,
+    PlatformDraft,
     ResolvedDependency,
     oci_unless_docker_kept,
 )
@@ -354,12 +354,12 @@ class NydusDriver(Driver):
         )
 
     # --- whole image -------------------------------------------------------------------------------
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
-        layers = [layer for layer in plan.layers if layer.descriptor.annotation(mt.NYDUS_BLOB_ANNOTATION)]
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
+        layers = [layer for layer in draft.layers if layer.descriptor.annotation(mt.NYDUS_BLOB_ANNOTATION)]
         if not layers:
-            raise DriverError("nydus finish: the plan has no nydus blob layers to merge")
-        if len(layers) != len(plan.layers):
-            raise DriverError("nydus finish: the plan mixes nydus blob layers with other layers")
+            raise DriverError("nydus finish: the draft has no nydus blob layers to merge")
+        if len(layers) != len(draft.layers):
+            raise DriverError("nydus finish: the draft mixes nydus blob layers with other layers")
         fs_version = "6" if self.options.oci_ref else self.options.fs_version
         chunk_dict = self._required_chunk_dict()
         used = {facts_of(layer).chunk_dict for layer in layers}
@@ -412,8 +412,8 @@ class NydusDriver(Driver):
                 blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
             merged_digest, _ = store.commit_file(merged)
 
-        bootstrap_layer = self._bootstrap_layer(plan, store, merged_digest, fs_version)
-        annotations = dict(plan.manifest_annotations)
+        bootstrap_layer = self._bootstrap_layer(draft, store, merged_digest, fs_version)
+        annotations = dict(draft.manifest_annotations)
         annotations.update(
             {
                 mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
@@ -427,18 +427,18 @@ class NydusDriver(Driver):
                 self.options.backend_dir, own_blobs, store, force=self.options.backend_force_push
             )
             return dataclasses.replace(
-                plan,
+                draft,
                 layers=(bootstrap_layer,),
                 history=(dict(BOOTSTRAP_HISTORY),),
                 manifest_annotations=annotations,
-                artifact_type=plan.artifact_type,
+                artifact_type=draft.artifact_type,
             )
         return dataclasses.replace(
-            plan,
+            draft,
             layers=(*blob_layers, bootstrap_layer),
-            history=history_with_bootstrap(plan, positions),
+            history=history_with_bootstrap(draft, positions),
             manifest_annotations=annotations,
-            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
+            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else draft.artifact_type,
         )
 
     def keeps_converted_blobs(self) -> bool:
@@ -547,10 +547,10 @@ class NydusDriver(Driver):
         return paths, blob_ids
 
     def _bootstrap_layer(
-        self, plan: ImagePlan, store: ContentStore, merged_digest: str, fs_version: str
+        self, draft: PlatformDraft, store: ContentStore, merged_digest: str, fs_version: str
     ) -> ConvertedLayer:
         digest, size, diff_id = pack_bootstrap(store, merged_digest)
-        docker_source = plan.source_manifest.media_type == mt.DOCKER_MANIFEST
+        docker_source = draft.source_manifest.media_type == mt.DOCKER_MANIFEST
         media_type = (
             mt.DOCKER_LAYER_GZIP if docker_source and not self.options.docker2oci else mt.OCI_LAYER_GZIP
         )
@@ -562,7 +562,7 @@ class NydusDriver(Driver):
         )
         # The bootstrap layer has no source layer: it is derived from the whole source manifest.
         return ConvertedLayer(
-            source=plan.source_manifest,
+            source=draft.source_manifest,
             descriptor=descriptor,
             diff_id=diff_id,
             facts=NydusLayerFacts(role="bootstrap", bootstrap=merged_digest, fs_version=fs_version),
