@@ -53,7 +53,7 @@ from accel.store import ContentStore
 log = logging.getLogger(__name__)
 
 
-def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.LayerPlan:
+def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.Normalisation:
     """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer. `check_diff_id=False` when the
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
@@ -221,7 +221,7 @@ class NydusDriver(Driver):
 
     def _build_in_one_pass(
         self, layer: LayerInput, args: list[str], fifo: Path
-    ) -> tuple[tarnormalize.LayerPlan, bool]:
+    ) -> tuple[tarnormalize.Normalisation, bool]:
         """Feed the layer to the builder as it is while scanning it (`ScanningFeed`): the plan of the layer,
         and whether the builder's blob is the layer's (the builder got all of it, and the plan passes it
         through). A hostile entry is refused before the builder gets its header; when the builder fails, a
@@ -253,7 +253,7 @@ class NydusDriver(Driver):
                     log.debug("layer %s is not passed through as it is (%s): two passes", short, stop)
                 except DriverError as exc:
                     builder_error = exc
-                normal = feed.plan()
+                normal = feed.normalisation()
             except InvalidImage as exc:
                 raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
             if builder_error is not None and normal.passes_through:
@@ -261,8 +261,8 @@ class NydusDriver(Driver):
         return normal, fed and normal.passes_through
 
     def _build_in_two_passes(
-        self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.LayerPlan | None
-    ) -> tarnormalize.LayerPlan:
+        self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.Normalisation | None
+    ) -> tarnormalize.Normalisation:
         """Pass 1 (unless `normal` is its plan already), headers only: refuses hostile entries before the
         builder runs, plans the normalising. Pass 2 feeds the builder the normalised layer."""
         if normal is None:
