@@ -40,7 +40,7 @@ line (`builder.failure_message`).
 
 Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
-(resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `legacy`
+(resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `original`
 (original-service cache records), `directories` (merge patches for implied directories), `facts`
 (NydusLayerFacts, what `finish` needs of each converted layer) and `driver`
 (NydusDriver).

@@ -33,9 +33,9 @@ from accel.drivers.nydus.chunkdict import ChunkDict
 from accel.drivers.nydus.directories import patch_tar, patches, store_table
 from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
-from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
+from accel.drivers.nydus.original import converted_from_original_record
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
