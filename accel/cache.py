@@ -48,7 +48,7 @@ from accel import copy, mutate
 from accel import digest as dg
 from accel.drivers.base import ConvertedLayer, Driver, LayerFacts
 from accel.errors import AccelError, InvalidImage
-from accel.image import SourceImage, SourceLayer
+from accel.model import SourceImage, SourceLayer
 from accel.oci import Descriptor, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import NotFound, RegistryError

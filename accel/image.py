@@ -16,8 +16,6 @@ from accel import constants as mt
 from accel import mutate
 from accel.drivers.base import ConvertedLayer, Driver, PlatformDraft
 from accel.errors import InvalidImage, UnsupportedMediaType
-
-# The image value types live in accel.model (drivers import them too); re-exported here.
 from accel.model import BuiltImage, BuiltManifest, SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, detect_media_type
 from accel.reference import Reference

@@ -23,7 +23,8 @@ from accel.context import context_for
 from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, detect_format
 from accel.errors import AccelError, ConfigError, InvalidReference
-from accel.image import BuiltImage, SourceImage, SourceLayer, produced_by_accel
+from accel.image import produced_by_accel
+from accel.model import BuiltImage, SourceImage, SourceLayer
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference

@@ -22,6 +22,7 @@ from accel.drivers.base import (
     PlatformDraft,
     oci_unless_docker_kept,
 )
+from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry.memory import MemoryRegistry
@@ -144,7 +145,7 @@ def build(
     index: bool = False,
     driver: Driver | None = None,
     options: img.BuildOptions | None = None,
-) -> tuple[img.SourceImage, img.BuiltImage, ContentStore]:
+) -> tuple[SourceImage, BuiltImage, ContentStore]:
     """Push a source (to `registry`, else a fresh one), resolve it, convert with `driver`, build."""
     registry = registry if registry is not None else MemoryRegistry()
     publish_source(registry, ContentStore(tmp_path / "source"), docker=docker, index=index)

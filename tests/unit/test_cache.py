@@ -21,6 +21,7 @@ from accel.drivers.base import LayerFacts
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.errors import InvalidImage
+from accel.model import SourceImage, SourceLayer
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
@@ -43,7 +44,7 @@ def client(registry) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture(scope="module")
-def source(registry, client, tmp_path_factory) -> tuple[img.SourceImage, ContentStore]:
+def source(registry, client, tmp_path_factory) -> tuple[SourceImage, ContentStore]:
     """A two-platform source (layers 0-1 shared, layer 2 per platform), resolved into a store."""
     store = ContentStore(tmp_path_factory.mktemp("cache-source"))
     amd = imagegen.standard_image(store, big_file_size=64 << 10)
@@ -93,7 +94,7 @@ def cache_ref(registry) -> Reference:
 
 
 def records(
-    source_image: img.SourceImage,
+    source_image: SourceImage,
     driver: Driver,
     converted: dict[str, ConvertedLayer],
     store: ContentStore,
@@ -101,7 +102,7 @@ def records(
     only: set[str] | None = None,
 ) -> list[cache.PlatformRecords]:
     wanted = [m for m in source_image.manifests if m.platform in platforms]
-    sub = img.SourceImage(reference=source_image.reference, root=source_image.root, manifests=tuple(wanted))
+    sub = SourceImage(reference=source_image.reference, root=source_image.root, manifests=tuple(wanted))
     layers = [c for d, c in converted.items() if only is None or d in only]
     return cache.records_for(sub, {driver: layers}, store)
 
@@ -110,7 +111,7 @@ def push(client, ref, store, updates, size: int = 200, version: str = VERSION) -
     return cache.push_cache(client, ref, store, updates, version=version, size=size)
 
 
-def layers_of(image: img.SourceImage, platform: Platform) -> list[img.SourceLayer]:
+def layers_of(image: SourceImage, platform: Platform) -> list[SourceLayer]:
     return list(next(m for m in image.manifests if m.platform == platform).layers)
 
 

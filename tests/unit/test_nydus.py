@@ -23,7 +23,8 @@ from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, ex
 from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import ConfigError, DigestMismatch, DriverError, InvalidImage
-from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
+from accel.image import build_image
+from accel.model import SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
