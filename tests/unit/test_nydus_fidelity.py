@@ -437,11 +437,15 @@ class _Conversions:
             yield chunk
 
     def convert(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> ConvertedLayer:
+        """`single_pass=False`: as the driver did before the single pass (every layer scanned, then built
+        from a second read), the reference the one pass must equal."""
         self.reads = 0
         self.forwarded.clear()
         driver = load_driver("nydus", options)
         assert isinstance(driver, NydusDriver)
-        driver.single_pass = single_pass
+        if not single_pass:
+            # As if the one pass had given up before feeding the builder anything.
+            driver._build_in_one_pass = lambda *_: (None, False)  # type: ignore[method-assign]
         return driver.convert_layer(_inputs(self.store, [raw], gzipped=True)[0])
 
     def refusal(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> str:

@@ -73,9 +73,6 @@ class NydusDriver(Driver):
     facts_model = NydusLayerFacts
 
     options: NydusOptions
-    # False: every layer is read twice, scanned and then built, as before the single pass (kept to compare
-    # the two in tests; the bytes of the blob are the same).
-    single_pass = True
 
     def __init__(self, options: DriverOptions, chunk_dict: ChunkDict | None = None) -> None:
         super().__init__(options)
@@ -193,7 +190,7 @@ class NydusDriver(Driver):
             args = self._create_args(blob_path, fifo, store, chunk_dict)
             # Most layers need no normalising: one read feeds the builder and scans the layer; the rest
             # take a second read, normalised by the plan of the first.
-            normal, built = self._build_in_one_pass(layer, args, fifo) if self.single_pass else (None, False)
+            normal, built = self._build_in_one_pass(layer, args, fifo)
             if not built:
                 blob_path.unlink(missing_ok=True)  # a killed or discarded run's output
                 normal = self._build_in_two_passes(layer, args, fifo, normal)
@@ -281,8 +278,8 @@ class NydusDriver(Driver):
                 what=f"create for layer {dg.short(layer.descriptor.digest)}",
                 stdin_text=self.options.prefetch_input,
                 fifo=fifo,
-                # A layer that needs no change goes as it is (here only when `single_pass` is off, or the
-                # one pass met an entry whose extension headers `builder_compatible_tar` walks otherwise).
+                # A layer that needs no change goes as it is (here only when the one pass met an entry whose
+                # extension headers `builder_compatible_tar` walks otherwise).
                 source=(
                     tar_stream
                     if normal.passes_through
