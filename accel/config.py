@@ -492,13 +492,6 @@ def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[st
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def unknown_keys(data: dict[str, Any]) -> list[str]:
-    """Dotted paths of the keys in `data` that no setting (and no driver option) has."""
-    found: list[str] = []
-    _strip_unknown(Settings, data, "", found)
-    return found
-
-
 def load_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> Settings:
     """Validated settings. Unknown keys: a warning naming them (acceld ignores them), errors when `strict`."""
     found: list[str] = []
