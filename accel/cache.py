@@ -103,7 +103,7 @@ class CacheEntry:
 
     @property
     def source_digest(self) -> str:
-        source = self.layer.annotation(mt.NYDUS_SOURCE_DIGEST) or self.layer.annotation(
+        source = self.layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) or self.layer.annotation(
             mt.ACCEL_LAYER_SOURCE_DIGEST
         )
         assert source is not None  # entries are only made from layers that have one
@@ -211,7 +211,9 @@ def _entries(layers: Sequence[Descriptor], where: str) -> tuple[CacheEntry, ...]
                     entries[i] = dataclasses.replace(entries[i], blobs=(*entries[i].blobs, layer))
                     break
             continue
-        source = layer.annotation(mt.NYDUS_SOURCE_DIGEST) or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST)
+        source = layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) or layer.annotation(
+            mt.ACCEL_LAYER_SOURCE_DIGEST
+        )
         if source is None or not dg.is_digest(source):
             log.warning(
                 "cache %s: ignoring layer %s without a valid source digest (%r)", where, layer.digest, source
@@ -306,7 +308,7 @@ def _import_manifest(
     manifest = Manifest.parse(raw, desc.media_type)
     store.put_bytes(raw, desc.digest)  # the bytes as fetched, under their real digest
     annotations = manifest.annotations
-    found = {annotations[k] for k in (mt.NYDUS_CACHE_VERSION, mt.ACCEL_CACHE_VERSION) if k in annotations}
+    found = {annotations[k] for k in (mt.ORIGINAL_CACHE_VERSION, mt.ACCEL_CACHE_VERSION) if k in annotations}
     if found != {version}:
         log.warning(
             "ignoring cache manifest %s in %s: version %s, expected %s",
@@ -534,7 +536,7 @@ def _write_manifest(
         media_type,
         config,
         layers,
-        annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+        annotations={mt.ORIGINAL_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
         go_form=True,  # Go workers rewrite cache manifests; their form keeps the documents comparable
     )
     return mutate.store_document(manifest, store, platform=platform), config
@@ -614,7 +616,10 @@ def plan_update(
         desc = write(manifest_type, update.platform, update.entries, ())
         changed.append(desc)
         children.append(desc)
-    annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
+    annotations = dict(cache.annotations) | {
+        mt.ORIGINAL_CACHE_VERSION: version,
+        mt.ACCEL_CACHE_VERSION: version,
+    }
     root = mutate.store_document(
         mutate.index(index_type, children, annotations=annotations, go_form=True), store
     )

@@ -129,7 +129,9 @@ def fetch_root(client, ref) -> tuple[Descriptor, bytes]:
 def record_sources(client, ref, manifest_digest: str | None = None) -> list[str]:
     _desc, raw = client.fetch_manifest(ref.with_digest(manifest_digest) if manifest_digest else ref)
     return [
-        layer.annotation(mt.NYDUS_SOURCE_DIGEST) or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) or ""
+        layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST)
+        or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST)
+        or ""
         for layer in Manifest.parse(raw).layers
         if layer.media_type != mt.ACCEL_CACHE_BLOB
     ]
@@ -236,7 +238,7 @@ def _record_entry(record: str) -> cache.CacheEntry:
     layer = Descriptor.model_validate(described).with_(
         annotations=described["annotations"]
         | {
-            mt.NYDUS_SOURCE_DIGEST: dg.of_bytes(b"source layer"),
+            mt.ORIGINAL_CACHE_SOURCE_DIGEST: dg.of_bytes(b"source layer"),
             mt.ACCEL_CACHE_KEY: "nydus-0123456789abcdef",
             mt.ACCEL_CACHE_RECORD: record,
         }
@@ -316,7 +318,7 @@ def test_new_single_platform_cache_is_a_manifest_and_hits_equal_conversion(
     root, raw = fetch_root(client, ref)
     assert pushed.digest == root.digest and root.media_type == mt.OCI_MANIFEST
     manifest = Manifest.parse(raw)
-    assert manifest.annotations[mt.NYDUS_CACHE_VERSION] == VERSION
+    assert manifest.annotations[mt.ORIGINAL_CACHE_VERSION] == VERSION
     assert_pullable(client, ref, manifest, AMD64)
 
     layers = layers_of(image, AMD64)
@@ -325,7 +327,7 @@ def test_new_single_platform_cache_is_a_manifest_and_hits_equal_conversion(
     if driver.name == "nydus":  # what `finish` needs is local again: the layer bootstraps
         assert all(fresh.exists(facts_of(h).bootstrap) for h in restored.hits.values())
         assert all(
-            layer.annotation(mt.NYDUS_SOURCE_DIGEST)
+            layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST)
             for layer in manifest.layers
             if layer.media_type == mt.NYDUS_BLOB
         )
@@ -463,7 +465,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     store.put_bytes(b"{}")
     original_layers = [
         c.descriptor.with_(
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_SOURCE_DIGEST: c.source.digest}
+            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.ORIGINAL_CACHE_SOURCE_DIGEST: c.source.digest}
         )
         for c in converted
     ]
@@ -475,7 +477,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
             "mediaType": mt.OCI_MANIFEST,
             "config": empty_config.to_dict(),
             "layers": [d.to_dict() for d in original_layers],
-            "annotations": {mt.NYDUS_CACHE_VERSION: VERSION},
+            "annotations": {mt.ORIGINAL_CACHE_VERSION: VERSION},
         }
     ).encode()
     child = Descriptor.of(mt.OCI_MANIFEST, manifest_raw, platform=AMD64)
@@ -501,7 +503,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     manifest = Manifest.parse(child_raw)
     assert_pullable(client, ref, manifest, AMD64)
     records_now = [x for x in manifest.layers if x.media_type == mt.NYDUS_BLOB]
-    assert [x.annotation(mt.NYDUS_SOURCE_DIGEST) for x in records_now] == [
+    assert [x.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) for x in records_now] == [
         x.descriptor.digest for x in layers
     ]
     assert all(x.annotation(mt.ACCEL_CACHE_KEY) == driver.cache_key() for x in records_now)

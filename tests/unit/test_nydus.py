@@ -708,7 +708,7 @@ def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path)
         plain, ConvertedLayer(source=source, descriptor=blob, diff_id=blob.digest), store
     )
     go_record = cache.CacheEntry(
-        layer=blob.with_(annotations={mt.NYDUS_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
+        layer=blob.with_(annotations={mt.ORIGINAL_CACHE_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
     )
     assert ours.matches(placed) and go_record.matches(placed)
     # What changes the bytes still counts.

@@ -69,7 +69,7 @@ class NydusDriver(Driver):
     # 2: layers are normalised before the builder reads them (accel.tarnormalize) and carry a directory
     # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
     implementation_version = "2"
-    source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
+    source_digest_annotation = mt.ORIGINAL_CACHE_SOURCE_DIGEST  # as the original service's cache records
     facts_model = NydusLayerFacts
 
     options: NydusOptions
