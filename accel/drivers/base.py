@@ -31,6 +31,10 @@ from accel.oci import Descriptor, ImageConfig, Platform
 from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
 
+# Keys of every acceld `converter.driver.config` that accel ignores: acceld put a per-driver scratch dir
+# there, accel uses provider.work_dir for everything.
+ACCELD_ONLY_KEYS = frozenset({"work_dir"})
+
 
 class DriverOptions(BaseModel):
     """Base of each driver's options; unknown keys are config errors, not silently ignored."""
@@ -174,6 +178,15 @@ class Driver:
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Driver:
         return cls(cls.options_model.model_validate(config or {}))
+
+    @classmethod
+    def acceld_driver(cls, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The driver type and config that acceld's `converter.driver` of this type with `config` stands for.
+
+        Default: this driver, the same config. A driver whose acceld type also runs another format, picked
+        by an option, routes that config to the other driver here; ValueError for a config acceld refuses.
+        """
+        return cls.name, config
 
     @property
     def version(self) -> str:

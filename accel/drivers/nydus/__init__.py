@@ -59,10 +59,14 @@ from accel.drivers.nydus.trailer import (
     extract_trailer_entry,
 )
 
+# What `accel.drivers` looks up under this package's name.
+DRIVER = NydusDriver
+
 __all__ = [
     "BOOTSTRAP_HISTORY",
     "BOOTSTRAP_TAR_NAME",
     "CHUNK_DICT_HISTORY",
+    "DRIVER",
     "EMPTY_GZIP_LAYER",
     "EMPTY_LAYER_HISTORY",
     "ENTRY_BOOTSTRAP",
