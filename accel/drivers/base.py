@@ -6,10 +6,12 @@ Nydus merges bootstraps) and may reshape the assembled image as a whole (`finish
 the OCI and Nydus manifests into one index). Drivers only see the content store, never the registry.
 
 The engine asks drivers, never their names or options: `writes_oci` (media types of the output),
-`source_digest_annotation` and the `*_original_record` pair (conversion cache records), `dependencies` /
-`resolve_dependency` / `bind` (images a driver needs resolved through the registry before converting, such
-as a Nydus chunk dictionary; see `accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish`
-needs in the content store, which the conversion cache carries with a record).
+`source_digest_annotation`, `facts_model` (the typed facts a converted layer carries for `finish`, which
+the conversion cache stores) and the `*_original_record` pair (conversion cache records), `acceld_driver`
+(acceld's spelling of a driver in its config), `dependencies` / `resolve_dependency` / `bind` (images a
+driver needs resolved through the registry before converting, such as a Nydus chunk dictionary; see
+`accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish` needs in the content store,
+which the conversion cache carries with a record).
 """
 
 from __future__ import annotations
