@@ -7,6 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -25,6 +26,7 @@ from accel.model import SourceImage, SourceLayer
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
+from accel.registry.memory import MemoryRegistry
 from accel.store import ContentStore
 from tests.harness import imagegen, pushing
 from tests.harness import nydus as nh
@@ -233,17 +235,24 @@ _OLD_NYDUS_RECORD = (
 )
 
 
-def _record_entry(record: str) -> cache.CacheEntry:
-    described = json.loads(record)["descriptor"]
-    layer = Descriptor.model_validate(described).with_(
-        annotations=described["annotations"]
+def _record_entry(record: str, source: bytes = b"source layer") -> cache.CacheEntry:
+    """The record as a cache manifest lists it, followed by its local blobs."""
+    described = json.loads(record)
+    layer = Descriptor.model_validate(described["descriptor"]).with_(
+        annotations=described["descriptor"]["annotations"]
         | {
-            mt.ORIGINAL_CACHE_SOURCE_DIGEST: dg.of_bytes(b"source layer"),
+            mt.ORIGINAL_CACHE_SOURCE_DIGEST: dg.of_bytes(source),
             mt.ACCEL_CACHE_KEY: "nydus-0123456789abcdef",
             mt.ACCEL_CACHE_RECORD: record,
         }
     )
-    return cache.CacheEntry(layer=layer, diff_id=layer.digest)
+    blobs = tuple(
+        Descriptor.model_validate(b).with_(
+            media_type=mt.ACCEL_CACHE_BLOB, annotations={mt.ACCEL_CACHE_BLOB_OF: layer.digest}
+        )
+        for b in described.get("localBlobs", ())
+    )
+    return cache.CacheEntry(layer=layer, diff_id=layer.digest, blobs=blobs)
 
 
 def test_records_written_before_typed_facts_load_into_the_drivers_model() -> None:
@@ -289,6 +298,39 @@ def test_records_whose_facts_the_driver_refuses_are_unusable_not_wrong(facts: di
     # Facts for a driver that keeps none.
     with pytest.raises(InvalidImage, match="does not keep"):
         cache._converted_from_record(_record_entry(_OLD_NYDUS_RECORD), source, load_driver("estargz"))
+
+
+def test_through_the_registry_an_old_record_is_a_hit_and_one_with_refused_facts_a_miss(
+    tmp_path: Path,
+) -> None:
+    registry = MemoryRegistry()
+    writer = ContentStore(tmp_path / "writer")
+    for data in (b"nydus blob", b"bootstrap", b"table"):  # the blobs the literal record names
+        writer.put_bytes(data)
+    later = json.loads(_OLD_NYDUS_RECORD)
+    del later["extra"]
+    later["facts"] = {"version": 2, "bootstrap": dg.of_bytes(b"bootstrap"), "fs_version": "6"}
+    entries = (_record_entry(_OLD_NYDUS_RECORD), _record_entry(json.dumps(later), source=b"another layer"))
+    ref = Reference.parse("registry.invalid/team/app:accel-cache")
+    cache.push_cache(
+        registry, ref, writer, [cache.PlatformRecords(AMD64, entries)], version=VERSION, size=200
+    )
+
+    reader = ContentStore(tmp_path / "reader")
+    found = cache.fetch_cache(registry, ref, reader, VERSION, [AMD64])
+    layers = [
+        SourceLayer(
+            descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(data), size=12),
+            diff_id=dg.of_bytes(data),
+        )
+        for data in (b"source layer", b"another layer")
+    ]
+    driver = _KeyedNydus(load_driver("nydus").options)
+    restored = cache.restore_hits(registry, found, driver, layers, ref, reader)
+    assert list(restored.hits) == [dg.of_bytes(b"source layer")]  # the other layer is converted again
+    assert restored.gone == frozenset()  # its record stays for the readers that know its facts
+    hit = facts_of(restored.hits[dg.of_bytes(b"source layer")])
+    assert reader.exists(hit.bootstrap_digest) and hit.directories and reader.exists(hit.directories)
 
 
 class _KeyedNydus(NydusDriver):
