@@ -8,8 +8,10 @@ manifest lists *records*, most recently used first:
   `source_digest_annotation`: `containerd.io/snapshot/nydus-source-digest` for Nydus, as the original
   service writes it, `io.accel.layer.source-digest` otherwise), the driver's `cache_key()` (name, version
   and options: an eStargz layer never answers a Nydus request, a level-9 layer never a level-3 one) and
-  `io.accel.cache.record`, a JSON copy of the `ConvertedLayer` (descriptor, diff_id, extra, local_blobs,
-  companions), so a hit equals what conversion would have produced;
+  `io.accel.cache.record`, a JSON copy of the `ConvertedLayer` (descriptor, diff_id, the driver's `facts`
+  as its `facts_model` dumps them, local_blobs, companions), so a hit equals what conversion would have
+  produced (records written before typed facts hold them as a string map, `extra`, which the driver's model
+  reads too; facts its model refuses make the record unusable: that layer is converted again);
 - blobs a record needs locally for `Driver.finish` (`ConvertedLayer.local_blobs`, e.g. a Nydus layer
   bootstrap) follow it as `application/vnd.accel.cache.blob.v1` layers annotated with
   `io.accel.cache.blob-of` (records written before `local_blobs` existed: those layers are its local blobs);
@@ -44,9 +46,9 @@ from typing import Any
 from accel import constants as mt
 from accel import copy, mutate
 from accel import digest as dg
-from accel.drivers.base import ConvertedLayer, Driver
+from accel.drivers.base import ConvertedLayer, Driver, LayerFacts
 from accel.errors import AccelError, InvalidImage
-from accel.image import SourceImage, SourceLayer
+from accel.model import SourceImage, SourceLayer
 from accel.oci import Descriptor, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import NotFound, RegistryError
@@ -101,7 +103,7 @@ class CacheEntry:
 
     @property
     def source_digest(self) -> str:
-        source = self.layer.annotation(mt.NYDUS_SOURCE_DIGEST) or self.layer.annotation(
+        source = self.layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) or self.layer.annotation(
             mt.ACCEL_LAYER_SOURCE_DIGEST
         )
         assert source is not None  # entries are only made from layers that have one
@@ -145,13 +147,14 @@ def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> C
         )
         for digest in blob_digests
     )
-    record = {
+    record: dict[str, Any] = {
         "descriptor": layer.descriptor.to_dict(),
         "diffID": layer.diff_id,
-        "extra": layer.extra,
         "localBlobs": [b.to_dict() for b in layer.local_blobs],
         "companions": [c.to_dict() for c in layer.companions],
     }
+    if layer.facts is not None:
+        record["facts"] = layer.facts.model_dump(mode="json")
     annotations = dict(layer.descriptor.annotations or {})
     annotations |= {
         driver.source_digest_annotation: layer.source.digest,
@@ -162,7 +165,17 @@ def cache_entry(driver: Driver, layer: ConvertedLayer, store: ContentStore) -> C
     return CacheEntry(layer=descriptor, diff_id=layer.diff_id, blobs=blobs)
 
 
-def _converted_from_record(entry: CacheEntry, source: Descriptor) -> ConvertedLayer:
+def _facts_from_record(driver: Driver, record: dict[str, Any]) -> LayerFacts | None:
+    """The record's facts as the driver's model; before typed facts they were the string map `extra`."""
+    raw = record["facts"] if "facts" in record else record.get("extra") or None
+    if raw is None:
+        return None
+    if driver.facts_model is None:
+        raise ValueError(f"it has layer facts, which the {driver.name} driver does not keep")
+    return driver.facts_model.model_validate(raw)
+
+
+def _converted_from_record(entry: CacheEntry, source: Descriptor, driver: Driver) -> ConvertedLayer:
     try:
         record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
         descriptor = Descriptor.model_validate(record["descriptor"])
@@ -176,7 +189,7 @@ def _converted_from_record(entry: CacheEntry, source: Descriptor) -> ConvertedLa
             source=source,
             descriptor=descriptor,
             diff_id=dg.validate(record["diffID"]),
-            extra=dict(record.get("extra") or {}),
+            facts=_facts_from_record(driver, record),
             local_blobs=local_blobs,
             companions=tuple(Descriptor.model_validate(c) for c in record.get("companions") or ()),
         )
@@ -198,7 +211,9 @@ def _entries(layers: Sequence[Descriptor], where: str) -> tuple[CacheEntry, ...]
                     entries[i] = dataclasses.replace(entries[i], blobs=(*entries[i].blobs, layer))
                     break
             continue
-        source = layer.annotation(mt.NYDUS_SOURCE_DIGEST) or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST)
+        source = layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) or layer.annotation(
+            mt.ACCEL_LAYER_SOURCE_DIGEST
+        )
         if source is None or not dg.is_digest(source):
             log.warning(
                 "cache %s: ignoring layer %s without a valid source digest (%r)", where, layer.digest, source
@@ -293,7 +308,7 @@ def _import_manifest(
     manifest = Manifest.parse(raw, desc.media_type)
     store.put_bytes(raw, desc.digest)  # the bytes as fetched, under their real digest
     annotations = manifest.annotations
-    found = {annotations[k] for k in (mt.NYDUS_CACHE_VERSION, mt.ACCEL_CACHE_VERSION) if k in annotations}
+    found = {annotations[k] for k in (mt.ORIGINAL_CACHE_VERSION, mt.ACCEL_CACHE_VERSION) if k in annotations}
     if found != {version}:
         log.warning(
             "ignoring cache manifest %s in %s: version %s, expected %s",
@@ -411,7 +426,7 @@ def restore_hits(
                     client, cache.reference, entry, sources[source_digest], driver, store
                 )
             else:
-                converted = _converted_from_record(entry, sources[source_digest])
+                converted = _converted_from_record(entry, sources[source_digest], driver)
                 for blob in entry.blobs:
                     try:
                         client.fetch_blob(cache.reference, blob, store)
@@ -521,7 +536,7 @@ def _write_manifest(
         media_type,
         config,
         layers,
-        annotations={mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
+        annotations={mt.ORIGINAL_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version},
         go_form=True,  # Go workers rewrite cache manifests; their form keeps the documents comparable
     )
     return mutate.store_document(manifest, store, platform=platform), config
@@ -601,7 +616,10 @@ def plan_update(
         desc = write(manifest_type, update.platform, update.entries, ())
         changed.append(desc)
         children.append(desc)
-    annotations = dict(cache.annotations) | {mt.NYDUS_CACHE_VERSION: version, mt.ACCEL_CACHE_VERSION: version}
+    annotations = dict(cache.annotations) | {
+        mt.ORIGINAL_CACHE_VERSION: version,
+        mt.ACCEL_CACHE_VERSION: version,
+    }
     root = mutate.store_document(
         mutate.index(index_type, children, annotations=annotations, go_form=True), store
     )

@@ -41,16 +41,11 @@ from pydantic import (
     model_validator,
 )
 
+from accel.drivers.base import ACCELD_ONLY_KEYS
 from accel.errors import ConfigError
 from accel.oci import Platform
 
 log = logging.getLogger(__name__)
-
-# acceld put a per-driver scratch dir in driver.config; accel uses provider.work_dir for everything.
-_ACCELD_ONLY_DRIVER_KEYS = ("work_dir",)
-# acceld runs zstd:chunked as `type: estargz` with `compression: zstdchunked`; these estargz keys carry over.
-_ESTARGZ_COMPRESSION = "compression"
-_ZSTDCHUNKED_KEYS_FROM_ESTARGZ = ("docker2oci", *_ACCELD_ONLY_DRIVER_KEYS)
 
 
 def _usable_in_tag(value: str | None) -> str | None:
@@ -185,37 +180,22 @@ class DriverSettings(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _estargz_zstdchunked(cls, data: Any) -> Any:
-        """acceld's `type: estargz` + `compression: zstdchunked` is accel's zstdchunked driver.
-
-        Deliberately so: accel writes current-format zstd:chunked (TOC and tar-split in skippable frames,
-        what podman and containers/storage read), not the estargz-library variant acceld produces.
-        """
-        if (
-            not isinstance(data, dict)
-            or data.get("type") != "estargz"
-            or not isinstance(data.get("config"), dict)
-        ):
+    def _acceld_driver(cls, data: Any) -> Any:
+        """acceld's driver (type and config) as accel's, as the driver of that type says
+        (`Driver.acceld_driver`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
             return data
-        config = dict(data["config"])
-        compression = config.pop(_ESTARGZ_COMPRESSION, None)
-        if compression in (None, "", "estargz"):
-            return {**data, "config": config}
-        if compression != "zstdchunked":
-            raise ValueError(
-                f"config.compression {compression!r} is not a compression of the estargz driver "
-                "(acceld knows estargz, the default, and zstdchunked)"
-            )
-        others = sorted(set(config) - set(_ZSTDCHUNKED_KEYS_FROM_ESTARGZ))
-        if others:
-            raise ValueError(
-                f"config.{others[0]}: not an option of zstd:chunked (`compression: zstdchunked` runs accel's "
-                "zstdchunked driver, whose options are level and docker2oci)"
-            )
-        return {**data, "type": "zstdchunked", "config": config}
+        from accel.drivers import driver_class
+
+        try:
+            driver = driver_class(str(data.get("type")))
+        except ConfigError:
+            return data  # the unknown type itself is reported by validation
+        driver_type, config = driver.acceld_driver(data["config"])
+        return {**data, "type": driver_type, "config": config}
 
     def driver_config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in _ACCELD_ONLY_DRIVER_KEYS}
+        return {k: v for k, v in self.config.items() if k not in ACCELD_ONLY_KEYS}
 
 
 class Rule(_Model):
@@ -456,8 +436,7 @@ def _driver_keys(driver_type: Any) -> frozenset[str] | None:
         cls = driver_class(str(driver_type))
     except ConfigError:
         return None  # the unknown type itself is reported by validation
-    extra = (_ESTARGZ_COMPRESSION,) if driver_type == "estargz" else ()
-    return cls.options_model.accepted_keys() | set(_ACCELD_ONLY_DRIVER_KEYS) | set(extra)
+    return cls.options_model.accepted_keys() | ACCELD_ONLY_KEYS
 
 
 def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[str]) -> Any:
@@ -490,13 +469,6 @@ def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[st
 
 
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
-
-
-def unknown_keys(data: dict[str, Any]) -> list[str]:
-    """Dotted paths of the keys in `data` that no setting (and no driver option) has."""
-    found: list[str] = []
-    _strip_unknown(Settings, data, "", found)
-    return found
 
 
 def load_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> Settings:

@@ -42,8 +42,6 @@ ZSTD_CHUNKED_TARSPLIT_POSITION = "io.github.containers.zstd-chunked.tarsplit-pos
 NYDUS_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
 NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
-NYDUS_SOURCE_DIGEST = "containerd.io/snapshot/nydus-source-digest"
-NYDUS_CACHE_VERSION = "containerd.io/snapshot/nydus-cache-version"
 # zran (oci_ref) layers: the original gzip blob the Nydus meta blob points into (`sha256:...`)
 NYDUS_REF_ANNOTATION = "containerd.io/snapshot/nydus-ref"
 
@@ -54,12 +52,18 @@ ACCEL_DRIVER = "io.accel.driver"
 ACCEL_DRIVER_VERSION = "io.accel.driver.version"
 ACCEL_LAYER_SOURCE_DIGEST = "io.accel.layer.source-digest"
 ACCEL_NYDUS_BUILDER_VERSION = "io.accel.nydus.builder.version"
-# Conversion cache images (accel/cache.py). The source layer digest of a non-Nydus record is
-# ACCEL_LAYER_SOURCE_DIGEST; Nydus records use NYDUS_SOURCE_DIGEST, as the original service does.
+# Conversion cache images (accel/cache.py). A record names its source layer under its driver's
+# `source_digest_annotation`: ACCEL_LAYER_SOURCE_DIGEST, or ORIGINAL_CACHE_SOURCE_DIGEST for the driver
+# whose records the original service's cache holds too.
 ACCEL_CACHE_VERSION = "io.accel.cache.version"
 ACCEL_CACHE_KEY = "io.accel.cache.key"  # Driver.cache_key(): driver, version and options
-ACCEL_CACHE_RECORD = "io.accel.cache.record"  # JSON: the converted layer (descriptor, diff_id, extra, ...)
+ACCEL_CACHE_RECORD = "io.accel.cache.record"  # JSON: the converted layer (descriptor, diff_id, facts, ...)
 ACCEL_CACHE_BLOB_OF = "io.accel.cache.blob-of"  # on an ACCEL_CACHE_BLOB layer: its record's layer digest
+
+# The original acceleration service's conversion cache (goharbor/acceleration-service `pkg/cache`), whose
+# records are Nydus layers and so carry nydus-snapshotter's names.
+ORIGINAL_CACHE_SOURCE_DIGEST = "containerd.io/snapshot/nydus-source-digest"
+ORIGINAL_CACHE_VERSION = "containerd.io/snapshot/nydus-cache-version"
 
 # Harbor accessory annotations (rule harbor_annotation)
 HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"

@@ -1,8 +1,8 @@
 """Source image resolution and converted image assembly.
 
 `resolve_source` reads the source root (manifest or index), the selected platforms' manifests and configs
-into the content store, byte-exact. `assemble_manifest` turns one platform's `ImagePlan` into a manifest and
-config; `assemble_index` wraps several into an index. Nothing here speaks HTTP except through the client
+into the content store, byte-exact. `assemble_manifest` turns one platform's `PlatformDraft` into a manifest
+and config; `assemble_index` wraps several into an index. Nothing here speaks HTTP except through the client
 passed in, and nothing here knows a layer format.
 """
 
@@ -14,10 +14,8 @@ from collections.abc import Sequence
 
 from accel import constants as mt
 from accel import mutate
-from accel.drivers.base import ConvertedLayer, Driver, ImagePlan
+from accel.drivers.base import ConvertedLayer, Driver, PlatformDraft
 from accel.errors import InvalidImage, UnsupportedMediaType
-
-# The image value types live in accel.model (drivers import them too); re-exported here.
 from accel.model import BuiltImage, BuiltManifest, SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, detect_media_type
 from accel.reference import Reference
@@ -104,11 +102,11 @@ def _layer_media_type(layer: ConvertedLayer, oci: bool) -> str:
     return layer.descriptor.media_type
 
 
-def plan_for(
+def draft_for(
     source: SourceImage, manifest: SourceManifest, layers: Sequence[ConvertedLayer], store: ContentStore
-) -> ImagePlan:
+) -> PlatformDraft:
     config = ImageConfig.parse(store.read_bytes(manifest.config.digest))
-    return ImagePlan(
+    return PlatformDraft(
         source_manifest=manifest.descriptor,
         source_reference=source.reference,
         config=config,
@@ -131,33 +129,33 @@ def _provenance(
 
 
 def assemble_manifest(
-    plan: ImagePlan, driver: Driver, store: ContentStore, options: BuildOptions = BuildOptions()
+    draft: PlatformDraft, driver: Driver, store: ContentStore, options: BuildOptions = BuildOptions()
 ) -> BuiltManifest:
     """Write the converted config and manifest for one platform into the store."""
-    oci = driver.writes_oci(plan.source_manifest.media_type)
-    history = list(plan.history) if plan.history is not None else plan.config.doc.get("history")
-    config = plan.config.with_diff_ids([layer.diff_id for layer in plan.layers], history)
+    oci = driver.writes_oci(draft.source_manifest.media_type)
+    history = list(draft.history) if draft.history is not None else draft.config.doc.get("history")
+    config = draft.config.with_diff_ids([layer.diff_id for layer in draft.layers], history)
     config_desc = Descriptor.of(mt.OCI_CONFIG if oci else mt.DOCKER_CONFIG, config.raw)
     store.put_bytes(config.raw, config_desc.digest)
 
     layers = [
         layer.descriptor.with_(media_type=_layer_media_type(layer, oci), platform=None)
-        for layer in plan.layers
+        for layer in draft.layers
     ]
     if oci:
         manifest = mutate.manifest(
             mt.OCI_MANIFEST,
             config_desc,
             layers,
-            artifact_type=plan.artifact_type or None,
-            subject=plan.source_manifest if options.subject and driver.writes_subject() else None,
-            annotations=_provenance(plan.source_manifest, plan.source_reference, driver, options)
-            | plan.manifest_annotations,
+            artifact_type=draft.artifact_type or None,
+            subject=draft.source_manifest if options.subject and driver.writes_subject() else None,
+            annotations=_provenance(draft.source_manifest, draft.source_reference, driver, options)
+            | draft.manifest_annotations,
         )
     else:
         manifest = mutate.manifest(mt.DOCKER_MANIFEST, config_desc, layers)
-    descriptor = mutate.store_document(manifest, store, platform=plan.source_manifest.platform)
-    companions = tuple(c for layer in plan.layers for c in layer.companions)
+    descriptor = mutate.store_document(manifest, store, platform=draft.source_manifest.platform)
+    companions = tuple(c for layer in draft.layers for c in layer.companions)
     return BuiltManifest(
         descriptor=descriptor, config=config_desc, layers=tuple(layers), companions=companions
     )
@@ -190,13 +188,13 @@ def build_image(
     store: ContentStore,
     options: BuildOptions = BuildOptions(),
 ) -> BuiltImage:
-    """Every platform: plan → driver.finish → manifest; then an index when the source was one; then
+    """Every platform: draft → driver.finish → manifest; then an index when the source was one; then
     driver.finish_image, which may reshape the whole image."""
     built = []
     for manifest in source.manifests:
         layers = [converted[layer.descriptor.digest] for layer in manifest.layers]
-        plan = driver.finish(plan_for(source, manifest, layers, store), store)
-        built.append(assemble_manifest(plan, driver, store, options))
+        draft = driver.finish(draft_for(source, manifest, layers, store), store)
+        built.append(assemble_manifest(draft, driver, store, options))
     root = (
         assemble_index(source, built, driver, store, options)
         if source.is_index

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from accel import constants as mt
 from accel import copy, referrers
-from accel.image import BuiltImage
+from accel.model import BuiltImage
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry import RegistryError

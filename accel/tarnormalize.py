@@ -151,8 +151,9 @@ def _text(raw: bytes) -> str:
 
 
 @dataclasses.dataclass
-class LayerPlan:
-    """What `normalized_tar` does to each entry, by its index in the stream."""
+class Normalisation:
+    """What `normalized_tar` does to each entry, by its index in the stream (what pass 1 decided), and the
+    layer's directory table."""
 
     skip: set[int] = dataclasses.field(default_factory=set)
     # entry index -> directory entries (by index) to write just before it, outermost first
@@ -194,22 +195,22 @@ class _Seen:
     path: bytes
 
 
-def scan_layer(stream: BinaryIO) -> LayerPlan:
-    """Pass 1 (headers only): the plan for `normalized_tar` and the layer's directory table."""
+def scan_layer(stream: BinaryIO) -> Normalisation:
+    """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table."""
     scan = LayerScan()
     scanner = TarScanner(stream)
     for member in scanner:
         scan.add(member)
-    return scan.plan(ends_cleanly=bool(scanner.end_bytes))
+    return scan.normalisation(ends_cleanly=bool(scanner.end_bytes))
 
 
 class LayerScan:
     """`scan_layer` one member at a time, for a reader that also forwards the layer (one pass over it).
 
     `add` makes the checks that can decide on one entry and what came before it (a `..` escaping the root,
-    a hardlink to a path that is no earlier entry) and raises UnsafeEntry; `plan` makes the rest once every
-    member was added. With `spot_changes`, `add` also says when the plan can no longer pass the layer
-    through (see `_spot_change`), so a reader forwarding the layer as it is can stop early.
+    a hardlink to a path that is no earlier entry) and raises UnsafeEntry; `normalisation` makes the rest once
+    every member was added. With `spot_changes`, `add` also says when the normalisation can no longer pass
+    the layer through (see `_spot_change`), so a reader forwarding the layer as it is can stop early.
     """
 
     def __init__(self, spot_changes: bool = False) -> None:
@@ -248,10 +249,11 @@ class LayerScan:
         return change
 
     def _spot_change(self, header: TarHeader, path: bytes) -> str | None:
-        """Why `plan` will not pass the layer through, seen at this (non-root) entry; None: not yet known.
+        """Why the normalisation will not pass the layer through, seen at this (non-root) entry; None: not
+        yet known.
 
-        Each reason is certain: the plan drops, moves or rewrites an entry, or refuses the layer. The first
-        reason is the one to act on: the bookkeeping stops there, so later answers may miss changes.
+        Each reason is certain: the normalisation drops, moves or rewrites an entry, or refuses the layer. The
+        first reason is the one to act on: the bookkeeping stops there, so later answers may miss changes.
         """
         if path in self._last:
             return f"{entry_label(header.name)} repeats a path"  # the earlier entry is dropped
@@ -277,18 +279,19 @@ class LayerScan:
             ancestor = _parent(ancestor)
         return None
 
-    def plan(self, ends_cleanly: bool) -> LayerPlan:
-        """The plan for `normalized_tar` once every member was added; raises UnsafeEntry as `scan_layer`."""
-        return _plan(self._entries, self._last, self._directory_headers, ends_cleanly)
+    def normalisation(self, ends_cleanly: bool) -> Normalisation:
+        """The Normalisation for `normalized_tar` once every member was added; raises UnsafeEntry as
+        `scan_layer` does."""
+        return _normalisation(self._entries, self._last, self._directory_headers, ends_cleanly)
 
 
-def _plan(
+def _normalisation(
     entries: list[_Seen | None],
     last: dict[bytes, int],
     directory_headers: dict[int, bytes],
     ends_cleanly: bool,
-) -> LayerPlan:
-    plan = LayerPlan(ends_cleanly=ends_cleanly)
+) -> Normalisation:
+    normal = Normalisation(ends_cleanly=ends_cleanly)
     kept: list[_Seen] = []
     for seen in entries:
         if seen is None:
@@ -296,7 +299,7 @@ def _plan(
         if not seen.path:
             continue  # the root itself: passed through, never moved
         if last[seen.path] != seen.index:
-            plan.skip.add(seen.index)
+            normal.skip.add(seen.index)
             continue
         header = seen.header
         if (
@@ -304,7 +307,7 @@ def _plan(
             or not _name_is_clean(header.name)
             or (header.typeflag == tarstream.TYPE_LINK and not _name_is_clean(header.linkname))
         ):
-            plan.rewritten.append(entry_label(header.name))
+            normal.rewritten.append(entry_label(header.name))
         kept.append(seen)
     kept_by_path = {seen.path: seen for seen in kept}
 
@@ -346,8 +349,8 @@ def _plan(
             elif carrier.index > seen.index:
                 moved.append(carrier.index)
         if moved:
-            plan.moved_before[seen.index] = moved
-            plan.skip.update(moved)
+            normal.moved_before[seen.index] = moved
+            normal.skip.update(moved)
         base = seen.path.rpartition(b"/")[2]
         if seen.header.typeflag == tarstream.TYPE_DIR:
             placed.add(seen.path)
@@ -362,26 +365,26 @@ def _plan(
             whiteouts.append(_text(parent + b"/" + hidden if parent else hidden))
         else:
             replaced.append(_text(seen.path))
-    plan.directory_headers = {
-        index: directory_headers[index] for moved in plan.moved_before.values() for index in moved
+    normal.directory_headers = {
+        index: directory_headers[index] for moved in normal.moved_before.values() for index in moved
     }
-    plan.table = DirectoryTable(
+    normal.table = DirectoryTable(
         directories, *(tuple(sorted(paths)) for paths in (implied, whiteouts, opaque, replaced))
     )
-    return plan
+    return normal
 
 
 # --- pass 2: write ---------------------------------------------------------------------------------
 
 
-def normalized_tar(stream: BinaryIO, plan: LayerPlan, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+def normalized_tar(stream: BinaryIO, normal: Normalisation, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """Pass 2: the normalised tar, in chunks. `stream` is the same layer `scan_layer` read."""
-    moved_headers = plan.directory_headers
+    moved_headers = normal.directory_headers
     scanner = TarScanner(stream)
     for index, member in enumerate(scanner):
-        for moved in plan.moved_before.get(index, ()):
+        for moved in normal.moved_before.get(index, ()):
             yield moved_headers[moved]
-        if index in plan.skip:
+        if index in normal.skip:
             member.finish()
             continue
         yield from _entry_bytes(member, chunk_size)

@@ -21,9 +21,10 @@ from pydantic import BaseModel
 
 from accel.context import context_for
 from accel.digest import hex_of
-from accel.drivers import ConvertedLayer, detect_format
+from accel.drivers import DRIVER_TYPES, ConvertedLayer, detect_format
 from accel.errors import AccelError, ConfigError, InvalidReference
-from accel.image import BuiltImage, SourceImage, SourceLayer, produced_by_accel
+from accel.image import produced_by_accel
+from accel.model import BuiltImage, SourceImage, SourceLayer
 from accel.oci import Descriptor
 from accel.plan import ConversionPlan, is_cache_tag, plan_conversion, with_target
 from accel.reference import Reference
@@ -46,8 +47,9 @@ from tasks.store import collect_garbage
 # sizes and targets from it through the Prefect API, without result storage or the flow's code.
 RESULT_ARTIFACT_TYPE = "accel-result"
 
-# The run form's driver choices: every driver accel has (a run fails early if the config lacks one).
-DriverType = Literal["estargz", "zstdchunked", "nydus"]
+# The run form's driver choices: every driver accel has (a run fails early if the config lacks one). A
+# Literal, so Prefect's form offers them; built from the registry, so it never lists them twice.
+DriverType = Literal[DRIVER_TYPES]  # type: ignore[valid-type]
 
 
 class LayerResult(BaseModel):

@@ -138,13 +138,12 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
 
 def _warm_up() -> None:
     """Import now what the first conversion would otherwise wait for."""
-    import importlib
-
     import flows.convert_image  # noqa: F401
+    from accel.drivers import DRIVER_TYPES, driver_class
 
-    for name in ("estargz", "zstdchunked", "nydus"):
+    for name in DRIVER_TYPES:
         with contextlib.suppress(ImportError):
-            importlib.import_module(f"accel.drivers.{name}")
+            driver_class(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

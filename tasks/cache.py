@@ -12,7 +12,7 @@ from accel import cache
 from accel.context import context_for
 from accel.drivers import ConvertedLayer
 from accel.errors import AccelError
-from accel.image import SourceImage
+from accel.model import SourceImage
 from accel.reference import Reference
 from accel.registry import RegistryError
 

@@ -20,6 +20,7 @@ from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, LayerInput
 from accel.drivers.base import CONVERTED_LAYER_SCHEMA, Driver
 from accel.drivers.dependencies import stage_dependency_blobs
+from accel.model import BuiltImage, SourceImage, SourceLayer
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports import Transports, is_local
@@ -33,7 +34,7 @@ from tasks.slots import ConversionSlots
     name="resolve",
     task_run_name="resolve {source}",
 )
-def resolve(source: Reference, config_path: str) -> img.SourceImage:
+def resolve(source: Reference, config_path: str) -> SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
     return img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
@@ -43,7 +44,7 @@ def resolve(source: Reference, config_path: str) -> img.SourceImage:
     name="pull-layer",
     task_run_name=layer_run_name("pull"),
 )
-def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> img.SourceLayer:
+def pull_layer(source: Reference, layer: SourceLayer, config_path: str) -> SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
     ctx = context_for(config_path)
     Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
@@ -51,13 +52,13 @@ def pull_layer(source: Reference, layer: img.SourceLayer, config_path: str) -> i
 
 
 def pull_layers(
-    source: Reference, layers: dict[str, img.SourceLayer], config_path: str
-) -> dict[str, PrefectFuture[img.SourceLayer]]:
+    source: Reference, layers: dict[str, SourceLayer], config_path: str
+) -> dict[str, PrefectFuture[SourceLayer]]:
     """Submit each layer's pull (digest → its run). Conversions need not wait for them: each reads its layer
     while the pull writes it (`ContentStore.open_following`), and ends only once the pull has committed the
     blob, digest verified. A pull that ends without the blob fails the conversions reading it."""
     store = context_for(config_path).store
-    pulls: dict[str, PrefectFuture[img.SourceLayer]] = {}
+    pulls: dict[str, PrefectFuture[SourceLayer]] = {}
     for digest, layer in layers.items():
         store.expect(digest)  # before the run exists: a conversion may start first
         pull = pull_layer.submit(source, layer, config_path)
@@ -72,7 +73,7 @@ def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     """Same source layer + driver + options + driver version + store → same converted blob."""
     ctx = context_for(parameters["config_path"])
     driver = ctx.driver(parameters["driver_type"])
-    layer: img.SourceLayer = parameters["layer"]
+    layer: SourceLayer = parameters["layer"]
     # The result names a blob in *this* store, so another store must not reuse it.
     store_id = hashlib.sha256(str(ctx.store.root).encode()).hexdigest()[:12]
     # The schema: a result persisted before ConvertedLayer changed shape is converted again.
@@ -106,11 +107,11 @@ def _run_slots(run: str) -> ConversionSlots:
         return slots
 
 
-def _slot_key(layer: img.SourceLayer, driver_type: str) -> str:
+def _slot_key(layer: SourceLayer, driver_type: str) -> str:
     return f"{layer.descriptor.digest} {driver_type}"
 
 
-def announce_conversions(missed: dict[str, list[img.SourceLayer]]) -> ConversionSlots:
+def announce_conversions(missed: dict[str, list[SourceLayer]]) -> ConversionSlots:
     """Tell this flow run's conversion slots which conversions (driver → layers) are about to be submitted,
     so that the largest layers go first (`tasks.slots`). The caller keeps the returned slots until the
     conversions are done, and passes their runs to `withdraw_when_done`."""
@@ -124,7 +125,7 @@ def announce_conversions(missed: dict[str, list[img.SourceLayer]]) -> Conversion
 
 def withdraw_when_done(
     slots: ConversionSlots,
-    missed: dict[str, list[img.SourceLayer]],
+    missed: dict[str, list[SourceLayer]],
     conversions: dict[str, list[PrefectFuture[ConvertedLayer]]],
 ) -> None:
     """A conversion whose run ends without asking for a slot (answered by Prefect's task cache, or failed
@@ -142,7 +143,7 @@ def withdraw_when_done(
     persist_result=True,
 )
 def convert_layer(
-    layer: img.SourceLayer, driver_type: str, config_path: str, images: list[str] | None = None
+    layer: SourceLayer, driver_type: str, config_path: str, images: list[str] | None = None
 ) -> ConvertedLayer:
     """`images`: the platform images that list the layer (`tasks.limits.image_label`), each bounded by
     converter.limits.max_image_size together with its other layers."""
@@ -175,7 +176,7 @@ def uploads_early(driver: Driver, target_ref: Reference, verify: bool) -> bool:
 
 @task(name="upload-layer", task_run_name=layer_run_name("upload"))
 def upload_layer(
-    layer: img.SourceLayer,
+    layer: SourceLayer,
     converted: ConvertedLayer | BaseException,
     target_ref: Reference,
     source_ref: Reference,
@@ -199,11 +200,11 @@ def upload_layer(
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
 def build_image(
-    source: img.SourceImage,
+    source: SourceImage,
     converted: list[ConvertedLayer],
     driver_type: str,
     config_path: str,
-) -> img.BuiltImage:
+) -> BuiltImage:
     ctx = context_for(config_path)
     by_source = {c.source.digest: c for c in converted}
     options = img.BuildOptions(harbor_annotation=ctx.settings.converter.harbor_annotation)
@@ -215,7 +216,7 @@ def build_image(
     task_run_name="push {target_ref}",
 )
 def push_image(
-    image: img.BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str
+    image: BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str
 ) -> Descriptor:
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
@@ -234,7 +235,7 @@ def push_image(
 
 @task(name="verify", task_run_name="verify {driver_type} image")
 def verify_image(
-    image: img.BuiltImage, source_ref: Reference, target_ref: Reference, driver_type: str, config_path: str
+    image: BuiltImage, source_ref: Reference, target_ref: Reference, driver_type: str, config_path: str
 ) -> str:
     """converter.verify: prove the built image against its source before it is pushed; raise when it fails."""
     ctx = context_for(config_path)

@@ -1,34 +1,36 @@
-"""Format drivers, looked up by acceld's `converter.driver.type` names."""
+"""Format drivers, looked up by acceld's `converter.driver.type` names.
+
+Each format is a subpackage of this one, named as acceld's `type` names it, whose `__init__` exports its
+Driver subclass as `DRIVER` (whose `name` is the package's name). Drivers are found by listing the
+subpackages and imported only when first asked for, so one broken driver cannot break the others; nothing
+outside a format's folder needs to name it. A driver declares everything else itself: its options model
+(`Driver.options_model`), acceld's aliases of it (`Driver.acceld_driver`), its layer facts
+(`Driver.facts_model`) and whether an image already is in its format (`Driver.is_converted`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from pydantic import ValidationError
 
-from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, ImagePlan, LayerInput
+from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput, PlatformDraft
 from accel.errors import ConfigError
 from accel.oci import Descriptor
 
-# type name -> "module:Class"; imported lazily so one broken driver cannot break the others.
-_DRIVERS = {
-    "estargz": "accel.drivers.estargz:EStargzDriver",
-    "zstdchunked": "accel.drivers.zstdchunked:ZstdChunkedDriver",
-    "nydus": "accel.drivers.nydus:NydusDriver",
-}
-
-DRIVER_TYPES = tuple(_DRIVERS)
+# Every driver's name (its subpackage's), in a stable (alphabetical) order.
+DRIVER_TYPES: tuple[str, ...] = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
 
 
 def driver_class(driver_type: str) -> type[Driver]:
-    try:
-        module_name, class_name = _DRIVERS[driver_type].split(":")
-    except KeyError:
-        raise ConfigError(
-            f"unknown driver type {driver_type!r}; expected one of {', '.join(DRIVER_TYPES)}"
-        ) from None
-    return getattr(importlib.import_module(module_name), class_name)
+    if driver_type not in DRIVER_TYPES:
+        raise ConfigError(f"unknown driver type {driver_type!r}; expected one of {', '.join(DRIVER_TYPES)}")
+    cls = importlib.import_module(f"{__name__}.{driver_type}").DRIVER
+    if not (isinstance(cls, type) and issubclass(cls, Driver) and cls.name == driver_type):
+        raise TypeError(f"{__name__}.{driver_type}.DRIVER must be the Driver subclass named {driver_type!r}")
+    return cls
 
 
 def load_driver(driver_type: str, config: dict[str, Any] | None = None) -> Driver:
@@ -62,8 +64,8 @@ __all__ = [
     "ConvertedLayer",
     "Driver",
     "DriverOptions",
-    "ImagePlan",
     "LayerInput",
+    "PlatformDraft",
     "detect_format",
     "driver_class",
     "load_driver",

@@ -6,10 +6,12 @@ Nydus merges bootstraps) and may reshape the assembled image as a whole (`finish
 the OCI and Nydus manifests into one index). Drivers only see the content store, never the registry.
 
 The engine asks drivers, never their names or options: `writes_oci` (media types of the output),
-`source_digest_annotation` and the `*_original_record` pair (conversion cache records), `dependencies` /
-`resolve_dependency` / `bind` (images a driver needs resolved through the registry before converting, such
-as a Nydus chunk dictionary; see `accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish`
-needs in the content store, which the conversion cache carries with a record).
+`source_digest_annotation`, `facts_model` (the typed facts a converted layer carries for `finish`, which
+the conversion cache stores) and the `*_original_record` pair (conversion cache records), `acceld_driver`
+(acceld's spelling of a driver in its config), `dependencies` / `resolve_dependency` / `bind` (images a
+driver needs resolved through the registry before converting, such as a Nydus chunk dictionary; see
+`accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish` needs in the content store,
+which the conversion cache carries with a record).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
 from accel import compression
 from accel import constants as mt
@@ -30,6 +32,10 @@ from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
 from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
+
+# Keys of every acceld `converter.driver.config` that accel ignores: acceld put a per-driver scratch dir
+# there, accel uses provider.work_dir for everything.
+ACCELD_ONLY_KEYS = frozenset({"work_dir"})
 
 
 class DriverOptions(BaseModel):
@@ -84,6 +90,16 @@ class LayerInput:
             yield f
 
 
+class LayerFacts(BaseModel):
+    """Base of a driver's own facts about a converted layer, which its `finish` needs beyond the descriptor
+    (for example where the layer's metadata is in the store). A driver declares its subclass as
+    `Driver.facts_model`; the conversion cache stores `model_dump(mode="json")` with the record and reads it
+    back through `facts_model`, so a subclass keeps its field names (or reads older records itself) and
+    carries a `version` field that says which shape it has: a record of another version is a cache miss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class ConvertedLayer(BaseModel):
     """Result of `convert_layer`: small, JSON-serialisable, the blob itself stays in the store."""
 
@@ -92,7 +108,9 @@ class ConvertedLayer(BaseModel):
     source: Descriptor  # the source layer it came from
     descriptor: Descriptor  # the converted blob (digest, size, media type, annotations)
     diff_id: str  # digest of the converted layer's uncompressed content
-    extra: dict[str, str] = {}  # driver-private facts for `finish`, kept verbatim by the cache
+    # The driver's facts for `finish` (an instance of its `facts_model`), None for a driver that needs none.
+    # SerializeAsAny: dumps keep the subclass's fields.
+    facts: SerializeAsAny[LayerFacts] | None = None
     # Blobs `finish` needs in the content store besides the layer itself (a Nydus layer bootstrap); a
     # conversion cache record carries them.
     local_blobs: tuple[Descriptor, ...] = ()
@@ -102,12 +120,14 @@ class ConvertedLayer(BaseModel):
 
 
 # Bump when ConvertedLayer gains or changes fields: results persisted by an older version must not be reused.
-CONVERTED_LAYER_SCHEMA = "2"
+CONVERTED_LAYER_SCHEMA = "3"  # 3: `facts` (a driver's typed model) replaced the `extra` string map
 
 
 @dataclasses.dataclass(frozen=True)
-class ImagePlan:
-    """One platform's converted image before its manifest is written; `finish` may change it."""
+class PlatformDraft:
+    """One platform's converted image before its manifest is written: the converted layers, the source config
+    and what the manifest will add. `finish` may change it; `accel.image.assemble_manifest` writes it. (Not
+    a plan: what it holds is already converted, only its manifest and config are still to be written.)"""
 
     source_manifest: Descriptor
     source_reference: str
@@ -150,6 +170,9 @@ class Driver:
     implementation_version: ClassVar[str] = "1"
     # Where a conversion cache record names its source layer.
     source_digest_annotation: ClassVar[str] = mt.ACCEL_LAYER_SOURCE_DIGEST
+    # The model of `ConvertedLayer.facts` this driver writes (None: its layers carry none); the conversion
+    # cache reads a record's facts back through it.
+    facts_model: ClassVar[type[LayerFacts] | None] = None
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options
@@ -157,6 +180,15 @@ class Driver:
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Driver:
         return cls(cls.options_model.model_validate(config or {}))
+
+    @classmethod
+    def acceld_driver(cls, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The driver type and config that acceld's `converter.driver` of this type with `config` stands for.
+
+        Default: this driver, the same config. A driver whose acceld type also runs another format, picked
+        by an option, routes that config to the other driver here; ValueError for a config acceld refuses.
+        """
+        return cls.name, config
 
     @property
     def version(self) -> str:
@@ -215,9 +247,9 @@ class Driver:
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         raise NotImplementedError
 
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
         """Whole-image step after every layer is converted. Default: nothing to do."""
-        return plan
+        return draft
 
     def finish_image(self, source: SourceImage, image: BuiltImage, store: ContentStore) -> BuiltImage:
         """Whole-image step after every manifest (and the index) is in the store. Default: unchanged."""

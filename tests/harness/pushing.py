@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from accel import publish
-from accel.image import BuiltImage, BuiltManifest
+from accel.model import BuiltImage, BuiltManifest
 from accel.reference import Reference
 from accel.registry import RegistryClient
 from accel.store import ContentStore

@@ -18,10 +18,11 @@ from accel.drivers.base import (
     ConvertedLayer,
     Driver,
     DriverOptions,
-    ImagePlan,
     LayerInput,
+    PlatformDraft,
     oci_unless_docker_kept,
 )
+from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry.memory import MemoryRegistry
@@ -61,18 +62,18 @@ class Relabel(Driver):
 class RelabelWithFinish(Relabel):
     """`finish` as Nydus uses it: one more layer, a history to match, annotations, an artifactType."""
 
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
-        extra = f"extra layer for {plan.source_manifest.digest}".encode()
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
+        extra = f"extra layer for {draft.source_manifest.digest}".encode()
         digest = store.put_bytes(extra)
         layer = ConvertedLayer(
-            source=plan.source_manifest,
+            source=draft.source_manifest,
             descriptor=Descriptor(media_type=mt.OCI_LAYER_TAR, digest=digest, size=len(extra)),
             diff_id=digest,
         )
-        history = (*plan.config.doc["history"], {"created_by": "finish"})
+        history = (*draft.config.doc["history"], {"created_by": "finish"})
         return dataclasses.replace(
-            plan,
-            layers=(*plan.layers, layer),
+            draft,
+            layers=(*draft.layers, layer),
             history=history,
             manifest_annotations={"io.accel.test.finished": "yes", mt.ACCEL_DRIVER: "overridden"},
             artifact_type="application/vnd.accel.test.artifact",
@@ -144,7 +145,7 @@ def build(
     index: bool = False,
     driver: Driver | None = None,
     options: img.BuildOptions | None = None,
-) -> tuple[img.SourceImage, img.BuiltImage, ContentStore]:
+) -> tuple[SourceImage, BuiltImage, ContentStore]:
     """Push a source (to `registry`, else a fresh one), resolve it, convert with `driver`, build."""
     registry = registry if registry is not None else MemoryRegistry()
     publish_source(registry, ContentStore(tmp_path / "source"), docker=docker, index=index)

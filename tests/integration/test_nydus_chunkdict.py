@@ -23,7 +23,7 @@ from accel.drivers.nydus import ChunkDict, NydusDriver
 from accel.drivers.nydus import chunkdict as nydus_chunkdict
 from accel.drivers.nydus.chunkdict import resolve_chunk_dict
 from accel.errors import ConfigError, DriverError
-from accel.image import BuiltImage, BuiltManifest
+from accel.model import BuiltImage, BuiltManifest
 from accel.oci import Descriptor, ImageConfig, Manifest
 from accel.reference import Reference
 from accel.registry import RegistryClient

@@ -146,7 +146,7 @@ def test_layout_to_registry_and_back_to_a_layout(
 
 
 def as_built_from_source(image):
-    from accel.image import BuiltImage, BuiltManifest
+    from accel.model import BuiltImage, BuiltManifest
 
     return BuiltImage(
         root=image.root,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from accel.config import load_file, load_settings, unknown_keys
+from accel.config import load_file, load_settings
 from accel.drivers import load_driver
 from accel.errors import ConfigError
 
@@ -231,7 +231,6 @@ def test_unknown_keys_warn_and_strict_mode_refuses_them(
         "converter.driver.config.nope",
         "converter.rules.0.colour",
     ]
-    assert sorted(unknown_keys(yaml.safe_load(text))) == sorted(expected)
     with caplog.at_level(logging.WARNING, logger="accel.config"):
         s = _load(text, tmp_path)
     assert s.converter.all_drivers()[0].driver_config() == {"docker2oci": True}
@@ -239,8 +238,10 @@ def test_unknown_keys_warn_and_strict_mode_refuses_them(
     assert all(path in record.getMessage() for path in expected)
     with pytest.raises(ConfigError) as exc:
         _load(text, tmp_path, "strict.yaml", strict=True)
-    for path in expected:
-        assert f"{path}: unknown key" in str(exc.value)
+    # One line per unknown key, and no other.
+    lines = str(exc.value).splitlines()[1:]
+    assert sorted(line.strip().split(": unknown key")[0] for line in lines) == sorted(expected)
+    assert all(": unknown key (acceld would ignore it" in line for line in lines)
     assert "Extra inputs" not in str(exc.value)
     # A clean file passes strict mode.
     _load(ESTARGZ, tmp_path, "clean.yaml", strict=True)

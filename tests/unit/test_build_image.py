@@ -125,7 +125,7 @@ def test_finish_rewrites_history_annotations_and_artifact_type(tmp_path) -> None
     ]
     assert doc.doc["artifactType"] == "application/vnd.accel.test.artifact"
     assert doc.annotations["io.accel.test.finished"] == "yes"
-    assert doc.annotations[mt.ACCEL_DRIVER] == "overridden"  # the plan's annotations win
+    assert doc.annotations[mt.ACCEL_DRIVER] == "overridden"  # the draft's annotations win
     assert list(doc.annotations)[:4] == [
         mt.ACCEL_SOURCE_DIGEST,
         mt.ACCEL_SOURCE_REFERENCE,

@@ -7,7 +7,8 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -17,9 +18,15 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import image as img
 from accel.drivers import ConvertedLayer, Driver, DriverOptions, LayerInput, load_driver
+from accel.drivers.base import LayerFacts
+from accel.drivers.nydus import NydusDriver
+from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
+from accel.errors import InvalidImage
+from accel.model import SourceImage, SourceLayer
 from accel.oci import Descriptor, ImageConfig, Index, Manifest, Platform, canonical_json
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
+from accel.registry.memory import MemoryRegistry
 from accel.store import ContentStore
 from tests.harness import imagegen, pushing
 from tests.harness import nydus as nh
@@ -39,7 +46,7 @@ def client(registry) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture(scope="module")
-def source(registry, client, tmp_path_factory) -> tuple[img.SourceImage, ContentStore]:
+def source(registry, client, tmp_path_factory) -> tuple[SourceImage, ContentStore]:
     """A two-platform source (layers 0-1 shared, layer 2 per platform), resolved into a store."""
     store = ContentStore(tmp_path_factory.mktemp("cache-source"))
     amd = imagegen.standard_image(store, big_file_size=64 << 10)
@@ -89,7 +96,7 @@ def cache_ref(registry) -> Reference:
 
 
 def records(
-    source_image: img.SourceImage,
+    source_image: SourceImage,
     driver: Driver,
     converted: dict[str, ConvertedLayer],
     store: ContentStore,
@@ -97,7 +104,7 @@ def records(
     only: set[str] | None = None,
 ) -> list[cache.PlatformRecords]:
     wanted = [m for m in source_image.manifests if m.platform in platforms]
-    sub = img.SourceImage(reference=source_image.reference, root=source_image.root, manifests=tuple(wanted))
+    sub = SourceImage(reference=source_image.reference, root=source_image.root, manifests=tuple(wanted))
     layers = [c for d, c in converted.items() if only is None or d in only]
     return cache.records_for(sub, {driver: layers}, store)
 
@@ -106,7 +113,7 @@ def push(client, ref, store, updates, size: int = 200, version: str = VERSION) -
     return cache.push_cache(client, ref, store, updates, version=version, size=size)
 
 
-def layers_of(image: img.SourceImage, platform: Platform) -> list[img.SourceLayer]:
+def layers_of(image: SourceImage, platform: Platform) -> list[SourceLayer]:
     return list(next(m for m in image.manifests if m.platform == platform).layers)
 
 
@@ -124,7 +131,9 @@ def fetch_root(client, ref) -> tuple[Descriptor, bytes]:
 def record_sources(client, ref, manifest_digest: str | None = None) -> list[str]:
     _desc, raw = client.fetch_manifest(ref.with_digest(manifest_digest) if manifest_digest else ref)
     return [
-        layer.annotation(mt.NYDUS_SOURCE_DIGEST) or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) or ""
+        layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST)
+        or layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST)
+        or ""
         for layer in Manifest.parse(raw).layers
         if layer.media_type != mt.ACCEL_CACHE_BLOB
     ]
@@ -175,11 +184,12 @@ def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_foll
     layer = Descriptor(media_type=mt.NYDUS_BLOB, digest=dg.of_bytes(b"blob"), size=4)
     local = Descriptor(media_type="application/octet-stream", digest=dg.of_bytes(b"bootstrap"), size=9)
     converted = ConvertedLayer(
-        source=source, descriptor=layer, diff_id=layer.digest, extra={"k": "v"}, local_blobs=(local,)
+        source=source, descriptor=layer, diff_id=layer.digest, facts=_Facts(k="v"), local_blobs=(local,)
     )
 
     class _Driver(Driver):
         name = "fake"
+        facts_model = _Facts
 
         def cache_key(self) -> str:
             return "fake-key"
@@ -191,18 +201,149 @@ def test_record_names_its_local_blobs_and_older_records_take_the_blobs_that_foll
         def size(self, digest: str) -> int:
             return local.size
 
-    entry = cache.cache_entry(_Driver(DriverOptions()), converted, _Store())  # type: ignore[arg-type]
+    driver = _Driver(DriverOptions())
+    entry = cache.cache_entry(driver, converted, _Store())  # type: ignore[arg-type]
     assert [(b.media_type, b.digest) for b in entry.blobs] == [(mt.ACCEL_CACHE_BLOB, local.digest)]
     assert entry.layer.annotation(mt.ACCEL_LAYER_SOURCE_DIGEST) == source.digest
-    assert cache._converted_from_record(entry, source) == converted
+    assert cache._converted_from_record(entry, source, driver) == converted
     # A record written before records named their local blobs: the blobs following it are they.
     record = json.loads(entry.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
     del record["localBlobs"]
     annotations = dict(entry.layer.annotations or {}) | {mt.ACCEL_CACHE_RECORD: json.dumps(record)}
     older = dataclasses.replace(entry, layer=entry.layer.with_(annotations=annotations))
-    restored = cache._converted_from_record(older, source)
+    restored = cache._converted_from_record(older, source, driver)
     assert [(b.digest, b.size) for b in restored.local_blobs] == [(local.digest, local.size)]
-    assert restored.extra == converted.extra
+    assert restored.facts == converted.facts
+
+
+class _Facts(LayerFacts):
+    version: Literal[1] = 1
+    k: str
+
+
+# A Nydus record as accel wrote it before typed layer facts (`extra`, a string map), byte for byte.
+_OLD_NYDUS_RECORD = (
+    '{"descriptor":{"mediaType":"application/vnd.oci.image.layer.nydus.blob.v1","digest":"sha256:fe1e0c7654ceaeec'
+    'bbe32fba7848bd2f414ff9756c3b07ed71d1f1b3250ee849","size":10,"annotations":{"containerd.io/snapshot/nydus-blo'
+    'b":"true"}},"diffID":"sha256:fe1e0c7654ceaeecbbe32fba7848bd2f414ff9756c3b07ed71d1f1b3250ee849","extra":{"boot'
+    'strap":"sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954","fs_version":"6","directori'
+    'es":"sha256:0d4fc4a78d3706edccafb665a8b2fdd9309e82c78625bb0f2b8e7bb9e1c4d21c","blob_toc_digest":"sha256:4ebd'
+    'e790877e2f92305cfb30ed1c0e2943dc00dfc24b49e3dc2a47889ca44151"},"localBlobs":[{"mediaType":"application/octet'
+    '-stream","digest":"sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954","size":9},{"medi'
+    'aType":"application/vnd.accel.nydus.directory-table.v1+json","digest":"sha256:0d4fc4a78d3706edccafb665a8b2fd'
+    'd9309e82c78625bb0f2b8e7bb9e1c4d21c","size":5}],"companions":[]}'
+)
+
+
+def _record_entry(record: str, source: bytes = b"source layer") -> cache.CacheEntry:
+    """The record as a cache manifest lists it, followed by its local blobs."""
+    described = json.loads(record)
+    layer = Descriptor.model_validate(described["descriptor"]).with_(
+        annotations=described["descriptor"]["annotations"]
+        | {
+            mt.ORIGINAL_CACHE_SOURCE_DIGEST: dg.of_bytes(source),
+            mt.ACCEL_CACHE_KEY: "nydus-0123456789abcdef",
+            mt.ACCEL_CACHE_RECORD: record,
+        }
+    )
+    blobs = tuple(
+        Descriptor.model_validate(b).with_(
+            media_type=mt.ACCEL_CACHE_BLOB, annotations={mt.ACCEL_CACHE_BLOB_OF: layer.digest}
+        )
+        for b in described.get("localBlobs", ())
+    )
+    return cache.CacheEntry(layer=layer, diff_id=layer.digest, blobs=blobs)
+
+
+def test_records_written_before_typed_facts_load_into_the_drivers_model() -> None:
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source layer"), size=12)
+    nydus = load_driver("nydus")
+    restored = cache._converted_from_record(_record_entry(_OLD_NYDUS_RECORD), source, nydus)
+    assert restored.facts == NydusLayerFacts(
+        bootstrap="sha256:333c04dd151a2a6831c039cb9a651df29198be8a04e16ce861d4b6a34a11c954",
+        fs_version="6",
+        directories="sha256:0d4fc4a78d3706edccafb665a8b2fdd9309e82c78625bb0f2b8e7bb9e1c4d21c",
+        blob_toc_digest="sha256:4ebde790877e2f92305cfb30ed1c0e2943dc00dfc24b49e3dc2a47889ca44151",
+    )
+    assert [b.digest for b in restored.local_blobs] == [
+        facts_of(restored).bootstrap,
+        facts_of(restored).directories,
+    ]
+    # Written again, the record holds the typed facts, which read back the same.
+    again = cache.cache_entry(_KeyedNydus(nydus.options), restored, _AllThere())  # type: ignore[arg-type]
+    assert "extra" not in json.loads(again.layer.annotation(mt.ACCEL_CACHE_RECORD) or "")
+    assert cache._converted_from_record(again, source, nydus) == restored
+    # Records of drivers without facts carried an empty map.
+    old_plain = json.loads(_OLD_NYDUS_RECORD) | {"extra": {}}
+    assert cache._converted_from_record(_record_entry(json.dumps(old_plain)), source, nydus).facts is None
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {"bootstrap": "not-a-digest", "fs_version": "6"},  # not what the Nydus driver wrote
+        {"fs_version": "6"},  # a layer without its bootstrap
+        {"version": 2, "bootstrap": dg.of_bytes(b"b"), "fs_version": "6"},  # a later shape of the facts
+        {"bootstrap": dg.of_bytes(b"b"), "fs_version": "6", "unknown": "x"},
+    ],
+)
+def test_records_whose_facts_the_driver_refuses_are_unusable_not_wrong(facts: dict[str, Any]) -> None:
+    """restore_hits drops an unusable record with a warning: its layer is converted again (a miss)."""
+    source = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(b"source layer"), size=12)
+    record = json.loads(_OLD_NYDUS_RECORD)
+    del record["extra"]
+    record["facts"] = facts
+    with pytest.raises(InvalidImage, match="is malformed"):
+        cache._converted_from_record(_record_entry(json.dumps(record)), source, load_driver("nydus"))
+    # Facts for a driver that keeps none.
+    with pytest.raises(InvalidImage, match="does not keep"):
+        cache._converted_from_record(_record_entry(_OLD_NYDUS_RECORD), source, load_driver("estargz"))
+
+
+def test_through_the_registry_an_old_record_is_a_hit_and_one_with_refused_facts_a_miss(
+    tmp_path: Path,
+) -> None:
+    registry = MemoryRegistry()
+    writer = ContentStore(tmp_path / "writer")
+    for data in (b"nydus blob", b"bootstrap", b"table"):  # the blobs the literal record names
+        writer.put_bytes(data)
+    later = json.loads(_OLD_NYDUS_RECORD)
+    del later["extra"]
+    later["facts"] = {"version": 2, "bootstrap": dg.of_bytes(b"bootstrap"), "fs_version": "6"}
+    entries = (_record_entry(_OLD_NYDUS_RECORD), _record_entry(json.dumps(later), source=b"another layer"))
+    ref = Reference.parse("registry.invalid/team/app:accel-cache")
+    cache.push_cache(
+        registry, ref, writer, [cache.PlatformRecords(AMD64, entries)], version=VERSION, size=200
+    )
+
+    reader = ContentStore(tmp_path / "reader")
+    found = cache.fetch_cache(registry, ref, reader, VERSION, [AMD64])
+    layers = [
+        SourceLayer(
+            descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=dg.of_bytes(data), size=12),
+            diff_id=dg.of_bytes(data),
+        )
+        for data in (b"source layer", b"another layer")
+    ]
+    driver = _KeyedNydus(load_driver("nydus").options)
+    restored = cache.restore_hits(registry, found, driver, layers, ref, reader)
+    assert list(restored.hits) == [dg.of_bytes(b"source layer")]  # the other layer is converted again
+    assert restored.gone == frozenset()  # its record stays for the readers that know its facts
+    hit = facts_of(restored.hits[dg.of_bytes(b"source layer")])
+    assert reader.exists(hit.bootstrap_digest) and hit.directories and reader.exists(hit.directories)
+
+
+class _KeyedNydus(NydusDriver):
+    def cache_key(self) -> str:
+        return "nydus-0123456789abcdef"  # without asking the builder its version
+
+
+class _AllThere:
+    def exists(self, digest: str) -> bool:
+        return True
+
+    def size(self, digest: str) -> int:
+        return 1
 
 
 # --- the three upstream cases, per driver -----------------------------------------------------------
@@ -219,16 +360,16 @@ def test_new_single_platform_cache_is_a_manifest_and_hits_equal_conversion(
     root, raw = fetch_root(client, ref)
     assert pushed.digest == root.digest and root.media_type == mt.OCI_MANIFEST
     manifest = Manifest.parse(raw)
-    assert manifest.annotations[mt.NYDUS_CACHE_VERSION] == VERSION
+    assert manifest.annotations[mt.ORIGINAL_CACHE_VERSION] == VERSION
     assert_pullable(client, ref, manifest, AMD64)
 
     layers = layers_of(image, AMD64)
     restored, fresh = restore(client, ref, driver, layers, tmp_path)
     assert restored.hits == {layer.descriptor.digest: converted[layer.descriptor.digest] for layer in layers}
     if driver.name == "nydus":  # what `finish` needs is local again: the layer bootstraps
-        assert all(fresh.exists(h.extra["bootstrap"]) for h in restored.hits.values())
+        assert all(fresh.exists(facts_of(h).bootstrap) for h in restored.hits.values())
         assert all(
-            layer.annotation(mt.NYDUS_SOURCE_DIGEST)
+            layer.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST)
             for layer in manifest.layers
             if layer.media_type == mt.NYDUS_BLOB
         )
@@ -344,10 +485,10 @@ def test_a_single_manifest_cache_becomes_an_index_when_another_platform_joins(
 
 
 def _without_directory_table(layer: ConvertedLayer) -> ConvertedLayer:
-    table = layer.extra["directories"]
+    table = facts_of(layer).directories
     return layer.model_copy(
         update={
-            "extra": {k: v for k, v in layer.extra.items() if k != "directories"},
+            "facts": facts_of(layer).model_copy(update={"directories": None}),
             "local_blobs": tuple(b for b in layer.local_blobs if b.digest != table),
         }
     )
@@ -366,7 +507,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     store.put_bytes(b"{}")
     original_layers = [
         c.descriptor.with_(
-            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_SOURCE_DIGEST: c.source.digest}
+            annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.ORIGINAL_CACHE_SOURCE_DIGEST: c.source.digest}
         )
         for c in converted
     ]
@@ -378,7 +519,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
             "mediaType": mt.OCI_MANIFEST,
             "config": empty_config.to_dict(),
             "layers": [d.to_dict() for d in original_layers],
-            "annotations": {mt.NYDUS_CACHE_VERSION: VERSION},
+            "annotations": {mt.ORIGINAL_CACHE_VERSION: VERSION},
         }
     ).encode()
     child = Descriptor.of(mt.OCI_MANIFEST, manifest_raw, platform=AMD64)
@@ -390,7 +531,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     # Bootstraps are pulled out of the blobs; the original records have no directory table (accel's Nydus
     # layers carry one for the merge), so those images merge as the original service did.
     assert restored.hits == {c.source.digest: _without_directory_table(c) for c in converted}
-    assert all(fresh.exists(c.extra["bootstrap"]) for c in restored.hits.values())
+    assert all(fresh.exists(facts_of(c).bootstrap) for c in restored.hits.values())
     # Other options than the defaults the original's records are taken to have: no hits.
     lz4 = load_driver("nydus", {"compressor": "lz4_block"})
     assert restore(client, ref, lz4, layers, tmp_path)[0].hits == {}
@@ -404,7 +545,7 @@ def test_original_service_layout_is_read_and_used(registry, client, source, tmp_
     manifest = Manifest.parse(child_raw)
     assert_pullable(client, ref, manifest, AMD64)
     records_now = [x for x in manifest.layers if x.media_type == mt.NYDUS_BLOB]
-    assert [x.annotation(mt.NYDUS_SOURCE_DIGEST) for x in records_now] == [
+    assert [x.annotation(mt.ORIGINAL_CACHE_SOURCE_DIGEST) for x in records_now] == [
         x.descriptor.digest for x in layers
     ]
     assert all(x.annotation(mt.ACCEL_CACHE_KEY) == driver.cache_key() for x in records_now)

@@ -221,7 +221,7 @@ def test_a_go_written_root_updated_by_accel_stays_in_go_form_with_both_records(t
         dg.of_bytes(b"two"),
     ]
     assert layers[2] == go_blob.with_(
-        annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.NYDUS_SOURCE_DIGEST: go_source}
+        annotations={mt.NYDUS_BLOB_ANNOTATION: "true", mt.ORIGINAL_CACHE_SOURCE_DIGEST: go_source}
     )
     # And accel reads its own update back: every record of both writers.
     found = cache.fetch_cache(registry, REF, ContentStore(tmp_path / "again"), "v1", [AMD64, ARM64])

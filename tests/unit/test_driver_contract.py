@@ -23,6 +23,7 @@ import zstandard
 from accel import constants as mt
 from accel import digest as dg
 from accel.drivers import ConvertedLayer, LayerInput, detect_format, load_driver
+from accel.drivers.nydus.facts import facts_of
 from accel.errors import DigestMismatch
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
@@ -53,7 +54,7 @@ def _blob(layer: ConvertedLayer, store: ContentStore) -> bytes:
 
 def _nydus_unpacked(layer: ConvertedLayer, store: ContentStore, work: Path) -> Path:
     # The layer's own bootstrap is among the blobs it needs locally.
-    (bootstrap,) = [b for b in layer.local_blobs if b.digest == layer.extra["bootstrap"]]
+    (bootstrap,) = [b for b in layer.local_blobs if b.digest == facts_of(layer).bootstrap]
     return nh.unpack_layer(store, layer.descriptor.digest, bootstrap.digest, work)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from accel.drivers import load_driver
-from accel.drivers.base import ImagePlan
+from accel.drivers.base import PlatformDraft
 from accel.reference import Reference
 from accel.store import ContentStore
 from accel.transports import parse_location
@@ -36,8 +36,8 @@ def test_a_driver_whose_finish_may_replace_layers_waits_for_the_push():
     base = type(load_driver("zstdchunked", {}))
 
     class Merging(base):  # type: ignore[misc, valid-type]
-        def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
-            return plan
+        def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
+            return draft
 
     driver = Merging(base.options_model())
     assert not uploads_early(driver, REGISTRY_TARGET, verify=False)

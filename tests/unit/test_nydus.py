@@ -18,11 +18,13 @@ import pytest
 from accel import cache
 from accel import constants as mt
 from accel import digest as dg
-from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
 from accel.drivers.nydus import BOOTSTRAP_HISTORY, NydusDriver, NydusOptions, extract_trailer_entry, tools
+from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import ConfigError, DigestMismatch, DriverError, InvalidImage
-from accel.image import SourceImage, SourceLayer, SourceManifest, build_image
+from accel.image import build_image
+from accel.model import SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor, ImageConfig, Index, Manifest
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
@@ -215,8 +217,8 @@ def _layer_inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[Layer
     ]
 
 
-def _plan(image: imagegen.BuiltImage, layers: list[ConvertedLayer]) -> ImagePlan:
-    return ImagePlan(
+def _draft(image: imagegen.BuiltImage, layers: list[ConvertedLayer]) -> PlatformDraft:
+    return PlatformDraft(
         source_manifest=image.manifest,
         source_reference="registry.local/library/app:1",
         config=ImageConfig.parse(image.config_raw),
@@ -258,12 +260,12 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert result.diff_id == result.descriptor.digest
         assert store.size(result.descriptor.digest) == result.descriptor.size
         assert dg.of_bytes(store.path(result.descriptor.digest).read_bytes()) == result.descriptor.digest
-        bootstrap = store.read_bytes(result.extra["bootstrap"])
+        bootstrap = store.read_bytes(facts_of(result).bootstrap)
         assert nh.fs_version_of(bootstrap) == fs_version
-        assert ("blob_toc_digest" in result.extra) == (fs_version == "6")
+        assert (facts_of(result).blob_toc_digest is not None) == (fs_version == "6")
 
         # Each layer alone, through its own bootstrap and blob: the full-fidelity tree check.
-        unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
+        unpacked = nh.unpack_layer(store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path)
         source = _source_tar(store, layer)
         raw = trees.tar_entries(unpacked)
         # Whiteouts stay plain files in a layer (`--whiteout-spec none`); merge applies them.
@@ -278,9 +280,9 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         )
         assert differences == []
 
-    plan = driver.finish(_plan(image, converted), store)
-    assert plan.layers[:-1] == tuple(converted)
-    boot_layer = plan.layers[-1]
+    draft = driver.finish(_draft(image, converted), store)
+    assert draft.layers[:-1] == tuple(converted)
+    boot_layer = draft.layers[-1]
     desc = boot_layer.descriptor
     assert desc.media_type == mt.OCI_LAYER_GZIP
     assert desc.annotations == {
@@ -296,16 +298,16 @@ def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
         assert list(members) == ["image", "image/image.boot"]
         assert members["image"].isdir() and members["image/image.boot"].mode == 0o444
         merged = tar.extractfile(members["image/image.boot"]).read()  # type: ignore[union-attr]
-    assert dg.of_bytes(merged) == boot_layer.extra["bootstrap"]
+    assert dg.of_bytes(merged) == facts_of(boot_layer).bootstrap
     assert nh.fs_version_of(merged) == fs_version
 
     source_history = json.loads(image.config_raw)["history"]
-    assert plan.history == (
+    assert draft.history == (
         *source_history,
         {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"},
     )
     # Only the driver's own annotations: provenance is added once, by image assembly (accel.mutate).
-    assert plan.manifest_annotations == {
+    assert draft.manifest_annotations == {
         mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
         mt.ACCEL_NYDUS_BUILDER_VERSION: "2.2.0",
     }
@@ -350,7 +352,7 @@ def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
     runs = []
     for _ in range(2):
         converted = [driver.convert_layer(layer) for layer in _layer_inputs(image, store)]
-        runs.append(driver.finish(_plan(image, converted), store))
+        runs.append(driver.finish(_draft(image, converted), store))
     assert runs[0] == runs[1]
 
 
@@ -368,7 +370,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     assert small.descriptor.digest != default.descriptor.digest
     # A layer bootstrap takes its blob id from its file name, as merge does.
     bootstrap = tmp_path / dg.hex_of(small.descriptor.digest)
-    bootstrap.write_bytes(store.read_bytes(small.extra["bootstrap"]))
+    bootstrap.write_bytes(store.read_bytes(facts_of(small).bootstrap))
     blocks = nh.inspect_dir(bootstrap, "data", ["random.bin", "text.txt"])
     # 64 KiB chunks, stored uncompressed.
     sizes = [(int(c), int(d)) for c, d, _, _ in nh.CHUNK.findall(blocks[0])]
@@ -376,7 +378,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     assert nh.read_file_from_blobs(store, blocks[1]) == b"compressible text " * 20000
 
     aligned = load_driver("nydus", {"fs_version": 5, "fs_align_chunk": True}).convert_layer(source)
-    assert nh.fs_version_of(store.read_bytes(aligned.extra["bootstrap"])) == "5"
+    assert nh.fs_version_of(store.read_bytes(facts_of(aligned).bootstrap)) == "5"
 
 
 @nh.needs_builder
@@ -388,8 +390,8 @@ def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: Con
     for docker2oci, expected in ((False, mt.DOCKER_LAYER_GZIP), (True, mt.OCI_LAYER_GZIP)):
         driver = load_driver("nydus", {"docker2oci": docker2oci})
         converted = [driver.convert_layer(x) for x in _layer_inputs(image, store)]
-        plan = driver.finish(_plan(image, converted), store)
-        assert plan.layers[-1].descriptor.media_type == expected
+        draft = driver.finish(_draft(image, converted), store)
+        assert draft.layers[-1].descriptor.media_type == expected
 
 
 @nh.needs_builder
@@ -421,14 +423,14 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
     # Only metadata: the 2 MiB of data stay in the original gzip blob.
     assert converted[0].descriptor.size < inputs[0].descriptor.size // 10
 
-    plan = driver.finish(_plan(image, converted), store)
-    boot = plan.layers[-1]
+    draft = driver.finish(_draft(image, converted), store)
+    boot = draft.layers[-1]
     assert boot.descriptor.annotations == {
         mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
         mt.NYDUS_FS_VERSION_ANNOTATION: "6",
     }
     merged = tmp_path / "image.boot"
-    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(boot).bootstrap))
     report = tmp_path / "check.json"
     blob_dir = store.path(boot.descriptor.digest).parent
     nh.run(
@@ -460,11 +462,11 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
     inputs = _layer_inputs(image, store)
     converted = [driver.convert_layer(layer) for layer in inputs]
 
-    plan = driver.finish(_plan(image, converted), store)
+    draft = driver.finish(_draft(image, converted), store)
     # As nydus-snapshotter with a backend: the manifest lists the bootstrap layer alone.
-    [boot] = plan.layers
+    [boot] = draft.layers
     assert boot.descriptor.annotation(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
-    assert plan.history == (BOOTSTRAP_HISTORY,)
+    assert draft.history == (BOOTSTRAP_HISTORY,)
     assert sorted(p.name for p in blobs_dir.iterdir()) == sorted(
         dg.hex_of(c.descriptor.digest) for c in converted
     )
@@ -473,16 +475,16 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
             layer.descriptor.digest
         )
     merged = tmp_path / "image.boot"
-    merged.write_bytes(store.read_bytes(boot.extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(boot).bootstrap))
     expected = trees.apply_layers([_source_tar(store, layer) for layer in inputs])
     assert set(nh.checked_inodes(merged, blobs_dir)) == set(expected)
 
     # A blob already in the backend is left alone, unless backend_force_push.
     first = blobs_dir / dg.hex_of(converted[0].descriptor.digest)
     first.write_bytes(b"kept")
-    driver.finish(_plan(image, converted), store)
+    driver.finish(_draft(image, converted), store)
     assert first.read_bytes() == b"kept"
-    load_driver("nydus", config | {"backend_force_push": "true"}).finish(_plan(image, converted), store)
+    load_driver("nydus", config | {"backend_force_push": "true"}).finish(_draft(image, converted), store)
     assert first.read_bytes() == store.read_bytes(converted[0].descriptor.digest)
 
 
@@ -577,14 +579,14 @@ def test_extract_trailer_entry_reports_missing_entries(store: ContentStore) -> N
 def test_finish_refuses_a_plan_without_nydus_layers(store: ContentStore) -> None:
     driver = NydusDriver(NydusOptions())
     config = ImageConfig.parse(b'{"rootfs":{"type":"layers","diff_ids":[]}}')
-    plan = ImagePlan(
+    draft = PlatformDraft(
         source_manifest=Descriptor(media_type=mt.OCI_MANIFEST, digest=dg.of_bytes(b"m"), size=1),
         source_reference="r/x:1",
         config=config,
         layers=(),
     )
     with pytest.raises(DriverError, match="no nydus blob layers"):
-        driver.finish(plan, store)
+        driver.finish(draft, store)
 
 
 def _source_image(image: imagegen.BuiltImage) -> SourceImage:
@@ -706,7 +708,7 @@ def test_cache_key_ignores_the_builder_path_and_manifest_level_options(tmp_path)
         plain, ConvertedLayer(source=source, descriptor=blob, diff_id=blob.digest), store
     )
     go_record = cache.CacheEntry(
-        layer=blob.with_(annotations={mt.NYDUS_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
+        layer=blob.with_(annotations={mt.ORIGINAL_CACHE_SOURCE_DIGEST: source.digest}), diff_id=blob.digest
     )
     assert ours.matches(placed) and go_record.matches(placed)
     # What changes the bytes still counts.

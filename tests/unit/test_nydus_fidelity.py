@@ -23,10 +23,11 @@ import pytest
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
-from accel.drivers import ConvertedLayer, ImagePlan, LayerInput, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus import driver as nydus_driver
 from accel.drivers.nydus.builder import run_builder
+from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import DriverError, InvalidImage
 from accel.oci import Descriptor, ImageConfig
@@ -95,14 +96,14 @@ def _inputs(store: ContentStore, tars: list[bytes], *, gzipped: bool = False) ->
     return layers
 
 
-def _plan(store: ContentStore, layers: list[ConvertedLayer], diff_ids: list[str]) -> ImagePlan:
+def _draft(store: ContentStore, layers: list[ConvertedLayer], diff_ids: list[str]) -> PlatformDraft:
     config = ImageConfig.parse(
         json.dumps(
             {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
         ).encode()
     )
     manifest = b'{"schemaVersion":2}'
-    return ImagePlan(
+    return PlatformDraft(
         source_manifest=Descriptor.of(mt.OCI_MANIFEST, manifest),
         source_reference="registry.local/fidelity:1",
         config=config,
@@ -125,11 +126,11 @@ def convert_and_merge(
     for layer, result in zip(tars, converted, strict=True):
         if not per_layer or any(".wh." in path for path in trees.tar_entries(layer)):
             continue  # whiteouts act on lower layers: such a layer is only comparable merged
-        unpacked = nh.unpack_layer(store, result.descriptor.digest, result.extra["bootstrap"], tmp_path)
+        unpacked = nh.unpack_layer(store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path)
         assert nh.compare_layer(layer, unpacked) == []
-    plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(plan.layers[-1].extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
     nh.check(merged, nh.blob_dir(store), tmp_path)
     return nh.merged_tree(store, merged), nh.expected_merged_tree(tars)
 
@@ -232,9 +233,9 @@ def test_implicit_parent_keeps_the_lower_directory_with_oci_ref(store: ContentSt
     driver = load_driver("nydus", {"oci_ref": True})
     inputs = _inputs(store, [lower, upper], gzipped=True)
     converted = [driver.convert_layer(layer) for layer in inputs]
-    plan = driver.finish(_plan(store, converted, [i.diff_id for i in inputs]), store)
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
     merged = tmp_path / "merged.boot"
-    merged.write_bytes(store.read_bytes(plan.layers[-1].extra["bootstrap"]))
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
     # zran chunks live inside the gzip streams (no per-chunk reads here): metadata and listing only.
     assert nh.check(merged, nh.blob_dir(store), tmp_path)["blobs"] == [
         dg.hex_of(i.descriptor.digest) for i in inputs
@@ -436,11 +437,15 @@ class _Conversions:
             yield chunk
 
     def convert(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> ConvertedLayer:
+        """`single_pass=False`: as the driver did before the single pass (every layer scanned, then built
+        from a second read), the reference the one pass must equal."""
         self.reads = 0
         self.forwarded.clear()
         driver = load_driver("nydus", options)
         assert isinstance(driver, NydusDriver)
-        driver.single_pass = single_pass
+        if not single_pass:
+            # As if the one pass had given up before feeding the builder anything.
+            driver._build_in_one_pass = lambda *_: (None, False)  # type: ignore[method-assign]
         return driver.convert_layer(_inputs(self.store, [raw], gzipped=True)[0])
 
     def refusal(self, raw: bytes, *, single_pass: bool = True, **options: Any) -> str:
@@ -457,7 +462,7 @@ def conversions(store: ContentStore, monkeypatch: pytest.MonkeyPatch) -> _Conver
 
 def _same_layer(one: ConvertedLayer, other: ConvertedLayer) -> None:
     assert one.descriptor == other.descriptor  # the blob (with the bootstrap inside)
-    assert one.extra == other.extra  # bootstrap, TOC and directory table digests
+    assert one.facts == other.facts  # bootstrap, TOC and directory table digests
 
 
 def _normalised_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -36,7 +36,7 @@ def _dir(name: str, **attrs: object) -> tuple[tarfile.TarInfo, None]:
     return tar_info(name, tarfile.DIRTYPE, **{"mode": 0o755, **attrs}), None
 
 
-def normalize(raw: bytes) -> tuple[bytes, tn.LayerPlan]:
+def normalize(raw: bytes) -> tuple[bytes, tn.Normalisation]:
     plan = tn.scan_layer(io.BytesIO(raw))
     out = tn.as_stream(tn.normalized_tar(io.BytesIO(raw), plan, chunk_size=4096)).read()
     return out, plan
@@ -234,7 +234,7 @@ def _random_layer(rng: random.Random) -> bytes:
     return raw + (b"trailing" if rng.random() < 0.1 else b"")
 
 
-def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.LayerPlan | str]:
+def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.Normalisation | str]:
     """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal).
 
     The feed stops, or refuses while feeding, before the end of the layer whenever there is a refusal.
@@ -250,13 +250,13 @@ def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.LayerPlan | str]:
     except InvalidImage as exc:
         return bytes(forwarded), "refused while feeding", str(exc)
     try:
-        return bytes(forwarded), stopped, feed.plan()
+        return bytes(forwarded), stopped, feed.normalisation()
     except InvalidImage as exc:
         assert stopped is not None, f"{exc} was only found after the whole layer was fed"
         return bytes(forwarded), stopped, str(exc)
 
 
-def _scan_layer(raw: bytes) -> tn.LayerPlan | str:
+def _scan_layer(raw: bytes) -> tn.Normalisation | str:
     try:
         return tn.scan_layer(io.BytesIO(raw))
     except InvalidImage as exc:

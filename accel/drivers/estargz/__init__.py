@@ -29,8 +29,12 @@ from accel.drivers.estargz.driver import (
 )
 from accel.drivers.estargz.footer import FOOTER_SIZE, footer_bytes
 
+# What `accel.drivers` looks up under this package's name.
+DRIVER = EStargzDriver
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DRIVER",
     "FOOTER_SIZE",
     "IMPLEMENTATION_VERSION",
     "EStargzDriver",

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from accel import constants as mt
-from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput, oci_unless_docker_kept
+from accel.drivers.base import (
+    ACCELD_ONLY_KEYS,
+    ConvertedLayer,
+    Driver,
+    DriverOptions,
+    LayerInput,
+    oci_unless_docker_kept,
+)
 from accel.drivers.estargz.builder import BlobBuilder
 from accel.drivers.estargz.entries import clean_name, source_entries
 from accel.oci import Descriptor
@@ -18,11 +25,20 @@ IMPLEMENTATION_VERSION = "1"
 DEFAULT_CHUNK_SIZE = 4 << 20  # the reference writer's default
 
 
+# acceld runs zstd:chunked as `type: estargz` with `compression: zstdchunked` (`EStargzDriver.acceld_driver`).
+_ACCELD_COMPRESSION = "compression"
+_ACCELD_ZSTDCHUNKED = "zstdchunked"  # the value, and accel's driver that runs it
+_KEYS_CARRIED_TO_ZSTDCHUNKED = frozenset({"docker2oci"}) | ACCELD_ONLY_KEYS
+
+
 class EStargzOptions(DriverOptions):
     compression_level: int = 9
     chunk_size: int = DEFAULT_CHUNK_SIZE
     prioritized_files: list[str] = Field(default_factory=list)
     docker2oci: bool = True
+
+    # acceld's compression switch, which `EStargzDriver.acceld_driver` takes out before the options exist.
+    acceld_keys: ClassVar[frozenset[str]] = frozenset({_ACCELD_COMPRESSION})
 
     @field_validator("compression_level")
     @classmethod
@@ -52,6 +68,30 @@ class EStargzDriver(Driver):
     options_model: ClassVar[type[DriverOptions]] = EStargzOptions
     implementation_version: ClassVar[str] = IMPLEMENTATION_VERSION
     options: EStargzOptions
+
+    @classmethod
+    def acceld_driver(cls, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """acceld's `type: estargz` + `compression: zstdchunked` is accel's zstdchunked driver.
+
+        Deliberately so: accel writes current-format zstd:chunked (TOC and tar-split in skippable frames,
+        what podman and containers/storage read), not the estargz-library variant acceld produces.
+        """
+        config = dict(config)
+        compression = config.pop(_ACCELD_COMPRESSION, None)
+        if compression in (None, "", cls.name):
+            return cls.name, config
+        if compression != _ACCELD_ZSTDCHUNKED:
+            raise ValueError(
+                f"config.compression {compression!r} is not a compression of the estargz driver "
+                "(acceld knows estargz, the default, and zstdchunked)"
+            )
+        others = sorted(set(config) - _KEYS_CARRIED_TO_ZSTDCHUNKED)
+        if others:
+            raise ValueError(
+                f"config.{others[0]}: not an option of zstd:chunked (`compression: zstdchunked` runs accel's "
+                "zstdchunked driver, whose options are level and docker2oci)"
+            )
+        return _ACCELD_ZSTDCHUNKED, config
 
     def writes_oci(self, source_media_type: str) -> bool:
         # Layers are plain gzip tars, which Docker manifests can list too: `docker2oci` decides.

@@ -40,8 +40,9 @@ line (`builder.failure_message`).
 
 Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
-(resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `legacy`
-(original-service cache records), `directories` (merge patches for implied directories) and `driver`
+(resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `original`
+(original-service cache records), `directories` (merge patches for implied directories), `facts`
+(NydusLayerFacts, what `finish` needs of each converted layer) and `driver`
 (NydusDriver).
 """
 
@@ -58,10 +59,14 @@ from accel.drivers.nydus.trailer import (
     extract_trailer_entry,
 )
 
+# What `accel.drivers` looks up under this package's name.
+DRIVER = NydusDriver
+
 __all__ = [
     "BOOTSTRAP_HISTORY",
     "BOOTSTRAP_TAR_NAME",
     "CHUNK_DICT_HISTORY",
+    "DRIVER",
     "EMPTY_GZIP_LAYER",
     "EMPTY_LAYER_HISTORY",
     "ENTRY_BOOTSTRAP",

@@ -22,8 +22,8 @@ from accel.drivers.base import (
     DependencySource,
     Driver,
     DriverOptions,
-    ImagePlan,
     LayerInput,
+    PlatformDraft,
     ResolvedDependency,
     oci_unless_docker_kept,
 )
@@ -31,10 +31,11 @@ from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
 from accel.drivers.nydus.directories import patch_tar, patches, store_table
+from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
-from accel.drivers.nydus.legacy import converted_from_original_record
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
+from accel.drivers.nydus.original import converted_from_original_record
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
@@ -52,7 +53,7 @@ from accel.store import ContentStore
 log = logging.getLogger(__name__)
 
 
-def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.LayerPlan:
+def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.Normalisation:
     """`tarnormalize.scan_layer` of the layer's tar; a refusal names the layer. `check_diff_id=False` when the
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
@@ -68,12 +69,10 @@ class NydusDriver(Driver):
     # 2: layers are normalised before the builder reads them (accel.tarnormalize) and carry a directory
     # table; blobs of sparse, reordered or repeated-path layers changed, and `finish` needs the tables.
     implementation_version = "2"
-    source_digest_annotation = mt.NYDUS_SOURCE_DIGEST  # as the original service's cache records
+    source_digest_annotation = mt.ORIGINAL_CACHE_SOURCE_DIGEST  # as the original service's cache records
+    facts_model = NydusLayerFacts
 
     options: NydusOptions
-    # False: every layer is read twice, scanned and then built, as before the single pass (kept to compare
-    # the two in tests; the bytes of the blob are the same).
-    single_pass = True
 
     def __init__(self, options: DriverOptions, chunk_dict: ChunkDict | None = None) -> None:
         super().__init__(options)
@@ -191,7 +190,7 @@ class NydusDriver(Driver):
             args = self._create_args(blob_path, fifo, store, chunk_dict)
             # Most layers need no normalising: one read feeds the builder and scans the layer; the rest
             # take a second read, normalised by the plan of the first.
-            normal, built = self._build_in_one_pass(layer, args, fifo) if self.single_pass else (None, False)
+            normal, built = self._build_in_one_pass(layer, args, fifo)
             if not built:
                 blob_path.unlink(missing_ok=True)  # a killed or discarded run's output
                 normal = self._build_in_two_passes(layer, args, fifo, normal)
@@ -199,29 +198,27 @@ class NydusDriver(Driver):
             blob_digest, blob_size = store.commit_file(blob_path)
         table = store_table(store, normal.table)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
-        extra = {
-            "bootstrap": bootstrap.digest,
-            "fs_version": self.options.fs_version,
-            "directories": table.digest,  # for `finish`: implicit parents get the lower layers' attributes
-        }
-        if bootstrap.toc_digest:
-            extra["blob_toc_digest"] = bootstrap.toc_digest
-        if chunk_dict is not None:
+        facts = NydusLayerFacts(
+            bootstrap=bootstrap.digest,
+            fs_version=self.options.fs_version,
+            blob_toc_digest=bootstrap.toc_digest or None,
+            directories=table.digest,  # for `finish`: implicit parents get the lower layers' attributes
             # The layer bootstrap may point at this dictionary's blobs; `finish` must merge with the same one.
-            extra["chunk_dict"] = chunk_dict.image_digest
+            chunk_dict=chunk_dict.image_digest if chunk_dict is not None else None,
+        )
         descriptor = nydus_blob(blob_digest, blob_size)
         # nydus-snapshotter labels a nydus blob's uncompressed digest as the blob digest itself.
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
-            extra=extra,
+            facts=facts,
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
         )
 
     def _build_in_one_pass(
         self, layer: LayerInput, args: list[str], fifo: Path
-    ) -> tuple[tarnormalize.LayerPlan, bool]:
+    ) -> tuple[tarnormalize.Normalisation, bool]:
         """Feed the layer to the builder as it is while scanning it (`ScanningFeed`): the plan of the layer,
         and whether the builder's blob is the layer's (the builder got all of it, and the plan passes it
         through). A hostile entry is refused before the builder gets its header; when the builder fails, a
@@ -253,7 +250,7 @@ class NydusDriver(Driver):
                     log.debug("layer %s is not passed through as it is (%s): two passes", short, stop)
                 except DriverError as exc:
                     builder_error = exc
-                normal = feed.plan()
+                normal = feed.normalisation()
             except InvalidImage as exc:
                 raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
             if builder_error is not None and normal.passes_through:
@@ -261,8 +258,8 @@ class NydusDriver(Driver):
         return normal, fed and normal.passes_through
 
     def _build_in_two_passes(
-        self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.LayerPlan | None
-    ) -> tarnormalize.LayerPlan:
+        self, layer: LayerInput, args: list[str], fifo: Path, normal: tarnormalize.Normalisation | None
+    ) -> tarnormalize.Normalisation:
         """Pass 1 (unless `normal` is its plan already), headers only: refuses hostile entries before the
         builder runs, plans the normalising. Pass 2 feeds the builder the normalised layer."""
         if normal is None:
@@ -281,8 +278,8 @@ class NydusDriver(Driver):
                 what=f"create for layer {dg.short(layer.descriptor.digest)}",
                 stdin_text=self.options.prefetch_input,
                 fifo=fifo,
-                # A layer that needs no change goes as it is (here only when `single_pass` is off, or the
-                # one pass met an entry whose extension headers `builder_compatible_tar` walks otherwise).
+                # A layer that needs no change goes as it is (here only when the one pass met an entry whose
+                # extension headers `builder_compatible_tar` walks otherwise).
                 source=(
                     tar_stream
                     if normal.passes_through
@@ -338,31 +335,31 @@ class NydusDriver(Driver):
         if not bootstrap.toc_digest:
             raise DriverError(f"zran blob {blob_digest} has no {ENTRY_TOC}")
         descriptor = nydus_blob(blob_digest, blob_size, ref=layer.descriptor.digest)
-        extra = {
-            "bootstrap": bootstrap.digest,
-            "fs_version": "6",
-            "blob_toc_digest": bootstrap.toc_digest,
-            "directories": table.digest,
-        }
+        facts = NydusLayerFacts(
+            bootstrap=bootstrap.digest,
+            fs_version="6",
+            blob_toc_digest=bootstrap.toc_digest,
+            directories=table.digest,
+        )
         return ConvertedLayer(
             source=layer.descriptor,
             descriptor=descriptor,
             diff_id=blob_digest,
-            extra=extra,
+            facts=facts,
             local_blobs=(bootstrap_blob(store, bootstrap.digest), table),
             companions=(layer.descriptor,),  # the data stays in the original gzip blob
         )
 
     # --- whole image -------------------------------------------------------------------------------
-    def finish(self, plan: ImagePlan, store: ContentStore) -> ImagePlan:
-        layers = [layer for layer in plan.layers if layer.descriptor.annotation(mt.NYDUS_BLOB_ANNOTATION)]
+    def finish(self, draft: PlatformDraft, store: ContentStore) -> PlatformDraft:
+        layers = [layer for layer in draft.layers if layer.descriptor.annotation(mt.NYDUS_BLOB_ANNOTATION)]
         if not layers:
-            raise DriverError("nydus finish: the plan has no nydus blob layers to merge")
-        if len(layers) != len(plan.layers):
-            raise DriverError("nydus finish: the plan mixes nydus blob layers with other layers")
+            raise DriverError("nydus finish: the draft has no nydus blob layers to merge")
+        if len(layers) != len(draft.layers):
+            raise DriverError("nydus finish: the draft mixes nydus blob layers with other layers")
         fs_version = "6" if self.options.oci_ref else self.options.fs_version
         chunk_dict = self._required_chunk_dict()
-        used = {layer.extra.get("chunk_dict") for layer in layers}
+        used = {facts_of(layer).chunk_dict for layer in layers}
         wanted = chunk_dict.image_digest if chunk_dict else None
         if used != {wanted}:
             # The dictionary moved (its tag was pushed again) between converting layers and merging them.
@@ -394,7 +391,7 @@ class NydusDriver(Driver):
                     "--blob-digests", each(lambda c: dg.hex_of(c.descriptor.digest), lambda p: p.name),
                     "--blob-sizes", each(lambda c: str(c.descriptor.size), lambda _: "0"),
                     "--blob-toc-digests",
-                    each(lambda c: dg.hex_of(c.extra["blob_toc_digest"]), lambda p: p.name),
+                    each(lambda c: dg.hex_of(_toc_digest(c)), lambda p: p.name),
                 ]  # fmt: skip
             if chunk_dict is not None:
                 # 2.2.0 refuses layer bootstraps that point at dictionary blobs without it.
@@ -412,8 +409,8 @@ class NydusDriver(Driver):
                 blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
             merged_digest, _ = store.commit_file(merged)
 
-        bootstrap_layer = self._bootstrap_layer(plan, store, merged_digest, fs_version)
-        annotations = dict(plan.manifest_annotations)
+        bootstrap_layer = self._bootstrap_layer(draft, store, merged_digest, fs_version)
+        annotations = dict(draft.manifest_annotations)
         annotations.update(
             {
                 mt.NYDUS_FS_VERSION_ANNOTATION: fs_version,
@@ -422,23 +419,23 @@ class NydusDriver(Driver):
         )
         if self.options.backend_dir is not None:
             # Blobs to the storage backend; the image is the bootstrap layer alone, as nydus-snapshotter's.
-            own_blobs = [layer.descriptor for layer in blob_layers if layer.extra.get("role") != "chunk-dict"]
+            own_blobs = [layer.descriptor for layer in blob_layers if facts_of(layer).role != "chunk-dict"]
             backend.push_blobs(
                 self.options.backend_dir, own_blobs, store, force=self.options.backend_force_push
             )
             return dataclasses.replace(
-                plan,
+                draft,
                 layers=(bootstrap_layer,),
                 history=(dict(BOOTSTRAP_HISTORY),),
                 manifest_annotations=annotations,
-                artifact_type=plan.artifact_type,
+                artifact_type=draft.artifact_type,
             )
         return dataclasses.replace(
-            plan,
+            draft,
             layers=(*blob_layers, bootstrap_layer),
-            history=history_with_bootstrap(plan, positions),
+            history=history_with_bootstrap(draft, positions),
             manifest_annotations=annotations,
-            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else plan.artifact_type,
+            artifact_type=mt.NYDUS_ARTIFACT_TYPE if self.options.merge_manifest else draft.artifact_type,
         )
 
     def keeps_converted_blobs(self) -> bool:
@@ -479,7 +476,7 @@ class NydusDriver(Driver):
         """`sources` and a patch after each layer implying lower directories (see directories)."""
         tables = []
         for layer in layers:
-            digest = layer.extra.get("directories")
+            digest = facts_of(layer).directories
             if digest is None or not store.exists(digest):
                 log.warning(
                     "nydus finish: layer %s has no directory table; implicit parent directories keep "
@@ -537,7 +534,7 @@ class NydusDriver(Driver):
                 target.parent.mkdir()
             else:
                 target = directory / blob_id
-            source = store.path(layer.extra["bootstrap"])
+            source = store.path(facts_of(layer).bootstrap_digest)
             try:
                 os.link(source, target)
             except OSError:
@@ -547,10 +544,10 @@ class NydusDriver(Driver):
         return paths, blob_ids
 
     def _bootstrap_layer(
-        self, plan: ImagePlan, store: ContentStore, merged_digest: str, fs_version: str
+        self, draft: PlatformDraft, store: ContentStore, merged_digest: str, fs_version: str
     ) -> ConvertedLayer:
         digest, size, diff_id = pack_bootstrap(store, merged_digest)
-        docker_source = plan.source_manifest.media_type == mt.DOCKER_MANIFEST
+        docker_source = draft.source_manifest.media_type == mt.DOCKER_MANIFEST
         media_type = (
             mt.DOCKER_LAYER_GZIP if docker_source and not self.options.docker2oci else mt.OCI_LAYER_GZIP
         )
@@ -562,10 +559,10 @@ class NydusDriver(Driver):
         )
         # The bootstrap layer has no source layer: it is derived from the whole source manifest.
         return ConvertedLayer(
-            source=plan.source_manifest,
+            source=draft.source_manifest,
             descriptor=descriptor,
             diff_id=diff_id,
-            extra={"role": "bootstrap", "bootstrap": merged_digest, "fs_version": fs_version},
+            facts=NydusLayerFacts(role="bootstrap", bootstrap=merged_digest, fs_version=fs_version),
         )
 
     @classmethod
@@ -575,6 +572,13 @@ class NydusDriver(Driver):
             or layer.annotation(mt.NYDUS_BLOB_ANNOTATION) is not None
             for layer in layers
         )
+
+
+def _toc_digest(layer: ConvertedLayer) -> str:
+    toc = facts_of(layer).blob_toc_digest
+    if toc is None:
+        raise DriverError(f"nydus layer {layer.descriptor.digest} has no blob TOC, which a zran merge names")
+    return toc
 
 
 def _chunk_dict_args(store: ContentStore, chunk_dict: ChunkDict) -> list[str]:
@@ -621,5 +625,5 @@ def _dictionary_layer(blob: oci.Descriptor, chunk_dict: ChunkDict) -> ConvertedL
         source=descriptor,
         descriptor=descriptor,
         diff_id=blob.digest,
-        extra={"role": "chunk-dict", "chunk_dict": chunk_dict.image_digest},
+        facts=NydusLayerFacts(role="chunk-dict", chunk_dict=chunk_dict.image_digest),
     )

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from accel.drivers.base import ImagePlan
+from accel.drivers.base import PlatformDraft
 
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 CHUNK_DICT_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus chunk dictionary blob"}
 
 
-def history_with_bootstrap(plan: ImagePlan, positions: list[int | None]) -> tuple[dict[str, Any], ...] | None:
+def history_with_bootstrap(
+    draft: PlatformDraft, positions: list[int | None]
+) -> tuple[dict[str, Any], ...] | None:
     """History whose non-empty entries still match the layers: the source's, then the bootstrap's.
 
-    `positions` are the manifest's blob layers as indexes into `plan.layers` (None: a dictionary blob).
+    `positions` are the manifest's blob layers as indexes into `draft.layers` (None: a dictionary blob).
     A source layer left out of the manifest keeps its entry, marked `empty_layer`; a dictionary blob gets
     an entry of its own where it is listed.
     """
-    history = plan.history
+    history = draft.history
     if history is None:
-        source_history = plan.config.doc.get("history")
+        source_history = draft.config.doc.get("history")
         if not source_history:
             return None  # no history to keep consistent
         history = tuple(source_history)
     bootstrap = dict(BOOTSTRAP_HISTORY)
-    if positions == list(range(len(plan.layers))):
+    if positions == list(range(len(draft.layers))):
         return (*history, bootstrap)
     # Each source layer's entries: its own non-empty one and the empty ones just before it.
     groups: list[list[dict[str, Any]]] = [[]]
@@ -33,7 +35,7 @@ def history_with_bootstrap(plan: ImagePlan, positions: list[int | None]) -> tupl
         if not entry.get("empty_layer"):
             groups.append([])
     *layer_groups, trailing = groups
-    if len(layer_groups) != len(plan.layers):  # the source history does not match its layers anyway
+    if len(layer_groups) != len(draft.layers):  # the source history does not match its layers anyway
         return (*history, bootstrap)
 
     def without_layer(group: list[dict[str, Any]]) -> list[dict[str, Any]]:

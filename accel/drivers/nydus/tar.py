@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from accel import tarstream
-from accel.tarnormalize import LayerPlan, LayerScan
+from accel.tarnormalize import LayerScan, Normalisation
 
 COPY_SIZE = 1 << 20
 GATHER_SIZE = 1 << 16
@@ -91,7 +91,7 @@ def builder_compatible_tar(source: BinaryIO) -> Iterator[bytes]:
 class NotPassedThrough(Exception):  # a signal to take the two-pass way, not an error
     """`ScanningFeed.chunks` stopped: the layer cannot reach the builder as it is (the reason is the message).
 
-    The builder run fed so far must be discarded; `ScanningFeed.plan` says what the layer needs.
+    The builder run fed so far must be discarded; `ScanningFeed.normalisation` says what the layer needs.
     """
 
 
@@ -101,9 +101,10 @@ class ScanningFeed:
     `chunks` gives the bytes `builder_compatible_tar` gives for the same tar, but an entry's header only
     after `LayerScan.add` checked it: a hostile entry (a `..` leaving the root, a hardlink to no earlier
     entry) raises UnsafeEntry, and an entry that shows the layer needs normalising raises NotPassedThrough,
-    before the builder gets any of its bytes. `plan` scans what `chunks` did not reach (the builder stopped
-    reading, or `chunks` stopped) and returns the plan `tarnormalize.scan_layer` gives for the whole tar,
-    or raises what it raises. The builder's output is only good when that plan `passes_through`.
+    before the builder gets any of its bytes. `normalisation` scans what `chunks` did not reach (the builder
+    stopped reading, or `chunks` stopped) and returns the Normalisation `tarnormalize.scan_layer` gives for
+    the whole tar, or raises what it raises. The builder's output is only good when that Normalisation
+    `passes_through`.
     """
 
     def __init__(self, source: BinaryIO) -> None:
@@ -146,11 +147,11 @@ class ScanningFeed:
         # The scanner stops after the end-of-archive marker; what follows goes as it did before.
         yield from builder_compatible_tar(self._source)
 
-    def plan(self) -> LayerPlan:
-        self._scan.spot_changes = False  # the plan decides now; early signs no longer matter
+    def normalisation(self) -> Normalisation:
+        self._scan.spot_changes = False  # the normalisation is decided now; early signs no longer matter
         for member in self._members:
             self._scan.add(member)
-        return self._scan.plan(ends_cleanly=bool(self._scanner.end_bytes))
+        return self._scan.normalisation(ends_cleanly=bool(self._scanner.end_bytes))
 
     @staticmethod
     def _builder_header(member: tarstream.TarMember) -> bytes:

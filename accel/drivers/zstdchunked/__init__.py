@@ -32,7 +32,11 @@ from accel.drivers.zstdchunked.tarsplit import TARSPLIT_FILE, TARSPLIT_SEGMENT
 from accel.drivers.zstdchunked.toc import TocEntry
 from accel.drivers.zstdchunked.writer import ZstdChunkedResult, write_zstd_chunked
 
+# What `accel.drivers` looks up under this package's name.
+DRIVER = ZstdChunkedDriver
+
 __all__ = [
+    "DRIVER",
     "FOOTER_MAGIC",
     "FOOTER_SIZE",
     "SKIPPABLE_FRAME_MAGIC",

@@ -8,6 +8,7 @@ bootstrap that `finish` needs is pulled out of the blob trailer, as conversion r
 from __future__ import annotations
 
 from accel.drivers.base import ConvertedLayer
+from accel.drivers.nydus.facts import NydusLayerFacts
 from accel.drivers.nydus.trailer import ENTRY_BOOTSTRAP, bootstrap_blob, extract_trailer_entry, nydus_blob
 from accel.errors import InvalidImage
 from accel.oci import Descriptor
@@ -21,13 +22,13 @@ def converted_from_original_record(
     bootstrap = extract_trailer_entry(store, blob.digest, ENTRY_BOOTSTRAP)
     if (fs_version == "6") != (bootstrap.toc_digest is not None):
         raise InvalidImage(f"cached Nydus blob {blob.digest} is not RAFS v{fs_version}")
-    extra = {"bootstrap": bootstrap.digest, "fs_version": fs_version}
-    if bootstrap.toc_digest:
-        extra["blob_toc_digest"] = bootstrap.toc_digest
+    facts = NydusLayerFacts(
+        bootstrap=bootstrap.digest, fs_version=fs_version, blob_toc_digest=bootstrap.toc_digest or None
+    )
     return ConvertedLayer(
         source=source,
         descriptor=nydus_blob(blob.digest, blob.size),
         diff_id=blob.digest,
-        extra=extra,
+        facts=facts,
         local_blobs=(bootstrap_blob(store, bootstrap.digest),),
     )
