@@ -63,7 +63,7 @@ def detect_format(layers: list[Descriptor]) -> str | None:
 def reader_for(desc: Descriptor) -> FormatReader:
     """The reader of the format a layer is in (each driver class's `reader`), or the plain layer reader."""
     for driver_type in DRIVER_TYPES:
-        reader: FormatReader | None = getattr(driver_class(driver_type), "reader", None)
+        reader = driver_class(driver_type).reader
         if reader is not None and reader.claims(desc):
             return reader
     return PLAIN_LAYERS
