@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput, PlatformDraft
+from accel.drivers.reader import PLAIN_LAYERS, FormatReader
 from accel.errors import ConfigError
 from accel.oci import Descriptor
 
@@ -59,6 +60,15 @@ def detect_format(layers: list[Descriptor]) -> str | None:
     return None
 
 
+def reader_for(desc: Descriptor) -> FormatReader:
+    """The reader of the format a layer is in (each driver class's `reader`), or the plain layer reader."""
+    for driver_type in DRIVER_TYPES:
+        reader = driver_class(driver_type).reader
+        if reader is not None and reader.claims(desc):
+            return reader
+    return PLAIN_LAYERS
+
+
 __all__ = [
     "DRIVER_TYPES",
     "ConvertedLayer",
@@ -69,4 +79,5 @@ __all__ = [
     "detect_format",
     "driver_class",
     "load_driver",
+    "reader_for",
 ]

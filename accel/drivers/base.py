@@ -11,7 +11,7 @@ the conversion cache stores) and the `*_original_record` pair (conversion cache 
 (acceld's spelling of a driver in its config), `dependencies` / `resolve_dependency` / `bind` (images a
 driver needs resolved through the registry before converting, such as a Nydus chunk dictionary; see
 `accel.drivers.dependencies`), `ConvertedLayer.local_blobs` (blobs `finish` needs in the content store,
-which the conversion cache carries with a record).
+which the conversion cache carries with a record), `reader` (how its output is read back, beside its writer).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
 from accel import compression
 from accel import constants as mt
+from accel.drivers.reader import FormatReader
 from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
 from accel.registry.interfaces import BlobStager, ManifestFetcher
@@ -173,6 +174,9 @@ class Driver:
     # The model of `ConvertedLayer.facts` this driver writes (None: its layers carry none); the conversion
     # cache reads a record's facts back through it.
     facts_model: ClassVar[type[LayerFacts] | None] = None
+    # How `accel.verify` reads this format's output back (`accel.drivers.reader_for` asks each driver); None:
+    # its layers are read as plain layers.
+    reader: ClassVar[FormatReader | None] = None
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options

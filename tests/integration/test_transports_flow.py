@@ -205,16 +205,16 @@ def test_check_fails_on_a_corrupted_copy_and_names_it(prefect_api, registry, tmp
 def test_the_verify_switch_refuses_to_push_what_it_cannot_prove(
     prefect_api, registry, tmp_path: Path, monkeypatch
 ) -> None:
-    from accel import verify
+    from accel.drivers.estargz.reader import EStargzReader
     from flows.convert_image import ConversionFailed, convert_image
 
     config = write_config(tmp_path, registry, verify=True)
     source, _ = source_layout(tmp_path)
 
-    def unprovable(path: Path, desc: Descriptor) -> list[str]:
+    def unprovable(self: EStargzReader, path: Path, desc: Descriptor) -> list[str]:
         raise VerifyError("eStargz TOC digest: forged for this test")
 
-    monkeypatch.setattr(verify, "check_estargz", unprovable)
+    monkeypatch.setattr(EStargzReader, "check", unprovable)
     target = f"oci:{tmp_path / 'out'}:v1"
     # The estargz target fails verification and is not pushed; the run fails naming why.
     with pytest.raises(ConversionFailed, match=r"estargz .*VerifyError: .*not pushed, it fails verification"):

@@ -2,10 +2,13 @@
 CompressionTestSuite): what the engine, the Prefect cache and the conversion cache rely on.
 
 Per driver: each converted layer is a blob in the store under its digest and size; its diff_id is the digest
-of the layer's uncompressed content; its file tree read back with the format's own reader equals the source
-layer's; `cache_key()` is stable across instances and changes with an option; `is_converted` (and so
-`detect_format`) knows the driver's own layers and not plain gzip ones; blobs `finish` needs are in the store;
-a source tar that does not match its diff_id fails and commits nothing.
+of the layer's uncompressed content; read back through its format's own reader (`accel.drivers.reader_for`:
+the format package's `reader`; Nydus layers through `readback`'s `nydus-image unpack`) its structure checks
+pass and its file tree equals the source layer's; `finish` on a one-platform image returns the converted
+layers (Nydus: and the merged bootstrap after them), and the finished platform read back through the format's
+reader gives the source's merged view; `cache_key()` is stable across instances and changes with an option;
+`is_converted` (and so `detect_format`) knows the driver's own layers and not plain gzip ones; blobs `finish`
+needs are in the store; a source tar that does not match its diff_id fails and commits nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,16 @@ import zstandard
 
 from accel import constants as mt
 from accel import digest as dg
-from accel.drivers import ConvertedLayer, LayerInput, detect_format, load_driver
-from accel.drivers.nydus.facts import facts_of
+from accel import trees
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, detect_format, load_driver, reader_for
+from accel.drivers.nydus import readback
+from accel.drivers.reader import LayerReader, PlatformReader, PlatformUnderTest
 from accel.errors import DigestMismatch
+from accel.model import SourceLayer
+from accel.oci import ImageConfig
 from accel.store import ContentStore
-from tests.harness import imagegen, trees
+from accel.verdict import LayerVerdict, Verdict
+from tests.harness import imagegen
 from tests.harness import nydus as nh
 
 MiB = 1 << 20
@@ -34,14 +42,14 @@ MiB = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """How to read one driver's converted layer back, for the checks every driver shares."""
+    """What the shared checks need to know of one driver."""
 
     driver: str
     changed_option: dict[str, Any]  # an option whose change must change the cache key
     uncompressed: Callable[[bytes], bytes]  # the layer's uncompressed content (what diff_id hashes)
-    tree_tar: Callable[[ConvertedLayer, ContentStore, Path], bytes | Path]  # the layer's tree, as a tar
-    own_entries: frozenset[str] = frozenset()  # entries the format adds to the tree (landmarks, TOC)
+    first_check: str  # the first structure check its reader reports for a layer
     ignore: frozenset[str] = frozenset()  # fields the format does not keep
+    finish_adds: str | None = None  # the annotation of the layer `finish` adds after the converted ones
 
 
 def _zstd_decompress(blob: bytes) -> bytes:
@@ -52,34 +60,26 @@ def _blob(layer: ConvertedLayer, store: ContentStore) -> bytes:
     return store.path(layer.descriptor.digest).read_bytes()
 
 
-def _nydus_unpacked(layer: ConvertedLayer, store: ContentStore, work: Path) -> Path:
-    # The layer's own bootstrap is among the blobs it needs locally.
-    (bootstrap,) = [b for b in layer.local_blobs if b.digest == facts_of(layer).bootstrap]
-    return nh.unpack_layer(store, layer.descriptor.digest, bootstrap.digest, work)
-
-
 FORMATS = {
     "estargz": Format(
         driver="estargz",
         changed_option={"compression_level": 5},
         uncompressed=gzip.decompress,
-        tree_tar=lambda layer, store, _: gzip.decompress(_blob(layer, store)),
-        own_entries=frozenset(
-            {mt.ESTARGZ_NO_PREFETCH_LANDMARK, mt.ESTARGZ_PREFETCH_LANDMARK, mt.ESTARGZ_TOC_TAR_NAME}
-        ),
+        first_check="footer",
     ),
     "zstdchunked": Format(
         driver="zstdchunked",
         changed_option={"level": 5},
         uncompressed=_zstd_decompress,
-        tree_tar=lambda layer, store, _: _zstd_decompress(_blob(layer, store)),
+        first_check="footer",
     ),
     "nydus": Format(
         driver="nydus",
         changed_option={"compressor": "lz4_block"},
         uncompressed=lambda blob: blob,  # a nydus blob is its own uncompressed form (its diff_id)
-        tree_tar=_nydus_unpacked,
+        first_check="unpack",
         ignore=frozenset({"uname", "gname"}),  # RAFS keeps numeric owners only
+        finish_adds=mt.NYDUS_BOOTSTRAP_ANNOTATION,
     ),
 }
 
@@ -102,9 +102,32 @@ def _inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[LayerInput]
     return [LayerInput(d, i, store) for d, i in zip(image.layers, image.diff_ids, strict=True)]
 
 
-def _source_tar(layer: LayerInput) -> bytes:
+def _source_entries(layer: LayerInput) -> list[trees.Entry]:
     with layer.open_tar() as f:
-        return f.read()
+        return list(trees.iter_tar(f))
+
+
+def _as_read(layer: ConvertedLayer) -> SourceLayer:
+    return SourceLayer(descriptor=layer.descriptor, diff_id=layer.diff_id)
+
+
+def _read_back(
+    layer: ConvertedLayer, store: ContentStore, work: Path
+) -> tuple[list[str], list[trees.Entry] | dict[str, trees.Entry]]:
+    """The checks passed and what the format's reader reads of one layer: a layer reader's entries, or the
+    tree `nydus-image unpack` rebuilds from the layer's own bootstrap (a Nydus layer is read a platform at a
+    time by its reader, through the same `readback`)."""
+    reader = reader_for(layer.descriptor)
+    if isinstance(reader, LayerReader):
+        checks: list[str] = []
+        entries = reader.read(store.path(layer.descriptor.digest), _as_read(layer), checks)
+        return checks, entries
+    unpacked = readback.unpack_layer(readback.builder(), store, layer.descriptor.digest, work)
+    return ["unpack"], trees.apply_layers([unpacked])
+
+
+def _comparable(source: Sequence[trees.Entry], reader: LayerReader | PlatformReader) -> list[trees.Entry]:
+    return reader.comparable_source(source) if isinstance(reader, LayerReader) else list(source)
 
 
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
@@ -124,17 +147,18 @@ def test_converted_layers_keep_the_driver_contract(
         assert result.diff_id == dg.of_bytes(fmt.uncompressed(blob))
         assert all(store.exists(b.digest) and store.size(b.digest) == b.size for b in result.local_blobs)
 
-        source_tree = trees.apply_layers([_source_tar(layer)])
-        converted_tree = {
-            path: entry
-            for path, entry in trees.apply_layers([fmt.tree_tar(result, store, tmp_path)]).items()
-            if path not in fmt.own_entries
-        }
+        # Read back through the format's own reader, the one the driver names.
+        reader = reader_for(result.descriptor)
+        assert reader is type(driver).reader and reader.claims(result.descriptor)
+        assert not reader.claims(layer.descriptor)
+        checks, read = _read_back(result, store, tmp_path)
+        assert checks[0] == fmt.first_check, checks
+        if isinstance(reader, LayerReader):
+            assert checks[-1] == "diff_id"  # the decompressed stream's digest is the layer's diff_id
+        source_tree = trees.apply_entries([_comparable(_source_entries(layer), reader)])
+        read_tree = read if isinstance(read, dict) else trees.apply_entries([read])
         differences = trees.compare(
-            source_tree,
-            converted_tree,
-            ignore=fmt.ignore,
-            labels=("source layer", f"{fmt.driver} layer"),
+            source_tree, read_tree, ignore=fmt.ignore, labels=("source layer", f"{fmt.driver} layer")
         )
         assert differences == []
 
@@ -144,6 +168,68 @@ def test_converted_layers_keep_the_driver_contract(
     assert detect_format(descriptors) == fmt.driver
     assert not type(driver).is_converted(list(image.layers))
     assert detect_format(list(image.layers)) is None
+
+
+@pytest.mark.parametrize("fmt", FORMAT_PARAMS)
+def test_finish_keeps_the_converted_layers_and_the_platform_reads_back(
+    fmt: Format, source: tuple[imagegen.BuiltImage, ContentStore], tmp_path: Path
+) -> None:
+    image, store = source
+    driver = load_driver(fmt.driver)
+    inputs = _inputs(image, store)
+    converted = tuple(driver.convert_layer(layer) for layer in inputs)
+    draft = PlatformDraft(
+        source_manifest=image.manifest,
+        source_reference="registry.local/library/app:1",
+        config=ImageConfig.parse(image.config_raw),
+        layers=converted,
+    )
+
+    finished = driver.finish(draft, store)
+
+    if fmt.finish_adds is None:
+        assert finished == draft
+    else:
+        *layers, added = finished.layers
+        assert tuple(layers) == converted  # every layer has data of its own here, so each is kept, in order
+        assert added.descriptor.annotation(fmt.finish_adds)
+        assert store.size(added.descriptor.digest) == added.descriptor.size
+        assert finished.source_manifest == draft.source_manifest and finished.config == draft.config
+        assert finished.history is not None and len(finished.history) >= len(finished.layers)
+
+    # The finished platform, read back through the format's reader, is the source's platform.
+    source_entries = [_source_entries(layer) for layer in inputs]
+    target_layers = [_as_read(layer) for layer in finished.layers]
+    readers = {reader_for(layer.descriptor) for layer in target_layers}
+    assert readers == {type(driver).reader}
+    (reader,) = readers
+    if isinstance(reader, LayerReader):
+        read = [reader.read(store.path(t.descriptor.digest), t, []) for t in target_layers]
+        merged_source = trees.apply_entries([reader.comparable_source(s) for s in source_entries])
+        assert trees.compare(merged_source, trees.apply_entries(read), labels=("source", "target")) == []
+        return
+    verdict = Verdict(source="source", target="target")
+    rows = [
+        LayerVerdict("-", n, t.descriptor.digest, reader.label(t.descriptor))
+        for n, t in enumerate(target_layers)
+    ]
+    verdict.layers.extend(rows)
+    reader.verify_platform(
+        PlatformUnderTest(
+            key="-",
+            source_layers=[SourceLayer(descriptor=i.descriptor, diff_id=i.diff_id) for i in inputs],
+            source_trees=source_entries,
+            target_layers=target_layers,
+            rows=rows,
+            store=store,
+            verdict=verdict,
+            scratch=tmp_path,
+        )
+    )
+    assert verdict.ok, verdict.table()
+    assert [row.source for row in rows[:-1]] == [i.descriptor.digest for i in inputs]
+    assert {"nydus-image check", "merged view"} <= set(rows[-1].checks)
+    assert all(row.checks == ["unpack", "tree"] for row in rows[:-1])
 
 
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)

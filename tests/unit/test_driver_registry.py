@@ -31,8 +31,6 @@ ALLOWED = {
     ("accel/drivers/estargz/driver.py", "zstdchunked"): (
         "acceld runs zstd:chunked as `type: estargz` with `compression: zstdchunked` (acceld_driver)"
     ),
-    # Until its format readers move into the driver packages (issue 19, item 2).
-    **{("accel/verify.py", fmt): "reads every format back" for fmt in SPELLINGS},
 }
 
 

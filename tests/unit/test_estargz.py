@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 
 from accel import constants as mt
+from accel import trees
 from accel.drivers import load_driver
 from accel.drivers.base import ConvertedLayer, LayerInput
-from accel.drivers.estargz import EStargzDriver, EStargzOptions
+from accel.drivers.estargz import FOOTER_SIZE, EStargzDriver, EStargzOptions
+from accel.drivers.reader import LayerReadError
 from accel.errors import ConfigError, DigestMismatch
+from accel.model import SourceLayer
 from accel.oci import Descriptor
 from accel.store import ContentStore
 
@@ -492,3 +495,43 @@ def test_a_non_utf8_name_is_kept_in_the_tar_and_logged_as_replaced_in_the_toc(
         assert b"caf\xe9.txt" in [m.name.encode("utf-8", "surrogateescape") for m in t.getmembers()]
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "b'caf\\xe9.txt'" in warning and "caf\ufffd.txt" in warning
+
+
+# --- the reader (accel.verify's view of a blob) ----------------------------------------------------
+
+
+def test_the_reader_proves_the_written_blob_and_lists_the_source_entries(store: ContentStore) -> None:
+    source = _all_kinds_tar()
+    result, _ = _convert(store, source, chunk_size=SMALL_CHUNK)
+    reader = EStargzDriver.reader
+    assert reader.claims(result.descriptor) and reader.label(result.descriptor) == "estargz"
+    checks: list[str] = []
+    layer = SourceLayer(descriptor=result.descriptor, diff_id=result.diff_id)
+    entries = reader.read(store.path(result.descriptor.digest), layer, checks)
+    chunks = sum(
+        1 for e in _toc(store.path(result.descriptor.digest).read_bytes())["entries"] if e.get("chunkDigest")
+    )
+    assert checks == ["footer", "toc digest", f"{chunks} chunks", "diff_id"]
+    # The TOC and the landmark are the format's own, not the layer's: the reader drops them.
+    source_entries = reader.comparable_source(list(trees.iter_tar(io.BytesIO(source))))
+    assert trees.compare({e.path: e for e in source_entries}, {e.path: e for e in entries}) == []
+
+
+def test_the_reader_names_a_missing_footer_and_a_forged_toc_digest(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    result, blob = _convert(store, _all_kinds_tar(), chunk_size=SMALL_CHUNK)
+    layer = SourceLayer(descriptor=result.descriptor, diff_id=result.diff_id)
+    damaged = tmp_path / "damaged"
+    for forged, expected in (
+        (blob[:-FOOTER_SIZE] + bytes(FOOTER_SIZE), "eStargz footer: not a gzip header with an extra field"),
+        (blob[: FOOTER_SIZE - 1], f"eStargz footer: a blob of {FOOTER_SIZE - 1} bytes holds no"),
+    ):
+        damaged.write_bytes(forged)
+        with pytest.raises(LayerReadError, match=expected):
+            EStargzDriver.reader.read(damaged, layer, [])
+    forged_toc = result.descriptor.model_copy(
+        update={"annotations": {mt.ESTARGZ_TOC_DIGEST: "sha256:" + "0" * 64}}
+    )
+    with pytest.raises(LayerReadError, match=r"eStargz TOC digest .* differs from the annotation"):
+        EStargzDriver.reader.check(store.path(result.descriptor.digest), forged_toc)

@@ -22,6 +22,7 @@ import zstandard
 
 from accel import constants as mt
 from accel import digest as dg
+from accel.drivers.estargz import footer as estargz_footer
 from accel.drivers.zstdchunked.footer import SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter, skippable_frame
 from accel.oci import Descriptor, canonical_json
 from accel.reference import Reference
@@ -140,23 +141,23 @@ def failing(tmp_path: Path, target: OCILayout) -> Verdict:
 
 
 def estargz_parts(blob: bytes) -> tuple[int, dict[str, Any]]:
-    toc_offset = int(blob[-51:][16:32], 16)
-    with tarfile.open(fileobj=io.BytesIO(zlib.decompressobj(31).decompress(blob[toc_offset:-51]))) as tar:
+    toc_offset = estargz_footer.toc_offset(blob[-estargz_footer.FOOTER_SIZE :])
+    toc_member = blob[toc_offset : -estargz_footer.FOOTER_SIZE]
+    with tarfile.open(fileobj=io.BytesIO(zlib.decompressobj(31).decompress(toc_member))) as tar:
         member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
         assert member is not None
         return toc_offset, json.loads(member.read())
 
 
 def estargz_with_toc(blob: bytes, toc_offset: int, toc: dict[str, Any]) -> tuple[bytes, str]:
-    from accel.drivers.estargz.footer import footer_bytes
-
     toc_raw = json.dumps(toc).encode()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
         info = tarfile.TarInfo(mt.ESTARGZ_TOC_TAR_NAME)
         info.size = len(toc_raw)
         tar.addfile(info, io.BytesIO(toc_raw))
-    return blob[:toc_offset] + gzip.compress(out.getvalue()) + footer_bytes(toc_offset), dg.of_bytes(toc_raw)
+    footer = estargz_footer.footer_bytes(toc_offset)
+    return blob[:toc_offset] + gzip.compress(out.getvalue()) + footer, dg.of_bytes(toc_raw)
 
 
 def chunks_of(toc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,10 +17,13 @@ import zstandard
 
 from accel import constants as mt
 from accel import digest as dg
+from accel import trees
 from accel.drivers import load_driver
 from accel.drivers import zstdchunked as zc
 from accel.drivers.base import LayerInput
+from accel.drivers.reader import LayerReadError
 from accel.errors import ConfigError, DigestMismatch, DriverError
+from accel.model import SourceLayer
 from accel.oci import Descriptor
 from accel.store import ContentStore
 from tests.harness.imagegen import tar_info as _info
@@ -565,3 +568,32 @@ def test_output_is_deterministic() -> None:
         hashlib.sha256(_convert(raw, level=1)[0]).digest()
         != hashlib.sha256(_convert(raw, level=9)[0]).digest()
     )
+
+
+# --- the reader (accel.verify's view of a blob) ----------------------------------------------------
+
+
+def test_the_reader_proves_the_written_blob_and_names_a_forged_manifest_checksum(tmp_path: Path) -> None:
+    raw, _ = _make_tar()
+    blob, result = _convert(raw)
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    desc = Descriptor(
+        media_type=mt.OCI_LAYER_ZSTD, digest=dg.of_bytes(blob), size=len(blob), annotations=result.annotations
+    )
+    layer = SourceLayer(descriptor=desc, diff_id=result.uncompressed_digest)
+    reader = zc.ZstdChunkedDriver.reader
+    assert reader.claims(desc) and reader.label(desc) == "zstd:chunked" and reader.keeps_source_tar
+    checks: list[str] = []
+    entries = reader.read(path, layer, checks)
+    assert checks[:2] == ["footer", "manifest checksum"] and checks[-1] == "diff_id"
+    assert [e.path for e in entries] == [e.path for e in trees.iter_tar(io.BytesIO(raw))]
+
+    forged = desc.model_copy(
+        update={"annotations": {**result.annotations, mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(b"x")}}
+    )
+    with pytest.raises(LayerReadError, match="zstd:chunked manifest checksum"):
+        reader.check(path, forged)
+    path.write_bytes(blob[:-1])
+    with pytest.raises(LayerReadError, match="zstd:chunked footer"):
+        reader.check(path, desc)

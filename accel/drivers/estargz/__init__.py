@@ -17,10 +17,11 @@ a member's compressed offset is only known once everything before it is written,
 their member by index until the TOC is serialised.
 
 Modules: `entries` (the source tar entries in output order), `members` (gzip members on a thread pool),
-`toc`, `footer`, `builder` (one blob) and `driver`.
+`toc`, `footer`, `builder` (one blob), `driver`, and `reader` (a blob read back: footer, TOC, every chunk
+and file digest, the layer's entries; what `accel.verify` asks).
 """
 
-from accel.drivers.estargz import builder, entries, footer, members, toc
+from accel.drivers.estargz import builder, entries, footer, members, reader, toc
 from accel.drivers.estargz.driver import (
     DEFAULT_CHUNK_SIZE,
     IMPLEMENTATION_VERSION,
@@ -44,5 +45,6 @@ __all__ = [
     "footer",
     "footer_bytes",
     "members",
+    "reader",
     "toc",
 ]

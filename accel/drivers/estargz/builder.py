@@ -11,10 +11,11 @@ import tarfile
 from typing import Any
 
 from accel import constants as mt
-from accel.drivers.estargz.entries import READ_SIZE, TAR_ENCODING, TAR_ERRORS, Entry
+from accel.drivers.estargz.entries import READ_SIZE, TAR_ENCODING, TAR_ERRORS, MemberToWrite
 from accel.drivers.estargz.footer import footer_bytes
 from accel.drivers.estargz.members import GzipMembers
-from accel.drivers.estargz.toc import TOC_TYPES, TOC_VERSION, TocEntry, modtime, toc_text
+from accel.drivers.estargz.toc import TOC_VERSION, TocEntry, modtime, toc_text
+from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG, TOC_TYPES
 from accel.errors import DriverError, InvalidImage
 from accel.store import BlobWriter
 
@@ -47,11 +48,11 @@ class BlobBuilder:
     def close(self) -> None:
         self._members.close()
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: MemberToWrite) -> None:
         header = _output_header(entry.info)
         toc_entry = self._toc_entry(header)
         self._members.write(header.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS))
-        if toc_entry.type != "reg":
+        if toc_entry.type != TOC_TYPE_REG:
             self._toc.append(toc_entry)
             return
         if entry.payload is None:
@@ -68,7 +69,7 @@ class BlobBuilder:
             chunk_entry.chunk_offset = chunk_offset
             chunk_entry.chunk_digest = self._copy(entry, chunk, file_digest)
             self._toc.append(chunk_entry)
-            chunk_entry = TocEntry(name=toc_entry.name, type="chunk")
+            chunk_entry = TocEntry(name=toc_entry.name, type=TOC_TYPE_CHUNK)
         if header.size == 0:
             self._toc.append(toc_entry)
         self._members.write(b"\0" * (-header.size % _TAR_BLOCK))
@@ -77,7 +78,7 @@ class BlobBuilder:
         else:
             toc_entry.digest = toc_entry.chunk_digest or _EMPTY_DIGEST
 
-    def _copy(self, entry: Entry, size: int, file_digest: Any) -> str:
+    def _copy(self, entry: MemberToWrite, size: int, file_digest: Any) -> str:
         assert entry.payload is not None
         chunk_digest = hashlib.sha256()
         while size > 0:
@@ -92,7 +93,7 @@ class BlobBuilder:
         return "sha256:" + chunk_digest.hexdigest()
 
     def _toc_entry(self, header: tarfile.TarInfo) -> TocEntry:
-        kind = "reg" if header.type == tarfile.REGTYPE else TOC_TYPES[header.type]
+        kind = TOC_TYPES[header.type]  # `_output_header` wrote every regular file as REGTYPE
         xattrs = {
             toc_text(key[len(_XATTR_PAX_PREFIX) :]): base64.b64encode(
                 value.encode(TAR_ENCODING, TAR_ERRORS)
@@ -112,7 +113,7 @@ class BlobBuilder:
         entry = TocEntry(
             name=toc_text(name),
             type=kind,
-            size=header.size if kind == "reg" else 0,
+            size=header.size if kind == TOC_TYPE_REG else 0,
             modtime=modtime(header.mtime),
             link_name=toc_text(header.linkname) if kind in ("hardlink", "symlink") else "",
             mode=header.mode,

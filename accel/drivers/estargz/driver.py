@@ -17,6 +17,7 @@ from accel.drivers.base import (
 )
 from accel.drivers.estargz.builder import BlobBuilder
 from accel.drivers.estargz.entries import clean_name, source_entries
+from accel.drivers.estargz.reader import EStargzReader
 from accel.oci import Descriptor
 
 # Bump when the bytes produced for the same input and options change.
@@ -67,6 +68,7 @@ class EStargzDriver(Driver):
     name: ClassVar[str] = "estargz"
     options_model: ClassVar[type[DriverOptions]] = EStargzOptions
     implementation_version: ClassVar[str] = IMPLEMENTATION_VERSION
+    reader: ClassVar[EStargzReader] = EStargzReader()  # how accel.verify reads a layer back
     options: EStargzOptions
 
     @classmethod

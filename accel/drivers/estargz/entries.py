@@ -23,13 +23,14 @@ LANDMARK_CONTENT = b"\x0f"  # the single byte the reference writer puts in a lan
 READ_SIZE = 1 << 20
 TAR_ENCODING = "utf-8"
 TAR_ERRORS = "surrogateescape"  # non-UTF-8 names survive the read/write round trip byte for byte
-_RESERVED_NAMES = frozenset(
+# Names the format itself puts in a blob; a source entry of that name is dropped, a reader drops them too.
+RESERVED_NAMES = frozenset(
     {mt.ESTARGZ_TOC_TAR_NAME, mt.ESTARGZ_PREFETCH_LANDMARK, mt.ESTARGZ_NO_PREFETCH_LANDMARK}
 )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
+class MemberToWrite:
     """One tar entry to write: its header and, for regular files, where to read the payload from."""
 
     info: tarfile.TarInfo
@@ -37,7 +38,7 @@ class Entry:
 
 
 @contextlib.contextmanager
-def source_entries(layer: LayerInput, prioritized: Sequence[str]) -> Iterator[Iterator[Entry]]:
+def source_entries(layer: LayerInput, prioritized: Sequence[str]) -> Iterator[Iterator[MemberToWrite]]:
     """The entries in output order, landmark included."""
     if not prioritized:
         with layer.open_tar() as stream:
@@ -64,7 +65,7 @@ def _open_tar(layer: LayerInput, source: BinaryIO | Path, mode: str) -> tarfile.
         raise InvalidImage(f"layer {layer.descriptor.digest}: not a readable tar: {exc}") from None
 
 
-def _streamed_entries(stream: BinaryIO, layer: LayerInput) -> Iterator[Entry]:
+def _streamed_entries(stream: BinaryIO, layer: LayerInput) -> Iterator[MemberToWrite]:
     yield _landmark(mt.ESTARGZ_NO_PREFETCH_LANDMARK)
     if not stream.peek(1):  # type: ignore[attr-defined]
         return  # a zero-byte layer is an empty tar
@@ -72,9 +73,9 @@ def _streamed_entries(stream: BinaryIO, layer: LayerInput) -> Iterator[Entry]:
         while (info := _next_member(tar, layer)) is not None:
             # Stream mode remembers every member it has seen; we never look back, so drop them.
             tar.members.clear()
-            if clean_name(info.name) in _RESERVED_NAMES:
+            if clean_name(info.name) in RESERVED_NAMES:
                 continue
-            yield Entry(info, tar.extractfile(info) if info.isreg() else None)
+            yield MemberToWrite(info, tar.extractfile(info) if info.isreg() else None)
 
 
 def _next_member(tar: tarfile.TarFile, layer: LayerInput) -> tarfile.TarInfo | None:
@@ -86,7 +87,7 @@ def _next_member(tar: tarfile.TarFile, layer: LayerInput) -> tarfile.TarInfo | N
 
 def _prioritized_entries(
     tar: tarfile.TarFile, layer: LayerInput, prioritized: Sequence[str]
-) -> Iterator[Entry]:
+) -> Iterator[MemberToWrite]:
     """Prioritized files (with parent dirs and hardlink targets) first, then the landmark, then the rest.
 
     Like the reference builder, a name that occurs twice keeps only its last occurrence (that is the
@@ -96,7 +97,7 @@ def _prioritized_entries(
     by_name: dict[str, tarfile.TarInfo] = {}
     while (info := _next_member(tar, layer)) is not None:
         name = clean_name(info.name)
-        if name in _RESERVED_NAMES:
+        if name in RESERVED_NAMES:
             continue
         by_name.pop(name, None)  # re-inserting moves it to the position of its last occurrence
         by_name[name] = info
@@ -122,8 +123,8 @@ def _prioritized_entries(
         if name in by_name:
             pick(name)
 
-    def entry(info: tarfile.TarInfo) -> Entry:
-        return Entry(info, tar.extractfile(info) if info.isreg() else None)
+    def entry(info: tarfile.TarInfo) -> MemberToWrite:
+        return MemberToWrite(info, tar.extractfile(info) if info.isreg() else None)
 
     for info in picked.values():
         yield entry(info)
@@ -133,12 +134,12 @@ def _prioritized_entries(
             yield entry(info)
 
 
-def _landmark(name: str) -> Entry:
+def _landmark(name: str) -> MemberToWrite:
     # The reference header carries nothing but name, type and size (mode 0, no owner, no mtime).
     info = tarfile.TarInfo(name)
     info.size = len(LANDMARK_CONTENT)
     info.mode = 0
-    return Entry(info, io.BytesIO(LANDMARK_CONTENT))
+    return MemberToWrite(info, io.BytesIO(LANDMARK_CONTENT))
 
 
 def clean_name(name: str) -> str:

@@ -5,22 +5,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import tarfile
 from collections.abc import Sequence
 from typing import Any
 
 from accel.drivers.estargz.entries import TAR_ENCODING, TAR_ERRORS
 
-TOC_VERSION = 1
-
-TOC_TYPES = {
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.DIRTYPE: "dir",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.FIFOTYPE: "fifo",
-}
+TOC_VERSION = 1  # entry types: accel.drivers.toctypes
 
 
 @dataclasses.dataclass(slots=True)

@@ -42,8 +42,9 @@ Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (th
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
 (resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `original`
 (original-service cache records), `directories` (merge patches for implied directories), `facts`
-(NydusLayerFacts, what `finish` needs of each converted layer) and `driver`
-(NydusDriver).
+(NydusLayerFacts, what `finish` needs of each converted layer), `driver` (NydusDriver), `readback`
+(nydus-image check, listing and unpack) and `reader` (an image read back, one platform at a time, through
+`readback`: what `accel.verify` asks).
 """
 
 from accel.drivers.nydus.chunkdict import ChunkDict, resolve_chunk_dict

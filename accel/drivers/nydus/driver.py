@@ -36,6 +36,7 @@ from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstra
 from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
 from accel.drivers.nydus.original import converted_from_original_record
+from accel.drivers.nydus.reader import NydusReader
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
@@ -71,6 +72,7 @@ class NydusDriver(Driver):
     implementation_version = "2"
     source_digest_annotation = mt.ORIGINAL_CACHE_SOURCE_DIGEST  # as the original service's cache records
     facts_model = NydusLayerFacts
+    reader = NydusReader()  # how accel.verify reads an image back
 
     options: NydusOptions
 

@@ -1,4 +1,4 @@
-"""Reading Nydus images back with the real `nydus-image` (for `accel.verify` and the tests).
+"""Reading Nydus images back with the real `nydus-image` (for `reader`, so `accel.verify`, and the tests).
 
 nydus-image 2.2.0's `unpack` reads every file of a bootstrap from one data blob, so full-fidelity trees
 come per layer (`unpack_layer`: the layer's own bootstrap, pulled from its blob trailer, and its blob); a

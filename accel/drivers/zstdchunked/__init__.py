@@ -15,10 +15,12 @@ is evaluated for a whole block at once, in C (built by scripts/setup) or with nu
 library is absent (see `rollsum`); a per-byte Python loop would be two orders of magnitude slower.
 
 Modules: `crc64` (tar-split payload checksums), `rollsum` (content-defined chunking), `frames` (ordered
-parallel zstd frames), `toc`, `tarsplit`, `footer`, `writer` (one layer) and `driver`.
+parallel zstd frames), `toc`, `tarsplit`, `footer`, `writer` (one layer), `driver`, and `reader` (a blob
+read back: footer, manifest checksum, every chunk and file digest, the layer's entries; what
+`accel.verify` asks).
 """
 
-from accel.drivers.zstdchunked import crc64, footer, frames, rollsum, tarsplit, toc, writer
+from accel.drivers.zstdchunked import crc64, footer, frames, reader, rollsum, tarsplit, toc, writer
 from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.driver import ZstdChunkedDriver, ZstdChunkedOptions
 from accel.drivers.zstdchunked.footer import (
@@ -54,6 +56,7 @@ __all__ = [
     "crc64",
     "footer",
     "frames",
+    "reader",
     "rollsum",
     "tarsplit",
     "toc",

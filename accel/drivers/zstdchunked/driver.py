@@ -8,6 +8,7 @@ from pydantic import Field
 
 from accel import constants as mt
 from accel.drivers.base import ConvertedLayer, Driver, DriverOptions, LayerInput
+from accel.drivers.zstdchunked.reader import ZstdChunkedReader
 from accel.drivers.zstdchunked.writer import write_zstd_chunked
 from accel.errors import DigestMismatch
 from accel.oci import Descriptor
@@ -23,6 +24,7 @@ class ZstdChunkedDriver(Driver):
     name: ClassVar[str] = "zstdchunked"
     options_model: ClassVar[type[DriverOptions]] = ZstdChunkedOptions
     implementation_version: ClassVar[str] = "1"
+    reader: ClassVar[ZstdChunkedReader] = ZstdChunkedReader()  # how accel.verify reads a layer back
 
     @property
     def zstd_options(self) -> ZstdChunkedOptions:

@@ -8,21 +8,10 @@ import datetime
 from typing import Any
 
 from accel import tarstream
+from accel.drivers.toctypes import TOC_TYPES
 from accel.errors import DriverError
 
 TOC_VERSION = 1
-
-# TOC entry types by (Go-normalised) tar typeflag; anything else cannot be represented.
-TOC_TYPES = {
-    tarstream.TYPE_REG: "reg",
-    tarstream.TYPE_LINK: "hardlink",
-    tarstream.TYPE_CHAR: "char",
-    tarstream.TYPE_BLOCK: "block",
-    tarstream.TYPE_DIR: "dir",
-    tarstream.TYPE_FIFO: "fifo",
-    tarstream.TYPE_SYMLINK: "symlink",
-}
-TOC_TYPE_CHUNK = "chunk"
 CHUNK_TYPE_ZEROS = "zeros"
 
 
@@ -88,6 +77,7 @@ class TocEntry:
 
     @classmethod
     def from_header(cls, header: tarstream.TarHeader) -> TocEntry:
+        # By (Go-normalised) tar typeflag; anything else cannot be represented.
         toc_type = TOC_TYPES.get(header.typeflag)
         name = _go_string(header.name, "tar entry name")
         if toc_type is None:

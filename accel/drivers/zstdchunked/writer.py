@@ -16,6 +16,7 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
 from accel.compression import BackgroundDigester
+from accel.drivers.toctypes import TOC_TYPE_CHUNK
 from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import (
     MANIFEST_TYPE_CRFS,
@@ -26,7 +27,7 @@ from accel.drivers.zstdchunked.footer import (
 from accel.drivers.zstdchunked.frames import Frame, FrameWriter, SupportsWrite
 from accel.drivers.zstdchunked.rollsum import DataPiece, FileChunker, ZeroRun
 from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWriter
-from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_TYPE_CHUNK, TOC_VERSION, TocEntry
+from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_VERSION, TocEntry
 
 READ_SIZE = 1 << 20
 MAX_PENDING_FILE_DIGESTS = 4  # files whose whole-file hash may still be running (each holds <= 5 MiB)

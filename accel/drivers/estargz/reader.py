@@ -1,0 +1,144 @@
+"""Reading an eStargz blob back: footer → TOC (its digest against the layer's annotation) → every chunk
+and every file digest; then the layer's file entries from the whole decompressed stream, without the TOC
+and landmark files the format adds, owner names filled back in."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from accel import constants as mt
+from accel import digest as dg
+from accel import trees
+from accel.drivers.estargz.entries import RESERVED_NAMES
+from accel.drivers.estargz.footer import FOOTER_SIZE, toc_offset
+from accel.drivers.reader import LayerReader, LayerReadError
+from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
+from accel.model import SourceLayer
+from accel.oci import Descriptor
+
+
+def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
+    f.seek(offset)
+    return f.read(length)
+
+
+def _gunzip_prefix(f: BinaryIO, offset: int, length: int, what: str) -> bytes:
+    """The first `length` bytes of the gzip member starting at `offset`."""
+    f.seek(offset)
+    inflater = zlib.decompressobj(31)
+    out = bytearray()
+    try:
+        while len(out) < length:
+            piece = f.read(1 << 16)
+            if not piece:
+                break
+            out += inflater.decompress(piece, length - len(out))
+            while inflater.unconsumed_tail and len(out) < length:
+                out += inflater.decompress(inflater.unconsumed_tail, length - len(out))
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise LayerReadError(f"{what}: no gzip member at offset {offset}: {exc}") from exc
+    if len(out) < length:
+        raise LayerReadError(
+            f"{what}: the gzip member at offset {offset} holds {len(out)} bytes, not {length}"
+        )
+    return bytes(out)
+
+
+def check_blob(path: Path, desc: Descriptor) -> list[str]:
+    """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size < FOOTER_SIZE:
+            raise LayerReadError(f"eStargz footer: a blob of {size} bytes holds no {FOOTER_SIZE}-byte footer")
+        try:
+            offset = toc_offset(_read_at(f, size - FOOTER_SIZE, FOOTER_SIZE))
+        except ValueError as exc:
+            raise LayerReadError(f"eStargz footer: {exc}") from exc
+        if not 0 <= offset < size - FOOTER_SIZE:
+            raise LayerReadError(f"eStargz footer: TOC offset {offset} outside the blob")
+        f.seek(offset)
+        try:
+            toc_tar = zlib.decompressobj(31).decompress(f.read(size - FOOTER_SIZE - offset))
+            with tarfile.open(fileobj=io.BytesIO(toc_tar)) as tar:
+                member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
+                toc_raw = member.read() if member else b""
+        except (zlib.error, tarfile.TarError, KeyError) as exc:
+            raise LayerReadError(f"eStargz TOC at offset {offset}: unreadable: {exc}") from exc
+        toc_digest = dg.of_bytes(toc_raw)
+        annotated = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
+        if toc_digest != annotated:
+            raise LayerReadError(f"eStargz TOC digest {toc_digest} differs from the annotation {annotated}")
+        entries: list[dict[str, Any]] = json.loads(toc_raw).get("entries") or []
+        files: dict[str, tuple[Any, str, int]] = {}  # name → (hasher, expected digest, next chunk offset)
+        sizes: dict[str, int] = {}
+        for entry in entries:
+            kind = entry.get("type")
+            if kind not in (TOC_TYPE_REG, TOC_TYPE_CHUNK) or (kind == TOC_TYPE_REG and not entry.get("size")):
+                continue
+            name = entry["name"]
+            if kind == TOC_TYPE_REG:
+                files[name] = (hashlib.sha256(), entry.get("digest", ""), 0)
+                sizes[name] = entry["size"]
+            hasher, expected, next_offset = files[name]
+            chunk_offset = entry.get("chunkOffset", 0)
+            if chunk_offset != next_offset:
+                raise LayerReadError(
+                    f"{name}: eStargz chunk at file offset {chunk_offset}, expected {next_offset}"
+                )
+            length = entry.get("chunkSize") or sizes[name] - chunk_offset
+            data = _gunzip_prefix(f, entry.get("offset", 0), length, f"{name} chunk at {chunk_offset}")
+            if dg.of_bytes(data) != entry.get("chunkDigest"):
+                raise LayerReadError(
+                    f"{name}: eStargz chunk at file offset {chunk_offset} does not match its chunkDigest"
+                )
+            hasher.update(data)
+            files[name] = (hasher, expected, chunk_offset + length)
+        for name, (hasher, expected, end) in files.items():
+            if end != sizes[name] or "sha256:" + hasher.hexdigest() != expected:
+                raise LayerReadError(f"{name}: eStargz chunks do not add up to the file's digest")
+    return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"]
+
+
+def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
+    """eStargz writers drop a user/group name unchanged since the previous entry; readers fill it back."""
+    users: dict[int, str] = {}
+    groups: dict[int, str] = {}
+    out = []
+    for e in entries:
+        uname = e.uname or users.get(e.uid) or e.uname
+        gname = e.gname or groups.get(e.gid) or e.gname
+        if uname:
+            users[e.uid] = uname
+        if gname:
+            groups[e.gid] = gname
+        out.append(dataclasses.replace(e, uname=uname, gname=gname))
+    return out
+
+
+class EStargzReader(LayerReader):
+    def claims(self, desc: Descriptor) -> bool:
+        return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST))
+
+    def label(self, desc: Descriptor) -> str:
+        return "estargz"
+
+    def check(self, blob: Path, desc: Descriptor) -> list[str]:
+        return check_blob(blob, desc)
+
+    def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
+        in_layer = [e for e in super().entries(blob, layer) if e.path not in RESERVED_NAMES]
+        return refill_owner_names(in_layer)
+
+    def comparable_source(self, entries: Sequence[trees.Entry]) -> list[trees.Entry]:
+        # `entries` fills names back from earlier entries; a source entry left unnamed gets the same.
+        return refill_owner_names(entries)

@@ -1,0 +1,119 @@
+"""Reading a zstd:chunked blob back: footer (and its position annotation) → manifest checksum → every chunk
+and every file digest; then the layer's file entries from the whole decompressed stream, which is the
+source tar byte for byte (so its DiffID is the source's)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from accel import constants as mt
+from accel import digest as dg
+from accel import trees
+from accel.compression import open_uncompressed
+from accel.drivers.reader import LayerReader, LayerReadError
+from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
+from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter
+from accel.model import SourceLayer
+from accel.oci import Descriptor
+
+
+def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
+    f.seek(offset)
+    return f.read(length)
+
+
+def check_blob(path: Path, desc: Descriptor) -> list[str]:
+    """Footer, manifest position and checksum, every chunk digest and every file digest."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        try:
+            footer = ZstdChunkedFooter.parse(
+                _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
+            )
+        except ValueError as exc:
+            raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
+        position = (
+            f"{footer.manifest_offset}:{footer.manifest_length}:"
+            f"{footer.manifest_uncompressed_length}:{footer.manifest_type}"
+        )
+        annotated = desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_POSITION)
+        if annotated is not None and annotated != position:
+            raise LayerReadError(
+                f"zstd:chunked manifest position {annotated} differs from the footer's {position}"
+            )
+        compressed = _read_at(f, footer.manifest_offset, footer.manifest_length)
+        checksum = dg.of_bytes(compressed)
+        if checksum != desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM):
+            raise LayerReadError(
+                f"zstd:chunked manifest checksum {checksum} differs from the annotation "
+                f"{desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)}"
+            )
+        try:
+            manifest = zstandard.ZstdDecompressor().decompress(
+                compressed, max_output_size=footer.manifest_uncompressed_length
+            )
+        except zstandard.ZstdError as exc:
+            raise LayerReadError(f"zstd:chunked manifest: {exc}") from exc
+        entries: list[dict[str, Any]] = json.loads(manifest).get("entries") or []
+        chunks = 0
+        for i, entry in enumerate(entries):
+            if entry.get("type") != TOC_TYPE_REG or not entry.get("size"):
+                continue
+            name = entry["name"]
+            pieces = [entry]
+            for following in entries[i + 1 :]:
+                if following.get("type") != TOC_TYPE_CHUNK or following.get("name") != name:
+                    break
+                pieces.append(following)
+            hasher = hashlib.sha256()
+            position_in_file = 0
+            for n, piece in enumerate(pieces):
+                start = piece.get("offset", 0)
+                end = pieces[n + 1].get("offset", 0) if n + 1 < len(pieces) else entry.get("endOffset", 0)
+                expected_size = piece.get("chunkSize") or entry["size"]
+                if piece.get("chunkOffset", 0) != position_in_file or not 0 < start < end <= size:
+                    raise LayerReadError(
+                        f"{name}: zstd:chunked chunk {n} is at a wrong place ({start}..{end})"
+                    )
+                try:
+                    reader = zstandard.ZstdDecompressor().stream_reader(
+                        io.BytesIO(_read_at(f, start, end - start)), read_across_frames=True
+                    )
+                    data = reader.read(expected_size + 1)
+                except zstandard.ZstdError as exc:
+                    raise LayerReadError(
+                        f"{name}: zstd:chunked chunk {n} does not decompress: {exc}"
+                    ) from exc
+                digest = piece.get("chunkDigest") or entry.get("digest")
+                if len(data) != expected_size or dg.of_bytes(data) != digest:
+                    raise LayerReadError(f"{name}: zstd:chunked chunk {n} does not match its chunkDigest")
+                hasher.update(data)
+                position_in_file += len(data)
+                chunks += 1
+            if position_in_file != entry["size"] or "sha256:" + hasher.hexdigest() != entry.get("digest"):
+                raise LayerReadError(f"{name}: zstd:chunked chunks do not add up to the file's digest")
+    return ["footer", "manifest checksum", f"{chunks} chunks"]
+
+
+class ZstdChunkedReader(LayerReader):
+    keeps_source_tar = True  # the format promises the source tar byte for byte
+
+    def claims(self, desc: Descriptor) -> bool:
+        return bool(desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM))
+
+    def label(self, desc: Descriptor) -> str:
+        return "zstd:chunked"
+
+    def check(self, blob: Path, desc: Descriptor) -> list[str]:
+        return check_blob(blob, desc)
+
+    def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
+        # A zstd stream whatever the descriptor's media type says.
+        with open_uncompressed(blob, mt.OCI_LAYER_ZSTD, layer.diff_id) as stream:
+            return list(trees.iter_tar(stream))
