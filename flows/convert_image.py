@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
+from prefect.utilities.timeout import timeout
 from pydantic import BaseModel
 
 from accel.context import context_for
@@ -35,7 +36,7 @@ from flows.duplicates import duplicate_of, mark_duplicate
 from tasks import build_manifest, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.convert import uploads_early
-from tasks.limits import check_image_sizes, end_timed_out_process
+from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
 from tasks.session import ConversionSession
 from tasks.store import collect_garbage
 
@@ -122,26 +123,11 @@ def _config_path(config: str | None) -> str:
     return str(Path(path).resolve())
 
 
-TIMEOUT_ENV = "ACCEL_CONVERSION_TIMEOUT"
-
-
-def conversion_timeout() -> float | None:
-    """`converter.limits.timeout` as acceld passes it to its runner and flow runs (the flow's timeout is
-    fixed when this module loads, before any config is read); None: no timeout."""
-    value = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    return seconds if seconds and seconds > 0 else None
-
-
 @flow(
     name="convert-image",
     flow_run_name="convert {source}",
     log_prints=True,
-    timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
-    on_failure=[end_timed_out_process],  # and its process ends, freeing the worker slot
+    on_failure=[end_timed_out_process],  # a run past converter.limits.timeout ends its process
 )
 def convert_image(
     source: str,
@@ -154,7 +140,8 @@ def convert_image(
     configured driver and the source's repository). `source` and `target` may name any transport
     (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference).
     When some drivers fail, the others are still pushed and the run ends FAILED with a message naming each
-    failed driver and why (its result lists both).
+    failed driver and why (its result lists both). Past the config's converter.limits.timeout the run ends
+    FAILED (`TimedOut`).
 
     Args:
         source: The image to convert: `host/repo:tag`, `host/repo@sha256:…` or both. Its registry must be in
@@ -166,7 +153,18 @@ def convert_image(
             source's own repository.
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
-    return _convert(source, drivers, _config_path(config), target_repository, target)
+    config_path = _config_path(config)
+    # The timeout of the config this run converts with, however it was started (acceld, a work-pool
+    # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.
+    seconds = float(context_for(config_path).settings.converter.limits.timeout)
+    try:
+        with timeout(seconds, timeout_exc_type=ConversionTimedOut):
+            return _convert(source, drivers, config_path, target_repository, target)
+    except ConversionTimedOut:
+        # Prefect's own state and message for a flow past its timeout (acceld names the setting).
+        message = f"Flow run exceeded timeout of {seconds} second(s)"
+        get_run_logger().error(message)
+        return Failed(name="TimedOut", message=message, data=ConversionTimedOut(message))
 
 
 def _convert(

@@ -80,6 +80,10 @@ def check_image_sizes(settings: Settings, image: SourceImage) -> None:
         ImageBudget(settings.converter.limits.max_image_bytes, label, known).check()
 
 
+class ConversionTimedOut(TimeoutError):
+    """A conversion past converter.limits.timeout; its run ends FAILED in Prefect's `TimedOut` state."""
+
+
 def end_timed_out_process(flow: Any, flow_run: Any, state: Any) -> None:
     """An `on_failure` hook: a run past converter.limits.timeout (Prefect's `TimedOut` state, already
     recorded) ends its process at once. Its task threads — a pull the registry stopped answering, a
