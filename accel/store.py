@@ -30,7 +30,7 @@ class BlobUnavailable(AccelError):
 
 
 class _Arrival:
-    """A blob on its way into the store, seen by the readers following it (one per final path, process-wide).
+    """A blob on its way into the store, seen by the readers following it (one per blob and store object).
 
     Each write attempt (a registry client retries a broken download from the start) writes its own temp
     file; followers read the current attempt's file up to `written`, and carry on at the same offset in the
@@ -46,10 +46,6 @@ class _Arrival:
         self.committed_attempt = 0  # which attempt's file became the blob (0: a writer nobody followed)
         self.failure: str | None = None  # set when nobody will write the blob any more
         self.expected = 0  # pulls announced (`ContentStore.expect`) and not yet ended: wait between attempts
-
-
-_arrivals: dict[Path, _Arrival] = {}
-_arrivals_lock = threading.Lock()
 
 
 class BlobWriter:
@@ -87,12 +83,19 @@ class BlobWriter:
 
 
 class ContentStore:
+    """Blobs under `root`. Readers following a blob (`open_following`) see the writers of the same store
+    object: one per config in a process (`accel.context`), shared by every run there, so two runs pulling
+    the same layer count their announcements (`expect`/`give_up`) on one arrival. A writer through another
+    object on the same directory is seen once it has committed the blob."""
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._blobs = self.root / "blobs" / "sha256"
         self._ingest = self.root / "ingest"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._ingest.mkdir(parents=True, exist_ok=True)
+        self._arrivals: dict[str, _Arrival] = {}  # digest → the blob arriving now
+        self._arrivals_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ContentStore({str(self.root)!r})"
@@ -189,38 +192,38 @@ class ContentStore:
         """Announce that a writer of `digest` is coming (a pull is submitted): followers wait for it, and
         for every retry, until the blob is committed or `give_up` says it will not be. Each `expect` is
         ended by one `give_up` (two runs in one process may pull the same layer)."""
-        with _arrivals_lock:
-            _arrivals.setdefault(self.path(digest), _Arrival()).expected += 1
+        with self._arrivals_lock:
+            self._arrivals.setdefault(digest, _Arrival()).expected += 1
 
     def give_up(self, digest: str, reason: str) -> None:
         """An announced writer of `digest` ended (its pull ended, well or not). When it was the last one
         and the blob is not in the store, followers fail with `reason`."""
-        with _arrivals_lock:
-            arrival = _arrivals.get(self.path(digest))
+        with self._arrivals_lock:
+            arrival = self._arrivals.get(digest)
             if arrival is None:
                 return
             arrival.expected -= 1
             if arrival.expected > 0:
                 return
-            del _arrivals[self.path(digest)]
+            del self._arrivals[digest]
         with arrival.changed:
             if not arrival.committed and not self.exists(digest):
                 arrival.failure = reason
             arrival.changed.notify_all()
 
     def open_following(self, digest: str) -> BinaryIO:
-        """The blob's bytes, read while a writer in this process still writes them (see the module
+        """The blob's bytes, read while a writer through this store still writes them (see the module
         docstring); the committed blob when it is there, or when nothing is arriving."""
-        with _arrivals_lock:
-            arrival = _arrivals.get(self.path(digest))
+        with self._arrivals_lock:
+            arrival = self._arrivals.get(digest)
         if arrival is None or self.exists(digest):
             return self.open(digest)
         return io.BufferedReader(_FollowingReader(self, digest, arrival), buffer_size=1 << 20)
 
     def wait_for(self, digest: str) -> Path:
-        """The blob's path once it is committed; at once when no writer in this process is bringing it."""
-        with _arrivals_lock:
-            arrival = _arrivals.get(self.path(digest))
+        """The blob's path once it is committed; at once when no writer through this store is bringing it."""
+        with self._arrivals_lock:
+            arrival = self._arrivals.get(digest)
         if arrival is not None:
             with arrival.changed:
                 while not (arrival.committed or arrival.failure or self.exists(digest)):
@@ -230,8 +233,8 @@ class ContentStore:
         return self.path(digest)
 
     def _publish(self, digest: str, temp: Path) -> _Arrival | None:
-        with _arrivals_lock:
-            arrival = _arrivals.setdefault(self.path(digest), _Arrival())
+        with self._arrivals_lock:
+            arrival = self._arrivals.setdefault(digest, _Arrival())
         with arrival.changed:
             if arrival.path is None:  # else another writer publishes already; this one writes privately
                 arrival.attempt += 1
@@ -242,11 +245,10 @@ class ContentStore:
         return None  # that writer writes privately: nobody follows it
 
     def _attempt_ended(self, digest: str, arrival: _Arrival | None, committed: bool) -> None:
-        key = self.path(digest)
-        with _arrivals_lock:
-            shared = _arrivals.get(key)
+        with self._arrivals_lock:
+            shared = self._arrivals.get(digest)
             if shared is not None and (committed or (shared is arrival and not shared.expected)):
-                del _arrivals[key]  # committed, or a writer nobody announced: nothing more will come
+                del self._arrivals[digest]  # committed, or a writer nobody announced: nothing more will come
         if shared is None:
             return
         with shared.changed:

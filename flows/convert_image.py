@@ -1,7 +1,8 @@
-"""convert_image: resolve → lookup cache → pull + convert what it misses → build manifest-or-index → push
-→ merge cache.
+"""convert_image: plan → resolve → lookup cache → pull + convert what it misses (+ early uploads) → build
+manifest-or-index → (verify) → push → merge cache → collect garbage → result artifact.
 
-The flow only composes tasks; every step's logic lives in the engine (`accel`).
+The flow only composes tasks; every step's logic lives in the engine (`accel`), and what the layer tasks of
+one run share (slots, image budgets, announced pulls, early uploads) in its `tasks.session.ConversionSession`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from prefect import allow_failure, flow, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
+from prefect.utilities.timeout import timeout
 from pydantic import BaseModel
 
 from accel.context import context_for
@@ -31,16 +34,11 @@ from accel.reference import Reference
 from accel.store import ContentStore
 from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
-from tasks import build_image, convert_layer, push_image, resolve, verify_image
+from tasks import build_manifest, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
-from tasks.convert import (
-    announce_conversions,
-    pull_layers,
-    upload_layer,
-    uploads_early,
-    withdraw_when_done,
-)
-from tasks.limits import check_image_sizes, end_timed_out_process, forget_budgets, images_of_layers
+from tasks.convert import uploads_early
+from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
+from tasks.session import ConversionSession
 from tasks.store import collect_garbage
 
 # The type of the artifact that carries a run's ConversionResult as JSON: acceld (any mode, any host) reads
@@ -127,26 +125,11 @@ def _config_path(config: str | None) -> str:
     return str(Path(path).resolve())
 
 
-TIMEOUT_ENV = "ACCEL_CONVERSION_TIMEOUT"
-
-
-def conversion_timeout() -> float | None:
-    """`converter.limits.timeout` as acceld passes it to its runner and flow runs (the flow's timeout is
-    fixed when this module loads, before any config is read); None: no timeout."""
-    value = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    return seconds if seconds and seconds > 0 else None
-
-
 @flow(
     name="convert-image",
     flow_run_name="convert {source}",
     log_prints=True,
-    timeout_seconds=conversion_timeout(),  # converter.limits.timeout: the run FAILS past it
-    on_failure=[end_timed_out_process],  # and its process ends, freeing the worker slot
+    on_failure=[end_timed_out_process],  # a run past converter.limits.timeout ends its process
 )
 def convert_image(
     source: str,
@@ -159,7 +142,8 @@ def convert_image(
     configured driver and the source's repository). `source` and `target` may name any transport
     (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE` as a source, a registry reference).
     When some drivers fail, the others are still pushed and the run ends FAILED with a message naming each
-    failed driver and why (its result lists both).
+    failed driver and why (its result lists both). Past the config's converter.limits.timeout the run ends
+    FAILED (`TimedOut`).
 
     Args:
         source: The image to convert: `host/repo:tag`, `host/repo@sha256:…` or both. Its registry must be in
@@ -171,8 +155,30 @@ def convert_image(
             source's own repository.
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
-    logger = get_run_logger()
     config_path = _config_path(config)
+    # The timeout of the config this run converts with, however it was started (acceld, a work-pool
+    # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.
+    seconds = float(context_for(config_path).settings.converter.limits.timeout)
+    try:
+        with timeout(seconds, timeout_exc_type=ConversionTimedOut):
+            return _convert(source, drivers, config_path, target_repository, target)
+    except ConversionTimedOut:
+        # Prefect's own state and message for a flow past its timeout (acceld names the setting).
+        message = f"Flow run exceeded timeout of {seconds} second(s)"
+        get_run_logger().error(message)
+        return Failed(name="TimedOut", message=message, data=ConversionTimedOut(message))
+
+
+def _convert(
+    source: str,
+    drivers: list[DriverType] | None,
+    config_path: str,
+    target_repository: str | None,
+    target: str | None,
+) -> ConversionResult | State[ConversionResult]:
+    """plan → resolve → lookup cache → pull + convert (+ early uploads) → build → verify → push → merge cache
+    → collect garbage → artifact."""
+    logger = get_run_logger()
     ctx = context_for(config_path)
     source_ref = parse_location(source).reference
     # An untagged layout source (its only image) names its outputs as if tagged `latest`.
@@ -189,9 +195,8 @@ def convert_image(
     if earlier := duplicate_of(ctx.settings, plan):
         return _skipped(plan, source_ref.digest or "", f"duplicate of flow run {earlier}", duplicate=True)
 
-    started = time.monotonic()
-    image = resolve(source_ref, config_path)
-    timings["resolve"] = time.monotonic() - started
+    with _timed(timings, "resolve"):
+        image = resolve(source_ref, config_path)
     logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
     if produced := produced_by_accel(image):
         return _skipped(plan, image.root.digest, f"the image was produced by accel ({produced})")
@@ -203,69 +208,64 @@ def convert_image(
     cache_ref = plan.cache
     lookup = CacheLookup(hits={d: {} for d in driver_types})
     if cache_ref is not None:
-        started = time.monotonic()
-        lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
-        timings["cache lookup"] = time.monotonic() - started
+        with _timed(timings, "cache lookup"):
+            lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
     hits = {d: lookup.hits.get(d, {}) for d in driver_types}
 
-    # Drivers whose converted blobs go to their target while later layers still convert.
-    early = {
-        d: target_refs[d]
-        for d in driver_types
-        if uploads_early(ctx.driver(d), target_refs[d], ctx.settings.converter.verify)
-    }
-    started = time.monotonic()
-    try:
-        converted, failures, uploads = _pull_and_convert(source_ref, image, layers, hits, config_path, early)
-    finally:
-        forget_budgets()
-    timings["pull+convert"] = time.monotonic() - started
-
-    # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
     targets = []
-    for d in driver_types:
-        if d in failures:
-            continue
-        target_ref = target_refs[d]
-        try:
-            started = time.monotonic()
-            built = build_image(image, converted[d], d, config_path)
-            timings[f"build {d}"] = time.monotonic() - started
-            if ctx.settings.converter.verify:
-                started = time.monotonic()
-                # Raises when it cannot prove the image: this driver's target is not pushed.
-                verify_image(built, source_ref, target_ref, d, config_path)
-                timings[f"verify {d}"] = time.monotonic() - started
-            started = time.monotonic()
-            _settle(uploads.get(d, []))  # a failed early upload is done again (and reported) by the push
-            pushed = push_image(built, target_ref, source_ref, config_path)
-            timings[f"push {d}"] = time.monotonic() - started
-        except Exception as exc:
-            failures[d] = _reason(exc)
-            continue
-        targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(describe(target_ref))))
-        logger.info(
-            "pushed %s@%s (cached %d/%d layers)",
-            describe(target_ref),
-            pushed.digest,
-            len(hits[d]),
-            len(layers),
-        )
+    # The session holds what the run's layer tasks share (slots, image budgets, announced pulls, early
+    # uploads); closing it waits for the early uploads.
+    with ConversionSession(config_path, source_ref, image) as session:
+        # Drivers whose converted blobs go to their target while later layers still convert.
+        early = {
+            d: target_refs[d]
+            for d in driver_types
+            if uploads_early(ctx.driver(d), target_refs[d], ctx.settings.converter.verify)
+        }
+        with _timed(timings, "pull+convert"):
+            converted, failures = _pull_and_convert(session, image, layers, hits, config_path, early)
 
-    _settle([u for driver_uploads in uploads.values() for u in driver_uploads])  # none outlives the run
+        # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
+        for d in driver_types:
+            if d in failures:
+                continue
+            target_ref = target_refs[d]
+            try:
+                with _timed(timings, f"build {d}"):
+                    built = build_manifest(image, converted[d], d, config_path)
+                if ctx.settings.converter.verify:
+                    with _timed(timings, f"verify {d}"):
+                        # Raises when it cannot prove the image: this driver's target is not pushed.
+                        verify_image(built, source_ref, target_ref, d, config_path)
+                with _timed(timings, f"push {d}"):
+                    # After its early uploads: one that failed is done again (and reported) by the push.
+                    pushed = push_image(
+                        built, target_ref, source_ref, config_path, wait_for=session.uploads_of(d)
+                    )
+            except Exception as exc:
+                failures[d] = _reason(exc)
+                continue
+            targets.append(_target_result(d, pushed, built, converted[d], hits[d], str(describe(target_ref))))
+            logger.info(
+                "pushed %s@%s (cached %d/%d layers)",
+                describe(target_ref),
+                pushed.digest,
+                len(hits[d]),
+                len(layers),
+            )
+
     done = {t.driver for t in targets}
     if cache_ref is not None and done:
         # After every target is pushed; a cache failure is a warning, never a failed conversion.
-        started = time.monotonic()
-        merge_cache(
-            image,
-            {d: layers for d, layers in converted.items() if d in done},
-            cache_ref,
-            {d: ref for d, ref in target_refs.items() if d in done},
-            lookup.gone,
-            config_path,
-        )
-        timings["cache merge"] = time.monotonic() - started
+        with _timed(timings, "cache merge"):
+            merge_cache(
+                image,
+                {d: layers for d, layers in converted.items() if d in done},
+                cache_ref,
+                {d: ref for d, ref in target_refs.items() if d in done},
+                lookup.gone,
+                config_path,
+            )
 
     collect_garbage(config_path)
     result = ConversionResult(
@@ -288,11 +288,12 @@ def convert_image(
     return result
 
 
-def _settle(futures: list[PrefectFuture[Any]]) -> None:
-    """Wait for task runs whose outcome does not matter to the run (a failure shows in their own state)."""
-    for future in futures:
-        with contextlib.suppress(Exception):
-            future.wait()
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record how long a stage took (a stage that raises records nothing)."""
+    started = time.monotonic()
+    yield
+    timings[stage] = time.monotonic() - started
 
 
 def _reason(exc: BaseException) -> str:
@@ -335,67 +336,51 @@ def _target_result(
 
 
 def _pull_and_convert(
-    source: Reference,
+    session: ConversionSession,
     image: SourceImage,
     layers: list[SourceLayer],
     hits: dict[str, dict[str, ConvertedLayer]],
     config_path: str,
     early: dict[str, Reference],
-) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str], dict[str, list[PrefectFuture[Any]]]]:
+) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str]]:
     """Per driver, the converted layers in source order: cache hits as they are, the rest pulled (once, shared
-    by every driver) and converted in parallel task runs. A driver whose conversion fails is left out and
-    its first failing layer's error returned for it (driver → reason); a failed pull fails every driver
-    and raises. For the drivers in `early` (driver → target), each converted blob is uploaded to the target
-    as soon as it is converted; those uploads are returned, still running, for the push to wait for."""
+    by every driver) and converted in parallel task runs, each conversion reading its layer while it
+    arrives. A driver whose conversion fails is left out and its first failing layer's error returned for
+    it (driver → reason); a failed pull fails every driver and raises. For the drivers in `early` (driver →
+    target), each converted blob is uploaded to the target as soon as it is converted."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
-    pulls = pull_layers(source, to_pull, config_path)  # each conversion reads its layer while it arrives
-    # converter.limits.max_image_size: the layers of each platform image count together while they stream.
-    images = images_of_layers(image)
-    # The largest layers take the conversion slots first (tasks.slots).
-    slots = announce_conversions(missed)
-    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {
-        d: [convert_layer.submit(layer, d, config_path, images[layer.descriptor.digest]) for layer in misses]
-        for d, misses in missed.items()
-    }
-    withdraw_when_done(slots, missed, conversions)
-    uploads: dict[str, list[PrefectFuture[Any]]] = {
-        d: [
-            upload_layer.submit(layer, allow_failure(future), early[d], source, d, config_path)
-            for layer, future in zip(missed[d], conversions[d], strict=True)
-        ]
-        for d in early
-        if d in conversions
-    }
+    pulls = session.pull(to_pull.values())  # once each, shared by every driver
+    conversions = session.convert(missed)
+    for d, target_ref in early.items():
+        if d in conversions:
+            session.upload(d, target_ref, missed[d], conversions[d])
     for pull in pulls.values():
         # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
         pull.result()
     store = context_for(config_path).store
+    settings = context_for(config_path).settings
     converted: dict[str, list[ConvertedLayer]] = {}
     failures: dict[str, str] = {}
-    settings = context_for(config_path).settings
     for d, futures in conversions.items():
         try:
-            converted[d] = _converted_layers(
-                d, layers, missed[d], futures, hits[d], store, config_path, images
-            )
+            converted[d] = _converted_layers(session, d, layers, missed[d], futures, hits[d], store)
             # Layers the task cache answered were not streamed in this run: their recorded sizes count.
             check_image_sizes(settings, image)
         except Exception as exc:
             failures[d] = _reason(exc)
             get_run_logger().error("%s: %s", d, failures[d])
-    return converted, failures, uploads
+    return converted, failures
 
 
 def _converted_layers(
+    session: ConversionSession,
     driver: str,
     layers: list[SourceLayer],
     missed: list[SourceLayer],
     futures: list[PrefectFuture[ConvertedLayer]],
     hits: dict[str, ConvertedLayer],
     store: ContentStore,
-    config_path: str,
-    images: dict[str, list[str]],
 ) -> list[ConvertedLayer]:
     fresh: dict[str, ConvertedLayer] = {}
     for future in futures:
@@ -408,10 +393,7 @@ def _converted_layers(
         if store.exists(blob):
             store.touch(blob)
         else:
-            refresh = convert_layer.with_options(refresh_cache=True)
-            fresh[layer.descriptor.digest] = refresh(
-                layer, driver, config_path, images[layer.descriptor.digest]
-            )
+            fresh[layer.descriptor.digest] = session.convert_again(layer, driver)
     return [hits.get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers]
 
 

@@ -320,8 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acceld: {exc}", file=sys.stderr)
         return 2
     runtime_env(config_path, settings.provider.work_dir)
-    # converter.limits.timeout reaches the flow's timeout through the runner's environment.
-    os.environ["ACCEL_CONVERSION_TIMEOUT"] = str(settings.converter.limits.timeout)
     if problem := schedule_problem(settings):
         print(f"acceld: {config_path} is invalid:\n  bulk.schedule: {problem}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""Thin Prefect tasks over the accel engine: retries, cache keys, run names — no format logic here."""
+"""Thin Prefect tasks over the accel engine: cache keys, run names, no retries (`tasks.policy`) — no format
+logic here. `tasks.session` holds what one flow run's layer tasks share."""
 
-from tasks.convert import build_image, convert_layer, pull_layer, push_image, resolve, verify_image
+from tasks.convert import build_manifest, convert_layer, pull_layer, push_image, resolve, verify_image
 
-__all__ = ["build_image", "convert_layer", "pull_layer", "push_image", "resolve", "verify_image"]
+__all__ = ["build_manifest", "convert_layer", "pull_layer", "push_image", "resolve", "verify_image"]

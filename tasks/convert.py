@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import threading
-import weakref
 from typing import Any
 
 from prefect import task
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.futures import PrefectFuture
+from prefect.context import TaskRunContext
 
 from accel import copy, publish
 from accel import image as img
-from accel.compression import ExpansionLimits
+from accel.compression import ExpansionLimits, ImageBudget
 from accel.context import context_for
 from accel.digest import hex_of
 from accel.drivers import ConvertedLayer, LayerInput
@@ -25,7 +23,7 @@ from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports import Transports, is_local
 from accel.verify import VerifyError, verify_built
-from tasks.limits import LayerSizes, image_budgets
+from tasks.limits import LayerSizes
 from tasks.policy import layer_run_name
 from tasks.slots import ConversionSlots
 
@@ -51,24 +49,6 @@ def pull_layer(source: Reference, layer: SourceLayer, config_path: str) -> Sourc
     return layer
 
 
-def pull_layers(
-    source: Reference, layers: dict[str, SourceLayer], config_path: str
-) -> dict[str, PrefectFuture[SourceLayer]]:
-    """Submit each layer's pull (digest → its run). Conversions need not wait for them: each reads its layer
-    while the pull writes it (`ContentStore.open_following`), and ends only once the pull has committed the
-    blob, digest verified. A pull that ends without the blob fails the conversions reading it."""
-    store = context_for(config_path).store
-    pulls: dict[str, PrefectFuture[SourceLayer]] = {}
-    for digest, layer in layers.items():
-        store.expect(digest)  # before the run exists: a conversion may start first
-        pull = pull_layer.submit(source, layer, config_path)
-        pull.add_done_callback(
-            lambda _, digest=digest: store.give_up(digest, "its pull-layer task run failed")
-        )
-        pulls[digest] = pull
-    return pulls
-
-
 def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Same source layer + driver + options + driver version + store → same converted blob."""
     ctx = context_for(parameters["config_path"])
@@ -91,49 +71,9 @@ def layer_conversions() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-_slots_lock = threading.Lock()
-# flow run id → its slots, alive while the flow (`announce_conversions`) or a conversion holds them.
-_slots: weakref.WeakValueDictionary[str, ConversionSlots] = weakref.WeakValueDictionary()
-
-
-def _run_slots(run: str) -> ConversionSlots:
-    """The flow run's slots (runs in one process, e.g. acceld's in-process runner, do not share them: each
-    keeps its own pace, as converter.worker runs in parallel)."""
-    with _slots_lock:
-        slots = _slots.get(run)
-        if slots is None:
-            slots = ConversionSlots(layer_conversions())
-            _slots[run] = slots
-        return slots
-
-
-def _slot_key(layer: SourceLayer, driver_type: str) -> str:
+def slot_key(layer: SourceLayer, driver_type: str) -> str:
+    """A conversion's name among the run's conversion slots."""
     return f"{layer.descriptor.digest} {driver_type}"
-
-
-def announce_conversions(missed: dict[str, list[SourceLayer]]) -> ConversionSlots:
-    """Tell this flow run's conversion slots which conversions (driver → layers) are about to be submitted,
-    so that the largest layers go first (`tasks.slots`). The caller keeps the returned slots until the
-    conversions are done, and passes their runs to `withdraw_when_done`."""
-    context = FlowRunContext.get()
-    slots = _run_slots(str(context.flow_run.id) if context is not None and context.flow_run else "")
-    for driver_type, layers in missed.items():
-        for layer in layers:
-            slots.announce(_slot_key(layer, driver_type), layer.descriptor.size)
-    return slots
-
-
-def withdraw_when_done(
-    slots: ConversionSlots,
-    missed: dict[str, list[SourceLayer]],
-    conversions: dict[str, list[PrefectFuture[ConvertedLayer]]],
-) -> None:
-    """A conversion whose run ends without asking for a slot (answered by Prefect's task cache, or failed
-    first) no longer holds smaller layers back."""
-    for driver_type, futures in conversions.items():
-        for layer, future in zip(missed[driver_type], futures, strict=True):
-            key = _slot_key(layer, driver_type)
-            future.add_done_callback(lambda _, key=key: slots.withdraw(key))
 
 
 @task(
@@ -143,21 +83,25 @@ def withdraw_when_done(
     persist_result=True,
 )
 def convert_layer(
-    layer: SourceLayer, driver_type: str, config_path: str, images: list[str] | None = None
+    layer: SourceLayer,
+    driver_type: str,
+    config_path: str,
+    slots: ConversionSlots | None = None,
+    budgets: tuple[ImageBudget, ...] = (),
 ) -> ConvertedLayer:
-    """`images`: the platform images that list the layer (`tasks.limits.image_label`), each bounded by
-    converter.limits.max_image_size together with its other layers."""
+    """`slots`: the flow run's conversion slots, of which this conversion holds one while it runs (none:
+    it runs at once). `budgets`: the flow run's budgets of the platform images that list the layer, each
+    bounded by converter.limits.max_image_size together with its other layers. Both come from the run's
+    `tasks.session.ConversionSession`, and are not part of the cache key."""
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
     limits = ctx.settings.converter.limits
-    budgets = image_budgets(ctx.settings, driver_type, images or [])
     expansion = ExpansionLimits(
         max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio, images=budgets
     )
-    context = TaskRunContext.get()
-    slots = _run_slots(str(context.task_run.flow_run_id) if context is not None else "")
     # At most layer_conversions() of this flow run's layers at once, the largest first.
-    with slots.slot(_slot_key(layer, driver_type), layer.descriptor.size):
+    size = layer.descriptor.size
+    with contextlib.nullcontext() if slots is None else slots.slot(slot_key(layer, driver_type), size):
         converted = driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
     # The driver read the layer to its end (the DiffID is checked there): its whole uncompressed size.
     if budgets and (size := budgets[0].counted(hex_of(layer.descriptor.digest))):
@@ -199,7 +143,7 @@ def upload_layer(
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
-def build_image(
+def build_manifest(
     source: SourceImage,
     converted: list[ConvertedLayer],
     driver_type: str,

@@ -1,9 +1,10 @@
 """converter.limits.max_image_size across the layers of one image.
 
 The layers of an image convert in parallel task runs of one flow run (threads of its process): they charge
-one shared `ImageBudget` per (flow run, driver, platform image) while they stream, so an image over the
-limit stops while its bytes are counted, whatever its manifest declares. Each driver streams the layers
-itself, hence one budget per driver.
+one shared `ImageBudget` per (driver, platform image) while they stream, so an image over the limit stops
+while its bytes are counted, whatever its manifest declares. Each driver streams the layers itself, hence
+one budget per driver. The run's `tasks.session.ConversionSession` holds its budgets and hands each
+conversion those of its layer.
 
 A layer answered by Prefect's task cache is not streamed again; the uncompressed size counted when it was
 converted is recorded beside the content store (`<work_dir>/layer-sizes/<hex>`), so a retried run, whose
@@ -15,19 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-from prefect import runtime
 
 from accel.compression import ImageBudget
 from accel.config import Settings
 from accel.digest import hex_of
 from accel.model import SourceImage, SourceManifest
-
-_budgets: dict[tuple[str, str, str], ImageBudget] = {}
-_lock = threading.Lock()
 
 
 def image_label(source: str, manifest: SourceManifest) -> str:
@@ -72,26 +67,6 @@ class LayerSizes:
         temp.replace(path)  # readers see a whole number or none
 
 
-def image_budgets(settings: Settings, driver_type: str, images: Iterable[str]) -> tuple[ImageBudget, ...]:
-    """This flow run's budget for each image, shared by the layer tasks of that image and driver."""
-    run = str(runtime.flow_run.id or "")
-    with _lock:
-        return tuple(
-            _budgets.setdefault(
-                (run, driver_type, label), ImageBudget(settings.converter.limits.max_image_bytes, label)
-            )
-            for label in images
-        )
-
-
-def forget_budgets() -> None:
-    """Drop this flow run's budgets (its layer tasks are done)."""
-    run = str(runtime.flow_run.id or "")
-    with _lock:
-        for key in [k for k in _budgets if k[0] == run]:
-            del _budgets[key]
-
-
 def check_image_sizes(settings: Settings, image: SourceImage) -> None:
     """Every platform image against max_image_size by the recorded sizes of its layers: the check for
     layers this run did not stream (answered by the task cache). Raises LimitExceeded naming the image."""
@@ -103,6 +78,10 @@ def check_image_sizes(settings: Settings, image: SourceImage) -> None:
                 known[hex_of(layer.descriptor.digest)] = size
         label = image_label(image.reference, manifest)
         ImageBudget(settings.converter.limits.max_image_bytes, label, known).check()
+
+
+class ConversionTimedOut(TimeoutError):
+    """A conversion past converter.limits.timeout; its run ends FAILED in Prefect's `TimedOut` state."""
 
 
 def end_timed_out_process(flow: Any, flow_run: Any, state: Any) -> None:

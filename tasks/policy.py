@@ -15,17 +15,6 @@ from typing import Any
 from prefect import runtime
 
 from accel.digest import short
-from accel.registry import is_transient
-
-
-def transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    """A Prefect `retry_condition_fn` for tasks whose transient failures are not already retried below
-    them (none of accel's registry tasks: the client retries its requests)."""
-    try:
-        state.result()
-    except Exception as exc:  # the task's own exception, re-raised by Prefect
-        return is_transient(exc)
-    return False
 
 
 def layer_run_name(verb: str) -> Any:

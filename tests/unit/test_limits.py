@@ -98,16 +98,6 @@ def test_limits_in_config_have_defaults_and_are_checked():
             load_settings({"converter": {"driver": {"type": "estargz"}, "limits": bad}})
 
 
-def test_the_conversion_timeout_comes_from_the_environment_acceld_sets(monkeypatch):
-    from flows.convert_image import TIMEOUT_ENV, conversion_timeout
-
-    monkeypatch.setenv(TIMEOUT_ENV, "90")
-    assert conversion_timeout() == 90
-    for unset in ("", "0", "soon"):
-        monkeypatch.setenv(TIMEOUT_ENV, unset)
-        assert conversion_timeout() is None
-
-
 # --- converter.limits.max_image_size: the layers of one image together ----------------------------------
 
 

@@ -1,0 +1,62 @@
+"""What a run's conversion session does beyond the paths other flow tests take: a conversion answered by
+Prefect's task cache whose blob has since left the content store is converted again (in the flow's thread,
+with the run's slots and budgets), and the run pushes it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from accel.reference import Reference
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
+from tests.harness import configs, imagegen, pushing
+from tests.harness.api import wait_until
+
+pytestmark = [pytest.mark.registry, pytest.mark.prefect]
+
+
+def _convert_runs(flow_run_id: object) -> list[str]:
+    """Names of the flow run's completed convert-layer task runs, once the server has them all as final."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def final() -> list[str] | None:
+        with get_client(sync_client=True) as prefect:
+            runs = prefect.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        if not runs or any(r.state is None or not r.state.is_final() for r in runs):
+            return None
+        return [r.name for r in runs if r.name.startswith("convert ") and r.state and r.state.is_completed()]
+
+    return wait_until(final, 60, "the task runs' final states")
+
+
+def test_a_cached_conversion_whose_blob_left_the_store_is_converted_again(prefect_api, registry, tmp_path):
+    from flows.convert_image import convert_image
+
+    source_store = ContentStore(tmp_path / "source")
+    image = imagegen.build_image(imagegen.standard_layers(16 << 10), source_store)
+    source = Reference.parse(f"{registry.host}/session/{uuid.uuid4().hex[:8]}:v1")
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        pushing.push(client, source_store, source, image)
+    config = configs.write_config(
+        tmp_path / "config.yaml", {registry.host: {}}, [configs.driver("estargz")], work_dir=tmp_path / "work"
+    )
+    [first] = convert_image(source=str(source), config=str(config)).targets
+    store = ContentStore(tmp_path / "work" / "content")
+    converted = [layer.target_digest for layer in first.layer_sizes]
+    for digest in converted:
+        store.path(digest).unlink()  # as garbage collection would
+
+    state = convert_image(source=str(source), config=str(config), return_state=True)
+
+    assert state.is_completed(), state.message
+    [again] = state.result().targets
+    assert [layer.target_digest for layer in again.layer_sizes] == converted  # the same conversion
+    assert all(store.exists(digest) for digest in converted)
+    # Each layer twice: its run answered by the task cache, then the conversion that refreshed it.
+    runs = _convert_runs(state.state_details.flow_run_id)
+    assert sorted(runs) == sorted(f"convert {d.digest[:19]} (estargz)" for d in image.layers for _ in (1, 2))
