@@ -34,6 +34,7 @@ from accel.reference import Reference
 from accel.store import ContentStore
 from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
+from flows.names import CONVERT_FLOW
 from tasks import build_manifest, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.convert import uploads_early
@@ -126,7 +127,7 @@ def _config_path(config: str | None) -> str:
 
 
 @flow(
-    name="convert-image",
+    name=CONVERT_FLOW,
     flow_run_name="convert {source}",
     log_prints=True,
     on_failure=[end_timed_out_process],  # a run past converter.limits.timeout ends its process
