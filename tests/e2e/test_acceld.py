@@ -31,11 +31,6 @@ AUTH = {"Authorization": WEBHOOK_SECRET}
 KiB = 1024
 
 
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("e2e-source"))
-
-
 def push_image(host: str, store: ContentStore, tag: str = "v1", seed: int = 0) -> Reference:
     """A small synthetic image in a fresh repository; returns the reference pinned to its digest."""
     layers = imagegen.standard_layers(64 * KiB)

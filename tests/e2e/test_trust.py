@@ -35,11 +35,6 @@ from tests.harness.services import SUFFIX
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
 
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("e2e-trust-source"))
-
-
 def push_to(ref: Reference, store: ContentStore, seed: int) -> Reference:
     """A small synthetic image (distinct per seed) pushed to `ref`; returns `ref` pinned to its digest."""
     extra = imagegen.TarBuilder(auto_parents=True)

@@ -43,11 +43,6 @@ pytestmark = [
 MTIME = 1_700_000_000
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
-
-
 def tar_of(*entries: tuple[str, bytes | str | None, dict[str, Any]]) -> bytes:
     """A PAX tar written in exactly this order: (name, content or link target or None for a dir, attrs)."""
     buffer = io.BytesIO()
