@@ -33,7 +33,7 @@ from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
-from tests.unit.test_tarnormalize import pax_size_layer
+from tests.harness.imagegen import pax_size_layer
 
 pytestmark = [
     nh.needs_builder,
