@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# The engine never imports Prefect: the Prefect settings below still come first.
+from accel.registry import HostConfig, RegistryClient
+from accel.store import ContentStore
 from tests.harness import registry as harness
 
 # Prefect reads these when first imported: keep its home (results, task cache) private to this test session
@@ -50,6 +53,13 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness
         yield server
 
 
+@pytest.fixture(scope="module")
+def client(registry: harness.RegistryServer) -> Iterator[RegistryClient]:
+    """A client of the session's anonymous `registry`."""
+    with RegistryClient({registry.host: HostConfig()}) as c:
+        yield c
+
+
 @pytest.fixture
 def fault_proxy(registry: harness.RegistryServer) -> Iterator[harness.FaultProxy]:
     """A FaultProxy in front of the anonymous `registry`, stopped after the test."""
@@ -64,7 +74,14 @@ def repo_name() -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # imported lazily so conftest stays light
-    from accel.store import ContentStore
-
+def store(tmp_path: Path) -> ContentStore:
+    """An empty content store of this test's own."""
     return ContentStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def source_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
+    """One content store per test module for the source images its tests generate and push: images a
+    module builds repeatedly (the standard layers) are written once."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    return ContentStore(tmp_path_factory.mktemp(f"{module}-source"))

@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,7 +87,16 @@ ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
 # describing many runs of a busy server may take longer than that and is not cut off before this.
 READ_WITHIN = 60.0
 MAX_LIST = 1000
-BACKGROUND_RETRY_FOR = 600.0  # seconds a pending run creation is retried while the orchestrator fails it
+
+
+@dataclass(frozen=True)
+class CreationRetry:
+    """How a pending run creation is retried while the orchestrator fails it: after `first_delay` seconds,
+    then doubling up to `max_delay`, for `retry_for` seconds in all (tests pass tiny delays)."""
+
+    retry_for: float = 600.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
 
 
 class _Refused(Exception):
@@ -207,13 +217,16 @@ class Api:
         metrics: Metrics | None,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         pin: TagPinner | None = None,
+        answer_within: float = ANSWER_WITHIN,
+        creation_retry: CreationRetry = CreationRetry(),
     ) -> None:
         self.settings = settings
         self.pin = pin
         self.backend = backend
         self.metrics = metrics
         self.sync_timeout = sync_timeout
-        self.answer_within = ANSWER_WITHIN
+        self.answer_within = answer_within
+        self.creation_retry = creation_retry
         self._background: set[asyncio.Future[ConversionTask]] = set()
 
     async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
@@ -238,11 +251,12 @@ class Api:
         self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage
     ) -> ConversionTask | None:
         """A creation the caller was answered `pending` for: it must not be lost when the orchestrator
-        fails it (a busy Prefect answers 503). Retried with backoff for BACKGROUND_RETRY_FOR seconds (the
+        fails it (a busy Prefect answers 503). Retried with backoff as `creation_retry` says (the
         idempotency key makes a repeat harmless); giving up is logged with the image."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + BACKGROUND_RETRY_FOR
-        delay = 1.0
+        retry = self.creation_retry
+        deadline = loop.time() + retry.retry_for
+        delay = retry.first_delay
         while True:
             try:
                 return await job
@@ -257,7 +271,7 @@ class Api:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, retry.max_delay)
                 job = asyncio.ensure_future(self._submit(source, image))
             except Exception:
                 log.exception("creating the conversion of %s failed", image.reference)
@@ -451,13 +465,16 @@ def create_app(
     background: Callable[[], Any] | None = None,
     pin: TagPinner | None = None,
     readiness: Callable[[], list[str]] | None = None,
+    answer_within: float = ANSWER_WITHIN,
+    creation_retry: CreationRetry = CreationRetry(),
 ) -> FastAPI:
     """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller); `pin`:
     how tag-only requests learn their digest (None: they stay tag-only); `readiness`: more problems for
-    /readyz (e.g. a crash-looping runner)."""
+    /readyz (e.g. a crash-looping runner); `answer_within`: how long a webhook waits for its run creations
+    before answering them `pending`; `creation_retry`: how a pending creation is retried."""
     if metrics is None and settings.metric.enabled:
         metrics = Metrics(settings.server.name)
-    api = Api(settings, backend, metrics, sync_timeout, pin)
+    api = Api(settings, backend, metrics, sync_timeout, pin, answer_within, creation_retry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,7 +17,17 @@ from tests.harness.postgres import PostgresServer
 from tests.harness.postgres import available as postgres_available
 from tests.harness.services import WEBHOOK_SECRET, Acceld, PrefectServer, acceld_settings, tail
 
-pytestmark = pytest.mark.prefect
+E2E_TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test below this directory is `e2e` and runs Prefect. (A `pytestmark` here would do nothing:
+    pytest reads it from test modules only, and this hook sees the whole session's items.)"""
+    for item in items:
+        if E2E_TESTS in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.prefect)
 
 
 @pytest.fixture(scope="session")

@@ -10,72 +10,19 @@ import concurrent.futures
 import json
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from accel import constants as mt
 from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
-from accel.store import ContentStore
-from tests.harness import imagegen, pushing
-from tests.harness.api import malformed_bodies, wait_until
-from tests.harness.services import REPO, SUFFIX, WEBHOOK_SECRET, Acceld
+from tests.harness.api import cloudevent_for, harbor_for, malformed_bodies, wait_until
+from tests.harness.conversions import assert_converted, tasks_for, wait_listed, wait_task
+from tests.harness.pushing import push_seeded_image
+from tests.harness.services import REPO, SUFFIX, WEBHOOK_AUTH, WEBHOOK_SECRET, Acceld
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
-
-AUTH = {"Authorization": WEBHOOK_SECRET}
-KiB = 1024
-
-
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("e2e-source"))
-
-
-def push_image(host: str, store: ContentStore, tag: str = "v1", seed: int = 0) -> Reference:
-    """A small synthetic image in a fresh repository; returns the reference pinned to its digest."""
-    layers = imagegen.standard_layers(64 * KiB)
-    extra = imagegen.TarBuilder(auto_parents=True)
-    extra.file("seed.txt", f"seed {seed}\n".encode())  # distinct digests per call when seeds differ
-    image = imagegen.build_image([*layers, extra], store)
-    ref = Reference.parse(f"{host}/e2e/{uuid.uuid4().hex[:10]}:{tag}")
-    with RegistryClient({host: HostConfig()}) as client:
-        digest = pushing.push(client, store, ref, image)
-    return ref.with_digest(digest)
-
-
-def harbor_payload(ref: Reference) -> dict[str, Any]:
-    return {
-        "type": "PUSH_ARTIFACT",
-        "occur_at": int(time.time()),
-        "operator": "admin",
-        "event_data": {
-            "resources": [{"digest": ref.digest, "tag": ref.tag, "resource_url": f"{ref.name}:{ref.tag}"}],
-            "repository": {
-                "name": ref.repository.rsplit("/", 1)[-1],
-                "namespace": ref.repository.split("/")[0],
-                "repo_full_name": ref.repository,
-            },
-        },
-    }
-
-
-def cloudevent_payload(ref: Reference) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "requestid": str(uuid.uuid4()),
-        "source": "/projects/1/webhook/policies/1",
-        "type": "harbor.artifact.pushed",
-        "datacontenttype": "application/json",
-        "time": "2025-01-01T00:00:00Z",
-        "data": harbor_payload(ref)["event_data"],
-        "operator": "admin",
-    }
 
 
 def answered_every(body: dict[str, Any], refs: list[Reference]) -> bool:
@@ -84,42 +31,9 @@ def answered_every(body: dict[str, Any], refs: list[Reference]) -> bool:
     return named == {str(ref) for ref in refs}
 
 
-def wait_task(acceld: Acceld, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", timeout=30).json()
-        if task["status"] != "PROCESSING" or time.monotonic() > deadline:
-            return task
-        time.sleep(0.5)
-
-
-def assert_converted(ref: Reference) -> dict[str, Any]:
-    """The target tag exists, is eStargz, and records the source digest it was made from."""
-    target = ref.with_tag(f"{ref.tag}{SUFFIX}")
-    with RegistryClient({ref.registry: HostConfig()}) as client:
-        _, raw = client.fetch_manifest(target)
-    manifest = json.loads(raw)
-    assert manifest["annotations"][mt.ACCEL_SOURCE_DIGEST] == ref.digest
-    assert all(mt.ESTARGZ_TOC_DIGEST in layer.get("annotations", {}) for layer in manifest["layers"])
-    return manifest
-
-
-def tasks_for(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
-    listed = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
-    return [t for t in listed if t["source"].startswith(f"{ref.name}:")]
-
-
-def wait_listed(acceld: Acceld, ref: Reference, timeout: float = 60) -> list[dict[str, Any]]:
-    """Tasks for `ref` once listed (an answer may leave a slow run creation "pending")."""
-    deadline = time.monotonic() + timeout
-    while not (listed := tasks_for(acceld, ref)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return listed
-
-
 def test_harbor_default_payload_async(acceld, registry, source_store):
-    ref = push_image(registry.host, source_store)
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    ref = push_seeded_image(registry.host, source_store)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30)
     # Harbor gives up after 3 s: acceld answers without waiting for the run (tests/unit/test_api.py proves
     # that with a hanging orchestrator); here the answer names the task or leaves it pending.
     assert r.status_code == 202, r.text
@@ -136,11 +50,11 @@ def test_harbor_default_payload_async(acceld, registry, source_store):
 
 
 def test_cloudevents_payload_sync(acceld, registry, source_store):
-    ref = push_image(registry.host, source_store, tag="ce", seed=1)
+    ref = push_seeded_image(registry.host, source_store, tag="ce", seed=1)
     r = httpx.post(
         f"{acceld.url}/api/v1/conversions?sync=true",
-        content=json.dumps(cloudevent_payload(ref)),
-        headers={**AUTH, "Content-Type": "application/cloudevents+json"},
+        content=json.dumps(cloudevent_for(ref)),
+        headers={**WEBHOOK_AUTH, "Content-Type": "application/cloudevents+json"},
         timeout=180,
     )
     assert r.status_code == 200, r.text
@@ -151,7 +65,7 @@ def test_cloudevents_payload_sync(acceld, registry, source_store):
 
 def test_distribution_notification_from_a_real_registry(acceld, notifying_registry, source_store):
     """The registry itself notifies acceld; the converted image's own push event is ignored (no loop)."""
-    ref = push_image(notifying_registry.host, source_store, tag="dist", seed=2)
+    ref = push_seeded_image(notifying_registry.host, source_store, tag="dist", seed=2)
     tasks = wait_listed(acceld, ref, timeout=120)
     assert len(tasks) == 1, tasks
     done = wait_task(acceld, tasks[0]["id"])
@@ -168,10 +82,10 @@ def test_distribution_notification_from_a_real_registry(acceld, notifying_regist
 
 
 def test_duplicate_events_are_one_conversion(acceld, registry, source_store):
-    ref = push_image(registry.host, source_store, tag="dup", seed=3)
+    ref = push_seeded_image(registry.host, source_store, tag="dup", seed=3)
     ids = set()
-    for body in (harbor_payload(ref), harbor_payload(ref), cloudevent_payload(ref)):
-        r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=AUTH, timeout=30)
+    for body in (harbor_for(ref), harbor_for(ref), cloudevent_for(ref)):
+        r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=WEBHOOK_AUTH, timeout=30)
         assert r.status_code == 202, r.text
         ids |= {t["id"] for t in r.json()["tasks"]}
     assert len(ids) == 1
@@ -182,14 +96,14 @@ def test_duplicate_events_are_one_conversion(acceld, registry, source_store):
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer nope"}, 401)])
 def test_wrong_or_missing_auth_is_401(acceld, registry, headers, status):
     ref = Reference.parse(f"{registry.host}/e2e/auth:v1@sha256:{'1' * 64}")
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=headers, timeout=30)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=headers, timeout=30)
     assert r.status_code == status
     assert tasks_for(acceld, ref) == []
 
 
 def test_unknown_registry_is_403(acceld):
     ref = Reference.parse(f"unknown.example.com/e2e/app:v1@sha256:{'2' * 64}")
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30)
     assert r.status_code == 403
     assert "unknown.example.com" in r.json()["reason"]
 
@@ -200,7 +114,9 @@ def test_fifty_malformed_bodies_get_4xx(acceld):
     for body in bodies:
         for path in ("/api/v1/conversions", "/api/v1/notifications/distribution"):
             r = httpx.post(
-                f"{acceld.url}{path}", content=body, headers={**AUTH, "Content-Type": "application/json"}
+                f"{acceld.url}{path}",
+                content=body,
+                headers={**WEBHOOK_AUTH, "Content-Type": "application/json"},
             )
             assert 400 <= r.status_code < 500, (path, body[:80], r.status_code, r.text[:200])
 
@@ -208,7 +124,7 @@ def test_fifty_malformed_bodies_get_4xx(acceld):
 def test_failed_conversion_reports_reason(acceld, registry):
     """A pushed digest that is not in the registry: the flow fails, and the task says why."""
     ref = Reference.parse(f"{registry.host}/e2e/{uuid.uuid4().hex[:10]}:gone@sha256:{'3' * 64}")
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30)
     assert r.status_code == 202, r.text
     done = wait_task(acceld, r.json()["tasks"][0]["id"], timeout=180)
     assert done["status"] == "FAILED"
@@ -217,10 +133,12 @@ def test_failed_conversion_reports_reason(acceld, registry):
 
 
 def test_ten_concurrent_conversions_without_database_locks(acceld, registry, source_store, prefect_server):
-    refs = [push_image(registry.host, source_store, tag=f"c{i}", seed=100 + i) for i in range(10)]
+    refs = [push_seeded_image(registry.host, source_store, tag=f"c{i}", seed=100 + i) for i in range(10)]
 
     def send(ref: Reference) -> tuple[int, dict[str, Any]]:
-        r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+        r = httpx.post(
+            f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30
+        )
         return r.status_code, r.json()
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
@@ -238,12 +156,12 @@ def test_ten_concurrent_conversions_without_database_locks(acceld, registry, sou
 
 def test_metrics_reflect_conversions(acceld, registry, source_store):
     """Counts what this test itself causes: one refused and one completed conversion."""
-    ref = push_image(registry.host, source_store, tag="metrics", seed=5)
+    ref = push_seeded_image(registry.host, source_store, tag="metrics", seed=5)
     before = httpx.get(f"{acceld.url}/metrics", timeout=30).text
-    refused = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), timeout=30)
+    refused = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), timeout=30)
     assert refused.status_code == 401
     r = httpx.post(
-        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_payload(ref), headers=AUTH, timeout=180
+        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=180
     )
     assert r.status_code == 200 and r.json()["tasks"][0]["status"] == "COMPLETED", r.text
     success = 'accel_conversions_total{driver="estargz",result="success"}'
@@ -293,7 +211,7 @@ def _accelctl(acceld: Acceld, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_accelctl_task_commands(acceld, registry, source_store):
-    ref = push_image(registry.host, source_store, tag="ctl", seed=4)
+    ref = push_seeded_image(registry.host, source_store, tag="ctl", seed=4)
     created = _accelctl(acceld, "create", "--sync", f"{ref.name}:{ref.tag}")
     assert created.returncode == 0, created.stderr
     assert "COMPLETED" in created.stdout
@@ -323,9 +241,9 @@ def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server, 
     from prefect.states import Running
 
     # A conversion of this test's own, finished before the restart.
-    ref = push_image(registry.host, source_store, tag="restart", seed=6)
+    ref = push_seeded_image(registry.host, source_store, tag="restart", seed=6)
     r = httpx.post(
-        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_payload(ref), headers=AUTH, timeout=180
+        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=180
     )
     [mine] = r.json()["tasks"]
     assert mine["status"] == "COMPLETED", r.text

@@ -11,9 +11,10 @@ import pytest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.e2e.test_acceld import AUTH, harbor_payload, push_image
 from tests.harness import registry as harness
-from tests.harness.services import SUFFIX, WEBHOOK_SECRET, Acceld, PrefectServer, tail
+from tests.harness.api import harbor_for
+from tests.harness.pushing import push_seeded_image
+from tests.harness.services import SUFFIX, WEBHOOK_AUTH, WEBHOOK_SECRET, Acceld, PrefectServer, tail
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -46,9 +47,9 @@ def in_process_acceld(tmp_path_factory: pytest.TempPathFactory, registry) -> Ite
 
 def test_webhook_runs_in_the_runner_process(in_process_acceld, registry, tmp_path):
     acceld = in_process_acceld
-    ref = push_image(registry.host, ContentStore(tmp_path / "source"))
+    ref = push_seeded_image(registry.host, ContentStore(tmp_path / "source"))
     r = httpx.post(
-        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_payload(ref), headers=AUTH, timeout=300
+        f"{acceld.url}/api/v1/conversions?sync=true", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=300
     )
     assert r.status_code == 200, r.text
     [done] = r.json()["tasks"]

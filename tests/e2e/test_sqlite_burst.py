@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from accel.store import ContentStore
-from tests.e2e.test_acceld import AUTH, assert_converted, harbor_payload, push_image, wait_task
 from tests.harness import registry as harness
-from tests.harness.api import wait_until
-from tests.harness.services import Acceld, PrefectServer, acceld_settings, tail
+from tests.harness.api import harbor_for, wait_until
+from tests.harness.conversions import assert_converted, wait_task
+from tests.harness.pushing import push_seeded_image
+from tests.harness.services import WEBHOOK_AUTH, Acceld, PrefectServer, acceld_settings, tail
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -55,11 +56,11 @@ def _tasks_for(acceld: Acceld, ref) -> list[dict]:
 def burst(sqlite_acceld, sqlite_prefect, registry, tmp_path_factory) -> dict:
     """30 webhook pushes sent within a few seconds, every task waited for; the refs, tasks and logs."""
     store = ContentStore(tmp_path_factory.mktemp("burst-source"))
-    refs = [push_image(registry.host, store, tag=f"b{i}", seed=500 + i) for i in range(BURST)]
+    refs = [push_seeded_image(registry.host, store, tag=f"b{i}", seed=500 + i) for i in range(BURST)]
 
     def send(ref):
         r = httpx.post(
-            f"{sqlite_acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30
+            f"{sqlite_acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30
         )
         return r.status_code
 

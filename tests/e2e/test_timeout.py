@@ -17,11 +17,12 @@ import pytest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.e2e.test_acceld import AUTH, KiB, assert_converted, harbor_payload, wait_listed, wait_task
-from tests.e2e.test_trust import _push_through
 from tests.harness import imagegen
 from tests.harness import registry as harness
-from tests.harness.services import SUFFIX, Acceld, PrefectServer, acceld_settings, tail
+from tests.harness.api import harbor_for
+from tests.harness.conversions import assert_converted, wait_listed, wait_task
+from tests.harness.pushing import push_through_proxy
+from tests.harness.services import SUFFIX, WEBHOOK_AUTH, Acceld, PrefectServer, acceld_settings, tail
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -52,7 +53,7 @@ def timeout_acceld(tmp_path_factory: pytest.TempPathFactory, proxy) -> Iterator[
 
 def submit(acceld: Acceld, ref: Reference) -> dict[str, Any]:
     """The task the webhook created (listed once created, when creation went on in the background)."""
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=30)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30)
     assert r.status_code == 202, r.text
     if tasks := r.json()["tasks"]:
         return tasks[0]
@@ -64,7 +65,7 @@ def submit(acceld: Acceld, ref: Reference) -> dict[str, Any]:
 def small_image(proxy: harness.FaultProxy, store: ContentStore, tag: str, seed: str):
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"timeout {seed}\n".encode())
-    return _push_through(proxy, store, [*imagegen.standard_layers(32 * KiB), extra], tag)
+    return push_through_proxy(proxy, store, [*imagegen.standard_layers(32 * imagegen.KiB), extra], tag)
 
 
 def test_a_stalled_conversion_times_out_and_frees_its_worker(timeout_acceld, registry, proxy, tmp_path):

@@ -19,38 +19,27 @@ from accel import constants as mt
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.e2e.test_acceld import (
-    AUTH,
-    KiB,
-    assert_converted,
-    harbor_payload,
-    tasks_for,
-    wait_task,
-)
 from tests.harness import imagegen, pushing
-from tests.harness.api import wait_until
-from tests.harness.registry import FaultProxy, Stall
-from tests.harness.services import SUFFIX
+from tests.harness.api import harbor_for, wait_until
+from tests.harness.conversions import assert_converted, tasks_for, wait_task
+from tests.harness.pushing import push_through_proxy
+from tests.harness.registry import Stall
+from tests.harness.services import SUFFIX, WEBHOOK_AUTH
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
-
-
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("e2e-trust-source"))
 
 
 def push_to(ref: Reference, store: ContentStore, seed: int) -> Reference:
     """A small synthetic image (distinct per seed) pushed to `ref`; returns `ref` pinned to its digest."""
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"trust seed {seed}\n".encode())
-    image = imagegen.build_image([*imagegen.standard_layers(32 * KiB), extra], store)
+    image = imagegen.build_image([*imagegen.standard_layers(32 * imagegen.KiB), extra], store)
     with RegistryClient({ref.registry: HostConfig()}) as client:
         return ref.with_digest(pushing.push(client, store, ref, image))
 
 
 def post(acceld, body: dict) -> dict:
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=AUTH, timeout=30)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=body, headers=WEBHOOK_AUTH, timeout=30)
     assert r.status_code == 202, r.text
     tasks = r.json()["tasks"]
     assert len(tasks) == 1, r.text
@@ -72,16 +61,16 @@ def test_a_failed_conversion_is_retried_by_the_same_webhook(acceld, registry, so
 
     elsewhere = push_to(fresh(), source_store, 1)
     ref = fresh().with_digest(elsewhere.digest)
-    first = post(acceld, harbor_payload(ref))
+    first = post(acceld, harbor_for(ref))
     assert wait_task(acceld, first["id"], timeout=180)["status"] == "FAILED"
 
     assert push_to(ref.with_tag("retry"), source_store, 1) == ref  # the same image, now in this repository
-    second = post(acceld, harbor_payload(ref))
+    second = post(acceld, harbor_for(ref))
     assert second["id"] != first["id"]
     assert wait_task(acceld, second["id"], timeout=180)["status"] == "COMPLETED"
     assert_converted(ref)
 
-    assert post(acceld, harbor_payload(ref))["id"] == second["id"]  # COMPLETED is still one conversion
+    assert post(acceld, harbor_for(ref))["id"] == second["id"]  # COMPLETED is still one conversion
     statuses = sorted(t["status"] for t in tasks_for(acceld, ref))
     assert statuses == ["COMPLETED", "FAILED"]
 
@@ -167,15 +156,6 @@ def _task_runs(prefect_server, run_id: str) -> list[dict]:
     return r.json()
 
 
-def _push_through(proxy: FaultProxy, store: ContentStore, layers: list[imagegen.TarBuilder], tag: str):
-    """`layers` pushed to a fresh repository; the reference names it through the proxy's host."""
-    image = imagegen.build_image(layers, store)
-    repository = f"e2e/{uuid.uuid4().hex[:10]}"
-    with RegistryClient({proxy.upstream: HostConfig()}) as client:
-        digest = pushing.push(client, store, Reference.parse(f"{proxy.upstream}/{repository}:{tag}"), image)
-    return image, Reference.parse(f"{proxy.host}/{repository}:{tag}").with_digest(digest)
-
-
 def _kill_then_convert_again(acceld, registry, ref: Reference, first: dict, stall: Stall) -> None:
     """kill -9 of the run's process where it is stopped; no target tag; the same webhook again converts it,
     and acceld lists one COMPLETED task for it (beside the killed one)."""
@@ -189,7 +169,7 @@ def _kill_then_convert_again(acceld, registry, ref: Reference, first: dict, stal
     crashed = wait_task(acceld, first["id"], timeout=180)
     assert crashed["status"] == "FAILED", crashed
 
-    second = post(acceld, harbor_payload(ref))
+    second = post(acceld, harbor_for(ref))
     assert second["id"] != first["id"]
     assert wait_task(acceld, second["id"], timeout=300)["status"] == "COMPLETED"
     assert_converted(ref)
@@ -207,13 +187,13 @@ def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
     big.file("big.bin", os.urandom(16 << 20))
     last = imagegen.TarBuilder(auto_parents=True)
     last.file("last.txt", f"last layer {uuid.uuid4()}\n".encode())
-    image, ref = _push_through(
-        stalling_proxy, source_store, [*imagegen.standard_layers(32 * KiB), big, last], "mid-convert"
+    image, ref = push_through_proxy(
+        stalling_proxy, source_store, [*imagegen.standard_layers(32 * imagegen.KiB), big, last], "mid-convert"
     )
     last_layer = image.layers[-1].digest
     stall = stalling_proxy.stall(rf"^/v2/{ref.repository}/blobs/{last_layer}$", method="GET")
     try:
-        first = post(acceld, harbor_payload(ref))
+        first = post(acceld, harbor_for(ref))
 
         def converting() -> bool:
             """A convert-layer task run not finished while the last pull is held: the last layer's (named
@@ -239,13 +219,13 @@ def test_a_flow_run_killed_mid_push_is_converted_by_the_same_webhook(
     target's blobs there and no tag."""
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"mid-push {uuid.uuid4()}\n".encode())
-    _, ref = _push_through(
-        stalling_proxy, source_store, [*imagegen.standard_layers(32 * KiB), extra], "mid-push"
+    _, ref = push_through_proxy(
+        stalling_proxy, source_store, [*imagegen.standard_layers(32 * imagegen.KiB), extra], "mid-push"
     )
     uploads = rf"^/v2/{ref.repository}/blobs/uploads/.+"
     stall = stalling_proxy.stall(rf"^/v2/{ref.repository}/manifests/.+", method="PUT")
     try:
-        first = post(acceld, harbor_payload(ref))
+        first = post(acceld, harbor_for(ref))
 
         def blobs_uploaded() -> bool:
             """Prefect shows the push task running, target blobs uploaded and its first manifest held."""

@@ -28,15 +28,17 @@ from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from deployments.render import render
-from tests.e2e.test_acceld import assert_converted, harbor_payload, push_image
 from tests.harness import conformance, imagegen, pushing
 from tests.harness import registry as harness
-from tests.harness.api import wait_until
+from tests.harness.api import harbor_for, wait_until
+from tests.harness.conversions import assert_converted
 from tests.harness.postgres import PostgresServer
 from tests.harness.postgres import available as postgres_available
+from tests.harness.pushing import push_seeded_image
 from tests.harness.services import (
     REPO,
     SUFFIX,
+    WEBHOOK_AUTH,
     WEBHOOK_SECRET,
     Acceld,
     PrefectServer,
@@ -47,7 +49,6 @@ from tests.harness.services import (
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
-AUTH = {"Authorization": WEBHOOK_SECRET}
 IMAGES = 20
 WORKER_LIMIT = 3
 BULK_CRON = "* * * * *"  # every minute: the shortest cron
@@ -186,7 +187,7 @@ def poll(condition: Any, timeout: float, what: str) -> Any:
 
 
 def _post(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
-    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_payload(ref), headers=AUTH, timeout=60)
+    r = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=60)
     assert r.status_code == 202, r.text
     return r.json()["tasks"]
 
@@ -230,7 +231,7 @@ def _worker_of(run: Any) -> str | None:
 
 
 def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: WorkPool, registry, tmp_path):
-    refs = [push_image(registry.host, workpool.store, tag="wp", seed=100 + i) for i in range(IMAGES)]
+    refs = [push_seeded_image(registry.host, workpool.store, tag="wp", seed=100 + i) for i in range(IMAGES)]
     ids: dict[str, str] = {}
     for ref in refs:
         [task] = _post(workpool.acceld, ref)
@@ -271,7 +272,7 @@ def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: 
 
 
 def test_the_same_event_twice_through_the_trigger_is_one_conversion(workpool: WorkPool, registry):
-    ref = push_image(registry.host, workpool.store, tag="event", seed=300)
+    ref = push_seeded_image(registry.host, workpool.store, tag="event", seed=300)
     resource = f"harbor.artifact.{ref.name}@{ref.digest}"
     payload = json.dumps({"source": str(ref)})
     for _ in range(2):  # exactly the README's command
@@ -344,7 +345,7 @@ def test_scheduled_bulk_run_reconverts_a_repushed_tag_and_lists_it(workpool: Wor
 def test_cli_run_as_the_readme_says_and_the_run_form_schema(workpool: WorkPool, registry):
     import re
 
-    ref = push_image(registry.host, workpool.store, tag="cli", seed=400)
+    ref = push_seeded_image(registry.host, workpool.store, tag="cli", seed=400)
     source = f"{ref.name}:{ref.tag}"
     out = prefect_cli(
         workpool.ops_env, "deployment", "run", "convert-image/convert-image", "-p", f"source={source}"
@@ -386,7 +387,7 @@ def test_killing_a_worker_mid_run_crashes_its_run_and_a_resent_webhook_converts_
     prefect_cli(
         workpool.ops_env, "automation", "create", "--from-file", str(REPO / "prefect-automations.yaml")
     )
-    pushed = push_image(registry.host, workpool.store, tag="crash", seed=500)
+    pushed = push_seeded_image(registry.host, workpool.store, tag="crash", seed=500)
     ref = Reference.parse(f"{workpool.proxy.host}/{pushed.repository}:{pushed.tag}@{pushed.digest}")
     workpool.proxy.hold()  # the run stalls on its first registry request: surely mid-run when killed
     [task] = _post(workpool.acceld, ref)

@@ -1,4 +1,6 @@
-"""acceld API test doubles and payloads: an in-memory backend, Harbor/CloudEvents bodies, malformed bodies."""
+"""acceld API test doubles and payloads: an in-memory backend, Harbor/CloudEvents bodies, malformed bodies.
+
+The one place webhook bodies are built: unit tests post them to the app, e2e tests to a running acceld."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from accel.reference import Reference
 from service.api import ConversionTask, SubmitRequest, TaskNotFound
 from service.api.conversions import COMPLETED, FAILED, PROCESSING
 
@@ -82,34 +86,67 @@ class FakeBackend:
         return ["prefect down"] if self.down else []
 
 
-def harbor(resource_url: str, digest: str | None = DIGEST, tag: str | None = "v1", kind="PUSH_ARTIFACT"):
-    resource = {"resource_url": resource_url}
-    if digest:
-        resource["digest"] = digest
-    if tag:
-        resource["tag"] = tag
+def harbor_event(
+    resources: list[Any], kind: str = "PUSH_ARTIFACT", repository: str = "library/app"
+) -> dict[str, Any]:
+    """Harbor's "Default" webhook payload carrying `resources` as given (well-formed or not)."""
     return {
         "type": kind,
         "occur_at": 1700000000,
         "operator": "admin",
         "event_data": {
-            "resources": [resource],
-            "repository": {"name": "app", "namespace": "library", "repo_full_name": "library/app"},
+            "resources": list(resources),
+            "repository": {
+                "name": repository.rsplit("/", 1)[-1],
+                "namespace": repository.split("/")[0],
+                "repo_full_name": repository,
+            },
         },
     }
 
 
-def cloudevent(resource_url: str, kind="harbor.artifact.pushed"):
+def harbor(
+    resource_url: str,
+    digest: str | None = DIGEST,
+    tag: str | None = "v1",
+    kind: str = "PUSH_ARTIFACT",
+    repository: str = "library/app",
+) -> dict[str, Any]:
+    """Harbor's event for one artifact; `digest` and `tag` are left out of the resource when None."""
+    resource = {"resource_url": resource_url}
+    if digest:
+        resource["digest"] = digest
+    if tag:
+        resource["tag"] = tag
+    return harbor_event([resource], kind, repository)
+
+
+def harbor_for(ref: Reference) -> dict[str, Any]:
+    """Harbor's push event for a pushed image: `ref` names its tag and digest."""
+    return harbor(f"{ref.name}:{ref.tag}", digest=ref.digest, tag=ref.tag, repository=ref.repository)
+
+
+def as_cloudevent(event: dict[str, Any], kind: str = "harbor.artifact.pushed") -> dict[str, Any]:
+    """A Harbor event in Harbor's CloudEvents form (structured mode); each has an id of its own."""
     return {
         "specversion": "1.0",
-        "id": "4b2f89a6",
+        "id": str(uuid.uuid4()),
+        "requestid": str(uuid.uuid4()),
         "source": "/projects/1/webhook/policies/3",
         "type": kind,
         "datacontenttype": "application/json",
         "time": "2024-03-06T06:08:43Z",
-        "data": harbor(resource_url)["event_data"],
+        "data": event["event_data"],
         "operator": "admin",
     }
+
+
+def cloudevent(resource_url: str, kind: str = "harbor.artifact.pushed") -> dict[str, Any]:
+    return as_cloudevent(harbor(resource_url), kind)
+
+
+def cloudevent_for(ref: Reference) -> dict[str, Any]:
+    return as_cloudevent(harbor_for(ref))
 
 
 def malformed_bodies() -> list[bytes]:

@@ -8,6 +8,11 @@ from typing import Any
 
 import yaml
 
+from accel.config import Settings, load_settings
+
+# The source registry of `routing_settings`.
+ROUTING_HOST = "harbor.test:8443"
+
 
 def driver(driver_type: str, **config: Any) -> dict[str, Any]:
     return {"type": driver_type, "config": config}
@@ -31,3 +36,20 @@ def write_config(
     }
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def routing_settings(*rules: Mapping[str, Any], **provider: Any) -> Settings:
+    """Loaded settings for routing decisions: source registry ROUTING_HOST, drivers estargz (tag suffix
+    `-esgz`, level 6) and zstdchunked, these `rules`; `provider` adds provider keys (`cache_repository`)."""
+    return load_settings(
+        {
+            "provider": {"source": {ROUTING_HOST: {}}, **provider},
+            "converter": {
+                "drivers": [
+                    {"type": "estargz", "tag_suffix": "-esgz", "config": {"compression_level": 6}},
+                    {"type": "zstdchunked"},
+                ],
+                "rules": [dict(rule) for rule in rules],
+            },
+        }
+    )

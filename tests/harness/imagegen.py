@@ -27,6 +27,7 @@ from accel import digest as dg
 from accel.oci import Descriptor, Platform, canonical_json
 from accel.store import BlobWriter, ContentStore
 
+KiB = 1 << 10
 MiB = 1 << 20
 DEFAULT_MTIME = 1_700_000_000
 CREATED = "2023-11-14T22:13:20Z"  # DEFAULT_MTIME as RFC 3339
@@ -914,6 +915,21 @@ def tar_members(*members: tuple[tarfile.TarInfo, bytes | None], closed: bool = F
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
         end = tar.offset  # closing appends the end-of-archive blocks
     return buffer.getvalue() if closed else buffer.getvalue()[:end]
+
+
+def pax_size_layer() -> bytes:
+    """A layer whose `big` carries its size in a PAX record only (its header block says 0), as writers do
+    for files over 8 GiB: `builder_compatible_tar` reads its payload as header blocks."""
+    big = tar_info("big", pax_headers={"size": "1000"})
+    raw = bytearray(
+        tar_members((tar_info("a"), b"x\n"), (big, b"b" * 1000), (tar_info("c"), b"x\n"), closed=True)
+    )
+    main_block = 2 * 512 + 2 * 512  # after `a` (header, data) and big's PAX header (header, records)
+    assert raw[main_block : main_block + 4] == b"big\0"
+    raw[main_block + 124 : main_block + 136] = b"%011o\0" % 0  # the size field
+    raw[main_block + 148 : main_block + 156] = b"        "  # the checksum, summed as spaces
+    raw[main_block + 148 : main_block + 156] = b"%06o\0 " % sum(raw[main_block : main_block + 512])
+    return bytes(raw)
 
 
 ODD_SPARSE_SIZE = 5 * MiB + 77

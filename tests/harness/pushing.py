@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from accel import publish
 from accel.model import BuiltImage, BuiltManifest
 from accel.reference import Reference
-from accel.registry import RegistryClient
+from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import imagegen
+from tests.harness.registry import FaultProxy
 
 
 def as_built(image: imagegen.BuiltImage | imagegen.BuiltIndex) -> BuiltImage:
@@ -27,3 +30,26 @@ def push(
 ) -> str:
     """Blobs, manifests, index, tag; returns the root digest."""
     return publish.push_image(client, ref, as_built(image), store).digest
+
+
+def push_seeded_image(host: str, store: ContentStore, tag: str = "v1", seed: int = 0) -> Reference:
+    """A small image (the standard layers and a layer of its `seed`: distinct seeds, distinct digests) in a
+    fresh repository of `host`; returns its reference pinned to the digest."""
+    extra = imagegen.TarBuilder(auto_parents=True)
+    extra.file("seed.txt", f"seed {seed}\n".encode())
+    image = imagegen.build_image([*imagegen.standard_layers(64 * imagegen.KiB), extra], store)
+    ref = Reference.parse(f"{host}/e2e/{uuid.uuid4().hex[:10]}:{tag}")
+    with RegistryClient({host: HostConfig()}) as client:
+        return ref.with_digest(push(client, store, ref, image))
+
+
+def push_through_proxy(
+    proxy: FaultProxy, store: ContentStore, layers: list[imagegen.TarBuilder], tag: str
+) -> tuple[imagegen.BuiltImage, Reference]:
+    """`layers` pushed straight to the proxy's registry, in a fresh repository; the reference (pinned to the
+    digest) names it through the proxy's host, so that whoever pulls it meets the proxy's faults."""
+    image = imagegen.build_image(layers, store)
+    repository = f"e2e/{uuid.uuid4().hex[:10]}"
+    with RegistryClient({proxy.upstream: HostConfig()}) as client:
+        digest = push(client, store, Reference.parse(f"{proxy.upstream}/{repository}:{tag}"), image)
+    return image, Reference.parse(f"{proxy.host}/{repository}:{tag}").with_digest(digest)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # What the e2e acceld is configured with (tests/e2e/conftest.py) and its tests send or expect.
 WEBHOOK_SECRET = "Bearer e2e-webhook-secret"
+WEBHOOK_AUTH = {"Authorization": WEBHOOK_SECRET}  # the headers of an authenticated webhook
 SUFFIX = "-esgz"
 
 

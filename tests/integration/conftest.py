@@ -2,8 +2,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from accel.registry import HostConfig, RegistryClient
-
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
@@ -13,10 +11,3 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
-
-
-@pytest.fixture(scope="module")
-def client(registry) -> Iterator[RegistryClient]:
-    """A client of the session's anonymous registry (tests/conftest.py)."""
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c

@@ -30,7 +30,8 @@ def secured(request: pytest.FixtureRequest):
 
 
 @pytest.fixture
-def client(secured) -> Iterator[RegistryClient]:
+def secured_client(secured) -> Iterator[RegistryClient]:
+    """A client holding the credentials of the `secured` registry (htpasswd or token auth)."""
     with RegistryClient({secured.host: HostConfig(auth=secured.account.auth)}) as c:
         yield c
 
@@ -45,10 +46,10 @@ def _push_source(client: RegistryClient, store: ContentStore, host: str) -> tupl
     return source, pushing.push(client, store, source, imagegen.standard_image(store, big_file_size=1024))
 
 
-def test_conversion_with_configured_credentials(prefect_api, secured, client, store, tmp_path):
+def test_conversion_with_configured_credentials(prefect_api, secured, secured_client, store, tmp_path):
     from flows.convert_image import convert_image
 
-    source, digest = _push_source(client, store, secured.host)
+    source, digest = _push_source(secured_client, store, secured.host)
     config = write_config(tmp_path / "config.yaml", secured.host, secured.account.auth)
     if secured.token_server is not None:
         secured.token_server.requests.clear()  # forget the grants for pushing the source
@@ -58,8 +59,8 @@ def test_conversion_with_configured_credentials(prefect_api, secured, client, st
     [target] = result.targets
     target_ref = Reference.parse(target.reference)
     assert target_ref == source.with_tag("v1-estargz")
-    assert client.resolve(target_ref).digest == target.digest
-    _, raw = client.fetch_manifest(target_ref)
+    assert secured_client.resolve(target_ref).digest == target.digest
+    _, raw = secured_client.fetch_manifest(target_ref)
     assert Manifest.parse(raw).annotations[mt.ACCEL_SOURCE_DIGEST] == digest
     if secured.token_server is None:
         # The anonymous view sees nothing: the image really is behind the credentials.
@@ -77,11 +78,11 @@ def test_conversion_with_configured_credentials(prefect_api, secured, client, st
 
 
 def test_rejected_password_fails_the_run_without_leaking_it(
-    prefect_api, secured, client, store, tmp_path, caplog, capfd
+    prefect_api, secured, secured_client, store, tmp_path, caplog, capfd
 ):
     from flows.convert_image import convert_image
 
-    source, _ = _push_source(client, store, secured.host)
+    source, _ = _push_source(secured_client, store, secured.host)
     wrong_auth = base64.b64encode(f"{secured.account.username}:{WRONG_PASSWORD}".encode()).decode()
     config = write_config(tmp_path / "config.yaml", secured.host, wrong_auth)
     secrets = [WRONG_PASSWORD, wrong_auth, secured.account.password, secured.account.auth]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from accel import constants as mt
 from accel.oci import Manifest
 from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
+from accel.registry import RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 
@@ -19,12 +18,6 @@ pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
 SUFFIX = "-esgz"
 CACHE_TAG = "esgz-cache"
-
-
-@pytest.fixture
-def client(registry) -> Iterator[RegistryClient]:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 @pytest.fixture

@@ -27,11 +27,6 @@ def write_config(path: Path, registry_host: str, work_dir: Path, drivers: list[s
     return configs.write_config(path, {registry_host: {}}, drivers_config, rules, work_dir=work_dir)
 
 
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("cache-flow-source"))
-
-
 def _client(host: str) -> RegistryClient:
     return RegistryClient({host: HostConfig()})
 

@@ -29,11 +29,6 @@ DRIVERS = ["estargz", "zstdchunked"]
 
 
 @pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("source-store"))
-
-
-@pytest.fixture(scope="module")
 def config(registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("flow")
     # Small chunks so the 5 MiB file spans several chunks in both formats.

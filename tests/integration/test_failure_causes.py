@@ -11,15 +11,9 @@ from accel import constants as mt
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry import BlobSizeMismatch
-from accel.store import ContentStore
 from tests.harness import configs, imagegen
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
-
-
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("causes-source"))
 
 
 def test_a_failed_pull_is_the_flow_failure(prefect_api, registry, client, source_store, tmp_path):

@@ -21,11 +21,6 @@ pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("limits-source"))
-
-
 def limited_config(path: Path, registry_host: str) -> Path:
     """estargz, 4 MiB per layer, 5 MiB per image."""
     configs.write_config(path, {registry_host: {}}, [configs.driver("estargz")])

@@ -19,6 +19,8 @@ from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 from tests.harness.api import wait_until
 
+pytestmark = [pytest.mark.runtime, pytest.mark.registry, pytest.mark.prefect]  # a local server and runner
+
 REPO = Path(__file__).resolve().parents[2]
 STARTED_SERVER = "started the local Prefect server"
 STARTED_RUNNER = "started the local runner"

@@ -32,11 +32,6 @@ MiB = 1 << 20
 EMPTY_GZIP_LAYER_DIGEST = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
 
 
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("nydus-source-store"))
-
-
 def _convert(registry, tmp: Path, source: Reference, driver_config: dict[str, Any]) -> Reference:
     """One convert-image flow run with only the nydus driver; returns the pushed target reference."""
     from flows.convert_image import convert_image

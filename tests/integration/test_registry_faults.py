@@ -40,12 +40,8 @@ pytestmark = pytest.mark.registry
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
-
-
-@pytest.fixture
-def client(fault_proxy) -> Iterator[RegistryClient]:
+def proxied_client(fault_proxy) -> Iterator[RegistryClient]:
+    """A client of the registry through the fault proxy, retrying quickly (faults are the point here)."""
     with RegistryClient({fault_proxy.host: HostConfig()}, backoff=0.01, retries=3) as c:
         yield c
 
@@ -57,45 +53,45 @@ def pushed_blob(client: RegistryClient, store: ContentStore, ref: Reference, siz
     return desc
 
 
-def test_a_truncated_config_body_is_retried(fault_proxy, client, store):
+def test_a_truncated_config_body_is_retried(fault_proxy, proxied_client, store):
     ref = Reference.parse(f"{fault_proxy.host}/faults/truncated:v1")
-    desc = pushed_blob(client, store, ref, 780)
+    desc = pushed_blob(proxied_client, store, ref, 780)
     fault_proxy.clear()
     fault_proxy.fail(r"/blobs/sha256:", truncate=True, method="GET", times=2)
-    assert len(client.fetch_blob_bytes(ref, desc)) == 780
+    assert len(proxied_client.fetch_blob_bytes(ref, desc)) == 780
     assert fault_proxy.count(r"/blobs/sha256:", "GET") == 3
 
 
-def test_a_body_truncated_every_time_is_transient_and_says_so(fault_proxy, client, store):
+def test_a_body_truncated_every_time_is_transient_and_says_so(fault_proxy, proxied_client, store):
     """Not `BlobSizeMismatch … got more than 780 bytes`: it got 390, and a later try may get them all."""
     ref = Reference.parse(f"{fault_proxy.host}/faults/always-truncated:v1")
-    desc = pushed_blob(client, store, ref, 780)
+    desc = pushed_blob(proxied_client, store, ref, 780)
     fault_proxy.clear()
     fault_proxy.fail(r"/blobs/sha256:", truncate=True, method="GET", times=100)
     with pytest.raises(TransientRegistryError) as caught:
-        client.fetch_blob_bytes(ref, desc)
+        proxied_client.fetch_blob_bytes(ref, desc)
     assert is_transient(caught.value) and not isinstance(caught.value, BlobSizeMismatch)
     assert "more than" not in str(caught.value)
     with pytest.raises(TransientRegistryError):
-        client.fetch_blob(ref, desc, ContentStore(store.root.parent / "other"))
+        proxied_client.fetch_blob(ref, desc, ContentStore(store.root.parent / "other"))
     assert fault_proxy.count(r"/blobs/sha256:", "GET") == 8  # (1 + 3 retries) per fetch
 
 
-def test_a_truncated_layer_is_retried(fault_proxy, client, store, tmp_path):
+def test_a_truncated_layer_is_retried(fault_proxy, proxied_client, store, tmp_path):
     ref = Reference.parse(f"{fault_proxy.host}/faults/layer:v1")
-    desc = pushed_blob(client, store, ref, 200_000)
+    desc = pushed_blob(proxied_client, store, ref, 200_000)
     fault_proxy.clear()
     fault_proxy.fail(r"/blobs/sha256:", truncate=True, method="GET", times=1)
-    path = client.fetch_blob(ref, desc, ContentStore(tmp_path / "fresh"))
+    path = proxied_client.fetch_blob(ref, desc, ContentStore(tmp_path / "fresh"))
     assert path.stat().st_size == 200_000
     assert fault_proxy.count(r"/blobs/sha256:", "GET") == 2
 
 
-def test_a_5xx_about_malformed_input_is_not_retried(fault_proxy, client):
+def test_a_5xx_about_malformed_input_is_not_retried(fault_proxy, proxied_client):
     """Its error body says the request was malformed (a HEAD has no body, so this is a GET)."""
     fault_proxy.fail(r"/manifests/", status=500, code="NAME_INVALID", times=100)
     with pytest.raises(RegistryError) as caught:
-        client.fetch_manifest(Reference.parse(f"{fault_proxy.host}/faults/bad:v1"))
+        proxied_client.fetch_manifest(Reference.parse(f"{fault_proxy.host}/faults/bad:v1"))
     assert caught.value.status == 500 and not is_transient(caught.value)
     assert fault_proxy.count(r"/manifests/") == 1
 
@@ -160,16 +156,18 @@ def test_tls_verification_failure_fails_at_once_with_one_line(untrusted_tls_serv
     assert not is_transient(caught.value)
 
 
-def test_the_proxy_holds_a_chosen_request_until_released(fault_proxy, client, store, repo_name, tmp_path):
+def test_the_proxy_holds_a_chosen_request_until_released(
+    fault_proxy, proxied_client, store, repo_name, tmp_path
+):
     """FaultProxy.stall (the e2e kill and timeout tests stop a conversion with it): the first matching
     request passes, the next waits until released, then goes on to the registry."""
     ref = Reference.parse(f"{fault_proxy.host}/{repo_name}:v1")
-    desc = pushed_blob(client, store, ref, 1000)
+    desc = pushed_blob(proxied_client, store, ref, 1000)
     stall = fault_proxy.stall(rf"/blobs/{desc.digest}$", method="GET", after=1)
-    assert client.fetch_blob_bytes(ref, desc)  # the first passes
+    assert proxied_client.fetch_blob_bytes(ref, desc)  # the first passes
     assert not stall.reached.is_set()
     fetched: list[bytes] = []
-    second = threading.Thread(target=lambda: fetched.append(client.fetch_blob_bytes(ref, desc)))
+    second = threading.Thread(target=lambda: fetched.append(proxied_client.fetch_blob_bytes(ref, desc)))
     second.start()
     assert stall.reached.wait(30)
     second.join(0.5)

@@ -13,7 +13,6 @@ from accel import constants as mt
 from accel.oci import Manifest
 from accel.reference import Reference
 from accel.registry import RegistryClient
-from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -23,11 +22,6 @@ FAST_ESTARGZ = {"type": "estargz", "config": {"compression_level": 1}}
 
 def write_config(path: Path, host: str, drivers: list[dict[str, Any]], rules: list[dict[str, Any]]) -> str:
     return str(configs.write_config(path, {host: {}}, drivers, rules))
-
-
-@pytest.fixture(scope="module")
-def source_store(tmp_path_factory: pytest.TempPathFactory) -> ContentStore:
-    return ContentStore(tmp_path_factory.mktemp("rules-source-store"))
 
 
 def _manifest(client: RegistryClient, ref: Reference) -> Manifest:

@@ -21,9 +21,9 @@ from accel.verify import VerifyError, verify_image
 from service import accelctl
 from tests.harness import configs, conformance, imagegen
 from tests.harness import nydus as nh
+from tests.harness.archives import docker_save
 from tests.harness.pushing import as_built
-from tests.integration.test_transports_tools import run, tool
-from tests.unit.test_transports import docker_save
+from tests.harness.tools import require_tool, run_tool
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -106,12 +106,12 @@ def test_layout_to_layout_for_every_driver(
     if driver != "nydus":
         reference_readers_accept(target, tmp_path)
         # Other tools read what accel wrote: skopeo copies the layout to a registry, crane validates it there.
-        skopeo, crane = tool("skopeo"), tool("crane")
+        skopeo, crane = require_tool("skopeo"), require_tool("crane")
         pushed_ref = f"{registry.host}/{repo_name}:{driver}"
-        run(skopeo, "copy", "--all", "--dest-tls-verify=false", target, f"docker://{pushed_ref}")
+        run_tool(skopeo, "copy", "--all", "--dest-tls-verify=false", target, f"docker://{pushed_ref}")
         # crane 0.20's layer validation gunzips every layer, so zstd layers get the structural check only.
         fast = ["--fast"] if driver == "zstdchunked" else []
-        assert "PASS" in run(crane, "--insecure", "validate", *fast, "--remote", pushed_ref)
+        assert "PASS" in run_tool(crane, "--insecure", "validate", *fast, "--remote", pushed_ref)
 
 
 def test_layout_to_registry_and_back_to_a_layout(

@@ -6,11 +6,7 @@ skipped, naming the missing tool, when one is absent.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from accel import publish
 from accel.image import resolve_source
@@ -20,21 +16,7 @@ from accel.store import ContentStore
 from accel.transports import open_location, parse_location
 from tests.harness import imagegen
 from tests.harness.pushing import as_built
-
-TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "bin"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name) or (str(TOOLS / name) if (TOOLS / name).is_file() else None)
-    if found is None:
-        pytest.skip(f"{name} is not installed (scripts/setup installs it)")
-    return found
-
-
-def run(*args: str) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+from tests.harness.tools import require_tool, run_tool
 
 
 def written(tmp_path: Path, text: str) -> tuple[ContentStore, imagegen.BuiltIndex]:
@@ -49,11 +31,11 @@ def written(tmp_path: Path, text: str) -> tuple[ContentStore, imagegen.BuiltInde
 def test_skopeo_copies_an_accel_layout_to_the_registry_and_crane_validates_it(
     tmp_path: Path, registry, repo_name: str
 ) -> None:
-    skopeo, crane = tool("skopeo"), tool("crane")
+    skopeo, crane = require_tool("skopeo"), require_tool("crane")
     _, image = written(tmp_path, f"oci:{tmp_path / 'layout'}:v1")
     target = f"{registry.host}/{repo_name}:v1"
 
-    run(
+    run_tool(
         skopeo,
         "copy",
         "--all",
@@ -61,7 +43,7 @@ def test_skopeo_copies_an_accel_layout_to_the_registry_and_crane_validates_it(
         f"oci:{tmp_path / 'layout'}:v1",
         f"docker://{target}",
     )
-    assert "PASS" in run(crane, "--insecure", "validate", "--remote", target)
+    assert "PASS" in run_tool(crane, "--insecure", "validate", "--remote", target)
     with RegistryClient(docker_config=Path("/nonexistent")) as client:
         assert client.resolve(Reference.parse(target)).digest == image.digest  # byte-exact copy
 
@@ -69,26 +51,26 @@ def test_skopeo_copies_an_accel_layout_to_the_registry_and_crane_validates_it(
 def test_crane_pushes_an_accel_layout_and_skopeo_reads_an_accel_archive(
     tmp_path: Path, registry, repo_name: str
 ) -> None:
-    skopeo, crane = tool("skopeo"), tool("crane")
+    skopeo, crane = require_tool("skopeo"), require_tool("crane")
     _, image = written(tmp_path, f"oci:{tmp_path / 'layout'}:v1")
     # crane reads the layout on its own (ggcr's layout package) and pushes every image it lists.
-    run(
+    run_tool(
         crane, "--insecure", "push", "--index", str(tmp_path / "layout"), f"{registry.host}/{repo_name}:crane"
     )
     for child in image.images:
-        assert "PASS" in run(
+        assert "PASS" in run_tool(
             crane, "--insecure", "validate", "--remote", f"{registry.host}/{repo_name}@{child.digest}"
         )
 
     _, archived = written(tmp_path, f"oci-archive:{tmp_path / 'image.tar'}:v1")
-    raw = run(skopeo, "inspect", "--raw", f"oci-archive:{tmp_path / 'image.tar'}:v1")
+    raw = run_tool(skopeo, "inspect", "--raw", f"oci-archive:{tmp_path / 'image.tar'}:v1")
     assert raw.strip().encode() == archived.raw
 
 
 def test_accel_reads_a_layout_skopeo_wrote(tmp_path: Path, registry, repo_name: str) -> None:
-    skopeo = tool("skopeo")
+    skopeo = require_tool("skopeo")
     store, image = written(tmp_path, f"oci:{tmp_path / 'layout'}:v1")
-    run(skopeo, "copy", "--all", f"oci:{tmp_path / 'layout'}:v1", f"oci:{tmp_path / 'by-skopeo'}:copied")
+    run_tool(skopeo, "copy", "--all", f"oci:{tmp_path / 'layout'}:v1", f"oci:{tmp_path / 'by-skopeo'}:copied")
     location = parse_location(f"oci:{tmp_path / 'by-skopeo'}:copied")
     fresh = ContentStore(tmp_path / "fresh")
     layout = open_location(location)

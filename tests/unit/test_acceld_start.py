@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.runtime  # each test starts `python -m service.acceld` and waits for it
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from accel.config import load_settings
 from service.api import BackendUnavailable, create_app
+from service.api.app import CreationRetry
 from service.metrics import Metrics
 from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
 
@@ -87,8 +88,7 @@ def test_slow_orchestrator_still_answers_in_time(settings, backend, metrics):
     # Safety net: an app that waited for the creation would hang here; released, it fails the asserts.
     safety = threading.Timer(60, backend.gate.set)
     safety.start()
-    app = create_app(settings, backend, metrics)
-    app.state.api.answer_within = 0.2
+    app = create_app(settings, backend, metrics, answer_within=0.2)
     with TestClient(app) as client:
         r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
         # Answered while the creation still hangs: accepted, the image pending, no task yet.
@@ -356,8 +356,8 @@ class _BusyBackend(FakeBackend):
 def test_a_pending_creation_that_fails_is_retried_not_lost(settings, metrics):
     backend = _BusyBackend(failures=2)
     backend.gate = threading.Event()
-    app = create_app(settings, backend, metrics)
-    app.state.api.answer_within = 0.2
+    quick_retry = CreationRetry(first_delay=0.01)  # the backoff's shape without its real seconds
+    app = create_app(settings, backend, metrics, answer_within=0.2, creation_retry=quick_retry)
     with TestClient(app) as client:
         r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
         assert r.status_code == 202 and r.json()["pending"] == [f"{OPEN_HOST}/a/b:v1@{DIGEST}"]

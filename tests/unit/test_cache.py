@@ -6,7 +6,6 @@ import dataclasses
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,12 +36,6 @@ VERSION = "v1"
 AMD64 = Platform(os="linux", architecture="amd64")
 ARM64 = Platform(os="linux", architecture="arm64")
 DRIVERS = [pytest.param("estargz"), pytest.param("nydus", marks=[nh.needs_builder, pytest.mark.nydus])]
-
-
-@pytest.fixture(scope="module")
-def client(registry) -> Iterator[RegistryClient]:
-    with RegistryClient({registry.host: HostConfig()}) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

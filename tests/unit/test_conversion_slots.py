@@ -9,9 +9,18 @@ from tasks.slots import ConversionSlots
 
 
 def _run_all(slots: ConversionSlots, arrivals: list[tuple[str, int]], hold: float = 0.05) -> list[str]:
-    """Each (key, size) asks for a slot on its own thread, in list order; returns the order they got one."""
+    """Each (key, size) asks for a slot on its own thread, in list order: the next thread starts only once
+    the one before has asked (registered under the slots' lock). Returns the order they got one."""
     order: list[str] = []
     lock = threading.Lock()
+    asked = {key: threading.Event() for key, _ in arrivals}
+    may_start = slots._may_start
+
+    def may_start_once_asked(key: str, size: int, waited: float) -> bool:
+        asked[key].set()  # `slot` checks first right after registering `key`, holding the lock
+        return may_start(key, size, waited)
+
+    slots._may_start = may_start_once_asked  # type: ignore[method-assign]
 
     def convert(key: str, size: int) -> None:
         with slots.slot(key, size):
@@ -24,7 +33,7 @@ def _run_all(slots: ConversionSlots, arrivals: list[tuple[str, int]], hold: floa
         thread = threading.Thread(target=convert, args=(key, size), daemon=True)
         thread.start()
         threads.append(thread)
-        time.sleep(0.01)  # the small layers ask first
+        assert asked[key].wait(30)  # the small layers ask first
     for thread in threads:
         thread.join(30)
         assert not thread.is_alive()

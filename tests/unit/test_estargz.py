@@ -102,11 +102,6 @@ def _convert(store: ContentStore, tar_bytes: bytes, **options: Any) -> tuple[Con
     return result, store.path(result.descriptor.digest).read_bytes()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
-
-
 # --- reading blobs, independently of the driver ----------------------------------------------------
 
 

@@ -39,11 +39,6 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
-
-
 # --- TarBuilder ------------------------------------------------------------------------------------
 
 

@@ -231,11 +231,6 @@ def _source_tar(store: ContentStore, layer: LayerInput) -> bytes:
         return f.read()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
-
-
 @pytest.fixture(scope="module")
 def standard_layers() -> list[imagegen.TarBuilder]:
     # The big file spans several 1 MiB chunks; small enough to keep the module fast.

@@ -34,7 +34,7 @@ from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
-from tests.unit.test_tarnormalize import pax_size_layer
+from tests.harness.imagegen import pax_size_layer
 
 pytestmark = [
     nh.needs_builder,
@@ -42,11 +42,6 @@ pytestmark = [
 ]
 
 MTIME = 1_700_000_000
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
 
 
 def tar_of(*entries: tuple[str, bytes | str | None, dict[str, Any]]) -> bytes:

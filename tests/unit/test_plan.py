@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from accel.config import Settings, load_settings
+from accel.config import load_settings
 from accel.errors import ConfigError
 from accel.plan import is_cache_tag, is_own_output, plan_conversion
 from accel.reference import Reference
+from tests.harness.configs import ROUTING_HOST, routing_settings
 
-HOST = "harbor.test:8443"
+HOST = ROUTING_HOST
 DIGEST = "sha256:" + "ab" * 32
 HEX = "ab" * 32
 LIBRARY_RULE = {"repository": f"{HOST}/library/*", "drivers": ["zstdchunked"], "target": "{repository}-lazy"}
-
-
-def _settings(*rules: dict[str, Any], **provider: Any) -> Settings:
-    return load_settings(
-        {
-            "provider": {"source": {HOST: {}}, **provider},
-            "converter": {
-                "drivers": [
-                    {"type": "estargz", "tag_suffix": "-esgz", "config": {"compression_level": 6}},
-                    {"type": "zstdchunked"},
-                ],
-                "rules": list(rules),
-            },
-        }
-    )
 
 
 def _ref(text: str) -> Reference:
@@ -37,7 +21,7 @@ def _ref(text: str) -> Reference:
 
 
 def test_without_rules_every_configured_driver_runs_beside_the_source():
-    plan = plan_conversion(_settings(), _ref("team/app:v1"))
+    plan = plan_conversion(routing_settings(), _ref("team/app:v1"))
     assert plan.drivers == ("estargz", "zstdchunked")
     assert plan.target_names() == {
         "estargz": f"{HOST}/team/app:v1-esgz",
@@ -52,7 +36,7 @@ def test_without_rules_every_configured_driver_runs_beside_the_source():
 
 
 def test_a_matching_rule_decides_drivers_and_target_repository():
-    settings = _settings(LIBRARY_RULE)
+    settings = routing_settings(LIBRARY_RULE)
     plan = plan_conversion(settings, _ref("library/app:v1"))
     assert plan.drivers == ("zstdchunked",)
     assert plan.target_repository == "library/app-lazy"
@@ -63,38 +47,38 @@ def test_a_matching_rule_decides_drivers_and_target_repository():
 
 
 def test_explicit_drivers_and_target_repository_win_over_the_rule():
-    plan = plan_conversion(_settings(LIBRARY_RULE), _ref("library/app:v1"), ["estargz"], "mirror/app")
+    plan = plan_conversion(routing_settings(LIBRARY_RULE), _ref("library/app:v1"), ["estargz"], "mirror/app")
     assert plan.drivers == ("estargz",)
     assert plan.target_repository == "mirror/app"
     assert plan.target_names() == {"estargz": f"{HOST}/mirror/app:v1-esgz"}
     # Explicit drivers alone keep the rule's target repository.
-    plan = plan_conversion(_settings(LIBRARY_RULE), _ref("library/app:v1"), ["estargz"])
+    plan = plan_conversion(routing_settings(LIBRARY_RULE), _ref("library/app:v1"), ["estargz"])
     assert plan.target_names() == {"estargz": f"{HOST}/library/app-lazy:v1-esgz"}
 
 
 def test_an_unknown_driver_is_refused():
     with pytest.raises(ConfigError, match="driver 'nydus' is not configured"):
-        plan_conversion(_settings(), _ref("team/app:v1"), ["nydus"])
+        plan_conversion(routing_settings(), _ref("team/app:v1"), ["nydus"])
 
 
 def test_digest_only_source_gets_digest_named_targets():
-    plan = plan_conversion(_settings(), _ref(f"team/app@{DIGEST}"))
+    plan = plan_conversion(routing_settings(), _ref(f"team/app@{DIGEST}"))
     assert plan.target_names()["estargz"] == f"{HOST}/team/app:sha256-{HEX}-esgz"
     assert all(t.digest is None for t in plan.targets.values())  # pushed by tag, never pinned
 
 
 def test_cache_reference_follows_cache_tag_or_cache_repository():
-    assert plan_conversion(_settings({"cache_tag": "lazy-cache"}), _ref("team/app:v1")).cache == _ref(
+    assert plan_conversion(routing_settings({"cache_tag": "lazy-cache"}), _ref("team/app:v1")).cache == _ref(
         "team/app:lazy-cache"
     )
     shared = plan_conversion(
-        _settings({"cache_tag": "c"}, cache_repository="caches/all"), _ref("team/app:v1")
+        routing_settings({"cache_tag": "c"}, cache_repository="caches/all"), _ref("team/app:v1")
     )
     assert shared.cache == _ref("caches/all:c")
 
 
 def test_idempotency_key_covers_source_drivers_options_and_target():
-    settings = _settings(LIBRARY_RULE)
+    settings = routing_settings(LIBRARY_RULE)
     pinned = _ref(f"library/app:v1@{DIGEST}")
     key = plan_conversion(settings, pinned).idempotency_key
     assert key.startswith("accel-")
@@ -105,7 +89,7 @@ def test_idempotency_key_covers_source_drivers_options_and_target():
         plan_conversion(settings, _ref(f"library/app:v2@{DIGEST}")).idempotency_key,
         plan_conversion(settings, pinned, ["estargz"]).idempotency_key,
         plan_conversion(settings, pinned, None, "mirror/app").idempotency_key,
-        plan_conversion(_settings(), pinned).idempotency_key,
+        plan_conversion(routing_settings(), pinned).idempotency_key,
     }
     assert key not in others and len(others) == 4
     changed_options = load_settings(
@@ -124,7 +108,7 @@ def test_idempotency_key_covers_source_drivers_options_and_target():
 
 
 def test_own_outputs_are_converted_tags_referrers_tags_and_cache_tags():
-    settings = _settings({"cache_tag": "lazy-cache"})
+    settings = routing_settings({"cache_tag": "lazy-cache"})
     for tag in ("v1-esgz", "v1-zstdchunked", f"sha256-{HEX}", "lazy-cache"):
         assert is_own_output(settings, _ref(f"team/app:{tag}")), tag
     for tag in ("v1", "esgz", "latest"):
@@ -133,10 +117,11 @@ def test_own_outputs_are_converted_tags_referrers_tags_and_cache_tags():
 
 
 def test_cache_tags_include_the_default_tag_of_a_cache_repository():
-    settings = _settings(cache_repository="caches/all")
+    settings = routing_settings(cache_repository="caches/all")
     # With only a cache repository, the cache tag is the default one, and pushes of it are ours.
     cache = plan_conversion(settings, _ref("team/app:v1")).cache
     assert cache is not None and cache.tag
     assert is_cache_tag(settings, _ref(f"team/app:{cache.tag}"))
     assert not is_cache_tag(settings, _ref("team/app:v1"))
-    assert not is_cache_tag(_settings(), _ref("team/app:v1-esgz"))  # a converted tag is not a cache tag
+    # A converted tag is not a cache tag.
+    assert not is_cache_tag(routing_settings(), _ref("team/app:v1-esgz"))

@@ -20,7 +20,7 @@ from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
-from tests.harness.imagegen import tar_info, tar_members
+from tests.harness.imagegen import pax_size_layer, tar_info, tar_members
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -261,18 +261,6 @@ def _scan_layer(raw: bytes) -> tn.Normalisation | str:
         return tn.scan_layer(io.BytesIO(raw))
     except InvalidImage as exc:
         return str(exc)
-
-
-def pax_size_layer() -> bytes:
-    """A layer whose `big` carries its size in a PAX record only (its header block says 0), as writers do
-    for files over 8 GiB: `builder_compatible_tar` reads its payload as header blocks."""
-    raw = bytearray(_tar(_file("a"), _file("big", b"b" * 1000, pax_headers={"size": "1000"}), _file("c")))
-    main_block = 2 * 512 + 2 * 512  # after `a` (header, data) and big's PAX header (header, records)
-    assert raw[main_block : main_block + 4] == b"big\0"
-    raw[main_block + 124 : main_block + 136] = b"%011o\0" % 0
-    raw[main_block + 148 : main_block + 156] = b"        "
-    raw[main_block + 148 : main_block + 156] = b"%06o\0 " % sum(raw[main_block : main_block + 512])
-    return bytes(raw)
 
 
 def _layers_for_the_one_pass() -> list[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from accel.transports import (
 )
 from accel.transports.layout import REF_NAME_ANNOTATION
 from tests.harness import imagegen
+from tests.harness.archives import docker_save
 from tests.harness.pushing import as_built
 
 
@@ -164,29 +164,6 @@ def test_oci_archive_write_is_atomic_and_reads_back(tmp_path: Path) -> None:
             )
     with pytest.raises(RegistryError, match="opened for reading"):
         reader.push_manifest(location.reference, image.raw, image.media_type)
-
-
-def docker_save(path: Path, store: ContentStore, image: imagegen.BuiltImage, tags: list[str]) -> None:
-    """What `docker save` (before 25) writes: manifest.json, <config>.json, <id>/layer.tar (plain tars)."""
-    with tarfile.open(path, "w") as tar:
-
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        layer_names = []
-        for number, layer in enumerate(image.layers):
-            plain = gzip.decompress(store.path(layer.digest).read_bytes())
-            name = f"{number:064x}/layer.tar"
-            add(name, plain)
-            layer_names.append(name)
-        config_name = f"{image.config.digest.split(':')[1]}.json"
-        add(config_name, image.config_raw)
-        add(
-            "manifest.json",
-            json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]).encode(),
-        )
 
 
 def test_docker_archive_reads_as_docker_schema2(tmp_path: Path) -> None:

@@ -15,20 +15,14 @@ from service.webhook import (
     parse_harbor,
     pushed_reference,
 )
+from tests.harness.api import harbor_event
 
 DIGEST = "sha256:" + "dd" * 32
 OTHER = "sha256:" + "ee" * 32
 
 
 def harbor_body(resources, kind="PUSH_ARTIFACT") -> bytes:
-    return json.dumps(
-        {
-            "type": kind,
-            "occur_at": 1,
-            "operator": "admin",
-            "event_data": {"resources": resources, "repository": {"repo_full_name": "library/app"}},
-        }
-    ).encode()
+    return json.dumps(harbor_event(resources, kind)).encode()
 
 
 def test_default_payload_pins_tag_to_digest():
