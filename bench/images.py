@@ -26,7 +26,7 @@ class TarFileLayer:
 def source_image(store: Any, mb: int, tars: list[str]) -> Any:
     """The image in `store`: one layer per tar in `tars` when given, else a generated one of `mb` MiB."""
     if tars:
-        return imagegen.build_image([TarFileLayer(Path(p)) for p in tars], store)  # type: ignore[list-item]
+        return imagegen.generate_image([TarFileLayer(Path(p)) for p in tars], store)  # type: ignore[list-item]
     return imagegen.big_image(store, total_bytes=mb * MB)
 
 

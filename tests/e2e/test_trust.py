@@ -33,7 +33,7 @@ def push_to(ref: Reference, store: ContentStore, seed: int) -> Reference:
     """A small synthetic image (distinct per seed) pushed to `ref`; returns `ref` pinned to its digest."""
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"trust seed {seed}\n".encode())
-    image = imagegen.build_image([*imagegen.standard_layers(32 * imagegen.KiB), extra], store)
+    image = imagegen.generate_image([*imagegen.standard_layers(32 * imagegen.KiB), extra], store)
     with RegistryClient({ref.registry: HostConfig()}) as client:
         return ref.with_digest(pushing.push(client, store, ref, image))
 

@@ -126,7 +126,7 @@ def workpool(
     bulk_repository = f"{registry.host}/e2e-bulk/{uuid.uuid4().hex[:10]}"
     # The scheduled bulk runs walk this repository from the first minute on: it has a tag to convert.
     with RegistryClient({registry.host: HostConfig()}) as client:
-        image = imagegen.build_image(imagegen.standard_layers(64 * 1024), store)
+        image = imagegen.generate_image(imagegen.standard_layers(64 * 1024), store)
         bulk_first = pushing.push(client, store, Reference.parse(f"{bulk_repository}:v1"), image)
     workers: dict[str, PrefectWorker] = {}
     with PostgresServer() as postgres, harness.fault_proxy(registry.host) as proxy:
@@ -316,7 +316,7 @@ def test_scheduled_bulk_run_reconverts_a_repushed_tag_and_lists_it(workpool: Wor
         poll(lambda: made_from() == first, timeout=240, what="a scheduled bulk run to convert v1")
         extra = imagegen.TarBuilder(auto_parents=True)
         extra.file("again.txt", b"re-pushed\n")
-        image = imagegen.build_image([*imagegen.standard_layers(64 * 1024), extra], workpool.store)
+        image = imagegen.generate_image([*imagegen.standard_layers(64 * 1024), extra], workpool.store)
         second = pushing.push(client, workpool.store, base, image)
         assert second != first
         poll(lambda: made_from() == second, timeout=240, what="a scheduled bulk run to re-convert v1")

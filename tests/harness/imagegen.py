@@ -1,7 +1,7 @@
 """Deterministic synthetic source images for conversion tests.
 
 `TarBuilder` describes one layer entry by entry and renders it as a tar (PAX by default). Large file
-contents are generated lazily from a seed, so a layer is streamed, never held in memory. `build_image`
+contents are generated lazily from a seed, so a layer is streamed, never held in memory. `generate_image`
 compresses layers into a ContentStore and writes a valid config and manifest; `build_index` wraps several
 platforms. `standard_layers` is the 3-layer image with every hard case converters must survive.
 
@@ -613,7 +613,7 @@ def _platform(platform: Sequence[str]) -> Platform:
     )
 
 
-def build_image(
+def generate_image(
     layers: Sequence[TarBuilder | RawLayer],
     store: ContentStore,
     *,
@@ -707,7 +707,7 @@ def standard_image(
     big_file_size: int = 5 * MiB,
     single_xattr_files: bool = False,
 ) -> BuiltImage:
-    return build_image(
+    return generate_image(
         standard_layers(big_file_size, arch=arch, single_xattr_files=single_xattr_files),
         store,
         platform=("linux", arch),
@@ -776,7 +776,7 @@ def big_image(
     platform: Sequence[str] = ("linux", "amd64"),
 ) -> BuiltImage:
     """The bench image: every layer is generated, compressed and hashed in one streaming pass."""
-    return build_image(
+    return generate_image(
         big_layers(total_bytes, seed, layer_count=layer_count),
         store,
         platform=platform,
@@ -895,7 +895,7 @@ def sparse_tar(
 
 @dataclass(frozen=True)
 class RawLayer:
-    """A layer given as finished tar bytes; `build_image` takes it beside TarBuilders."""
+    """A layer given as finished tar bytes; `generate_image` takes it beside TarBuilders."""
 
     data: bytes
 

@@ -37,7 +37,7 @@ def push_seeded_image(host: str, store: ContentStore, tag: str = "v1", seed: int
     fresh repository of `host`; returns its reference pinned to the digest."""
     extra = imagegen.TarBuilder(auto_parents=True)
     extra.file("seed.txt", f"seed {seed}\n".encode())
-    image = imagegen.build_image([*imagegen.standard_layers(64 * imagegen.KiB), extra], store)
+    image = imagegen.generate_image([*imagegen.standard_layers(64 * imagegen.KiB), extra], store)
     ref = Reference.parse(f"{host}/e2e/{uuid.uuid4().hex[:10]}:{tag}")
     with RegistryClient({host: HostConfig()}) as client:
         return ref.with_digest(push(client, store, ref, image))
@@ -48,7 +48,7 @@ def push_through_proxy(
 ) -> tuple[imagegen.BuiltImage, Reference]:
     """`layers` pushed straight to the proxy's registry, in a fresh repository; the reference (pinned to the
     digest) names it through the proxy's host, so that whoever pulls it meets the proxy's faults."""
-    image = imagegen.build_image(layers, store)
+    image = imagegen.generate_image(layers, store)
     repository = f"e2e/{uuid.uuid4().hex[:10]}"
     with RegistryClient({proxy.upstream: HostConfig()}) as client:
         digest = push(client, store, Reference.parse(f"{proxy.upstream}/{repository}:{tag}"), image)

@@ -143,7 +143,7 @@ def test_nydus_cache_hits_bring_the_directory_tables_for_the_merge(
     restore the lower directories' attributes exactly as the cold run did (same bootstrap, same digest)."""
     from flows.convert_image import convert_image
 
-    image = imagegen.build_image(imagegen.odd_layers(), source_store)
+    image = imagegen.generate_image(imagegen.odd_layers(), source_store)
     source = Reference.parse(f"{registry.host}/cache-flow/odd:v1")
     with _client(registry.host) as client:
         pushing.push(client, source_store, source, image)

@@ -38,7 +38,7 @@ def test_a_cached_conversion_whose_blob_left_the_store_is_converted_again(prefec
     from flows.convert_image import convert_image
 
     source_store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(16 << 10), source_store)
+    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), source_store)
     source = Reference.parse(f"{registry.host}/session/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({registry.host: HostConfig()}) as client:
         pushing.push(client, source_store, source, image)

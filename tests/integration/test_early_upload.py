@@ -41,7 +41,7 @@ def test_each_converted_blob_goes_up_once_by_its_upload_task_and_the_tag_after_a
     from flows.convert_image import convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(64 << 10), store)
+    image = imagegen.generate_image(imagegen.standard_layers(64 << 10), store)
     source = Reference.parse(f"{fault_proxy.host}/early/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({fault_proxy.host: HostConfig()}) as client:
         pushing.push(client, store, source, image)
@@ -73,7 +73,7 @@ def test_a_layout_target_gets_no_early_uploads(prefect_api, registry, tmp_path):
     from flows.convert_image import convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(16 << 10), store)
+    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), store)
     source = Reference.parse(f"{registry.host}/early/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({registry.host: HostConfig()}) as client:
         pushing.push(client, store, source, image)

@@ -28,7 +28,7 @@ def _convert(source: Reference, host: str, work: str, tmp_path, target_repositor
 
 def test_ten_conversions_through_a_twenty_percent_fault_rate(prefect_api, registry, fault_proxy, tmp_path):
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(256 << 10), store)
+    image = imagegen.generate_image(imagegen.standard_layers(256 << 10), store)
     source = Reference.parse(f"{fault_proxy.host}/faults/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({fault_proxy.host: HostConfig()}) as client:
         source = source.with_digest(pushing.push(client, store, source, image))

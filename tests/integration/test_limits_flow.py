@@ -36,7 +36,7 @@ def layer(seed: int) -> imagegen.TarBuilder:
 
 
 def push(client: RegistryClient, store: ContentStore, host: str, layers: list[int]) -> Reference:
-    image = imagegen.build_image([layer(seed) for seed in layers], store)
+    image = imagegen.generate_image([layer(seed) for seed in layers], store)
     ref = Reference.parse(f"{host}/limits/{uuid.uuid4().hex[:10]}:v1")
     return ref.with_digest(pushing.push(client, store, ref, image))
 

@@ -47,7 +47,7 @@ def _base_layer() -> imagegen.TarBuilder:
 def _image_a(store: ContentStore) -> imagegen.BuiltImage:
     app = imagegen.TarBuilder(auto_parents=True)
     app.file_from_generator("opt/a/app.bin", 600 * KiB, seed=12)
-    return imagegen.build_image([_base_layer(), app], store)
+    return imagegen.generate_image([_base_layer(), app], store)
 
 
 def _image_b(store: ContentStore) -> imagegen.BuiltImage:
@@ -55,7 +55,7 @@ def _image_b(store: ContentStore) -> imagegen.BuiltImage:
     app = imagegen.TarBuilder(auto_parents=True)
     app.file_from_generator("opt/b/copy-of-a.bin", 600 * KiB, seed=12)
     app.file_from_generator("opt/b/own.bin", 400 * KiB, seed=13)
-    return imagegen.build_image([_base_layer(), app], store)
+    return imagegen.generate_image([_base_layer(), app], store)
 
 
 def _config(registry, work: Path, driver_config: dict[str, Any]) -> Path:
@@ -199,7 +199,7 @@ def test_missing_dictionary_image_is_a_driver_error_naming_it(registry, client, 
 def test_non_nydus_dictionary_image_is_refused(registry, client, tmp_path: Path) -> None:
     store = ContentStore(tmp_path / "store")
     reference = Reference.parse(f"{registry.host}/chunkdict/plain:v1")
-    pushing.push(client, store, reference, imagegen.build_image([_base_layer()], store))
+    pushing.push(client, store, reference, imagegen.generate_image([_base_layer()], store))
     with pytest.raises(DriverError, match=rf"chunk_dict_ref {reference} .* is not a Nydus image"):
         resolve_chunk_dict(client, str(reference), ContentStore(tmp_path / "resolver"))
 

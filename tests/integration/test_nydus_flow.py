@@ -182,7 +182,7 @@ def _small_image(store: ContentStore, *, odd: bool = False, **kwargs: Any) -> im
     update.whiteout("etc/remove-me")
     update.file("data/text.txt", b"compressible text " * 20000)
     layers: list[imagegen.TarBuilder | imagegen.RawLayer] = [base, update]
-    return imagegen.build_image([*layers, *(imagegen.odd_layers() if odd else [])], store, **kwargs)
+    return imagegen.generate_image([*layers, *(imagegen.odd_layers() if odd else [])], store, **kwargs)
 
 
 def _assert_merged_view(

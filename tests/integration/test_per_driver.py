@@ -34,7 +34,7 @@ def test_one_refusing_driver_leaves_the_others_pushed(prefect_api, registry, tmp
     from flows.convert_image import ConversionFailed, convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(
+    image = imagegen.generate_image(
         [*imagegen.standard_layers(16 << 10), _layer_with_a_duplicate_entry()], store
     )
     source = Reference.parse(f"{registry.host}/per-driver/{uuid.uuid4().hex[:8]}:v1")

@@ -30,7 +30,7 @@ def _task_states(flow_run_id: Any) -> dict[str, str]:
 
 def _source(fault_proxy: Any, tmp_path: Any) -> tuple[Reference, list[str]]:
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(64 << 10), store)
+    image = imagegen.generate_image(imagegen.standard_layers(64 << 10), store)
     source = Reference.parse(f"{fault_proxy.host}/streaming/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({fault_proxy.host: HostConfig()}) as client:
         pushing.push(client, store, source, image)

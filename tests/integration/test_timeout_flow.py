@@ -56,7 +56,7 @@ def test_a_run_past_its_configs_timeout_ends_failed_naming_the_timeout(prefect_a
     from flows.convert_image import convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.build_image(imagegen.standard_layers(16 << 10), store)
+    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), store)
     source = Reference.parse(f"{fault_proxy.host}/timeout/{uuid.uuid4().hex[:8]}:v1")
     with RegistryClient({fault_proxy.host: HostConfig()}) as client:
         pushing.push(client, store, source, image)

@@ -95,7 +95,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[imagegen.BuiltImag
     """The standard three layers (every entry type, whiteouts, hardlinks, long names) as gzip layers."""
     store = ContentStore(tmp_path_factory.mktemp("contract-store"))
     layers = imagegen.standard_layers(big_file_size=2 * MiB + 4321)
-    return imagegen.build_image(layers, store), store
+    return imagegen.generate_image(layers, store), store
 
 
 def _inputs(image: imagegen.BuiltImage, store: ContentStore) -> list[LayerInput]:
@@ -237,7 +237,7 @@ def test_a_source_that_does_not_match_its_diff_id_commits_nothing(fmt: Format, t
     store = ContentStore(tmp_path / "store")
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("etc/motd", b"hello\n")
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     before = sorted(p.name for p in store.path(image.layers[0].digest).parent.iterdir())
     wrong = LayerInput(image.layers[0], dg.of_bytes(b"another layer"), store)
     with pytest.raises(DigestMismatch):

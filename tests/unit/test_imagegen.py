@@ -24,7 +24,7 @@ from tests.harness.imagegen import (
     MiB,
     TarBuilder,
     big_image,
-    build_image,
+    generate_image,
     generated_bytes,
     standard_image,
     standard_index,
@@ -177,7 +177,7 @@ def test_diff_ids_are_the_uncompressed_layers(
     store: ContentStore, media: str, compression: str, layer_type: str
 ) -> None:
     layers = standard_layers(SMALL_BIG_FILE)
-    image = build_image(layers, store, media=media, compression=compression)  # type: ignore[arg-type]
+    image = generate_image(layers, store, media=media, compression=compression)  # type: ignore[arg-type]
     config = ImageConfig.parse(store.read_bytes(image.config.digest))
     assert config.diff_ids == image.diff_ids == [_sha256(layer.to_tar()) for layer in layers]
     for descriptor, diff_id, layer in zip(image.layers, image.diff_ids, layers, strict=True):
@@ -193,7 +193,7 @@ def test_diff_ids_are_the_uncompressed_layers(
 
 @pytest.mark.parametrize("media", ["oci", "docker"])
 def test_manifest_and_config_are_valid_documents(store: ContentStore, media: str) -> None:
-    image = build_image(
+    image = generate_image(
         standard_layers(SMALL_BIG_FILE), store, platform=("linux", "arm64", "v8"), media=media
     )  # type: ignore[arg-type]
     expected_manifest = mt.OCI_MANIFEST if media == "oci" else mt.DOCKER_MANIFEST
@@ -240,7 +240,7 @@ def test_two_platform_index_shares_base_layers(store: ContentStore, media: str, 
 
 def test_docker_refuses_layer_types_it_does_not_have(store: ContentStore) -> None:
     with pytest.raises(ValueError, match="gzip only"):
-        build_image([TarBuilder().file("a", b"a")], store, media="docker", compression="zstd")
+        generate_image([TarBuilder().file("a", b"a")], store, media="docker", compression="zstd")
 
 
 def test_big_image_is_streamed_deterministic_and_about_the_requested_size(tmp_path: Path) -> None:

@@ -243,7 +243,7 @@ def standard_layers() -> list[imagegen.TarBuilder]:
 def test_standard_image_converts_merges_and_unpacks_to_the_same_tree(
     fs_version: str, store: ContentStore, standard_layers: list[imagegen.TarBuilder], tmp_path: Path
 ) -> None:
-    image = imagegen.build_image(standard_layers, store)
+    image = imagegen.generate_image(standard_layers, store)
     driver = load_driver("nydus", {"fs_version": fs_version, "prefetch_patterns": "/usr/bin\n/etc"})
     inputs = _layer_inputs(image, store)
     converted = [driver.convert_layer(layer) for layer in inputs]
@@ -342,7 +342,7 @@ def test_same_input_gives_the_same_bytes(store: ContentStore) -> None:
     second = imagegen.TarBuilder(auto_parents=True)
     second.whiteout("etc/hosts")
     second.file("app/main.py", b"print('hi')\n", mode=0o755, uid=1000, gid=1000)
-    image = imagegen.build_image([first, second], store)
+    image = imagegen.generate_image([first, second], store)
     driver = load_driver("nydus")
     runs = []
     for _ in range(2):
@@ -357,7 +357,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("data/text.txt", b"compressible text " * 20000)
     layer.file_from_generator("data/random.bin", 300_000, seed=3)
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     (source,) = _layer_inputs(image, store)
 
     small = load_driver("nydus", {"chunk_size": "0x10000", "compressor": "none"}).convert_layer(source)
@@ -381,7 +381,7 @@ def test_options_reach_the_builder(store: ContentStore, tmp_path: Path) -> None:
 def test_docker_source_keeps_docker_media_type_when_docker2oci_is_off(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("hello.txt", b"hello\n")
-    image = imagegen.build_image([layer], store, media="docker")
+    image = imagegen.generate_image([layer], store, media="docker")
     for docker2oci, expected in ((False, mt.DOCKER_LAYER_GZIP), (True, mt.OCI_LAYER_GZIP)):
         driver = load_driver("nydus", {"docker2oci": docker2oci})
         converted = [driver.convert_layer(x) for x in _layer_inputs(image, store)]
@@ -405,7 +405,7 @@ def test_oci_ref_layers_index_the_gzip_source(store: ContentStore, tmp_path: Pat
     update.dir("opt/app")
     update.opaque("opt/app")
     update.file("opt/app/new.txt", b"new\n")
-    image = imagegen.build_image([base, update], store)
+    image = imagegen.generate_image([base, update], store)
     driver = load_driver("nydus", {"oci_ref": True})
     inputs = _layer_inputs(image, store)
     converted = [driver.convert_layer(layer) for layer in inputs]
@@ -449,7 +449,7 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
     base.file_from_generator("usr/lib/big.bin", MiB + 7, seed=3)
     update = imagegen.TarBuilder(auto_parents=True)
     update.file("etc/b.txt", b"second layer\n")
-    image = imagegen.build_image([base, update], store)
+    image = imagegen.generate_image([base, update], store)
     blobs_dir = tmp_path / "backend"
     config = {"backend_type": "localfs", "backend_config": json.dumps({"dir": str(blobs_dir)})}
     driver = load_driver("nydus", config)
@@ -488,7 +488,7 @@ def test_localfs_backend_holds_the_blobs_and_the_image_only_the_bootstrap(
 def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.fifo("run/initctl")
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     with pytest.raises(DriverError, match="convert without oci_ref"):
         load_driver("nydus", {"oci_ref": True}).convert_layer(_layer_inputs(image, store)[0])
     # Without oci_ref the driver fixes the header on its way into the builder.
@@ -501,7 +501,7 @@ def test_oci_ref_explains_blank_fifo_device_numbers(store: ContentStore) -> None
 def test_oci_ref_refuses_non_gzip_layers(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("a", b"a")
-    image = imagegen.build_image([layer], store, compression="zstd")
+    image = imagegen.generate_image([layer], store, compression="zstd")
     with pytest.raises(DriverError, match="oci_ref needs gzip layers"):
         load_driver("nydus", {"oci_ref": True}).convert_layer(_layer_inputs(image, store)[0])
 
@@ -515,7 +515,7 @@ def _blob_count(store: ContentStore) -> int:
 def test_wrong_diff_id_commits_nothing(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("a.txt", b"a\n")
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     before = _blob_count(store)
     bad = LayerInput(descriptor=image.layers[0], diff_id=dg.of_bytes(b"not this layer"), store=store)
     with pytest.raises(DigestMismatch):
@@ -548,7 +548,7 @@ def test_builder_failure_raises_with_its_output(store: ContentStore, tmp_path: P
     builder.chmod(0o755)
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("a.txt", b"a\n")
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     with pytest.raises(
         DriverError,
         match=r"nydus-image create .* failed with exit code 1:\n.*build failed\n.*\n.*numeric field",
@@ -562,7 +562,7 @@ def test_builder_failure_raises_with_its_output(store: ContentStore, tmp_path: P
 def test_extract_trailer_entry_reports_missing_entries(store: ContentStore) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("a.txt", b"a\n")
-    image = imagegen.build_image([layer], store)
+    image = imagegen.generate_image([layer], store)
     converted = load_driver("nydus").convert_layer(_layer_inputs(image, store)[0])
     with pytest.raises(DriverError, match="without no-such-entry"):
         extract_trailer_entry(store, converted.descriptor.digest, "no-such-entry")
@@ -602,7 +602,7 @@ def test_merge_manifest_indexes_the_oci_variant_and_the_nydus_manifest(
 ) -> None:
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file("etc/motd", b"hello\n")
-    image = imagegen.build_image([layer], store, media=media)  # type: ignore[arg-type]
+    image = imagegen.generate_image([layer], store, media=media)  # type: ignore[arg-type]
     source = _source_image(image)
     driver = load_driver("nydus", {"merge_manifest": True})
     converted = {x.descriptor.digest: driver.convert_layer(x) for x in _layer_inputs(image, store)}

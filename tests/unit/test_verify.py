@@ -45,7 +45,7 @@ LAYOUT_REF = Reference("oci", "image", tag="v1")
 def source_layout(
     root: Path, store: ContentStore, layers: list[imagegen.TarBuilder] | None = None
 ) -> OCILayout:
-    image = imagegen.build_image(layers or imagegen.standard_layers(big_file_size=300 * 1024 + 7), store)
+    image = imagegen.generate_image(layers or imagegen.standard_layers(big_file_size=300 * 1024 + 7), store)
     layout = OCILayout(root)
     from accel import publish
 
