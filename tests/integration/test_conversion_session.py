@@ -4,14 +4,10 @@ with the run's slots and budgets), and the run pushes it."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from accel.reference import Reference
-from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import configs, imagegen, pushing
+from tests.harness import configs, pushing
 from tests.harness.api import wait_until
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -38,10 +34,7 @@ def test_a_cached_conversion_whose_blob_left_the_store_is_converted_again(prefec
     from flows.convert_image import convert_image
 
     source_store = ContentStore(tmp_path / "source")
-    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), source_store)
-    source = Reference.parse(f"{registry.host}/session/{uuid.uuid4().hex[:8]}:v1")
-    with RegistryClient({registry.host: HostConfig()}) as client:
-        pushing.push(client, source_store, source, image)
+    image, source = pushing.push_standard_image(registry.host, source_store, "session")
     config = configs.write_config(
         tmp_path / "config.yaml", {registry.host: {}}, [configs.driver("estargz")], work_dir=tmp_path / "work"
     )
