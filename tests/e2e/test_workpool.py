@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from accel import constants as mt
+from accel.drivers import DRIVER_TYPES
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
@@ -377,7 +378,16 @@ def test_cli_run_as_the_readme_says_and_the_run_form_schema(workpool: WorkPool, 
         properties = asyncio.run(schema())["properties"]
     assert set(properties) == {"source", "drivers", "config", "target_repository", "target"}
     assert all(p.get("description") for p in properties.values()), properties
-    assert properties["drivers"]["anyOf"][0]["items"]["enum"] == ["estargz", "zstdchunked", "nydus"]
+    # Every registered driver, in the registry's (alphabetical) order.
+    assert (
+        properties["drivers"]["anyOf"][0]["items"]["enum"]
+        == list(DRIVER_TYPES)
+        == [
+            "estargz",
+            "nydus",
+            "zstdchunked",
+        ]
+    )
 
 
 def test_killing_a_worker_mid_run_crashes_its_run_and_a_resent_webhook_converts_on_the_other(
