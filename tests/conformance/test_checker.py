@@ -341,6 +341,59 @@ def test_zstd_chunked_rejects_a_flipped_byte_in_a_file_chunk(
     assert verdict.error
 
 
+# --- accel's zstd:chunked, read in part the way runtimes read it -----------------------------------------
+
+
+@pytest.fixture(scope="module", params=["containers-storage", "stargz"])
+def accel_zstd_chunked(request: pytest.FixtureRequest, layer: Layer, workdir: Path) -> ReferenceBlob:
+    from accel.drivers.zstdchunked import write_zstd_chunked
+
+    path = workdir / f"accel-{request.param}.zstdchunked"
+    with layer.tar.open("rb") as source, path.open("wb") as out:
+        result = write_zstd_chunked(source, out, 3, variant=request.param)
+    return ReferenceBlob(path, result.annotations)
+
+
+def test_accel_zstd_chunked_is_read_in_part_by_the_runtimes_readers(
+    layer: Layer, accel_zstd_chunked: ReferenceBlob
+) -> None:
+    verdict = conformance.check_zstd_chunked(
+        accel_zstd_chunked.path, accel_zstd_chunked.annotations, layer.diff_id, lazy_file="etc/passwd"
+    )
+    assert verdict.ok, verdict.error
+    assert verdict.tree == conformance.tar_tree(layer.tar)
+    variant = verdict.raw["variant"]
+    reads = {read["reader"]: read for read in verdict.raw["lazy_reads"]}
+    blob_bytes = accel_zstd_chunked.path.stat().st_size
+    # containers/storage's differ reaches the TOC (and tar-split) with a few KiB, then fetches files by range
+    storage_read = reads["go.podman.io/storage/pkg/chunked"]
+    assert storage_read["blob_bytes"] == blob_bytes and storage_read["toc_bytes"] * 50 < blob_bytes
+    toc_bytes = storage_read["toc_bytes"]
+    print(f"\n{variant}: containers/storage fetched {toc_bytes} of {blob_bytes} bytes for the TOC")
+    stargz_read = reads.get("github.com/containerd/stargz-snapshotter/estargz/zstdchunked")
+    if ESTARGZ_TOC_ANNOTATION in accel_zstd_chunked.annotations:
+        assert variant == "stargz" and stargz_read is not None
+        assert stargz_read["file"] == "etc/passwd"
+        fetched = stargz_read["toc_bytes"] + stargz_read["file_bytes"]
+        assert fetched * 50 < blob_bytes, stargz_read
+        print(f"stargz-snapshotter's reader fetched {fetched} of {blob_bytes} bytes to read etc/passwd")
+        # today's containers/storage falls back to a whole-layer pull on the stargz annotations
+        assert any("estargz layers don't support partial pulls" in w for w in verdict.raw["warnings"])
+    else:
+        assert variant == "containers-storage" and stargz_read is None
+        # stargz-snapshotter's reader cannot open the current footer
+        assert any("stargz-snapshotter's reader" in w for w in verdict.raw["warnings"])
+
+
+def test_stargz_variant_is_rejected_with_a_wrong_stargz_toc_digest(accel_zstd_chunked: ReferenceBlob) -> None:
+    if ESTARGZ_TOC_ANNOTATION not in accel_zstd_chunked.annotations:
+        pytest.skip("only the stargz variant carries the stargz TOC digest")
+    annotations = {**accel_zstd_chunked.annotations, ESTARGZ_TOC_ANNOTATION: "sha256:" + "0" * 64}
+    verdict = conformance.check_zstd_chunked(accel_zstd_chunked.path, annotations, None)
+    assert not verdict.ok
+    assert "VerifyTOC" in verdict.error
+
+
 def test_usage_errors_raise(checker: Path) -> None:
     with pytest.raises(conformance.CheckerError, match="unknown subcommand"):
         conformance.run_checker(["no-such-subcommand"])
