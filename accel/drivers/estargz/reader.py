@@ -110,11 +110,9 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
 
 
 def is_estargz_layer(desc: Descriptor) -> bool:
-    """The stargz TOC digest, on a layer that is not zstd:chunked: stargz-snapshotter's zstd:chunked
-    variant (accel's `variant: stargz`, acceld's output) carries the same TOC digest annotation."""
-    return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST)) and not desc.annotation(
-        mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM
-    )
+    """The stargz TOC digest on a gzip layer: stargz-snapshotter also puts it on the zstd layers of its
+    other format, which are not eStargz."""
+    return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST)) and desc.media_type != mt.OCI_LAYER_ZSTD
 
 
 def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
