@@ -648,6 +648,8 @@ def test_driver_variant_option_reaches_the_blob_and_the_cache_key(tmp_path: Path
     raw, _ = _make_tar()
     driver = load_driver("zstdchunked", {"variant": "stargz"})
     assert driver.options.output_options()["variant"] == "stargz"
+    # the default keeps the cache key from before the option existed
+    assert load_driver("zstdchunked").options.output_options() == {"level": 3}
     assert driver.cache_key() != load_driver("zstdchunked").cache_key()
     layer = _layer(tmp_path, raw)
     d = driver.convert_layer(layer).descriptor

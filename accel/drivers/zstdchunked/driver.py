@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -21,6 +21,13 @@ class ZstdChunkedOptions(DriverOptions):
     variant: Variant = "containers-storage"
     # zstd layers only exist in OCI manifests; the image assembler converts Docker manifests when set.
     docker2oci: bool = True
+
+    def output_options(self) -> dict[str, Any]:
+        options = super().output_options()
+        # The default variant writes the bytes written before the option existed: keep their cache key.
+        if options.get("variant") == "containers-storage":
+            del options["variant"]
+        return options
 
 
 class ZstdChunkedDriver(Driver):
