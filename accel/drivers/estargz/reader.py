@@ -109,6 +109,12 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
     return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"]
 
 
+def is_estargz_layer(desc: Descriptor) -> bool:
+    """The stargz TOC digest on a gzip layer: stargz-snapshotter also puts it on the zstd layers of its
+    other format, which are not eStargz."""
+    return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST)) and desc.media_type != mt.OCI_LAYER_ZSTD
+
+
 def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
     """eStargz writers drop a user/group name unchanged since the previous entry; readers fill it back."""
     users: dict[int, str] = {}
@@ -127,7 +133,7 @@ def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
 
 class EStargzReader(LayerReader):
     def claims(self, desc: Descriptor) -> bool:
-        return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST))
+        return is_estargz_layer(desc)
 
     def label(self, desc: Descriptor) -> str:
         return "estargz"

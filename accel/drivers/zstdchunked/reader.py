@@ -1,6 +1,8 @@
 """Reading a zstd:chunked blob back: footer (and its position annotation) → manifest checksum → every chunk
 and every file digest; then the layer's file entries from the whole decompressed stream, which is the
-source tar byte for byte (so its DiffID is the source's)."""
+source tar byte for byte (so its DiffID is the source's). Both variants (writer.Variant) are read: the
+64-byte footer with the io.github.containers.* keys, and the 40-byte one with the io.containers.* keys and
+the stargz TOC digest."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from accel import trees
 from accel.compression import open_uncompressed
 from accel.drivers.reader import LayerReader, LayerReadError
 from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
-from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter
+from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, parse_any_footer
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 
@@ -28,12 +30,20 @@ def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
     return f.read(length)
 
 
+def _keys(desc: Descriptor) -> tuple[str, str]:
+    """The (checksum, position) annotation keys this layer uses: the current ones, else the older ones."""
+    if desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM) is not None:
+        return mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM, mt.ZSTD_CHUNKED_MANIFEST_POSITION
+    return mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM, mt.ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION
+
+
 def check_blob(path: Path, desc: Descriptor) -> list[str]:
     """Footer, manifest position and checksum, every chunk digest and every file digest."""
     size = path.stat().st_size
+    checksum_key, position_key = _keys(desc)
     with path.open("rb") as f:
-        try:
-            footer = ZstdChunkedFooter.parse(
+        try:  # the longer footer's frame covers the shorter one's
+            footer = parse_any_footer(
                 _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
             )
         except ValueError as exc:
@@ -42,17 +52,17 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
             f"{footer.manifest_offset}:{footer.manifest_length}:"
             f"{footer.manifest_uncompressed_length}:{footer.manifest_type}"
         )
-        annotated = desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_POSITION)
+        annotated = desc.annotation(position_key)
         if annotated is not None and annotated != position:
             raise LayerReadError(
                 f"zstd:chunked manifest position {annotated} differs from the footer's {position}"
             )
         compressed = _read_at(f, footer.manifest_offset, footer.manifest_length)
         checksum = dg.of_bytes(compressed)
-        if checksum != desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM):
+        if checksum != desc.annotation(checksum_key):
             raise LayerReadError(
                 f"zstd:chunked manifest checksum {checksum} differs from the annotation "
-                f"{desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)}"
+                f"{desc.annotation(checksum_key)}"
             )
         try:
             manifest = zstandard.ZstdDecompressor().decompress(
@@ -60,6 +70,12 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
             )
         except zstandard.ZstdError as exc:
             raise LayerReadError(f"zstd:chunked manifest: {exc}") from exc
+        toc_digest = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
+        if toc_digest is not None and toc_digest != dg.of_bytes(manifest):
+            raise LayerReadError(
+                f"zstd:chunked TOC JSON digest {dg.of_bytes(manifest)} differs from the stargz annotation "
+                f"{toc_digest}"
+            )
         entries: list[dict[str, Any]] = json.loads(manifest).get("entries") or []
         chunks = 0
         for i, entry in enumerate(entries):
@@ -104,8 +120,16 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
 class ZstdChunkedReader(LayerReader):
     keeps_source_tar = True  # the format promises the source tar byte for byte
 
+    @staticmethod
+    def is_zstd_chunked(desc: Descriptor) -> bool:
+        """Either variant's manifest checksum (the older one also carries the stargz TOC digest)."""
+        return bool(
+            desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)
+            or desc.annotation(mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM)
+        )
+
     def claims(self, desc: Descriptor) -> bool:
-        return bool(desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM))
+        return self.is_zstd_chunked(desc)
 
     def label(self, desc: Descriptor) -> str:
         return "zstd:chunked"
