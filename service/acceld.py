@@ -210,6 +210,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
     from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from service.intake import JOURNAL_FILE, IntakeJournal, JournalUnavailable
     from service.metrics import Metrics
     from service.supervisor import RunnerSupervisor, WorkDirLock
 
@@ -250,6 +251,15 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         supervisor = RunnerSupervisor(config_path, in_process=args.in_process_runs)
         supervisor.start()
 
+    try:
+        # Accepted webhooks are on disk before they are answered, and replayed from here when acceld starts.
+        journal = IntakeJournal(settings.provider.work_dir / JOURNAL_FILE)
+    except JournalUnavailable as exc:
+        print(f"acceld: {exc}", file=sys.stderr)
+        if supervisor is not None:
+            supervisor.stop()
+        lock.release()
+        return 1
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
     backend = PrefectBackend(settings, config_path, metrics)
     app = create_app(
@@ -259,6 +269,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         background=backend.poll_forever if metrics else None,
         pin=registry_pinner(settings),
         readiness=(lambda: [p] if (p := supervisor.problem()) else []) if supervisor is not None else None,
+        journal=journal,
     )
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
@@ -279,6 +290,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
                 uds.unlink()
         if supervisor is not None:
             supervisor.stop()
+        journal.close()
         lock.release()
     return 0
 
