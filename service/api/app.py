@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accel.config import Settings
+from accel.errors import AccelError
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from service.api.conversions import (
@@ -460,21 +461,49 @@ class Api:
             asyncio.ensure_future(self._submit_recorded(event.source, i, e))
             for i, e in zip(wanted, entries, strict=True)
         ]
-        done, pending = await asyncio.wait(submissions, timeout=self.answer_within)
+        _, pending = await asyncio.wait(submissions, timeout=self.answer_within)
         for job in pending:
             index = submissions.index(job)
             self._in_background(job, event.source, wanted[index], entries[index])
-        failures = [j.exception() for j in done if j.exception() is not None]
-        if failures and not pending and len(failures) == len(submissions):
-            raise failures[0]  # type: ignore[misc]
-        tasks = [j.result() for j in done if j.exception() is None]
+        # Every image ends in exactly one of: tasks (its run exists), pending (being created, and journalled
+        # when there is a journal), refused (it can never become a run here: the reason says why).
+        tasks: list[ConversionTask] = []
+        waiting = [index for index, job in enumerate(submissions) if job in pending]
+        refused: list[tuple[int, BaseException]] = []
+        for index, job in enumerate(submissions):
+            if job in pending:
+                continue
+            error = job.exception()
+            if error is None:
+                tasks.append(job.result())
+            elif isinstance(error, BackendUnavailable) and entries[index] is not None:
+                # Journalled, so durable: pending, not failed (retried from here and by the replay).
+                self._in_background(job, event.source, wanted[index], entries[index])
+                waiting.append(index)
+            else:
+                refused.append((index, error))
+        reasons = [
+            {"reference": str(wanted[index].reference), "reason": _one_line(error)}
+            for index, error in refused
+        ]
+        for reason in reasons:
+            log.warning("%s push of %s refused: %s", event.source, reason["reference"], reason["reason"])
+        if not tasks and not waiting:
+            unavailable = [e for _, e in refused if isinstance(e, BackendUnavailable)]
+            if unavailable:
+                raise unavailable[0]  # 503: nothing was recorded, the sender retries
+            self._count(event.source, "refused")
+            return _error(
+                422, "; ".join(f"{r['reference']}: {r['reason']}" for r in reasons), refused=reasons
+            )
         self._count(event.source, "accepted")
         return JSONResponse(
             {
                 "status": "accepted",
                 "tasks": [_task_json(t) for t in tasks],
-                "pending": [str(wanted[submissions.index(j)].reference) for j in pending],
+                "pending": [str(wanted[index].reference) for index in sorted(waiting)],
                 "ignored": ignored,
+                "refused": reasons,
             },
             status_code=202,
         )
@@ -531,6 +560,12 @@ async def _in_time(read: Awaitable[T]) -> T:
         return await asyncio.wait_for(read, timeout=READ_WITHIN)
     except TimeoutError:
         raise BackendUnavailable(f"no answer within {READ_WITHIN:g} s") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """Why a request was refused, on one line: an accel error as it is, anything else with its type."""
+    text = " ".join(str(error).split())
+    return text if isinstance(error, AccelError) else f"{type(error).__name__}: {text}"
 
 
 def _flag(value: str | None) -> bool:

@@ -13,7 +13,15 @@ from accel.config import load_settings
 from service.api import BackendUnavailable, create_app
 from service.api.app import CreationRetry
 from service.metrics import Metrics
-from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
+from tests.harness.api import (
+    DIGEST,
+    FakeBackend,
+    cloudevent,
+    harbor,
+    harbor_event,
+    malformed_bodies,
+    wait_until,
+)
 
 HOST = "harbor.test:8443"
 OPEN_HOST = "open.test"
@@ -364,3 +372,47 @@ def test_a_pending_creation_that_fails_is_retried_not_lost(settings, metrics):
         backend.gate.set()
         wait_until(lambda: len(backend.tasks) == 1, timeout=60, what="the creation after two failures")
     assert backend.failures == 0
+
+
+class _RefusingSomeBackend(FakeBackend):
+    """Refuses the creation of runs for sources in `refuse` (an error that is not an outage)."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def submit(self, request):
+        if self.refuse in str(request.source):
+            raise RuntimeError("flow run parameters rejected")
+        return await super().submit(request)
+
+
+def test_every_resource_of_a_webhook_ends_in_tasks_pending_ignored_or_refused(settings):
+    long_tag = "t" * 126  # legal; its target tag would pass 128 characters and is shortened
+    resources = [
+        {"resource_url": f"{OPEN_HOST}/a/long:{long_tag}", "digest": DIGEST, "tag": long_tag},
+        {"resource_url": f"{OPEN_HOST}/a/bad:v1", "digest": DIGEST, "tag": "v1"},
+        {"resource_url": f"{OPEN_HOST}/a/app:v1-esgz", "digest": DIGEST, "tag": "v1-esgz"},
+    ]
+    backend = _RefusingSomeBackend(refuse="/a/bad")
+    with TestClient(create_app(settings, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor_event(resources))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [t["source"] for t in body["tasks"]] == [f"{OPEN_HOST}/a/long:{long_tag}@{DIGEST}"]
+    assert body["refused"] == [
+        {
+            "reference": f"{OPEN_HOST}/a/bad:v1@{DIGEST}",
+            "reason": "RuntimeError: flow run parameters rejected",
+        }
+    ]
+    assert len(body["ignored"]) == 1 and "own output" in body["ignored"][0]
+    assert body["pending"] == []
+
+
+def test_a_webhook_whose_every_image_is_refused_is_a_4xx_naming_them(settings):
+    backend = _RefusingSomeBackend(refuse="/a/bad")
+    with TestClient(create_app(settings, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/bad:v1"))
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == f"{OPEN_HOST}/a/bad:v1@{DIGEST}: RuntimeError: flow run parameters rejected"

@@ -89,7 +89,12 @@ def test_a_request_that_cannot_become_a_run_is_not_replayed_forever(tmp_path):
     journal_path = settings.provider.work_dir / "intake.sqlite"
     retry = CreationRetry(first_delay=0.01)
     app = create_app(settings, _RefusingBackend(), creation_retry=retry, journal=IntakeJournal(journal_path))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app) as client:
         r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/team/app:v1"))
-    assert r.status_code == 500
+    assert r.status_code == 422, r.text
+    [refused] = r.json()["refused"]
+    assert refused == {
+        "reference": f"{OPEN_HOST}/team/app:v1@{DIGEST}",
+        "reason": "RuntimeError: no such deployment",
+    }
     assert IntakeJournal(journal_path).unsettled() == []
