@@ -91,6 +91,9 @@ class ServerSettings(_Model):
 
 class MetricSettings(_Model):
     enabled: bool = True
+    # accel: /metrics answers without the webhook Authorization header (for a scraper that sends none);
+    # otherwise it takes the same header as every other API route.
+    open: bool = False
 
 
 class WebhookSettings(_Model):

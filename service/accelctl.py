@@ -214,6 +214,16 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
             configured = settings.host(Reference.parse(source).registry)
             if configured is not None and configured.webhook.auth_header is not None:
                 auth = configured.webhook.auth_header.get_secret_value()
+        elif auth is None:
+            # A read (task list/get): any host's header is accepted for it.
+            auth = next(
+                (
+                    h.webhook.auth_header.get_secret_value()
+                    for h in settings.provider.source.values()
+                    if h.webhook.auth_header
+                ),
+                None,
+            )
     server = (server or DEFAULT_SERVER).rstrip("/")
     if not server.startswith(UNIX_PREFIX) and "://" not in server:
         server = f"http://{server}"  # acceld's accelctl takes host:port (`--addr`)
@@ -289,8 +299,11 @@ def _task_create(args: argparse.Namespace) -> int:
 
 
 def _task_list(args: argparse.Namespace) -> int:
-    server, _ = _server_and_auth(args)
-    status, body = _request("GET", f"{server}/api/v1/conversions", params={"limit": args.limit})
+    server, auth = _server_and_auth(args)
+    headers = {"Authorization": auth} if auth else {}
+    status, body = _request(
+        "GET", f"{server}/api/v1/conversions", params={"limit": args.limit}, headers=headers
+    )
     if status != 200:
         print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
@@ -302,8 +315,9 @@ def _task_list(args: argparse.Namespace) -> int:
 
 
 def _task_get(args: argparse.Namespace) -> int:
-    server, _ = _server_and_auth(args)
-    status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}")
+    server, auth = _server_and_auth(args)
+    headers = {"Authorization": auth} if auth else {}
+    status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}", headers=headers)
     if status != 200:
         print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1

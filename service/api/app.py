@@ -376,6 +376,18 @@ class Api:
             raise self._unauthorized(authorization)
         return False
 
+    def may_read(self, authorization: str | None, local: bool) -> bool:
+        """Whether a read of the API (task list, a task, metrics, the schema) is allowed: over the unix
+        socket, with any configured host's `webhook.auth_header`, or when no host has one to check (every
+        host allows unauthenticated webhooks, so there is nothing to authenticate with)."""
+        if local:
+            return True
+        secrets = [h.webhook.secret for h in self.settings.provider.source.values() if h.webhook.secret]
+        if not secrets:
+            return True
+        given = (authorization or "").encode()
+        return any([hmac.compare_digest(given, s.encode()) for s in secrets])
+
     @staticmethod
     def _unauthorized(authorization: str | None) -> _Refused:
         what = "missing" if not authorization else "not accepted"
@@ -626,7 +638,9 @@ def create_app(
             if close is not None:
                 await close()
 
-    app = FastAPI(title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.api = api
     if metrics is not None:
         app.add_middleware(AcceldApiMetrics, metrics=metrics)
@@ -651,14 +665,31 @@ def create_app(
     async def distribution_notification(request: Request) -> JSONResponse:
         return await api.webhook(request, SOURCE_DISTRIBUTION, parse_distribution)
 
+    def refused_read(request: Request) -> JSONResponse | None:
+        """401 for a read without the webhook Authorization header (see `Api.may_read`)."""
+        if api.may_read(request.headers.get("authorization"), over_local_socket(request.scope)):
+            return None
+        what = "missing" if not request.headers.get("authorization") else "not accepted"
+        return _error(
+            401, f"Authorization header {what} (reads take a webhook auth_header, or the unix socket)"
+        )
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        return refused_read(request) or JSONResponse(app.openapi())
+
     @app.get("/api/v1/conversions")
-    async def list_conversions(limit: int = 200) -> JSONResponse:
+    async def list_conversions(request: Request, limit: int = 200) -> JSONResponse:
+        if refused := refused_read(request):
+            return refused
         if not 1 <= limit <= MAX_LIST:
             return _error(400, f"limit must be between 1 and {MAX_LIST}")
         return JSONResponse([_task_json(t) for t in await _in_time(backend.list(limit))])
 
     @app.get("/api/v1/conversions/{task_id}")
-    async def get_conversion(task_id: str) -> JSONResponse:
+    async def get_conversion(request: Request, task_id: str) -> JSONResponse:
+        if refused := refused_read(request):
+            return refused
         try:
             return JSONResponse(_task_json(await _in_time(backend.get(task_id))))
         except TaskNotFound:
@@ -698,7 +729,9 @@ def create_app(
         registered = metrics
 
         @app.get("/metrics")
-        async def prometheus_metrics() -> Response:
+        async def prometheus_metrics(request: Request) -> Response:
+            if not settings.metric.open and (refused := refused_read(request)):
+                return refused
             return Response(registered.render(), media_type=registered.content_type)
 
     log.debug("acceld API ready (pid %d)", os.getpid())

@@ -45,12 +45,12 @@ def test_pushes_answered_pending_survive_a_killed_acceld(registry, source_store,
         service.start()
 
         def converted() -> bool:
-            tasks = httpx.get(f"{service.url}/api/v1/conversions", timeout=30).json()
+            tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
             done = [t for t in tasks if t["status"] == "COMPLETED"]
             return len(done) >= PUSHES
 
         wait_until(converted, timeout=600, what=f"{PUSHES} conversions after the restart")
-        tasks = httpx.get(f"{service.url}/api/v1/conversions", timeout=30).json()
+        tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
         assert sorted(t["source"] for t in tasks) == sorted(str(ref) for ref in refs)  # each once
         for ref in refs:
             assert_converted(ref)

@@ -194,7 +194,7 @@ def _post(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
 
 
 def _task(acceld: Acceld, task_id: str) -> dict[str, Any]:
-    return httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", timeout=30).json()
+    return httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", headers=WEBHOOK_AUTH, timeout=30).json()
 
 
 def _accelctl_list(acceld: Acceld) -> list[dict[str, Any]]:
