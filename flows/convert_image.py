@@ -39,6 +39,7 @@ from tasks import build_manifest, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.convert import uploads_early
 from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
+from tasks.process import die_with_runner
 from tasks.session import ConversionSession
 from tasks.store import collect_garbage
 
@@ -156,6 +157,7 @@ def convert_image(
             source's own repository.
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
+    die_with_runner()  # in a process acceld's runner started for this run: it ends with the runner
     config_path = _config_path(config)
     # The timeout of the config this run converts with, however it was started (acceld, a work-pool
     # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.

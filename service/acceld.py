@@ -163,6 +163,7 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
 
     from accel.config import load_file
     from deployments.definitions import definitions
+    from tasks.process import RUNNER_PID_ENV
 
     settings = load_file(config_path)
     convert, bulk = definitions(settings)
@@ -185,6 +186,8 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
             list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
         )
         return 0
+    # Its flow-run processes end when this process does (tasks/process.py).
+    os.environ[RUNNER_PID_ENV] = str(os.getpid())
     # One runner for both: its limit is the conversion concurrency (converter.worker).
     serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
