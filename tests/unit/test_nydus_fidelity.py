@@ -620,3 +620,191 @@ def test_builder_failures_keep_their_message_and_a_refusal_goes_first(
     with pytest.raises(DriverError, match="failed with exit code 1"):
         conversions.convert(tar_of(file("d/x"), directory("d")), builder=builder)
     assert runs.read_text() == "run\nrun\n"
+
+
+# --- legal layers past the plain ustar form (issue 20) ------------------------------------------------
+
+
+def gnu_tar_layer(tmp_path: Path, *format_args: str) -> bytes:
+    """`g/` and `g/f` owned by uid 4194304 / gid 3000000 (past ustar's 2^21), archived by GNU tar."""
+    assert GNU_TAR is not None
+    root = tmp_path / "gnu-src"
+    (root / "g").mkdir(parents=True, exist_ok=True)
+    (root / "g" / "f").write_bytes(b"written by GNU tar\n")
+    archive = tmp_path / "gnu.tar"
+    subprocess.run(
+        [GNU_TAR, *format_args, "--owner=big:4194304", "--group=big:3000000",
+         "-C", str(root), "-cf", str(archive), "g"],
+        check=True,
+    )  # fmt: skip
+    return archive.read_bytes()
+
+
+needs_gnu_tar = pytest.mark.skipif(GNU_TAR is None, reason="GNU tar writes these archives")
+
+
+@pytest.mark.parametrize(
+    ("writer", "expected"),
+    [
+        ("tarfile-ids", {"x": {"uid": 1 << 21, "gid": 3_000_000, "mtime": MTIME}}),
+        ("tarfile-mtime", {"x": {"uid": 0, "gid": 0, "mtime": 1 << 33}}),
+        ("gnu-tar-posix", {"g/f": {"uid": 4194304, "gid": 3_000_000, "mtime": 1 << 33}}),
+        ("gnu-tar-gnu", {"g/f": {"uid": 4194304, "gid": 3_000_000, "mtime": 1 << 33}}),
+    ],
+)
+def test_owner_and_mtime_past_ustar_ranges_are_kept(
+    writer: str, expected: dict[str, dict[str, int]], store: ContentStore, tmp_path: Path
+) -> None:
+    """Case A: PAX `uid`/`gid` >= 2^21 and `mtime` >= 2^33 (header fields 0) used to become 0."""
+    if writer.startswith("gnu-tar") and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    layer = {
+        "tarfile-ids": lambda: tar_of(file("x", uid=1 << 21, gid=3_000_000)),
+        "tarfile-mtime": lambda: tar_of(file("x", mtime=1 << 33)),
+        "gnu-tar-posix": lambda: gnu_tar_layer(tmp_path, "--format=posix", "--mtime=@8589934592"),
+        "gnu-tar-gnu": lambda: gnu_tar_layer(tmp_path, "--format=gnu", "--mtime=@8589934592"),
+    }[writer]()
+    actual, expected_tree = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    for path, values in expected.items():
+        assert {key: actual[path][key] for key in values} == values
+    assert actual == expected_tree
+
+
+@pytest.mark.parametrize(
+    ("writer", "named", "reason"),
+    [
+        ("tarfile-pre-1970", "'x'", "mtime -86400 is before 1970"),
+        ("gnu-tar-pre-1970", "'g/'", "mtime -86400 is before 1970"),
+        ("tarfile-uid-33-bits", "'x'", "uid 4294967296 does not fit RAFS's 32-bit uid"),
+    ],
+)
+def test_owner_and_mtime_rafs_cannot_hold_are_refused_naming_the_entry(
+    writer: str, named: str, reason: str, store: ContentStore, tmp_path: Path
+) -> None:
+    """Case A: a pre-1970 mtime (RAFS keeps an unsigned one; nydus-image reads it back as 2^64 - n) and an
+    owner past 32 bits are refused by name, in the PAX and in the GNU base-256 form."""
+    if writer.startswith("gnu-tar") and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    layer = {
+        "tarfile-pre-1970": lambda: tar_of(file("x", mtime=-86400)),
+        "gnu-tar-pre-1970": lambda: gnu_tar_layer(tmp_path, "--format=gnu", "--mtime=@-86400"),
+        "tarfile-uid-33-bits": lambda: tar_of(file("x", uid=1 << 32)),
+    }[writer]()
+    with pytest.raises(InvalidImage) as caught:
+        _convert_one(store, layer)
+    assert named in str(caught.value) and reason in str(caught.value)
+    assert list((store.root / "ingest").iterdir()) == []
+
+
+def test_subsecond_mtimes_are_a_loss_the_log_names(
+    store: ContentStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Case A: nydus-image 2.2.0 writes i_mtime_nsec 0 whatever the layer says: the seconds are kept, and
+    the run's log names the layer and the entries whose nanoseconds are lost."""
+    caplog.set_level(logging.WARNING, logger="accel.drivers.nydus")
+    layer = tar_of(file("whole"), file("frac", mtime=MTIME + 0.25), directory("d", mtime=MTIME + 0.5))
+    actual, expected = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    assert actual["frac"]["mtime"] == MTIME and actual["d"]["mtime"] == MTIME
+    assert actual == expected
+    (warning,) = [r.getMessage() for r in caplog.records if "sub-second" in r.getMessage()]
+    assert dg.of_bytes(layer) in warning  # the layer's digest (an uncompressed layer's is its diff_id)
+    assert "2 sub-second mtime(s) truncated to seconds ('frac', 'd/')" in warning
+
+
+def test_whiteout_of_a_non_utf8_name_is_refused_naming_the_entry(store: ContentStore) -> None:
+    """Case B: nydus-image 2.2.0 only applies whiteouts whose name is UTF-8; it kept both entries."""
+    layer = tar_of(file("d/.wh.raw-\udcff\udcfe", b""))
+    with pytest.raises(
+        InvalidImage, match=r"'d/\.wh\.raw-\\\\xff\\\\xfe' is a whiteout of a name that is not"
+    ):
+        _convert_one(store, layer)
+    # A non-UTF-8 directory above an ordinary whiteout is fine: nydus-image reads the whiteout's own name.
+    lower = tar_of(directory("dir-\udc80"), file("dir-\udc80/gone"), file("dir-\udc80/kept"))
+    _convert_one(store, lower)
+    _convert_one(store, tar_of(file("dir-\udc80/.wh.gone", b"")))
+
+
+def test_hardlink_chain_links_every_name_to_the_first_entry(store: ContentStore, tmp_path: Path) -> None:
+    """Case C: `c` -> `b` -> `a` (each naming the previous link) failed in nydus-image ('unknown target')."""
+    layer = tar_of(
+        directory("h"),
+        file("h/a", b"shared\n", mode=0o640),
+        hardlink("h/b", "h/a"),
+        hardlink("h/c", "h/b"),
+        hardlink("h/d", "./h/c"),
+    )
+    actual, expected = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    assert {actual[f"h/{name}"]["kind"] for name in "abcd"} == {"hardlink"}
+    assert {actual[f"h/{name}"]["sha256"] for name in "abcd"} == {dg.of_bytes(b"shared\n")}
+    assert actual == expected
+
+
+@pytest.mark.parametrize(
+    ("pax_headers", "key"),
+    [
+        ({"SCHILY.xattr.user.note": "two\nlines"}, "SCHILY.xattr.user.note"),
+        ({"SCHILY.xattr.user.a\nb": "v"}, "SCHILY.xattr.user.a\nb"),
+        ({"comment": "a\n"}, "comment"),
+    ],
+    ids=["xattr-value", "xattr-name", "other-record"],
+)
+def test_a_pax_record_with_a_newline_is_refused_naming_the_entry(
+    pax_headers: dict[str, str], key: str, store: ContentStore
+) -> None:
+    """Case D: legal in PAX, but nydus-image 2.2.0 splits records at newlines ('malformed pax extension')."""
+    layer = tar_of(file("ok"), file("x", b"x\n", pax_headers=pax_headers))
+    with pytest.raises(InvalidImage) as caught:
+        _convert_one(store, layer)
+    message = str(caught.value)
+    assert "tar entry 'x'" in message and f"PAX record {key!r} holds a newline" in message
+    assert "nydus-image" in message and "malformed" not in message
+
+
+def _appended_by_gnu_tar(tmp_path: Path) -> bytes:
+    """Two archives GNU tar wrote, one after the other (`cat a.tar b.tar`)."""
+    assert GNU_TAR is not None
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}-file").write_bytes(name.encode())
+        subprocess.run([GNU_TAR, "-C", str(tmp_path / name), "-cf", str(tmp_path / f"{name}.tar"), "."],
+                       check=True)  # fmt: skip
+    return (tmp_path / "first.tar").read_bytes() + (tmp_path / "second.tar").read_bytes()
+
+
+@pytest.mark.parametrize("after", ["not-a-tar", "tarfile-archive", "gnu-tar-archive"])
+def test_nothing_after_the_end_of_archive_blocks_is_read(
+    after: str, conversions: _Conversions, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cases E and F: bytes after the end blocks failed in nydus-image (E: 'numeric field did not have utf-8
+    text'), an appended archive was read into the image (F). Readers stop at the end blocks; so does the
+    feed, in one read, and the log says what was ignored."""
+    if after == "gnu-tar-archive":
+        if GNU_TAR is None:
+            pytest.skip("GNU tar writes these archives")
+        layer = _appended_by_gnu_tar(tmp_path)
+        first = trees.tar_entries((tmp_path / "first.tar").read_bytes())
+    else:
+        first_tar = tar_of(file("x", b"x\n"))
+        first = trees.tar_entries(first_tar)
+        layer = first_tar + (b"not a tar at all " * 100 if after == "not-a-tar" else tar_of(file("appended")))
+    caplog.set_level(logging.WARNING, logger="accel.drivers.nydus")
+    result = conversions.convert(layer)
+    assert conversions.reads == 1
+    assert b"appended" not in conversions.forwarded and b"not a tar" not in conversions.forwarded
+    assert b"second-file" not in conversions.forwarded
+    (warning,) = [r.getMessage() for r in caplog.records if "end-of-archive" in r.getMessage()]
+    assert "bytes after the end-of-archive blocks ignored" in warning
+    unpacked = nh.unpack_layer(
+        conversions.store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path
+    )
+    assert set(trees.tar_entries(unpacked)) == set(first)
+    assert nh.compare_layer(layer, unpacked) == []
+
+
+def test_oci_ref_refuses_bytes_after_the_end_of_archive_blocks(store: ContentStore) -> None:
+    """zran indexes the original gzip bytes: nydus-image would read what follows the end blocks."""
+    layer = _inputs(store, [tar_of(file("x")) + tar_of(file("appended"))], gzipped=True)[0]
+    with pytest.raises(DriverError, match=r"bytes after its end-of-archive blocks.*convert without oci_ref"):
+        load_driver("nydus", {"oci_ref": True}).convert_layer(layer)
+    plain = _inputs(store, [tar_of(file("x"))], gzipped=True)[0]  # tarfile's zero padding is no such thing
+    load_driver("nydus", {"oci_ref": True}).convert_layer(plain)

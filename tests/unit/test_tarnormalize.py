@@ -47,12 +47,20 @@ def names(raw: bytes) -> list[str]:
         return [m.name for m in tar.getmembers()]
 
 
+def through_end_blocks(raw: bytes) -> bytes:
+    """The archive up to and with its end-of-archive blocks (what readers take of it)."""
+    scanner = tarstream.TarScanner(io.BytesIO(raw))
+    for _ in scanner:
+        pass
+    return raw[: scanner.offset]
+
+
 def test_an_ordinary_layer_passes_through_byte_for_byte() -> None:
     for builder in imagegen.standard_layers(big_file_size=300_000):
         for tar_format in ("pax", "gnu"):
             raw = builder.to_tar(tar_format)
             out, plan = normalize(raw)
-            assert out == raw
+            assert out == through_end_blocks(raw)  # the zero padding after the end blocks is left out
             assert not plan.reorders
             assert plan.passes_through  # so the Nydus driver hands the builder the layer itself
 

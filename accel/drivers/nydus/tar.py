@@ -1,9 +1,10 @@
 """Tar fix-ups on the way into the builder: nydus-image 2.2.0's tar reader is stricter than the writers.
 
 The stream passes through unchanged except for char/block/FIFO headers with blank device numbers (see
-`fix_header`). Headers are read with `accel.tarstream` (Go's reading of a header block); a block that is no
-valid header (end-of-archive zeros, trailing bytes, or a broken archive) passes through untouched, so the
-builder judges a broken archive itself and reports it.
+`fix_header`), and it ends with the end-of-archive blocks: nydus-image reads on past them (its reader skips
+zero blocks), so an archive appended to the layer, or bytes that are no tar, must never reach it. Headers
+are read with `accel.tarstream` (Go's reading of a header block); a block that is no valid header (a broken
+archive) passes through untouched, so the builder judges a broken archive itself and reports it.
 
 `ScanningFeed` reads a layer once for both the builder and `accel.tarnormalize`'s scan: it gives the
 builder what `builder_compatible_tar` gives, each entry's header only after the scan checked that entry.
@@ -66,16 +67,25 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
 
 
 def builder_compatible_tar(source: BinaryIO) -> Iterator[bytes]:
-    """The tar stream in chunks, headers fixed up for the builder where needed (see `fix_header`)."""
+    """The tar stream in chunks up to its end-of-archive blocks (two zero blocks where a header may start),
+    headers fixed up for the builder where needed (see `fix_header`)."""
+    after_zero_block = False
     while True:
         block = _read_exactly(source, TAR_BLOCK)
         if len(block) < TAR_BLOCK:
             if block:
                 yield block
             return
+        if block == tarstream.ZERO_BLOCK:
+            yield block
+            if after_zero_block:
+                return  # the end of the archive, as Go's archive/tar, GNU tar and Python's tarfile read it
+            after_zero_block = True
+            continue
+        after_zero_block = False
         try:
             header, data_size = tarstream.parse_header_block(block)
-        except tarstream.TarError:  # end-of-archive zeros or trailing bytes: pass through untouched
+        except tarstream.TarError:  # not a header: pass through untouched, the builder reports it
             yield block
             continue
         yield fix_header(block, header)
@@ -142,16 +152,15 @@ class ScanningFeed:
             yield from member.iter_data(COPY_SIZE)
             if padding := member.finish():
                 yield padding
+        # The scanner stops after the end-of-archive blocks; what follows them is no part of the layer.
         if self._scanner.end_bytes:
             yield self._scanner.end_bytes
-        # The scanner stops after the end-of-archive marker; what follows goes as it did before.
-        yield from builder_compatible_tar(self._source)
 
     def normalisation(self) -> Normalisation:
         self._scan.spot_changes = False  # the normalisation is decided now; early signs no longer matter
         for member in self._members:
             self._scan.add(member)
-        return self._scan.normalisation(ends_cleanly=bool(self._scanner.end_bytes))
+        return self._scan.normalisation(self._scanner)
 
     @staticmethod
     def _builder_header(member: tarstream.TarMember) -> bytes:
