@@ -396,6 +396,7 @@ def _normalisation(
             normal.carried.add(seen.index)
         kept.append(seen)
     kept_by_path = {seen.path: seen for seen in kept}
+    chain_first: dict[int, _Seen] = {}  # each hardlink (by index): the first entry of its chain
 
     for seen in kept:
         for ancestor in _ancestors(seen.path):
@@ -419,9 +420,10 @@ def _normalisation(
             # nydus-image 2.2.0 links only to entries that are no hardlinks themselves ("unknown target"),
             # and gives the shared inode the link header's mode, owner and mtime, which extraction ignores:
             # such a link goes to the chain's first entry (the same inode), with that entry's attributes.
-            first = normal.link_targets.get(linked.index, linked.index)
-            if first != linked.index or _attributes(linked.header) != _attributes(seen.header):
-                normal.link_targets[seen.index] = first
+            first = chain_first.get(linked.index, linked)
+            chain_first[seen.index] = first
+            if first is not linked or _attributes(first.header) != _attributes(seen.header):
+                normal.link_targets[seen.index] = first.index
                 if entry_label(seen.header.name) not in normal.rewritten:
                     normal.rewritten.append(entry_label(seen.header.name))
 

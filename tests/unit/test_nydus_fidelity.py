@@ -11,10 +11,11 @@ import gzip
 import io
 import json
 import logging
+import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,15 +24,18 @@ import pytest
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
-from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver, reader_for
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus import driver as nydus_driver
 from accel.drivers.nydus.builder import run_builder
 from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
+from accel.drivers.reader import LayerReader
 from accel.errors import DriverError, InvalidImage
+from accel.model import SourceLayer
 from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
+from accel.trees import apply_entries
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
 from tests.harness.imagegen import pax_size_layer
@@ -808,3 +812,53 @@ def test_oci_ref_refuses_bytes_after_the_end_of_archive_blocks(store: ContentSto
         load_driver("nydus", {"oci_ref": True}).convert_layer(layer)
     plain = _inputs(store, [tar_of(file("x"))], gzipped=True)[0]  # tarfile's zero padding is no such thing
     load_driver("nydus", {"oci_ref": True}).convert_layer(plain)
+
+
+# --- the same cases through eStargz and zstd:chunked ---------------------------------------------------
+
+_CASES: dict[str, Callable[[Path], bytes]] = {
+    "A-pax-ids": lambda _: tar_of(file("x", uid=1 << 21, gid=3_000_000)),
+    "A-pax-mtime": lambda _: tar_of(file("x", mtime=1 << 33)),
+    "A-pre-1970": lambda _: tar_of(file("x", mtime=-86400)),
+    "A-subsecond": lambda _: tar_of(file("x", mtime=MTIME + 0.75)),
+    "A-gnu-tar-posix": lambda tmp: gnu_tar_layer(tmp, "--format=posix", "--mtime=@8589934592"),
+    "A-gnu-tar-gnu": lambda tmp: gnu_tar_layer(tmp, "--format=gnu", "--mtime=@-86400"),
+    "B": lambda _: tar_of(directory("d"), file("d/.wh.raw-\udcff\udcfe", b"")),
+    "C": lambda _: tar_of(file("h/a", mode=0o600), hardlink("h/b", "h/a"), hardlink("h/c", "h/b")),
+    "D": lambda _: tar_of(file("x", pax_headers={"SCHILY.xattr.user.nl": "a\nb"})),
+    "E": lambda _: tar_of(file("x")) + b"not a tar " * 100,
+    "F": lambda _: tar_of(file("x")) + tar_of(file("appended")),
+}
+# What each does with a case it does not convert: a refusal naming the entry.
+_REFUSED = {("zstdchunked", "B"): "'d/.wh.raw-\\xff\\xfe' is not valid UTF-8"}
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+@pytest.mark.parametrize("driver", ["estargz", "zstdchunked"])
+def test_the_other_formats_convert_each_case_or_refuse_it_by_name(
+    driver: str, case: str, store: ContentStore, tmp_path: Path
+) -> None:
+    if "gnu-tar" in case and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    raw = _CASES[case](tmp_path)
+    layer = _inputs(store, [raw], gzipped=True)[0]
+    refusal = _REFUSED.get((driver, case))
+    if refusal is not None:
+        with pytest.raises((InvalidImage, DriverError), match=re.escape(refusal)):
+            load_driver(driver).convert_layer(layer)
+        return
+    result = load_driver(driver).convert_layer(layer)
+    reader = reader_for(result.descriptor)
+    assert isinstance(reader, LayerReader)
+    checks: list[str] = []
+    read = reader.read(
+        store.path(result.descriptor.digest),
+        SourceLayer(descriptor=result.descriptor, diff_id=result.diff_id),
+        checks,
+    )
+    assert checks[-1] == "diff_id"  # the stream read back is the one the target's diff_id names
+    if driver == "zstdchunked":  # the source tar byte for byte, what follows the end blocks included
+        assert result.diff_id == layer.diff_id
+    source = apply_entries([reader.comparable_source(list(trees.iter_tar(raw)))])
+    assert trees.compare(source, apply_entries([read])) == []
+    assert "appended" not in {entry.path for entry in read}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import io
 import random
+import re
 import tarfile
 
 import pytest
@@ -331,3 +332,96 @@ def test_the_one_pass_feed_stops_before_the_entry_that_shows_a_change(
     raw = _tar(_file("d/f"), _dir("d"))
     forwarded, stopped, _ = _one_pass(raw)
     assert stopped == "'d/' comes after an entry below it" and len(forwarded) == 1024
+
+
+# --- legal layers past the plain ustar form (issue 20) ------------------------------------------------
+
+
+def _main_block_of(raw: bytes, name: bytes) -> tarstream.TarHeader:
+    """The named entry's header block as nydus-image reads it: its own fields, PAX records not applied."""
+    for member in tarstream.TarScanner(io.BytesIO(raw)):
+        if member.header.name == name:
+            return tarstream.parse_header_block(member.header_bytes[-tarstream.BLOCK_SIZE :])[0]
+    raise AssertionError(f"no entry {name!r}")
+
+
+def test_owner_and_mtime_only_in_pax_records_are_written_into_the_header_block() -> None:
+    raw = _tar(_file("plain"), _file("ids", uid=1 << 21, gid=3_000_000), _file("late", mtime=1 << 33))
+    assert _main_block_of(raw, b"ids").uid == 0  # tarfile leaves the field 0, the value in a PAX record
+    out, plan = normalize(raw)
+    assert not plan.passes_through and plan.changes() == ["headers rewritten for 'ids', 'late'"]
+    ids, late = _main_block_of(out, b"ids"), _main_block_of(out, b"late")
+    assert (ids.uid, ids.gid, late.mtime.seconds) == (1 << 21, 3_000_000, 1 << 33)
+    # GNU base-256 (the high bit set) where octal does not fit, as nydus-image's tar reader reads it.
+    ids_block = out[out.index(b"ids\0") :][:512]
+    assert ids_block[108] & 0x80 and ids_block[116] & 0x80
+    assert trees.tar_entries(out) == trees.tar_entries(raw)  # readers of the PAX records see no change
+    assert _scan_layer(_tar(_file("fits", uid=70_000, mtime=1 << 32))).passes_through  # octal holds it
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (_file("old", mtime=-1), "'old': mtime -1 is before 1970"),
+        (_file("wide", gid=1 << 32), "'wide': gid 4294967296 does not fit RAFS's 32-bit gid"),
+        (_file("d/.wh.\udcff", b""), "'d/.wh.\\\\xff' is a whiteout of a name that is not UTF-8"),
+        (_file("x", pax_headers={"SCHILY.xattr.user.k": "a\nb"}), "PAX record 'SCHILY.xattr.user.k' holds a"),
+    ],
+    ids=["pre-1970", "gid-33-bits", "non-utf8-whiteout", "newline-in-pax"],
+)
+def test_what_nydus_image_cannot_hold_is_refused_naming_the_entry(
+    member: tuple[tarfile.TarInfo, bytes], reason: str
+) -> None:
+    with pytest.raises(tn.UnsupportedEntry, match=re.escape(reason)):
+        tn.scan_layer(io.BytesIO(_tar(_file("first"), member)))
+    _, stopped, refusal = _one_pass(_tar(_file("first"), member))
+    assert stopped == "refused while feeding" and isinstance(refusal, str) and reason.split(":")[0] in refusal
+
+
+def test_subsecond_mtimes_are_counted_as_a_loss() -> None:
+    plan = _scan_layer(_tar(_file("a", mtime=1.25), _file("b"), _file("c", mtime=2.125)))
+    assert isinstance(plan, tn.Normalisation) and plan.passes_through  # seconds are in the header block
+    assert (plan.subsecond_mtimes, plan.subsecond_examples) == (2, ["'a'", "'c'"])
+    (loss,) = plan.losses()
+    assert loss.startswith("2 sub-second mtime(s) truncated to seconds ('a', 'c'): nydus-image 2.2.0")
+    # Python's tarfile rounds the header block's seconds (the PAX record keeps 3.75): the block is rewritten.
+    rounded = _tar(_file("up", mtime=3.75))
+    assert _main_block_of(rounded, b"up").mtime.seconds == 4
+    out, plan = normalize(rounded)
+    assert plan.carried == {0} and _main_block_of(out, b"up").mtime.seconds == 3
+
+
+def test_hardlinks_go_to_the_chains_first_entry_with_its_attributes() -> None:
+    first = _file("h/a", b"shared\n", mode=0o640, uid=7, mtime=1_600_000_000)
+    raw = _tar(
+        first,
+        (tar_info("h/b", tarfile.LNKTYPE, linkname="h/a", mode=0o640, uid=7, mtime=1_600_000_000), None),
+        (tar_info("h/c", tarfile.LNKTYPE, linkname="h/b", mode=0o640, uid=7, mtime=1_600_000_000), None),
+        (tar_info("h/own", tarfile.LNKTYPE, linkname="./h/a", mode=0o777, uid=9), None),
+    )
+    out, plan = normalize(raw)
+    assert plan.changes() == ["headers rewritten for 'h/c', 'h/own'"]
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        links = {m.name: (m.linkname, m.mode, m.uid, m.mtime) for m in tar if m.islnk()}
+    assert links == {name: ("h/a", 0o640, 7, 1_600_000_000) for name in ("h/b", "h/c", "h/own")}
+    assert trees.apply_layers([out]) == trees.apply_layers([raw])
+    _, stopped, _ = _one_pass(raw)
+    assert stopped == "'h/c' is a hardlink to a hardlink"
+
+
+@pytest.mark.parametrize(
+    ("after", "data"),
+    [(b"", False), (bytes(10_000), False), (b"not a tar " * 300, True), (_tar(_file("appended")), True)],
+    ids=["nothing", "zero-padding", "not-a-tar", "appended-archive"],
+)
+def test_nothing_after_the_end_of_archive_blocks_reaches_the_builder(after: bytes, data: bool) -> None:
+    archive = _tar(_dir("d"), _file("d/f"))
+    raw = archive + after
+    end = through_end_blocks(raw)
+    assert end == through_end_blocks(archive) and raw.startswith(end)
+    assert b"".join(builder_compatible_tar(io.BytesIO(raw))) == end
+    forwarded, stopped, plan = _one_pass(raw)
+    assert stopped is None and forwarded == end
+    assert isinstance(plan, tn.Normalisation) and plan.passes_through  # the builder had all it needs
+    assert (plan.trailing_size, plan.trailing_data) == (len(raw) - len(end), data)
+    assert bool(plan.losses()) == data
