@@ -820,6 +820,7 @@ _CASES: dict[str, Callable[[Path], bytes]] = {
     "A-pax-ids": lambda _: tar_of(file("x", uid=1 << 21, gid=3_000_000)),
     "A-pax-mtime": lambda _: tar_of(file("x", mtime=1 << 33)),
     "A-pre-1970": lambda _: tar_of(file("x", mtime=-86400)),
+    "A-uid-33-bits": lambda _: tar_of(file("x", uid=1 << 32, gid=1 << 33)),
     "A-subsecond": lambda _: tar_of(file("x", mtime=MTIME + 0.75)),
     "A-gnu-tar-posix": lambda tmp: gnu_tar_layer(tmp, "--format=posix", "--mtime=@8589934592"),
     "A-gnu-tar-gnu": lambda tmp: gnu_tar_layer(tmp, "--format=gnu", "--mtime=@-86400"),
