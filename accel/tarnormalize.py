@@ -301,9 +301,11 @@ class LayerScan:
                 self._subsecond_examples.append(entry_label(header.name))
         if header.typeflag == tarstream.TYPE_DIR:
             # Header-only and few: kept in case the directory must move before its first child.
-            self._directory_headers[index] = (
-                member.header_bytes if _name_is_clean(header.name) else rewritten_header(header, 0)
-            )
+            if not _name_is_clean(header.name):
+                self._directory_headers[index] = carried_numbers(rewritten_header(header, 0), header)
+            else:
+                kept = member.header_bytes
+                self._directory_headers[index] = carried_numbers(kept, header) if carry else kept
         if header.typeflag == tarstream.TYPE_LINK:
             target = clean_path(header.linkname, f"hardlink {entry_label(header.name)} target")
             if not target or target not in self._last:

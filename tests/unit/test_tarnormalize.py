@@ -357,6 +357,10 @@ def test_owner_and_mtime_only_in_pax_records_are_written_into_the_header_block()
     assert ids_block[108] & 0x80 and ids_block[116] & 0x80
     assert trees.tar_entries(out) == trees.tar_entries(raw)  # readers of the PAX records see no change
     assert _scan_layer(_tar(_file("fits", uid=70_000, mtime=1 << 32))).passes_through  # octal holds it
+    # A directory moved before its first child keeps them too.
+    out, plan = normalize(_tar(_file("d/x"), _dir("d", uid=1 << 22, mtime=1 << 34)))
+    moved = _main_block_of(out, b"d/")
+    assert plan.moved_before and (moved.uid, moved.mtime.seconds) == (1 << 22, 1 << 34)
 
 
 @pytest.mark.parametrize(
