@@ -384,6 +384,15 @@ def _normalisation(
                 normal.rewritten.append(entry_label(seen.header.name))
             continue
         if last[seen.path] != seen.index:
+            final = entries[last[seen.path]]
+            if final is not None and final.header.typeflag == tarstream.TYPE_DIR != seen.header.typeflag:
+                # Applied in order, the non-directory removes the directory's subtree (lower layers' and
+                # this layer's earlier entries), and the later directory starts empty: the last entry alone
+                # (which nydus-image merges over the lower directory) does not say that.
+                raise UnsupportedEntry(
+                    f"tar entry {entry_label(seen.header.name)} is a non-directory that a later entry of the "
+                    "layer makes a directory again, which empties it; nydus-image cannot express that"
+                )
             normal.skip.add(seen.index)
             continue
         header = seen.header
@@ -417,6 +426,8 @@ def _normalisation(
                     f"{entry_label(seen.header.linkname)}, which the layer replaces after the link"
                 )
             linked = kept_by_path[target]
+            if linked is seen:  # the link replaces its own target: extraction has nothing to link to
+                raise UnsafeEntry(f"tar entry {entry_label(seen.header.name)} is a hardlink to itself")
             if linked.header.typeflag == tarstream.TYPE_DIR:
                 raise UnsafeEntry(f"tar entry {entry_label(seen.header.name)} is a hardlink to a directory")
             # nydus-image 2.2.0 links only to entries that are no hardlinks themselves ("unknown target"),

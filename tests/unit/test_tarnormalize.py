@@ -243,6 +243,76 @@ def _random_layer(rng: random.Random) -> bytes:
     return raw + (b"trailing" if rng.random() < 0.1 else b"")
 
 
+_PLAIN_NAMES = ["a", "a/b", "a/b/c", "d", "d/e", "f", "g", "d/.wh.a", "d/.wh.\udcff", "l" * 120 + "/x"]
+
+
+def _unusual_layer(rng: random.Random) -> bytes:
+    """Legal entries past the plain ustar form (issue 20): owners and mtimes only PAX records hold, sub-second
+    and pre-1970 mtimes, hardlink chains and links with attributes of their own, newlines in PAX records,
+    and bytes after the end-of-archive blocks."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for _ in range(rng.randint(1, 8)):
+        name = rng.choice(_PLAIN_NAMES)
+        kind = rng.choice(
+            [tarfile.REGTYPE, tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE]
+        )
+        info = tar_info(
+            name, kind, mode=0o755 if kind == tarfile.DIRTYPE else rng.choice([0o644, 0o644, 0o600])
+        )
+        if rng.random() < 0.15:
+            info.uid = rng.choice([1 << 21, 70_000_000, 1 << 32])
+        if rng.random() < 0.1:
+            info.gid = 3_000_000
+        if rng.random() < 0.2:
+            info.mtime = rng.choice([1 << 33, 1_700_000_000.75, 5.5, 1.25, -86_400])
+        if kind == tarfile.LNKTYPE:
+            info.linkname = rng.choice([name for name in _PLAIN_NAMES if ".wh." not in name])
+        if rng.random() < 0.1:
+            info.pax_headers = {"SCHILY.xattr.user.k": rng.choice(["v", "two\nlines"])}
+        members.append((info, b"z" * rng.choice([0, 1, 700]) if kind == tarfile.REGTYPE else None))
+    raw = tar_members(*members, closed=True)
+    return raw + rng.choice([b"", b"", b"not a tar", tar_members((tar_info("appended"), b"x"), closed=True)])
+
+
+def _nydus_image_view(raw: bytes) -> dict[bytes, tuple[bytes, tuple[int, int, int, int], bytes]]:
+    """Each entry as nydus-image 2.2.0 reads it: its header block's own numbers (PAX records only for names),
+    and its link target."""
+    view = {}
+    for member in tarstream.TarScanner(io.BytesIO(raw)):
+        block = tarstream.parse_header_block(member.header_bytes[-tarstream.BLOCK_SIZE :])[0]
+        numbers = (block.mode & 0o7777, block.uid, block.gid, block.mtime.seconds)
+        view[tn.clean_path(member.header.name)] = (member.header.typeflag, numbers, member.header.linkname)
+    return view
+
+
+def test_unusual_legal_layers_normalise_to_the_same_tree_as_nydus_image_reads_it_or_are_refused_by_name() -> (
+    None
+):
+    rng = random.Random(20261207)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for _ in range(400):
+        raw = _unusual_layer(rng)
+        try:
+            out, plan = normalize(raw)
+        except InvalidImage as exc:
+            assert "tar entry '" in str(exc), exc  # every refusal names the entry
+            outcomes["refused"] += 1
+            continue
+        outcomes["passed through" if plan.passes_through else "normalised"] += 1
+        assert trees.apply_layers([out]) == trees.apply_layers([raw])  # Python's reading: the same tree
+        assert out == through_end_blocks(out)  # nothing after the end blocks
+        view = _nydus_image_view(out)
+        expected = {path: entry for path, entry in trees.tar_entries(out).items()}
+        for path, (kind, numbers, linkname) in view.items():
+            entry = expected[path.decode("utf-8", "surrogateescape")]
+            if kind == tarstream.TYPE_LINK:  # to the chain's first entry, which has the link's attributes
+                first = view[tn.clean_path(linkname)]
+                assert first[0] != tarstream.TYPE_LINK and first[1] == numbers
+                entry = expected[tn.clean_path(linkname).decode("utf-8", "surrogateescape")]
+            assert numbers == (entry.mode, entry.uid, entry.gid, entry.mtime)  # in the header block
+    assert min(outcomes.values()) >= 20 and len(outcomes) == 3, outcomes
+
+
 def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.Normalisation | str]:
     """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal).
 
@@ -275,6 +345,7 @@ def _scan_layer(raw: bytes) -> tn.Normalisation | str:
 def _layers_for_the_one_pass() -> list[bytes]:
     rng = random.Random(20261129)
     layers = [_random_layer(rng) for _ in range(600)]
+    layers += [_unusual_layer(rng) for _ in range(200)]
     layers += [builder.to_tar(f) for builder in imagegen.standard_layers(200_000) for f in ("pax", "gnu")]
     sparse = imagegen.SparseFile("sp/s", 50_000, ((5, b"a" * 600), (40_000, b"b" * 10)))
     layers += [imagegen.sparse_tar(sparse, form, after={"sp/after": b"x"}) for form in imagegen.SPARSE_FORMS]
@@ -429,3 +500,12 @@ def test_nothing_after_the_end_of_archive_blocks_reaches_the_builder(after: byte
     assert isinstance(plan, tn.Normalisation) and plan.passes_through  # the builder had all it needs
     assert (plan.trailing_size, plan.trailing_data) == (len(raw) - len(end), data)
     assert bool(plan.losses()) == data
+
+
+def test_a_path_made_a_directory_again_after_a_non_directory_is_refused_naming_it() -> None:
+    """Found by the property test above: `a/b` then file `a` then directory `a` leaves `a` empty when applied
+    in order (lower layers' `a/...` too), which the last entry alone, merged by nydus-image, does not say."""
+    layer = _tar(_file("a/b"), _file("a"), _dir("a"))
+    with pytest.raises(tn.UnsupportedEntry, match="'a' is a non-directory that a later entry of the layer"):
+        tn.scan_layer(io.BytesIO(layer))
+    tn.scan_layer(io.BytesIO(_tar(_dir("a"), _file("a/b"), _dir("a", mode=0o700))))  # dir over dir: fine
