@@ -6,11 +6,13 @@ plus `inspect`, file data read back from the blobs) with the layers applied with
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import io
 import json
 import logging
+import random
 import re
 import shutil
 import subprocess
@@ -863,3 +865,26 @@ def test_the_other_formats_convert_each_case_or_refuse_it_by_name(
     source = apply_entries([reader.comparable_source(list(trees.iter_tar(raw)))])
     assert trees.compare(source, apply_entries([read])) == []
     assert "appended" not in {entry.path for entry in read}
+
+
+def test_random_unusual_layers_convert_to_their_tree_or_are_refused_naming_the_entry(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """A sample of `imagegen.unusual_layer` (every case above mixed, over a lower layer) through the real
+    nydus-image: the merged bootstrap equals the layers applied, or a refusal names the entry."""
+    rng = random.Random(2026_12_07)
+    lower = tar_of(directory("a", mode=0o750), file("a/lower"), directory("d"), file("d/a"), file("f"))
+    outcomes: collections.Counter[str] = collections.Counter()
+    for attempt in range(60):
+        upper = imagegen.unusual_layer(rng)
+        work = tmp_path / str(attempt)
+        work.mkdir()
+        try:
+            actual, expected = convert_and_merge(store, work, [lower, upper])
+        except InvalidImage as exc:
+            assert "tar entry '" in str(exc), exc
+            outcomes["refused"] += 1
+            continue
+        assert actual == expected, attempt
+        outcomes["converted"] += 1
+    assert min(outcomes.values()) >= 5 and len(outcomes) == 2, outcomes

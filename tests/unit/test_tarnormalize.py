@@ -21,7 +21,7 @@ from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
-from tests.harness.imagegen import pax_size_layer, tar_info, tar_members
+from tests.harness.imagegen import pax_size_layer, tar_info, tar_members, unusual_layer
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -243,37 +243,6 @@ def _random_layer(rng: random.Random) -> bytes:
     return raw + (b"trailing" if rng.random() < 0.1 else b"")
 
 
-_PLAIN_NAMES = ["a", "a/b", "a/b/c", "d", "d/e", "f", "g", "d/.wh.a", "d/.wh.\udcff", "l" * 120 + "/x"]
-
-
-def _unusual_layer(rng: random.Random) -> bytes:
-    """Legal entries past the plain ustar form (issue 20): owners and mtimes only PAX records hold, sub-second
-    and pre-1970 mtimes, hardlink chains and links with attributes of their own, newlines in PAX records,
-    and bytes after the end-of-archive blocks."""
-    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
-    for _ in range(rng.randint(1, 8)):
-        name = rng.choice(_PLAIN_NAMES)
-        kind = rng.choice(
-            [tarfile.REGTYPE, tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE]
-        )
-        info = tar_info(
-            name, kind, mode=0o755 if kind == tarfile.DIRTYPE else rng.choice([0o644, 0o644, 0o600])
-        )
-        if rng.random() < 0.15:
-            info.uid = rng.choice([1 << 21, 70_000_000, 1 << 32])
-        if rng.random() < 0.1:
-            info.gid = 3_000_000
-        if rng.random() < 0.2:
-            info.mtime = rng.choice([1 << 33, 1_700_000_000.75, 5.5, 1.25, -86_400])
-        if kind == tarfile.LNKTYPE:
-            info.linkname = rng.choice([name for name in _PLAIN_NAMES if ".wh." not in name])
-        if rng.random() < 0.1:
-            info.pax_headers = {"SCHILY.xattr.user.k": rng.choice(["v", "two\nlines"])}
-        members.append((info, b"z" * rng.choice([0, 1, 700]) if kind == tarfile.REGTYPE else None))
-    raw = tar_members(*members, closed=True)
-    return raw + rng.choice([b"", b"", b"not a tar", tar_members((tar_info("appended"), b"x"), closed=True)])
-
-
 def _nydus_image_view(raw: bytes) -> dict[bytes, tuple[bytes, tuple[int, int, int, int], bytes]]:
     """Each entry as nydus-image 2.2.0 reads it: its header block's own numbers (PAX records only for names),
     and its link target."""
@@ -291,7 +260,7 @@ def test_unusual_legal_layers_normalise_to_the_same_tree_as_nydus_image_reads_it
     rng = random.Random(20261207)
     outcomes: collections.Counter[str] = collections.Counter()
     for _ in range(400):
-        raw = _unusual_layer(rng)
+        raw = unusual_layer(rng)
         try:
             out, plan = normalize(raw)
         except InvalidImage as exc:
@@ -345,7 +314,7 @@ def _scan_layer(raw: bytes) -> tn.Normalisation | str:
 def _layers_for_the_one_pass() -> list[bytes]:
     rng = random.Random(20261129)
     layers = [_random_layer(rng) for _ in range(600)]
-    layers += [_unusual_layer(rng) for _ in range(200)]
+    layers += [unusual_layer(rng) for _ in range(200)]
     layers += [builder.to_tar(f) for builder in imagegen.standard_layers(200_000) for f in ("pax", "gnu")]
     sparse = imagegen.SparseFile("sp/s", 50_000, ((5, b"a" * 600), (40_000, b"b" * 10)))
     layers += [imagegen.sparse_tar(sparse, form, after={"sp/after": b"x"}) for form in imagegen.SPARSE_FORMS]
