@@ -215,8 +215,8 @@ class Normalisation:
             )
         if self.trailing_data:
             losses.append(
-                f"{self.trailing_size} bytes after the end-of-archive blocks ignored, as Go's archive/tar, "
-                "GNU tar and Python's tarfile ignore them"
+                f"{self.trailing_size} bytes after the end-of-archive blocks, not all zeros (another archive "
+                "appended, or no tar), ignored as Go's archive/tar, GNU tar and Python's tarfile ignore them"
             )
         return losses
 
