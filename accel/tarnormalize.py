@@ -13,8 +13,8 @@ Two passes over the uncompressed layer, neither holding payloads in memory:
    alone carry written into the header block (see `carried_numbers`), nothing after the end-of-archive
    blocks.
 
-Entries nydus-image 2.2.0 cannot take in any form are refused by name (`UnsupportedEntry`): a PAX record
-holding a newline, a whiteout of a name that is not UTF-8, an owner beyond 32 bits, an mtime before 1970.
+Entries the consumer cannot take in any form are refused by name (`UnsupportedEntry`, raised by the `check`
+a scan is given: for nydus-image, `accel.drivers.nydus.tar.refuse_what_nydus_cannot_hold`).
 
 A layer that needs none of this comes out byte-identical (up to its end-of-archive blocks). `as_stream`
 turns the output into a file object.
@@ -28,7 +28,7 @@ import dataclasses
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from accel import tarstream
@@ -52,14 +52,10 @@ class UnsafeEntry(InvalidImage):
 
 
 class UnsupportedEntry(InvalidImage):
-    """A legal layer entry nydus-image 2.2.0 (or RAFS) cannot hold, and that no rewriting carries to it."""
+    """A legal layer entry the consumer cannot hold and no rewriting carries to it (see `LayerScan`'s
+    `check`), or whose meaning the normalised layer cannot express."""
 
 
-# What nydus-image 2.2.0 keeps: uid and gid as u32; mtime as an unsigned 64-bit number (RAFS i_mtime), which
-# its own readers (inspect, unpack) show unsigned and the kernel reads signed: only 0 <= mtime < 2**63 reads
-# the same everywhere. Its tar reader splits PAX records at newlines.
-_MAX_ID = (1 << 32) - 1
-_MTIME_RANGE = range(0, 1 << 63)
 _NUMBER_FIELDS = (("uid", 108, 8), ("gid", 116, 8), ("mtime", 136, 12))
 _NUMBER_KEYS = frozenset({b"uid", b"gid", b"mtime"})
 
@@ -188,7 +184,7 @@ class Normalisation:
     # Hardlinks (by index) `normalized_tar` writes as links to the chain's first entry (by index), with its
     # mode, owner and mtime: a link to a link, or a link whose header says other attributes.
     link_targets: dict[int, int] = dataclasses.field(default_factory=dict)
-    # Entries with a sub-second mtime (nydus-image 2.2.0 keeps seconds only): how many, the first few.
+    # Entries with a sub-second mtime (a consumer may keep seconds only): how many, the first few.
     subsecond_mtimes: int = 0
     subsecond_examples: list[str] = dataclasses.field(default_factory=list)
     # Bytes after the end-of-archive blocks, which no reader takes as entries (`normalized_tar` drops them),
@@ -201,24 +197,6 @@ class Normalisation:
         """Whether `normalized_tar` gives the layer byte for byte up to its end-of-archive blocks: a consumer
         may read the layer itself (and stop at those blocks)."""
         return self.ends_cleanly and not self.changes()
-
-    def losses(self) -> list[str]:
-        """What the layer holds that the Nydus image does not, one phrase per kind (said in the run's log)."""
-        losses = []
-        if self.subsecond_mtimes:
-            examples = ", ".join(self.subsecond_examples)
-            more = self.subsecond_mtimes - len(self.subsecond_examples)
-            losses.append(
-                f"{self.subsecond_mtimes} sub-second mtime(s) truncated to seconds ({examples}"
-                + (f" and {more} more" if more else "")
-                + "): nydus-image 2.2.0 writes no nanoseconds to RAFS"
-            )
-        if self.trailing_data:
-            losses.append(
-                f"{self.trailing_size} bytes after the end-of-archive blocks, not all zeros (another archive "
-                "appended, or no tar), ignored as Go's archive/tar, GNU tar and Python's tarfile ignore them"
-            )
-        return losses
 
     @property
     def reorders(self) -> bool:
@@ -244,16 +222,20 @@ class _Seen:
     index: int
     header: TarHeader
     path: bytes
-    carry: bool = False  # the header block does not say the owner or mtime nydus-image must get
+    carry: bool = False  # the header block does not say the owner or mtime PAX records set
 
 
-def scan_layer(stream: BinaryIO) -> Normalisation:
-    """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table."""
-    scan = LayerScan()
+def scan_layer(stream: BinaryIO, check: EntryCheck | None = None) -> Normalisation:
+    """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table; `check`
+    as in `LayerScan`."""
+    scan = LayerScan(check=check)
     scanner = TarScanner(stream)
     for member in scanner:
         scan.add(member)
     return scan.normalisation(scanner)
+
+
+EntryCheck = Callable[[TarHeader], None]
 
 
 def _trailing(scanner: TarScanner) -> tuple[int, bool]:
@@ -274,7 +256,8 @@ class LayerScan:
     the layer through (see `_spot_change`), so a reader forwarding the layer as it is can stop early.
     """
 
-    def __init__(self, spot_changes: bool = False) -> None:
+    def __init__(self, spot_changes: bool = False, check: EntryCheck | None = None) -> None:
+        self._check = check  # raises UnsupportedEntry for an entry the consumer cannot hold in any form
         self._entries: list[_Seen | None] = []
         self._last: dict[bytes, int] = {}  # path -> index of its latest entry (its keys: every path so far)
         self._directory_headers: dict[int, bytes] = {}
@@ -293,7 +276,8 @@ class LayerScan:
             self._entries.append(None)  # PAX global headers and unknown types pass through untouched
             return None
         path = clean_path(header.name)
-        _refuse_what_nydus_cannot_hold(header)
+        if self._check is not None:
+            self._check(header)
         carry = _needs_carrying(member)
         if header.mtime.nanoseconds:
             self._subsecond += 1
@@ -388,10 +372,10 @@ def _normalisation(
             if final is not None and final.header.typeflag == tarstream.TYPE_DIR != seen.header.typeflag:
                 # Applied in order, the non-directory removes the directory's subtree (lower layers' and
                 # this layer's earlier entries), and the later directory starts empty: the last entry alone
-                # (which nydus-image merges over the lower directory) does not say that.
+                # (merged over the lower directory) does not say that.
                 raise UnsupportedEntry(
                     f"tar entry {entry_label(seen.header.name)} is a non-directory that a later entry of the "
-                    "layer makes a directory again, which empties it; nydus-image cannot express that"
+                    "layer makes a directory again, which empties it; its last entry alone cannot say that"
                 )
             normal.skip.add(seen.index)
             continue
@@ -560,36 +544,6 @@ def _entry_bytes(member: TarMember, chunk_size: int, carry: bool) -> Iterator[by
 def _name_is_clean(name: bytes) -> bool:
     """Relative, without `..`: nydus-image takes it as it is (`./` prefixes and `//` are fine)."""
     return not name.startswith(b"/") and b".." not in name.split(b"/")
-
-
-def _refuse_what_nydus_cannot_hold(header: TarHeader) -> None:
-    """UnsupportedEntry for an entry nydus-image 2.2.0 would fail on without naming it, or take wrongly."""
-    label = entry_label(header.name)
-    for key, value in header.pax_records.items():
-        if b"\n" in key or b"\n" in value:
-            raise UnsupportedEntry(
-                f"tar entry {label}: its PAX record {_text(key)!r} holds a newline, which nydus-image "
-                "2.2.0's tar reader cannot read (it splits PAX records at newlines)"
-            )
-    base = header.name.rstrip(b"/").rpartition(b"/")[2]
-    if base.startswith(WHITEOUT_PREFIX):
-        try:
-            base.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UnsupportedEntry(
-                f"tar entry {label} is a whiteout of a name that is not UTF-8, which nydus-image 2.2.0 does "
-                "not apply (the file and the whiteout would both stay)"
-            ) from None
-    for what, value in (("uid", header.uid), ("gid", header.gid)):
-        if not 0 <= value <= _MAX_ID:
-            raise UnsupportedEntry(f"tar entry {label}: {what} {value} does not fit RAFS's 32-bit {what}")
-    if header.mtime.seconds < 0:
-        raise UnsupportedEntry(
-            f"tar entry {label}: mtime {header.mtime.seconds} is before 1970, which RAFS (nydus-image 2.2.0) "
-            f"keeps as the unsigned {header.mtime.seconds % (1 << 64)}"
-        )
-    if header.mtime.seconds not in _MTIME_RANGE:
-        raise UnsupportedEntry(f"tar entry {label}: mtime {header.mtime.seconds} does not fit RAFS's 63 bits")
 
 
 def _needs_carrying(member: TarMember) -> bool:

@@ -38,7 +38,8 @@ def _dir(name: str, **attrs: object) -> tuple[tarfile.TarInfo, None]:
 
 
 def normalize(raw: bytes) -> tuple[bytes, tn.Normalisation]:
-    plan = tn.scan_layer(io.BytesIO(raw))
+    """The layer normalised as the Nydus driver does it (its refusals included), and the plan."""
+    plan = tn.scan_layer(io.BytesIO(raw), check=nydus_tar.refuse_what_nydus_cannot_hold)
     out = tn.as_stream(tn.normalized_tar(io.BytesIO(raw), plan, chunk_size=4096)).read()
     return out, plan
 
@@ -306,7 +307,7 @@ def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.Normalisation | str]:
 
 def _scan_layer(raw: bytes) -> tn.Normalisation | str:
     try:
-        return tn.scan_layer(io.BytesIO(raw))
+        return tn.scan_layer(io.BytesIO(raw), check=nydus_tar.refuse_what_nydus_cannot_hold)
     except InvalidImage as exc:
         return str(exc)
 
@@ -417,7 +418,7 @@ def test_what_nydus_image_cannot_hold_is_refused_naming_the_entry(
     member: tuple[tarfile.TarInfo, bytes], reason: str
 ) -> None:
     with pytest.raises(tn.UnsupportedEntry, match=re.escape(reason)):
-        tn.scan_layer(io.BytesIO(_tar(_file("first"), member)))
+        tn.scan_layer(io.BytesIO(_tar(_file("first"), member)), check=nydus_tar.refuse_what_nydus_cannot_hold)
     _, stopped, refusal = _one_pass(_tar(_file("first"), member))
     assert stopped == "refused while feeding" and isinstance(refusal, str) and reason.split(":")[0] in refusal
 
@@ -426,7 +427,7 @@ def test_subsecond_mtimes_are_counted_as_a_loss() -> None:
     plan = _scan_layer(_tar(_file("a", mtime=1.25), _file("b"), _file("c", mtime=2.125)))
     assert isinstance(plan, tn.Normalisation) and plan.passes_through  # seconds are in the header block
     assert (plan.subsecond_mtimes, plan.subsecond_examples) == (2, ["'a'", "'c'"])
-    (loss,) = plan.losses()
+    (loss,) = nydus_tar.losses(plan)
     assert loss.startswith("2 sub-second mtime(s) truncated to seconds ('a', 'c'): nydus-image 2.2.0")
     # Python's tarfile rounds the header block's seconds (the PAX record keeps 3.75): the block is rewritten.
     rounded = _tar(_file("up", mtime=3.75))
@@ -468,7 +469,7 @@ def test_nothing_after_the_end_of_archive_blocks_reaches_the_builder(after: byte
     assert stopped is None and forwarded == end
     assert isinstance(plan, tn.Normalisation) and plan.passes_through  # the builder had all it needs
     assert (plan.trailing_size, plan.trailing_data) == (len(raw) - len(end), data)
-    assert bool(plan.losses()) == data
+    assert bool(nydus_tar.losses(plan)) == data
 
 
 def test_a_path_made_a_directory_again_after_a_non_directory_is_refused_naming_it() -> None:

@@ -37,7 +37,7 @@ from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
 from accel.drivers.nydus.original import converted_from_original_record
 from accel.drivers.nydus.reader import NydusReader
-from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
+from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, losses, refuse_what_nydus_cannot_hold
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
     ENTRY_TOC,
@@ -59,14 +59,14 @@ def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.N
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
         with layer.open_tar(check_diff_id) as tar_stream:
-            return tarnormalize.scan_layer(tar_stream)
+            return tarnormalize.scan_layer(tar_stream, check=refuse_what_nydus_cannot_hold)
     except InvalidImage as exc:
         raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
 
 
 def _say_losses(layer: LayerInput, normal: tarnormalize.Normalisation) -> None:
-    """What of the layer the Nydus image does not hold (see `Normalisation.losses`): a warning naming it."""
-    for loss in normal.losses():
+    """What of the layer the Nydus image does not hold (see `tar.losses`): a warning naming it."""
+    for loss in losses(normal):
         log.warning("layer %s: %s", layer.descriptor.digest, loss)
 
 
