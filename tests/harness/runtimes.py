@@ -30,6 +30,7 @@ from tests.harness.tools import require_tool
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 NAMESPACE = "accel"  # containerd namespace
+FIGURES: list[str] = []  # bytes fetched and timings, one line per measured run (tests/runtime prints them)
 
 
 def namespaces_unavailable() -> str | None:
@@ -97,31 +98,44 @@ class CountingProxy:
                     for k, v in self.headers.items()
                     if k.lower() not in ("connection", "keep-alive", "proxy-connection", "host")
                 }
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                conn, resp = None, None
+                for attempt in range(3):  # the registry sometimes drops a fresh connection unanswered
+                    conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                    try:
+                        conn.request(self.command, self.path, body=body, headers=headers)
+                        resp = conn.getresponse()
+                        break
+                    except (http.client.HTTPException, ConnectionError):
+                        conn.close()
+                        if attempt == 2:
+                            self.send_error(502, "upstream registry dropped the connection")
+                            return
+                assert conn is not None and resp is not None
                 try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    self.send_response_only(resp.status, resp.reason)
-                    for key, value in resp.getheaders():
-                        if key.lower() not in ("connection", "keep-alive", "transfer-encoding"):
-                            self.send_header(key, value)
-                    chunked = resp.getheader("Content-Length") is None and self.command != "HEAD"
-                    if chunked:
-                        self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    sent = 0
-                    if self.command != "HEAD":
-                        while chunk := resp.read(1 << 16):
-                            sent += len(chunk)
-                            if chunked:
-                                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                            else:
-                                self.wfile.write(chunk)
-                        if chunked:
-                            self.wfile.write(b"0\r\n\r\n")
-                    proxy._count(self.command, urlsplit(self.path).path, sent)
+                    self._relay(resp)
+                except (ConnectionError, TimeoutError):
+                    self.close_connection = True  # the client went away
                 finally:
                     conn.close()
+
+            def _relay(self, resp: http.client.HTTPResponse) -> None:
+                self.send_response_only(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("connection", "keep-alive", "transfer-encoding"):
+                        self.send_header(key, value)
+                bodiless = self.command == "HEAD" or resp.status in (204, 304)
+                chunked = resp.getheader("Content-Length") is None and not bodiless
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                sent = 0
+                if not bodiless:
+                    while chunk := resp.read(1 << 16):
+                        sent += len(chunk)
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                proxy._count(self.command, urlsplit(self.path).path, sent)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -15,7 +15,6 @@ import pytest
 from tests.harness import runtimes
 
 RUNTIME_TESTS = Path(__file__).resolve().parent
-FIGURES: list[str] = []  # one line per measured run, printed in the terminal summary
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
@@ -26,9 +25,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
+    if runtimes.FIGURES:
         terminalreporter.section("runtime tier: bytes fetched and timings")
-        for line in FIGURES:
+        for line in runtimes.FIGURES:
             terminalreporter.write_line(line)
 
 

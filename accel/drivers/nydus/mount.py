@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -93,6 +94,20 @@ def _has_capability(bit: int) -> bool:
     return os.geteuid() == 0
 
 
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes space, tab, newline, backslash as \ooo
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether `path` is a mount point (from mountinfo: a dead FUSE mount cannot even be stat'ed)."""
+    wanted = os.path.realpath(path)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            mount_point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if mount_point == wanted:
+                return True
+    return False
+
+
 def daemon_config(blobs: LocalBlobs | RegistryBlobs, cache_dir: Path) -> dict[str, Any]:
     return {
         "device": {
@@ -159,24 +174,27 @@ class NydusMount:
             if (code := self.process.poll()) is not None:
                 self.process = None
                 raise MountError(f"nydusd exited with {code}: {self.log_tail()}")
-            if os.path.ismount(self.mountpoint):
+            if is_mounted(self.mountpoint):
                 return
             time.sleep(0.05)
         self.stop()
         raise MountError(f"nydusd did not mount within {self.ready_timeout:.0f}s: {self.log_tail()}")
 
     def stop(self) -> None:
+        # Unmount first: nydusd 2.2.0 may exit on SIGTERM leaving a dead FUSE mount behind.
+        if is_mounted(self.mountpoint):
+            subprocess.run(["umount", str(self.mountpoint)], capture_output=True, check=False, timeout=30)
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            process.terminate()  # nydusd unmounts on SIGTERM
+            process.terminate()
             try:
                 process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT)
-        if os.path.ismount(self.mountpoint):
-            # A killed daemon leaves a dead FUSE mount behind: detach it.
-            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, check=False)
+        if is_mounted(self.mountpoint):
+            detach = ["umount", "-l", str(self.mountpoint)]
+            subprocess.run(detach, capture_output=True, check=False, timeout=30)
 
     def log_tail(self, limit: int = 600) -> str:
         with contextlib.suppress(OSError):
