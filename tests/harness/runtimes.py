@@ -1,5 +1,6 @@
 """Container runtimes for the runtime tier (tests/runtime): a private containerd with nydus-snapshotter and
-stargz-snapshotter, and a byte-counting proxy in front of the test registry.
+stargz-snapshotter, and a byte-counting proxy in front of the test registry. Images are pulled with
+`ctr-remote image rpull` (stargz) or accel-rpull (nydus, containerd's CRI labels) and run with `ctr run`.
 
 containerd 1.6 hard-codes /run/containerd for its shims and fifos, so the daemons share one private mount
 namespace (`unshare -m`, held by a `sleep` process) in which a private directory is bind-mounted on /run;
@@ -24,7 +25,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from accel import publish
 from accel.drivers.nydus import mount
+from accel.reference import Reference
+from accel.store import ContentStore
+from accel.transports import OCILayout
+from accel.verify import Verdict, verify_image
+from tests.harness import imagegen
+from tests.harness.localconvert import convert
+from tests.harness.pushing import as_built
 from tests.harness.tools import require_tool
 
 READY_TIMEOUT = 30.0
@@ -49,6 +58,25 @@ def namespaces_unavailable() -> str | None:
 def runtime_unavailable() -> str | None:
     """Why the runtime tier cannot run here (FUSE or namespaces refused), or None."""
     return mount.fuse_unavailable() or namespaces_unavailable()
+
+
+LAYOUT_REF = Reference("oci", "image", tag="v1")
+
+
+def nydus_layouts(work: Path, big_file_size: int) -> tuple[OCILayout, OCILayout]:
+    """The standard layers in an OCI layout and their Nydus conversion in another (engine calls only)."""
+    store = ContentStore(work / "store")
+    image = imagegen.generate_image(imagegen.standard_layers(big_file_size=big_file_size), store)
+    source = OCILayout(work / "source")
+    publish.push_image(source, LAYOUT_REF, as_built(image), store)
+    target = OCILayout(work / "target")
+    convert(source, LAYOUT_REF, target, LAYOUT_REF, "nydus", store)
+    return source, target
+
+
+def check_mounted(source: OCILayout, target: Any, work: Path) -> Verdict:
+    """`accelctl check`'s verdict: `verify_image` with the mounted view."""
+    return verify_image(source, LAYOUT_REF, target, LAYOUT_REF, work_dir=work, mounted_view=True)
 
 
 # --- a byte-counting proxy -------------------------------------------------------------------------
@@ -358,13 +386,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return done.returncode == 0
 
     def stop(self) -> None:
-        # containerd first (it stops its shims' containers), then the snapshotters (their FUSE mounts).
+        # Containers a failed test left behind first (their shims would outlive containerd), then
+        # containerd, then the snapshotters (their FUSE mounts).
+        if self.daemons and self.daemons[-1].alive():
+            self._remove_containers()
         for daemon in reversed(self.daemons):
             daemon.stop()
         holder, self.holder = self.holder, None
         if holder is not None and holder.poll() is None:
             holder.terminate()
             holder.wait(timeout=STOP_TIMEOUT)
+
+    def _remove_containers(self) -> None:
+        def ctr(*args: str) -> str:
+            command = [self.ctr_binary, "-a", str(self.socket), "-n", NAMESPACE, *args]
+            return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False).stdout
+
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            for container in ctr("containers", "ls", "-q").split():
+                ctr("tasks", "kill", "-s", "SIGKILL", container)
+                ctr("tasks", "delete", "-f", container)
+                ctr("containers", "delete", container)
 
     def logs(self) -> str:
         return "\n".join(f"--- {d.name}\n{d.log_tail()}" for d in self.daemons)
@@ -379,12 +421,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return done.stdout
 
     def pull(self, ref: str, snapshotter: str, labels: str, timeout: float = 180) -> None:
-        """Pull for a remote snapshotter, with the labels it needs (`cri` or `stargz`)."""
-        command = [
-            self.rpull, "-address", str(self.socket), "-namespace", NAMESPACE,
-            "-snapshotter", snapshotter, "-labels", labels, "-plain-http",
-            "-timeout", f"{int(timeout)}s", ref,
-        ]  # fmt: skip
+        """Pull for a remote snapshotter, with the labels it needs: `stargz` with Debian's `ctr-remote image
+        rpull` (stargz-snapshotter's own labels), `cri` with accel-rpull (containerd's CRI labels, which that
+        ctr-remote cannot set: what nerdctl and a newer `ctr-remote rpull --use-containerd-labels` do)."""
+        if labels == "stargz":
+            command = [
+                require_tool("ctr-remote"), "-a", str(self.socket), "-n", NAMESPACE,
+                "image", "rpull", "--plain-http", "--snapshotter", snapshotter, ref,
+            ]  # fmt: skip
+        else:
+            command = [
+                self.rpull, "-address", str(self.socket), "-namespace", NAMESPACE,
+                "-snapshotter", snapshotter, "-labels", labels, "-plain-http",
+                "-timeout", f"{int(timeout)}s", ref,
+            ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 10, check=False)
         if done.returncode != 0:
             raise AssertionError(f"pulling {ref} failed:\n{done.stdout}\n{done.stderr}\n{self.logs()}")

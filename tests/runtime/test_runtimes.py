@@ -6,31 +6,43 @@ Nydus mounted by nydusd (registry backend, prefetch off) and run by containerd +
 and zstd:chunked run by containerd + stargz-snapshotter (noprefetch, no_background_fetch). The command's
 output must be right, the files it reads must have the source's bytes, and the blob bytes fetched before
 it finishes must be at most 25 % of the image's layers. Timings are printed, never asserted.
+
+Last, `accelctl check`'s mounted view of a Nydus target (`verify_image(..., mounted_view=True)`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from accel import constants as mt
 from accel.drivers.nydus import mount, readback
+from accel.drivers.nydus.reader import MOUNT_LABEL
 from accel.oci import Descriptor, Manifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
+from accel.verify import Verdict, verify_image
 from tests.harness import imagegen, runtimes
+from tests.harness import nydus as nh
 from tests.harness import registry as registry_harness
 from tests.harness.localconvert import convert
 from tests.harness.pushing import push
+from tests.harness.runtimes import LAYOUT_REF, check_mounted
 from tests.harness.tools import require_tool
 from tests.runtime import image
+
+# One line for the whole tier where it cannot run (a skip from a fixture would be reported once per test).
+if _why_not := runtimes.runtime_unavailable():
+    pytest.skip(f"runtime tier skipped: {_why_not}", allow_module_level=True)
 
 LAZY_LIMIT = 0.25
 ZSTD_CHUNKED_NOT_LAZY = (
@@ -63,9 +75,7 @@ class Source:
 
 
 @pytest.fixture(scope="module")
-def source(
-    registry: registry_harness.RegistryServer, tmp_path_factory: pytest.TempPathFactory, runtime_machine: None
-) -> Source:
+def source(registry: registry_harness.RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> Source:
     busybox = Path(require_tool("busybox-static"))
     layers = image.runtime_layers(busybox)
     store = ContentStore(tmp_path_factory.mktemp("runtime-source") / "store")
@@ -195,3 +205,67 @@ def test_containerd_runs_the_converted_image_lazily(
     if driver == "zstdchunked" and fraction > LAZY_LIMIT:
         pytest.xfail(ZSTD_CHUNKED_NOT_LAZY)
     assert fraction <= LAZY_LIMIT, f"{driver}: fetched {100 * fraction:.1f} % of the image to run it"
+
+
+# --- accelctl check's mounted view -----------------------------------------------------------------
+# `verify_image(..., mounted_view=True)`: a Nydus target is also mounted with nydusd over the blobs the check
+# fetched and the mounted tree compared with the source's layers applied, in a row of its own; one flipped
+# byte of one file's data makes that row fail and name the file.
+
+BIG_FILE = "usr/lib/big.bin"  # of the standard layers; random, so stored as it is: a flipped byte reads back
+BIG_FILE_SIZE = 300 * 1024 + 7
+
+
+def mount_row(verdict: Verdict) -> Any:
+    rows = [row for row in verdict.layers if row.format == MOUNT_LABEL]
+    assert len(rows) == 1, verdict.table()
+    return rows[0]
+
+
+@nh.needs_builder
+def test_the_mounted_view_is_a_row_of_the_check(tmp_path: Path) -> None:
+    source, target = runtimes.nydus_layouts(tmp_path, BIG_FILE_SIZE)
+    verdict = check_mounted(source, target, tmp_path / "verify")
+    assert verdict.ok, verdict.table()
+    assert mount_row(verdict).checks == ["mounted tree"], verdict.table()
+    assert MOUNT_LABEL in verdict.table()
+    # Without it (the conversion flow's own check) there is no mount.
+    plain = verify_image(source, LAYOUT_REF, target, LAYOUT_REF, work_dir=tmp_path / "plain")
+    assert not [row for row in plain.layers if row.format == MOUNT_LABEL]
+
+
+class FlippingLayout:
+    """A layout whose blob `digest` has one byte flipped at `offset` once fetched (after its digest was
+    checked), as if the blob changed under the check."""
+
+    def __init__(self, layout: Any, digest: str, offset: int) -> None:
+        self.layout, self.digest, self.offset = layout, digest, offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layout, name)
+
+    def fetch_blob(self, ref: Reference, desc: Descriptor, store: ContentStore) -> Path:
+        path = self.layout.fetch_blob(ref, desc, store)
+        if desc.digest == self.digest:
+            os.chmod(path, 0o644)
+            with path.open("r+b") as blob:
+                blob.seek(self.offset)
+                byte = blob.read(1)
+                blob.seek(self.offset)
+                blob.write(bytes([byte[0] ^ 0xFF]))
+        return path
+
+
+@nh.needs_builder
+def test_a_flipped_byte_of_file_data_fails_the_mounted_row_naming_the_file(tmp_path: Path) -> None:
+    source, target = runtimes.nydus_layouts(tmp_path, BIG_FILE_SIZE)
+    start_of_big = next(imagegen.generated_bytes(BIG_FILE_SIZE, seed=1))[:64]
+    blobs = sorted((tmp_path / "target" / "blobs" / "sha256").iterdir())
+    holding = [(blob, blob.read_bytes().find(start_of_big)) for blob in blobs]
+    blob, offset = next((blob, at) for blob, at in holding if at >= 0)
+    flipping = FlippingLayout(target, f"sha256:{blob.name}", offset + 1000)
+    verdict = check_mounted(source, flipping, tmp_path / "verify")
+    row = mount_row(verdict)
+    assert not row.ok, verdict.table()
+    assert BIG_FILE in row.problem, row.problem
+    assert "FAIL" in verdict.table()

@@ -8,17 +8,16 @@ import pytest
 
 from accel.drivers.nydus import mount
 from accel.drivers.nydus.reader import MOUNT_LABEL
-from accel.verify import verify_image
 from tests.harness import nydus as nh
-from tests.runtime.test_check_mount import REF, layouts
+from tests.harness.runtimes import check_mounted, nydus_layouts
 
 pytestmark = [nh.needs_builder, pytest.mark.nydus]
 
 
 def test_a_machine_without_fuse_gets_a_row_saying_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mount, "fuse_unavailable", lambda: "/dev/fuse does not exist")
-    source, target = layouts(tmp_path)
-    verdict = verify_image(source, REF, target, REF, work_dir=tmp_path / "verify", mounted_view=True)
+    source, target = nydus_layouts(tmp_path, 64 * 1024)
+    verdict = check_mounted(source, target, tmp_path / "verify")
     assert verdict.ok, verdict.table()
     [row] = [row for row in verdict.layers if row.format == MOUNT_LABEL]
     assert row.checks == ["not mounted: /dev/fuse does not exist"]
