@@ -70,7 +70,6 @@ class Converted:
 class Source:
     ref: Reference
     store: ContentStore
-    layers: list[imagegen.TarBuilder]
     busybox: bytes
 
 
@@ -83,7 +82,7 @@ def source(registry: registry_harness.RegistryServer, tmp_path_factory: pytest.T
     ref = Reference.parse(f"{registry.host}/runtime/{uuid.uuid4().hex[:10]}:source")
     with RegistryClient({registry.host: HostConfig()}) as client:
         digest = push(client, store, ref, built)
-    return Source(ref.with_digest(digest), store, layers, busybox.read_bytes())
+    return Source(ref.with_digest(digest), store, busybox.read_bytes())
 
 
 _CONVERTED: dict[str, Converted] = {}
