@@ -88,7 +88,9 @@ def _check(args: argparse.Namespace) -> int:
         else:
             client, platforms = RegistryClient(), []
         routes = Transports(client)
-        verdict = verify_image(routes, source.reference, routes, target.reference, platforms=platforms)
+        verdict = verify_image(
+            routes, source.reference, routes, target.reference, platforms=platforms, mounted_view=True
+        )
     except AccelError as exc:
         print(f"accelctl: cannot check {args.target} against {args.source}: {exc}", file=sys.stderr)
         return 2

@@ -6,17 +6,20 @@ numeric owners only, so user and group names are not compared)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from accel import constants as mt
 from accel import digest as dg
 from accel import trees
-from accel.drivers.nydus import readback
+from accel.drivers.nydus import mount, readback
 from accel.drivers.reader import PlatformReader, PlatformUnderTest
 from accel.errors import ConfigError
 from accel.oci import Descriptor
+from accel.verdict import LayerVerdict
 
 BOOTSTRAP_LABEL = "nydus-bootstrap"
 BLOB_LABEL = "nydus"
+MOUNT_LABEL = "nydusd mount"  # the extra row of the mounted view
 
 
 class NydusReader(PlatformReader):
@@ -92,6 +95,36 @@ class NydusReader(PlatformReader):
             verdict.fail(f"platform {key} merged view: {difference}", bootstrap_row)
         else:
             bootstrap_row.checks.append("merged view")
+        if platform.mounted_view:
+            _mounted_view(platform, bootstrap_row, merged, expected)
+
+
+def _mounted_view(
+    platform: PlatformUnderTest,
+    bootstrap_row: LayerVerdict,
+    merged: Path,
+    expected: dict[str, trees.Entry],
+) -> None:
+    """A row of its own: the image mounted with nydusd over its fetched blobs, its tree compared with the
+    source's layers applied; where this machine cannot mount, the row says why."""
+    row = LayerVerdict(platform.key, bootstrap_row.position, bootstrap_row.target, MOUNT_LABEL)
+    platform.verdict.layers.append(row)
+    why_not = mount.fuse_unavailable()
+    if why_not:
+        row.checks.append(f"not mounted: {why_not}")
+        return
+    workdir = platform.scratch / f"mount-{platform.key.replace('/', '-')}"
+    where = f"platform {platform.key} {MOUNT_LABEL}"
+    try:
+        blobs = mount.LocalBlobs(readback.blob_dir(platform.store))
+        differences = mount.compare_mounted(merged, blobs, expected, workdir)
+    except mount.MountError as exc:
+        platform.verdict.fail(f"{where}: {exc}", row)
+        return
+    if differences:
+        platform.verdict.fail(f"{where}: {differences[0]}", row)
+    else:
+        row.checks.append("mounted tree")
 
 
 def _whiteout_parents(entries: Sequence[trees.Entry]) -> set[str]:
