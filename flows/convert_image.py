@@ -163,6 +163,12 @@ def convert_image(
     try:
         with timeout(seconds, timeout_exc_type=ConversionTimedOut):
             return _convert(source, drivers, config_path, target_repository, target)
+    except AccelError as exc:
+        # Expected (a 404, refused credentials, a limit): the run ends FAILED with the error's one line as
+        # its message, and its logs carry that line without a traceback (tasks/expected.py).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        get_run_logger().error("%s", message)
+        return Failed(message=message, data=exc)
     except ConversionTimedOut:
         # Prefect's own state and message for a flow past its timeout (acceld names the setting).
         message = f"Flow run exceeded timeout of {seconds} second(s)"

@@ -4,8 +4,12 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
-Answers: any number of {"log": line} (Prefect's console lines of the run: one per task run), then one
-{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or {"exit": 1, "error": message}.
+Optional request keys: "verbose" (send the run's log lines), "debug" (keep the tracebacks of expected
+failures), "warnings" (send the config's warnings: the client did not check the request itself).
+Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
+"verbose", {"log": line} (Prefect's console lines of the run: one per task run), then one
+{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or
+{"exit": code, "error": one line, "traceback": text (a bug, or "debug")}, code as `service.onetime.ExitCode`.
 `timings` (for `accelctl convert --timings` and bench/oneshot.py): wall-clock times (time.time()) at which
 the runner received the request, finished checking it, got its turn and had the flow's result, plus the
 flow's own stage durations (`stages`, seconds).
@@ -26,28 +30,35 @@ import socketserver
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.onetime import check_request, describe_failure
+from service.onetime import ExitCode, check_request, describe_failure
 
 log = logging.getLogger("accel.localrunner")
 
 
 class _Forwarder(logging.Handler):
-    """Sends the current conversion's log lines to its caller; a closed caller does not stop the run."""
+    """Sends the current conversion's log lines (all with `verbose`, else accel's warnings) to its caller;
+    a closed caller does not stop the run."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
         self.send: Callable[[dict[str, Any]], None] | None = None
+        self.verbose = False
 
     def emit(self, record: logging.LogRecord) -> None:
         send = self.send
         if send is None or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs", "accel")):
             return
+        config = record.name == "accel.config"  # its warnings come from the request's check, once per call
         with contextlib.suppress(Exception):
-            send({"log": self.format(record)})
+            if self.verbose:
+                send({"log": self.format(record)})
+            elif record.name.startswith("accel") and record.levelno >= logging.WARNING and not config:
+                send({"warning": record.getMessage()})
 
 
 class Runner:
@@ -82,19 +93,26 @@ class Runner:
         from prefect.context import SettingsContext
 
         from flows.convert_image import convert_image
+        from tasks import expected
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
         target = request.get("target") or None
-        error = check_request(str(request["source"]), str(request["config"]), drivers, target)
-        if error is not None:
-            send({"exit": 1, "error": error})
+        checked = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        if request.get("warnings", True):
+            for warning in checked.warnings:
+                send({"warning": warning})
+        if checked.failure is not None:
+            send({"exit": int(checked.failure.code), "error": checked.failure.message})
             return
         timings["checked"] = time.time()
+        debug = bool(request.get("debug"))
         no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
         with self.one_at_a_time, no_heartbeats:
             timings["started"] = time.time()
             self.forwarder.send = send
+            self.forwarder.verbose = bool(request.get("verbose"))
+            expected.show_tracebacks = debug
             try:
                 result = convert_image(
                     source=str(request["source"]),
@@ -104,10 +122,16 @@ class Runner:
                     return_state=False,
                 )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
-                send({"exit": 1, "error": describe_failure(exc)})
+                failure = describe_failure(exc)
+                answer: dict[str, Any] = {"exit": int(failure.code), "error": failure.message}
+                if failure.code is ExitCode.BUG or debug:
+                    answer["traceback"] = traceback.format_exc()
+                    log.error("conversion of %s failed", request["source"], exc_info=True)
+                send(answer)
                 return
             finally:
                 self.forwarder.send = None
+                expected.show_tracebacks = False
         timings["finished"] = time.time()
         timings["stages"] = result.seconds
         targets = [[t.driver, t.reference, t.digest] for t in result.targets]
@@ -129,7 +153,7 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
                 if not isinstance(request, dict) or "source" not in request or "config" not in request:
                     raise ValueError("expected {source, drivers, config}")
             except ValueError as exc:
-                send({"exit": 2, "error": f"bad request: {exc}"})
+                send({"exit": int(ExitCode.USAGE), "error": f"bad request: {exc}"})
                 return
             runner.convert(request, send)
 

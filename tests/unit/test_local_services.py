@@ -59,7 +59,7 @@ def test_bad_input_fails_before_prefect_and_starts_nothing(tmp_path, config, arg
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # ExitCode.USAGE: the command line, config or reference is wrong
     assert message in proc.stderr and "accelctl: conversion of" in proc.stderr
     assert "NO_PREFECT" in proc.stdout
     assert not (state / "local").exists() and not (state / "prefect").exists()
@@ -76,7 +76,7 @@ def test_bad_config_fails_before_prefect(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # ExitCode.USAGE
     assert f"{bad} is invalid" in proc.stderr
     assert "NO_PREFECT" in proc.stdout
     assert not (tmp_path / "state" / "local").exists()
