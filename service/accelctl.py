@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from service.onetime import ExitCode, Failure, check_request, describe_failure
 from service.state import use_embedded_prefect
@@ -142,6 +142,8 @@ def _check(args: argparse.Namespace) -> int:
         else:
             client, platforms = RegistryClient(), []
         routes = Transports(client)
+        for reference in (source.reference, target.reference):
+            routes.resolve(reference)  # a missing image is NOT_FOUND here, not a difference in the verdict
         verdict = verify_image(routes, source.reference, routes, target.reference, platforms=platforms)
     except AccelError as exc:
         if args.debug:
@@ -450,10 +452,17 @@ def driver_types() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(drivers)]) if m.ispkg)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from service.version import version
 
-    parser = argparse.ArgumentParser(prog="accelctl", description="accel command line")
+    parser = _Parser(prog="accelctl", description="accel command line")
     parser.add_argument("--version", action="version", version=f"accelctl {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     default_config = os.environ.get("ACCEL_CONFIG") or None

@@ -121,6 +121,9 @@ def check_request(source: str, config: str, drivers: list[str] | None, target: s
         checked.warnings = list(config_checked.warnings)
         settings = config_checked.settings
         source_location = parse_location(source)
+        if (missing := _missing_source(source_location.path, source)) is not None:
+            checked.failure = missing
+            return checked
         target_location = parse_location(target) if target else None
         reference = source_location.reference
         named = reference if reference.tag or reference.digest else reference.with_tag("latest")
@@ -129,11 +132,9 @@ def check_request(source: str, config: str, drivers: list[str] | None, target: s
     except AccelError as exc:
         checked.failure = describe_failure(exc)
         return checked
-    checked.failure = (
-        _missing_source(source_location.path, source)
-        or _unwritable_target(target_location.path if target_location else None, target or "")
-        or _unwritable_work_dir(settings.provider.work_dir, config)
-    )
+    checked.failure = _unwritable_target(
+        target_location.path if target_location else None, target or ""
+    ) or _unwritable_work_dir(settings.provider.work_dir, config)
     return checked
 
 
