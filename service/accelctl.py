@@ -110,6 +110,8 @@ def _convert_in_process(args: argparse.Namespace) -> int:
         if failure.code is ExitCode.BUG or args.debug:
             traceback.print_exc()
         return _fail(f"conversion of {args.source}", failure)
+    if result.skipped:
+        print(f"accelctl: nothing to convert in {args.source}: {result.skipped}", file=sys.stderr)
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
     return 0
@@ -204,6 +206,11 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
                 timings = {"sent": sent, **message["timings"], "answered": time.time()}
                 print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
             if message.get("exit") == 0:
+                if message.get("skipped"):
+                    print(
+                        f"accelctl: nothing to convert in {args.source}: {message['skipped']}",
+                        file=sys.stderr,
+                    )
                 for driver, reference, digest in message["targets"]:
                     print(f"{driver}\t{reference}\t{digest}")
                 return 0

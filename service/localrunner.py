@@ -8,7 +8,8 @@ Optional request keys: "verbose" (send the run's log lines), "debug" (keep the t
 failures), "warnings" (send the config's warnings: the client did not check the request itself).
 Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
 "verbose", {"log": line} (Prefect's console lines of the run: one per task run), then one
-{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or
+{"exit": 0, "targets": [[driver, reference, digest], …], "skipped": why nothing was converted or null,
+"timings": {…}} or
 {"exit": code, "error": one line, "traceback": text (a bug, or "debug")}, code as `service.onetime.ExitCode`.
 `timings` (for `accelctl convert --timings` and bench/oneshot.py): wall-clock times (time.time()) at which
 the runner received the request, finished checking it, got its turn and had the flow's result, plus the
@@ -135,7 +136,7 @@ class Runner:
         timings["finished"] = time.time()
         timings["stages"] = result.seconds
         targets = [[t.driver, t.reference, t.digest] for t in result.targets]
-        send({"exit": 0, "targets": targets, "timings": timings})
+        send({"exit": 0, "targets": targets, "skipped": result.skipped, "timings": timings})
 
 
 def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:

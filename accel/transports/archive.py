@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
+from accel.errors import UnsupportedMediaType
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry.errors import RegistryError
@@ -177,6 +178,19 @@ class DockerArchiveTarget(OCIArchive):
     def __init__(self, path: Path | str) -> None:
         super().__init__(path, writable=True)
 
+    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor:
+        """Refuses, before anything is written, an image whose layers `docker load` (and skopeo's
+        docker-archive reader) cannot apply: only tar layers (plain, gzip, zstd) go into a docker archive."""
+        doc = json.loads(raw)
+        if isinstance(doc, dict):
+            layers = [layer for layer in doc.get("layers") or [] if isinstance(layer, dict)]
+            if unloadable := [_format_name(layer) for layer in layers if _format_name(layer) is not None]:
+                raise UnsupportedMediaType(
+                    f"docker-archive:{self.path} cannot hold {unloadable[0]} layers (docker load and skopeo "
+                    "could not read them back); write oci-archive: or oci: instead"
+                )
+        return super().push_manifest(ref, raw, media_type)
+
     def _extra_files(self) -> dict[str, bytes]:
         assert self._staging is not None
         images = []
@@ -197,3 +211,24 @@ class DockerArchiveTarget(OCIArchive):
                 }
             )
         return {"manifest.json": json.dumps(images).encode()}
+
+
+# Layers a docker archive can hold: tars, plain or compressed, as `docker load` applies them.
+DOCKER_LOADABLE_LAYERS = frozenset(
+    {
+        mt.OCI_LAYER_TAR,
+        mt.OCI_LAYER_GZIP,
+        mt.OCI_LAYER_ZSTD,
+        mt.DOCKER_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.diff.tar",
+    }
+)
+
+
+def _format_name(layer: dict[str, Any]) -> str | None:
+    """None for a layer `docker load` can apply, else the format to name in the refusal."""
+    annotations = layer.get("annotations") or {}
+    media_type = layer.get("mediaType")
+    if media_type == mt.NYDUS_BLOB or mt.NYDUS_BOOTSTRAP_ANNOTATION in annotations:
+        return "Nydus"
+    return None if media_type in DOCKER_LOADABLE_LAYERS else f"{media_type}"
