@@ -189,6 +189,22 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "debug": bool(args.debug),
         "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
     }
+    try:
+        return _stream_answer(args, sock, request)
+    except KeyboardInterrupt:
+        # The run is the runner's: it goes on (Ctrl-C does not cancel it yet) and may still push its tags.
+        print(
+            f"accelctl: interrupted: the conversion of {args.source} continues in the local runner "
+            "(`accelctl server stop` ends it)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERRUPTED)
+
+
+def _stream_answer(args: argparse.Namespace, sock: Any, request: dict[str, Any]) -> int:
+    """Send the request to the runner and print its answer: warnings (and logs with -v), then the result."""
+    from service import local
+
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
         stream.write(json.dumps(request).encode() + b"\n")
