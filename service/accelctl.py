@@ -189,52 +189,68 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "debug": bool(args.debug),
         "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
     }
-    try:
-        return _stream_answer(args, sock, request)
-    except KeyboardInterrupt:
-        # The run is the runner's: it goes on (Ctrl-C does not cancel it yet) and may still push its tags.
-        print(
-            f"accelctl: interrupted: the conversion of {args.source} continues in the local runner "
-            "(`accelctl server stop` ends it)",
-            file=sys.stderr,
-        )
-        return int(ExitCode.INTERRUPTED)
-
-
-def _stream_answer(args: argparse.Namespace, sock: Any, request: dict[str, Any]) -> int:
-    """Send the request to the runner and print its answer: warnings (and logs with -v), then the result."""
-    from service import local
-
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
-        stream.write(json.dumps(request).encode() + b"\n")
-        stream.flush()
-        for line in stream:
-            message = json.loads(line)
-            if "log" in message:
-                print(message["log"], file=sys.stderr, flush=True)
-                continue
-            if "warning" in message:
-                _warn(message["warning"])
-                continue
-            if args.timings and "timings" in message:
-                # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
-                timings = {"sent": sent, **message["timings"], "answered": time.time()}
-                print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
-            if message.get("exit") == 0:
-                if message.get("skipped"):
-                    print(
-                        f"accelctl: nothing to convert in {args.source}: {message['skipped']}",
-                        file=sys.stderr,
-                    )
-                for driver, reference, digest in message["targets"]:
-                    print(f"{driver}\t{reference}\t{digest}")
-                return 0
-            if message.get("traceback"):
-                print(message["traceback"].rstrip(), file=sys.stderr)
-            return _fail(
-                f"conversion of {args.source}", Failure(_exit_code(message), str(message.get("error")))
+        try:
+            stream.write(json.dumps(request).encode() + b"\n")
+            stream.flush()
+        except KeyboardInterrupt:
+            print(f"accelctl: interrupted: the conversion of {args.source} was not started", file=sys.stderr)
+            return int(ExitCode.INTERRUPTED)
+        try:
+            return _read_answer(args, stream, sent)
+        except KeyboardInterrupt:
+            pass
+        # Ctrl-C: the run is the runner's; ask it to cancel, and wait for its answer (a second Ctrl-C leaves).
+        print(
+            f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to leave it running)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            stream.write(json.dumps({"cancel": True}).encode() + b"\n")
+            stream.flush()
+            return _read_answer(args, stream, sent)
+        except (KeyboardInterrupt, OSError):
+            print(
+                f"accelctl: detached: the conversion of {args.source} continues in the local runner "
+                "(`accelctl server stop` ends it)",
+                file=sys.stderr,
             )
+            return int(ExitCode.INTERRUPTED)
+
+
+def _read_answer(args: argparse.Namespace, stream: Any, sent: float) -> int:
+    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure."""
+    from service import local
+
+    for line in stream:
+        message = json.loads(line)
+        if "log" in message:
+            print(message["log"], file=sys.stderr, flush=True)
+            continue
+        if "warning" in message:
+            _warn(message["warning"])
+            continue
+        if args.timings and "timings" in message:
+            # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
+            timings = {"sent": sent, **message["timings"], "answered": time.time()}
+            print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
+        if message.get("exit") == 0:
+            if message.get("skipped"):
+                print(f"accelctl: nothing to convert in {args.source}: {message['skipped']}", file=sys.stderr)
+            for driver, reference, digest in message["targets"]:
+                print(f"{driver}\t{reference}\t{digest}")
+            return 0
+        if message.get("traceback"):
+            print(message["traceback"].rstrip(), file=sys.stderr)
+        if _exit_code(message) is ExitCode.INTERRUPTED:
+            print(
+                f"accelctl: cancelled the conversion of {args.source}: {message.get('error')}",
+                file=sys.stderr,
+            )
+            return int(ExitCode.INTERRUPTED)
+        return _fail(f"conversion of {args.source}", Failure(_exit_code(message), str(message.get("error"))))
     return _fail(
         f"conversion of {args.source}",
         Failure(

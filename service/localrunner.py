@@ -4,6 +4,8 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
+After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED at its next
+step (`tasks/cancel.py`) and the answer is {"exit": 130, "error": …}.
 Optional request keys: "verbose" (send the run's log lines), "debug" (keep the tracebacks of expected
 failures), "warnings" (send the config's warnings: the client did not check the request itself).
 Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
@@ -89,12 +91,20 @@ class Runner:
         self.profile = context.profile
         self.settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
-    def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+    def convert(
+        self,
+        request: dict[str, Any],
+        send: Callable[[dict[str, Any]], None],
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        """Run one request; `cancelled` (set on the caller's {"cancel": true}) ends its run CANCELLED."""
+        cancelled = cancelled or threading.Event()
         timings: dict[str, Any] = {"received": time.time()}
         from prefect.context import SettingsContext
+        from prefect.exceptions import CancelledRun
 
         from flows.convert_image import convert_image
-        from tasks import expected
+        from tasks import cancel, expected
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
@@ -109,7 +119,10 @@ class Runner:
         timings["checked"] = time.time()
         debug = bool(request.get("debug"))
         no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
-        with self.one_at_a_time, no_heartbeats:
+        with self.one_at_a_time, no_heartbeats, cancel.cancellable(cancelled):
+            if cancelled.is_set():  # cancelled while it waited for its turn: nothing ran
+                send({"exit": int(ExitCode.INTERRUPTED), "error": "cancelled before it started"})
+                return
             timings["started"] = time.time()
             self.forwarder.send = send
             self.forwarder.verbose = bool(request.get("verbose"))
@@ -123,6 +136,14 @@ class Runner:
                     return_state=False,
                 )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
+                if cancelled.is_set() and isinstance(exc, CancelledRun):
+                    send(
+                        {
+                            "exit": int(ExitCode.INTERRUPTED),
+                            "error": "its run ended CANCELLED, nothing pushed",
+                        }
+                    )
+                    return
                 failure = describe_failure(exc)
                 answer: dict[str, Any] = {"exit": int(failure.code), "error": failure.message}
                 if failure.code is ExitCode.BUG or debug:
@@ -156,7 +177,18 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
             except ValueError as exc:
                 send({"exit": int(ExitCode.USAGE), "error": f"bad request: {exc}"})
                 return
-            runner.convert(request, send)
+            cancelled = threading.Event()
+            threading.Thread(target=self._read_cancel, args=(cancelled,), daemon=True).start()
+            runner.convert(request, send, cancelled)
+
+        def _read_cancel(self, cancelled: threading.Event) -> None:
+            """The caller's later lines: {"cancel": true} (its Ctrl-C). A caller that leaves (EOF) detaches:
+            its run goes on."""
+            with contextlib.suppress(OSError, ValueError):
+                for line in self.rfile:
+                    if json.loads(line).get("cancel"):
+                        log.info("cancel requested")
+                        cancelled.set()
 
     return Handler
 

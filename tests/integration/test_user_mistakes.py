@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from accel.reference import Reference
+from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from service.onetime import ExitCode
-from tests.harness import configs, pushing
+from tests.harness import configs, imagegen, pushing
 from tests.harness.registry import free_port
 
 pytestmark = [pytest.mark.runtime, pytest.mark.registry, pytest.mark.prefect]
@@ -263,3 +266,60 @@ def test_an_expected_failure_ends_the_run_with_its_line_and_no_traceback(world):
     text = "\n".join(entry.message for entry in logs)
     assert "answered 404" in text and "Traceback" not in text, text
     assert len(logs) <= 12, text
+
+
+def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_path):
+    """The first Ctrl-C asks the runner to cancel: the run ends CANCELLED at its next step, nothing is
+    pushed, one line says so (exit 130)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    store = ContentStore(tmp_path / "big")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file_from_generator("big.bin", 64 << 20, seed=24)
+    image = imagegen.generate_image([layer], store)
+    source = Reference.parse(f"{registry.host}/mistakes/ctrl-c:v1")
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        pushing.push(client, store, source, image)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.accelctl",
+            "convert",
+            "-v",
+            "--config",
+            str(world.config),
+            str(source),
+        ],
+        cwd=REPO,
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # -v: the run's log lines; interrupt once the flow run has begun
+        seen.append(line)
+        if "Beginning flow run" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.INTERRUPTED, "".join(seen) + err
+    assert "accelctl: cancelling the conversion" in err and "accelctl: cancelled the conversion" in err
+    assert "Traceback" not in err and out == ""
+
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        assert client.list_tags(source) == ["v1"]  # no v1-estargz
+    api_url = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)["server"]["api_url"]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+    assert run.state is not None and run.state.is_cancelled(), run.state
