@@ -180,15 +180,20 @@ class DockerArchiveTarget(OCIArchive):
 
     def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor:
         """Refuses, before anything is written, an image whose layers `docker load` (and skopeo's
-        docker-archive reader) cannot apply: only tar layers (plain, gzip, zstd) go into a docker archive."""
+        docker-archive reader) cannot apply: only tar layers (plain, gzip, zstd) go into a docker archive.
+        The refusal names the format (the driver that recognises the layers), else the media type."""
         doc = json.loads(raw)
-        if isinstance(doc, dict):
-            layers = [layer for layer in doc.get("layers") or [] if isinstance(layer, dict)]
-            if unloadable := [_format_name(layer) for layer in layers if _format_name(layer) is not None]:
-                raise UnsupportedMediaType(
-                    f"docker-archive:{self.path} cannot hold {unloadable[0]} layers (docker load and skopeo "
-                    "could not read them back); write oci-archive: or oci: instead"
-                )
+        listed = doc.get("layers") if isinstance(doc, dict) else None
+        layers = [layer for layer in listed or [] if isinstance(layer, dict)]
+        unloadable = [layer for layer in layers if layer.get("mediaType") not in DOCKER_LOADABLE_LAYERS]
+        if unloadable:
+            from accel.drivers import detect_format
+
+            named = detect_format([Descriptor.model_validate(layer) for layer in layers])
+            raise UnsupportedMediaType(
+                f"docker-archive:{self.path} cannot hold {named or unloadable[0].get('mediaType')} layers "
+                "(docker load and skopeo could not read them back); write oci-archive: or oci: instead"
+            )
         return super().push_manifest(ref, raw, media_type)
 
     def _extra_files(self) -> dict[str, bytes]:
@@ -223,12 +228,3 @@ DOCKER_LOADABLE_LAYERS = frozenset(
         "application/vnd.docker.image.rootfs.diff.tar",
     }
 )
-
-
-def _format_name(layer: dict[str, Any]) -> str | None:
-    """None for a layer `docker load` can apply, else the format to name in the refusal."""
-    annotations = layer.get("annotations") or {}
-    media_type = layer.get("mediaType")
-    if media_type == mt.NYDUS_BLOB or mt.NYDUS_BOOTSTRAP_ANNOTATION in annotations:
-        return "Nydus"
-    return None if media_type in DOCKER_LOADABLE_LAYERS else f"{media_type}"

@@ -315,10 +315,23 @@ def test_a_docker_archive_refuses_nydus_layers_by_name(tmp_path: Path) -> None:
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
         "config": {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "0" * 64, "size": 2},
-        "layers": [{"mediaType": mt.NYDUS_BLOB, "digest": "sha256:" + "1" * 64, "size": 10}],
+        "layers": [  # as the Nydus driver writes them: a blob layer, then the bootstrap
+            {
+                "mediaType": mt.NYDUS_BLOB,
+                "digest": "sha256:" + "1" * 64,
+                "size": 10,
+                "annotations": {mt.NYDUS_BLOB_ANNOTATION: "true"},
+            },
+            {
+                "mediaType": mt.OCI_LAYER_GZIP,
+                "digest": "sha256:" + "2" * 64,
+                "size": 10,
+                "annotations": {mt.NYDUS_BOOTSTRAP_ANNOTATION: "true"},
+            },
+        ],
     }
     target = DockerArchiveTarget(tmp_path / "out.tar")
-    with pytest.raises(UnsupportedMediaType, match="cannot hold Nydus layers"):
+    with pytest.raises(UnsupportedMediaType, match="cannot hold nydus layers"):
         target.push_manifest(Reference("docker-archive", "x"), json.dumps(manifest).encode(), mt.OCI_MANIFEST)
     target.discard()
     assert not (tmp_path / "out.tar").exists()
