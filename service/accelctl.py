@@ -12,6 +12,7 @@ no Authorization header is needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from service.onetime import ExitCode, Failure, check_request, describe_failure
+from service.progress import Progress
 from service.state import use_embedded_prefect
 
 # accel.transports' local transports, spelled here so the client needs no engine import.
@@ -188,6 +190,8 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "verbose": bool(args.verbose),
         "debug": bool(args.debug),
         "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
+        # A status line on a terminal only: piped output stays the result lines.
+        "progress": sys.stderr.isatty() and not args.verbose,
     }
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
@@ -197,8 +201,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"accelctl: interrupted: the conversion of {args.source} was not started", file=sys.stderr)
             return int(ExitCode.INTERRUPTED)
+        progress = Progress(args.source) if request["progress"] else None
         try:
-            return _read_answer(args, stream, sent)
+            with progress or contextlib.nullcontext():
+                return _read_answer(args, stream, sent, progress)
         except KeyboardInterrupt:
             pass
         # Ctrl-C: the run is the runner's; ask it to cancel, and wait for its answer (a second Ctrl-C leaves).
@@ -210,7 +216,7 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         try:
             stream.write(json.dumps({"cancel": True}).encode() + b"\n")
             stream.flush()
-            return _read_answer(args, stream, sent)
+            return _read_answer(args, stream, sent, None)
         except (KeyboardInterrupt, OSError):
             print(
                 f"accelctl: detached: the conversion of {args.source} continues in the local runner "
@@ -220,12 +226,18 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             return int(ExitCode.INTERRUPTED)
 
 
-def _read_answer(args: argparse.Namespace, stream: Any, sent: float) -> int:
+def _read_answer(args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None) -> int:
     """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure."""
     from service import local
 
     for line in stream:
         message = json.loads(line)
+        if "progress" in message:
+            if progress is not None:
+                progress.task_finished(str(message["progress"]["name"]), str(message["progress"]["state"]))
+            continue
+        if progress is not None:
+            progress.clear()  # every other line is printed on its own
         if "log" in message:
             print(message["log"], file=sys.stderr, flush=True)
             continue

@@ -6,8 +6,10 @@ Protocol, one JSON object per line. Request: {"source", "drivers" (list or null)
 "target" (any transport, or null)}.
 After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED at its next
 step (`tasks/cancel.py`) and the answer is {"exit": 130, "error": …}.
-Optional request keys: "verbose" (send the run's log lines), "debug" (keep the tracebacks of expected
-failures), "warnings" (send the config's warnings: the client did not check the request itself).
+Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
+run name, "state": its final state}} for each finished task run: accelctl's status line on a terminal),
+"debug" (keep the tracebacks of expected failures), "warnings" (send the config's warnings: the client did
+not check the request itself).
 Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
 "verbose", {"log": line} (Prefect's console lines of the run: one per task run), then one
 {"exit": 0, "targets": [[driver, reference, digest], …], "skipped": why nothing was converted or null,
@@ -28,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socketserver
 import sys
@@ -43,6 +46,10 @@ from service.onetime import ExitCode, check_request, describe_failure
 log = logging.getLogger("accel.localrunner")
 
 
+# Prefect's line for a task run that ended: `Finished in state Completed()`.
+_FINISHED = re.compile(r"^Finished in state (\w+)")
+
+
 class _Forwarder(logging.Handler):
     """Sends the current conversion's log lines (all with `verbose`, else accel's warnings) to its caller;
     a closed caller does not stop the run."""
@@ -51,6 +58,7 @@ class _Forwarder(logging.Handler):
         super().__init__(level=logging.INFO)
         self.send: Callable[[dict[str, Any]], None] | None = None
         self.verbose = False
+        self.progress = False
 
     def emit(self, record: logging.LogRecord) -> None:
         send = self.send
@@ -58,6 +66,11 @@ class _Forwarder(logging.Handler):
             return
         config = record.name == "accel.config"  # its warnings come from the request's check, once per call
         with contextlib.suppress(Exception):
+            if self.progress and record.name == "prefect.task_runs":
+                finished = _FINISHED.match(record.getMessage())
+                name = getattr(record, "task_run_name", None)
+                if finished and name:
+                    send({"progress": {"name": name, "state": finished[1]}})
             if self.verbose:
                 send({"log": self.format(record)})
             elif record.name.startswith("accel") and record.levelno >= logging.WARNING and not config:
@@ -126,6 +139,7 @@ class Runner:
             timings["started"] = time.time()
             self.forwarder.send = send
             self.forwarder.verbose = bool(request.get("verbose"))
+            self.forwarder.progress = bool(request.get("progress"))
             expected.show_tracebacks = debug
             try:
                 result = convert_image(
