@@ -492,7 +492,13 @@ def _add_config_commands(sub: Any) -> None:
         help="validate FILE as acceld does, strictly: unknown keys are errors; exit 1 when acceld would "
         "warn about or refuse it",
     )
-    check.add_argument("file", help="acceld-style YAML config")
+    default = os.environ.get("ACCEL_CONFIG") or None
+    check.add_argument(
+        "file",
+        nargs="?" if default else None,
+        default=default,
+        help="acceld-style YAML config ($ACCEL_CONFIG)",
+    )
     check.set_defaults(func=_config_check)
 
 
