@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -97,26 +99,61 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     _quiet_prefect_console(args.verbose)
     if args.debug:
         os.environ["ACCEL_DEBUG"] = "1"
-    from flows.convert_image import convert_image
+    from prefect.exceptions import CancelledRun
 
-    try:
-        result = convert_image(
-            source=args.source,
-            drivers=args.driver or None,
-            config=args.config,
-            target=args.target,
-            return_state=False,
+    from flows.convert_image import convert_image
+    from tasks import cancel
+
+    cancelled = threading.Event()
+
+    def first_ctrl_c(signum: int, frame: Any) -> None:
+        # The run ends CANCELLED at its next step; a second Ctrl-C interrupts this process (and its run).
+        cancelled.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(
+            f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to stop at once)",
+            file=sys.stderr,
         )
+
+    previous = signal.signal(signal.SIGINT, first_ctrl_c) if _interruptible() else None
+    try:
+        with cancel.cancellable(cancelled):
+            result = convert_image(
+                source=args.source,
+                drivers=args.driver or None,
+                config=args.config,
+                target=args.target,
+                return_state=False,
+            )
+    except CancelledRun:
+        if not cancelled.is_set():
+            raise
+        print(
+            f"accelctl: cancelled the conversion of {args.source}: its run ended CANCELLED, nothing pushed",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # Prefect re-raises the run's exception
         failure = describe_failure(exc)
         if failure.code is ExitCode.BUG or args.debug:
             traceback.print_exc()
         return _fail(f"conversion of {args.source}", failure)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if result.skipped:
         print(f"accelctl: nothing to convert in {args.source}: {result.skipped}", file=sys.stderr)
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
     return 0
+
+
+def _interruptible() -> bool:
+    """Ctrl-C is ours to handle: in the main thread, and not ignored (as for a shell's background job)."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -270,9 +270,10 @@ def test_an_expected_failure_ends_the_run_with_its_line_and_no_traceback(world):
     assert len(logs) <= 12, text
 
 
-def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_path):
-    """The first Ctrl-C asks the runner to cancel: the run ends CANCELLED at its next step, nothing is
-    pushed, one line says so (exit 130)."""
+@pytest.mark.parametrize("mode", ["runner", "in-process"])
+def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_path, mode):
+    """The first Ctrl-C cancels (the local runner's run, or this process's): the run ends CANCELLED at its
+    next step, nothing is pushed, one line says so (exit 130)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -282,7 +283,10 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
     layer = imagegen.TarBuilder(auto_parents=True)
     layer.file_from_generator("big.bin", 64 << 20, seed=24)
     image = imagegen.generate_image([layer], store)
-    source = Reference.parse(f"{registry.host}/mistakes/ctrl-c:v1")
+    source = Reference.parse(f"{registry.host}/mistakes/ctrl-c-{mode}:v1")
+    api_url = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)["server"]["api_url"]
+    in_process = ["--in-process"] if mode == "in-process" else []
+    env = {**world.env, "PREFECT_API_URL": api_url} if in_process else world.env
     with RegistryClient({registry.host: HostConfig()}) as client:
         pushing.push(client, store, source, image)
 
@@ -292,13 +296,14 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
             "-m",
             "service.accelctl",
             "convert",
+            *in_process,
             "-v",
             "--config",
             str(world.config),
             str(source),
         ],
         cwd=REPO,
-        env=world.env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -317,7 +322,6 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
 
     with RegistryClient({registry.host: HostConfig()}) as client:
         assert client.list_tags(source) == ["v1"]  # no v1-estargz
-    api_url = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)["server"]["api_url"]
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"])),
