@@ -3,9 +3,10 @@
 One source image (tests/runtime/image.py) is pushed to the loopback registry and converted by each driver
 (engine calls only, tests/harness/localconvert). Each target is then read through a byte-counting proxy:
 Nydus mounted by nydusd (registry backend, prefetch off) and run by containerd + nydus-snapshotter; eStargz
-and zstd:chunked run by containerd + stargz-snapshotter (noprefetch, no_background_fetch). The command's
-output must be right, the files it reads must have the source's bytes, and the blob bytes fetched before
-it finishes must be at most 25 % of the image's layers. Timings are printed, never asserted.
+and zstd:chunked (`variant: stargz`) run by containerd + stargz-snapshotter (noprefetch,
+no_background_fetch). The command's output must be right, the files it reads must have the source's bytes,
+and the blob bytes fetched before it finishes must be at most 25 % of the image's layers. Timings are
+printed, never asserted.
 
 Last, `accelctl check`'s mounted view of a Nydus target (`verify_image(..., mounted_view=True)`).
 """
@@ -45,9 +46,6 @@ if _why_not := runtimes.runtime_unavailable():
     pytest.skip(f"runtime tier skipped: {_why_not}", allow_module_level=True)
 
 LAZY_LIMIT = 0.25
-ZSTD_CHUNKED_NOT_LAZY = (
-    "issue 21 item 3: runtimes only read the older zstd:chunked variant lazily; ours is pulled whole"
-)
 
 
 @dataclass(frozen=True)
@@ -85,24 +83,26 @@ def source(registry: registry_harness.RegistryServer, tmp_path_factory: pytest.T
     return Source(ref.with_digest(digest), store, busybox.read_bytes())
 
 
-_CONVERTED: dict[str, Converted] = {}
+_CONVERTED: dict[tuple[str, str], Converted] = {}
 
 
-def converted(source: Source, driver: str) -> Converted:
-    """`source` converted by `driver` and pushed beside it (once per session)."""
-    if driver not in _CONVERTED:
+def converted(source: Source, driver: str, options: dict[str, Any] | None = None) -> Converted:
+    """`source` converted by `driver` (with `options`) and pushed beside it (once per session)."""
+    key = (driver, repr(sorted((options or {}).items())))
+    if key not in _CONVERTED:
         if driver == "nydus":
             require_tool("nydus-image")
         host = source.ref.registry
-        target = Reference(registry=host, repository=source.ref.repository, tag=driver)
+        tag = "-".join([driver, *(str(v) for v in (options or {}).values())])
+        target = Reference(registry=host, repository=source.ref.repository, tag=tag)
         with RegistryClient({host: HostConfig()}) as client:
             started = time.monotonic()
-            root = convert(client, source.ref, client, target, driver, source.store)
+            root = convert(client, source.ref, client, target, driver, source.store, options)
             seconds = time.monotonic() - started
             _, raw = client.fetch_manifest(target.with_digest(root.digest))
         layers = tuple(Manifest.parse(raw).layers)
-        _CONVERTED[driver] = Converted(driver, target.with_digest(root.digest), layers, seconds)
-    return _CONVERTED[driver]
+        _CONVERTED[key] = Converted(driver, target.with_digest(root.digest), layers, seconds)
+    return _CONVERTED[key]
 
 
 @pytest.fixture
@@ -170,23 +170,29 @@ def test_nydus_mounted_by_nydusd_reads_the_source_bytes_lazily(
 
 # --- containerd with remote snapshotters -----------------------------------------------------------
 
+# zstd:chunked as `variant: stargz`, the one stargz-snapshotter reads in part. The default variant is pulled
+# whole by it (measured: 100.8 %; README "Formats"): it is not run here, since its layers have the same
+# DiffIDs as the stargz variant's, and containerd would reuse the snapshots one of them unpacked.
 RUNS = [
-    pytest.param("nydus", "nydus", "cri", id="nydus-snapshotter"),
-    pytest.param("estargz", "stargz", "stargz", id="estargz-stargz-snapshotter"),
-    pytest.param("zstdchunked", "stargz", "stargz", id="zstdchunked-stargz-snapshotter"),
+    pytest.param("nydus", None, "nydus", "cri", id="nydus-snapshotter"),
+    pytest.param("estargz", None, "stargz", "stargz", id="estargz-stargz-snapshotter"),
+    pytest.param(
+        "zstdchunked", {"variant": "stargz"}, "stargz", "stargz", id="zstdchunked-stargz-snapshotter"
+    ),
 ]
 
 
-@pytest.mark.parametrize(("driver", "snapshotter", "labels"), RUNS)
+@pytest.mark.parametrize(("driver", "options", "snapshotter", "labels"), RUNS)
 def test_containerd_runs_the_converted_image_lazily(
     driver: str,
+    options: dict[str, Any] | None,
     snapshotter: str,
     labels: str,
     source: Source,
     proxy: runtimes.CountingProxy,
     runtime_stack: runtimes.RuntimeStack,
 ) -> None:
-    target = converted(source, driver)
+    target = converted(source, driver, options)
     ref = target.through(proxy)
     started = time.monotonic()
     runtime_stack.pull(ref, snapshotter, labels)
@@ -194,15 +200,14 @@ def test_containerd_runs_the_converted_image_lazily(
     output = runtime_stack.run(ref, snapshotter, f"{driver}-{uuid.uuid4().hex[:8]}", *image.COMMAND)
     finished = time.monotonic()
     assert output == image.EXPECTED_OUTPUT
+    variant = f" ({', '.join(f'{k}: {v}' for k, v in options.items())})" if options else ""
     fraction = report(
-        f"{driver} / containerd + {snapshotter}-snapshotter",
+        f"{driver}{variant} / containerd + {snapshotter}-snapshotter",
         target,
         proxy.blob_bytes,
         pull=pulled - started,
         first_command=finished - pulled,
     )
-    if driver == "zstdchunked" and fraction > LAZY_LIMIT:
-        pytest.xfail(ZSTD_CHUNKED_NOT_LAZY)
     assert fraction <= LAZY_LIMIT, f"{driver}: fetched {100 * fraction:.1f} % of the image to run it"
 
 
