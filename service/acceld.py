@@ -37,6 +37,12 @@ if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not loa
 
 log = logging.getLogger("acceld")
 
+# SIGTERM stops acceld within about 10 s whatever state Prefect is in: open requests get API_SHUTDOWN_GRACE
+# seconds (accepted pushes are journalled, so a creation still waiting on Prefect is not lost by stopping),
+# then the runner RUNNER_SHUTDOWN_GRACE seconds before it is killed (its runs end with it).
+API_SHUTDOWN_GRACE = 3
+RUNNER_SHUTDOWN_GRACE = 5.0
+
 # Prefect's default (10 s) would add up to 10 s before each conversion starts; 1 s keeps a webhook's run
 # starting within about a second for one cheap query a second against the Prefect API.
 RUNNER_POLL_SECONDS = "1"
@@ -118,17 +124,29 @@ class ApiServers:
             def capture_signals(self) -> Iterator[None]:
                 yield  # the first server handles signals and stops the others
 
+        class Leader(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                with super().capture_signals():
+                    yield
+                    # uvicorn would raise the caught SIGTERM again once served, killing acceld before it
+                    # removes its socket and stops its runner; acceld stops itself and exits 0 instead.
+                    self._captured_signals.clear()
+
         self.servers: list[tuple[uvicorn.Server, socket.socket]] = []
         if tcp is not None:
-            config = uvicorn.Config(app, log_level=log_level, access_log=False)
-            self.servers.append((uvicorn.Server(config), tcp))
+            config = uvicorn.Config(
+                app, log_level=log_level, access_log=False, timeout_graceful_shutdown=API_SHUTDOWN_GRACE
+            )
+            self.servers.append((Leader(config), tcp))
         if uds is not None:
-            server_class = Follower if self.servers else uvicorn.Server
+            server_class = Follower if self.servers else Leader
             config = uvicorn.Config(
                 local_socket_app(app),
                 log_level=log_level,
                 access_log=False,
                 lifespan="off" if self.servers else "auto",
+                timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
             )
             self.servers.append((server_class(config), uds))
         if not self.servers:
@@ -292,7 +310,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
             with contextlib.suppress(OSError):
                 uds.unlink()
         if supervisor is not None:
-            supervisor.stop()
+            supervisor.stop(grace=RUNNER_SHUTDOWN_GRACE)
         journal.close()
         lock.release()
     return 0

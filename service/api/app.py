@@ -274,6 +274,9 @@ class Api:
         if entry is not None:
             keeper.add_done_callback(lambda _: self._in_flight.discard(entry))
 
+    def background_jobs(self) -> list[asyncio.Future[ConversionTask | None]]:
+        return list(self._background)
+
     async def replay(self) -> int:
         """Submit again every journal entry without a flow run that no creation in this process is working
         on: requests an earlier acceld accepted and died before creating, and ones whose creation gave up
@@ -630,7 +633,9 @@ def create_app(
         try:
             yield
         finally:
-            for job in jobs:
+            # Creations still waiting on the orchestrator stop with acceld: their requests are journalled
+            # (replayed by the next start) or were answered with their outcome.
+            for job in [*jobs, *api.background_jobs()]:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job

@@ -123,3 +123,43 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_sigterm_stops_acceld_within_10_s_while_prefect_answers_nothing(registry, source_store, tmp_path):
+    prefect = PrefectServer(tmp_path / "prefect")
+    prefect.start()
+    settings = acceld_settings(tmp_path / "acceld", free_port(), [registry.host])
+    uds = tmp_path / "acceld.sock"
+    settings["server"]["uds"] = str(uds)
+    service = Acceld(tmp_path / "acceld", prefect, settings)
+    try:
+        service.start()
+        ref = push_seeded_image(registry.host, source_store, seed=300)
+        prefect.pause()
+        try:
+            r = httpx.post(
+                f"{service.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30
+            )
+            assert r.status_code == 202 and r.json()["pending"] == [str(ref)], r.text  # a creation waiting
+            started = time.monotonic()
+            service.terminate()
+            code = service.wait(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            prefect.resume()
+        assert took <= 10, f"acceld took {took:.1f} s to stop after SIGTERM"
+        assert code == 0 and not uds.exists(), (code, uds.exists())
+        # What it accepted is not lost by stopping: the next start creates and converts it.
+        service.start()
+        wait_until(
+            lambda: _completed(service) == [str(ref)], timeout=300, what="the journalled push, converted"
+        )
+    finally:
+        service.stop()
+        print(tail(service.log_path, 3000))
+        prefect.stop()
+
+
+def _completed(service: Acceld) -> list[str]:
+    tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
+    return [t["source"] for t in tasks if t["status"] == "COMPLETED"]

@@ -186,6 +186,15 @@ class Acceld:
         self.stop()
         self.start()
 
+    def terminate(self) -> None:
+        """SIGTERM, as a service manager stops it; `wait` for its exit code."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
     @property
     def pid(self) -> int:
         assert self._proc is not None
