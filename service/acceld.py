@@ -117,7 +117,7 @@ class ApiServers:
     ) -> None:
         import uvicorn
 
-        from service.api.app import local_socket_app
+        from service.api.app import MAX_HEADERS, local_socket_app
 
         class Follower(uvicorn.Server):
             @contextlib.contextmanager
@@ -136,7 +136,12 @@ class ApiServers:
         self.servers: list[tuple[uvicorn.Server, socket.socket]] = []
         if tcp is not None:
             config = uvicorn.Config(
-                app, log_level=log_level, access_log=False, timeout_graceful_shutdown=API_SHUTDOWN_GRACE
+                app,
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
+                # Oversized headers are read whole and refused with a reason (431), not cut off by a reset.
+                h11_max_incomplete_event_size=MAX_HEADERS,
             )
             self.servers.append((Leader(config), tcp))
         if uds is not None:
@@ -147,6 +152,7 @@ class ApiServers:
                 access_log=False,
                 lifespan="off" if self.servers else "auto",
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
+                h11_max_incomplete_event_size=MAX_HEADERS,
             )
             self.servers.append((server_class(config), uds))
         if not self.servers:

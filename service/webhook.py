@@ -201,8 +201,17 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
+# What a Harbor webhook may be sent as (Harbor sends JSON; none given is taken as JSON too, as curl users do).
+HARBOR_CONTENT_TYPES = ("application/json", CLOUDEVENTS_CONTENT_TYPE, "text/json")
+
+
 def parse_harbor(body: bytes, content_type: str | None = None) -> WebhookEvent:
     """Harbor's Default or CloudEvents payload, told apart by content type or, failing that, by shape."""
+    media_type = _media_type(content_type)
+    if media_type and media_type not in HARBOR_CONTENT_TYPES:
+        raise InvalidWebhook(
+            f"content type {media_type} is not a Harbor payload ({', '.join(HARBOR_CONTENT_TYPES)})"
+        )
     payload = decode_json(body)
     if _media_type(content_type) == CLOUDEVENTS_CONTENT_TYPE or (
         isinstance(payload, dict) and "specversion" in payload
@@ -240,7 +249,7 @@ def parse_distribution(body: bytes, content_type: str | None = None) -> WebhookE
     doc = _object(decode_json(body), "envelope")
     events = _list(doc.get("events"), "events")
     images: list[PushedImage] = []
-    ignored: list[str] = []
+    ignored: list[str] = [] if events else ["the envelope holds no events"]
     for i, item in enumerate(events):
         where = f"events[{i}]"
         event = _object(item, where)

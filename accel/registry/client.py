@@ -276,16 +276,19 @@ class RegistryClient:
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
 
         def once() -> Path:
-            with (
-                contextlib.closing(self._get_blob(repo_ref, desc.digest, what)) as resp,
-                store.writer(expected=desc.digest) as writer,
-            ):
-                for chunk in self._stream(resp, what, repo_ref.registry):
-                    if writer.size + len(chunk) > desc.size:
-                        raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
-                    writer.write(chunk)
-                if writer.size != desc.size:
-                    raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
+            try:
+                with (
+                    contextlib.closing(self._get_blob(repo_ref, desc.digest, what)) as resp,
+                    store.writer(expected=desc.digest) as writer,
+                ):
+                    for chunk in self._stream(resp, what, repo_ref.registry):
+                        if writer.size + len(chunk) > desc.size:
+                            raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
+                        writer.write(chunk)
+                    if writer.size != desc.size:
+                        raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
+            except DigestMismatch as exc:  # the store's check: say which registry and repository served it
+                raise DigestMismatch(exc.expected, exc.actual, what) from None
             return store.path(desc.digest)
 
         return self._with_retries(once, what)

@@ -89,6 +89,10 @@ ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
 # describing many runs of a busy server may take longer than that and is not cut off before this.
 READ_WITHIN = 60.0
 MAX_LIST = 1000
+MAX_AUTHORIZATION = (
+    8192  # characters; longer is refused with 431 (the server reads headers up to MAX_HEADERS)
+)
+MAX_HEADERS = 2 << 20  # bytes of a request's headers the server reads before it answers at all
 REPLAY_EVERY = 60.0  # seconds between replays of the intake journal's unsettled requests
 
 
@@ -369,6 +373,8 @@ class Api:
         over the unix socket (`local`) are authorised by the socket's file permissions instead."""
         if local:
             return True
+        if authorization is not None and len(authorization) > MAX_AUTHORIZATION:
+            raise _Refused(431, "invalid", f"Authorization header longer than {MAX_AUTHORIZATION} characters")
         given = (authorization or "").encode()
         secrets = [h.webhook.secret for h in self.settings.provider.source.values()]
         # Compared with every secret (no early exit): the time taken says nothing about which matched.

@@ -411,9 +411,9 @@ def test_tampered_blob_body_is_detected_and_not_stored(fault_proxy, clients, sto
     fault_proxy.fail(r"/blobs/sha256:", tamper=True, method="GET", times=2)
     fresh = ContentStore(tmp_path / "fresh")
 
-    with pytest.raises(DigestMismatch):
-        client.fetch_blob(ref, desc, fresh)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch, match=f"from {fault_proxy.host}/{repo_name}: digest mismatch"):
+        client.fetch_blob(ref, desc, fresh)  # the message names the registry and repository that served it
+    with pytest.raises(DigestMismatch, match=f"from {fault_proxy.host}/{repo_name}: digest mismatch"):
         client.fetch_blob_bytes(ref, desc)
 
     assert not fresh.exists(desc.digest)

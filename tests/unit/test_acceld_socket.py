@@ -228,3 +228,13 @@ def test_accelctl_config_check_is_strict(tmp_path: Path, capsys: pytest.CaptureF
     assert (
         "converter.driver.config.docker2ocl: unknown key" in err and "converter.workers: unknown key" in err
     )
+
+
+def test_an_oversized_authorization_header_is_refused_with_a_reason(acceld) -> None:
+    _, tcp, backend = acceld
+    status, _, body = exchange(
+        socket.create_connection(tcp), go_client_request(f"Authorization: Bearer {'a' * (1 << 20)}\r\n")
+    )
+    assert status == 431, body
+    assert "Authorization header longer than 8192 characters" in json.loads(body)["reason"]
+    assert backend.requests == []

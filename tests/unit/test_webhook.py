@@ -145,6 +145,24 @@ def test_distribution_refuses_other_content_types_and_shapes():
         parse_distribution(b'{"events": {}}')
 
 
+def test_an_envelope_without_events_is_ignored_saying_so():
+    event = parse_distribution(b'{"events": []}')
+    assert event.images == () and event.ignored == ("the envelope holds no events",)
+
+
+def test_harbor_payloads_must_be_json_by_content_type():
+    body = json.dumps(harbor_event([{"resource_url": "h.test/a/b:v1", "tag": "v1"}])).encode()
+    for content_type in (None, "application/json", "application/json; charset=utf-8"):
+        assert parse_harbor(body, content_type).images
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ):
+        with pytest.raises(InvalidWebhook, match="is not a Harbor payload"):
+            parse_harbor(body, content_type)
+
+
 def test_converted_and_referrers_tags():
     assert is_converted_tag("v1-esgz", ["-esgz"])
     assert is_converted_tag("sha256-" + "a" * 64, ["-esgz"])  # referrers tag schema
