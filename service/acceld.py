@@ -288,7 +288,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         lock.release()
         return 1
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
-    backend = PrefectBackend(settings, config_path, metrics)
+    backend = PrefectBackend(settings, config_path, metrics, serves_deployments=args.serve)
     app = create_app(
         settings,
         backend,

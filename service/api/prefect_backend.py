@@ -104,9 +104,13 @@ class PrefectBackend:
         metrics: Metrics | None = None,
         deployment_name: str = CONVERT_DEPLOYMENT,
         poll_interval: float = 1.0,
+        serves_deployments: bool = False,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        # acceld's runner registers the deployment with this acceld's config as its default: until it has,
+        # runs would use whatever config registered it last (another acceld, an earlier start).
+        self.serves_deployments = serves_deployments
         self.metrics = metrics
         self.deployment_name = deployment_name
         self.poll_interval = poll_interval
@@ -252,6 +256,14 @@ class PrefectBackend:
                 if error is not None:
                     return [f"Prefect API at {client.api_url} is not healthy: {error}"]
                 await self._deployment(client)
+                if self.serves_deployments:
+                    deployment = await client.read_deployment(await self._deployment(client))
+                    registered = (deployment.parameters or {}).get("config")
+                    if registered != self.config_path:
+                        return [
+                            f"deployment {self.deployment_name} runs with config {registered}, not "
+                            f"{self.config_path} (its runner has not registered this acceld's config yet)"
+                        ]
         except BackendUnavailable as exc:
             return [str(exc)]
         except Exception as exc:
