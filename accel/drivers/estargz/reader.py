@@ -4,11 +4,13 @@ and landmark files the format adds, owner names filled back in."""
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import hashlib
 import io
 import json
 import tarfile
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +21,15 @@ from accel import digest as dg
 from accel import trees
 from accel.drivers.estargz.entries import RESERVED_NAMES
 from accel.drivers.estargz.footer import FOOTER_SIZE, toc_offset
-from accel.drivers.reader import LayerReader, LayerReadError
-from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
+from accel.drivers.estargz.toc import modtime, toc_text
+from accel.drivers.reader import DECODE_ERRORS, LayerReader, LayerReadError, decode_problem
+from accel.drivers.toctypes import (
+    TOC_TYPE_CHUNK,
+    TOC_TYPE_REG,
+    missing_hardlink_targets,
+    toc_difference,
+    toc_tree,
+)
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 
@@ -54,8 +63,9 @@ def _gunzip_prefix(f: BinaryIO, offset: int, length: int, what: str) -> bytes:
     return bytes(out)
 
 
-def check_blob(path: Path, desc: Descriptor) -> list[str]:
-    """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob."""
+def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, Any]]]:
+    """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob; the checks done and
+    the TOC's entries."""
     size = path.stat().st_size
     with path.open("rb") as f:
         if size < FOOTER_SIZE:
@@ -106,7 +116,26 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
         for name, (hasher, expected, end) in files.items():
             if end != sizes[name] or "sha256:" + hasher.hexdigest() != expected:
                 raise LayerReadError(f"{name}: eStargz chunks do not add up to the file's digest")
-    return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"]
+    return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"], entries
+
+
+def as_toc_holds(entries: Sequence[trees.Entry]) -> dict[str, trees.Entry]:
+    """Tar entries as an eStargz TOC holds them: names (and xattr names, link targets) as UTF-8 with U+FFFD,
+    mtimes rounded to the second (none for the zero time), as the reference writer writes them."""
+    held: dict[str, trees.Entry] = {}
+    for entry in entries:
+        stamp = modtime(entry.mtime + entry.mtime_ns / 1_000_000_000)
+        seconds = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) if stamp else 0
+        path = toc_text(entry.path)
+        held[path] = dataclasses.replace(
+            entry,
+            path=path,
+            linkname=toc_text(entry.linkname),
+            xattrs={toc_text(name): value for name, value in sorted(entry.xattrs.items())},
+            mtime=seconds,
+            mtime_ns=0,
+        )
+    return held
 
 
 def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
@@ -133,7 +162,28 @@ class EStargzReader(LayerReader):
         return "estargz"
 
     def check(self, blob: Path, desc: Descriptor) -> list[str]:
-        return check_blob(blob, desc)
+        return check_blob(blob, desc)[0]
+
+    def read(self, blob: Path, layer: SourceLayer, checks: list[str]) -> list[trees.Entry]:
+        """The blob's structure, its tar stream, then its TOC against that stream: a lazy-pulling runtime
+        shows the TOC's metadata and reads file data where the TOC points, so a TOC that says something
+        else than the tar is as wrong as a damaged chunk."""
+        try:
+            found, toc_entries = check_blob(blob, layer.descriptor)
+            checks.extend(found)
+            unresolved = missing_hardlink_targets(toc_entries)
+            if unresolved:
+                raise LayerReadError(f"eStargz TOC: {unresolved} (the reference reader cannot open it)")
+            toc = {p: e for p, e in toc_tree(toc_entries).items() if p not in RESERVED_NAMES}
+            entries = self.entries(blob, layer)
+        except DECODE_ERRORS as exc:
+            raise LayerReadError(decode_problem(exc)) from exc
+        checks.append("diff_id")
+        problem = toc_difference(toc, as_toc_holds(entries))
+        if problem:
+            raise LayerReadError(f"eStargz TOC: {problem}")
+        checks.append("toc == tar")
+        return entries
 
     def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
         in_layer = [e for e in super().entries(blob, layer) if e.path not in RESERVED_NAMES]

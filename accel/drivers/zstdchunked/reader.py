@@ -16,8 +16,14 @@ from accel import constants as mt
 from accel import digest as dg
 from accel import trees
 from accel.compression import open_uncompressed
-from accel.drivers.reader import LayerReader, LayerReadError
-from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
+from accel.drivers.reader import DECODE_ERRORS, LayerReader, LayerReadError, decode_problem
+from accel.drivers.toctypes import (
+    TOC_TYPE_CHUNK,
+    TOC_TYPE_REG,
+    missing_hardlink_targets,
+    toc_difference,
+    toc_tree,
+)
 from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter
 from accel.model import SourceLayer
 from accel.oci import Descriptor
@@ -28,8 +34,9 @@ def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
     return f.read(length)
 
 
-def check_blob(path: Path, desc: Descriptor) -> list[str]:
-    """Footer, manifest position and checksum, every chunk digest and every file digest."""
+def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, Any]]]:
+    """Footer, manifest position and checksum, every chunk digest and every file digest; the checks done
+    and the manifest's (TOC's) entries."""
     size = path.stat().st_size
     with path.open("rb") as f:
         try:
@@ -98,7 +105,7 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
                 chunks += 1
             if position_in_file != entry["size"] or "sha256:" + hasher.hexdigest() != entry.get("digest"):
                 raise LayerReadError(f"{name}: zstd:chunked chunks do not add up to the file's digest")
-    return ["footer", "manifest checksum", f"{chunks} chunks"]
+    return ["footer", "manifest checksum", f"{chunks} chunks"], entries
 
 
 class ZstdChunkedReader(LayerReader):
@@ -111,7 +118,27 @@ class ZstdChunkedReader(LayerReader):
         return "zstd:chunked"
 
     def check(self, blob: Path, desc: Descriptor) -> list[str]:
-        return check_blob(blob, desc)
+        return check_blob(blob, desc)[0]
+
+    def read(self, blob: Path, layer: SourceLayer, checks: list[str]) -> list[trees.Entry]:
+        """The blob's structure, its tar stream, then its TOC against that stream: a partial pull creates
+        files from the TOC's metadata and data, so a TOC that says something else than the tar is wrong."""
+        try:
+            found, toc_entries = check_blob(blob, layer.descriptor)
+            checks.extend(found)
+            unresolved = missing_hardlink_targets(toc_entries)
+            if unresolved:
+                raise LayerReadError(f"zstd:chunked TOC: {unresolved}")
+            toc = toc_tree(toc_entries)
+            entries = self.entries(blob, layer)
+        except DECODE_ERRORS as exc:
+            raise LayerReadError(decode_problem(exc)) from exc
+        checks.append("diff_id")
+        problem = toc_difference(toc, {entry.path: entry for entry in entries})
+        if problem:
+            raise LayerReadError(f"zstd:chunked TOC: {problem}")
+        checks.append("toc == tar")
+        return entries
 
     def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
         # A zstd stream whatever the descriptor's media type says.
