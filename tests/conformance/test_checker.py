@@ -344,3 +344,48 @@ def test_zstd_chunked_rejects_a_flipped_byte_in_a_file_chunk(
 def test_usage_errors_raise(checker: Path) -> None:
     with pytest.raises(conformance.CheckerError, match="unknown subcommand"):
         conformance.run_checker(["no-such-subcommand"])
+
+
+# --- a hardlink to a file of a lower layer (issue 20) ---------------------------------------------
+
+
+def test_estargz_hardlink_to_a_lower_layer_the_reference_reader_refuses_so_do_we(
+    checker: Path, workdir: Path
+) -> None:
+    """The reference writer writes it, the reference reader cannot open it: our reader fails it with the
+    reference's words (so `check` agrees) and our driver refuses to write it, naming the entry."""
+    from accel import digest as dg
+    from accel.drivers.base import LayerInput
+    from accel.drivers.estargz import EStargzDriver, EStargzOptions
+    from accel.drivers.reader import LayerReadError
+    from accel.errors import DriverError
+    from accel.model import SourceLayer
+    from accel.oci import Descriptor
+    from accel.store import ContentStore
+
+    tar_path = workdir / "lower-hardlink.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add(archive, "x/", tarfile.DIRTYPE, mode=0o755)
+        _add(archive, "x/link", tarfile.LNKTYPE, linkname="x/base", mode=0o644)
+    reference = workdir / "lower-hardlink.estargz"
+    annotations = conformance.gen_estargz(tar_path, reference)
+    verdict = conformance.check_estargz(reference, annotations[ESTARGZ_TOC_ANNOTATION], None)
+    assert not verdict.ok and "isn't found" in verdict.error
+
+    store = ContentStore(workdir / "lower-hardlink-store")
+    raw = tar_path.read_bytes()
+    blob_digest = store.put_bytes(reference.read_bytes())
+    desc = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+        digest=blob_digest,
+        size=reference.stat().st_size,
+        annotations=annotations,
+    )
+    reader = EStargzDriver.reader
+    with pytest.raises(LayerReadError, match="is a hardlink but the linkname 'x/base' isn't found"):
+        reader.read(store.path(blob_digest), SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), [])
+
+    gzipped = store.put_bytes(gzip.compress(raw))
+    source = Descriptor(media_type=desc.media_type, digest=gzipped, size=store.size(gzipped))
+    with pytest.raises(DriverError, match="'x/link' is a hardlink to 'x/base', which is not in this layer"):
+        EStargzDriver(EStargzOptions()).convert_layer(LayerInput(source, dg.of_bytes(raw), store))
