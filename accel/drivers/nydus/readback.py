@@ -98,13 +98,23 @@ def run(binary: Path, *args: str, stdin: str | None = None) -> str:
     stdout = done.stdout.decode("utf-8", "surrogateescape")
     if done.returncode != 0:
         output = (done.stderr.decode("utf-8", "replace") or stdout).strip()
-        raise NydusReadError(f"nydus-image {args[0]} failed: {_one_line(output)[-400:]}")
+        raise NydusReadError(f"nydus-image {args[0]} failed: {_one_line(output)[:600]}")
     return stdout
 
 
 def _one_line(output: str) -> str:
-    """A panic's message without the Rust backtrace that follows it."""
-    return output.split("\nstack backtrace:")[0].split("\nnote: run with")[0].replace("\n", " | ")
+    """nydus-image's error output in one line: no colours, log prefixes, source locations or backtrace."""
+    text = _ANSI.sub("", output).split("\nstack backtrace:")[0]
+    parts = []
+    for line in text.splitlines():
+        line = _LOG_PREFIX.sub("", line).strip().strip('"')
+        if (line and not line.startswith(("at /", "note:", "Error:"))) or line.startswith("Error: "):
+            parts.append(line)
+    return " | ".join(parts)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\] \w+ \[[^\]]*\] ")
 
 
 def blob_dir(store: ContentStore) -> Path:

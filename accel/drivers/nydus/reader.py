@@ -13,9 +13,10 @@ from pathlib import Path
 from accel import constants as mt
 from accel import digest as dg
 from accel import trees
+from accel.compression import open_uncompressed
 from accel.drivers.nydus import readback
 from accel.drivers.reader import DECODE_ERRORS, PlatformReader, PlatformUnderTest, decode_problem
-from accel.errors import ConfigError
+from accel.errors import AccelError, ConfigError
 from accel.oci import Descriptor
 from accel.verdict import LayerVerdict
 
@@ -52,7 +53,7 @@ class NydusReader(PlatformReader):
         where = f"platform {key} layer {bootstrap_row.position} ({BOOTSTRAP_LABEL})"
         try:
             merged = self._checked_bootstrap(builder, platform, bootstrap_row)
-        except (readback.NydusReadError, *DECODE_ERRORS) as exc:
+        except (AccelError, *DECODE_ERRORS) as exc:
             verdict.fail(f"{where}: {decode_problem(exc)}", bootstrap_row)
             return
         zran = any(layer.descriptor.annotation(mt.NYDUS_REF_ANNOTATION) for layer in platform.target_layers)
@@ -78,7 +79,22 @@ class NydusReader(PlatformReader):
 
     @staticmethod
     def _checked_bootstrap(builder: Path, platform: PlatformUnderTest, row: LayerVerdict) -> Path:
-        """The merged bootstrap, out of its layer and through `nydus-image check`."""
+        """The merged bootstrap, out of its layer and through `nydus-image check`; every layer's DiffID
+        first (a runtime checks them when it unpacks a layer: a blob's is its own digest, the bootstrap
+        layer's that of its tar)."""
+        for layer, layer_row in zip(platform.target_layers, platform.rows, strict=True):
+            if layer_row is row:
+                with open_uncompressed(
+                    platform.store.path(row.target), layer.descriptor.media_type, layer.diff_id
+                ) as stream:
+                    while stream.read(1 << 20):
+                        pass
+            elif layer.diff_id != layer.descriptor.digest:
+                raise readback.NydusReadError(
+                    f"layer {layer_row.position}: diff_id {layer.diff_id} is not the blob's digest "
+                    f"{layer.descriptor.digest}"
+                )
+        row.checks.append("diff_ids")
         merged = readback.bootstrap_of_layer(
             platform.store.path(row.target), platform.scratch / f"{platform.key.replace('/', '-')}.boot"
         )
