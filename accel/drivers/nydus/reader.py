@@ -185,9 +185,11 @@ def _layer_differences(
 
 
 def _holds_own_data(source_trees: Sequence[Sequence[trees.Entry]], n: int) -> bool:
-    """Whether source layer `n` has file data no lower layer holds (so its Nydus blob has chunks)."""
+    """Whether source layer `n` has file data no lower layer holds (so its Nydus blob has chunks): the
+    files the layer leaves behind (a file the same layer replaces later leaves no data)."""
     lower = {e.sha256 for tree in source_trees[:n] for e in tree if e.type == "reg"}
-    return any(e.type == "reg" and e.size and e.sha256 not in lower for e in source_trees[n])
+    kept = trees.apply_entries([source_trees[n]]).values()
+    return any(e.type == "reg" and e.size and e.sha256 not in lower for e in kept)
 
 
 def _whiteout_parents(entries: Sequence[trees.Entry]) -> set[str]:
