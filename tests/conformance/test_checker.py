@@ -389,3 +389,49 @@ def test_estargz_hardlink_to_a_lower_layer_the_reference_reader_refuses_so_do_we
     source = Descriptor(media_type=desc.media_type, digest=gzipped, size=store.size(gzipped))
     with pytest.raises(DriverError, match="'x/link' is a hardlink to 'x/base', which is not in this layer"):
         EStargzDriver(EStargzOptions()).convert_layer(LayerInput(source, dg.of_bytes(raw), store))
+
+
+def test_zstd_chunked_hardlink_to_a_lower_layer_the_reference_reader_refuses_so_do_we(
+    checker: Path, workdir: Path
+) -> None:
+    """containers/storage cannot apply a zstd:chunked layer with a hardlink to a file of a lower layer: our
+    reader fails it too, and our driver refuses to write it, naming the entry."""
+    from accel import digest as dg
+    from accel.drivers import load_driver
+    from accel.drivers.base import LayerInput
+    from accel.drivers.reader import LayerReadError
+    from accel.drivers.zstdchunked import ZstdChunkedDriver
+    from accel.errors import DriverError
+    from accel.model import SourceLayer
+    from accel.oci import Descriptor
+    from accel.store import ContentStore
+
+    tar_path = workdir / "lower-hardlink-zstd.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add(archive, "x/", tarfile.DIRTYPE, mode=0o755)
+        _add(archive, "x/link", tarfile.LNKTYPE, linkname="x/base", mode=0o644)
+    raw = tar_path.read_bytes()
+    reference = workdir / "lower-hardlink.zstd"
+    annotations = conformance.gen_zstd_chunked(tar_path, reference)
+    verdict = conformance.check_zstd_chunked(reference, annotations, dg.of_bytes(raw))
+    assert not verdict.ok and "x/base" in verdict.error
+
+    store = ContentStore(workdir / "lower-hardlink-zstd-store")
+    blob_digest = store.put_bytes(reference.read_bytes())
+    desc = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+zstd",
+        digest=blob_digest,
+        size=reference.stat().st_size,
+        annotations=annotations,
+    )
+    with pytest.raises(LayerReadError, match="is a hardlink but the linkname 'x/base' isn't found"):
+        ZstdChunkedDriver.reader.read(
+            store.path(blob_digest), SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), []
+        )
+
+    gzipped = store.put_bytes(gzip.compress(raw))
+    source = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip", digest=gzipped, size=store.size(gzipped)
+    )
+    with pytest.raises(DriverError, match="'x/link' is a hardlink to 'x/base', which is not in this layer"):
+        load_driver("zstdchunked").convert_layer(LayerInput(source, dg.of_bytes(raw), store))
