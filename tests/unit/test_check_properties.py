@@ -34,7 +34,7 @@ from tests.harness.localconvert import convert
 from tests.harness.pushing import as_built
 
 REF = Reference("oci", "image", tag="v1")
-SEEDS = range(8)
+SEEDS = range(16)
 DRIVERS = ["estargz", "zstdchunked", "nydus"]
 MTIME = 1_700_000_000
 SURROGATE = "surrogateescape"
@@ -297,7 +297,47 @@ def holds(layers: list[bytes], driver: str, root: Path) -> None:
     ],
 )
 def test_random_layers_convert_equal_or_are_refused_by_name(driver: str, seed: int, tmp_path: Path) -> None:
-    holds(random_layers(seed, driver), driver, tmp_path)
+    layers = random_layers(seed, driver)
+    pending = nydus_pending_case(layers) if driver == "nydus" else None
+    try:
+        holds(layers, driver, tmp_path)
+    except AssertionError:
+        if pending:  # a known Nydus defect (strict cases above): not a defect of `check`
+            pytest.xfail(f"issue 20 case {pending}")
+        raise
+
+
+def nydus_pending_case(layers: list[bytes]) -> str | None:
+    """Which of the Nydus cases still being fixed (B, G, H) the layers contain, if any: a whiteout of a name
+    that is not UTF-8 (B); a directory with children replaced by a non-directory that later becomes a
+    directory again, in one layer (G) or across layers (H)."""
+    state: dict[str, str] = {}
+    emptied: set[str] = set()  # directories a non-directory replaced while they had children
+    for layer in layers:
+        entries = list(trees.iter_tar(layer))
+        for entry in entries:
+            base = entry.path.rpartition("/")[2]
+            not_utf8 = entry.path != entry.path.encode("utf-8", SURROGATE).decode("utf-8", "replace")
+            if base.startswith(trees.WHITEOUT_PREFIX) and base != trees.OPAQUE_MARKER and not_utf8:
+                return "B"
+        for entry in entries:
+            if entry.path.rpartition("/")[2].startswith(trees.WHITEOUT_PREFIX):
+                continue
+            parts = entry.path.split("/")
+            parents = ["/".join(parts[:n]) for n in range(1, len(parts))]
+            for path in [*parents, *([entry.path] if entry.type == "dir" else [])]:
+                if state.get(path) != "dir":
+                    if path in emptied:
+                        return "G/H"
+                    state[path] = "dir"
+            if entry.type != "dir":
+                children = [p for p in state if p.startswith(entry.path + "/")]
+                if state.get(entry.path) == "dir" and children:
+                    emptied.add(entry.path)
+                for child in children:
+                    del state[child]
+                state[entry.path] = entry.type
+    return None
 
 
 @pytest.mark.parametrize(("case", "driver"), _cases())

@@ -63,31 +63,42 @@ def _gunzip_prefix(f: BinaryIO, offset: int, length: int, what: str) -> bytes:
     return bytes(out)
 
 
-def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, Any]]]:
-    """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob; the checks done and
-    the TOC's entries."""
+def _toc_bytes(f: BinaryIO, size: int, desc: Descriptor) -> bytes:
+    """The TOC JSON the footer points at, its digest checked against the layer's annotation."""
+    if size < FOOTER_SIZE:
+        raise LayerReadError(f"eStargz footer: a blob of {size} bytes holds no {FOOTER_SIZE}-byte footer")
+    try:
+        offset = toc_offset(_read_at(f, size - FOOTER_SIZE, FOOTER_SIZE))
+    except ValueError as exc:
+        raise LayerReadError(f"eStargz footer: {exc}") from exc
+    if not 0 <= offset < size - FOOTER_SIZE:
+        raise LayerReadError(f"eStargz footer: TOC offset {offset} outside the blob")
+    f.seek(offset)
+    try:
+        toc_tar = zlib.decompressobj(31).decompress(f.read(size - FOOTER_SIZE - offset))
+        with tarfile.open(fileobj=io.BytesIO(toc_tar)) as tar:
+            member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
+            toc_raw = member.read() if member else b""
+    except (zlib.error, tarfile.TarError, KeyError) as exc:
+        raise LayerReadError(f"eStargz TOC at offset {offset}: unreadable: {exc}") from exc
+    toc_digest = dg.of_bytes(toc_raw)
+    annotated = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
+    if toc_digest != annotated:
+        raise LayerReadError(f"eStargz TOC digest {toc_digest} differs from the annotation {annotated}")
+    return toc_raw
+
+
+def toc_entries(path: Path, desc: Descriptor) -> list[dict[str, Any]]:
+    """The TOC's entries (its digest checked against the annotation)."""
+    with path.open("rb") as f:
+        return json.loads(_toc_bytes(f, path.stat().st_size, desc)).get("entries") or []
+
+
+def check_blob(path: Path, desc: Descriptor) -> list[str]:
+    """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        if size < FOOTER_SIZE:
-            raise LayerReadError(f"eStargz footer: a blob of {size} bytes holds no {FOOTER_SIZE}-byte footer")
-        try:
-            offset = toc_offset(_read_at(f, size - FOOTER_SIZE, FOOTER_SIZE))
-        except ValueError as exc:
-            raise LayerReadError(f"eStargz footer: {exc}") from exc
-        if not 0 <= offset < size - FOOTER_SIZE:
-            raise LayerReadError(f"eStargz footer: TOC offset {offset} outside the blob")
-        f.seek(offset)
-        try:
-            toc_tar = zlib.decompressobj(31).decompress(f.read(size - FOOTER_SIZE - offset))
-            with tarfile.open(fileobj=io.BytesIO(toc_tar)) as tar:
-                member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
-                toc_raw = member.read() if member else b""
-        except (zlib.error, tarfile.TarError, KeyError) as exc:
-            raise LayerReadError(f"eStargz TOC at offset {offset}: unreadable: {exc}") from exc
-        toc_digest = dg.of_bytes(toc_raw)
-        annotated = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
-        if toc_digest != annotated:
-            raise LayerReadError(f"eStargz TOC digest {toc_digest} differs from the annotation {annotated}")
+        toc_raw = _toc_bytes(f, size, desc)
         entries: list[dict[str, Any]] = json.loads(toc_raw).get("entries") or []
         files: dict[str, tuple[Any, str, int]] = {}  # name → (hasher, expected digest, next chunk offset)
         sizes: dict[str, int] = {}
@@ -116,7 +127,7 @@ def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, 
         for name, (hasher, expected, end) in files.items():
             if end != sizes[name] or "sha256:" + hasher.hexdigest() != expected:
                 raise LayerReadError(f"{name}: eStargz chunks do not add up to the file's digest")
-    return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"], entries
+    return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"]
 
 
 def as_toc_holds(entries: Sequence[trees.Entry]) -> dict[str, trees.Entry]:
@@ -162,19 +173,19 @@ class EStargzReader(LayerReader):
         return "estargz"
 
     def check(self, blob: Path, desc: Descriptor) -> list[str]:
-        return check_blob(blob, desc)[0]
+        return check_blob(blob, desc)
 
     def read(self, blob: Path, layer: SourceLayer, checks: list[str]) -> list[trees.Entry]:
         """The blob's structure, its tar stream, then its TOC against that stream: a lazy-pulling runtime
         shows the TOC's metadata and reads file data where the TOC points, so a TOC that says something
         else than the tar is as wrong as a damaged chunk."""
         try:
-            found, toc_entries = check_blob(blob, layer.descriptor)
-            checks.extend(found)
-            unresolved = missing_hardlink_targets(toc_entries)
+            checks.extend(self.check(blob, layer.descriptor))
+            raw_toc = toc_entries(blob, layer.descriptor)
+            unresolved = missing_hardlink_targets(raw_toc)
             if unresolved:
                 raise LayerReadError(f"eStargz TOC: {unresolved} (the reference reader cannot open it)")
-            toc = {p: e for p, e in toc_tree(toc_entries).items() if p not in RESERVED_NAMES}
+            toc = {p: e for p, e in toc_tree(raw_toc).items() if p not in RESERVED_NAMES}
             entries = self.entries(blob, layer)
         except DECODE_ERRORS as exc:
             raise LayerReadError(decode_problem(exc)) from exc

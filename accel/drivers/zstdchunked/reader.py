@@ -34,39 +34,49 @@ def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
     return f.read(length)
 
 
-def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, Any]]]:
-    """Footer, manifest position and checksum, every chunk digest and every file digest; the checks done
-    and the manifest's (TOC's) entries."""
+def _manifest(f: BinaryIO, size: int, desc: Descriptor) -> bytes:
+    """The manifest (TOC) JSON, its position and checksum checked against the layer's annotations."""
+    try:
+        footer = ZstdChunkedFooter.parse(
+            _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
+        )
+    except ValueError as exc:
+        raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
+    position = (
+        f"{footer.manifest_offset}:{footer.manifest_length}:"
+        f"{footer.manifest_uncompressed_length}:{footer.manifest_type}"
+    )
+    annotated = desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_POSITION)
+    if annotated is not None and annotated != position:
+        raise LayerReadError(
+            f"zstd:chunked manifest position {annotated} differs from the footer's {position}"
+        )
+    compressed = _read_at(f, footer.manifest_offset, footer.manifest_length)
+    checksum = dg.of_bytes(compressed)
+    if checksum != desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM):
+        raise LayerReadError(
+            f"zstd:chunked manifest checksum {checksum} differs from the annotation "
+            f"{desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)}"
+        )
+    try:
+        return zstandard.ZstdDecompressor().decompress(
+            compressed, max_output_size=footer.manifest_uncompressed_length
+        )
+    except zstandard.ZstdError as exc:
+        raise LayerReadError(f"zstd:chunked manifest: {exc}") from exc
+
+
+def toc_entries(path: Path, desc: Descriptor) -> list[dict[str, Any]]:
+    """The manifest's (TOC's) entries, its checksum checked against the annotation."""
+    with path.open("rb") as f:
+        return json.loads(_manifest(f, path.stat().st_size, desc)).get("entries") or []
+
+
+def check_blob(path: Path, desc: Descriptor) -> list[str]:
+    """Footer, manifest position and checksum, every chunk digest and every file digest."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        try:
-            footer = ZstdChunkedFooter.parse(
-                _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
-            )
-        except ValueError as exc:
-            raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
-        position = (
-            f"{footer.manifest_offset}:{footer.manifest_length}:"
-            f"{footer.manifest_uncompressed_length}:{footer.manifest_type}"
-        )
-        annotated = desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_POSITION)
-        if annotated is not None and annotated != position:
-            raise LayerReadError(
-                f"zstd:chunked manifest position {annotated} differs from the footer's {position}"
-            )
-        compressed = _read_at(f, footer.manifest_offset, footer.manifest_length)
-        checksum = dg.of_bytes(compressed)
-        if checksum != desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM):
-            raise LayerReadError(
-                f"zstd:chunked manifest checksum {checksum} differs from the annotation "
-                f"{desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)}"
-            )
-        try:
-            manifest = zstandard.ZstdDecompressor().decompress(
-                compressed, max_output_size=footer.manifest_uncompressed_length
-            )
-        except zstandard.ZstdError as exc:
-            raise LayerReadError(f"zstd:chunked manifest: {exc}") from exc
+        manifest = _manifest(f, size, desc)
         entries: list[dict[str, Any]] = json.loads(manifest).get("entries") or []
         chunks = 0
         for i, entry in enumerate(entries):
@@ -105,7 +115,7 @@ def check_blob(path: Path, desc: Descriptor) -> tuple[list[str], list[dict[str, 
                 chunks += 1
             if position_in_file != entry["size"] or "sha256:" + hasher.hexdigest() != entry.get("digest"):
                 raise LayerReadError(f"{name}: zstd:chunked chunks do not add up to the file's digest")
-    return ["footer", "manifest checksum", f"{chunks} chunks"], entries
+    return ["footer", "manifest checksum", f"{chunks} chunks"]
 
 
 class ZstdChunkedReader(LayerReader):
@@ -118,18 +128,18 @@ class ZstdChunkedReader(LayerReader):
         return "zstd:chunked"
 
     def check(self, blob: Path, desc: Descriptor) -> list[str]:
-        return check_blob(blob, desc)[0]
+        return check_blob(blob, desc)
 
     def read(self, blob: Path, layer: SourceLayer, checks: list[str]) -> list[trees.Entry]:
         """The blob's structure, its tar stream, then its TOC against that stream: a partial pull creates
         files from the TOC's metadata and data, so a TOC that says something else than the tar is wrong."""
         try:
-            found, toc_entries = check_blob(blob, layer.descriptor)
-            checks.extend(found)
-            unresolved = missing_hardlink_targets(toc_entries)
+            checks.extend(self.check(blob, layer.descriptor))
+            raw_toc = toc_entries(blob, layer.descriptor)
+            unresolved = missing_hardlink_targets(raw_toc)
             if unresolved:
                 raise LayerReadError(f"zstd:chunked TOC: {unresolved}")
-            toc = toc_tree(toc_entries)
+            toc = toc_tree(raw_toc)
             entries = self.entries(blob, layer)
         except DECODE_ERRORS as exc:
             raise LayerReadError(decode_problem(exc)) from exc
