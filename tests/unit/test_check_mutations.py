@@ -303,6 +303,11 @@ def estargz_mutants(blob: bytes, rng: random.Random) -> Iterator[Mutant | None]:
             _gunzip_at(mutant, o) == _gunzip_at(blob, o) for o in offsets
         )
         yield None if same else Mutant("a flipped bit in a chunk", mutant)
+    # metadata: a bit in the first gzip member, which holds only tar headers (no chunk points at it, so only
+    # decoding the whole stream finds it: the issue's `IsalError: Invalid deflate symbol` traceback)
+    for _ in range(2):
+        mutant = _flip(blob, rng.randrange(10, offsets[0] - 8), rng.randrange(8))
+        yield None if _gunzip_all(mutant) == stream else Mutant("a bit in a header-only member", mutant)
     for _ in range(2):  # metadata: a bit inside the TOC's gzip member (the annotation left as it was)
         mutant = _flip(
             blob, rng.randrange(toc_offset + 10, len(blob) - estargz_footer.FOOTER_SIZE), rng.randrange(8)

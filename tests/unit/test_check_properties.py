@@ -247,6 +247,13 @@ def _cases() -> list[Any]:
     return params
 
 
+def test_the_tar_listing_stops_at_the_end_blocks() -> None:
+    """As Go's archive/tar, GNU tar and Python: what follows the end-of-archive blocks (another archive,
+    bytes that are not a tar) is not listed, and does not fail the listing."""
+    assert [e.path for e in trees.iter_tar(_appended_archive())] == ["f/first"]
+    assert [e.path for e in trees.iter_tar(_garbage_after_end())] == ["e/file"]
+
+
 # --- the property ----------------------------------------------------------------------------------
 
 
