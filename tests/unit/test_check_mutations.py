@@ -579,3 +579,13 @@ def test_nydus_mutants_are_rejected(built: Built) -> None:
         verdict = rejecting_verdict(built, target, what)
         if "chunk" in what:  # caught twice: in its layer unpacked, and reading the merged view's data
             assert any("merged view" in problem for problem in verdict.problems), verdict.problems
+
+
+def test_lz4_blocks_read_back_and_a_damaged_one_is_an_error() -> None:
+    """Nydus `lz4_block` chunks are read back by a plain-Python LZ4 block decoder (no binding installed)."""
+    block = bytes([0x32]) + b"abc" + bytes([3, 0]) + bytes([0x30]) + b"xyz"  # 3 literals, a 6-byte match
+    assert readback.lz4_block_decompress(block, 12) == b"abcabcabcxyz"
+    with pytest.raises(ValueError, match="match offset"):
+        readback.lz4_block_decompress(bytes([0x32]) + b"abc" + bytes([9, 0]) + bytes([0x30]) + b"xyz", 12)
+    with pytest.raises(ValueError, match="expected"):
+        readback.lz4_block_decompress(block, 13)

@@ -272,6 +272,11 @@ def _file_digest(inode: _Inode, blobs: Path, table: list[dict[str, str]]) -> str
                 data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=uncompressed)
             except zstandard.ZstdError as exc:
                 raise NydusReadError(f"{inode.path}: a chunk does not decompress: {exc}") from exc
+        elif blob.get("Compressor", "").lower() == "lz4block":
+            try:
+                data = lz4_block_decompress(raw, uncompressed)
+            except ValueError as exc:
+                raise NydusReadError(f"{inode.path}: a chunk does not decompress: {exc}") from exc
         else:
             raise NydusReadError(
                 f"{inode.path}: chunks compressed with {blob.get('Compressor')} cannot be read back"
@@ -282,6 +287,50 @@ def _file_digest(inode: _Inode, blobs: Path, table: list[dict[str, str]]) -> str
             )
         h.update(data)
     return "sha256:" + h.hexdigest()
+
+
+def lz4_block_decompress(data: bytes, size: int) -> bytes:
+    """An LZ4 block (no frame), as nydus-image's `lz4_block` compressor writes each chunk; `size` is the
+    decompressed size. Plain Python: no LZ4 binding is installed, and chunks are small."""
+    out = bytearray()
+    position = 0
+    while position < len(data):
+        token = data[position]
+        position += 1
+        literals = token >> 4
+        if literals == 15:
+            while True:
+                extra = data[position]
+                position += 1
+                literals += extra
+                if extra != 255:
+                    break
+        out += data[position : position + literals]
+        position += literals
+        if position >= len(data):
+            break  # the last sequence has literals only
+        if position + 2 > len(data):
+            raise ValueError("an LZ4 block ends inside a match offset")
+        offset = data[position] | data[position + 1] << 8
+        position += 2
+        length = (token & 15) + 4
+        if token & 15 == 15:
+            while True:
+                extra = data[position]
+                position += 1
+                length += extra
+                if extra != 255:
+                    break
+        if not 0 < offset <= len(out):
+            raise ValueError(f"an LZ4 match offset {offset} outside the {len(out)} bytes written")
+        start = len(out) - offset
+        for i in range(length):  # a match may overlap what it copies
+            out.append(out[start + i])
+        if len(out) > size:
+            raise ValueError(f"an LZ4 block holds more than {size} bytes")
+    if len(out) != size:
+        raise ValueError(f"an LZ4 block of {len(out)} bytes, {size} expected")
+    return bytes(out)
 
 
 def merged_view(
