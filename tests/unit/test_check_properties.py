@@ -71,7 +71,7 @@ def random_layers(seed: int, driver: str) -> list[bytes]:
     """1–3 layers of dirs, files, symlinks, same-layer hardlinks, devices, FIFOs, xattrs, whiteouts and
     opaque markers over lower paths, odd modes and owners; names from a small alphabet so paths repeat."""
     rng = random.Random(f"{seed}-{driver}")
-    names = ["a", "b", "c", "d"]
+    names = ["a", "b", "c", "d", "e f"]
     if driver != "zstdchunked":  # zstd:chunked refuses names that are not UTF-8, by name
         names.append(b"n\xff".decode("utf-8", SURROGATE))
     layers: list[bytes] = []

@@ -219,11 +219,43 @@ def _listed_inodes(binary: Path, bootstrap: Path, blobs: Path) -> list[_Inode]:
     return inodes
 
 
+def _addressable(name: str) -> bool:
+    """Whether `inspect` can be given the name: its commands are split on ASCII whitespace and are UTF-8."""
+    return name not in ("", ".", "..") and name.isprintable() and not any(c.isspace() for c in name)
+
+
+def _stat_commands(listed: list[_Inode]) -> list[str]:
+    """`inspect` commands reaching every inode of the listing: `cd`/`stat` by name through the tree (one
+    pass), `icheck INODE` for what names cannot address (it walks the whole tree per inode, so only those)."""
+    children: dict[str, list[_Inode]] = {}
+    for inode in listed:
+        if inode.path:
+            children.setdefault(inode.path.rpartition("/")[0], []).append(inode)
+    commands: list[str] = []
+    unreached: list[int] = []
+
+    def below(directory: str) -> None:
+        for child in children.get(directory, []):
+            name = child.path.rpartition("/")[2]
+            if not _addressable(name):
+                unreached.append(child.ino)
+                unreached.extend(i.ino for i in listed if i.path.startswith(child.path + "/"))
+                continue
+            commands.append(f"stat {name}")
+            if child.path in children:
+                commands.append(f"cd {name}")
+                below(child.path)
+                commands.append("cd ..")
+
+    below("")
+    return commands + [f"icheck {ino}" for ino in sorted(set(unreached))]
+
+
 def _inspected(
-    binary: Path, bootstrap: Path, inos: list[int]
+    binary: Path, bootstrap: Path, listed: list[_Inode]
 ) -> tuple[dict[int, tuple[int, int, int]], list[dict[str, str]]]:
     """(ino → (st_mode, uid, gid), the blob table), from one `inspect` session."""
-    commands = ["blobs", *(f"icheck {ino}" for ino in inos), "exit"]
+    commands = ["blobs", *_stat_commands(listed), "exit"]
     output = run(binary, "inspect", "--log-level", "warn", str(bootstrap), stdin="\n".join(commands) + "\n")
     attributes: dict[int, tuple[int, int, int]] = {}
     blobs: list[dict[str, str]] = []
@@ -339,7 +371,7 @@ def merged_view(
     """A merged bootstrap's tree as `trees.apply_entries` shapes one (fields in `MERGED_VIEW_OMITS` left at
     their defaults). Without `contents` file data is not read (zran chunks sit inside gzip streams)."""
     listed = _listed_inodes(binary, bootstrap, blobs)
-    attributes, table = _inspected(binary, bootstrap, sorted({i.ino for i in listed if i.path}))
+    attributes, table = _inspected(binary, bootstrap, listed)
     if contents and any("ZRAN" in blob.get("Features", "") for blob in table):
         contents = False
     nodes: dict[str, tuple[trees.Entry, object]] = {}
