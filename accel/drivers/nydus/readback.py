@@ -5,9 +5,9 @@ come per layer (`unpack_layer`: the layer's own bootstrap, pulled from its blob 
 merged image bootstrap is validated by `check` and read by `merged_view`: `check --verbose` (names, kinds,
 sizes, symlink targets, mtime seconds and nanoseconds, every chunk), `inspect` (`stat` by name through the
 tree, `icheck` by inode where a name cannot be typed: mode, uid, gid; `blobs`: each blob's compressor), and
-file data read from the blobs chunk by chunk and hashed. What 2.2.0 shows of a merged bootstrap leaves out xattrs and device numbers (`MERGED_VIEW_OMITS`): those
-are compared per layer only. Blobs are looked up in a ContentStore directory, whose file names are the hex
-digests, which are the blob ids.
+file data read from the blobs chunk by chunk and hashed. What 2.2.0 shows of a merged bootstrap leaves out
+xattrs and device numbers (`MERGED_VIEW_OMITS`): those are compared per layer only. Blobs are looked up in a
+ContentStore directory, whose file names are the hex digests, which are the blob ids.
 
 nydus-image prints paths in Rust's Debug form (`"/a/dir-\x80"`): `rust_debug_string` turns them back into
 the exact bytes, decoded like tar names (UTF-8 with surrogateescape), so names compare byte for byte.
