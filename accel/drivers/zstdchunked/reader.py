@@ -4,6 +4,7 @@ source tar byte for byte (so its DiffID is the source's)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -24,7 +25,9 @@ from accel.drivers.toctypes import (
     toc_difference,
     toc_tree,
 )
+from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter
+from accel.drivers.zstdchunked.tarsplit import TARSPLIT_FILE, TARSPLIT_SEGMENT
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 
@@ -118,6 +121,81 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
     return ["footer", "manifest checksum", f"{chunks} chunks"]
 
 
+def check_tarsplit(path: Path, desc: Descriptor) -> str:
+    """The tar-split (what a partial pull rebuilds the tar from) against the layer's own stream: each segment
+    is the stream's next bytes, each file's CRC-64 that of the stream's next `size` bytes, and nothing is
+    left over; its position agrees with the footer and the annotation. The check's name when it holds."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        try:
+            footer = ZstdChunkedFooter.parse(
+                _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
+            )
+        except ValueError as exc:
+            raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
+        position = f"{footer.tarsplit_offset}:{footer.tarsplit_length}:{footer.tarsplit_uncompressed_length}"
+        annotated = desc.annotation(mt.ZSTD_CHUNKED_TARSPLIT_POSITION)
+        if annotated is not None and annotated != position:
+            raise LayerReadError(
+                f"zstd:chunked tar-split position {annotated} differs from the footer's {position}"
+            )
+        # Manifest, tar-split and footer are skippable frames, one after the other to the blob's end: a
+        # reader decompressing the whole blob (a plain pull) must get through them.
+        frames = [
+            (footer.manifest_offset, footer.manifest_length, "manifest"),
+            (footer.tarsplit_offset, footer.tarsplit_length, "tar-split"),
+            (size - FOOTER_SIZE, FOOTER_SIZE, "footer"),
+        ]
+        for (offset, length, what), following in zip(frames, [*frames[1:], (size + 8, 0, "")], strict=True):
+            header = _read_at(f, offset - SKIPPABLE_FRAME_HEADER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE)
+            magic, frame_size = int.from_bytes(header[:4], "little"), int.from_bytes(header[4:], "little")
+            if magic & 0xFFFFFFF0 != 0x184D2A50 or frame_size != length:
+                raise LayerReadError(f"zstd:chunked {what}: not a skippable frame of {length} bytes")
+            if offset + length != following[0] - SKIPPABLE_FRAME_HEADER_SIZE:
+                raise LayerReadError(f"zstd:chunked {what}: the next frame does not follow it")
+        compressed = _read_at(f, footer.tarsplit_offset, footer.tarsplit_length)
+    try:
+        # Every frame of it (a writer may end it with an empty frame, which must be intact too).
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=True)
+        raw = reader.read(footer.tarsplit_uncompressed_length + 1)
+        if reader.read(1):
+            raise LayerReadError("zstd:chunked tar-split holds more than the footer says")
+    except zstandard.ZstdError as exc:
+        raise LayerReadError(f"zstd:chunked tar-split: {exc}") from exc
+    if len(raw) != footer.tarsplit_uncompressed_length:
+        raise LayerReadError(
+            f"zstd:chunked tar-split: {len(raw)} bytes, the footer says {footer.tarsplit_uncompressed_length}"
+        )
+    with open_uncompressed(path, mt.OCI_LAYER_ZSTD) as stream:
+        for expected_position, line in enumerate(raw.splitlines()):
+            entry = json.loads(line)
+            if entry.get("position") != expected_position:
+                raise LayerReadError(f"zstd:chunked tar-split entry {expected_position} is out of order")
+            if entry["type"] == TARSPLIT_SEGMENT:
+                payload = base64.b64decode(entry.get("payload") or "")
+                if stream.read(len(payload)) != payload:
+                    raise LayerReadError(
+                        f"zstd:chunked tar-split segment {expected_position} differs from the layer's tar"
+                    )
+            elif entry["type"] == TARSPLIT_FILE:
+                crc, left = Crc64(), int(entry.get("size") or 0)
+                while left > 0:
+                    piece = stream.read(min(left, 1 << 20))
+                    if not piece:
+                        break
+                    crc.update(piece)
+                    left -= len(piece)
+                name = entry.get("name") or entry.get("name_raw")
+                payload = entry.get("payload")
+                if left or (payload is not None and base64.b64decode(payload) != crc.digest()):
+                    raise LayerReadError(f"zstd:chunked tar-split: {name!r} differs from the layer's tar")
+            else:
+                raise LayerReadError(f"zstd:chunked tar-split entry of unknown type {entry['type']!r}")
+        if stream.read(1):
+            raise LayerReadError("zstd:chunked tar-split ends before the layer's tar")
+    return "tar-split == tar"
+
+
 class ZstdChunkedReader(LayerReader):
     keeps_source_tar = True  # the format promises the source tar byte for byte
 
@@ -148,6 +226,10 @@ class ZstdChunkedReader(LayerReader):
         if problem:
             raise LayerReadError(f"zstd:chunked TOC: {problem}")
         checks.append("toc == tar")
+        try:
+            checks.append(check_tarsplit(blob, layer.descriptor))
+        except DECODE_ERRORS as exc:
+            raise LayerReadError(f"zstd:chunked tar-split: {decode_problem(exc)}") from exc
         return entries
 
     def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
