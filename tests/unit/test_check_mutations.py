@@ -401,6 +401,11 @@ def zstd_mutants(blob: bytes, rng: random.Random) -> Iterator[Mutant | None]:
         position = rng.randrange(footer.manifest_offset, footer.manifest_offset + footer.manifest_length)
         yield Mutant("a manifest bit", _flip(blob, position, rng.randrange(8)))
     yield Mutant("a footer bit", _flip(blob, len(blob) - 64 + rng.randrange(8), rng.randrange(8)))
+    tarsplit_end = footer.tarsplit_offset + footer.tarsplit_length
+    for _ in range(2):  # the tar-split (a partial pull rebuilds the tar from it); no annotation covers it
+        mutant = _flip(blob, rng.randrange(footer.tarsplit_offset, tarsplit_end), rng.randrange(8))
+        region = slice(footer.tarsplit_offset, tarsplit_end)
+        yield None if _unzstd(mutant[region]) == _unzstd(blob[region]) else Mutant("a tar-split bit", mutant)
 
     def forged(what: str, change: Callable[[list[dict[str, Any]]], None]) -> Mutant:
         edited = json.loads(json.dumps(manifest))
