@@ -414,6 +414,16 @@ def zstd_mutants(blob: bytes, rng: random.Random) -> Iterator[Mutant | None]:
         return Mutant(f"TOC: {what}", new_blob, annotations)
 
     yield from (forged(what, change) for what, change in toc_forgeries(manifest["entries"]))
+    # A coherent tar-split naming another CRC for a file (same length, so the footer's sizes still hold).
+    lines = (_unzstd(tarsplit) or b"").splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if b'"type":1' in line and b'"payload":"' in line)
+    start = lines[n].index(b'"payload":"') + len(b'"payload":"')
+    lines[n] = (
+        lines[n][:start] + (b"B" if lines[n][start : start + 1] != b"B" else b"C") + lines[n][start + 1 :]
+    )
+    forged_tarsplit = zstandard.ZstdCompressor(write_checksum=True).compress(b"".join(lines))
+    new_blob, annotations = zstd_with_manifest(blob[:data_end], footer, manifest, forged_tarsplit)
+    yield Mutant("tar-split: a file's CRC", new_blob, annotations)
     yield Mutant("a wrong manifest checksum", blob, {mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(b"x")})
     assert isinstance(footer, ZstdChunkedFooter)
 
