@@ -267,6 +267,10 @@ class _Filesystem:
             self.remove_subtree(directory, keep_root=True)
         for path in whiteouts:
             self.remove_subtree(path, keep_root=False)
+        # The directory a marker lives in exists after the layer, as containerd creates every entry's
+        # parents (an `implicit` dir when no layer lists it).
+        for path in [*(f"{d}/{OPAQUE_MARKER}" if d else OPAQUE_MARKER for d in opaque_dirs), *whiteouts]:
+            self._ensure_parents(path)
         for entry in own:
             self.put(entry)
 
@@ -296,7 +300,8 @@ def normalise_hardlinks(nodes: Mapping[str, tuple[Entry, Any]]) -> dict[str, Ent
 def apply_layers(layers: Iterable[bytes | BinaryIO | Path | str]) -> dict[str, Entry]:
     """The filesystem after unpacking `layers` in order with OCI whiteout semantics.
 
-    `.wh.x` removes lower `x` and its subtree; `.wh..wh..opq` empties the lower contents of its dir;
+    `.wh.x` removes lower `x` and its subtree; `.wh..wh..opq` empties the lower contents of its dir; the
+    directory a marker lives in exists afterwards (as containerd creates every entry's parents);
     a later entry replaces an earlier one; a non-dir over a dir removes the dir's subtree; a dir over a
     dir keeps the children. Missing parents are added as `implicit` dirs. Output is sorted by path.
     """

@@ -212,6 +212,11 @@ ISSUE_CASES: dict[str, list[bytes]] = {
         tar_bytes([member("d", tarfile.SYMTYPE, linkname="a")]),
         tar_bytes([member("d/b", tarfile.DIRTYPE), member("d/b/f", data=b"new\n")]),
     ],
+    # containerd creates the directory a whiteout lives in, as it creates every entry's parents.
+    "whiteout-in-a-missing-dir": [
+        tar_bytes([member("base", data=b"base\n")]),
+        tar_bytes([member("ghost/.wh.x")]),
+    ],
     "empty-layer": [tar_bytes([member("base", data=b"base\n")]), tar_bytes([]), tar_bytes([member("top")])],
     "lower-hardlink": [
         tar_bytes([member("x", tarfile.DIRTYPE), member("x/base", data=b"base\n")]),
