@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import fnmatch
 import logging
 import re
 import types
 import typing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,9 @@ class ServerSettings(_Model):
 
 class MetricSettings(_Model):
     enabled: bool = True
+    # accel: /metrics answers without the webhook Authorization header (for a scraper that sends none);
+    # otherwise it takes the same header as every other API route.
+    open: bool = False
 
 
 class WebhookSettings(_Model):
@@ -354,11 +360,9 @@ class BulkSettings(_Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
+        if value is None or not value.strip():
             return None
-        if value is not None and len(value.split()) not in (5, 6):
-            raise ValueError(f"{value!r} is not a cron expression (5 fields, e.g. '0 3 * * *')")
-        return value
+        return check_cron(value)
 
 
 class Settings(_Model):
@@ -389,6 +393,20 @@ class Settings(_Model):
         )
 
 
+def check_cron(expression: str) -> str:
+    """`expression` when it is a standard 5-field cron that can fire (checked by cronsim, which Prefect's
+    own dependencies bring); else ValueError naming the bad field, e.g. `61 * * * *`: bad minute."""
+    from cronsim import CronSim, CronSimError
+
+    if len(expression.split()) != 5:
+        raise ValueError(f"{expression!r} is not a cron expression: it needs 5 fields, e.g. '0 3 * * *'")
+    try:
+        CronSim(expression, datetime.now(UTC))
+    except CronSimError as exc:
+        raise ValueError(f"{expression!r} is not a valid cron expression: {str(exc).lower()}") from None
+    return expression
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
     if not m:
@@ -398,13 +416,20 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * factor)
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for e in exc.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(root)"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def _invalid(origin: str, problems: list[str]) -> ConfigError:
+    """One line for one problem (`FILE is invalid: where: why`), one indented line each for several."""
+    if len(problems) == 1:
+        return ConfigError(f"{origin} is invalid: {problems[0]}")
+    return ConfigError(f"{origin} is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 # --- keys acceld would ignore --------------------------------------------------------------------------
@@ -439,7 +464,16 @@ def _driver_keys(driver_type: Any) -> frozenset[str] | None:
     return cls.options_model.accepted_keys() | ACCELD_ONLY_KEYS
 
 
-def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[str]) -> Any:
+# An unknown key's dotted path, and the known key it is probably a typo of.
+UnknownKey = tuple[str, str | None]
+
+
+def _close_match(key: Any, known: Any) -> str | None:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[UnknownKey]) -> Any:
     """`data` without the keys `model` (recursively) does not know; their dotted paths go to `found`."""
     if not isinstance(data, dict):
         return data
@@ -448,12 +482,12 @@ def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[st
         path = f"{where}.{key}" if where else str(key)
         field = model.model_fields.get(key) if isinstance(key, str) else None
         if field is None:
-            found.append(path)
+            found.append((path, _close_match(key, model.model_fields)))
             continue
         if model is DriverSettings and key == "config" and isinstance(value, dict):
             known = _driver_keys(data.get("type"))
             if known is not None:
-                found.extend(f"{path}.{k}" for k in value if k not in known)
+                found.extend((f"{path}.{k}", _close_match(k, known)) for k in value if k not in known)
                 value = {k: v for k, v in value.items() if k in known}
         inner = _model_in(field.annotation)
         if inner is not None:
@@ -471,46 +505,108 @@ def _strip_unknown(model: type[BaseModel], data: Any, where: str, found: list[st
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def load_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> Settings:
-    """Validated settings. Unknown keys: a warning naming them (acceld ignores them), errors when `strict`."""
-    found: list[str] = []
+@dataclass(frozen=True)
+class CheckedConfig:
+    """A config as every reader checks it (`accelctl config check`, one-time mode, acceld): its settings and
+    its warnings (keys acceld would ignore), which each reader shows where its user looks."""
+
+    settings: Settings
+    warnings: list[str] = field(default_factory=list)
+
+    def service_problems(self) -> list[str]:
+        """What acceld refuses to start with, beyond invalid settings (one-time mode does not need these)."""
+        problem = webhook_auth_problem(self.settings)
+        return [problem] if problem else []
+
+
+def webhook_auth_problem(settings: Settings) -> str | None:
+    """Why acceld must not start: a source host whose webhooks anyone could send (secure by default)."""
+    unprotected = settings.unprotected_hosts()
+    if not unprotected:
+        return None
+    hosts = ", ".join(unprotected)
+    return (
+        f"provider.source host(s) {hosts} have no webhook.auth_header: anyone could start conversions. "
+        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {hosts}, or "
+        "`webhook: {allow_unauthenticated: true}` to accept unauthenticated webhooks from it."
+    )
+
+
+def check_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> CheckedConfig:
+    """Validated settings and their warnings. Unknown keys are warnings (acceld ignores them), errors when
+    `strict`; invalid values raise ConfigError with one line per problem."""
+    found: list[UnknownKey] = []
     data = _strip_unknown(Settings, data, "", found)
     if found and strict:
-        lines = [
-            f"  {path}: unknown key (acceld would ignore it; remove it or fix its spelling)" for path in found
-        ]
-        raise ConfigError(f"{origin} is invalid:\n" + "\n".join(lines))
-    if found and (origin, tuple(found)) not in _WARNED:
-        _WARNED.add((origin, tuple(found)))  # once per process, not on every load of the same file
-        log.warning(
-            "%s: ignoring unknown keys %s (as acceld does; `accelctl config check` reports them as errors)",
+        raise _invalid(
             origin,
-            ", ".join(found),
+            [
+                f"{path}: unknown key (acceld would ignore it; "
+                + (f"did you mean {close}?)" if close else "remove it or fix its spelling)")
+                for path, close in found
+            ],
         )
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin} is invalid:\n{_format_errors(exc)}") from None
+        raise _invalid(origin, _format_errors(exc)) from None
+    named = ", ".join(f"{path} (did you mean {close}?)" if close else path for path, close in found)
+    # One warning for all of them: acceld ignores them too, and config check reports them as errors.
+    warnings = [f"{origin}: ignoring unknown keys {named}"] if found else []
+    return CheckedConfig(settings, warnings)
+
+
+def load_settings(data: dict[str, Any], origin: str = "config", *, strict: bool = False) -> Settings:
+    """Validated settings; their warnings are logged (once per process per file), for readers with a log."""
+    checked = check_settings(data, origin, strict=strict)
+    _log_warnings(origin, checked.warnings)
+    return checked.settings
+
+
+def _log_warnings(origin: str, warnings: list[str]) -> None:
+    if warnings and (origin, tuple(warnings)) not in _WARNED:
+        _WARNED.add((origin, tuple(warnings)))  # once per process, not on every load of the same file
+        for warning in warnings:
+            log.warning("%s (as acceld does; `accelctl config check` reports them as errors)", warning)
 
 
 def load_file(path: Path | str, *, strict: bool = False) -> Settings:
+    checked = check_file(path, strict=strict)
+    _log_warnings(str(path), checked.warnings)
+    return checked.settings
+
+
+def check_file(path: Path | str, *, strict: bool = False) -> CheckedConfig:
+    """The config file at `path` checked as every reader checks it; warnings returned, not logged."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    return load_text(text, path, strict=strict)
+        hint = " (pass --config FILE or set ACCEL_CONFIG)" if isinstance(exc, FileNotFoundError) else ""
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}{hint}") from None
+    return check_text(text, path, strict=strict)
 
 
 def load_text(text: str, path: Path, *, strict: bool = False) -> Settings:
     """Settings from the YAML text of the config file at `path` (relative work dirs resolve against it)."""
+    checked = check_text(text, path, strict=strict)
+    _log_warnings(str(path), checked.warnings)
+    return checked.settings
+
+
+def check_text(text: str, path: Path, *, strict: bool = False) -> CheckedConfig:
+    """The YAML text of the config file at `path` checked (relative work dirs resolve against it)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML: {where}{problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    settings = load_settings(data, str(path), strict=strict)
+    checked = check_settings(data, str(path), strict=strict)
+    settings = checked.settings
     work_dir = settings.provider.work_dir
     if not work_dir.is_absolute():
         # Relative work dirs are relative to the config file, like acceld's.
@@ -518,4 +614,4 @@ def load_text(text: str, path: Path, *, strict: bool = False) -> Settings:
         settings = settings.model_copy(
             update={"provider": settings.provider.model_copy(update={"work_dir": work_dir})}
         )
-    return settings
+    return CheckedConfig(settings, checked.warnings)

@@ -37,6 +37,10 @@ ESTARGZ_NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
 ZSTD_CHUNKED_MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
 ZSTD_CHUNKED_TARSPLIT_POSITION = "io.github.containers.zstd-chunked.tarsplit-position"
+# The older zstd:chunked keys: containers/storage <= 1.44 (podman 4.3) and stargz-snapshotter's
+# estargz/zstdchunked package, which also puts ESTARGZ_TOC_DIGEST on the layer.
+ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
+ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION = "io.containers.zstd-chunked.manifest-position"
 
 # Nydus (nydus-snapshotter converter)
 NYDUS_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"

@@ -28,19 +28,31 @@ from accel.transports import OCI_LAYOUT, describe, is_local
 _REFERRERS_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}$|^sha512-[0-9a-f]{128}$")
 
 MAX_TAG_LENGTH = 128
+_SHORTENED_MARK = "-12345678"  # what a shortened tag's end becomes: `-` and 8 hex digits of the tag's hash
 
 
 def target_tag(source: Reference, suffix: str) -> str:
-    """`v1` + `-nydus` → `v1-nydus`; a digest-only source gets a tag named from its digest, never `latest`."""
+    """`v1` + `-nydus` → `v1-nydus`; a digest-only source gets a tag named from its digest, never `latest`.
+
+    A legal source tag may leave no room for the suffix (tags have at most 128 characters): its end is then
+    replaced by `-` and 8 hex digits of its digest, deterministically, so the target still ends with the
+    suffix (and is known as accel's own output) and distinct long tags stay distinct.
+    """
     if source.tag:
         base = source.tag
     else:
         assert source.digest is not None
         base = f"sha256-{hex_of(source.digest)}"
     tag = f"{base}{suffix}"
-    if len(tag) > MAX_TAG_LENGTH:
-        raise ValueError(f"target tag {tag!r} is longer than {MAX_TAG_LENGTH} characters")
-    return tag
+    if len(tag) <= MAX_TAG_LENGTH:
+        return tag
+    keep = MAX_TAG_LENGTH - len(suffix) - len(_SHORTENED_MARK)
+    if keep < 1:
+        raise ConfigError(
+            f"tag suffix {suffix!r} leaves no room for a source tag in {MAX_TAG_LENGTH} characters"
+        )
+    short = hashlib.sha256(base.encode()).hexdigest()[: len(_SHORTENED_MARK) - 1]
+    return f"{base[:keep]}-{short}{suffix}"
 
 
 def target_reference(source: Reference, suffix: str, repository: str | None = None) -> Reference:

@@ -8,9 +8,16 @@ Two passes over the uncompressed layer, neither holding payloads in memory:
    entry below a non-directory of the same layer). It also yields the layer's `DirectoryTable`.
 2. `normalized_tar` writes the stream: unchanged entries byte for byte, moved directories where their first
    child was, sparse files (old GNU and PAX 0.0/0.1/1.0) expanded into plain files, absolute and `..`
-   names rewritten relative to the root (OCI semantics).
+   names rewritten relative to the root (OCI semantics), hardlinks to hardlinks (or with attributes of their
+   own) pointed at the chain's first entry with its attributes, owner and mtime values that PAX records
+   alone carry written into the header block (see `carried_numbers`), nothing after the end-of-archive
+   blocks.
 
-A layer that needs none of this comes out byte-identical. `as_stream` turns the output into a file object.
+Entries the consumer cannot take in any form are refused by name (`UnsupportedEntry`, raised by the `check`
+a scan is given: for nydus-image, `accel.drivers.nydus.tar.refuse_what_nydus_cannot_hold`).
+
+A layer that needs none of this comes out byte-identical (up to its end-of-archive blocks). `as_stream`
+turns the output into a file object.
 `LayerScan` is pass 1 one member at a time, for a reader that feeds a consumer while it scans (the Nydus
 driver's single read of a layer that needs no normalising, `accel.drivers.nydus.tar.ScanningFeed`).
 """
@@ -21,7 +28,7 @@ import dataclasses
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from accel import tarstream
@@ -42,6 +49,15 @@ class UnsafeEntry(InvalidImage):
     Refused before a builder gets it or, when a later entry shows the problem (a non-directory above it, its
     hardlink target replaced), before the builder gets that entry.
     """
+
+
+class UnsupportedEntry(InvalidImage):
+    """A legal layer entry the consumer cannot hold and no rewriting carries to it (see `LayerScan`'s
+    `check`), or whose meaning the normalised layer cannot express."""
+
+
+_NUMBER_FIELDS = (("uid", 108, 8), ("gid", 116, 8), ("mtime", 136, 12))
+_NUMBER_KEYS = frozenset({b"uid", b"gid", b"mtime"})
 
 
 def entry_label(name: bytes) -> str:
@@ -163,10 +179,23 @@ class Normalisation:
     # Entries whose header `normalized_tar` rewrites (sparse files, absolute or `..` names), for messages.
     rewritten: list[str] = dataclasses.field(default_factory=list)
     ends_cleanly: bool = False  # the layer has an end-of-archive marker (`normalized_tar` adds one if not)
+    # Entries (by index) whose owner or mtime the header block must carry (`carried_numbers`).
+    carried: set[int] = dataclasses.field(default_factory=set)
+    # Hardlinks (by index) `normalized_tar` writes as links to the chain's first entry (by index), with its
+    # mode, owner and mtime: a link to a link, or a link whose header says other attributes.
+    link_targets: dict[int, int] = dataclasses.field(default_factory=dict)
+    # Entries with a sub-second mtime (a consumer may keep seconds only): how many, the first few.
+    subsecond_mtimes: int = 0
+    subsecond_examples: list[str] = dataclasses.field(default_factory=list)
+    # Bytes after the end-of-archive blocks, which no reader takes as entries (`normalized_tar` drops them),
+    # and whether any of them is not zero (another archive, or not a tar at all).
+    trailing_size: int = 0
+    trailing_data: bool = False
 
     @property
     def passes_through(self) -> bool:
-        """Whether `normalized_tar` gives the layer byte for byte: a consumer may read the layer itself."""
+        """Whether `normalized_tar` gives the layer byte for byte up to its end-of-archive blocks: a consumer
+        may read the layer itself (and stop at those blocks)."""
         return self.ends_cleanly and not self.changes()
 
     @property
@@ -193,15 +222,29 @@ class _Seen:
     index: int
     header: TarHeader
     path: bytes
+    carry: bool = False  # the header block does not say the owner or mtime PAX records set
 
 
-def scan_layer(stream: BinaryIO) -> Normalisation:
-    """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table."""
-    scan = LayerScan()
+def scan_layer(stream: BinaryIO, check: EntryCheck | None = None) -> Normalisation:
+    """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table; `check`
+    as in `LayerScan`."""
+    scan = LayerScan(check=check)
     scanner = TarScanner(stream)
     for member in scanner:
         scan.add(member)
-    return scan.normalisation(ends_cleanly=bool(scanner.end_bytes))
+    return scan.normalisation(scanner)
+
+
+EntryCheck = Callable[[TarHeader], None]
+
+
+def _trailing(scanner: TarScanner) -> tuple[int, bool]:
+    """How many bytes follow the end-of-archive blocks, and whether any of them is not zero."""
+    size, data = 0, False
+    for chunk in scanner.iter_trailing():
+        size += len(chunk)
+        data = data or bool(chunk.strip(b"\0"))
+    return size, data
 
 
 class LayerScan:
@@ -213,7 +256,8 @@ class LayerScan:
     the layer through (see `_spot_change`), so a reader forwarding the layer as it is can stop early.
     """
 
-    def __init__(self, spot_changes: bool = False) -> None:
+    def __init__(self, spot_changes: bool = False, check: EntryCheck | None = None) -> None:
+        self._check = check  # raises UnsupportedEntry for an entry the consumer cannot hold in any form
         self._entries: list[_Seen | None] = []
         self._last: dict[bytes, int] = {}  # path -> index of its latest entry (its keys: every path so far)
         self._directory_headers: dict[int, bytes] = {}
@@ -221,6 +265,8 @@ class LayerScan:
         # Paths with an earlier entry below them / of an entry that is no directory (for `_spot_change`).
         self._above_entries: set[bytes] = set()
         self._non_directories: set[bytes] = set()
+        self._subsecond = 0
+        self._subsecond_examples: list[str] = []
 
     def add(self, member: TarMember) -> str | None:
         """Check the next member; with `spot_changes`, why the layer cannot pass through (None: it may)."""
@@ -230,11 +276,20 @@ class LayerScan:
             self._entries.append(None)  # PAX global headers and unknown types pass through untouched
             return None
         path = clean_path(header.name)
+        if self._check is not None:
+            self._check(header)
+        carry = _needs_carrying(member)
+        if header.mtime.nanoseconds:
+            self._subsecond += 1
+            if len(self._subsecond_examples) < 3:
+                self._subsecond_examples.append(entry_label(header.name))
         if header.typeflag == tarstream.TYPE_DIR:
             # Header-only and few: kept in case the directory must move before its first child.
-            self._directory_headers[index] = (
-                member.header_bytes if _name_is_clean(header.name) else rewritten_header(header, 0)
-            )
+            if not _name_is_clean(header.name):
+                self._directory_headers[index] = carried_numbers(rewritten_header(header, 0), header)
+            else:
+                kept = member.header_bytes
+                self._directory_headers[index] = carried_numbers(kept, header) if carry else kept
         if header.typeflag == tarstream.TYPE_LINK:
             target = clean_path(header.linkname, f"hardlink {entry_label(header.name)} target")
             if not target or target not in self._last:
@@ -242,8 +297,12 @@ class LayerScan:
                     f"tar entry {entry_label(header.name)} is a hardlink to {entry_label(header.linkname)}, "
                     "which is not an earlier entry of the layer"
                 )
-        change = self._spot_change(header, path) if self.spot_changes and path else None
-        seen = _Seen(index, header, path)
+        change = None
+        if self.spot_changes and carry:
+            change = f"{entry_label(header.name)}'s owner or mtime is only in PAX records"
+        elif self.spot_changes and path:
+            change = self._spot_change(header, path)
+        seen = _Seen(index, header, path, carry)
         self._entries.append(seen)
         self._last[path] = index
         return change
@@ -265,6 +324,10 @@ class LayerScan:
             target = self._entries[self._last[clean_path(header.linkname)]]
             if target is not None and target.header.typeflag == tarstream.TYPE_DIR:
                 return f"{entry_label(header.name)} is a hardlink to a directory"  # refused unless replaced
+            if target is not None and target.header.typeflag == tarstream.TYPE_LINK:
+                return f"{entry_label(header.name)} is a hardlink to a hardlink"  # pointed at the first
+            if target is not None and _attributes(target.header) != _attributes(header):
+                return f"{entry_label(header.name)} is a hardlink with attributes of its own"
         if path in self._above_entries:
             # A directory after an entry below it moves; a non-directory above entries is refused.
             return f"{entry_label(header.name)} comes after an entry below it"
@@ -279,10 +342,13 @@ class LayerScan:
             ancestor = _parent(ancestor)
         return None
 
-    def normalisation(self, ends_cleanly: bool) -> Normalisation:
-        """The Normalisation for `normalized_tar` once every member was added; raises UnsafeEntry as
-        `scan_layer` does."""
-        return _normalisation(self._entries, self._last, self._directory_headers, ends_cleanly)
+    def normalisation(self, scanner: TarScanner) -> Normalisation:
+        """The Normalisation for `normalized_tar` once `scanner` (which gave every member added) is done; it
+        reads what follows the end-of-archive blocks. Raises UnsafeEntry as `scan_layer` does."""
+        normal = _normalisation(self._entries, self._last, self._directory_headers, bool(scanner.end_bytes))
+        normal.subsecond_mtimes, normal.subsecond_examples = self._subsecond, list(self._subsecond_examples)
+        normal.trailing_size, normal.trailing_data = _trailing(scanner)
+        return normal
 
 
 def _normalisation(
@@ -297,19 +363,35 @@ def _normalisation(
         if seen is None:
             continue
         if not seen.path:
-            continue  # the root itself: passed through, never moved
+            if seen.carry:  # the root itself: never moved, but its owner and mtime count
+                normal.carried.add(seen.index)
+                normal.rewritten.append(entry_label(seen.header.name))
+            continue
         if last[seen.path] != seen.index:
+            final = entries[last[seen.path]]
+            if final is not None and final.header.typeflag == tarstream.TYPE_DIR != seen.header.typeflag:
+                # Applied in order, the non-directory removes the directory's subtree (lower layers' and
+                # this layer's earlier entries), and the later directory starts empty: the last entry alone
+                # (merged over the lower directory) does not say that.
+                raise UnsupportedEntry(
+                    f"tar entry {entry_label(seen.header.name)} is a non-directory that a later entry of the "
+                    "layer makes a directory again, which empties it; its last entry alone cannot say that"
+                )
             normal.skip.add(seen.index)
             continue
         header = seen.header
         if (
-            header.sparse
+            seen.carry
+            or header.sparse
             or not _name_is_clean(header.name)
             or (header.typeflag == tarstream.TYPE_LINK and not _name_is_clean(header.linkname))
         ):
             normal.rewritten.append(entry_label(header.name))
+        if seen.carry:
+            normal.carried.add(seen.index)
         kept.append(seen)
     kept_by_path = {seen.path: seen for seen in kept}
+    chain_first: dict[int, _Seen] = {}  # each hardlink (by index): the first entry of its chain
 
     for seen in kept:
         for ancestor in _ancestors(seen.path):
@@ -327,8 +409,20 @@ def _normalisation(
                     f"tar entry {entry_label(seen.header.name)} is a hardlink to "
                     f"{entry_label(seen.header.linkname)}, which the layer replaces after the link"
                 )
-            if kept_by_path[target].header.typeflag == tarstream.TYPE_DIR:
+            linked = kept_by_path[target]
+            if linked is seen:  # the link replaces its own target: extraction has nothing to link to
+                raise UnsafeEntry(f"tar entry {entry_label(seen.header.name)} is a hardlink to itself")
+            if linked.header.typeflag == tarstream.TYPE_DIR:
                 raise UnsafeEntry(f"tar entry {entry_label(seen.header.name)} is a hardlink to a directory")
+            # nydus-image 2.2.0 links only to entries that are no hardlinks themselves ("unknown target"),
+            # and gives the shared inode the link header's mode, owner and mtime, which extraction ignores:
+            # such a link goes to the chain's first entry (the same inode), with that entry's attributes.
+            first = chain_first.get(linked.index, linked)
+            chain_first[seen.index] = first
+            if first is not linked or _attributes(first.header) != _attributes(seen.header):
+                normal.link_targets[seen.index] = first.index
+                if entry_label(seen.header.name) not in normal.rewritten:
+                    normal.rewritten.append(entry_label(seen.header.name))
 
     # Directories go before their first child.
     placed: set[bytes] = set()
@@ -378,21 +472,47 @@ def _normalisation(
 
 
 def normalized_tar(stream: BinaryIO, normal: Normalisation, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Pass 2: the normalised tar, in chunks. `stream` is the same layer `scan_layer` read."""
+    """Pass 2: the normalised tar, in chunks. `stream` is the same layer `scan_layer` read. It ends with the
+    end-of-archive blocks: what follows them is no part of the layer."""
     moved_headers = normal.directory_headers
+    linked = set(normal.link_targets.values())
+    linked_headers: dict[int, TarHeader] = {}  # the chains' first entries, as the stream passes them
     scanner = TarScanner(stream)
     for index, member in enumerate(scanner):
         for moved in normal.moved_before.get(index, ()):
             yield moved_headers[moved]
+        if index in linked:
+            linked_headers[index] = member.header
         if index in normal.skip:
             member.finish()
             continue
-        yield from _entry_bytes(member, chunk_size)
+        if index in normal.link_targets:
+            yield _link_header(member.header, linked_headers[normal.link_targets[index]])
+            member.finish()
+            continue
+        yield from _entry_bytes(member, chunk_size, index in normal.carried)
     yield scanner.end_bytes or tarstream.ZERO_BLOCK * 2
-    yield from scanner.iter_trailing(chunk_size)
 
 
-def _entry_bytes(member: TarMember, chunk_size: int) -> Iterator[bytes]:
+def _attributes(header: TarHeader) -> tuple[int, int, int, int]:
+    """What nydus-image 2.2.0 gives an inode from a header: mode bits, owner, mtime (seconds)."""
+    return header.mode & 0o7777, header.uid, header.gid, header.mtime.seconds
+
+
+def _link_header(link: TarHeader, first: TarHeader) -> bytes:
+    """A hardlink named as `link` to `first` (the chain's first entry), with `first`'s attributes."""
+    header = dataclasses.replace(
+        first,
+        name=link.name,
+        typeflag=tarstream.TYPE_LINK,
+        linkname=first.name,
+        sparse=False,
+        gnu_sparse_map=(),
+    )
+    return carried_numbers(rewritten_header(header, 0), header)
+
+
+def _entry_bytes(member: TarMember, chunk_size: int, carry: bool) -> Iterator[bytes]:
     header = member.header
     if header.typeflag not in _ENTRY_TYPES:
         yield member.header_bytes
@@ -402,12 +522,12 @@ def _entry_bytes(member: TarMember, chunk_size: int) -> Iterator[bytes]:
     name_ok = _name_is_clean(header.name)
     link_ok = header.typeflag != tarstream.TYPE_LINK or _name_is_clean(header.linkname)
     if name_ok and link_ok and not header.sparse:
-        yield member.header_bytes
+        yield carried_numbers(member.header_bytes, header) if carry else member.header_bytes
         yield from member.iter_data(chunk_size)
         yield member.finish()
         return
     size = header.size if header.typeflag in _REGULAR_TYPES else 0
-    yield rewritten_header(header, size)
+    yield carried_numbers(rewritten_header(header, size), header)
     written = 0
     if header.typeflag in _REGULAR_TYPES:
         for data in tarstream.iter_expanded(member, chunk_size):
@@ -424,6 +544,35 @@ def _entry_bytes(member: TarMember, chunk_size: int) -> Iterator[bytes]:
 def _name_is_clean(name: bytes) -> bool:
     """Relative, without `..`: nydus-image takes it as it is (`./` prefixes and `//` are fine)."""
     return not name.startswith(b"/") and b".." not in name.split(b"/")
+
+
+def _needs_carrying(member: TarMember) -> bool:
+    """Whether the member's PAX records set an owner or mtime its header block does not hold (nydus-image
+    2.2.0 reads those from the header block alone)."""
+    header = member.header
+    if not _NUMBER_KEYS.intersection(header.pax_records) or header.sparse:
+        return False  # a sparse entry's header is rewritten, its numbers carried then
+    block, _ = tarstream.parse_header_block(member.header_bytes[-tarstream.BLOCK_SIZE :])
+    return (block.uid, block.gid, block.mtime.seconds) != (header.uid, header.gid, header.mtime.seconds)
+
+
+def carried_numbers(header_bytes: bytes, header: TarHeader) -> bytes:
+    """`header_bytes` with the header block (the last one) holding `header`'s uid, gid and mtime seconds:
+    octal where they fit, GNU base-256 where not, the form nydus-image 2.2.0 reads (its reader ignores those
+    PAX records). The PAX records stay as they are."""
+    block = bytearray(header_bytes[-tarstream.BLOCK_SIZE :])
+    values = {"uid": header.uid, "gid": header.gid, "mtime": header.mtime.seconds}
+    for name, start, length in _NUMBER_FIELDS:
+        value = values[name]
+        if 0 <= value < 8 ** (length - 1):
+            field = b"%0*o\0" % (length - 1, value)
+        else:
+            field = bytearray(value.to_bytes(length, "big", signed=True))
+            field[0] |= 0x80
+        block[start : start + length] = field
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return header_bytes[: -tarstream.BLOCK_SIZE] + bytes(block)
 
 
 def rewritten_header(header: TarHeader, size: int) -> bytes:

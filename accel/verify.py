@@ -146,8 +146,11 @@ def verify_image(
     *,
     work_dir: Path | None = None,
     platforms: Sequence[Platform] = (),
+    mounted_view: bool = False,
 ) -> Verdict:
-    """Check `target_ref` against `source_ref` (see the module docstring); blobs go to a private store."""
+    """Check `target_ref` against `source_ref` (see the module docstring); blobs go to a private store.
+    `mounted_view`: formats that a runtime mounts are also mounted and read (Nydus: nydusd, where FUSE works;
+    a row says so where it does not)."""
     verdict = Verdict(source=str(source_ref), target=str(target_ref))
     with _scratch(work_dir) as scratch:
         # Two stores: a blob both images list is fetched (and verified) from each.
@@ -173,7 +176,9 @@ def verify_image(
             target_manifest = _pick_target(candidates)
             stores = (source_store, target_store)
             try:
-                _verify_platform(source_manifest, target_manifest, stores, broken, verdict, scratch)
+                _verify_platform(
+                    source_manifest, target_manifest, stores, broken, verdict, scratch, mounted_view
+                )
             except Exception as exc:  # a verdict row, never a traceback, whatever the input
                 row = next((r for r in reversed(verdict.layers) if r.platform == key and r.ok), None)
                 verdict.fail(f"platform {key}: unreadable: {decode_problem(exc)}", row)
@@ -226,13 +231,14 @@ def _verify_platform(
     broken: set[str],
     verdict: Verdict,
     scratch: Path,
+    mounted_view: bool = False,
 ) -> None:
     key = _platform_key(source)
     readers = [reader_for(layer.descriptor) for layer in target.layers]
     rows = _layer_rows(key, target, readers, verdict)
     whole = next((r for r in readers if isinstance(r, PlatformReader)), None)
     if whole is not None:
-        _verify_whole_platform(whole, source, target, rows, stores, broken, verdict, scratch)
+        _verify_whole_platform(whole, source, target, rows, stores, broken, verdict, scratch, mounted_view)
         return
     layer_readers = [r for r in readers if isinstance(r, LayerReader)]
     paired = len(source.layers) == len(target.layers)
@@ -308,6 +314,7 @@ def _verify_whole_platform(
     broken: set[str],
     verdict: Verdict,
     scratch: Path,
+    mounted_view: bool = False,
 ) -> None:
     """A format whose layers are read together: its reader pairs layers and compares trees itself."""
     key = _platform_key(source)
@@ -330,6 +337,7 @@ def _verify_whole_platform(
             store=stores[1],
             verdict=verdict,
             scratch=scratch,
+            mounted_view=mounted_view,
         )
     )
 

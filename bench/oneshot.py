@@ -294,7 +294,9 @@ def _service(
             pushed = time.perf_counter() - accepted
         task: dict[str, object] = {}
         for _ in range(100):
-            task = httpx.get(f"{url}/api/v1/conversions/{task_id}", timeout=30).json()
+            task = httpx.get(
+                f"{url}/api/v1/conversions/{task_id}", headers={"Authorization": WEBHOOK_SECRET}, timeout=30
+            ).json()
             if task.get("status") in ("COMPLETED", "FAILED"):
                 break
             time.sleep(0.2)

@@ -35,6 +35,7 @@ from accel.reference import Reference
 from accel.registry.errors import NotFound
 from flows.convert_image import _config_path, convert_image
 from flows.names import BULK_FLOW, CONVERT_DEPLOYMENT
+from tasks.process import die_with_runner
 
 
 class StaleImage(BaseModel):
@@ -181,6 +182,7 @@ def bulk_reconvert(
     """
     from prefect.runtime import flow_run
 
+    die_with_runner()  # in a process acceld's runner started for this run: it ends with the runner
     logger = get_run_logger()
     config_path = _config_path(config)
     repos = list_repositories(config_path, repositories)

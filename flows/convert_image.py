@@ -18,7 +18,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
 from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 from prefect.utilities.timeout import timeout
 from pydantic import BaseModel
 
@@ -35,10 +35,12 @@ from accel.store import ContentStore
 from accel.transports import describe, parse_location
 from flows.duplicates import duplicate_of, mark_duplicate
 from flows.names import CONVERT_FLOW
-from tasks import build_manifest, push_image, resolve, verify_image
+from tasks import build_manifest, cancel, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
+from tasks.cancel import ConversionCancelled
 from tasks.convert import uploads_early
 from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
+from tasks.process import die_with_runner
 from tasks.session import ConversionSession
 from tasks.store import collect_garbage
 
@@ -156,6 +158,7 @@ def convert_image(
             source's own repository.
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
+    die_with_runner()  # in a process acceld's runner started for this run: it ends with the runner
     config_path = _config_path(config)
     # The timeout of the config this run converts with, however it was started (acceld, a work-pool
     # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.
@@ -163,6 +166,15 @@ def convert_image(
     try:
         with timeout(seconds, timeout_exc_type=ConversionTimedOut):
             return _convert(source, drivers, config_path, target_repository, target)
+    except ConversionCancelled as exc:
+        get_run_logger().warning("%s", exc)
+        return Cancelled(message=str(exc))
+    except AccelError as exc:
+        # Expected (a 404, refused credentials, a limit): the run ends FAILED with the error's one line as
+        # its message, and its logs carry that line without a traceback (tasks/expected.py).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        get_run_logger().error("%s", message)
+        return Failed(message=message, data=exc)
     except ConversionTimedOut:
         # Prefect's own state and message for a flow past its timeout (acceld names the setting).
         message = f"Flow run exceeded timeout of {seconds} second(s)"
@@ -203,6 +215,7 @@ def _convert(
         return _skipped(plan, image.root.digest, f"the image was produced by accel ({produced})")
     if already := detect_format([layer.descriptor for m in image.manifests for layer in m.layers]):
         return _skipped(plan, image.root.digest, f"the image already is {already} (layer annotations)")
+    cancel.check("pulling")
 
     layers = image.unique_layers()
     target_refs = dict(plan.targets)
@@ -231,6 +244,7 @@ def _convert(
             if d in failures:
                 continue
             target_ref = target_refs[d]
+            cancel.check(f"building {d}")
             try:
                 with _timed(timings, f"build {d}"):
                     built = build_manifest(image, converted[d], d, config_path)
@@ -238,11 +252,14 @@ def _convert(
                     with _timed(timings, f"verify {d}"):
                         # Raises when it cannot prove the image: this driver's target is not pushed.
                         verify_image(built, source_ref, target_ref, d, config_path)
+                cancel.check(f"pushing {d}")
                 with _timed(timings, f"push {d}"):
                     # After its early uploads: one that failed is done again (and reported) by the push.
                     pushed = push_image(
                         built, target_ref, source_ref, config_path, wait_for=session.uploads_of(d)
                     )
+            except ConversionCancelled:
+                raise
             except Exception as exc:
                 failures[d] = _reason(exc)
                 continue
@@ -358,6 +375,7 @@ def _pull_and_convert(
             session.upload(d, target_ref, missed[d], conversions[d])
     for pull in pulls.values():
         # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
+        cancel.wait(pull, "its layers were pulled")
         pull.result()
     store = context_for(config_path).store
     settings = context_for(config_path).settings
@@ -368,6 +386,8 @@ def _pull_and_convert(
             converted[d] = _converted_layers(session, d, layers, missed[d], futures, hits[d], store)
             # Layers the task cache answered were not streamed in this run: their recorded sizes count.
             check_image_sizes(settings, image)
+        except ConversionCancelled:
+            raise
         except Exception as exc:
             failures[d] = _reason(exc)
             get_run_logger().error("%s: %s", d, failures[d])
@@ -385,7 +405,8 @@ def _converted_layers(
 ) -> list[ConvertedLayer]:
     fresh: dict[str, ConvertedLayer] = {}
     for future in futures:
-        future.wait()  # all of this driver's layers settle before the first failure is reported
+        # All of this driver's layers settle before the first failure is reported.
+        cancel.wait(future, "its layers were converted")
     for layer, future in zip(missed, futures, strict=True):
         fresh[layer.descriptor.digest] = future.result()
     # A Prefect-cached result whose blob has since left the content store is converted again.

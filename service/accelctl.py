@@ -12,16 +12,22 @@ no Authorization header is needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import pkgutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from service.onetime import check_request, describe_failure
+from service.onetime import ExitCode, Failure, check_request, describe_failure
+from service.progress import Progress
 from service.state import use_embedded_prefect
 
 # accel.transports' local transports, spelled here so the client needs no engine import.
@@ -37,38 +43,117 @@ def _absolute_location(text: str | None) -> str | None:
     return text if not rest or rest.startswith("/") else f"{scheme}:{os.path.join(os.getcwd(), rest)}"
 
 
-def _check_request(args: argparse.Namespace) -> str | None:
-    return check_request(args.source, args.config, args.driver, args.target)
+def _fail(what: str, failure: Failure) -> int:
+    """The one line of an expected failure (what failed: why), and its exit code."""
+    print(f"accelctl: {what} failed: {failure.message}", file=sys.stderr)
+    return int(failure.code)
+
+
+def _warn(warning: str) -> None:
+    print(f"accelctl: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _check_request(args: argparse.Namespace) -> Failure | None:
+    """The request checked before any Prefect work; the config's warnings shown here."""
+    checked = check_request(args.source, args.config, args.driver, args.target)
+    for warning in checked.warnings:
+        _warn(warning)
+    return checked.failure
 
 
 def _convert(args: argparse.Namespace) -> int:
+    if not args.config:
+        print("accelctl: no config: pass --config FILE or set ACCEL_CONFIG", file=sys.stderr)
+        return int(ExitCode.USAGE)
     if os.environ.get("PREFECT_API_URL") or args.in_process:
-        if (error := _check_request(args)) is not None:
-            print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
-            return 1
+        if (failure := _check_request(args)) is not None:
+            return _fail(f"conversion of {args.source}", failure)
         return _convert_in_process(args)
     return _convert_on_local_runner(args)
+
+
+def _exit_code(message: dict[str, Any]) -> ExitCode:
+    try:
+        return ExitCode(int(message.get("exit") or ExitCode.BUG))
+    except ValueError:
+        return ExitCode.BUG
+
+
+def _quiet_prefect_console(verbose: bool) -> None:
+    """Before Prefect is imported: its console shows the run's logs only with -v; accel's own warnings are
+    shown either way, one line each."""
+    if verbose:
+        return
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("accelctl: warning: %(message)s"))
+    # The config's warnings were shown by the request's check already.
+    handler.addFilter(lambda record: record.name != "accel.config")
+    logging.getLogger("accel").addHandler(handler)
 
 
 def _convert_in_process(args: argparse.Namespace) -> int:
     """The flow in this process, against PREFECT_API_URL (else Prefect's temporary server)."""
     use_embedded_prefect()
-    from flows.convert_image import convert_image
+    _quiet_prefect_console(args.verbose)
+    if args.debug:
+        os.environ["ACCEL_DEBUG"] = "1"
+    from prefect.exceptions import CancelledRun
 
-    try:
-        result = convert_image(
-            source=args.source,
-            drivers=args.driver or None,
-            config=args.config,
-            target=args.target,
-            return_state=False,
+    from flows.convert_image import convert_image
+    from tasks import cancel
+
+    cancelled = threading.Event()
+
+    def first_ctrl_c(signum: int, frame: Any) -> None:
+        # The run ends CANCELLED at its next step; a second Ctrl-C interrupts this process (and its run).
+        cancelled.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(
+            f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to stop at once)",
+            file=sys.stderr,
         )
-    except Exception as exc:  # Prefect re-raises the task's exception; name it, don't dump a trace
-        print(f"accelctl: conversion of {args.source} failed: {describe_failure(exc)}", file=sys.stderr)
-        return 1
+
+    previous = signal.signal(signal.SIGINT, first_ctrl_c) if _interruptible() else None
+    try:
+        with cancel.cancellable(cancelled):
+            result = convert_image(
+                source=args.source,
+                drivers=args.driver or None,
+                config=args.config,
+                target=args.target,
+                return_state=False,
+            )
+    except CancelledRun:
+        if not cancelled.is_set():
+            raise
+        print(
+            f"accelctl: cancelled the conversion of {args.source}: its run ended CANCELLED, nothing pushed",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # Prefect re-raises the run's exception
+        failure = describe_failure(exc)
+        if failure.code is ExitCode.BUG or args.debug:
+            traceback.print_exc()
+        return _fail(f"conversion of {args.source}", failure)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if result.skipped:
+        print(f"accelctl: nothing to convert in {args.source}: {result.skipped}", file=sys.stderr)
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
     return 0
+
+
+def _interruptible() -> bool:
+    """Ctrl-C is ours to handle: in the main thread, and not ignored (as for a shell's background job)."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -80,33 +165,47 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         source, target = parse_location(args.source), parse_location(args.target)
+        for location, text in ((source, args.source), (target, args.target)):
+            if location.path is not None and not location.path.exists():
+                return _fail(
+                    f"check of {args.target}",
+                    Failure(ExitCode.NOT_FOUND, f"{text}: no such file or directory: {location.path}"),
+                )
         if args.config:
-            from accel.context import context_for
+            from accel.config import check_file
+            from accel.context import Context
 
-            ctx = context_for(args.config)
+            checked = check_file(args.config)
+            for warning in checked.warnings:
+                _warn(warning)
+            ctx = Context(checked.settings)
             client, platforms = ctx.client, ctx.settings.converter.platform_filter()
         else:
             client, platforms = RegistryClient(), []
         routes = Transports(client)
-        verdict = verify_image(routes, source.reference, routes, target.reference, platforms=platforms)
+        for reference in (source.reference, target.reference):
+            routes.resolve(reference)  # a missing image is NOT_FOUND here, not a difference in the verdict
+        verdict = verify_image(
+            routes, source.reference, routes, target.reference, platforms=platforms, mounted_view=True
+        )
     except AccelError as exc:
-        print(f"accelctl: cannot check {args.target} against {args.source}: {exc}", file=sys.stderr)
-        return 2
+        if args.debug:
+            traceback.print_exc()
+        return _fail(f"check of {args.target} against {args.source}", describe_failure(exc))
     print(verdict.table())
     return 0 if verdict.ok else 1
 
 
 def _convert_on_local_runner(args: argparse.Namespace) -> int:
-    """Hand the conversion to the warm local runner (started once, with the local Prefect server) and stream
-    its progress; see service/local.py."""
+    """Hand the conversion to the warm local runner (started once, with the local Prefect server) and print
+    its answer; see service/local.py."""
     from service import local
 
     # Up already: the runner checks the request itself (its engine is imported; this process skips that).
     sock = local.warm_runner()
     if sock is None:
-        if (error := _check_request(args)) is not None:
-            print(f"accelctl: conversion of {args.source} failed: {error}", file=sys.stderr)
-            return 1  # bad input starts nothing
+        if (failure := _check_request(args)) is not None:
+            return _fail(f"conversion of {args.source}", failure)  # bad input starts nothing
         try:
             server, started = local.ensure_server()
             if started:
@@ -118,38 +217,99 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         except local.LocalServiceError as exc:
-            print(f"accelctl: {exc}", file=sys.stderr)
-            return 1
+            return _fail(f"conversion of {args.source}", Failure(ExitCode.LOCAL_SERVICE, str(exc)))
+        checked_here = True
+    else:
+        checked_here = False
     request = {
         "source": _absolute_location(args.source),
         "drivers": args.driver or None,
         "config": str(Path(args.config).resolve()),
         "target": _absolute_location(args.target),
+        "verbose": bool(args.verbose),
+        "debug": bool(args.debug),
+        "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
+        # A status line on a terminal only: piped output stays the result lines.
+        "progress": sys.stderr.isatty() and not args.verbose,
     }
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
-        stream.write(json.dumps(request).encode() + b"\n")
-        stream.flush()
-        for line in stream:
-            message = json.loads(line)
-            if "log" in message:
-                print(message["log"], file=sys.stderr, flush=True)
-                continue
-            if args.timings and "timings" in message:
-                # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
-                timings = {"sent": sent, **message["timings"], "answered": time.time()}
-                print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
-            if message.get("exit") == 0:
-                for driver, reference, digest in message["targets"]:
-                    print(f"{driver}\t{reference}\t{digest}")
-                return 0
-            print(f"accelctl: conversion of {args.source} failed: {message.get('error')}", file=sys.stderr)
-            return int(message.get("exit") or 1)
-    print(
-        f"accelctl: the local runner closed the connection (log: {local.local_dir() / 'runner.log'})",
-        file=sys.stderr,
+        try:
+            stream.write(json.dumps(request).encode() + b"\n")
+            stream.flush()
+        except KeyboardInterrupt:
+            print(f"accelctl: interrupted: the conversion of {args.source} was not started", file=sys.stderr)
+            return int(ExitCode.INTERRUPTED)
+        progress = Progress(args.source) if request["progress"] else None
+        try:
+            with progress or contextlib.nullcontext():
+                return _read_answer(args, stream, sent, progress)
+        except KeyboardInterrupt:
+            pass
+        # Ctrl-C: the run is the runner's; ask it to cancel, and wait for its answer (a second Ctrl-C leaves).
+        print(
+            f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to leave it running)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            stream.write(json.dumps({"cancel": True}).encode() + b"\n")
+            stream.flush()
+            return _read_answer(args, stream, sent, None)
+        except (KeyboardInterrupt, OSError):
+            print(
+                f"accelctl: detached: the conversion of {args.source} continues in the local runner "
+                "(`accelctl server stop` ends it)",
+                file=sys.stderr,
+            )
+            return int(ExitCode.INTERRUPTED)
+
+
+def _read_answer(args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None) -> int:
+    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure."""
+    from service import local
+
+    for line in stream:
+        message = json.loads(line)
+        if "progress" in message:
+            if progress is not None:
+                progress.task_finished(str(message["progress"]["name"]), str(message["progress"]["state"]))
+            continue
+        if progress is not None:
+            progress.clear()  # every other line is printed on its own
+        if "log" in message:
+            print(message["log"], file=sys.stderr, flush=True)
+            continue
+        if "warning" in message:
+            _warn(message["warning"])
+            continue
+        if args.timings and "timings" in message:
+            # Where the call's time went, for bench/oneshot.py: one JSON line on stderr.
+            timings = {"sent": sent, **message["timings"], "answered": time.time()}
+            print(f"accelctl: timings {json.dumps(timings)}", file=sys.stderr)
+        if message.get("exit") == 0:
+            if message.get("skipped"):
+                print(f"accelctl: nothing to convert in {args.source}: {message['skipped']}", file=sys.stderr)
+            for driver, reference, digest in message["targets"]:
+                print(f"{driver}\t{reference}\t{digest}")
+            return 0
+        if message.get("traceback"):
+            print(message["traceback"].rstrip(), file=sys.stderr)
+        if _exit_code(message) is ExitCode.INTERRUPTED:
+            print(
+                f"accelctl: cancelled the conversion of {args.source}: {message.get('error')}",
+                file=sys.stderr,
+            )
+            return int(ExitCode.INTERRUPTED)
+        return _fail(f"conversion of {args.source}", Failure(_exit_code(message), str(message.get("error"))))
+    return _fail(
+        f"conversion of {args.source}",
+        Failure(
+            ExitCode.BUG,
+            "the local runner closed the connection; this is a bug in accel "
+            f"(its traceback is in {local.local_dir() / 'runner.log'})",
+        ),
     )
-    return 1
 
 
 def _server_status(args: argparse.Namespace) -> int:
@@ -214,6 +374,16 @@ def _server_and_auth(args: argparse.Namespace, source: str | None = None) -> tup
             configured = settings.host(Reference.parse(source).registry)
             if configured is not None and configured.webhook.auth_header is not None:
                 auth = configured.webhook.auth_header.get_secret_value()
+        elif auth is None:
+            # A read (task list/get): any host's header is accepted for it.
+            auth = next(
+                (
+                    h.webhook.auth_header.get_secret_value()
+                    for h in settings.provider.source.values()
+                    if h.webhook.auth_header
+                ),
+                None,
+            )
     server = (server or DEFAULT_SERVER).rstrip("/")
     if not server.startswith(UNIX_PREFIX) and "://" not in server:
         server = f"http://{server}"  # acceld's accelctl takes host:port (`--addr`)
@@ -289,8 +459,11 @@ def _task_create(args: argparse.Namespace) -> int:
 
 
 def _task_list(args: argparse.Namespace) -> int:
-    server, _ = _server_and_auth(args)
-    status, body = _request("GET", f"{server}/api/v1/conversions", params={"limit": args.limit})
+    server, auth = _server_and_auth(args)
+    headers = {"Authorization": auth} if auth else {}
+    status, body = _request(
+        "GET", f"{server}/api/v1/conversions", params={"limit": args.limit}, headers=headers
+    )
     if status != 200:
         print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
@@ -302,8 +475,9 @@ def _task_list(args: argparse.Namespace) -> int:
 
 
 def _task_get(args: argparse.Namespace) -> int:
-    server, _ = _server_and_auth(args)
-    status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}")
+    server, auth = _server_and_auth(args)
+    headers = {"Authorization": auth} if auth else {}
+    status, body = _request("GET", f"{server}/api/v1/conversions/{args.id}", headers=headers)
     if status != 200:
         print(f"accelctl: acceld answered {status}: {_message(body)}", file=sys.stderr)
         return 1
@@ -344,15 +518,21 @@ def _add_task_commands(sub: Any) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    """Strict load: unknown keys (which acceld and acceld here only warn about) are errors too."""
-    from accel.config import load_file
+    """The check every reader of a config makes (accel.config.check_file), strictly: unknown keys (which
+    acceld and one-time mode only warn about) are errors, and so is what acceld refuses to start with."""
+    from accel.config import check_file
     from accel.errors import ConfigError
 
     try:
-        load_file(args.file, strict=True)
+        checked = check_file(args.file, strict=True)
     except ConfigError as exc:
         print(f"accelctl: {exc}", file=sys.stderr)
-        return 1
+        return int(ExitCode.FAILED)
+    problems = checked.service_problems()
+    for problem in problems:
+        print(f"accelctl: {args.file}: acceld would refuse to start: {problem}", file=sys.stderr)
+    if problems:
+        return int(ExitCode.FAILED)
     print(f"{args.file}: ok")
     return 0
 
@@ -360,18 +540,59 @@ def _config_check(args: argparse.Namespace) -> int:
 def _add_config_commands(sub: Any) -> None:
     config = sub.add_parser("config", help="acceld config files")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate FILE strictly: unknown keys are errors")
-    check.add_argument("file", help="acceld-style YAML config")
+    check = config_sub.add_parser(
+        "check",
+        help="validate FILE as acceld does, strictly: unknown keys are errors; exit 1 when acceld would "
+        "warn about or refuse it",
+    )
+    default = os.environ.get("ACCEL_CONFIG") or None
+    check.add_argument(
+        "file",
+        nargs="?" if default else None,
+        default=default,
+        help="acceld-style YAML config ($ACCEL_CONFIG)",
+    )
     check.set_defaults(func=_config_check)
 
 
+def driver_types() -> list[str]:
+    """accel's drivers (accel/drivers' subpackages, as `accel.drivers.DRIVER_TYPES` lists them), without
+    importing the engine: `--help` and argument parsing stay fast."""
+    drivers = Path(__file__).resolve().parent.parent / "accel" / "drivers"
+    return sorted(m.name for m in pkgutil.iter_modules([str(drivers)]) if m.ispkg)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="accelctl", description="accel command line")
+    from service.version import version
+
+    parser = _Parser(prog="accelctl", description="accel command line")
+    parser.add_argument("--version", action="version", version=f"accelctl {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="convert one image now (one-time mode, no acceld needed)")
-    convert.add_argument("--config", required=True, help="acceld-style YAML config")
+    default_config = os.environ.get("ACCEL_CONFIG") or None
+    convert = sub.add_parser(
+        "convert",
+        help="convert one image now (one-time mode, no acceld needed)",
+        epilog="exit codes: 0 done, 1 a driver failed, 2 bad command line/config/reference, 4 not found, "
+        "5 access denied, 6 registry unreachable or failing, 7 image refused (limit, malformed), "
+        "8 local server/runner, 70 bug (see README, Exit codes)",
+    )
     convert.add_argument(
-        "--driver", action="append", help="driver type (repeatable); default: all configured"
+        "--config", default=default_config, help="acceld-style YAML config (default: $ACCEL_CONFIG)"
+    )
+    drivers = driver_types()
+    convert.add_argument(
+        "--driver",
+        action="append",
+        choices=drivers,
+        metavar="DRIVER",
+        help=f"driver type, one of {', '.join(drivers)} (repeatable); default: all configured",
     )
     convert.add_argument(
         "--target",
@@ -382,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-process",
         action="store_true",
         help="run the flow in this process (Prefect's temporary server) instead of the local runner",
+    )
+    convert.add_argument("-v", "--verbose", action="store_true", help="show the run's Prefect logs")
+    convert.add_argument(
+        "--debug", action="store_true", help="show tracebacks of expected failures too (with -v: in the logs)"
     )
     # bench/oneshot.py's stage breakdown (local runner only): not part of the documented interface.
     convert.add_argument("--timings", action="store_true", help=argparse.SUPPRESS)
@@ -394,7 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="prove a converted image against its source: verdict per layer, exit 1 on a difference"
     )
-    check.add_argument("--config", help="acceld-style YAML config (registry credentials, platforms)")
+    check.add_argument(
+        "--config",
+        default=default_config,
+        help="acceld-style YAML config (registry credentials, platforms; default: $ACCEL_CONFIG)",
+    )
+    check.add_argument("--debug", action="store_true", help="show tracebacks of expected failures too")
     check.add_argument("source", help="the source image (any transport, as for convert)")
     check.add_argument("target", help="the converted image (any transport)")
     check.set_defaults(func=_check)
@@ -407,9 +637,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func is not _convert:
-        # `convert` keeps Prefect's own console logging: one line per task run, named after its layer.
-        logging.basicConfig(level=logging.WARNING)
-    return int(args.func(args))
+        # `convert` sets up its own console (Prefect's logs with -v, accel's warnings either way).
+        logging.basicConfig(level=logging.WARNING, format="accelctl: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("accelctl: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        # Expected failures are handled where they happen; anything reaching here is a bug.
+        traceback.print_exc()
+        print("accelctl: this is a bug in accel: please report it with the traceback above", file=sys.stderr)
+        return int(ExitCode.BUG)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
 
     from accel.config import load_file
     from deployments.definitions import definitions
+    from tasks.process import RUNNER_PID_ENV
 
     settings = load_file(config_path)
     convert, bulk = definitions(settings)
@@ -185,6 +186,8 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
             list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
         )
         return 0
+    # Its flow-run processes end when this process does (tasks/process.py).
+    os.environ[RUNNER_PID_ENV] = str(os.getpid())
     # One runner for both: its limit is the conversion concurrency (converter.worker).
     serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
@@ -210,6 +213,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
     from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from service.intake import JOURNAL_FILE, IntakeJournal, JournalUnavailable
     from service.metrics import Metrics
     from service.supervisor import RunnerSupervisor, WorkDirLock
 
@@ -250,6 +254,15 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         supervisor = RunnerSupervisor(config_path, in_process=args.in_process_runs)
         supervisor.start()
 
+    try:
+        # Accepted webhooks are on disk before they are answered, and replayed from here when acceld starts.
+        journal = IntakeJournal(settings.provider.work_dir / JOURNAL_FILE)
+    except JournalUnavailable as exc:
+        print(f"acceld: {exc}", file=sys.stderr)
+        if supervisor is not None:
+            supervisor.stop()
+        lock.release()
+        return 1
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
     backend = PrefectBackend(settings, config_path, metrics)
     app = create_app(
@@ -259,6 +272,7 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         background=backend.poll_forever if metrics else None,
         pin=registry_pinner(settings),
         readiness=(lambda: [p] if (p := supervisor.problem()) else []) if supervisor is not None else None,
+        journal=journal,
     )
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
@@ -279,13 +293,21 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
                 uds.unlink()
         if supervisor is not None:
             supervisor.stop()
+        journal.close()
         lock.release()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service.version import version
+
     parser = argparse.ArgumentParser(prog="acceld", description="accel service: webhooks → Prefect flow runs")
-    parser.add_argument("--config", required=True, help="acceld-style YAML config")
+    parser.add_argument("--version", action="version", version=f"acceld {version()}")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("ACCEL_CONFIG") or None,
+        help="acceld-style YAML config (default: $ACCEL_CONFIG)",
+    )
     parser.add_argument("--host", help="listen address (default: server.host)")
     parser.add_argument("--port", type=int, help="listen port (default: server.port)")
     parser.add_argument(
@@ -310,18 +332,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    from accel.config import load_file
+    from accel.config import load_file, webhook_auth_problem
     from accel.errors import ConfigError
 
+    if not args.config:
+        print("acceld: no config: pass --config FILE or set ACCEL_CONFIG", file=sys.stderr)
+        return 2
     config_path = str(Path(args.config).resolve())
     try:
+        # The same check as `accelctl config check` and one-time mode (accel.config.check_file); its
+        # warnings (unknown keys) go to acceld's log.
         settings = load_file(config_path)
     except ConfigError as exc:
         print(f"acceld: {exc}", file=sys.stderr)
         return 2
     runtime_env(config_path, settings.provider.work_dir)
     if problem := schedule_problem(settings):
-        print(f"acceld: {config_path} is invalid:\n  bulk.schedule: {problem}", file=sys.stderr)
+        print(f"acceld: {config_path} is invalid: bulk.schedule: {problem}", file=sys.stderr)
         return 2
     if args.runner:
         return serve_deployments(config_path, in_process=args.in_process_runs)
@@ -334,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def schedule_problem(settings: Settings) -> str | None:
-    """Why `bulk.schedule` is no cron Prefect can run (e.g. `61 * * * *`), checked at load by Prefect's own
-    schedule model rather than when the runner registers it (and crash-loops)."""
+    """Why `bulk.schedule` is no cron Prefect can run, by Prefect's own schedule model, at start rather than
+    when the runner registers it (and crash-loops). The config's own check (cronsim) refuses what this
+    would, first; this guards against the two cron parsers disagreeing."""
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
@@ -346,18 +374,6 @@ def schedule_problem(settings: Settings) -> str | None:
     except ValidationError as exc:
         return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
     return None
-
-
-def webhook_auth_problem(settings: Settings) -> str | None:
-    """Why acceld must not start: a source host whose webhooks anyone could send (secure by default)."""
-    unprotected = settings.unprotected_hosts()
-    if not unprotected:
-        return None
-    return (
-        f"provider.source host(s) {', '.join(unprotected)} have no webhook.auth_header: anyone could start "
-        "conversions. Set webhook.auth_header (the Authorization value the registry sends), or set "
-        "webhook.allow_unauthenticated: true for that host to accept unauthenticated webhooks."
-    )
 
 
 if __name__ == "__main__":

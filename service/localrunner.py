@@ -4,8 +4,17 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
-Answers: any number of {"log": line} (Prefect's console lines of the run: one per task run), then one
-{"exit": 0, "targets": [[driver, reference, digest], …], "timings": {…}} or {"exit": 1, "error": message}.
+After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED at its next
+step (`tasks/cancel.py`) and the answer is {"exit": 130, "error": …}.
+Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
+run name, "state": its final state}} for each finished task run: accelctl's status line on a terminal),
+"debug" (keep the tracebacks of expected failures), "warnings" (send the config's warnings: the client did
+not check the request itself).
+Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
+"verbose", {"log": line} (Prefect's console lines of the run: one per task run), then one
+{"exit": 0, "targets": [[driver, reference, digest], …], "skipped": why nothing was converted or null,
+"timings": {…}} or
+{"exit": code, "error": one line, "traceback": text (a bug, or "debug")}, code as `service.onetime.ExitCode`.
 `timings` (for `accelctl convert --timings` and bench/oneshot.py): wall-clock times (time.time()) at which
 the runner received the request, finished checking it, got its turn and had the flow's result, plus the
 flow's own stage durations (`stages`, seconds).
@@ -21,33 +30,51 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socketserver
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.onetime import check_request, describe_failure
+from service.onetime import ExitCode, check_request, describe_failure
 
 log = logging.getLogger("accel.localrunner")
 
 
+# Prefect's line for a task run that ended: `Finished in state Completed()`.
+_FINISHED = re.compile(r"^Finished in state (\w+)")
+
+
 class _Forwarder(logging.Handler):
-    """Sends the current conversion's log lines to its caller; a closed caller does not stop the run."""
+    """Sends the current conversion's log lines (all with `verbose`, else accel's warnings) to its caller;
+    a closed caller does not stop the run."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
         self.send: Callable[[dict[str, Any]], None] | None = None
+        self.verbose = False
+        self.progress = False
 
     def emit(self, record: logging.LogRecord) -> None:
         send = self.send
         if send is None or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs", "accel")):
             return
+        config = record.name == "accel.config"  # its warnings come from the request's check, once per call
         with contextlib.suppress(Exception):
-            send({"log": self.format(record)})
+            if self.progress and record.name == "prefect.task_runs":
+                finished = _FINISHED.match(record.getMessage())
+                name = getattr(record, "task_run_name", None)
+                if finished and name:
+                    send({"progress": {"name": name, "state": finished[1]}})
+            if self.verbose:
+                send({"log": self.format(record)})
+            elif record.name.startswith("accel") and record.levelno >= logging.WARNING and not config:
+                send({"warning": record.getMessage()})
 
 
 class Runner:
@@ -77,24 +104,43 @@ class Runner:
         self.profile = context.profile
         self.settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
-    def convert(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+    def convert(
+        self,
+        request: dict[str, Any],
+        send: Callable[[dict[str, Any]], None],
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        """Run one request; `cancelled` (set on the caller's {"cancel": true}) ends its run CANCELLED."""
+        cancelled = cancelled or threading.Event()
         timings: dict[str, Any] = {"received": time.time()}
         from prefect.context import SettingsContext
+        from prefect.exceptions import CancelledRun
 
         from flows.convert_image import convert_image
+        from tasks import cancel, expected
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
         target = request.get("target") or None
-        error = check_request(str(request["source"]), str(request["config"]), drivers, target)
-        if error is not None:
-            send({"exit": 1, "error": error})
+        checked = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        if request.get("warnings", True):
+            for warning in checked.warnings:
+                send({"warning": warning})
+        if checked.failure is not None:
+            send({"exit": int(checked.failure.code), "error": checked.failure.message})
             return
         timings["checked"] = time.time()
+        debug = bool(request.get("debug"))
         no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
-        with self.one_at_a_time, no_heartbeats:
+        with self.one_at_a_time, no_heartbeats, cancel.cancellable(cancelled):
+            if cancelled.is_set():  # cancelled while it waited for its turn: nothing ran
+                send({"exit": int(ExitCode.INTERRUPTED), "error": "cancelled before it started"})
+                return
             timings["started"] = time.time()
             self.forwarder.send = send
+            self.forwarder.verbose = bool(request.get("verbose"))
+            self.forwarder.progress = bool(request.get("progress"))
+            expected.show_tracebacks = debug
             try:
                 result = convert_image(
                     source=str(request["source"]),
@@ -104,14 +150,28 @@ class Runner:
                     return_state=False,
                 )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
-                send({"exit": 1, "error": describe_failure(exc)})
+                if cancelled.is_set() and isinstance(exc, CancelledRun):
+                    send(
+                        {
+                            "exit": int(ExitCode.INTERRUPTED),
+                            "error": "its run ended CANCELLED, nothing pushed",
+                        }
+                    )
+                    return
+                failure = describe_failure(exc)
+                answer: dict[str, Any] = {"exit": int(failure.code), "error": failure.message}
+                if failure.code is ExitCode.BUG or debug:
+                    answer["traceback"] = traceback.format_exc()
+                    log.error("conversion of %s failed", request["source"], exc_info=True)
+                send(answer)
                 return
             finally:
                 self.forwarder.send = None
+                expected.show_tracebacks = False
         timings["finished"] = time.time()
         timings["stages"] = result.seconds
         targets = [[t.driver, t.reference, t.digest] for t in result.targets]
-        send({"exit": 0, "targets": targets, "timings": timings})
+        send({"exit": 0, "targets": targets, "skipped": result.skipped, "timings": timings})
 
 
 def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
@@ -129,9 +189,20 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
                 if not isinstance(request, dict) or "source" not in request or "config" not in request:
                     raise ValueError("expected {source, drivers, config}")
             except ValueError as exc:
-                send({"exit": 2, "error": f"bad request: {exc}"})
+                send({"exit": int(ExitCode.USAGE), "error": f"bad request: {exc}"})
                 return
-            runner.convert(request, send)
+            cancelled = threading.Event()
+            threading.Thread(target=self._read_cancel, args=(cancelled,), daemon=True).start()
+            runner.convert(request, send, cancelled)
+
+        def _read_cancel(self, cancelled: threading.Event) -> None:
+            """The caller's later lines: {"cancel": true} (its Ctrl-C). A caller that leaves (EOF) detaches:
+            its run goes on."""
+            with contextlib.suppress(OSError, ValueError):
+                for line in self.rfile:
+                    if json.loads(line).get("cancel"):
+                        log.info("cancel requested")
+                        cancelled.set()
 
     return Handler
 

@@ -1,5 +1,5 @@
 """What accelctl and the warm local runner share about a one-time conversion request: the input check that
-runs before any Prefect work, and the one line a failure prints.
+runs before any Prefect work, the exit code of each class of failure, and the one line a failure prints.
 
 Only the standard library at module level: accelctl imports this before it knows whether the engine is
 needed (the runner, when up, checks the request itself).
@@ -7,27 +7,171 @@ needed (the runner, when up, checks the request itself).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
 
-def check_request(source: str, config: str, drivers: list[str] | None, target: str | None) -> str | None:
-    """Config, reference and drivers checked before anything Prefect runs: a bad call fails in a fraction of
-    a second with its cause, and starts no server. Returns the error message, or None."""
-    from accel.config import load_file
+
+class ExitCode(IntEnum):
+    """accelctl's exit codes, one per class of failure (README "Exit codes"); stable for scripts."""
+
+    OK = 0
+    FAILED = 1  # convert: a driver failed (others may be pushed); check: the images differ
+    USAGE = 2  # the command line, the config or an image reference is wrong (as acceld's refusals)
+    NOT_FOUND = 4  # the image, tag, repository or local path does not exist
+    DENIED = 5  # the registry refused our credentials (401) or this operation (403)
+    UNREACHABLE = 6  # no connection to the registry, or it keeps failing (5xx, timeouts)
+    REFUSED = 7  # the image cannot be converted as it is: a limit, a malformed image, a format refusal
+    LOCAL_SERVICE = 8  # the local Prefect server or runner could not be started or reached
+    BUG = 70  # an unexpected error: a bug in accel (the traceback is printed or logged)
+    INTERRUPTED = 130  # Ctrl-C
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An expected failure: its exit code and the one line that says what failed and why."""
+
+    code: ExitCode
+    message: str
+
+
+@dataclass
+class Checked:
+    """The outcome of `check_request`: a failure (None when the request may run) and the config's
+    warnings, which the caller shows on its stderr."""
+
+    failure: Failure | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The class of an engine error; anything that is no AccelError is a bug."""
+    from accel.errors import (
+        AccelError,
+        ConfigError,
+        DigestMismatch,
+        DriverError,
+        InvalidImage,
+        InvalidReference,
+        LimitExceeded,
+        UnsupportedMediaType,
+    )
+    from accel.registry.errors import (
+        AuthenticationError,
+        Forbidden,
+        NotFound,
+        RegistryError,
+        RegistryUnreachable,
+        TransientRegistryError,
+    )
+
+    classes: list[tuple[type[BaseException], ExitCode]] = [
+        (ConfigError, ExitCode.USAGE),
+        (InvalidReference, ExitCode.USAGE),
+        (NotFound, ExitCode.NOT_FOUND),
+        (AuthenticationError, ExitCode.DENIED),
+        (Forbidden, ExitCode.DENIED),
+        (RegistryUnreachable, ExitCode.UNREACHABLE),
+        (TransientRegistryError, ExitCode.UNREACHABLE),
+        (LimitExceeded, ExitCode.REFUSED),
+        (InvalidImage, ExitCode.REFUSED),
+        (UnsupportedMediaType, ExitCode.REFUSED),
+        (DigestMismatch, ExitCode.REFUSED),
+        (DriverError, ExitCode.FAILED),
+        (RegistryError, ExitCode.UNREACHABLE),  # another answer the registry should not have given
+    ]
+    for cls, code in classes:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, AccelError):
+        return ExitCode.FAILED  # a conversion failure (e.g. some drivers failed, a timed-out run)
+    return ExitCode.BUG
+
+
+def is_expected(exc: BaseException) -> bool:
+    return exit_code_for(exc) is not ExitCode.BUG
+
+
+def one_line(text: str) -> str:
+    """A message's lines joined: a failure is one line on stderr and in a run's state."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def describe_failure(exc: BaseException) -> Failure:
+    """The exit code and one-line cause accelctl prints: an accel error as it is, anything else named as a
+    bug (with its type: its traceback is printed or logged where it happened)."""
+    code = exit_code_for(exc)
+    if code is ExitCode.BUG:
+        return Failure(code, f"{type(exc).__name__}: {one_line(str(exc))} (this is a bug in accel)")
+    return Failure(code, one_line(str(exc)))
+
+
+def check_request(source: str, config: str, drivers: list[str] | None, target: str | None) -> Checked:
+    """Config, reference, drivers, local paths and the work dir checked before anything Prefect runs: a bad
+    call fails in a fraction of a second with its cause, and starts no server."""
+    from accel.config import check_file
     from accel.errors import AccelError
     from accel.plan import plan_conversion, with_target
     from accel.transports import parse_location
 
+    checked = Checked()
     try:
-        settings = load_file(config)
-        reference = parse_location(source).reference
-        plan = plan_conversion(settings, reference, drivers or None)
-        with_target(plan, parse_location(target).reference if target else None)
+        config_checked = check_file(config)
+        checked.warnings = list(config_checked.warnings)
+        settings = config_checked.settings
+        source_location = parse_location(source)
+        if (missing := _missing_source(source_location.path, source)) is not None:
+            checked.failure = missing
+            return checked
+        target_location = parse_location(target) if target else None
+        reference = source_location.reference
+        named = reference if reference.tag or reference.digest else reference.with_tag("latest")
+        plan = plan_conversion(settings, named, drivers or None)
+        with_target(plan, target_location.reference if target_location else None)
     except AccelError as exc:
-        return str(exc)
-    return None
+        checked.failure = describe_failure(exc)
+        return checked
+    checked.failure = _unwritable_target(
+        target_location.path if target_location else None, target or ""
+    ) or _unwritable_work_dir(settings.provider.work_dir, config)
+    return checked
 
 
-def describe_failure(exc: BaseException) -> str:
-    """The one-line cause accelctl prints: an accel error as is, anything else with its type."""
-    from accel.errors import AccelError
+def _missing_source(path: Path | None, source: str) -> Failure | None:
+    if path is None or path.exists():
+        return None
+    return Failure(ExitCode.NOT_FOUND, f"{source}: no such file or directory: {path}")
 
-    return str(exc) if isinstance(exc, AccelError) else f"{type(exc).__name__}: {exc}"
+
+def _unwritable_target(path: Path | None, target: str) -> Failure | None:
+    """A layout or archive target's missing directories are created: the nearest existing one must be a
+    writable directory."""
+    if path is None:
+        return None
+    existing = _nearest_existing(path.absolute().parent)
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return Failure(ExitCode.USAGE, f"target {target}: cannot create it: {existing} {_why_unusable(existing)}")
+
+
+def _unwritable_work_dir(work_dir: Path, config: str) -> Failure | None:
+    """provider.work_dir holds the content store: it must exist or be creatable, and be writable."""
+    existing = _nearest_existing(work_dir)
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return Failure(
+        ExitCode.USAGE,
+        f"{config}: provider.work_dir {work_dir} cannot be used: {existing} {_why_unusable(existing)} "
+        "(set provider.work_dir to a writable directory)",
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _why_unusable(path: Path) -> str:
+    return "is not a directory" if not path.is_dir() else "is not writable"

@@ -145,6 +145,7 @@ class PlatformUnderTest:
     store: ContentStore  # the target's blobs
     verdict: Verdict
     scratch: Path  # a private directory for files the reader writes
+    mounted_view: bool = False  # also read the image as a runtime would (Nydus: a nydusd FUSE mount)
 
 
 class PlatformReader(Reader):

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from accel import constants as mt
 from accel import digest as dg
+from accel.errors import UnsupportedMediaType
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry.errors import RegistryError
@@ -177,6 +178,24 @@ class DockerArchiveTarget(OCIArchive):
     def __init__(self, path: Path | str) -> None:
         super().__init__(path, writable=True)
 
+    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor:
+        """Refuses, before anything is written, an image whose layers `docker load` (and skopeo's
+        docker-archive reader) cannot apply: only tar layers (plain, gzip, zstd) go into a docker archive.
+        The refusal names the format (the driver that recognises the layers), else the media type."""
+        doc = json.loads(raw)
+        listed = doc.get("layers") if isinstance(doc, dict) else None
+        layers = [layer for layer in listed or [] if isinstance(layer, dict)]
+        unloadable = [layer for layer in layers if layer.get("mediaType") not in DOCKER_LOADABLE_LAYERS]
+        if unloadable:
+            from accel.drivers import detect_format
+
+            named = detect_format([Descriptor.model_validate(layer) for layer in layers])
+            raise UnsupportedMediaType(
+                f"docker-archive:{self.path} cannot hold {named or unloadable[0].get('mediaType')} layers "
+                "(docker load and skopeo could not read them back); write oci-archive: or oci: instead"
+            )
+        return super().push_manifest(ref, raw, media_type)
+
     def _extra_files(self) -> dict[str, bytes]:
         assert self._staging is not None
         images = []
@@ -197,3 +216,15 @@ class DockerArchiveTarget(OCIArchive):
                 }
             )
         return {"manifest.json": json.dumps(images).encode()}
+
+
+# Layers a docker archive can hold: tars, plain or compressed, as `docker load` applies them.
+DOCKER_LOADABLE_LAYERS = frozenset(
+    {
+        mt.OCI_LAYER_TAR,
+        mt.OCI_LAYER_GZIP,
+        mt.OCI_LAYER_ZSTD,
+        mt.DOCKER_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.diff.tar",
+    }
+)

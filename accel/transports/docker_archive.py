@@ -129,9 +129,8 @@ class DockerArchive(LayoutReader):
             return Descriptor.of(mt.DOCKER_MANIFEST, images[position].manifest)
         if ref.tag is None and not ref.digest:
             if len(images) != 1:
-                raise self._not_found(
-                    f"the archive holds {len(images)} images; name one with :REPO:TAG or :@N",
-                    "MANIFEST_UNKNOWN",
+                raise self._unnamed(
+                    f"no image named and it holds {len(images)}; name one: {self._image_names(images)}"
                 )
             return Descriptor.of(mt.DOCKER_MANIFEST, images[0].manifest)
         if ref.tag is not None:
@@ -139,8 +138,17 @@ class DockerArchive(LayoutReader):
             for image in images:
                 if any(_normalised_name(t) == wanted for t in image.tags):
                     return Descriptor.of(mt.DOCKER_MANIFEST, image.manifest)
-            raise self._not_found(f"image {ref.tag!r}", "MANIFEST_UNKNOWN")
+            raise self._unnamed(f"no image {ref.tag!r}; it holds {self._image_names(images)}")
         return super().resolve(ref)
+
+    def _image_names(self, images: list[Any], most: int = 10) -> str:
+        """Each image as a user would name it: `docker-archive:FILE:REPO:TAG`, else `…:@N`."""
+        names = [
+            f"{self.transport}:{self.location}:{image.tags[0] if image.tags else f'@{n}'}"
+            for n, image in enumerate(images)
+        ]
+        more = f" and {len(names) - most} more" if len(names) > most else ""
+        return (", ".join(names[:most]) + more) or "no images"
 
     def _open_blob(self, digest: str) -> BinaryIO:
         self._load()

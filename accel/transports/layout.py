@@ -88,6 +88,12 @@ class LayoutReader:
             f"{what}: not in {self.transport}:{self.location}", registry=self.transport, code=code
         )
 
+    def _unnamed(self, why: str) -> NotFound:
+        """The image asked for is not one it holds: `why` lists those it does."""
+        return NotFound(
+            f"{self.transport}:{self.location}: {why}", registry=self.transport, code="MANIFEST_UNKNOWN"
+        )
+
     def entries(self) -> list[dict[str, Any]]:
         """The descriptors `index.json` lists (the layout's roots)."""
         manifests = self._index().get("manifests")
@@ -100,14 +106,26 @@ class LayoutReader:
         if ref.tag is None:
             if len(entries) == 1:
                 return entries[0]
-            raise self._not_found(
-                f"no tag given and the layout lists {len(entries)} images; name one with :TAG",
-                "MANIFEST_UNKNOWN",
+            raise self._unnamed(
+                f"no tag given and it holds {len(entries)} images; name one: {self._listing(entries)}"
             )
         named = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME_ANNOTATION) == ref.tag]
         if not named:
-            raise self._not_found(f"tag {ref.tag!r}", "MANIFEST_UNKNOWN")
+            raise self._unnamed(f"no tag {ref.tag!r}; it holds {self._listing(entries)}")
         return named[-1]
+
+    def _listing(self, entries: list[dict[str, Any]], most: int = 10) -> str:
+        """The images it holds as a user would name them: `oci:DIR:TAG`, else `oci:DIR@DIGEST`."""
+        names = []
+        for entry in entries:
+            tag = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+            names.append(
+                f"{self.transport}:{self.location}" + (f":{tag}" if tag else f"@{entry.get('digest')}")
+            )
+        if not names:
+            return "no images"
+        more = f" and {len(names) - most} more" if len(names) > most else ""
+        return ", ".join(names[:most]) + more
 
     def _read_small(self, digest: str, what: str) -> bytes:
         with self._open_blob(digest) as f:

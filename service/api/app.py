@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accel.config import Settings
+from accel.errors import AccelError
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from service.api.conversions import (
@@ -41,6 +42,7 @@ from service.api.conversions import (
     SubmitRequest,
     TaskNotFound,
 )
+from service.intake import IntakeJournal, JournalUnavailable
 from service.metrics import Metrics
 from service.webhook import (
     MAX_BODY_BYTES,
@@ -87,6 +89,7 @@ ANSWER_WITHIN = 2.0  # seconds; Harbor's webhook client times out after 3
 # describing many runs of a busy server may take longer than that and is not cut off before this.
 READ_WITHIN = 60.0
 MAX_LIST = 1000
+REPLAY_EVERY = 60.0  # seconds between replays of the intake journal's unsettled requests
 
 
 @dataclass(frozen=True)
@@ -219,21 +222,92 @@ class Api:
         pin: TagPinner | None = None,
         answer_within: float = ANSWER_WITHIN,
         creation_retry: CreationRetry = CreationRetry(),
+        journal: IntakeJournal | None = None,
     ) -> None:
         self.settings = settings
+        self.journal = journal
         self.pin = pin
         self.backend = backend
         self.metrics = metrics
         self.sync_timeout = sync_timeout
         self.answer_within = answer_within
         self.creation_retry = creation_retry
-        self._background: set[asyncio.Future[ConversionTask]] = set()
+        self._background: set[asyncio.Future[ConversionTask | None]] = set()
+        self._in_flight: set[int] = set()  # journal entries whose creation is under way in this process
 
     async def _submit(self, source: str, image: PushedImage) -> ConversionTask:
         request = self.submit_request(await self._pinned(image))
         task = await self.backend.submit(request)
         log.info("%s push of %s → task %s", source, image.reference, task.id)
         return task
+
+    async def _submit_recorded(self, source: str, image: PushedImage, entry: int | None) -> ConversionTask:
+        """`_submit`, with the outcome written to the intake journal entry (when there is one)."""
+        if entry is None or self.journal is None:
+            return await self._submit(source, image)
+        journal = self.journal
+        try:
+            task = await self._submit(source, image)
+        except BackendUnavailable as exc:  # the orchestrator, not the request: tried again later
+            with contextlib.suppress(JournalUnavailable):
+                await asyncio.to_thread(journal.attempt, entry, f"{type(exc).__name__}: {exc}")
+            raise
+        except Exception as exc:  # the request itself cannot become a run: replaying it would not help
+            with contextlib.suppress(JournalUnavailable):
+                await asyncio.to_thread(journal.settle, entry, None, f"{type(exc).__name__}: {exc}")
+            raise
+        try:
+            await asyncio.to_thread(journal.settle, entry, task.id)
+        except JournalUnavailable as exc:  # the run exists; a replay would find it by its idempotency key
+            log.warning("%s", exc)
+        return task
+
+    def _in_background(
+        self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage, entry: int | None
+    ) -> None:
+        """Keep creating `image`'s run after the answer went out (see `_keep_trying`)."""
+        if entry is not None:
+            self._in_flight.add(entry)
+        keeper = asyncio.ensure_future(self._keep_trying(job, source, image, entry))
+        self._background.add(keeper)
+        keeper.add_done_callback(self._background.discard)
+        if entry is not None:
+            keeper.add_done_callback(lambda _: self._in_flight.discard(entry))
+
+    async def replay(self) -> int:
+        """Submit again every journal entry without a flow run that no creation in this process is working
+        on: requests an earlier acceld accepted and died before creating, and ones whose creation gave up
+        while the orchestrator was down. Returns how many were started."""
+        if self.journal is None:
+            return 0
+        try:
+            entries = await asyncio.to_thread(self.journal.unsettled)
+        except JournalUnavailable as exc:
+            log.error("%s", exc)
+            return 0
+        started = 0
+        for entry in entries:
+            if entry.id in self._in_flight:
+                continue
+            image = PushedImage(Reference.parse(entry.reference))
+            log.info(
+                "replaying the accepted %s push of %s (journal entry %d)",
+                entry.source,
+                image.reference,
+                entry.id,
+            )
+            job = asyncio.ensure_future(self._submit_recorded(entry.source, image, entry.id))
+            self._in_background(job, entry.source, image, entry.id)
+            started += 1
+        return started
+
+    async def replay_forever(self, every: float = REPLAY_EVERY) -> None:
+        while True:
+            await self.replay()
+            if self.journal is not None:
+                with contextlib.suppress(JournalUnavailable):
+                    await asyncio.to_thread(self.journal.forget_settled)
+            await asyncio.sleep(every)
 
     async def _pinned(self, image: PushedImage) -> PushedImage:
         """A tag-only image pinned to the digest its tag names now: a re-pushed tag is a new conversion,
@@ -248,11 +322,12 @@ class Api:
             return image
 
     async def _keep_trying(
-        self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage
+        self, job: asyncio.Future[ConversionTask], source: str, image: PushedImage, entry: int | None = None
     ) -> ConversionTask | None:
         """A creation the caller was answered `pending` for: it must not be lost when the orchestrator
         fails it (a busy Prefect answers 503). Retried with backoff as `creation_retry` says (the
-        idempotency key makes a repeat harmless); giving up is logged with the image."""
+        idempotency key makes a repeat harmless); giving up is logged with the image, and a journalled
+        request stays in the journal for the next replay."""
         loop = asyncio.get_running_loop()
         retry = self.creation_retry
         deadline = loop.time() + retry.retry_for
@@ -262,7 +337,10 @@ class Api:
                 return await job
             except BackendUnavailable as exc:
                 if loop.time() + delay > deadline:
-                    log.error("gave up creating the conversion of %s: %s", image.reference, exc)
+                    kept = f"; it stays in the intake journal (entry {entry})" if entry is not None else ""
+                    log.error(
+                        "gave up creating the conversion of %s for now: %s%s", image.reference, exc, kept
+                    )
                     return None
                 log.warning(
                     "creating the conversion of %s failed (%s); retrying in %.0fs",
@@ -272,7 +350,7 @@ class Api:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, retry.max_delay)
-                job = asyncio.ensure_future(self._submit(source, image))
+                job = asyncio.ensure_future(self._submit_recorded(source, image, entry))
             except Exception:
                 log.exception("creating the conversion of %s failed", image.reference)
                 return None
@@ -297,6 +375,18 @@ class Api:
         if not self.settings.unauthenticated_hosts():
             raise self._unauthorized(authorization)
         return False
+
+    def may_read(self, authorization: str | None, local: bool) -> bool:
+        """Whether a read of the API (task list, a task, metrics, the schema) is allowed: over the unix
+        socket, with any configured host's `webhook.auth_header`, or when no host has one to check (every
+        host allows unauthenticated webhooks, so there is nothing to authenticate with)."""
+        if local:
+            return True
+        secrets = [h.webhook.secret for h in self.settings.provider.source.values() if h.webhook.secret]
+        if not secrets:
+            return True
+        given = (authorization or "").encode()
+        return any([hmac.compare_digest(given, s.encode()) for s in secrets])
 
     @staticmethod
     def _unauthorized(authorization: str | None) -> _Refused:
@@ -364,34 +454,80 @@ class Api:
         if not wanted:
             self._count(event.source, "ignored")
             return JSONResponse({"status": "ignored", "reason": "; ".join(ignored), "tasks": []})
-        submissions = [asyncio.ensure_future(self._submit(event.source, i)) for i in wanted]
-        if not sync:
-            # Harbor waits 3 s at most. A slow orchestrator must not turn into a timeout there: creation
-            # goes on in the background (the idempotency key makes a retried event harmless).
-            done, pending = await asyncio.wait(submissions, timeout=self.answer_within)
-            for job in pending:
-                image = wanted[submissions.index(job)]
-                keeper = asyncio.ensure_future(self._keep_trying(job, event.source, image))
-                self._background.add(keeper)
-                keeper.add_done_callback(self._background.discard)
-            failures = [j.exception() for j in done if j.exception() is not None]
-            if failures and not pending and len(failures) == len(submissions):
-                raise failures[0]  # type: ignore[misc]
-            tasks = [j.result() for j in done if j.exception() is None]
-            self._count(event.source, "accepted")
-            return JSONResponse(
-                {
-                    "status": "accepted",
-                    "tasks": [_task_json(t) for t in tasks],
-                    "pending": [str(wanted[submissions.index(j)].reference) for j in pending],
-                    "ignored": ignored,
-                },
-                status_code=202,
+        if sync:
+            return await self._accept_and_wait(event.source, wanted)
+        # Harbor waits 3 s at most and does not resend a 2xx. A slow orchestrator must not turn into a
+        # timeout there, nor a dying acceld into a lost push: each image is journalled before anything else
+        # (or the request is refused with 503, to be sent again), and creation goes on in the background
+        # (the idempotency key makes a repeat harmless).
+        entries: list[int | None] = [None] * len(wanted)
+        if self.journal is not None:
+            journal = self.journal
+            try:
+                entries = list(
+                    await asyncio.to_thread(journal.record, event.source, [str(i.reference) for i in wanted])
+                )
+            except JournalUnavailable as exc:
+                raise _Refused(503, "unavailable", f"{exc}; nothing was accepted, send it again") from None
+        submissions = [
+            asyncio.ensure_future(self._submit_recorded(event.source, i, e))
+            for i, e in zip(wanted, entries, strict=True)
+        ]
+        _, pending = await asyncio.wait(submissions, timeout=self.answer_within)
+        for job in pending:
+            index = submissions.index(job)
+            self._in_background(job, event.source, wanted[index], entries[index])
+        # Every image ends in exactly one of: tasks (its run exists), pending (being created, and journalled
+        # when there is a journal), refused (it can never become a run here: the reason says why).
+        tasks: list[ConversionTask] = []
+        waiting = [index for index, job in enumerate(submissions) if job in pending]
+        refused: list[tuple[int, BaseException]] = []
+        for index, job in enumerate(submissions):
+            if job in pending:
+                continue
+            error = job.exception()
+            if error is None:
+                tasks.append(job.result())
+            elif isinstance(error, BackendUnavailable) and entries[index] is not None:
+                # Journalled, so durable: pending, not failed (retried from here and by the replay).
+                self._in_background(job, event.source, wanted[index], entries[index])
+                waiting.append(index)
+            else:
+                refused.append((index, error))
+        reasons = [
+            {"reference": str(wanted[index].reference), "reason": _one_line(error)}
+            for index, error in refused
+        ]
+        for reason in reasons:
+            log.warning("%s push of %s refused: %s", event.source, reason["reference"], reason["reason"])
+        if not tasks and not waiting:
+            unavailable = [e for _, e in refused if isinstance(e, BackendUnavailable)]
+            if unavailable:
+                raise unavailable[0]  # 503: nothing was recorded, the sender retries
+            self._count(event.source, "refused")
+            return _error(
+                422, "; ".join(f"{r['reference']}: {r['reason']}" for r in reasons), refused=reasons
             )
+        self._count(event.source, "accepted")
+        return JSONResponse(
+            {
+                "status": "accepted",
+                "tasks": [_task_json(t) for t in tasks],
+                "pending": [str(wanted[index].reference) for index in sorted(waiting)],
+                "ignored": ignored,
+                "refused": reasons,
+            },
+            status_code=202,
+        )
+
+    async def _accept_and_wait(self, source: str, wanted: list[PushedImage]) -> JSONResponse:
+        """`?sync=true`: create the runs and answer with their outcome (the caller sees any failure, so
+        nothing is journalled)."""
+        submissions = [asyncio.ensure_future(self._submit(source, i)) for i in wanted]
         tasks = list(await asyncio.gather(*submissions))
         finished = [await self.backend.wait(t.id, self.sync_timeout) for t in tasks]
         ok = all(t.status == COMPLETED for t in finished)
-        self._count(event.source, "completed" if ok else "failed")
+        self._count(source, "completed" if ok else "failed")
         body = {"status": "completed" if ok else "failed", "tasks": [_task_json(t) for t in finished]}
         if not ok:
             body["reason"] = "; ".join(f"{t.source}: {t.reason or t.status}" for t in finished if t.reason)
@@ -438,6 +574,12 @@ async def _in_time(read: Awaitable[T]) -> T:
         raise BackendUnavailable(f"no answer within {READ_WITHIN:g} s") from None
 
 
+def _one_line(error: BaseException) -> str:
+    """Why a request was refused, on one line: an accel error as it is, anything else with its type."""
+    text = " ".join(str(error).split())
+    return text if isinstance(error, AccelError) else f"{type(error).__name__}: {text}"
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -467,22 +609,28 @@ def create_app(
     readiness: Callable[[], list[str]] | None = None,
     answer_within: float = ANSWER_WITHIN,
     creation_retry: CreationRetry = CreationRetry(),
+    journal: IntakeJournal | None = None,
+    replay_every: float = REPLAY_EVERY,
 ) -> FastAPI:
     """`background`: a coroutine function run for the app's lifetime (e.g. the metrics poller); `pin`:
     how tag-only requests learn their digest (None: they stay tag-only); `readiness`: more problems for
     /readyz (e.g. a crash-looping runner); `answer_within`: how long a webhook waits for its run creations
-    before answering them `pending`; `creation_retry`: how a pending creation is retried."""
+    before answering them `pending`; `creation_retry`: how a pending creation is retried; `journal`: where
+    accepted webhooks are recorded before they are answered (replayed at start and every `replay_every`
+    seconds; None: not recorded, as in tests of other things)."""
     if metrics is None and settings.metric.enabled:
         metrics = Metrics(settings.server.name)
-    api = Api(settings, backend, metrics, sync_timeout, pin, answer_within, creation_retry)
+    api = Api(settings, backend, metrics, sync_timeout, pin, answer_within, creation_retry, journal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        job = asyncio.create_task(background()) if background else None
+        jobs = [asyncio.create_task(background())] if background else []
+        if journal is not None:
+            jobs.append(asyncio.create_task(api.replay_forever(replay_every)))
         try:
             yield
         finally:
-            if job is not None:
+            for job in jobs:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
@@ -490,7 +638,9 @@ def create_app(
             if close is not None:
                 await close()
 
-    app = FastAPI(title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="acceld", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.api = api
     if metrics is not None:
         app.add_middleware(AcceldApiMetrics, metrics=metrics)
@@ -515,14 +665,31 @@ def create_app(
     async def distribution_notification(request: Request) -> JSONResponse:
         return await api.webhook(request, SOURCE_DISTRIBUTION, parse_distribution)
 
+    def refused_read(request: Request) -> JSONResponse | None:
+        """401 for a read without the webhook Authorization header (see `Api.may_read`)."""
+        if api.may_read(request.headers.get("authorization"), over_local_socket(request.scope)):
+            return None
+        what = "missing" if not request.headers.get("authorization") else "not accepted"
+        return _error(
+            401, f"Authorization header {what} (reads take a webhook auth_header, or the unix socket)"
+        )
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        return refused_read(request) or JSONResponse(app.openapi())
+
     @app.get("/api/v1/conversions")
-    async def list_conversions(limit: int = 200) -> JSONResponse:
+    async def list_conversions(request: Request, limit: int = 200) -> JSONResponse:
+        if refused := refused_read(request):
+            return refused
         if not 1 <= limit <= MAX_LIST:
             return _error(400, f"limit must be between 1 and {MAX_LIST}")
         return JSONResponse([_task_json(t) for t in await _in_time(backend.list(limit))])
 
     @app.get("/api/v1/conversions/{task_id}")
-    async def get_conversion(task_id: str) -> JSONResponse:
+    async def get_conversion(request: Request, task_id: str) -> JSONResponse:
+        if refused := refused_read(request):
+            return refused
         try:
             return JSONResponse(_task_json(await _in_time(backend.get(task_id))))
         except TaskNotFound:
@@ -562,7 +729,9 @@ def create_app(
         registered = metrics
 
         @app.get("/metrics")
-        async def prometheus_metrics() -> Response:
+        async def prometheus_metrics(request: Request) -> Response:
+            if not settings.metric.open and (refused := refused_read(request)):
+                return refused
             return Response(registered.render(), media_type=registered.content_type)
 
     log.debug("acceld API ready (pid %d)", os.getpid())

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from accel.drivers.zstdchunked.writer import Variant, write_zstd_chunked
 from tests.harness import conformance
 
 pytestmark = pytest.mark.conformance
@@ -339,6 +340,65 @@ def test_zstd_chunked_rejects_a_flipped_byte_in_a_file_chunk(
     verdict = conformance.check_zstd_chunked(damaged, zstd_chunked_blob.annotations, layer.diff_id)
     assert not verdict.ok
     assert verdict.error
+
+
+# --- accel's zstd:chunked, read in part the way runtimes read it -----------------------------------------
+
+
+def write_accel_zstd_chunked(layer: Layer, workdir: Path, variant: Variant) -> ReferenceBlob:
+
+    path = workdir / f"accel-{variant}.zstdchunked"
+    if not path.exists():
+        with layer.tar.open("rb") as source, path.open("wb") as out:
+            result = write_zstd_chunked(source, out, 3, variant=variant)
+        path.with_suffix(".json").write_text(json.dumps(result.annotations))
+    return ReferenceBlob(path, json.loads(path.with_suffix(".json").read_text()))
+
+
+@pytest.fixture(scope="module", params=["containers-storage", "stargz"])
+def accel_zstd_chunked(request: pytest.FixtureRequest, layer: Layer, workdir: Path) -> ReferenceBlob:
+    return write_accel_zstd_chunked(layer, workdir, request.param)
+
+
+def test_accel_zstd_chunked_is_read_in_part_by_the_runtimes_readers(
+    layer: Layer, accel_zstd_chunked: ReferenceBlob
+) -> None:
+    verdict = conformance.check_zstd_chunked(
+        accel_zstd_chunked.path, accel_zstd_chunked.annotations, layer.diff_id, lazy_file="etc/passwd"
+    )
+    assert verdict.ok, verdict.error
+    assert verdict.tree == conformance.tar_tree(layer.tar)
+    variant = verdict.raw["variant"]
+    reads = {read["reader"]: read for read in verdict.raw["lazy_reads"]}
+    blob_bytes = accel_zstd_chunked.path.stat().st_size
+    # containers/storage's differ reaches the TOC (and tar-split) with a few KiB, then fetches files by range
+    storage_read = reads["go.podman.io/storage/pkg/chunked"]
+    assert storage_read["blob_bytes"] == blob_bytes and storage_read["toc_bytes"] * 50 < blob_bytes
+    toc_bytes = storage_read["toc_bytes"]
+    print(f"\n{variant}: containers/storage fetched {toc_bytes} of {blob_bytes} bytes for the TOC")
+    stargz_read = reads.get("github.com/containerd/stargz-snapshotter/estargz/zstdchunked")
+    if ESTARGZ_TOC_ANNOTATION in accel_zstd_chunked.annotations:
+        assert variant == "stargz" and stargz_read is not None
+        assert stargz_read["file"] == "etc/passwd"
+        fetched = stargz_read["toc_bytes"] + stargz_read["file_bytes"]
+        assert fetched * 50 < blob_bytes, stargz_read
+        print(f"stargz-snapshotter's reader fetched {fetched} of {blob_bytes} bytes to read etc/passwd")
+        # today's containers/storage falls back to a whole-layer pull on the stargz annotations
+        assert any("estargz layers don't support partial pulls" in w for w in verdict.raw["warnings"])
+    else:
+        assert variant == "containers-storage" and stargz_read is None
+        # stargz-snapshotter's reader cannot open the current footer
+        assert any("stargz-snapshotter's reader" in w for w in verdict.raw["warnings"])
+
+
+def test_stargz_variant_is_rejected_with_a_wrong_stargz_toc_digest(
+    checker: Path, layer: Layer, workdir: Path
+) -> None:
+    blob = write_accel_zstd_chunked(layer, workdir, "stargz")
+    annotations = {**blob.annotations, ESTARGZ_TOC_ANNOTATION: "sha256:" + "0" * 64}
+    verdict = conformance.check_zstd_chunked(blob.path, annotations, None)
+    assert not verdict.ok
+    assert "VerifyTOC" in verdict.error
 
 
 def test_usage_errors_raise(checker: Path) -> None:

@@ -157,7 +157,7 @@ def test_ten_concurrent_conversions_without_database_locks(acceld, registry, sou
 def test_metrics_reflect_conversions(acceld, registry, source_store):
     """Counts what this test itself causes: one refused and one completed conversion."""
     ref = push_seeded_image(registry.host, source_store, tag="metrics", seed=5)
-    before = httpx.get(f"{acceld.url}/metrics", timeout=30).text
+    before = httpx.get(f"{acceld.url}/metrics", headers=WEBHOOK_AUTH, timeout=30).text
     refused = httpx.post(f"{acceld.url}/api/v1/conversions", json=harbor_for(ref), timeout=30)
     assert refused.status_code == 401
     r = httpx.post(
@@ -167,7 +167,7 @@ def test_metrics_reflect_conversions(acceld, registry, source_store):
     success = 'accel_conversions_total{driver="estargz",result="success"}'
 
     def metrics_with_success() -> str | None:
-        text = httpx.get(f"{acceld.url}/metrics", timeout=30).text
+        text = httpx.get(f"{acceld.url}/metrics", headers=WEBHOOK_AUTH, timeout=30).text
         return text if success in text else None
 
     text = wait_until(metrics_with_success, timeout=60, what="the completed conversion in the metrics")
@@ -247,7 +247,9 @@ def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server, 
     )
     [mine] = r.json()["tasks"]
     assert mine["status"] == "COMPLETED", r.text
-    before = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
+    before = httpx.get(
+        f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, headers=WEBHOOK_AUTH, timeout=30
+    ).json()
     finished_before = {t["id"]: t for t in before if t["status"] != "PROCESSING"}
     assert finished_before[mine["id"]]["target"] == f"{ref.name}:{ref.tag}{SUFFIX}"
     acceld.stop()
@@ -264,7 +266,12 @@ def test_restart_keeps_the_list_and_fails_orphaned_runs(acceld, prefect_server, 
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         orphan_id = asyncio.run(orphan())
     acceld.start()
-    after = {t["id"]: t for t in httpx.get(f"{acceld.url}/api/v1/conversions?limit=1000", timeout=30).json()}
+    after = {
+        t["id"]: t
+        for t in httpx.get(
+            f"{acceld.url}/api/v1/conversions?limit=1000", headers=WEBHOOK_AUTH, timeout=30
+        ).json()
+    }
     # Finished tasks (this test's among them) are listed as before: status, target and sizes.
     for task_id, task in finished_before.items():
         for field in ("status", "target", "source_size", "target_size"):

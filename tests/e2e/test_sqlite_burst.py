@@ -46,7 +46,9 @@ def sqlite_acceld(
 
 def _tasks_for(acceld: Acceld, ref) -> list[dict]:
     """Tasks of `ref`; none while the list answers 503 (a busy SQLite server may be slow to list)."""
-    r = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=120)
+    r = httpx.get(
+        f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, headers=WEBHOOK_AUTH, timeout=120
+    )
     if r.status_code != 200:
         return []
     return [t for t in r.json() if t["source"].startswith(f"{ref.name}:")]

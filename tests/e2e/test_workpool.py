@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from accel import constants as mt
+from accel.drivers import DRIVER_TYPES
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
@@ -193,7 +194,7 @@ def _post(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
 
 
 def _task(acceld: Acceld, task_id: str) -> dict[str, Any]:
-    return httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", timeout=30).json()
+    return httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", headers=WEBHOOK_AUTH, timeout=30).json()
 
 
 def _accelctl_list(acceld: Acceld) -> list[dict[str, Any]]:
@@ -377,7 +378,16 @@ def test_cli_run_as_the_readme_says_and_the_run_form_schema(workpool: WorkPool, 
         properties = asyncio.run(schema())["properties"]
     assert set(properties) == {"source", "drivers", "config", "target_repository", "target"}
     assert all(p.get("description") for p in properties.values()), properties
-    assert properties["drivers"]["anyOf"][0]["items"]["enum"] == ["estargz", "zstdchunked", "nydus"]
+    # Every registered driver, in the registry's (alphabetical) order.
+    assert (
+        properties["drivers"]["anyOf"][0]["items"]["enum"]
+        == list(DRIVER_TYPES)
+        == [
+            "estargz",
+            "nydus",
+            "zstdchunked",
+        ]
+    )
 
 
 def test_killing_a_worker_mid_run_crashes_its_run_and_a_resent_webhook_converts_on_the_other(

@@ -167,13 +167,20 @@ def check_estargz(blob: Path, toc_digest: str, uncompressed_size: int | None) ->
     return _verdict(run_checker(arguments))
 
 
-def check_zstd_chunked(blob: Path, annotations: dict[str, str], diff_id: str | None) -> Verdict:
+def check_zstd_chunked(
+    blob: Path, annotations: dict[str, str], diff_id: str | None, lazy_file: str | None = None
+) -> Verdict:
+    """containers/storage's differ reads the layer (either variant); for the stargz variant,
+    stargz-snapshotter's reader also opens it and reads `lazy_file` (default: the first file with
+    content) by range. The verdict's raw["lazy_reads"] holds the bytes each reader fetched."""
     with tempfile.TemporaryDirectory(prefix="accel-conformance-") as scratch:
         annotations_file = Path(scratch) / "annotations.json"
         annotations_file.write_text(json.dumps(annotations))
         arguments = ["zstdchunked", "--blob", str(blob), "--annotations", str(annotations_file)]
         if diff_id is not None:
             arguments += ["--diff-id", diff_id]
+        if lazy_file is not None:
+            arguments += ["--lazy-file", lazy_file]
         return _verdict(run_checker(arguments))
 
 

@@ -12,12 +12,14 @@ import httpx
 from accel import constants as mt
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
-from tests.harness.services import SUFFIX, Acceld
+from tests.harness.services import SUFFIX, WEBHOOK_AUTH, Acceld
 
 
 def tasks_for(acceld: Acceld, ref: Reference) -> list[dict[str, Any]]:
     """The tasks acceld lists for `ref`'s repository and tag (any digest)."""
-    listed = httpx.get(f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, timeout=30).json()
+    listed = httpx.get(
+        f"{acceld.url}/api/v1/conversions", params={"limit": 1000}, headers=WEBHOOK_AUTH, timeout=30
+    ).json()
     return [t for t in listed if t["source"].startswith(f"{ref.name}:")]
 
 
@@ -33,7 +35,9 @@ def wait_task(acceld: Acceld, task_id: str, timeout: float = 120.0) -> dict[str,
     """The task once it is no longer PROCESSING, or as it stands after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        task = httpx.get(f"{acceld.url}/api/v1/conversions/{task_id}", timeout=30).json()
+        task = httpx.get(
+            f"{acceld.url}/api/v1/conversions/{task_id}", headers=WEBHOOK_AUTH, timeout=30
+        ).json()
         if task["status"] != "PROCESSING" or time.monotonic() > deadline:
             return task
         time.sleep(0.5)

@@ -958,3 +958,34 @@ def odd_layers() -> list[TarBuilder | RawLayer]:
     upper += sparse_tar(SparseFile("sparse/pax10", ODD_SPARSE_SIZE, regions), "pax-1.0", end=False)
     upper += sparse_tar(SparseFile("sparse/gnu", ODD_SPARSE_SIZE, regions[::2]), "gnu-old", end=False)
     return [base, RawLayer(upper + bytes(1024))]
+
+
+_UNUSUAL_NAMES = ["a", "a/b", "a/b/c", "d", "d/e", "f", "g", "d/.wh.a", "d/.wh.\udcff", "l" * 120 + "/x"]
+
+
+def unusual_layer(rng: random.Random) -> bytes:
+    """Legal entries past the plain ustar form (issue 20): owners and mtimes only PAX records hold, sub-second
+    and pre-1970 mtimes, hardlink chains and links with attributes of their own, newlines in PAX records,
+    and bytes after the end-of-archive blocks."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for _ in range(rng.randint(1, 8)):
+        name = rng.choice(_UNUSUAL_NAMES)
+        kind = rng.choice(
+            [tarfile.REGTYPE, tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE]
+        )
+        info = tar_info(
+            name, kind, mode=0o755 if kind == tarfile.DIRTYPE else rng.choice([0o644, 0o644, 0o600])
+        )
+        if rng.random() < 0.15:
+            info.uid = rng.choice([1 << 21, 70_000_000, 1 << 32])
+        if rng.random() < 0.1:
+            info.gid = 3_000_000
+        if rng.random() < 0.2:
+            info.mtime = rng.choice([1 << 33, 1_700_000_000.75, 5.5, 1.25, -86_400])
+        if kind == tarfile.LNKTYPE:
+            info.linkname = rng.choice([name for name in _UNUSUAL_NAMES if ".wh." not in name])
+        if rng.random() < 0.1:
+            info.pax_headers = {"SCHILY.xattr.user.k": rng.choice(["v", "two\nlines"])}
+        members.append((info, b"z" * rng.choice([0, 1, 700]) if kind == tarfile.REGTYPE else None))
+    raw = tar_members(*members, closed=True)
+    return raw + rng.choice([b"", b"", b"not a tar", tar_members((tar_info("appended"), b"x"), closed=True)])

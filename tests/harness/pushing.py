@@ -43,6 +43,18 @@ def push_seeded_image(host: str, store: ContentStore, tag: str = "v1", seed: int
         return ref.with_digest(push(client, store, ref, image))
 
 
+def push_standard_image(
+    host: str, store: ContentStore, repository: str, file_size: int = 16 * imagegen.KiB
+) -> tuple[imagegen.BuiltImage, Reference]:
+    """The standard layers (files of `file_size`) pushed to a fresh `repository/<random>:v1` of `host`; the
+    image as generated and its (tagged) reference."""
+    image = imagegen.generate_image(imagegen.standard_layers(file_size), store)
+    ref = Reference.parse(f"{host}/{repository}/{uuid.uuid4().hex[:8]}:v1")
+    with RegistryClient({host: HostConfig()}) as client:
+        push(client, store, ref, image)
+    return image, ref
+
+
 def push_through_proxy(
     proxy: FaultProxy, store: ContentStore, layers: list[imagegen.TarBuilder], tag: str
 ) -> tuple[imagegen.BuiltImage, Reference]:

@@ -131,6 +131,19 @@ class PrefectServer:
     def stop(self) -> None:
         _stop(self._proc)
 
+    def pause(self) -> None:
+        """SIGSTOP the server (and anything it started): it accepts connections and answers nothing."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        for pid in [self._proc.pid, *descendants(self._proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def client_env(self, home: Path) -> dict[str, str]:
         env = _quiet_prefect_env(home)
         env["PREFECT_API_URL"] = self.api_url
@@ -173,6 +186,21 @@ class Acceld:
         self.stop()
         self.start()
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def kill(self) -> None:
+        """`kill -9` of acceld and every process it started (its runner, their flow runs), as a machine
+        that loses power would leave them."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        for pid in [*descendants(self._proc.pid), self._proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._proc.wait(timeout=10)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -194,7 +222,7 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid` (flow run processes of a worker), from /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -244,7 +272,7 @@ class PrefectWorker:
         """SIGKILL the worker and its flow run processes: a machine that died mid-run."""
         if self._proc is None:
             return
-        for pid in [self._proc.pid, *_descendants(self._proc.pid)]:
+        for pid in [self._proc.pid, *descendants(self._proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._proc.wait(timeout=10)

@@ -244,9 +244,11 @@ def test_accelctl_convert_one_time_mode(prefect_api, registry, client, config, s
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     cmd = [sys.executable, "-m", "service.accelctl", "convert", "--config", str(config)]
 
-    ok = subprocess.run([*cmd, str(source)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [*cmd, "-v", str(source)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stderr
-    for layer in image.layers:  # progress: one finished task run per layer and driver
+    for layer in image.layers:  # -v: the run's logs, one finished task run per layer and driver
         for d in DRIVERS:
             assert f"Task run 'convert {layer.digest[:19]} ({d})' - Finished in state" in ok.stderr
     lines = [line.split("\t") for line in ok.stdout.splitlines()]
@@ -262,5 +264,6 @@ def test_accelctl_convert_one_time_mode(prefect_api, registry, client, config, s
         text=True,
         timeout=300,
     )
-    assert missing.returncode == 1
+    assert missing.returncode == 4  # ExitCode.NOT_FOUND, in one line
     assert "slice/nope:v1" in missing.stderr and "failed" in missing.stderr
+    assert len(missing.stderr.splitlines()) == 1 and "Traceback" not in missing.stderr

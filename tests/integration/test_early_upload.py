@@ -73,10 +73,7 @@ def test_a_layout_target_gets_no_early_uploads(prefect_api, registry, tmp_path):
     from flows.convert_image import convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), store)
-    source = Reference.parse(f"{registry.host}/early/{uuid.uuid4().hex[:8]}:v1")
-    with RegistryClient({registry.host: HostConfig()}) as client:
-        pushing.push(client, store, source, image)
+    _, source = pushing.push_standard_image(registry.host, store, "early")
     drivers = [configs.driver("zstdchunked")]
     config = configs.write_config(tmp_path / "config.yaml", {registry.host: {}}, drivers)
 

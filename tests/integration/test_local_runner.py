@@ -69,7 +69,7 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
             tmp_path / "config.yaml", {registry.host: {}}, [configs.driver("zstdchunked")]
         )
 
-        first = _accelctl(env, "convert", "--config", str(config), str(sources[0]))
+        first = _accelctl(env, "convert", "-v", "--config", str(config), str(sources[0]))
         assert first.returncode == 0, first.stderr
         assert STARTED_SERVER in first.stderr and STARTED_RUNNER in first.stderr
         for layer in image.layers:  # progress streamed from the runner: one finished task run per layer
@@ -92,7 +92,7 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         # With the runner up, the runner checks the request (the client does not): bad input still fails
         # before any flow run, with the same message, and the runner stays.
         bad = _accelctl(env, "convert", "--config", str(config), "--driver", "estargz", str(sources[1]))
-        assert bad.returncode == 1
+        assert bad.returncode == 2  # ExitCode.USAGE
         assert f"accelctl: conversion of {sources[1]} failed:" in bad.stderr
         assert "driver 'estargz' is not configured" in bad.stderr
         assert "Beginning flow run" not in bad.stderr
@@ -114,7 +114,7 @@ def test_convert_reuses_the_local_server_and_runner(registry, tmp_path, env):
         ] == [(written_digest, "z")]
 
         failed = _accelctl(env, "convert", "--config", str(config), f"{registry.host}/local/nope:v1")
-        assert failed.returncode == 1
+        assert failed.returncode == 4  # ExitCode.NOT_FOUND
         assert f"accelctl: conversion of {registry.host}/local/nope:v1 failed:" in failed.stderr
         assert _status(env) == up  # a failed conversion does not take the runner down
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
-from tests.harness import configs, imagegen, pushing
+from tests.harness import configs, pushing
 from tests.harness.registry import Stall
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
@@ -56,10 +54,7 @@ def test_a_run_past_its_configs_timeout_ends_failed_naming_the_timeout(prefect_a
     from flows.convert_image import convert_image
 
     store = ContentStore(tmp_path / "source")
-    image = imagegen.generate_image(imagegen.standard_layers(16 << 10), store)
-    source = Reference.parse(f"{fault_proxy.host}/timeout/{uuid.uuid4().hex[:8]}:v1")
-    with RegistryClient({fault_proxy.host: HostConfig()}) as client:
-        pushing.push(client, store, source, image)
+    image, source = pushing.push_standard_image(fault_proxy.host, store, "timeout")
     config = _config(tmp_path / "config.yaml", fault_proxy.host)
     # Every request for its last layer is held (the client's retries too).
     stall = fault_proxy.stall(rf"/blobs/{image.layers[-1].digest}$", method="GET", times=1000)

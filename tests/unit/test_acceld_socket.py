@@ -172,10 +172,8 @@ def _sample(text: str, name: str, **labels: str) -> float:
 def test_metrics_in_acceld_names(acceld) -> None:
     uds, tcp, _ = acceld
 
-    def scrape() -> str:
-        _, _, body = exchange(
-            socket.create_connection(tcp), b"GET /metrics HTTP/1.1\r\nHost: localhost:2077\r\n\r\n"
-        )
+    def scrape() -> str:  # over the socket: metrics take the webhook header over TCP
+        _, _, body = exchange(unix_connection(uds), b"GET /metrics HTTP/1.1\r\nHost: localhost:2077\r\n\r\n")
         return body.decode()
 
     labels = {"code": "202", "host": "localhost:2077", "method": "POST", "url": "/api/v1/conversions"}

@@ -13,11 +13,20 @@ from accel.config import load_settings
 from service.api import BackendUnavailable, create_app
 from service.api.app import CreationRetry
 from service.metrics import Metrics
-from tests.harness.api import DIGEST, FakeBackend, cloudevent, harbor, malformed_bodies, wait_until
+from tests.harness.api import (
+    DIGEST,
+    FakeBackend,
+    cloudevent,
+    harbor,
+    harbor_event,
+    malformed_bodies,
+    wait_until,
+)
 
 HOST = "harbor.test:8443"
 OPEN_HOST = "open.test"
 SECRET = "Bearer s3cret"
+AUTH = {"Authorization": SECRET}
 
 
 @pytest.fixture
@@ -259,7 +268,7 @@ def test_distribution_envelope(client, backend):
 def test_list_get_and_404(client):
     r = client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
     task_id = r.json()["tasks"][0]["id"]
-    listed = client.get("/api/v1/conversions").json()
+    listed = client.get("/api/v1/conversions", headers=AUTH).json()
     assert [t["id"] for t in listed] == [task_id]
     assert set(listed[0]) >= {
         "id",
@@ -272,9 +281,12 @@ def test_list_get_and_404(client):
         "status",
         "reason",
     }
-    assert client.get(f"/api/v1/conversions/{task_id}").json()["source"] == f"{OPEN_HOST}/a/b:v1@{DIGEST}"
-    assert client.get("/api/v1/conversions/nope").status_code == 404
-    assert client.get("/api/v1/conversions?limit=0").status_code == 400
+    assert (
+        client.get(f"/api/v1/conversions/{task_id}", headers=AUTH).json()["source"]
+        == f"{OPEN_HOST}/a/b:v1@{DIGEST}"
+    )
+    assert client.get("/api/v1/conversions/nope", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/conversions?limit=0", headers=AUTH).status_code == 400
 
 
 def test_health_and_readiness(client, backend):
@@ -289,7 +301,7 @@ def test_health_and_readiness(client, backend):
 def test_metrics_count_webhooks(client, backend):
     client.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/b:v1"))
     client.post("/api/v1/conversions", content=b"{not json")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=AUTH).text
     assert 'accel_webhook_requests_total{result="accepted",source="harbor"} 1.0' in text
     assert 'accel_webhook_requests_total{result="invalid",source="harbor"} 1.0' in text
     assert "accel_build_info{" in text
@@ -319,8 +331,8 @@ def test_reads_answer_503_when_the_orchestrator_does_not_answer(settings, monkey
 
     monkeypatch.setattr(app_module, "READ_WITHIN", 0.2)
     with TestClient(create_app(settings, _SilentBackend())) as c:
-        listed = c.get("/api/v1/conversions")
-        got = c.get("/api/v1/conversions/task-0")
+        listed = c.get("/api/v1/conversions", headers=AUTH)
+        got = c.get("/api/v1/conversions/task-0", headers=AUTH)
     for r in (listed, got):
         assert r.status_code == 503, r.text
         assert "orchestrator unavailable" in r.json()["reason"]
@@ -364,3 +376,69 @@ def test_a_pending_creation_that_fails_is_retried_not_lost(settings, metrics):
         backend.gate.set()
         wait_until(lambda: len(backend.tasks) == 1, timeout=60, what="the creation after two failures")
     assert backend.failures == 0
+
+
+class _RefusingSomeBackend(FakeBackend):
+    """Refuses the creation of runs for sources in `refuse` (an error that is not an outage)."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def submit(self, request):
+        if self.refuse in str(request.source):
+            raise RuntimeError("flow run parameters rejected")
+        return await super().submit(request)
+
+
+def test_every_resource_of_a_webhook_ends_in_tasks_pending_ignored_or_refused(settings):
+    long_tag = "t" * 126  # legal; its target tag would pass 128 characters and is shortened
+    resources = [
+        {"resource_url": f"{OPEN_HOST}/a/long:{long_tag}", "digest": DIGEST, "tag": long_tag},
+        {"resource_url": f"{OPEN_HOST}/a/bad:v1", "digest": DIGEST, "tag": "v1"},
+        {"resource_url": f"{OPEN_HOST}/a/app:v1-esgz", "digest": DIGEST, "tag": "v1-esgz"},
+    ]
+    backend = _RefusingSomeBackend(refuse="/a/bad")
+    with TestClient(create_app(settings, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor_event(resources))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [t["source"] for t in body["tasks"]] == [f"{OPEN_HOST}/a/long:{long_tag}@{DIGEST}"]
+    assert body["refused"] == [
+        {
+            "reference": f"{OPEN_HOST}/a/bad:v1@{DIGEST}",
+            "reason": "RuntimeError: flow run parameters rejected",
+        }
+    ]
+    assert len(body["ignored"]) == 1 and "own output" in body["ignored"][0]
+    assert body["pending"] == []
+
+
+def test_a_webhook_whose_every_image_is_refused_is_a_4xx_naming_them(settings):
+    backend = _RefusingSomeBackend(refuse="/a/bad")
+    with TestClient(create_app(settings, backend)) as c:
+        r = c.post("/api/v1/conversions", json=harbor(f"{OPEN_HOST}/a/bad:v1"))
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == f"{OPEN_HOST}/a/bad:v1@{DIGEST}: RuntimeError: flow run parameters rejected"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/conversions", "/api/v1/conversions/task-0", "/metrics", "/openapi.json"]
+)
+def test_reads_take_the_webhook_header_like_writes(client, path):
+    missing = client.get(path)
+    assert missing.status_code == 401 and "Authorization header missing" in missing.json()["reason"]
+    assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get(path, headers=AUTH).status_code in (200, 404)  # 404: no task-0 yet
+
+
+def test_health_routes_answer_without_a_header(client):
+    for path in ("/api/v1/health", "/livez"):
+        assert client.get(path).status_code == 200
+
+
+def test_metrics_open_answers_without_a_header(settings, backend):
+    opened = settings.model_copy(update={"metric": settings.metric.model_copy(update={"open": True})})
+    with TestClient(create_app(opened, backend, Metrics())) as c:
+        assert c.get("/metrics").status_code == 200
+        assert c.get("/api/v1/conversions").status_code == 401  # only the metrics are opened

@@ -422,7 +422,12 @@ def zstd_mutants(blob: bytes, rng: random.Random) -> Iterator[Mutant | None]:
         lines[n][:start] + (b"B" if lines[n][start : start + 1] != b"B" else b"C") + lines[n][start + 1 :]
     )
     forged_tarsplit = zstandard.ZstdCompressor(write_checksum=True).compress(b"".join(lines))
-    new_blob, annotations = zstd_with_manifest(blob[:data_end], footer, manifest, forged_tarsplit)
+    coherent = (
+        {**manifest, "tarSplitDigest": dg.of_bytes(forged_tarsplit)}
+        if "tarSplitDigest" in manifest
+        else manifest
+    )
+    new_blob, annotations = zstd_with_manifest(blob[:data_end], footer, coherent, forged_tarsplit)
     yield Mutant("tar-split: a file's CRC", new_blob, annotations)
     yield Mutant("a wrong manifest checksum", blob, {mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(b"x")})
     assert isinstance(footer, ZstdChunkedFooter)

@@ -224,17 +224,10 @@ ISSUE_CASES: dict[str, list[bytes]] = {
     ],
 }
 
-# What the Nydus driver still gets wrong (issue 20), until the tar normalisation fixes it: the lead flips
-# these when the fidelity branch is merged (a strict xfail fails once the case passes).
+# What the Nydus driver still gets wrong, until it is fixed: a strict xfail fails once the case passes, and
+# the mark must go. A–G (issue 20's, and G found by the random layers) pass since the fidelity merge.
 NYDUS_PENDING = {
-    "A-pax-numbers": "A",
-    "A-nanoseconds": "A",
-    "B-non-utf8-whiteout": "B",
-    "D-xattr-newline": "D",
-    "E-garbage-after-end": "E",
-    "F-appended-archive": "F",
-    "G-dir-replaced-in-layer": "G (new, found by the random layers)",
-    "H-dir-over-symlink-over-dir": "H (new, found by the random layers)",
+    "H-dir-over-symlink-over-dir": "H (found by the random layers)",
 }
 
 
@@ -247,7 +240,7 @@ def _cases() -> list[Any]:
                 marks += [nh.needs_builder, pytest.mark.nydus]
                 if case in NYDUS_PENDING:
                     letter = NYDUS_PENDING[case]
-                    marks.append(pytest.mark.xfail(strict=True, reason=f"issue 20 case {letter} (fidelity)"))
+                    marks.append(pytest.mark.xfail(strict=True, reason=f"Nydus case {letter}"))
             params.append(pytest.param(case, driver, id=f"{case}-{driver}", marks=marks))
     return params
 
@@ -315,37 +308,30 @@ def test_random_layers_convert_equal_or_are_refused_by_name(driver: str, seed: i
         holds(layers, driver, tmp_path)
     except AssertionError:
         if pending:  # a known Nydus defect (strict cases above): not a defect of `check`
-            pytest.xfail(f"issue 20 case {pending}")
+            pytest.xfail(f"Nydus case {pending}")
         raise
 
 
 def nydus_pending_case(layers: list[bytes]) -> str | None:
-    """Which of the Nydus cases still being fixed (B, G, H) the layers contain, if any: a whiteout of a name
-    that is not UTF-8 (B); a directory with children replaced by a non-directory that later becomes a
-    directory again, in one layer (G) or across layers (H)."""
+    """Which Nydus case still being fixed (`NYDUS_PENDING`) the layers contain, if any: H, a directory with
+    children replaced by a non-directory in one layer that becomes a directory again in a later one."""
     state: dict[str, str] = {}
-    emptied: set[str] = set()  # directories a non-directory replaced while they had children
-    for layer in layers:
-        entries = list(trees.iter_tar(layer))
-        for entry in entries:
-            base = entry.path.rpartition("/")[2]
-            not_utf8 = entry.path != entry.path.encode("utf-8", SURROGATE).decode("utf-8", "replace")
-            if base.startswith(trees.WHITEOUT_PREFIX) and base != trees.OPAQUE_MARKER and not_utf8:
-                return "B"
-        for entry in entries:
+    emptied: dict[str, int] = {}  # directories a non-directory replaced while they had children → layer
+    for index, layer in enumerate(layers):
+        for entry in trees.iter_tar(layer):
             if entry.path.rpartition("/")[2].startswith(trees.WHITEOUT_PREFIX):
                 continue
             parts = entry.path.split("/")
             parents = ["/".join(parts[:n]) for n in range(1, len(parts))]
             for path in [*parents, *([entry.path] if entry.type == "dir" else [])]:
                 if state.get(path) != "dir":
-                    if path in emptied:
-                        return "G/H"
+                    if emptied.get(path, index) < index:
+                        return "H"
                     state[path] = "dir"
             if entry.type != "dir":
                 children = [p for p in state if p.startswith(entry.path + "/")]
                 if state.get(entry.path) == "dir" and children:
-                    emptied.add(entry.path)
+                    emptied[entry.path] = index
                 for child in children:
                     del state[child]
                 state[entry.path] = entry.type

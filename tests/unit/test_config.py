@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from accel.config import load_file, load_settings, parse_size
+from accel.config import check_cron, check_file, check_settings, load_file, load_settings, parse_size
 from accel.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +179,59 @@ def test_webhook_hosts_by_authentication():
     )
     assert settings.unauthenticated_hosts() == ["open.test"]
     assert settings.unprotected_hosts() == ["bare.test", "empty.test"]
+
+
+# --- one check for every reader (issue 24) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "why"),
+    [
+        ("61 * * * *", "bad minute"),
+        ("0 25 * * *", "bad hour"),
+        ("* * * 13 *", "bad month"),
+        ("0 3 * *", "needs 5 fields"),
+        ("*/5 * * * * *", "needs 5 fields"),
+    ],
+)
+def test_bulk_schedule_is_checked_by_a_cron_library(cron: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"bulk.schedule: .*{why}"):
+        load_settings({"converter": {"driver": {"type": "estargz"}}, "bulk": {"schedule": cron}})
+    assert check_cron("0 3 * * MON-FRI") == "0 3 * * MON-FRI"
+
+
+def test_unknown_keys_are_returned_as_one_warning_with_the_likely_spelling(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "converter:\n  drivers:\n  - type: estargz\n    tag_sufix: -x\n    config: {compresion_level: 9}\n"
+    )
+    checked = check_file(config)
+    [warning] = checked.warnings
+    assert "tag_sufix (did you mean tag_suffix?)" in warning
+    assert "compresion_level (did you mean compression_level?)" in warning
+    with pytest.raises(ConfigError, match=r"tag_sufix: unknown key .*did you mean tag_suffix"):
+        check_file(config, strict=True)
+
+
+def test_what_acceld_refuses_says_what_to_add(tmp_path: Path) -> None:
+    checked = check_settings(
+        {"provider": {"source": {"harbor.test": {}}}, "converter": {"driver": {"type": "estargz"}}}
+    )
+    [problem] = checked.service_problems()
+    assert (
+        "harbor.test" in problem
+        and "webhook: {auth_header:" in problem
+        and "allow_unauthenticated" in problem
+    )
+    allowed = {"harbor.test": {"webhook": {"allow_unauthenticated": True}}}
+    assert not check_settings(
+        {"provider": {"source": allowed}, "converter": {"driver": {"type": "estargz"}}}
+    ).service_problems()
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("converter:\n  driver: [\n")
+    with pytest.raises(ConfigError) as exc:
+        check_file(config)
+    assert "not valid YAML: line 3, column 1" in str(exc.value) and "\n" not in str(exc.value)

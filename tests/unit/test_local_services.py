@@ -59,7 +59,7 @@ def test_bad_input_fails_before_prefect_and_starts_nothing(tmp_path, config, arg
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # ExitCode.USAGE: the command line, config or reference is wrong
     assert message in proc.stderr and "accelctl: conversion of" in proc.stderr
     assert "NO_PREFECT" in proc.stdout
     assert not (state / "local").exists() and not (state / "prefect").exists()
@@ -76,7 +76,7 @@ def test_bad_config_fails_before_prefect(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # ExitCode.USAGE
     assert f"{bad} is invalid" in proc.stderr
     assert "NO_PREFECT" in proc.stdout
     assert not (tmp_path / "state" / "local").exists()
@@ -176,3 +176,32 @@ def test_relative_local_paths_are_sent_to_the_runner_from_the_callers_directory(
     assert accelctl._absolute_location("docker-archive:img.tar") == f"docker-archive:{tmp_path}/img.tar"
     for unchanged in ("oci:/abs/app:v1", "registry.invalid/app:v1", "docker://registry.invalid/a:b", None):
         assert accelctl._absolute_location(unchanged) == unchanged
+
+
+def test_each_class_of_failure_has_its_exit_code():
+    from accel.errors import ConfigError, DriverError, InvalidReference, LimitExceeded
+    from accel.registry.errors import (
+        AuthenticationError,
+        Forbidden,
+        NotFound,
+        RegistryUnreachable,
+        TransientRegistryError,
+    )
+    from service.onetime import ExitCode, describe_failure
+
+    expected = {
+        ConfigError("x"): ExitCode.USAGE,
+        InvalidReference("x"): ExitCode.USAGE,
+        NotFound("x"): ExitCode.NOT_FOUND,
+        AuthenticationError("x"): ExitCode.DENIED,
+        Forbidden("x"): ExitCode.DENIED,
+        RegistryUnreachable("x"): ExitCode.UNREACHABLE,
+        TransientRegistryError("x"): ExitCode.UNREACHABLE,
+        LimitExceeded("x"): ExitCode.REFUSED,
+        DriverError("x"): ExitCode.FAILED,
+        KeyError("x"): ExitCode.BUG,
+    }
+    for exc, code in expected.items():
+        assert describe_failure(exc).code is code, exc
+    assert "this is a bug in accel" in describe_failure(KeyError("x")).message
+    assert describe_failure(NotFound("line one\nline two")).message == "line one line two"

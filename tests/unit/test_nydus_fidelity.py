@@ -6,15 +6,18 @@ plus `inspect`, file data read back from the blobs) with the layers applied with
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import io
 import json
 import logging
+import random
+import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,15 +26,18 @@ import pytest
 from accel import constants as mt
 from accel import digest as dg
 from accel import tarstream
-from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver
+from accel.drivers import ConvertedLayer, LayerInput, PlatformDraft, load_driver, reader_for
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.nydus import driver as nydus_driver
 from accel.drivers.nydus.builder import run_builder
 from accel.drivers.nydus.facts import facts_of
 from accel.drivers.nydus.tar import builder_compatible_tar
+from accel.drivers.reader import LayerReader
 from accel.errors import DriverError, InvalidImage
+from accel.model import SourceLayer
 from accel.oci import Descriptor, ImageConfig
 from accel.store import ContentStore
+from accel.trees import apply_entries
 from tests.harness import imagegen, trees
 from tests.harness import nydus as nh
 from tests.harness.imagegen import pax_size_layer
@@ -620,3 +626,268 @@ def test_builder_failures_keep_their_message_and_a_refusal_goes_first(
     with pytest.raises(DriverError, match="failed with exit code 1"):
         conversions.convert(tar_of(file("d/x"), directory("d")), builder=builder)
     assert runs.read_text() == "run\nrun\n"
+
+
+# --- legal layers past the plain ustar form (issue 20) ------------------------------------------------
+
+
+def gnu_tar_layer(tmp_path: Path, *format_args: str) -> bytes:
+    """`g/` and `g/f` owned by uid 4194304 / gid 3000000 (past ustar's 2^21), archived by GNU tar."""
+    assert GNU_TAR is not None
+    root = tmp_path / "gnu-src"
+    (root / "g").mkdir(parents=True, exist_ok=True)
+    (root / "g" / "f").write_bytes(b"written by GNU tar\n")
+    archive = tmp_path / "gnu.tar"
+    subprocess.run(
+        [GNU_TAR, *format_args, "--owner=big:4194304", "--group=big:3000000",
+         "-C", str(root), "-cf", str(archive), "g"],
+        check=True,
+    )  # fmt: skip
+    return archive.read_bytes()
+
+
+needs_gnu_tar = pytest.mark.skipif(GNU_TAR is None, reason="GNU tar writes these archives")
+
+
+@pytest.mark.parametrize(
+    ("writer", "expected"),
+    [
+        ("tarfile-ids", {"x": {"uid": 1 << 21, "gid": 3_000_000, "mtime": MTIME}}),
+        ("tarfile-mtime", {"x": {"uid": 0, "gid": 0, "mtime": 1 << 33}}),
+        ("gnu-tar-posix", {"g/f": {"uid": 4194304, "gid": 3_000_000, "mtime": 1 << 33}}),
+        ("gnu-tar-gnu", {"g/f": {"uid": 4194304, "gid": 3_000_000, "mtime": 1 << 33}}),
+    ],
+)
+def test_owner_and_mtime_past_ustar_ranges_are_kept(
+    writer: str, expected: dict[str, dict[str, int]], store: ContentStore, tmp_path: Path
+) -> None:
+    """Case A: PAX `uid`/`gid` >= 2^21 and `mtime` >= 2^33 (header fields 0) used to become 0."""
+    if writer.startswith("gnu-tar") and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    layer = {
+        "tarfile-ids": lambda: tar_of(file("x", uid=1 << 21, gid=3_000_000)),
+        "tarfile-mtime": lambda: tar_of(file("x", mtime=1 << 33)),
+        "gnu-tar-posix": lambda: gnu_tar_layer(tmp_path, "--format=posix", "--mtime=@8589934592"),
+        "gnu-tar-gnu": lambda: gnu_tar_layer(tmp_path, "--format=gnu", "--mtime=@8589934592"),
+    }[writer]()
+    actual, expected_tree = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    for path, values in expected.items():
+        assert {key: actual[path][key] for key in values} == values
+    assert actual == expected_tree
+
+
+@pytest.mark.parametrize(
+    ("writer", "named", "reason"),
+    [
+        ("tarfile-pre-1970", "'x'", "mtime -86400 is before 1970"),
+        ("gnu-tar-pre-1970", "'g/'", "mtime -86400 is before 1970"),
+        ("tarfile-uid-33-bits", "'x'", "uid 4294967296 does not fit RAFS's 32-bit uid"),
+    ],
+)
+def test_owner_and_mtime_rafs_cannot_hold_are_refused_naming_the_entry(
+    writer: str, named: str, reason: str, store: ContentStore, tmp_path: Path
+) -> None:
+    """Case A: a pre-1970 mtime (RAFS keeps an unsigned one; nydus-image reads it back as 2^64 - n) and an
+    owner past 32 bits are refused by name, in the PAX and in the GNU base-256 form."""
+    if writer.startswith("gnu-tar") and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    layer = {
+        "tarfile-pre-1970": lambda: tar_of(file("x", mtime=-86400)),
+        "gnu-tar-pre-1970": lambda: gnu_tar_layer(tmp_path, "--format=gnu", "--mtime=@-86400"),
+        "tarfile-uid-33-bits": lambda: tar_of(file("x", uid=1 << 32)),
+    }[writer]()
+    with pytest.raises(InvalidImage) as caught:
+        _convert_one(store, layer)
+    assert named in str(caught.value) and reason in str(caught.value)
+    assert list((store.root / "ingest").iterdir()) == []
+
+
+def test_subsecond_mtimes_are_a_loss_the_log_names(
+    store: ContentStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Case A: nydus-image 2.2.0 writes i_mtime_nsec 0 whatever the layer says: the seconds are kept, and
+    the run's log names the layer and the entries whose nanoseconds are lost."""
+    caplog.set_level(logging.WARNING, logger="accel.drivers.nydus")
+    layer = tar_of(file("whole"), file("frac", mtime=MTIME + 0.25), directory("d", mtime=MTIME + 0.5))
+    actual, expected = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    assert actual["frac"]["mtime"] == MTIME and actual["d"]["mtime"] == MTIME
+    assert actual == expected
+    (warning,) = [r.getMessage() for r in caplog.records if "sub-second" in r.getMessage()]
+    assert dg.of_bytes(layer) in warning  # the layer's digest (an uncompressed layer's is its diff_id)
+    assert "2 sub-second mtime(s) truncated to seconds ('frac', 'd/')" in warning
+
+
+def test_whiteout_of_a_non_utf8_name_is_refused_naming_the_entry(store: ContentStore) -> None:
+    """Case B: nydus-image 2.2.0 only applies whiteouts whose name is UTF-8; it kept both entries."""
+    layer = tar_of(file("d/.wh.raw-\udcff\udcfe", b""))
+    with pytest.raises(
+        InvalidImage, match=r"'d/\.wh\.raw-\\\\xff\\\\xfe' is a whiteout of a name that is not"
+    ):
+        _convert_one(store, layer)
+    # A non-UTF-8 directory above an ordinary whiteout is fine: nydus-image reads the whiteout's own name.
+    lower = tar_of(directory("dir-\udc80"), file("dir-\udc80/gone"), file("dir-\udc80/kept"))
+    _convert_one(store, lower)
+    _convert_one(store, tar_of(file("dir-\udc80/.wh.gone", b"")))
+
+
+def test_hardlink_chain_links_every_name_to_the_first_entry(store: ContentStore, tmp_path: Path) -> None:
+    """Case C: `c` -> `b` -> `a` (each naming the previous link) failed in nydus-image ('unknown target')."""
+    layer = tar_of(
+        directory("h"),
+        file("h/a", b"shared\n", mode=0o640),
+        hardlink("h/b", "h/a"),
+        hardlink("h/c", "h/b"),
+        hardlink("h/d", "./h/c"),
+    )
+    actual, expected = convert_and_merge(store, tmp_path, [tar_of(file("base")), layer])
+    assert {actual[f"h/{name}"]["kind"] for name in "abcd"} == {"hardlink"}
+    assert {actual[f"h/{name}"]["sha256"] for name in "abcd"} == {dg.of_bytes(b"shared\n")}
+    assert actual == expected
+
+
+@pytest.mark.parametrize(
+    ("pax_headers", "key"),
+    [
+        ({"SCHILY.xattr.user.note": "two\nlines"}, "SCHILY.xattr.user.note"),
+        ({"SCHILY.xattr.user.a\nb": "v"}, "SCHILY.xattr.user.a\nb"),
+        ({"comment": "a\n"}, "comment"),
+    ],
+    ids=["xattr-value", "xattr-name", "other-record"],
+)
+def test_a_pax_record_with_a_newline_is_refused_naming_the_entry(
+    pax_headers: dict[str, str], key: str, store: ContentStore
+) -> None:
+    """Case D: legal in PAX, but nydus-image 2.2.0 splits records at newlines ('malformed pax extension')."""
+    layer = tar_of(file("ok"), file("x", b"x\n", pax_headers=pax_headers))
+    with pytest.raises(InvalidImage) as caught:
+        _convert_one(store, layer)
+    message = str(caught.value)
+    assert "tar entry 'x'" in message and f"PAX record {key!r} holds a newline" in message
+    assert "nydus-image" in message and "malformed" not in message
+
+
+def _appended_by_gnu_tar(tmp_path: Path) -> bytes:
+    """Two archives GNU tar wrote, one after the other (`cat a.tar b.tar`)."""
+    assert GNU_TAR is not None
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}-file").write_bytes(name.encode())
+        subprocess.run([GNU_TAR, "-C", str(tmp_path / name), "-cf", str(tmp_path / f"{name}.tar"), "."],
+                       check=True)  # fmt: skip
+    return (tmp_path / "first.tar").read_bytes() + (tmp_path / "second.tar").read_bytes()
+
+
+@pytest.mark.parametrize("after", ["not-a-tar", "tarfile-archive", "gnu-tar-archive"])
+def test_nothing_after_the_end_of_archive_blocks_is_read(
+    after: str, conversions: _Conversions, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cases E and F: bytes after the end blocks failed in nydus-image (E: 'numeric field did not have utf-8
+    text'), an appended archive was read into the image (F). Readers stop at the end blocks; so does the
+    feed, in one read, and the log says what was ignored."""
+    if after == "gnu-tar-archive":
+        if GNU_TAR is None:
+            pytest.skip("GNU tar writes these archives")
+        layer = _appended_by_gnu_tar(tmp_path)
+        first = trees.tar_entries((tmp_path / "first.tar").read_bytes())
+    else:
+        first_tar = tar_of(file("x", b"x\n"))
+        first = trees.tar_entries(first_tar)
+        layer = first_tar + (b"not a tar at all " * 100 if after == "not-a-tar" else tar_of(file("appended")))
+    caplog.set_level(logging.WARNING, logger="accel.drivers.nydus")
+    result = conversions.convert(layer)
+    assert conversions.reads == 1
+    assert b"appended" not in conversions.forwarded and b"not a tar" not in conversions.forwarded
+    assert b"second-file" not in conversions.forwarded
+    (warning,) = [r.getMessage() for r in caplog.records if "end-of-archive" in r.getMessage()]
+    assert (
+        "bytes after the end-of-archive blocks, not all zeros (another archive appended, or no tar), ignored"
+        in warning
+    )
+    unpacked = nh.unpack_layer(
+        conversions.store, result.descriptor.digest, facts_of(result).bootstrap, tmp_path
+    )
+    assert set(trees.tar_entries(unpacked)) == set(first)
+    assert nh.compare_layer(layer, unpacked) == []
+
+
+def test_oci_ref_refuses_bytes_after_the_end_of_archive_blocks(store: ContentStore) -> None:
+    """zran indexes the original gzip bytes: nydus-image would read what follows the end blocks."""
+    layer = _inputs(store, [tar_of(file("x")) + tar_of(file("appended"))], gzipped=True)[0]
+    with pytest.raises(DriverError, match=r"bytes after its end-of-archive blocks.*convert without oci_ref"):
+        load_driver("nydus", {"oci_ref": True}).convert_layer(layer)
+    plain = _inputs(store, [tar_of(file("x"))], gzipped=True)[0]  # tarfile's zero padding is no such thing
+    load_driver("nydus", {"oci_ref": True}).convert_layer(plain)
+
+
+# --- the same cases through eStargz and zstd:chunked ---------------------------------------------------
+
+_CASES: dict[str, Callable[[Path], bytes]] = {
+    "A-pax-ids": lambda _: tar_of(file("x", uid=1 << 21, gid=3_000_000)),
+    "A-pax-mtime": lambda _: tar_of(file("x", mtime=1 << 33)),
+    "A-pre-1970": lambda _: tar_of(file("x", mtime=-86400)),
+    "A-uid-33-bits": lambda _: tar_of(file("x", uid=1 << 32, gid=1 << 33)),
+    "A-subsecond": lambda _: tar_of(file("x", mtime=MTIME + 0.75)),
+    "A-gnu-tar-posix": lambda tmp: gnu_tar_layer(tmp, "--format=posix", "--mtime=@8589934592"),
+    "A-gnu-tar-gnu": lambda tmp: gnu_tar_layer(tmp, "--format=gnu", "--mtime=@-86400"),
+    "B": lambda _: tar_of(directory("d"), file("d/.wh.raw-\udcff\udcfe", b"")),
+    "C": lambda _: tar_of(file("h/a", mode=0o600), hardlink("h/b", "h/a"), hardlink("h/c", "h/b")),
+    "D": lambda _: tar_of(file("x", pax_headers={"SCHILY.xattr.user.nl": "a\nb"})),
+    "E": lambda _: tar_of(file("x")) + b"not a tar " * 100,
+    "F": lambda _: tar_of(file("x")) + tar_of(file("appended")),
+}
+# What each does with a case it does not convert: a refusal naming the entry.
+_REFUSED = {("zstdchunked", "B"): "'d/.wh.raw-\\xff\\xfe' is not valid UTF-8"}
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+@pytest.mark.parametrize("driver", ["estargz", "zstdchunked"])
+def test_the_other_formats_convert_each_case_or_refuse_it_by_name(
+    driver: str, case: str, store: ContentStore, tmp_path: Path
+) -> None:
+    if "gnu-tar" in case and GNU_TAR is None:
+        pytest.skip("GNU tar writes these archives")
+    raw = _CASES[case](tmp_path)
+    layer = _inputs(store, [raw], gzipped=True)[0]
+    refusal = _REFUSED.get((driver, case))
+    if refusal is not None:
+        with pytest.raises((InvalidImage, DriverError), match=re.escape(refusal)):
+            load_driver(driver).convert_layer(layer)
+        return
+    result = load_driver(driver).convert_layer(layer)
+    reader = reader_for(result.descriptor)
+    assert isinstance(reader, LayerReader)
+    checks: list[str] = []
+    read = reader.read(
+        store.path(result.descriptor.digest),
+        SourceLayer(descriptor=result.descriptor, diff_id=result.diff_id),
+        checks,
+    )
+    assert "diff_id" in checks  # the stream read back is the one the target's diff_id names
+    if driver == "zstdchunked":  # the source tar byte for byte, what follows the end blocks included
+        assert result.diff_id == layer.diff_id
+    source = apply_entries([reader.comparable_source(list(trees.iter_tar(raw)))])
+    assert trees.compare(source, apply_entries([read])) == []
+    assert "appended" not in {entry.path for entry in read}
+
+
+def test_random_unusual_layers_convert_to_their_tree_or_are_refused_naming_the_entry(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """A sample of `imagegen.unusual_layer` (every case above mixed, over a lower layer) through the real
+    nydus-image: the merged bootstrap equals the layers applied, or a refusal names the entry."""
+    rng = random.Random(2026_12_07)
+    lower = tar_of(directory("a", mode=0o750), file("a/lower"), directory("d"), file("d/a"), file("f"))
+    outcomes: collections.Counter[str] = collections.Counter()
+    for attempt in range(60):
+        upper = imagegen.unusual_layer(rng)
+        work = tmp_path / str(attempt)
+        work.mkdir()
+        try:
+            actual, expected = convert_and_merge(store, work, [lower, upper])
+        except InvalidImage as exc:
+            assert "tar entry '" in str(exc), exc
+            outcomes["refused"] += 1
+            continue
+        assert actual == expected, attempt
+        outcomes["converted"] += 1
+    assert min(outcomes.values()) >= 5 and len(outcomes) == 2, outcomes

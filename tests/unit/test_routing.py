@@ -4,6 +4,7 @@ config, in target naming and in what acceld submits for a webhook event."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from accel.config import Route, Settings, load_settings
 from accel.errors import ConfigError
-from accel.plan import target_reference, target_tag
+from accel.plan import is_converted_tag, target_reference, target_tag
 from accel.reference import Reference
 from service.api import create_app
 from tests.harness.api import FakeBackend, harbor
@@ -189,11 +190,18 @@ def test_tag_and_digest_sources_keep_the_tag():
     assert str(target_reference(source, "-esgz")) == f"{HARBOR}/library/app:v1-esgz"
 
 
-def test_target_tags_longer_than_128_characters_are_refused():
+def test_a_target_tag_past_128_characters_is_shortened_deterministically():
     source = Reference.parse(f"{OTHER}/a/b:{'t' * 124}")
-    assert target_tag(source, "-abc") == "t" * 124 + "-abc"
-    with pytest.raises(ValueError, match="longer than 128"):
-        target_tag(source, "-esgz")
+    assert target_tag(source, "-abc") == "t" * 124 + "-abc"  # exactly 128: kept as it is
+    tag = target_tag(source, "-esgz")
+    assert len(tag) == 128 and tag.endswith("-esgz") and tag.startswith("t" * 114)
+    assert re.fullmatch(r"t{114}-[0-9a-f]{8}-esgz", tag)
+    assert target_tag(source, "-esgz") == tag  # the same source, the same target
+    other = Reference.parse(f"{OTHER}/a/b:{'t' * 123}u")
+    assert target_tag(other, "-esgz") != tag  # tags that share their first 114 characters stay apart
+    assert is_converted_tag(tag, ["-esgz"])  # a push of it is known as accel's own output
+    with pytest.raises(ConfigError, match="leaves no room"):
+        target_tag(source, "-" + "s" * 126)
 
 
 # --- acceld: what a webhook event submits ---------------------------------------------------------------

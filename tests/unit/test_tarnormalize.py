@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import io
 import random
+import re
 import tarfile
 
 import pytest
@@ -20,7 +21,7 @@ from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
-from tests.harness.imagegen import pax_size_layer, tar_info, tar_members
+from tests.harness.imagegen import pax_size_layer, tar_info, tar_members, unusual_layer
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -37,7 +38,8 @@ def _dir(name: str, **attrs: object) -> tuple[tarfile.TarInfo, None]:
 
 
 def normalize(raw: bytes) -> tuple[bytes, tn.Normalisation]:
-    plan = tn.scan_layer(io.BytesIO(raw))
+    """The layer normalised as the Nydus driver does it (its refusals included), and the plan."""
+    plan = tn.scan_layer(io.BytesIO(raw), check=nydus_tar.refuse_what_nydus_cannot_hold)
     out = tn.as_stream(tn.normalized_tar(io.BytesIO(raw), plan, chunk_size=4096)).read()
     return out, plan
 
@@ -47,12 +49,20 @@ def names(raw: bytes) -> list[str]:
         return [m.name for m in tar.getmembers()]
 
 
+def through_end_blocks(raw: bytes) -> bytes:
+    """The archive up to and with its end-of-archive blocks (what readers take of it)."""
+    scanner = tarstream.TarScanner(io.BytesIO(raw))
+    for _ in scanner:
+        pass
+    return raw[: scanner.offset]
+
+
 def test_an_ordinary_layer_passes_through_byte_for_byte() -> None:
     for builder in imagegen.standard_layers(big_file_size=300_000):
         for tar_format in ("pax", "gnu"):
             raw = builder.to_tar(tar_format)
             out, plan = normalize(raw)
-            assert out == raw
+            assert out == through_end_blocks(raw)  # the zero padding after the end blocks is left out
             assert not plan.reorders
             assert plan.passes_through  # so the Nydus driver hands the builder the layer itself
 
@@ -234,6 +244,45 @@ def _random_layer(rng: random.Random) -> bytes:
     return raw + (b"trailing" if rng.random() < 0.1 else b"")
 
 
+def _nydus_image_view(raw: bytes) -> dict[bytes, tuple[bytes, tuple[int, int, int, int], bytes]]:
+    """Each entry as nydus-image 2.2.0 reads it: its header block's own numbers (PAX records only for names),
+    and its link target."""
+    view = {}
+    for member in tarstream.TarScanner(io.BytesIO(raw)):
+        block = tarstream.parse_header_block(member.header_bytes[-tarstream.BLOCK_SIZE :])[0]
+        numbers = (block.mode & 0o7777, block.uid, block.gid, block.mtime.seconds)
+        view[tn.clean_path(member.header.name)] = (member.header.typeflag, numbers, member.header.linkname)
+    return view
+
+
+def test_unusual_legal_layers_normalise_to_the_same_tree_as_nydus_image_reads_it_or_are_refused_by_name() -> (
+    None
+):
+    rng = random.Random(20261207)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for _ in range(400):
+        raw = unusual_layer(rng)
+        try:
+            out, plan = normalize(raw)
+        except InvalidImage as exc:
+            assert "tar entry '" in str(exc), exc  # every refusal names the entry
+            outcomes["refused"] += 1
+            continue
+        outcomes["passed through" if plan.passes_through else "normalised"] += 1
+        assert trees.apply_layers([out]) == trees.apply_layers([raw])  # Python's reading: the same tree
+        assert out == through_end_blocks(out)  # nothing after the end blocks
+        view = _nydus_image_view(out)
+        expected = {path: entry for path, entry in trees.tar_entries(out).items()}
+        for path, (kind, numbers, linkname) in view.items():
+            entry = expected[path.decode("utf-8", "surrogateescape")]
+            if kind == tarstream.TYPE_LINK:  # to the chain's first entry, which has the link's attributes
+                first = view[tn.clean_path(linkname)]
+                assert first[0] != tarstream.TYPE_LINK and first[1] == numbers
+                entry = expected[tn.clean_path(linkname).decode("utf-8", "surrogateescape")]
+            assert numbers == (entry.mode, entry.uid, entry.gid, entry.mtime)  # in the header block
+    assert min(outcomes.values()) >= 20 and len(outcomes) == 3, outcomes
+
+
 def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.Normalisation | str]:
     """(bytes forwarded to the builder, why the feed stopped early, the plan or the refusal).
 
@@ -258,7 +307,7 @@ def _one_pass(raw: bytes) -> tuple[bytes, str | None, tn.Normalisation | str]:
 
 def _scan_layer(raw: bytes) -> tn.Normalisation | str:
     try:
-        return tn.scan_layer(io.BytesIO(raw))
+        return tn.scan_layer(io.BytesIO(raw), check=nydus_tar.refuse_what_nydus_cannot_hold)
     except InvalidImage as exc:
         return str(exc)
 
@@ -266,6 +315,7 @@ def _scan_layer(raw: bytes) -> tn.Normalisation | str:
 def _layers_for_the_one_pass() -> list[bytes]:
     rng = random.Random(20261129)
     layers = [_random_layer(rng) for _ in range(600)]
+    layers += [unusual_layer(rng) for _ in range(200)]
     layers += [builder.to_tar(f) for builder in imagegen.standard_layers(200_000) for f in ("pax", "gnu")]
     sparse = imagegen.SparseFile("sp/s", 50_000, ((5, b"a" * 600), (40_000, b"b" * 10)))
     layers += [imagegen.sparse_tar(sparse, form, after={"sp/after": b"x"}) for form in imagegen.SPARSE_FORMS]
@@ -323,3 +373,109 @@ def test_the_one_pass_feed_stops_before_the_entry_that_shows_a_change(
     raw = _tar(_file("d/f"), _dir("d"))
     forwarded, stopped, _ = _one_pass(raw)
     assert stopped == "'d/' comes after an entry below it" and len(forwarded) == 1024
+
+
+# --- legal layers past the plain ustar form (issue 20) ------------------------------------------------
+
+
+def _main_block_of(raw: bytes, name: bytes) -> tarstream.TarHeader:
+    """The named entry's header block as nydus-image reads it: its own fields, PAX records not applied."""
+    for member in tarstream.TarScanner(io.BytesIO(raw)):
+        if member.header.name == name:
+            return tarstream.parse_header_block(member.header_bytes[-tarstream.BLOCK_SIZE :])[0]
+    raise AssertionError(f"no entry {name!r}")
+
+
+def test_owner_and_mtime_only_in_pax_records_are_written_into_the_header_block() -> None:
+    raw = _tar(_file("plain"), _file("ids", uid=1 << 21, gid=3_000_000), _file("late", mtime=1 << 33))
+    assert _main_block_of(raw, b"ids").uid == 0  # tarfile leaves the field 0, the value in a PAX record
+    out, plan = normalize(raw)
+    assert not plan.passes_through and plan.changes() == ["headers rewritten for 'ids', 'late'"]
+    ids, late = _main_block_of(out, b"ids"), _main_block_of(out, b"late")
+    assert (ids.uid, ids.gid, late.mtime.seconds) == (1 << 21, 3_000_000, 1 << 33)
+    # GNU base-256 (the high bit set) where octal does not fit, as nydus-image's tar reader reads it.
+    ids_block = out[out.index(b"ids\0") :][:512]
+    assert ids_block[108] & 0x80 and ids_block[116] & 0x80
+    assert trees.tar_entries(out) == trees.tar_entries(raw)  # readers of the PAX records see no change
+    assert _scan_layer(_tar(_file("fits", uid=70_000, mtime=1 << 32))).passes_through  # octal holds it
+    # A directory moved before its first child keeps them too.
+    out, plan = normalize(_tar(_file("d/x"), _dir("d", uid=1 << 22, mtime=1 << 34)))
+    moved = _main_block_of(out, b"d/")
+    assert plan.moved_before and (moved.uid, moved.mtime.seconds) == (1 << 22, 1 << 34)
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (_file("old", mtime=-1), "'old': mtime -1 is before 1970"),
+        (_file("wide", gid=1 << 32), "'wide': gid 4294967296 does not fit RAFS's 32-bit gid"),
+        (_file("d/.wh.\udcff", b""), "'d/.wh.\\\\xff' is a whiteout of a name that is not UTF-8"),
+        (_file("x", pax_headers={"SCHILY.xattr.user.k": "a\nb"}), "PAX record 'SCHILY.xattr.user.k' holds a"),
+    ],
+    ids=["pre-1970", "gid-33-bits", "non-utf8-whiteout", "newline-in-pax"],
+)
+def test_what_nydus_image_cannot_hold_is_refused_naming_the_entry(
+    member: tuple[tarfile.TarInfo, bytes], reason: str
+) -> None:
+    with pytest.raises(tn.UnsupportedEntry, match=re.escape(reason)):
+        tn.scan_layer(io.BytesIO(_tar(_file("first"), member)), check=nydus_tar.refuse_what_nydus_cannot_hold)
+    _, stopped, refusal = _one_pass(_tar(_file("first"), member))
+    assert stopped == "refused while feeding" and isinstance(refusal, str) and reason.split(":")[0] in refusal
+
+
+def test_subsecond_mtimes_are_counted_as_a_loss() -> None:
+    plan = _scan_layer(_tar(_file("a", mtime=1.25), _file("b"), _file("c", mtime=2.125)))
+    assert isinstance(plan, tn.Normalisation) and plan.passes_through  # seconds are in the header block
+    assert (plan.subsecond_mtimes, plan.subsecond_examples) == (2, ["'a'", "'c'"])
+    (loss,) = nydus_tar.losses(plan)
+    assert loss.startswith("2 sub-second mtime(s) truncated to seconds ('a', 'c'): nydus-image 2.2.0")
+    # Python's tarfile rounds the header block's seconds (the PAX record keeps 3.75): the block is rewritten.
+    rounded = _tar(_file("up", mtime=3.75))
+    assert _main_block_of(rounded, b"up").mtime.seconds == 4
+    out, plan = normalize(rounded)
+    assert plan.carried == {0} and _main_block_of(out, b"up").mtime.seconds == 3
+
+
+def test_hardlinks_go_to_the_chains_first_entry_with_its_attributes() -> None:
+    first = _file("h/a", b"shared\n", mode=0o640, uid=7, mtime=1_600_000_000)
+    raw = _tar(
+        first,
+        (tar_info("h/b", tarfile.LNKTYPE, linkname="h/a", mode=0o640, uid=7, mtime=1_600_000_000), None),
+        (tar_info("h/c", tarfile.LNKTYPE, linkname="h/b", mode=0o640, uid=7, mtime=1_600_000_000), None),
+        (tar_info("h/own", tarfile.LNKTYPE, linkname="./h/a", mode=0o777, uid=9), None),
+    )
+    out, plan = normalize(raw)
+    assert plan.changes() == ["headers rewritten for 'h/c', 'h/own'"]
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        links = {m.name: (m.linkname, m.mode, m.uid, m.mtime) for m in tar if m.islnk()}
+    assert links == {name: ("h/a", 0o640, 7, 1_600_000_000) for name in ("h/b", "h/c", "h/own")}
+    assert trees.apply_layers([out]) == trees.apply_layers([raw])
+    _, stopped, _ = _one_pass(raw)
+    assert stopped == "'h/c' is a hardlink to a hardlink"
+
+
+@pytest.mark.parametrize(
+    ("after", "data"),
+    [(b"", False), (bytes(10_000), False), (b"not a tar " * 300, True), (_tar(_file("appended")), True)],
+    ids=["nothing", "zero-padding", "not-a-tar", "appended-archive"],
+)
+def test_nothing_after_the_end_of_archive_blocks_reaches_the_builder(after: bytes, data: bool) -> None:
+    archive = _tar(_dir("d"), _file("d/f"))
+    raw = archive + after
+    end = through_end_blocks(raw)
+    assert end == through_end_blocks(archive) and raw.startswith(end)
+    assert b"".join(builder_compatible_tar(io.BytesIO(raw))) == end
+    forwarded, stopped, plan = _one_pass(raw)
+    assert stopped is None and forwarded == end
+    assert isinstance(plan, tn.Normalisation) and plan.passes_through  # the builder had all it needs
+    assert (plan.trailing_size, plan.trailing_data) == (len(raw) - len(end), data)
+    assert bool(nydus_tar.losses(plan)) == data
+
+
+def test_a_path_made_a_directory_again_after_a_non_directory_is_refused_naming_it() -> None:
+    """Found by the property test above: `a/b` then file `a` then directory `a` leaves `a` empty when applied
+    in order (lower layers' `a/...` too), which the last entry alone, merged by nydus-image, does not say."""
+    layer = _tar(_file("a/b"), _file("a"), _dir("a"))
+    with pytest.raises(tn.UnsupportedEntry, match="'a' is a non-directory that a later entry of the layer"):
+        tn.scan_layer(io.BytesIO(layer))
+    tn.scan_layer(io.BytesIO(_tar(_dir("a"), _file("a/b"), _dir("a", mode=0o700))))  # dir over dir: fine

@@ -195,3 +195,19 @@ def test_a_single_header_block_parses_on_its_own() -> None:
     corrupt[0] ^= 0xFF
     with pytest.raises(TarError, match="checksum"):
         parse_header_block(bytes(corrupt))
+
+
+@pytest.mark.parametrize("after", [b"not a tar " * 200, "appended archive"], ids=["not-a-tar", "appended"])
+def test_the_archive_ends_at_its_end_of_archive_blocks(after: bytes | str) -> None:
+    """What follows the two zero blocks is no entry (Go's archive/tar, GNU tar and tarfile stop there too):
+    `TarScanner.members` ends at them, `iter_trailing` gives the rest as bytes."""
+    first = _tar([(_info("f"), b"abc")])
+    trailing = _tar([(_info("appended"), b"x")]) if isinstance(after, str) else after
+    raw = first + trailing
+    scanner = TarScanner(io.BytesIO(raw))
+    assert [m.header.name for m in scanner] == [b"f"]
+    assert scanner.end_bytes == bytes(1024)
+    rest = b"".join(scanner.iter_trailing())
+    assert raw.endswith(rest) and rest.endswith(trailing)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        assert tar.getnames() == ["f"]

@@ -11,7 +11,7 @@ import pytest
 
 from accel import constants as mt
 from accel import publish
-from accel.errors import DigestMismatch, InvalidImage, InvalidReference
+from accel.errors import DigestMismatch, InvalidImage, InvalidReference, UnsupportedMediaType
 from accel.image import resolve_source
 from accel.reference import Reference
 from accel.registry.errors import NotFound, RegistryError
@@ -19,6 +19,7 @@ from accel.registry.memory import MemoryRegistry
 from accel.store import ContentStore
 from accel.transports import (
     DockerArchive,
+    DockerArchiveTarget,
     OCIArchive,
     OCILayout,
     open_location,
@@ -108,7 +109,7 @@ def test_retagging_moves_the_tag_and_keeps_others(tmp_path: Path) -> None:
     assert layout.list_tags(Reference("oci", "x")) == ["a", "b"]
     assert layout.resolve(Reference("oci", "x", tag="a")).digest == second.digest
     assert layout.resolve(Reference("oci", "x", tag="b")).digest == first.digest
-    with pytest.raises(NotFound, match="name one with :TAG"):
+    with pytest.raises(NotFound, match="no tag given and it holds 2 images; name one: oci:"):
         layout.resolve(Reference("oci", "x"))
 
 
@@ -284,3 +285,53 @@ def test_docker_archive_target_is_docker_save_output(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="single-platform"):
         routes.commit(multi)
     assert not (tmp_path / "multi.tar").exists()
+
+
+def test_an_unnamed_image_of_several_lists_those_it_holds(tmp_path: Path) -> None:
+    """`oci:DIR` / `docker-archive:FILE` without a name: its only image, else one line naming each."""
+    store = ContentStore(tmp_path / "store")
+    first = imagegen.standard_image(store, big_file_size=1024)
+    second = imagegen.standard_image(store, arch="arm64", big_file_size=1024)
+    write_layout(tmp_path / "l", store, first, "a")
+    layout = OCILayout(tmp_path / "l")
+    assert layout.resolve(Reference("oci", "x")).digest == first.digest  # the only one
+    write_layout(tmp_path / "l", store, second, None)
+    with pytest.raises(NotFound) as unnamed:
+        layout.resolve(Reference("oci", "x"))
+    assert f"oci:{tmp_path / 'l'}:a, oci:{tmp_path / 'l'}@{second.digest}" in str(unnamed.value)
+    with pytest.raises(NotFound, match=f"no tag 'b'; it holds oci:{tmp_path / 'l'}:a"):
+        layout.resolve(Reference("oci", "x", tag="b"))
+
+    docker_save(tmp_path / "two.tar", store, first, ["app:v1"])
+    archive = tmp_path / "two.tar"
+    saved = DockerArchive(archive)
+    assert saved.resolve(Reference("docker-archive", str(archive))).media_type == mt.DOCKER_MANIFEST
+    with pytest.raises(NotFound, match=f"no image 'app:v2'; it holds docker-archive:{archive}:app:v1"):
+        saved.resolve(Reference("docker-archive", str(archive), tag="app:v2"))
+
+
+def test_a_docker_archive_refuses_nydus_layers_by_name(tmp_path: Path) -> None:
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "0" * 64, "size": 2},
+        "layers": [  # as the Nydus driver writes them: a blob layer, then the bootstrap
+            {
+                "mediaType": mt.NYDUS_BLOB,
+                "digest": "sha256:" + "1" * 64,
+                "size": 10,
+                "annotations": {mt.NYDUS_BLOB_ANNOTATION: "true"},
+            },
+            {
+                "mediaType": mt.OCI_LAYER_GZIP,
+                "digest": "sha256:" + "2" * 64,
+                "size": 10,
+                "annotations": {mt.NYDUS_BOOTSTRAP_ANNOTATION: "true"},
+            },
+        ],
+    }
+    target = DockerArchiveTarget(tmp_path / "out.tar")
+    with pytest.raises(UnsupportedMediaType, match="cannot hold nydus layers"):
+        target.push_manifest(Reference("docker-archive", "x"), json.dumps(manifest).encode(), mt.OCI_MANIFEST)
+    target.discard()
+    assert not (tmp_path / "out.tar").exists()

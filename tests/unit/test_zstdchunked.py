@@ -18,7 +18,7 @@ import zstandard
 from accel import constants as mt
 from accel import digest as dg
 from accel import trees
-from accel.drivers import load_driver
+from accel.drivers import detect_format, load_driver, reader_for
 from accel.drivers import zstdchunked as zc
 from accel.drivers.base import LayerInput
 from accel.drivers.reader import LayerReadError
@@ -598,3 +598,92 @@ def test_the_reader_proves_the_written_blob_and_names_a_forged_manifest_checksum
     path.write_bytes(blob[:-1])
     with pytest.raises(LayerReadError, match="zstd:chunked footer"):
         reader.check(path, desc)
+
+
+# --- the stargz variant (what stargz-snapshotter and containers/storage <= 1.44 read) ------------------
+
+
+def test_stargz_variant_differs_from_the_current_one_only_in_footer_chunk_digests_and_annotations() -> None:
+    raw, files = _make_tar()
+    current, current_result = _convert(raw)
+    out = io.BytesIO()
+    result = zc.write_zstd_chunked(io.BytesIO(raw), out, 3, variant="stargz")
+    blob = out.getvalue()
+    assert _decompress_all(blob) == raw and result.uncompressed_digest == dg.of_bytes(raw)
+
+    # 40-byte footer frame ending in "GnUlInUx", locating the TOC only
+    footer = zc.footer.LegacyZstdChunkedFooter.parse(blob)
+    assert blob[-48:-40] == zc.SKIPPABLE_FRAME_MAGIC + (40).to_bytes(4, "little") and blob[-8:] == b"GnUlInUx"
+    assert zc.footer.parse_any_footer(blob) == footer == result.footer
+    position = f"{footer.manifest_offset}:{footer.manifest_length}:{footer.manifest_uncompressed_length}:1"
+    compressed_manifest = blob[footer.manifest_offset : footer.manifest_offset + footer.manifest_length]
+    manifest = _unzstd(compressed_manifest)
+    assert result.annotations == {
+        mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM: dg.of_bytes(compressed_manifest),
+        mt.ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION: position,
+        mt.ESTARGZ_TOC_DIGEST: dg.of_bytes(manifest),  # of the TOC JSON, as estargz computes it
+        mt.ESTARGZ_UNCOMPRESSED_SIZE: str(len(raw)),
+    }
+
+    # the same frames, TOC (but every data entry has a chunkDigest) and tar-split as the current variant
+    current_toc, _, _ = _parts(current, current_result.annotations)
+    toc = json.loads(manifest)
+    for entry in toc["entries"]:
+        if entry.get("size") and entry["type"] == "reg":
+            single = entry.get("chunkDigest") == entry["digest"]
+            assert entry.get("chunkDigest") and (single or "chunkSize" in entry)
+    stripped = [
+        {k: v for k, v in e.items() if not (k == "chunkDigest" and "chunkSize" not in e)}
+        for e in toc["entries"]
+    ]
+    assert stripped == current_toc["entries"] and toc["tarSplitDigest"] == current_toc["tarSplitDigest"]
+    t_off = footer.manifest_offset + footer.manifest_length + 8
+    assert blob[t_off - 8 : t_off - 4] == zc.SKIPPABLE_FRAME_MAGIC
+    t_pos = current_result.annotations[mt.ZSTD_CHUNKED_TARSPLIT_POSITION].split(":")
+    assert blob[t_off:-48] == current[int(t_pos[0]) : int(t_pos[0]) + int(t_pos[1])]
+    assert blob[: footer.manifest_offset - 8] == current[: footer.manifest_offset - 8]  # the data frames
+    assert all(e["digest"] == dg.of_bytes(files[e["name"]]) for e in toc["entries"] if e.get("digest"))
+
+
+def test_driver_variant_option_reaches_the_blob_and_the_cache_key(tmp_path: Path) -> None:
+    raw, _ = _make_tar()
+    driver = load_driver("zstdchunked", {"variant": "stargz"})
+    assert driver.options.output_options()["variant"] == "stargz"
+    # the default keeps the cache key from before the option existed
+    assert load_driver("zstdchunked").options.output_options() == {"level": 3}
+    assert driver.cache_key() != load_driver("zstdchunked").cache_key()
+    layer = _layer(tmp_path, raw)
+    d = driver.convert_layer(layer).descriptor
+    assert layer.store.path(d.digest).read_bytes()[-8:] == b"GnUlInUx"
+    assert d.annotations is not None and mt.ESTARGZ_TOC_DIGEST in d.annotations
+    # an image of these layers is zstd:chunked (not eStargz, despite the stargz TOC digest)
+    assert detect_format([d, d]) == "zstdchunked" and reader_for(d) is zc.ZstdChunkedDriver.reader
+    with pytest.raises(ConfigError):
+        load_driver("zstdchunked", {"variant": "estargz"})
+
+
+def test_the_reader_reads_the_stargz_variant_and_names_a_forged_toc_digest(tmp_path: Path) -> None:
+    raw, _ = _make_tar()
+    out = io.BytesIO()
+    result = zc.write_zstd_chunked(io.BytesIO(raw), out, 3, variant="stargz")
+    blob = out.getvalue()
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    desc = Descriptor(
+        media_type=mt.OCI_LAYER_ZSTD, digest=dg.of_bytes(blob), size=len(blob), annotations=result.annotations
+    )
+    reader = zc.ZstdChunkedDriver.reader
+    assert reader.claims(desc)
+    checks: list[str] = []
+    entries = reader.read(path, SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), checks)
+    assert checks[:2] == ["footer", "manifest checksum"]
+    assert checks[-3:] == ["diff_id", "toc == tar", "tar-split == tar"]  # found between manifest and footer
+    assert [e.path for e in entries] == [e.path for e in trees.iter_tar(io.BytesIO(raw))]
+    for key, message in [
+        (mt.ESTARGZ_TOC_DIGEST, "TOC JSON digest"),
+        (mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM, "manifest checksum"),
+        (mt.ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION, "manifest position"),
+    ]:
+        forged = desc.model_copy(update={"annotations": {**result.annotations, key: dg.of_bytes(b"x")}})
+        with pytest.raises(LayerReadError, match=message):
+            reader.check(path, forged)

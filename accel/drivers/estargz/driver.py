@@ -17,7 +17,7 @@ from accel.drivers.base import (
 )
 from accel.drivers.estargz.builder import BlobBuilder
 from accel.drivers.estargz.entries import clean_name, source_entries
-from accel.drivers.estargz.reader import EStargzReader
+from accel.drivers.estargz.reader import EStargzReader, is_estargz_layer
 from accel.oci import Descriptor
 
 # Bump when the bytes produced for the same input and options change.
@@ -106,7 +106,7 @@ class EStargzDriver(Driver):
 
     @classmethod
     def is_converted(cls, layers: list[Descriptor]) -> bool:
-        return bool(layers) and all(layer.annotation(mt.ESTARGZ_TOC_DIGEST) for layer in layers)
+        return bool(layers) and all(is_estargz_layer(layer) for layer in layers)
 
     def convert_layer(self, layer: LayerInput) -> ConvertedLayer:
         opts = self.options

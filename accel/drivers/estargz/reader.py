@@ -130,6 +130,12 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
     return ["footer", "toc digest", f"{sum(1 for e in entries if e.get('chunkDigest'))} chunks"]
 
 
+def is_estargz_layer(desc: Descriptor) -> bool:
+    """The stargz TOC digest on a gzip layer: stargz-snapshotter also puts it on the zstd layers of its
+    other format, which are not eStargz."""
+    return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST)) and desc.media_type != mt.OCI_LAYER_ZSTD
+
+
 def as_toc_holds(entries: Sequence[trees.Entry]) -> dict[str, trees.Entry]:
     """Tar entries as an eStargz TOC holds them: names (and xattr names, link targets) as UTF-8 with U+FFFD,
     mtimes rounded to the second (none for the zero time), as the reference writer writes them."""
@@ -167,7 +173,7 @@ def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
 
 class EStargzReader(LayerReader):
     def claims(self, desc: Descriptor) -> bool:
-        return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST))
+        return is_estargz_layer(desc)
 
     def label(self, desc: Descriptor) -> str:
         return "estargz"

@@ -37,7 +37,7 @@ from accel.drivers.nydus.merge_manifest import _oci_variant
 from accel.drivers.nydus.options import NydusOptions
 from accel.drivers.nydus.original import converted_from_original_record
 from accel.drivers.nydus.reader import NydusReader
-from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed
+from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, losses, refuse_what_nydus_cannot_hold
 from accel.drivers.nydus.trailer import (
     ENTRY_BOOTSTRAP,
     ENTRY_TOC,
@@ -59,9 +59,15 @@ def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.N
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
         with layer.open_tar(check_diff_id) as tar_stream:
-            return tarnormalize.scan_layer(tar_stream)
+            return tarnormalize.scan_layer(tar_stream, check=refuse_what_nydus_cannot_hold)
     except InvalidImage as exc:
         raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
+
+
+def _say_losses(layer: LayerInput, normal: tarnormalize.Normalisation) -> None:
+    """What of the layer the Nydus image does not hold (see `tar.losses`): a warning naming it."""
+    for loss in losses(normal):
+        log.warning("layer %s: %s", layer.descriptor.digest, loss)
 
 
 class NydusDriver(Driver):
@@ -198,6 +204,7 @@ class NydusDriver(Driver):
                 normal = self._build_in_two_passes(layer, args, fifo, normal)
             # Only now, after the source tar matched its diff_id, do the blob and the table enter the store.
             blob_digest, blob_size = store.commit_file(blob_path)
+        _say_losses(layer, normal)
         table = store_table(store, normal.table)
         bootstrap = extract_trailer_entry(store, blob_digest, ENTRY_BOOTSTRAP)
         facts = NydusLayerFacts(
@@ -300,12 +307,19 @@ class NydusDriver(Driver):
         # The builder indexes the original gzip bytes, so nothing can be normalised on the way in: refuse
         # what it would get wrong, and keep the directory table for the merge.
         normal = _scan_layer(layer)
+        if normal.trailing_data:
+            raise DriverError(
+                f"oci_ref: layer {layer.descriptor.digest} has {normal.trailing_size} bytes after its "
+                "end-of-archive blocks, which nydus-image's zran index would read as entries; convert "
+                "without oci_ref"
+            )
         if normal.changes():
             raise DriverError(
                 f"oci_ref: layer {layer.descriptor.digest} needs normalising for nydus-image "
                 f"({'; '.join(normal.changes())}), which zran cannot do as it indexes the original "
                 "gzip bytes; convert without oci_ref"
             )
+        _say_losses(layer, normal)
         table = store_table(store, normal.table)
         with scratch_dir(store) as work:
             blob_path = work / "layer.ref.blob"

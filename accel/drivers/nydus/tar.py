@@ -1,12 +1,14 @@
 """Tar fix-ups on the way into the builder: nydus-image 2.2.0's tar reader is stricter than the writers.
 
 The stream passes through unchanged except for char/block/FIFO headers with blank device numbers (see
-`fix_header`). Headers are read with `accel.tarstream` (Go's reading of a header block); a block that is no
-valid header (end-of-archive zeros, trailing bytes, or a broken archive) passes through untouched, so the
-builder judges a broken archive itself and reports it.
+`fix_header`), and it ends with the end-of-archive blocks: nydus-image reads on past them (its reader skips
+zero blocks), so an archive appended to the layer, or bytes that are no tar, must never reach it. Headers
+are read with `accel.tarstream` (Go's reading of a header block); a block that is no valid header (a broken
+archive) passes through untouched, so the builder judges a broken archive itself and reports it.
 
 `ScanningFeed` reads a layer once for both the builder and `accel.tarnormalize`'s scan: it gives the
-builder what `builder_compatible_tar` gives, each entry's header only after the scan checked that entry.
+builder what `builder_compatible_tar` gives, each entry's header only after the scan checked that entry
+(`refuse_what_nydus_cannot_hold` included). `losses` says what of a layer the image does not keep.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from accel import tarstream
+from accel import tarnormalize, tarstream
 from accel.tarnormalize import LayerScan, Normalisation
 
 COPY_SIZE = 1 << 20
@@ -66,16 +68,25 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
 
 
 def builder_compatible_tar(source: BinaryIO) -> Iterator[bytes]:
-    """The tar stream in chunks, headers fixed up for the builder where needed (see `fix_header`)."""
+    """The tar stream in chunks up to its end-of-archive blocks (two zero blocks where a header may start),
+    headers fixed up for the builder where needed (see `fix_header`)."""
+    after_zero_block = False
     while True:
         block = _read_exactly(source, TAR_BLOCK)
         if len(block) < TAR_BLOCK:
             if block:
                 yield block
             return
+        if block == tarstream.ZERO_BLOCK:
+            yield block
+            if after_zero_block:
+                return  # the end of the archive, as Go's archive/tar, GNU tar and Python's tarfile read it
+            after_zero_block = True
+            continue
+        after_zero_block = False
         try:
             header, data_size = tarstream.parse_header_block(block)
-        except tarstream.TarError:  # end-of-archive zeros or trailing bytes: pass through untouched
+        except tarstream.TarError:  # not a header: pass through untouched, the builder reports it
             yield block
             continue
         yield fix_header(block, header)
@@ -86,6 +97,68 @@ def builder_compatible_tar(source: BinaryIO) -> Iterator[bytes]:
                 return
             remaining -= len(chunk)
             yield chunk
+
+
+# What nydus-image 2.2.0 keeps: uid and gid as u32; mtime as an unsigned 64-bit number (RAFS i_mtime), which
+# its own readers (inspect, unpack) show unsigned and the kernel reads signed: only 0 <= mtime < 2**63 reads
+# the same everywhere. Its tar reader splits PAX records at newlines.
+_MAX_ID = (1 << 32) - 1
+_MTIME_RANGE = range(0, 1 << 63)
+
+
+def refuse_what_nydus_cannot_hold(header: tarstream.TarHeader) -> None:
+    """UnsupportedEntry for an entry nydus-image 2.2.0 would fail on without naming it, or take wrongly (the
+    `check` of the driver's `tarnormalize` scans): no rewriting carries it to nydus-image."""
+    label = tarnormalize.entry_label(header.name)
+    for key, value in header.pax_records.items():
+        if b"\n" in key or b"\n" in value:
+            record = key.decode("utf-8", "surrogateescape")
+            raise tarnormalize.UnsupportedEntry(
+                f"tar entry {label}: its PAX record {record!r} holds a newline, which nydus-image 2.2.0's "
+                "tar reader cannot read (it splits PAX records at newlines)"
+            )
+    base = header.name.rstrip(b"/").rpartition(b"/")[2]
+    if base.startswith(tarnormalize.WHITEOUT_PREFIX):
+        try:
+            base.decode("utf-8")
+        except UnicodeDecodeError:
+            raise tarnormalize.UnsupportedEntry(
+                f"tar entry {label} is a whiteout of a name that is not UTF-8, which nydus-image 2.2.0 does "
+                "not apply (the file and the whiteout would both stay)"
+            ) from None
+    for what, value in (("uid", header.uid), ("gid", header.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise tarnormalize.UnsupportedEntry(
+                f"tar entry {label}: {what} {value} does not fit RAFS's 32-bit {what}"
+            )
+    if header.mtime.seconds < 0:
+        raise tarnormalize.UnsupportedEntry(
+            f"tar entry {label}: mtime {header.mtime.seconds} is before 1970, which RAFS (nydus-image 2.2.0) "
+            f"keeps as the unsigned {header.mtime.seconds % (1 << 64)}"
+        )
+    if header.mtime.seconds not in _MTIME_RANGE:
+        raise tarnormalize.UnsupportedEntry(
+            f"tar entry {label}: mtime {header.mtime.seconds} does not fit RAFS's 63 bits"
+        )
+
+
+def losses(normal: Normalisation) -> list[str]:
+    """What of a layer its Nydus image does not hold, one phrase per kind (for a warning naming the layer)."""
+    found = []
+    if normal.subsecond_mtimes:
+        examples = ", ".join(normal.subsecond_examples)
+        more = normal.subsecond_mtimes - len(normal.subsecond_examples)
+        found.append(
+            f"{normal.subsecond_mtimes} sub-second mtime(s) truncated to seconds ({examples}"
+            + (f" and {more} more" if more else "")
+            + "): nydus-image 2.2.0 writes no nanoseconds to RAFS"
+        )
+    if normal.trailing_data:
+        found.append(
+            f"{normal.trailing_size} bytes after the end-of-archive blocks, not all zeros (another archive "
+            "appended, or no tar), ignored as Go's archive/tar, GNU tar and Python's tarfile ignore them"
+        )
+    return found
 
 
 class NotPassedThrough(Exception):  # a signal to take the two-pass way, not an error
@@ -111,7 +184,7 @@ class ScanningFeed:
         self._source = source
         self._scanner = tarstream.TarScanner(source)
         self._members = iter(self._scanner)
-        self._scan = LayerScan(spot_changes=True)
+        self._scan = LayerScan(spot_changes=True, check=refuse_what_nydus_cannot_hold)
 
     def chunks(self) -> Iterator[bytes]:
         """The builder's input (see the class). Headers and small files are joined into writes of at least
@@ -142,16 +215,15 @@ class ScanningFeed:
             yield from member.iter_data(COPY_SIZE)
             if padding := member.finish():
                 yield padding
+        # The scanner stops after the end-of-archive blocks; what follows them is no part of the layer.
         if self._scanner.end_bytes:
             yield self._scanner.end_bytes
-        # The scanner stops after the end-of-archive marker; what follows goes as it did before.
-        yield from builder_compatible_tar(self._source)
 
     def normalisation(self) -> Normalisation:
         self._scan.spot_changes = False  # the normalisation is decided now; early signs no longer matter
         for member in self._members:
             self._scan.add(member)
-        return self._scan.normalisation(ends_cleanly=bool(self._scanner.end_bytes))
+        return self._scan.normalisation(self._scanner)
 
     @staticmethod
     def _builder_header(member: tarstream.TarMember) -> bytes:

@@ -1,6 +1,8 @@
 """Reading a zstd:chunked blob back: footer (and its position annotation) → manifest checksum → every chunk
 and every file digest; then the layer's file entries from the whole decompressed stream, which is the
-source tar byte for byte (so its DiffID is the source's)."""
+source tar byte for byte (so its DiffID is the source's). Both variants (writer.Variant) are read: the
+64-byte footer with the io.github.containers.* keys, and the 40-byte one with the io.containers.* keys and
+the stargz TOC digest."""
 
 from __future__ import annotations
 
@@ -26,7 +28,13 @@ from accel.drivers.toctypes import (
     toc_tree,
 )
 from accel.drivers.zstdchunked.crc64 import Crc64
-from accel.drivers.zstdchunked.footer import FOOTER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE, ZstdChunkedFooter
+from accel.drivers.zstdchunked.footer import (
+    FOOTER_SIZE,
+    LEGACY_FOOTER_SIZE,
+    SKIPPABLE_FRAME_HEADER_SIZE,
+    LegacyZstdChunkedFooter,
+    parse_any_footer,
+)
 from accel.drivers.zstdchunked.tarsplit import TARSPLIT_FILE, TARSPLIT_SEGMENT
 from accel.model import SourceLayer
 from accel.oci import Descriptor
@@ -37,42 +45,56 @@ def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
     return f.read(length)
 
 
+def _keys(desc: Descriptor) -> tuple[str, str]:
+    """The (checksum, position) annotation keys this layer uses: the current ones, else the older ones."""
+    if desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM) is not None:
+        return mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM, mt.ZSTD_CHUNKED_MANIFEST_POSITION
+    return mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM, mt.ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION
+
+
 def _manifest(f: BinaryIO, size: int, desc: Descriptor) -> bytes:
     """The manifest (TOC) JSON, its position and checksum checked against the layer's annotations."""
-    try:
-        footer = ZstdChunkedFooter.parse(
-            _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
-        )
+    checksum_key, position_key = _keys(desc)
+    try:  # the longer footer's frame covers the shorter one's
+        footer = parse_any_footer(_read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size))
     except ValueError as exc:
         raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
     position = (
         f"{footer.manifest_offset}:{footer.manifest_length}:"
         f"{footer.manifest_uncompressed_length}:{footer.manifest_type}"
     )
-    annotated = desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_POSITION)
+    annotated = desc.annotation(position_key)
     if annotated is not None and annotated != position:
         raise LayerReadError(
             f"zstd:chunked manifest position {annotated} differs from the footer's {position}"
         )
     compressed = _read_at(f, footer.manifest_offset, footer.manifest_length)
     checksum = dg.of_bytes(compressed)
-    if checksum != desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM):
+    if checksum != desc.annotation(checksum_key):
         raise LayerReadError(
             f"zstd:chunked manifest checksum {checksum} differs from the annotation "
-            f"{desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)}"
+            f"{desc.annotation(checksum_key)}"
         )
     try:
-        return zstandard.ZstdDecompressor().decompress(
+        manifest = zstandard.ZstdDecompressor().decompress(
             compressed, max_output_size=footer.manifest_uncompressed_length
         )
     except zstandard.ZstdError as exc:
         raise LayerReadError(f"zstd:chunked manifest: {exc}") from exc
+    toc_digest = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
+    if toc_digest is not None and toc_digest != dg.of_bytes(manifest):
+        raise LayerReadError(
+            f"zstd:chunked TOC JSON digest {dg.of_bytes(manifest)} differs from the stargz annotation "
+            f"{toc_digest}"
+        )
+    return manifest
 
 
-def toc_entries(path: Path, desc: Descriptor) -> list[dict[str, Any]]:
-    """The manifest's (TOC's) entries, its checksum checked against the annotation."""
+def toc_document(path: Path, desc: Descriptor) -> dict[str, Any]:
+    """The manifest (TOC) document, its checksum checked against the annotation."""
     with path.open("rb") as f:
-        return json.loads(_manifest(f, path.stat().st_size, desc)).get("entries") or []
+        document: dict[str, Any] = json.loads(_manifest(f, path.stat().st_size, desc))
+    return document
 
 
 def check_blob(path: Path, desc: Descriptor) -> list[str]:
@@ -121,50 +143,75 @@ def check_blob(path: Path, desc: Descriptor) -> list[str]:
     return ["footer", "manifest checksum", f"{chunks} chunks"]
 
 
-def check_tarsplit(path: Path, desc: Descriptor) -> str:
+def check_tarsplit(path: Path, desc: Descriptor, tarsplit_digest: str | None = None) -> str:
     """The tar-split (what a partial pull rebuilds the tar from) against the layer's own stream: each segment
     is the stream's next bytes, each file's CRC-64 that of the stream's next `size` bytes, and nothing is
-    left over; its position agrees with the footer and the annotation. The check's name when it holds."""
+    left over; where it is agrees with the footer, the annotation and the TOC's `tarSplitDigest`. After the
+    data, only skippable frames, one after the other to the blob's end (a plain pull decompresses the whole
+    blob): the manifest, the tar-split (located by the 64-byte footer; with the 40-byte one, the frame between
+    manifest and footer, if any) and the footer. The check's name when it holds."""
     size = path.stat().st_size
     with path.open("rb") as f:
         try:
-            footer = ZstdChunkedFooter.parse(
+            footer = parse_any_footer(
                 _read_at(f, max(size - SKIPPABLE_FRAME_HEADER_SIZE - FOOTER_SIZE, 0), size)
             )
         except ValueError as exc:
             raise LayerReadError(f"zstd:chunked footer: {exc}") from exc
-        position = f"{footer.tarsplit_offset}:{footer.tarsplit_length}:{footer.tarsplit_uncompressed_length}"
-        annotated = desc.annotation(mt.ZSTD_CHUNKED_TARSPLIT_POSITION)
-        if annotated is not None and annotated != position:
+        legacy = isinstance(footer, LegacyZstdChunkedFooter)
+        frames: list[tuple[int, int]] = []  # (offset, length) of each frame's content
+        at = footer.manifest_offset - SKIPPABLE_FRAME_HEADER_SIZE
+        while at < size:
+            header = _read_at(f, at, SKIPPABLE_FRAME_HEADER_SIZE)
+            magic = int.from_bytes(header[:4], "little")
+            if len(header) != SKIPPABLE_FRAME_HEADER_SIZE or magic & 0xFFFFFFF0 != 0x184D2A50:
+                raise LayerReadError(f"zstd:chunked: no skippable frame at offset {at}, after the manifest")
+            frames.append((at + SKIPPABLE_FRAME_HEADER_SIZE, int.from_bytes(header[4:], "little")))
+            at += SKIPPABLE_FRAME_HEADER_SIZE + frames[-1][1]
+        footer_size = LEGACY_FOOTER_SIZE if legacy else FOOTER_SIZE
+        if at != size or frames[0] != (footer.manifest_offset, footer.manifest_length):
             raise LayerReadError(
-                f"zstd:chunked tar-split position {annotated} differs from the footer's {position}"
+                "zstd:chunked: the skippable frames after the data do not lead to the footer"
             )
-        # Manifest, tar-split and footer are skippable frames, one after the other to the blob's end: a
-        # reader decompressing the whole blob (a plain pull) must get through them.
-        frames = [
-            (footer.manifest_offset, footer.manifest_length, "manifest"),
-            (footer.tarsplit_offset, footer.tarsplit_length, "tar-split"),
-            (size - FOOTER_SIZE, FOOTER_SIZE, "footer"),
-        ]
-        for (offset, length, what), following in zip(frames, [*frames[1:], (size + 8, 0, "")], strict=True):
-            header = _read_at(f, offset - SKIPPABLE_FRAME_HEADER_SIZE, SKIPPABLE_FRAME_HEADER_SIZE)
-            magic, frame_size = int.from_bytes(header[:4], "little"), int.from_bytes(header[4:], "little")
-            if magic & 0xFFFFFFF0 != 0x184D2A50 or frame_size != length:
-                raise LayerReadError(f"zstd:chunked {what}: not a skippable frame of {length} bytes")
-            if offset + length != following[0] - SKIPPABLE_FRAME_HEADER_SIZE:
-                raise LayerReadError(f"zstd:chunked {what}: the next frame does not follow it")
-        compressed = _read_at(f, footer.tarsplit_offset, footer.tarsplit_length)
+        if frames[-1] != (size - footer_size, footer_size) or len(frames) > 3:
+            raise LayerReadError(
+                "zstd:chunked: the frames after the manifest are not a tar-split and the footer"
+            )
+        if legacy:
+            if len(frames) == 2:
+                return "frames"
+            tarsplit_offset, tarsplit_length = frames[1]
+            tarsplit_uncompressed_length = None
+        else:
+            tarsplit_offset, tarsplit_length = footer.tarsplit_offset, footer.tarsplit_length
+            tarsplit_uncompressed_length = footer.tarsplit_uncompressed_length
+            position = f"{tarsplit_offset}:{tarsplit_length}:{tarsplit_uncompressed_length}"
+            annotated = desc.annotation(mt.ZSTD_CHUNKED_TARSPLIT_POSITION)
+            if annotated is not None and annotated != position:
+                raise LayerReadError(
+                    f"zstd:chunked tar-split position {annotated} differs from the footer's {position}"
+                )
+            if len(frames) != 3 or frames[1] != (tarsplit_offset, tarsplit_length):
+                raise LayerReadError("zstd:chunked tar-split: not the frame between manifest and footer")
+        compressed = _read_at(f, tarsplit_offset, tarsplit_length)
+    if tarsplit_digest is not None and tarsplit_digest != dg.of_bytes(compressed):
+        raise LayerReadError(
+            f"zstd:chunked tar-split digest {dg.of_bytes(compressed)} differs from the TOC's "
+            f"{tarsplit_digest}"
+        )
     try:
         # Every frame of it (a writer may end it with an empty frame, which must be intact too).
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=True)
-        raw = reader.read(footer.tarsplit_uncompressed_length + 1)
-        if reader.read(1):
-            raise LayerReadError("zstd:chunked tar-split holds more than the footer says")
+        raw = (
+            reader.read()
+            if tarsplit_uncompressed_length is None
+            else reader.read(tarsplit_uncompressed_length + 1)
+        )
     except zstandard.ZstdError as exc:
         raise LayerReadError(f"zstd:chunked tar-split: {exc}") from exc
-    if len(raw) != footer.tarsplit_uncompressed_length:
+    if tarsplit_uncompressed_length is not None and len(raw) != tarsplit_uncompressed_length:
         raise LayerReadError(
-            f"zstd:chunked tar-split: {len(raw)} bytes, the footer says {footer.tarsplit_uncompressed_length}"
+            f"zstd:chunked tar-split: {len(raw)} bytes, the footer says {tarsplit_uncompressed_length}"
         )
     with open_uncompressed(path, mt.OCI_LAYER_ZSTD) as stream:
         for expected_position, line in enumerate(raw.splitlines()):
@@ -199,8 +246,16 @@ def check_tarsplit(path: Path, desc: Descriptor) -> str:
 class ZstdChunkedReader(LayerReader):
     keeps_source_tar = True  # the format promises the source tar byte for byte
 
+    @staticmethod
+    def is_zstd_chunked(desc: Descriptor) -> bool:
+        """Either variant's manifest checksum (the older one also carries the stargz TOC digest)."""
+        return bool(
+            desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM)
+            or desc.annotation(mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM)
+        )
+
     def claims(self, desc: Descriptor) -> bool:
-        return bool(desc.annotation(mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM))
+        return self.is_zstd_chunked(desc)
 
     def label(self, desc: Descriptor) -> str:
         return "zstd:chunked"
@@ -213,7 +268,8 @@ class ZstdChunkedReader(LayerReader):
         files from the TOC's metadata and data, so a TOC that says something else than the tar is wrong."""
         try:
             checks.extend(self.check(blob, layer.descriptor))
-            raw_toc = toc_entries(blob, layer.descriptor)
+            document = toc_document(blob, layer.descriptor)
+            raw_toc = document.get("entries") or []
             unresolved = missing_hardlink_targets(raw_toc)
             if unresolved:
                 raise LayerReadError(f"zstd:chunked TOC: {unresolved}")
@@ -227,7 +283,7 @@ class ZstdChunkedReader(LayerReader):
             raise LayerReadError(f"zstd:chunked TOC: {problem}")
         checks.append("toc == tar")
         try:
-            checks.append(check_tarsplit(blob, layer.descriptor))
+            checks.append(check_tarsplit(blob, layer.descriptor, document.get("tarSplitDigest")))
         except DECODE_ERRORS as exc:
             raise LayerReadError(f"zstd:chunked tar-split: {decode_problem(exc)}") from exc
         return entries

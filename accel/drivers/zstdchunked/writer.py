@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import zstandard
 
@@ -21,6 +21,8 @@ from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import (
     MANIFEST_TYPE_CRFS,
     SKIPPABLE_FRAME_HEADER_SIZE,
+    AnyFooter,
+    LegacyZstdChunkedFooter,
     ZstdChunkedFooter,
     skippable_frame,
 )
@@ -35,11 +37,24 @@ READ_SIZE = 1 << 20
 MAX_PENDING_FILE_DIGESTS = 4  # files whose whole-file hash may still be running (each holds <= 5 MiB)
 FIRST_CHUNK_KEPT = 4 << 20  # a first chunk longer than this is hashed as the whole-file digest right away
 
+# Which readers the layer is written for (the blob differs only in its footer and in single-chunk files'
+# chunkDigest; the descriptor's annotations differ, see `_annotations`):
+# - "containers-storage": the current format (64-byte "GNUlInUx" footer, io.github.containers.* keys);
+#   podman/CRI-O (containers/storage >= 1.45) pull it in part.
+# - "stargz": what stargz-snapshotter's estargz/zstdchunked writes and reads (40-byte "GnUlInUx" footer,
+#   io.containers.* keys, the stargz TOC digest, a chunkDigest on every data entry so its verifier accepts
+#   the TOC); containerd + stargz-snapshotter and containers/storage <= 1.44 (podman 4.3) pull it in part.
+# One descriptor cannot carry both: containers/storage refuses a layer with both the io.github.containers
+# checksum and the stargz TOC digest, and stargz-snapshotter mounts nothing without the TOC digest (unless
+# its verification is switched off).
+Variant = Literal["containers-storage", "stargz"]
+VARIANTS: tuple[Variant, ...] = ("containers-storage", "stargz")
+
 
 @dataclasses.dataclass(frozen=True)
 class ZstdChunkedResult:
     annotations: dict[str, str]
-    footer: ZstdChunkedFooter
+    footer: AnyFooter
     uncompressed_digest: str
     uncompressed_size: int
     toc_entries: int
@@ -49,8 +64,9 @@ class ZstdChunkedResult:
 
 
 class _LayerWriter:
-    def __init__(self, out: SupportsWrite, level: int, workers: int) -> None:
+    def __init__(self, out: SupportsWrite, level: int, workers: int, variant: Variant) -> None:
         self.level = level
+        self.variant = variant
         self.frames = FrameWriter(out, level, workers)
         self.tarsplit = TarSplitWriter(level)
         self.entries: list[TocEntry] = []
@@ -214,8 +230,9 @@ class _LayerWriter:
             self._resolve_oldest_file_digest()
         for entry in self.single_chunk_files:
             entry.digest = entry.chunkDigest
-        for entry in self.drop_chunk_digest:
-            entry.chunkDigest = ""
+        if self.variant == "containers-storage":  # the reference leaves it out; stargz's verifier wants it
+            for entry in self.drop_chunk_digest:
+                entry.chunkDigest = ""
 
         tarsplit = self.tarsplit.finish()
         toc = {
@@ -230,27 +247,46 @@ class _LayerWriter:
 
         manifest_offset = self.frames.offset + SKIPPABLE_FRAME_HEADER_SIZE
         tarsplit_offset = manifest_offset + len(compressed_manifest) + SKIPPABLE_FRAME_HEADER_SIZE
-        footer = ZstdChunkedFooter(
-            manifest_offset=manifest_offset,
-            manifest_length=len(compressed_manifest),
-            manifest_uncompressed_length=len(manifest),
-            manifest_type=MANIFEST_TYPE_CRFS,
-            tarsplit_offset=tarsplit_offset,
-            tarsplit_length=len(tarsplit),
-            tarsplit_uncompressed_length=self.tarsplit.uncompressed_size,
-        )
+        footer: AnyFooter
+        if self.variant == "stargz":
+            footer = LegacyZstdChunkedFooter(
+                manifest_offset=manifest_offset,
+                manifest_length=len(compressed_manifest),
+                manifest_uncompressed_length=len(manifest),
+                manifest_type=MANIFEST_TYPE_CRFS,
+            )
+        else:
+            footer = ZstdChunkedFooter(
+                manifest_offset=manifest_offset,
+                manifest_length=len(compressed_manifest),
+                manifest_uncompressed_length=len(manifest),
+                manifest_type=MANIFEST_TYPE_CRFS,
+                tarsplit_offset=tarsplit_offset,
+                tarsplit_length=len(tarsplit),
+                tarsplit_uncompressed_length=self.tarsplit.uncompressed_size,
+            )
         self.frames.write_raw(skippable_frame(compressed_manifest))
         self.frames.write_raw(skippable_frame(tarsplit))
         self.frames.write_raw(skippable_frame(footer.to_bytes()))
-        annotations = {
-            mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(compressed_manifest),
-            mt.ZSTD_CHUNKED_MANIFEST_POSITION: (
-                f"{manifest_offset}:{len(compressed_manifest)}:{len(manifest)}:{MANIFEST_TYPE_CRFS}"
-            ),
-            mt.ZSTD_CHUNKED_TARSPLIT_POSITION: (
-                f"{tarsplit_offset}:{len(tarsplit)}:{self.tarsplit.uncompressed_size}"
-            ),
-        }
+        manifest_position = (
+            f"{manifest_offset}:{len(compressed_manifest)}:{len(manifest)}:{MANIFEST_TYPE_CRFS}"
+        )
+        annotations: dict[str, str]
+        if self.variant == "stargz":
+            annotations = {
+                mt.ZSTD_CHUNKED_LEGACY_MANIFEST_CHECKSUM: dg.of_bytes(compressed_manifest),
+                mt.ZSTD_CHUNKED_LEGACY_MANIFEST_POSITION: manifest_position,
+                mt.ESTARGZ_TOC_DIGEST: dg.of_bytes(manifest),  # stargz-snapshotter's: of the TOC JSON
+                mt.ESTARGZ_UNCOMPRESSED_SIZE: str(self.frames.uncompressed.size),
+            }
+        else:
+            annotations = {
+                mt.ZSTD_CHUNKED_MANIFEST_CHECKSUM: dg.of_bytes(compressed_manifest),
+                mt.ZSTD_CHUNKED_MANIFEST_POSITION: manifest_position,
+                mt.ZSTD_CHUNKED_TARSPLIT_POSITION: (
+                    f"{tarsplit_offset}:{len(tarsplit)}:{self.tarsplit.uncompressed_size}"
+                ),
+            }
         return ZstdChunkedResult(
             annotations=annotations,
             footer=footer,
@@ -268,10 +304,14 @@ def _zeros(n: int) -> bytes:
 
 
 def write_zstd_chunked(
-    tar_stream: BinaryIO, out: SupportsWrite, level: int = 3, workers: int | None = None
+    tar_stream: BinaryIO,
+    out: SupportsWrite,
+    level: int = 3,
+    workers: int | None = None,
+    variant: Variant = "containers-storage",
 ) -> ZstdChunkedResult:
     """Convert an uncompressed tar stream into a zstd:chunked blob written to `out` (only `write` used)."""
-    writer = _LayerWriter(out, level, workers or os.cpu_count() or 2)
+    writer = _LayerWriter(out, level, workers or os.cpu_count() or 2, variant)
     try:
         scanner = tarstream.TarScanner(tar_stream)
         pending_padding = b""

@@ -6,7 +6,7 @@
 // only for usage errors (unknown subcommand, missing or malformed flags).
 //
 //	accel-conformance estargz --blob FILE --toc-digest sha256:... [--uncompressed-size N]
-//	accel-conformance zstdchunked --blob FILE --annotations JSON_FILE [--diff-id sha256:...]
+//	accel-conformance zstdchunked --blob FILE --annotations JSON_FILE [--diff-id sha256:...] [--lazy-file NAME]
 //	accel-conformance gen-estargz --tar FILE --out FILE [--chunk-size N] [--workers N]
 //	accel-conformance gen-zstdchunked --tar FILE --out FILE [--level N]
 //	accel-conformance tar-tree --tar FILE [--estargz-owner-names]
@@ -39,6 +39,8 @@ type Result struct {
 	ChunksVerified   *int              `json:"chunks_verified,omitempty"`
 	Checks           []string          `json:"checks,omitempty"`
 	Warnings         []string          `json:"warnings,omitempty"`
+	Variant          string            `json:"variant,omitempty"`
+	LazyReads        []LazyRead        `json:"lazy_reads,omitempty"`
 }
 
 // usageError marks a problem with the command line rather than with the input files.
@@ -98,10 +100,11 @@ func run(args []string) (Result, error) {
 		blob := fs.String("blob", "", "zstd:chunked blob")
 		annotationsFile := fs.String("annotations", "", "JSON file with the layer descriptor annotations")
 		diffID := fs.String("diff-id", "", "expected digest of the decompressed blob")
+		lazyFile := fs.String("lazy-file", "", "file the lazy readers read (default: the first with content)")
 		if err := parseFlags(fs, rest, "blob", "annotations"); err != nil {
 			return Result{}, err
 		}
-		return checkZstdChunked(*blob, *annotationsFile, *diffID), nil
+		return checkZstdChunked(*blob, *annotationsFile, *diffID, *lazyFile), nil
 	case "gen-estargz":
 		fs := newFlagSet(sub)
 		tarPath := fs.String("tar", "", "plain tar input")

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
@@ -79,11 +80,23 @@ type tocDocument struct {
 // agrees with the annotations, every chunk digest of the TOC matches the extracted content, the
 // whole blob decompresses (as plain zstd) to a tar identical to the differ's reconstruction (and to
 // --diff-id when given), and the TOC tree equals the tree of that tar.
-func checkZstdChunked(blobPath, annotationsPath, expectedDiffID string) Result {
+//
+// Two variants are told apart by their annotations. "containers-storage" (the current format:
+// io.github.containers.* keys, 64-byte footer) is read as above. "stargz" (io.containers.* keys,
+// the stargz TOC digest, 40-byte footer: what stargz-snapshotter's estargz/zstdchunked reads) is
+// also opened the way stargz-snapshotter does (see stargzLazyRead), and the containers/storage
+// differ reads it through its older keys mapped onto the current ones (containers/storage before
+// 1.45 read those keys, with the same meaning). Both report, in lazy_reads, the bytes each reader
+// fetched by range before and after reaching the TOC.
+func checkZstdChunked(blobPath, annotationsPath, expectedDiffID, lazyFile string) Result {
 	result := Result{Format: "zstd:chunked", Library: zstdChunkedLibrary}
 	annotations, err := readAnnotations(annotationsPath)
 	if err != nil {
 		return failed(result, err)
+	}
+	result.Variant = "containers-storage"
+	if _, current := annotations[manifestChecksumAnnotation]; !current && annotations[legacyManifestChecksumAnnotation] != "" {
+		result.Variant = "stargz"
 	}
 	file, blob, err := openSection(blobPath)
 	if err != nil {
@@ -95,25 +108,44 @@ func checkZstdChunked(blobPath, annotationsPath, expectedDiffID string) Result {
 		return failed(result, err)
 	}
 	result.Digest, result.Size = blobDigester.Digest().String(), int64Ptr(blob.Size())
+	if result.Variant == "stargz" {
+		if err := checkLegacyFooterAgreesWithAnnotations(blob, annotations); err != nil {
+			return failed(result, err)
+		}
+		result.Checks = append(result.Checks, "40-byte footer (last skippable frame) agrees with the io.containers position annotation")
+		annotations, err = currentKeysFromLegacy(blob, annotations)
+		if err != nil {
+			return failed(result, err)
+		}
+	}
 	result.TOCDigest = annotations[manifestChecksumAnnotation]
 	if result.TOCDigest == "" {
 		return failed(result, fmt.Errorf("annotation %s is missing", manifestChecksumAnnotation))
 	}
 
-	if err := checkFooterAgreesWithAnnotations(blob, annotations); err != nil {
-		return failed(result, err)
+	if result.Variant == "containers-storage" {
+		if err := checkFooterAgreesWithAnnotations(blob, annotations); err != nil {
+			return failed(result, err)
+		}
+		result.Checks = append(result.Checks, "footer (last skippable frame) agrees with the position annotations")
 	}
-	result.Checks = append(result.Checks, "footer (last skippable frame) agrees with the position annotations")
 
 	scratch, err := os.MkdirTemp("", "accel-conformance-zstdchunked-")
 	if err != nil {
 		return failed(result, err)
 	}
 	defer os.RemoveAll(scratch)
+	if result.Variant == "stargz" {
+		// Recorded, not a failure: what today's podman does with the layer as annotated.
+		if err := openWithCurrentDiffer(filepath.Join(scratch, "as-annotated"), blob, blobDigester.Digest(), originalAnnotations(annotationsPath)); err != nil {
+			result.Warnings = append(result.Warnings, "containers/storage with the layer's own annotations: "+err.Error())
+		}
+	}
 	applied, err := applyWithReferenceDiffer(scratch, blob, blobDigester.Digest(), annotations)
 	if err != nil {
 		return failed(result, err)
 	}
+	result.LazyReads = append(result.LazyReads, applied.lazy)
 	result.Checks = append(result.Checks,
 		"chunked.NewDiffer: manifest checksum, tar-split digest and TOC/tar-split consistency",
 		"ApplyDiff: every regular file extracted from its TOC ranges matches its TOC digest",
@@ -152,8 +184,99 @@ func checkZstdChunked(blobPath, annotationsPath, expectedDiffID string) Result {
 		return failed(result, fmt.Errorf("TOC view differs from the decompressed tar: %s", difference))
 	}
 	result.Checks = append(result.Checks, "TOC view of the files equals the decompressed tar")
+
+	stargzRead, stargzSums, files, chunks, err := stargzLazyRead(blob, originalAnnotations(annotationsPath), lazyFile)
+	if result.Variant == "containers-storage" {
+		// Recorded, not a failure: this variant is not written for stargz-snapshotter.
+		if err != nil {
+			result.Warnings = append(result.Warnings, "stargz-snapshotter's reader: "+err.Error())
+		}
+		result.OK = true
+		return result
+	}
+	if err != nil {
+		return failed(result, err)
+	}
+	result.LazyReads = append(result.LazyReads, stargzRead)
+	result.Checks = append(result.Checks,
+		"estargz.Open + zstdchunked.Decompressor read footer and TOC by range; VerifyTOC with the stargz TOC digest",
+		fmt.Sprintf("stargz reader: %d files, %d chunks, each accepted by its chunk verifier", files, chunks))
+	for _, e := range tree {
+		if e.Type == "reg" && e.Sha256 != nil && stargzSums[cleanName(e.Name)] != *e.Sha256 {
+			return failed(result, fmt.Errorf("%q: the stargz reader reads sha256:%s, the containers/storage differ extracted sha256:%s",
+				e.Name, stargzSums[cleanName(e.Name)], *e.Sha256))
+		}
+	}
+	result.Checks = append(result.Checks, "stargz reader and containers/storage differ read the same content for every file")
 	result.OK = true
 	return result
+}
+
+// originalAnnotations re-reads the annotations file (the differ was given a mapped copy).
+func originalAnnotations(annotationsPath string) map[string]string {
+	annotations, _ := readAnnotations(annotationsPath) // read once already
+	return annotations
+}
+
+// checkLegacyFooterAgreesWithAnnotations reads the 40-byte footer stargz-snapshotter reads.
+func checkLegacyFooterAgreesWithAnnotations(blob *io.SectionReader, annotations map[string]string) error {
+	frameSize := int64(skippableFrameHeaderSize + legacyFooterSize)
+	if blob.Size() < frameSize {
+		return errors.New("blob too small for a 40-byte zstd:chunked footer")
+	}
+	frame := make([]byte, frameSize)
+	if _, err := blob.ReadAt(frame, blob.Size()-frameSize); err != nil {
+		return fmt.Errorf("reading footer: %w", err)
+	}
+	if !bytes.Equal(frame[:4], skippableFrameMagic) || binary.LittleEndian.Uint32(frame[4:8]) != legacyFooterSize {
+		return errors.New("blob does not end with a 40-byte zstd skippable frame (footer)")
+	}
+	footer := frame[skippableFrameHeaderSize:]
+	field := func(i int) uint64 { return binary.LittleEndian.Uint64(footer[8*i:]) }
+	if !bytes.Equal(footer[32:40], legacyZstdChunkedMagic) {
+		return fmt.Errorf("footer magic is %q, want %q", footer[32:40], legacyZstdChunkedMagic)
+	}
+	manifestPosition := fmt.Sprintf("%d:%d:%d:%d", field(0), field(1), field(2), field(3))
+	if got := annotations[legacyManifestPositionAnnotation]; got != manifestPosition {
+		return fmt.Errorf("annotation %s is %q but the footer says %q", legacyManifestPositionAnnotation, got, manifestPosition)
+	}
+	return nil
+}
+
+// currentKeysFromLegacy gives the differ the older keys' values under the current keys, and the
+// tar-split's position (the skippable frame between the TOC's and the footer's), which the TOC's
+// tarSplitDigest makes the library require.
+func currentKeysFromLegacy(blob *io.SectionReader, legacy map[string]string) (map[string]string, error) {
+	var offset, length, uncompressed, manifestType uint64
+	if _, err := fmt.Sscanf(legacy[legacyManifestPositionAnnotation], "%d:%d:%d:%d", &offset, &length, &uncompressed, &manifestType); err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", legacyManifestPositionAnnotation, err)
+	}
+	tarSplitOffset := int64(offset+length) + skippableFrameHeaderSize
+	tarSplitLength := blob.Size() - skippableFrameHeaderSize - legacyFooterSize - tarSplitOffset
+	header := make([]byte, skippableFrameHeaderSize)
+	if tarSplitLength <= 0 {
+		return nil, errors.New("no tar-split frame between the TOC and the footer")
+	}
+	if _, err := blob.ReadAt(header, tarSplitOffset-skippableFrameHeaderSize); err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(header[:4], skippableFrameMagic) || int64(binary.LittleEndian.Uint32(header[4:8])) != tarSplitLength {
+		return nil, errors.New("the bytes between the TOC and the footer are not one skippable frame (tar-split)")
+	}
+	decoder, err := zstd.NewReader(io.NewSectionReader(blob, tarSplitOffset, tarSplitLength))
+	if err != nil {
+		return nil, err
+	}
+	defer decoder.Close()
+	tarSplitUncompressed, err := io.Copy(io.Discard, decoder)
+	if err != nil {
+		return nil, fmt.Errorf("tar-split frame: %w", err)
+	}
+	return map[string]string{
+		manifestChecksumAnnotation: legacy[legacyManifestChecksumAnnotation],
+		manifestPositionAnnotation: legacy[legacyManifestPositionAnnotation],
+		tarSplitPositionAnnotation: fmt.Sprintf("%d:%d:%d", tarSplitOffset, tarSplitLength, tarSplitUncompressed),
+	}, nil
 }
 
 func readAnnotations(annotationsPath string) (map[string]string, error) {
@@ -208,9 +331,25 @@ type appliedLayer struct {
 	namesByPath        map[string][2]string // normalised name -> uname, gname from the tar-split headers
 	uncompressedDigest digest.Digest
 	uncompressedSize   int64
+	lazy               LazyRead
 }
 
-func applyWithReferenceDiffer(scratch string, blob *io.SectionReader, blobDigest digest.Digest, annotations map[string]string) (*appliedLayer, error) {
+// openWithCurrentDiffer only creates the differ (which reads the TOC), in a store of its own.
+func openWithCurrentDiffer(scratch string, blob *io.SectionReader, blobDigest digest.Digest, annotations map[string]string) error {
+	store, err := scratchStore(scratch)
+	if err != nil {
+		return err
+	}
+	defer func() { _, _ = store.Shutdown(true) }()
+	differ, err := chunked.NewDiffer(context.Background(), &partialPullStore{Store: store}, blobDigest, blob.Size(), annotations, fileSource{blob: blob, counts: &rangeCounts{}})
+	if err != nil {
+		return fmt.Errorf("chunked.NewDiffer: %w", err)
+	}
+	differ.Close()
+	return nil
+}
+
+func scratchStore(scratch string) (storage.Store, error) {
 	store, err := storage.GetStore(types.StoreOptions{
 		RunRoot:         filepath.Join(scratch, "run"),
 		GraphRoot:       filepath.Join(scratch, "graph"),
@@ -220,12 +359,24 @@ func applyWithReferenceDiffer(scratch string, blob *io.SectionReader, blobDigest
 	if err != nil {
 		return nil, fmt.Errorf("creating scratch storage: %w", err)
 	}
+	return store, nil
+}
+
+func applyWithReferenceDiffer(scratch string, blob *io.SectionReader, blobDigest digest.Digest, annotations map[string]string) (*appliedLayer, error) {
+	store, err := scratchStore(scratch)
+	if err != nil {
+		return nil, err
+	}
 	defer func() { _, _ = store.Shutdown(true) }()
 
-	differ, err := chunked.NewDiffer(context.Background(), &partialPullStore{Store: store}, blobDigest, blob.Size(), annotations, fileSource{blob})
+	source := fileSource{blob: blob, counts: &rangeCounts{}}
+	differ, err := chunked.NewDiffer(context.Background(), &partialPullStore{Store: store}, blobDigest, blob.Size(), annotations, source)
 	if err != nil {
 		return nil, fmt.Errorf("chunked.NewDiffer: %w", err)
 	}
+	// NewDiffer fetched the TOC and tar-split; ApplyDiff fetches the files' ranges (all of them
+	// here: a scratch store has no local copy of any file to reuse).
+	lazy := LazyRead{Reader: zstdChunkedLibrary, BlobBytes: blob.Size(), TOCBytes: source.counts.bytes.Load(), File: "*"}
 	defer differ.Close()
 	root := filepath.Join(scratch, "layer")
 	if err := os.Mkdir(root, 0o755); err != nil {
@@ -243,7 +394,10 @@ func applyWithReferenceDiffer(scratch string, blob *io.SectionReader, blobDigest
 	if output.UncompressedDigest == "" || output.TarSplit == nil {
 		return nil, errors.New("differ produced no uncompressed digest / tar-split (layer without tar-split?)")
 	}
+	lazy.FileBytes = source.counts.bytes.Load() - lazy.TOCBytes
+	lazy.Ranges = int(source.counts.ranges.Load())
 	applied := &appliedLayer{
+		lazy:               lazy,
 		root:               root,
 		namesByPath:        map[string][2]string{},
 		uncompressedDigest: output.UncompressedDigest,
@@ -393,7 +547,12 @@ func (differCapableDriver) CleanupStagingDirectory(string) error { return errNot
 func (differCapableDriver) DifferTarget(string) (string, error) { return "", errNotStaging }
 
 // fileSource serves byte ranges of the local blob as a registry would serve HTTP range requests.
-type fileSource struct{ blob *io.SectionReader }
+type fileSource struct {
+	blob   *io.SectionReader
+	counts *rangeCounts
+}
+
+type rangeCounts struct{ bytes, ranges atomic.Int64 }
 
 func (f fileSource) GetBlobAt(chunks []chunked.ImageSourceChunk) (chan io.ReadCloser, chan error, error) {
 	for _, chunk := range chunks {
@@ -405,6 +564,8 @@ func (f fileSource) GetBlobAt(chunks []chunked.ImageSourceChunk) (chan io.ReadCl
 	errs := make(chan error)
 	go func() {
 		for _, chunk := range chunks {
+			f.counts.bytes.Add(int64(chunk.Length))
+			f.counts.ranges.Add(1)
 			streams <- io.NopCloser(io.NewSectionReader(f.blob, int64(chunk.Offset), int64(chunk.Length)))
 		}
 		close(streams)

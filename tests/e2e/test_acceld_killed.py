@@ -1,0 +1,125 @@
+"""acceld killed with SIGKILL: nothing it accepted is lost, and nothing it started goes on.
+
+Lost work, deterministically: the Prefect server is stopped (SIGSTOP: it accepts connections and answers
+nothing), so every webhook is answered 202 `pending`; acceld and its runner are then killed with SIGKILL, the
+server resumed, and acceld started again on the same work dir. Every push must be converted, once.
+
+Orphans: a conversion is held mid-pull by a proxy, acceld and its runner are killed with SIGKILL; the run's
+own process must be gone within 10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.harness import imagegen
+from tests.harness.api import harbor_for, wait_until
+from tests.harness.conversions import assert_converted
+from tests.harness.pushing import push_seeded_image, push_through_proxy
+from tests.harness.registry import FaultProxy, free_port
+from tests.harness.services import WEBHOOK_AUTH, Acceld, PrefectServer, acceld_settings, descendants, tail
+
+PUSHES = 5
+
+
+def test_pushes_answered_pending_survive_a_killed_acceld(registry, source_store, tmp_path):
+    prefect = PrefectServer(tmp_path / "prefect")  # its own: this test stops it
+    prefect.start()
+    service = Acceld(
+        tmp_path / "acceld", prefect, acceld_settings(tmp_path / "acceld", free_port(), [registry.host])
+    )
+    try:
+        service.start()
+        refs = [push_seeded_image(registry.host, source_store, seed=100 + i) for i in range(PUSHES)]
+        prefect.pause()
+        try:
+            for ref in refs:
+                r = httpx.post(
+                    f"{service.url}/api/v1/conversions",
+                    json=harbor_for(ref),
+                    headers=WEBHOOK_AUTH,
+                    timeout=30,
+                )
+                assert r.status_code == 202, r.text
+                assert r.json()["pending"] == [str(ref)], r.json()  # no flow run exists yet
+            service.kill()
+        finally:
+            prefect.resume()
+        service.start()
+
+        def converted() -> bool:
+            tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
+            done = [t for t in tasks if t["status"] == "COMPLETED"]
+            return len(done) >= PUSHES
+
+        wait_until(converted, timeout=600, what=f"{PUSHES} conversions after the restart")
+        tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
+        assert sorted(t["source"] for t in tasks) == sorted(str(ref) for ref in refs)  # each once
+        for ref in refs:
+            assert_converted(ref)
+    finally:
+        service.stop()
+        print(tail(service.log_path, 3000))
+        prefect.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_no_process_of_a_killed_acceld_goes_on(fault_proxy: FaultProxy, source_store, tmp_path):
+    prefect = PrefectServer(tmp_path / "prefect")
+    prefect.start()
+    service = Acceld(
+        tmp_path / "acceld", prefect, acceld_settings(tmp_path / "acceld", free_port(), [fault_proxy.host])
+    )
+    started: list[int] = []
+    try:
+        service.start()
+        _, ref = push_through_proxy(
+            fault_proxy, source_store, imagegen.standard_layers(64 * imagegen.KiB), "v1"
+        )
+        stall = fault_proxy.stall(r"/blobs/sha256:", method="GET", times=1000)  # every layer download held
+        r = httpx.post(
+            f"{service.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30
+        )
+        assert r.status_code == 202, r.text
+
+        def run_process() -> list[int]:
+            found = [p for p in descendants(service.pid) if b"prefect.engine" in _cmdline(p)]
+            return found if found and stall.reached.is_set() else []
+
+        flow_runs = wait_until(run_process, timeout=300, what="the conversion's own process, held mid-pull")
+        started = [*descendants(service.pid)]
+        # acceld and its runner killed at once (the OOM killer, `kill -9` of both): nothing is told to stop.
+        for pid in [service.pid, *(p for p in started if p not in flow_runs)]:
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in started if _alive(p)]
+        assert left == [], f"alive 10 s after acceld was killed: {left} (flow runs {flow_runs})"
+        stall.release()
+    finally:
+        fault_proxy.clear()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        service.stop()
+        print(tail(service.log_path, 3000))
+        prefect.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
