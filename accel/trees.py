@@ -52,8 +52,9 @@ COMPARED_FIELDS = (
     "devminor",
     "xattrs",
     "mtime",
+    "mtime_ns",
 )
-DISK_IGNORE = frozenset({"uname", "gname", "mtime"})
+DISK_IGNORE = frozenset({"uname", "gname", "mtime", "mtime_ns"})
 # Attributes the host adds on its own (ACL mirrors, overlay bookkeeping, SELinux labels).
 HOST_XATTR_PREFIXES = ("system.", "trusted.overlay.", "security.selinux")
 
@@ -75,7 +76,8 @@ class Entry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: Mapping[str, bytes] = field(default_factory=dict)
-    mtime: int = 0
+    mtime: int = 0  # whole seconds (floor: -1.5 s is -2 s + 500000000 ns)
+    mtime_ns: int = 0  # the sub-second part, 0 <= mtime_ns < 1e9 (a PAX `mtime` with a fraction)
     implicit: bool = False  # a parent dir `apply_layers` had to invent: only its type is compared
 
 
@@ -127,6 +129,22 @@ def _hash_stream(stream: BinaryIO) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _mtime(info: tarfile.TarInfo) -> tuple[int, int]:
+    """(seconds, nanoseconds) exactly: tarfile's float cannot hold a PAX `mtime`'s nanoseconds."""
+    text = info.pax_headers.get("mtime")
+    if text is None:
+        return int(info.mtime), 0
+    whole, _, fraction = text.strip().partition(".")
+    try:
+        seconds = int(whole or "0")
+        nanoseconds = int((fraction[:9] or "0").ljust(9, "0")) if fraction.isdigit() or not fraction else 0
+    except ValueError:
+        return int(info.mtime), 0
+    if whole.startswith("-"):
+        nanoseconds = -nanoseconds
+    return divmod(seconds * 1_000_000_000 + nanoseconds, 1_000_000_000)
+
+
 def iter_tar(source: bytes | BinaryIO | Path | str) -> Iterator[Entry]:
     """Every member of an archive in order, content hashed while streaming (root skipped)."""
     if isinstance(source, bytes | bytearray | memoryview):
@@ -136,6 +154,8 @@ def iter_tar(source: bytes | BinaryIO | Path | str) -> Iterator[Entry]:
         with open(source, "rb") as f:
             yield from iter_tar(f)
         return
+    # tarfile stops at the end-of-archive zero blocks (as Go's archive/tar and GNU tar do) and reads
+    # nothing after them: an archive appended after the end blocks, or trailing bytes, are not entries.
     with tarfile.open(fileobj=source, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
         for info in tar:
             path = normalize_path(info.name)
@@ -150,6 +170,7 @@ def iter_tar(source: bytes | BinaryIO | Path | str) -> Iterator[Entry]:
                 sha256 = _hash_stream(content)
                 size = info.size
             linkname = normalize_path(info.linkname) if kind == "hardlink" else info.linkname
+            seconds, nanoseconds = _mtime(info)
             yield Entry(
                 path=path,
                 type=kind,
@@ -164,7 +185,8 @@ def iter_tar(source: bytes | BinaryIO | Path | str) -> Iterator[Entry]:
                 devmajor=info.devmajor if kind in ("char", "block") else 0,
                 devminor=info.devminor if kind in ("char", "block") else 0,
                 xattrs=_pax_xattrs(info.pax_headers),
-                mtime=int(info.mtime),
+                mtime=seconds,
+                mtime_ns=nanoseconds,
             )
 
 
@@ -245,14 +267,18 @@ class _Filesystem:
             self.remove_subtree(directory, keep_root=True)
         for path in whiteouts:
             self.remove_subtree(path, keep_root=False)
+        # The directory a marker lives in exists after the layer, as containerd creates every entry's
+        # parents (an `implicit` dir when no layer lists it).
+        for path in [*(f"{d}/{OPAQUE_MARKER}" if d else OPAQUE_MARKER for d in opaque_dirs), *whiteouts]:
+            self._ensure_parents(path)
         for entry in own:
             self.put(entry)
 
     def entries(self) -> dict[str, Entry]:
-        return _normalise_hardlinks(self.nodes)
+        return normalise_hardlinks(self.nodes)
 
 
-def _normalise_hardlinks(nodes: Mapping[str, tuple[Entry, Any]]) -> dict[str, Entry]:
+def normalise_hardlinks(nodes: Mapping[str, tuple[Entry, Any]]) -> dict[str, Entry]:
     """Express every multi-path inode as its sorted-first path plus 'hardlink' entries pointing at it."""
     groups: dict[Any, list[str]] = {}
     for path, (entry, inode) in nodes.items():
@@ -274,7 +300,8 @@ def _normalise_hardlinks(nodes: Mapping[str, tuple[Entry, Any]]) -> dict[str, En
 def apply_layers(layers: Iterable[bytes | BinaryIO | Path | str]) -> dict[str, Entry]:
     """The filesystem after unpacking `layers` in order with OCI whiteout semantics.
 
-    `.wh.x` removes lower `x` and its subtree; `.wh..wh..opq` empties the lower contents of its dir;
+    `.wh.x` removes lower `x` and its subtree; `.wh..wh..opq` empties the lower contents of its dir; the
+    directory a marker lives in exists afterwards (as containerd creates every entry's parents);
     a later entry replaces an earlier one; a non-dir over a dir removes the dir's subtree; a dir over a
     dir keeps the children. Missing parents are added as `implicit` dirs. Output is sorted by path.
     """
@@ -349,12 +376,13 @@ def dir_entries(
                 devmajor=os.major(st.st_rdev) if device else 0,
                 devminor=os.minor(st.st_rdev) if device else 0,
                 xattrs=_disk_xattrs(full, skip_xattr_prefixes),
-                mtime=int(st.st_mtime),
+                mtime=st.st_mtime_ns // 1_000_000_000,
+                mtime_ns=st.st_mtime_ns % 1_000_000_000,
             )
             # Directories never share inodes; give each its own key so only real hardlinks group.
             inode = (st.st_dev, st.st_ino) if kind != "dir" else ("dir", entry.path)
             nodes[entry.path] = (entry, inode)
-    return _normalise_hardlinks(nodes)
+    return normalise_hardlinks(nodes)
 
 
 # --- comparison ------------------------------------------------------------------------------------

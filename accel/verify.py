@@ -28,7 +28,14 @@ from pathlib import Path
 from accel import digest as dg
 from accel import trees
 from accel.drivers import reader_for
-from accel.drivers.reader import LayerReader, PlatformReader, PlatformUnderTest, source_entries
+from accel.drivers.reader import (
+    DECODE_ERRORS,
+    LayerReader,
+    PlatformReader,
+    PlatformUnderTest,
+    decode_problem,
+    source_entries,
+)
 from accel.errors import AccelError
 from accel.image import resolve_source
 from accel.model import SourceImage, SourceLayer, SourceManifest
@@ -168,7 +175,13 @@ def verify_image(
                 continue
             target_manifest = _pick_target(candidates)
             stores = (source_store, target_store)
-            _verify_platform(source_manifest, target_manifest, stores, broken, verdict, scratch, mounted_view)
+            try:
+                _verify_platform(
+                    source_manifest, target_manifest, stores, broken, verdict, scratch, mounted_view
+                )
+            except Exception as exc:  # a verdict row, never a traceback, whatever the input
+                row = next((r for r in reversed(verdict.layers) if r.platform == key and r.ok), None)
+                verdict.fail(f"platform {key}: unreadable: {decode_problem(exc)}", row)
     return verdict
 
 
@@ -205,8 +218,8 @@ def _source_trees(
             return None
         try:
             source_trees.append(source_entries(store, layer))
-        except AccelError as exc:
-            verdict.fail(f"platform {key}: source layer {layer.descriptor.digest}: {exc}")
+        except (AccelError, *DECODE_ERRORS) as exc:
+            verdict.fail(f"platform {key}: source layer {layer.descriptor.digest}: {decode_problem(exc)}")
             return None
     return source_trees
 
@@ -251,6 +264,7 @@ def _verify_platform(
             differences = trees.compare(
                 {e.path: e for e in source_trees[n]},
                 {e.path: e for e in target_trees[-1]},
+                ignore=reader.omits,
                 labels=("source", "target"),
             )
             if differences:
@@ -267,11 +281,15 @@ def _verify_platform(
             elif row.ok:
                 row.checks.append("diff_id == source")
     if all(t is not None for t in target_trees):
-        differences = trees.compare(
-            trees.apply_entries(source_trees),
-            trees.apply_entries([t for t in target_trees if t is not None]),
-            labels=("source", "target"),
-        )
+        try:
+            differences = trees.compare(
+                trees.apply_entries(source_trees),
+                trees.apply_entries([t for t in target_trees if t is not None]),
+                ignore=set().union(*(reader.omits for reader in layer_readers)),
+                labels=("source", "target"),
+            )
+        except ValueError as exc:  # a layer that cannot be applied (a hardlink to nothing)
+            differences = [f"cannot be applied: {exc}"]
         if differences:
             verdict.fail(f"platform {key} merged view: {differences[0]}")
 
@@ -282,8 +300,8 @@ def _read_layer(
     where = f"platform {row.platform} layer {row.position} ({row.format} {dg.short(row.target)})"
     try:
         return reader.read(store.path(layer.descriptor.digest), layer, row.checks)
-    except AccelError as exc:
-        verdict.fail(f"{where}: {exc}", row)
+    except (AccelError, *DECODE_ERRORS) as exc:
+        verdict.fail(f"{where}: {decode_problem(exc)}", row)
         return None
 
 

@@ -404,3 +404,130 @@ def test_stargz_variant_is_rejected_with_a_wrong_stargz_toc_digest(
 def test_usage_errors_raise(checker: Path) -> None:
     with pytest.raises(conformance.CheckerError, match="unknown subcommand"):
         conformance.run_checker(["no-such-subcommand"])
+
+
+# --- a hardlink to a file of a lower layer (issue 20) ---------------------------------------------
+
+
+def test_estargz_hardlink_to_a_lower_layer_the_reference_reader_refuses_so_do_we(
+    checker: Path, workdir: Path
+) -> None:
+    """The reference writer writes it, the reference reader cannot open it: our reader fails it with the
+    reference's words (so `check` agrees) and our driver refuses to write it, naming the entry."""
+    from accel import digest as dg
+    from accel.drivers.base import LayerInput
+    from accel.drivers.estargz import EStargzDriver, EStargzOptions
+    from accel.drivers.reader import LayerReadError
+    from accel.errors import DriverError
+    from accel.model import SourceLayer
+    from accel.oci import Descriptor
+    from accel.store import ContentStore
+
+    tar_path = workdir / "lower-hardlink.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add(archive, "x/", tarfile.DIRTYPE, mode=0o755)
+        _add(archive, "x/link", tarfile.LNKTYPE, linkname="x/base", mode=0o644)
+    reference = workdir / "lower-hardlink.estargz"
+    annotations = conformance.gen_estargz(tar_path, reference)
+    verdict = conformance.check_estargz(reference, annotations[ESTARGZ_TOC_ANNOTATION], None)
+    assert not verdict.ok and "isn't found" in verdict.error
+
+    store = ContentStore(workdir / "lower-hardlink-store")
+    raw = tar_path.read_bytes()
+    blob_digest = store.put_bytes(reference.read_bytes())
+    desc = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+        digest=blob_digest,
+        size=reference.stat().st_size,
+        annotations=annotations,
+    )
+    reader = EStargzDriver.reader
+    with pytest.raises(LayerReadError, match="is a hardlink but the linkname 'x/base' isn't found"):
+        reader.read(store.path(blob_digest), SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), [])
+
+    gzipped = store.put_bytes(gzip.compress(raw))
+    source = Descriptor(media_type=desc.media_type, digest=gzipped, size=store.size(gzipped))
+    with pytest.raises(DriverError, match="'x/link' is a hardlink to 'x/base', which is not in this layer"):
+        EStargzDriver(EStargzOptions()).convert_layer(LayerInput(source, dg.of_bytes(raw), store))
+
+
+def test_zstd_chunked_hardlink_to_a_lower_layer_the_reference_reader_refuses_so_do_we(
+    checker: Path, workdir: Path
+) -> None:
+    """containers/storage cannot apply a zstd:chunked layer with a hardlink to a file of a lower layer: our
+    reader fails it too, and our driver refuses to write it, naming the entry."""
+    from accel import digest as dg
+    from accel.drivers import load_driver
+    from accel.drivers.base import LayerInput
+    from accel.drivers.reader import LayerReadError
+    from accel.drivers.zstdchunked import ZstdChunkedDriver
+    from accel.errors import DriverError
+    from accel.model import SourceLayer
+    from accel.oci import Descriptor
+    from accel.store import ContentStore
+
+    tar_path = workdir / "lower-hardlink-zstd.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add(archive, "x/", tarfile.DIRTYPE, mode=0o755)
+        _add(archive, "x/link", tarfile.LNKTYPE, linkname="x/base", mode=0o644)
+    raw = tar_path.read_bytes()
+    reference = workdir / "lower-hardlink.zstd"
+    annotations = conformance.gen_zstd_chunked(tar_path, reference)
+    verdict = conformance.check_zstd_chunked(reference, annotations, dg.of_bytes(raw))
+    assert not verdict.ok and "x/base" in verdict.error
+
+    store = ContentStore(workdir / "lower-hardlink-zstd-store")
+    blob_digest = store.put_bytes(reference.read_bytes())
+    desc = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+zstd",
+        digest=blob_digest,
+        size=reference.stat().st_size,
+        annotations=annotations,
+    )
+    with pytest.raises(LayerReadError, match="is a hardlink but the linkname 'x/base' isn't found"):
+        ZstdChunkedDriver.reader.read(
+            store.path(blob_digest), SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), []
+        )
+
+    gzipped = store.put_bytes(gzip.compress(raw))
+    source = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip", digest=gzipped, size=store.size(gzipped)
+    )
+    with pytest.raises(DriverError, match="'x/link' is a hardlink to 'x/base', which is not in this layer"):
+        load_driver("zstdchunked").convert_layer(LayerInput(source, dg.of_bytes(raw), store))
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
+def test_our_readers_accept_what_the_reference_writers_write(
+    checker: Path, workdir: Path, tar_format: int
+) -> None:
+    """No false reject of `check`: blobs written by the reference writers (every entry kind and attribute)
+    pass our readers, TOC against tar and tar-split included."""
+    from accel import digest as dg
+    from accel.drivers.estargz import EStargzDriver
+    from accel.drivers.zstdchunked import ZstdChunkedDriver
+    from accel.model import SourceLayer
+    from accel.oci import Descriptor
+    from accel.store import ContentStore
+
+    tar = workdir / f"reference-readback-{tar_format}.tar"
+    write_layer_tar(tar, tar_format)
+    store = ContentStore(workdir / f"reference-readback-store-{tar_format}")
+    for generate, reader, media_type in (
+        (
+            conformance.gen_zstd_chunked,
+            ZstdChunkedDriver.reader,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (conformance.gen_estargz, EStargzDriver.reader, "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ):
+        out = workdir / f"reference-readback-{tar_format}.{media_type.rsplit('+', 1)[1]}"
+        annotations = generate(tar, out)
+        digest = store.put_bytes(out.read_bytes())
+        desc = Descriptor(
+            media_type=media_type, digest=digest, size=out.stat().st_size, annotations=annotations
+        )
+        stream = gzip.decompress(out.read_bytes()) if media_type.endswith("gzip") else tar.read_bytes()
+        checks: list[str] = []
+        reader.read(store.path(digest), SourceLayer(descriptor=desc, diff_id=dg.of_bytes(stream)), checks)
+        assert "toc == tar" in checks, checks

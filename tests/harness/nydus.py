@@ -197,11 +197,12 @@ def expected_merged_tree(source_tars: list[bytes], *, contents: bool = True) -> 
 
 
 def compare_layer(source_tar: bytes | Path, unpacked: Path) -> list[str]:
-    """Differences between a source layer and its `unpack`ed Nydus layer (RAFS keeps numeric owners only)."""
+    """Differences between a source layer and its `unpack`ed Nydus layer (RAFS keeps numeric owners only;
+    `unpack` writes whole seconds): what `check` compares of a layer (`readback.LAYER_VIEW_OMITS`)."""
     return trees.compare(
         trees.apply_layers([source_tar]),
         trees.apply_layers([unpacked]),
-        ignore={"uname", "gname"},
+        ignore=readback.LAYER_VIEW_OMITS,
         labels=("source layer", "nydus layer"),
     )
 

@@ -506,7 +506,7 @@ def test_the_reader_proves_the_written_blob_and_lists_the_source_entries(store: 
     chunks = sum(
         1 for e in _toc(store.path(result.descriptor.digest).read_bytes())["entries"] if e.get("chunkDigest")
     )
-    assert checks == ["footer", "toc digest", f"{chunks} chunks", "diff_id"]
+    assert checks == ["footer", "toc digest", f"{chunks} chunks", "diff_id", "toc == tar"]
     # The TOC and the landmark are the format's own, not the layer's: the reader drops them.
     source_entries = reader.comparable_source(list(trees.iter_tar(io.BytesIO(source))))
     assert trees.compare({e.path: e for e in source_entries}, {e.path: e for e in entries}) == []

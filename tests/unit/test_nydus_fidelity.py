@@ -862,7 +862,7 @@ def test_the_other_formats_convert_each_case_or_refuse_it_by_name(
         SourceLayer(descriptor=result.descriptor, diff_id=result.diff_id),
         checks,
     )
-    assert checks[-1] == "diff_id"  # the stream read back is the one the target's diff_id names
+    assert "diff_id" in checks  # the stream read back is the one the target's diff_id names
     if driver == "zstdchunked":  # the source tar byte for byte, what follows the end blocks included
         assert result.diff_id == layer.diff_id
     source = apply_entries([reader.comparable_source(list(trees.iter_tar(raw)))])

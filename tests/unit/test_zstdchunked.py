@@ -586,7 +586,8 @@ def test_the_reader_proves_the_written_blob_and_names_a_forged_manifest_checksum
     assert reader.claims(desc) and reader.label(desc) == "zstd:chunked" and reader.keeps_source_tar
     checks: list[str] = []
     entries = reader.read(path, layer, checks)
-    assert checks[:2] == ["footer", "manifest checksum"] and checks[-1] == "diff_id"
+    assert checks[:2] == ["footer", "manifest checksum"]
+    assert checks[-3:] == ["diff_id", "toc == tar", "tar-split == tar"]
     assert [e.path for e in entries] == [e.path for e in trees.iter_tar(io.BytesIO(raw))]
 
     forged = desc.model_copy(
@@ -675,7 +676,8 @@ def test_the_reader_reads_the_stargz_variant_and_names_a_forged_toc_digest(tmp_p
     assert reader.claims(desc)
     checks: list[str] = []
     entries = reader.read(path, SourceLayer(descriptor=desc, diff_id=dg.of_bytes(raw)), checks)
-    assert checks[:2] == ["footer", "manifest checksum"] and checks[-1] == "diff_id"
+    assert checks[:2] == ["footer", "manifest checksum"]
+    assert checks[-3:] == ["diff_id", "toc == tar", "tar-split == tar"]  # found between manifest and footer
     assert [e.path for e in entries] == [e.path for e in trees.iter_tar(io.BytesIO(raw))]
     for key, message in [
         (mt.ESTARGZ_TOC_DIGEST, "TOC JSON digest"),

@@ -18,6 +18,7 @@ from accel.drivers.estargz.toc import TOC_VERSION, TocEntry, modtime, toc_text
 from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG, TOC_TYPES
 from accel.errors import DriverError, InvalidImage
 from accel.store import BlobWriter
+from accel.trees import normalize_path
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,19 @@ class BlobBuilder:
         else:
             toc_entry.digest = toc_entry.chunk_digest or _EMPTY_DIGEST
 
+    def _refuse_unresolvable_hardlinks(self) -> None:
+        """The reference reader (stargz-snapshotter's estargz) resolves a hardlink within the TOC and cannot
+        open a layer with a hardlink to a file of a lower layer, although the reference writer writes one:
+        refuse it by name rather than push a layer the lazy-pulling runtime cannot mount."""
+        names = {normalize_path(entry.name) for entry in self._toc if entry.type != TOC_TYPE_CHUNK}
+        for entry in self._toc:
+            if entry.type == "hardlink" and normalize_path(entry.link_name) not in names:
+                raise DriverError(
+                    f"tar entry {entry.name!r} is a hardlink to {entry.link_name!r}, which is not in this "
+                    "layer: the eStargz reference reader cannot open such a layer (a hardlink to a file of a "
+                    "lower layer); refused"
+                )
+
     def _copy(self, entry: MemberToWrite, size: int, file_digest: Any) -> str:
         assert entry.payload is not None
         chunk_digest = hashlib.sha256()
@@ -128,6 +142,7 @@ class BlobBuilder:
         return entry
 
     def finish(self) -> BuildResult:
+        self._refuse_unresolvable_hardlinks()
         self._members.drain()
         offsets = self._members.offsets
         toc = {"version": TOC_VERSION, "entries": [entry.to_json(offsets) for entry in self._toc]}

@@ -4,11 +4,13 @@ and landmark files the format adds, owner names filled back in."""
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import hashlib
 import io
 import json
 import tarfile
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +21,15 @@ from accel import digest as dg
 from accel import trees
 from accel.drivers.estargz.entries import RESERVED_NAMES
 from accel.drivers.estargz.footer import FOOTER_SIZE, toc_offset
-from accel.drivers.reader import LayerReader, LayerReadError
-from accel.drivers.toctypes import TOC_TYPE_CHUNK, TOC_TYPE_REG
+from accel.drivers.estargz.toc import modtime, toc_text
+from accel.drivers.reader import DECODE_ERRORS, LayerReader, LayerReadError, decode_problem
+from accel.drivers.toctypes import (
+    TOC_TYPE_CHUNK,
+    TOC_TYPE_REG,
+    missing_hardlink_targets,
+    toc_difference,
+    toc_tree,
+)
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 
@@ -54,30 +63,42 @@ def _gunzip_prefix(f: BinaryIO, offset: int, length: int, what: str) -> bytes:
     return bytes(out)
 
 
+def _toc_bytes(f: BinaryIO, size: int, desc: Descriptor) -> bytes:
+    """The TOC JSON the footer points at, its digest checked against the layer's annotation."""
+    if size < FOOTER_SIZE:
+        raise LayerReadError(f"eStargz footer: a blob of {size} bytes holds no {FOOTER_SIZE}-byte footer")
+    try:
+        offset = toc_offset(_read_at(f, size - FOOTER_SIZE, FOOTER_SIZE))
+    except ValueError as exc:
+        raise LayerReadError(f"eStargz footer: {exc}") from exc
+    if not 0 <= offset < size - FOOTER_SIZE:
+        raise LayerReadError(f"eStargz footer: TOC offset {offset} outside the blob")
+    f.seek(offset)
+    try:
+        toc_tar = zlib.decompressobj(31).decompress(f.read(size - FOOTER_SIZE - offset))
+        with tarfile.open(fileobj=io.BytesIO(toc_tar)) as tar:
+            member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
+            toc_raw = member.read() if member else b""
+    except (zlib.error, tarfile.TarError, KeyError) as exc:
+        raise LayerReadError(f"eStargz TOC at offset {offset}: unreadable: {exc}") from exc
+    toc_digest = dg.of_bytes(toc_raw)
+    annotated = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
+    if toc_digest != annotated:
+        raise LayerReadError(f"eStargz TOC digest {toc_digest} differs from the annotation {annotated}")
+    return toc_raw
+
+
+def toc_entries(path: Path, desc: Descriptor) -> list[dict[str, Any]]:
+    """The TOC's entries (its digest checked against the annotation)."""
+    with path.open("rb") as f:
+        return json.loads(_toc_bytes(f, path.stat().st_size, desc)).get("entries") or []
+
+
 def check_blob(path: Path, desc: Descriptor) -> list[str]:
     """Footer, TOC digest, every chunk digest and every file digest of an eStargz blob."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        if size < FOOTER_SIZE:
-            raise LayerReadError(f"eStargz footer: a blob of {size} bytes holds no {FOOTER_SIZE}-byte footer")
-        try:
-            offset = toc_offset(_read_at(f, size - FOOTER_SIZE, FOOTER_SIZE))
-        except ValueError as exc:
-            raise LayerReadError(f"eStargz footer: {exc}") from exc
-        if not 0 <= offset < size - FOOTER_SIZE:
-            raise LayerReadError(f"eStargz footer: TOC offset {offset} outside the blob")
-        f.seek(offset)
-        try:
-            toc_tar = zlib.decompressobj(31).decompress(f.read(size - FOOTER_SIZE - offset))
-            with tarfile.open(fileobj=io.BytesIO(toc_tar)) as tar:
-                member = tar.extractfile(mt.ESTARGZ_TOC_TAR_NAME)
-                toc_raw = member.read() if member else b""
-        except (zlib.error, tarfile.TarError, KeyError) as exc:
-            raise LayerReadError(f"eStargz TOC at offset {offset}: unreadable: {exc}") from exc
-        toc_digest = dg.of_bytes(toc_raw)
-        annotated = desc.annotation(mt.ESTARGZ_TOC_DIGEST)
-        if toc_digest != annotated:
-            raise LayerReadError(f"eStargz TOC digest {toc_digest} differs from the annotation {annotated}")
+        toc_raw = _toc_bytes(f, size, desc)
         entries: list[dict[str, Any]] = json.loads(toc_raw).get("entries") or []
         files: dict[str, tuple[Any, str, int]] = {}  # name → (hasher, expected digest, next chunk offset)
         sizes: dict[str, int] = {}
@@ -115,6 +136,25 @@ def is_estargz_layer(desc: Descriptor) -> bool:
     return bool(desc.annotation(mt.ESTARGZ_TOC_DIGEST)) and desc.media_type != mt.OCI_LAYER_ZSTD
 
 
+def as_toc_holds(entries: Sequence[trees.Entry]) -> dict[str, trees.Entry]:
+    """Tar entries as an eStargz TOC holds them: names (and xattr names, link targets) as UTF-8 with U+FFFD,
+    mtimes rounded to the second (none for the zero time), as the reference writer writes them."""
+    held: dict[str, trees.Entry] = {}
+    for entry in entries:
+        stamp = modtime(entry.mtime + entry.mtime_ns / 1_000_000_000)
+        seconds = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) if stamp else 0
+        path = toc_text(entry.path)
+        held[path] = dataclasses.replace(
+            entry,
+            path=path,
+            linkname=toc_text(entry.linkname),
+            xattrs={toc_text(name): value for name, value in sorted(entry.xattrs.items())},
+            mtime=seconds,
+            mtime_ns=0,
+        )
+    return held
+
+
 def refill_owner_names(entries: Sequence[trees.Entry]) -> list[trees.Entry]:
     """eStargz writers drop a user/group name unchanged since the previous entry; readers fill it back."""
     users: dict[int, str] = {}
@@ -140,6 +180,27 @@ class EStargzReader(LayerReader):
 
     def check(self, blob: Path, desc: Descriptor) -> list[str]:
         return check_blob(blob, desc)
+
+    def read(self, blob: Path, layer: SourceLayer, checks: list[str]) -> list[trees.Entry]:
+        """The blob's structure, its tar stream, then its TOC against that stream: a lazy-pulling runtime
+        shows the TOC's metadata and reads file data where the TOC points, so a TOC that says something
+        else than the tar is as wrong as a damaged chunk."""
+        try:
+            checks.extend(self.check(blob, layer.descriptor))
+            raw_toc = toc_entries(blob, layer.descriptor)
+            unresolved = missing_hardlink_targets(raw_toc)
+            if unresolved:
+                raise LayerReadError(f"eStargz TOC: {unresolved} (the reference reader cannot open it)")
+            toc = {p: e for p, e in toc_tree(raw_toc).items() if p not in RESERVED_NAMES}
+            entries = self.entries(blob, layer)
+        except DECODE_ERRORS as exc:
+            raise LayerReadError(decode_problem(exc)) from exc
+        checks.append("diff_id")
+        problem = toc_difference(toc, as_toc_holds(entries))
+        if problem:
+            raise LayerReadError(f"eStargz TOC: {problem}")
+        checks.append("toc == tar")
+        return entries
 
     def entries(self, blob: Path, layer: SourceLayer) -> list[trees.Entry]:
         in_layer = [e for e in super().entries(blob, layer) if e.path not in RESERVED_NAMES]

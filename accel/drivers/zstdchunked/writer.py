@@ -30,6 +30,8 @@ from accel.drivers.zstdchunked.frames import Frame, FrameWriter, SupportsWrite
 from accel.drivers.zstdchunked.rollsum import DataPiece, FileChunker, ZeroRun
 from accel.drivers.zstdchunked.tarsplit import TARSPLIT_MAX_SEGMENT, TarSplitWriter
 from accel.drivers.zstdchunked.toc import CHUNK_TYPE_ZEROS, TOC_VERSION, TocEntry
+from accel.errors import DriverError
+from accel.trees import normalize_path
 
 READ_SIZE = 1 << 20
 MAX_PENDING_FILE_DIGESTS = 4  # files whose whole-file hash may still be running (each holds <= 5 MiB)
@@ -99,6 +101,18 @@ class _LayerWriter:
             self._payload(member, entry, entries, crc)
         self.tarsplit.add_file(member.header.name, member.header.size, crc.digest() if crc else None)
         self.entries.extend(entries)
+
+    def _refuse_unresolvable_hardlinks(self) -> None:
+        """The reference reader (containers/storage's chunked differ) creates a hardlink from the TOC within
+        the layer and fails on one to a file of a lower layer: refuse it by name (as eStargz and Nydus do)."""
+        names = {normalize_path(entry.name) for entry in self.entries if entry.type != TOC_TYPE_CHUNK}
+        for entry in self.entries:
+            if entry.type == "hardlink" and normalize_path(entry.linkName) not in names:
+                raise DriverError(
+                    f"tar entry {entry.name!r} is a hardlink to {entry.linkName!r}, which is not in this "
+                    "layer: the zstd:chunked reference reader cannot apply such a layer (a hardlink to a "
+                    "file of a lower layer); refused"
+                )
 
     def _payload(
         self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
@@ -201,6 +215,7 @@ class _LayerWriter:
         self.frame = self.frames.frame()
 
     def finish(self, scanner: tarstream.TarScanner) -> ZstdChunkedResult:
+        self._refuse_unresolvable_hardlinks()
         tail = (scanner.last_member.padding or b"") if scanner.last_member else b""
         tail += scanner.end_bytes
         if tail:
