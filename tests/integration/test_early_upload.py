@@ -12,27 +12,9 @@ from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
-from tests.harness.api import wait_until
+from tests.harness.taskruns import completed_task_runs
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
-
-
-def _task_run_names(flow_run_id: object) -> list[str]:
-    """Names of the run's completed task runs, once the server has recorded every one as final (task run
-    states reach it as events, a moment after the flow returns)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    def final() -> list[str] | None:
-        with get_client(sync_client=True) as prefect:
-            runs = prefect.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-        if not runs or any(r.state is None or not r.state.is_final() for r in runs):
-            return None
-        return [r.name for r in runs if r.state is not None and r.state.is_completed()]
-
-    return wait_until(final, 60, "the task runs' final states")
 
 
 def test_each_converted_blob_goes_up_once_by_its_upload_task_and_the_tag_after_all(
@@ -56,7 +38,7 @@ def test_each_converted_blob_goes_up_once_by_its_upload_task_and_the_tag_after_a
         [target] = state.result().targets
         _, raw = client.fetch_manifest(Reference.parse(target.reference))
         manifest = Manifest.parse(raw)
-    uploads = [n for n in _task_run_names(state.state_details.flow_run_id) if n.startswith("upload ")]
+    uploads = completed_task_runs(state.state_details.flow_run_id, "upload ", at_least=len(image.layers))
     assert sorted(uploads) == sorted(f"upload {layer.digest[:19]} (zstdchunked)" for layer in image.layers)
     hits = list(fault_proxy.hits)
     blob_puts = [i for i, h in enumerate(hits) if h.method == "PUT" and "/blobs/uploads/" in h.path]
@@ -82,7 +64,7 @@ def test_a_layout_target_gets_no_early_uploads(prefect_api, registry, tmp_path):
     )
 
     assert state.is_completed(), state.message
-    names = _task_run_names(state.state_details.flow_run_id)
+    names = completed_task_runs(state.state_details.flow_run_id)
     assert any(n.startswith("convert ") for n in names)
     assert not [n for n in names if n.startswith("upload ")]
     assert (tmp_path / "layout" / "index.json").exists()
