@@ -246,6 +246,9 @@ class LimitSettings(_Model):
     # Uncompressed bytes of one image: the sum over its layers, per platform (each image of an index alone).
     max_image_size: str = "32GiB"
     max_expansion_ratio: float = Field(default=200.0, gt=1)  # uncompressed / compressed, past 64 MiB
+    # Layers of one platform image. 500 is as deep as overlayfs stacks lower layers: an image with more
+    # cannot run on it anyway, and each layer is task runs of its own.
+    max_layers: int = Field(default=500, ge=1)
     timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
 
     @field_validator("max_layer_size", "max_image_size")

@@ -23,7 +23,7 @@ from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.transports import Transports, is_local
 from accel.verify import VerifyError, verify_built
-from tasks.limits import LayerSizes
+from tasks.limits import LayerSizes, check_layer_count
 from tasks.policy import layer_run_name
 from tasks.slots import ConversionSlots
 
@@ -35,7 +35,9 @@ from tasks.slots import ConversionSlots
 def resolve(source: Reference, config_path: str) -> SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
-    return img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
+    image = img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
+    check_layer_count(ctx.settings, image)  # before a task run per layer is started
+    return image
 
 
 @task(

@@ -22,6 +22,7 @@ from typing import Any
 from accel.compression import ImageBudget
 from accel.config import Settings
 from accel.digest import hex_of
+from accel.errors import LimitExceeded
 from accel.model import SourceImage, SourceManifest
 
 
@@ -78,6 +79,19 @@ def check_image_sizes(settings: Settings, image: SourceImage) -> None:
                 known[hex_of(layer.descriptor.digest)] = size
         label = image_label(image.reference, manifest)
         ImageBudget(settings.converter.limits.max_image_bytes, label, known).check()
+
+
+def check_layer_count(settings: Settings, image: SourceImage) -> None:
+    """Every platform image against converter.limits.max_layers, before anything is pulled. Raises
+    LimitExceeded naming the image."""
+    limit = settings.converter.limits.max_layers
+    for manifest in image.manifests:
+        if len(manifest.layers) > limit:
+            label = image_label(image.reference, manifest)
+            count = len(manifest.layers)
+            raise LimitExceeded(
+                f"{label} has {count:,} layers, more than {limit:,} (converter.limits.max_layers)"
+            )
 
 
 class ConversionTimedOut(TimeoutError):

@@ -80,3 +80,32 @@ def test_layers_converted_before_still_count_toward_the_image(
     # Sent again (acceld's retry of a FAILED run): still refused, by the sizes recorded when they streamed.
     again = convert_image(source=str(source), config=str(config), return_state=True)
     assert_refused(again, source, client, tmp_path / "work")
+
+
+def test_an_image_over_max_layers_fails_before_any_layer_is_pulled(
+    prefect_api, registry, client, source_store, tmp_path
+):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.convert_image import convert_image
+
+    config = configs.write_config(tmp_path / "config.yaml", {registry.host: {}}, [configs.driver("estargz")])
+    settings = yaml.safe_load(config.read_text())
+    settings["converter"]["limits"] = {"max_layers": 3}
+    config.write_text(yaml.safe_dump(settings))
+    image = imagegen.generate_image(
+        [imagegen.TarBuilder(auto_parents=True).file(f"f{n}", b"x") for n in range(4)], source_store
+    )
+    source = Reference.parse(f"{registry.host}/limits/{uuid.uuid4().hex[:10]}:v1")
+    source = source.with_digest(pushing.push(client, source_store, source, image))
+
+    state = convert_image(source=str(source), config=str(config), return_state=True)
+    assert state.is_failed(), state
+    assert "has 4 layers, more than 3 (converter.limits.max_layers)" in (state.message or ""), state.message
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert not [r.name for r in runs if r.name.startswith(("pull ", "convert "))]  # nothing per layer started
+    assert client.list_tags(source) == ["v1"]

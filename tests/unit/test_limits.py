@@ -274,3 +274,34 @@ def test_partial_files_of_interrupted_runs_are_swept_once_no_live_run_can_own_th
     os.utime(ingest / "a-dir", (old, old))
     assert sweep_abandoned_ingest(ingest, 7200) == 1
     assert sorted(p.name for p in ingest.iterdir()) == ["a-dir", "scratch-live"]
+
+
+def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
+    from accel.model import SourceImage, SourceLayer, SourceManifest
+    from tasks.limits import check_layer_count
+
+    def image(layers: int) -> SourceImage:
+        desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=f"sha256:{1:064x}", size=10)
+        config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{2:064x}", size=10)
+        source_layers = tuple(
+            SourceLayer(
+                descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n + 10:064x}", size=10),
+                diff_id=f"sha256:{n + 20_000:064x}",
+            )
+            for n in range(layers)
+        )
+        return SourceImage(
+            reference="host/repo:v1",
+            root=desc,
+            manifests=(SourceManifest(descriptor=desc, config=config, layers=source_layers),),
+        )
+
+    settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
+    assert settings.converter.limits.max_layers == 500  # as deep as overlayfs stacks layers
+    check_layer_count(settings, image(500))
+    with pytest.raises(
+        LimitExceeded, match=r"has 10,000 layers, more than 500 \(converter.limits.max_layers\)"
+    ):
+        check_layer_count(settings, image(10_000))
+    with pytest.raises(ConfigError, match="max_layers"):
+        load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_layers": 0}}})
