@@ -478,6 +478,8 @@ class Api:
                 )
             except JournalUnavailable as exc:
                 raise _Refused(503, "unavailable", f"{exc}; nothing was accepted, send it again") from None
+        # In flight from here: a replay in the meantime must not submit them a second time.
+        self._in_flight.update(e for e in entries if e is not None)
         submissions = [
             asyncio.ensure_future(self._submit_recorded(event.source, i, e))
             for i, e in zip(wanted, entries, strict=True)
@@ -495,12 +497,15 @@ class Api:
             if job in pending:
                 continue
             error = job.exception()
-            if error is None:
-                tasks.append(job.result())
-            elif isinstance(error, BackendUnavailable) and entries[index] is not None:
+            if isinstance(error, BackendUnavailable) and entries[index] is not None:
                 # Journalled, so durable: pending, not failed (retried from here and by the replay).
                 self._in_background(job, event.source, wanted[index], entries[index])
                 waiting.append(index)
+                continue
+            if (entry := entries[index]) is not None:
+                self._in_flight.discard(entry)  # settled: its run exists, or it was refused
+            if error is None:
+                tasks.append(job.result())
             else:
                 refused.append((index, error))
         reasons = [
