@@ -23,9 +23,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the runner child: get SIGTERM when acceld dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    """In the runner child: SIGKILL when acceld dies, even by SIGKILL (Linux; elsewhere a no-op). Not SIGTERM:
+    Prefect's runner then shuts down gracefully, waiting for its runs, and a run stuck on a registry kept it
+    (and itself) alive for hours after acceld was gone. Its runs end with it (tasks/process.py); a clean stop
+    of acceld stops the runner first (`RunnerSupervisor.stop`), so this only acts when acceld died."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class WorkDirLock:
