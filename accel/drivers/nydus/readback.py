@@ -321,6 +321,20 @@ def _file_digest(inode: _Inode, blobs: Path, table: list[dict[str, str]]) -> str
     return "sha256:" + h.hexdigest()
 
 
+def _lz4_length(data: bytes, position: int, nibble: int) -> tuple[int, int]:
+    """An LZ4 length: the token's 4-bit `nibble`, and when it is 15 the bytes after `position` added until
+    one is not 255. Returns the length and the position after it."""
+    length = nibble
+    if nibble == 15:
+        while True:
+            extra = data[position]
+            position += 1
+            length += extra
+            if extra != 255:
+                break
+    return length, position
+
+
 def lz4_block_decompress(data: bytes, size: int) -> bytes:
     """An LZ4 block (no frame), as nydus-image's `lz4_block` compressor writes each chunk; `size` is the
     decompressed size. Plain Python: no LZ4 binding is installed, and chunks are small."""
@@ -329,14 +343,7 @@ def lz4_block_decompress(data: bytes, size: int) -> bytes:
     while position < len(data):
         token = data[position]
         position += 1
-        literals = token >> 4
-        if literals == 15:
-            while True:
-                extra = data[position]
-                position += 1
-                literals += extra
-                if extra != 255:
-                    break
+        literals, position = _lz4_length(data, position, token >> 4)
         out += data[position : position + literals]
         position += literals
         if position >= len(data):
@@ -345,14 +352,8 @@ def lz4_block_decompress(data: bytes, size: int) -> bytes:
             raise ValueError("an LZ4 block ends inside a match offset")
         offset = data[position] | data[position + 1] << 8
         position += 2
-        length = (token & 15) + 4
-        if token & 15 == 15:
-            while True:
-                extra = data[position]
-                position += 1
-                length += extra
-                if extra != 255:
-                    break
+        length, position = _lz4_length(data, position, token & 15)
+        length += 4  # the minimum match
         if not 0 < offset <= len(out):
             raise ValueError(f"an LZ4 match offset {offset} outside the {len(out)} bytes written")
         start = len(out) - offset
