@@ -441,7 +441,13 @@ class Api:
 
     def submit_request(self, image: PushedImage) -> SubmitRequest:
         plan = plan_conversion(self.settings, image.reference)
-        return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
+        return SubmitRequest(
+            image.reference,
+            plan.drivers,
+            plan.target_repository,
+            plan.idempotency_key,
+            plan.target_names(),
+        )
 
     async def accept(
         self,
