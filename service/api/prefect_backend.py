@@ -1,13 +1,16 @@
 """Conversion tasks as Prefect flow runs of the `convert-image` deployment.
 
 A task id is the flow run id. The task list (and acceld's conversion metrics) are the `convert-image` runs
-acceld's API created, which carry SUBMITTED_TAG: as the Go service lists only the tasks it was sent, runs
-started on the same Prefect server by `accelctl convert`, the UI, the event trigger or `bulk-reconvert` are
-not acceld's tasks. The list survives acceld restarts (it is Prefect's). Each run records the plan acceld
-submitted it with (PLAN_LABEL: drivers and targets); its result artifact (its `ConversionResult` as JSON,
+acceld's API created, which carry SUBMITTED_TAG, and those the `harbor.artifact.pushed` trigger started (a
+push reaching Prefect as an event rather than a webhook; Prefect records an automation as their creator).
+As the Go service lists only the tasks it was sent, runs started on the same Prefect server by `accelctl
+convert`, the UI, `prefect deployment run` or `bulk-reconvert` are not acceld's tasks.
+
+The list survives acceld restarts (it is Prefect's). Each run acceld creates records the plan it was
+submitted with (PLAN_LABEL: drivers and targets); the run's result artifact (its `ConversionResult` as JSON,
 written by the flow, with the plan the run itself resolved) gives sizes and pushed targets once it ends, read
 through the Prefect API, so it works in every mode with no shared result storage and no flow code to
-unpickle. Nothing is recomputed from acceld's current config: that may have changed since the run started.
+unpickle. Nothing is recomputed from acceld's current config: it may have changed since the run started.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterCreatedBy,
     FlowRunFilterEndTime,
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    Operator,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
@@ -73,7 +78,21 @@ MAX_ATTEMPTS = 100
 SUBMITTED_TAG = "acceld"
 # The flow run label holding the plan acceld submitted the run with (a PlanRecord as JSON).
 PLAN_LABEL = "accel.plan"
-_SUBMITTED = FlowRunFilterTags(all_=[SUBMITTED_TAG])
+# Prefect's creator type of a run an automation (a deployment trigger) started.
+TRIGGERED_BY = "AUTOMATION"
+# acceld's tasks: created by its API, or by the push event trigger.
+_ACCELD_TASKS = FlowRunFilter(
+    operator=Operator.or_,
+    tags=FlowRunFilterTags(all_=[SUBMITTED_TAG]),
+    created_by=FlowRunFilterCreatedBy(type_=[TRIGGERED_BY]),
+)
+
+
+def is_acceld_task(run: FlowRun) -> bool:
+    """Whether acceld's API or the push event trigger created this run (see the module's docstring)."""
+    return SUBMITTED_TAG in (run.tags or []) or (
+        run.created_by is not None and run.created_by.type == TRIGGERED_BY
+    )
 
 
 # A read of runs that Prefect has not answered in this time means Prefect is not answering: the API says
@@ -222,8 +241,8 @@ class PrefectBackend:
                 raise
             except Exception as exc:
                 raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            if SUBMITTED_TAG not in (run.tags or []) or not await self._is_conversion(client, run):
-                raise TaskNotFound(task_id)  # not a run acceld's API created
+            if not is_acceld_task(run) or not await self._is_conversion(client, run):
+                raise TaskNotFound(task_id)  # not one of acceld's tasks
             return await self._task(client, run)
 
     async def list(self, limit: int) -> list[ConversionTask]:
@@ -234,7 +253,7 @@ class PrefectBackend:
                     page = await _answered(
                         client.read_flow_runs(
                             flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
-                            flow_run_filter=FlowRunFilter(tags=_SUBMITTED),
+                            flow_run_filter=_ACCELD_TASKS,
                             sort=FlowRunSort.START_TIME_DESC,
                             limit=min(_PAGE, limit - len(runs)),
                             offset=len(runs),
@@ -411,11 +430,10 @@ class PrefectBackend:
                         flow_run_filter=FlowRunFilter(
                             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(FINAL_TYPES))),
                             end_time=FlowRunFilterEndTime(after_=since - dt.timedelta(seconds=interval)),
-                            tags=_SUBMITTED,
                         ),
                         limit=200,
                     )
-                    for run in runs:
+                    for run in filter(is_acceld_task, runs):
                         await self._task(client, run)  # observes each finished run once
                     since = dt.datetime.now(dt.UTC)
             except asyncio.CancelledError:
