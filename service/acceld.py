@@ -22,6 +22,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -177,44 +178,75 @@ class ApiServers:
             await asyncio.gather(*followers, return_exceptions=True)
 
 
-def serve_deployments(config_path: str, in_process: bool = False) -> int:
-    """The runner child: register and serve both deployments; flow runs are its subprocesses, or threads of
-    this process with `in_process` (service/localserve.py: no per-run imports, no UI cancellation)."""
+def runner_deployments(config_path: str) -> list[tuple[Any, Any, int | None]]:
+    """(RunnerDeployment, its flow, runs at a time) for both deployments, as acceld serves them: with this
+    acceld's config as their default, the definitions' schedule, and the `harbor.artifact.pushed` trigger
+    prefect.yaml declares (so `prefect event emit` converts with or without acceld)."""
     import importlib
 
-    from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
     from accel.config import load_file
     from deployments.definitions import definitions
-    from tasks.process import RUNNER_PID_ENV
 
-    settings = load_file(config_path)
-    convert, bulk = definitions(settings)
-    flows = [getattr(importlib.import_module(d.module), d.function) for d in (convert, bulk)]
-    runners = [
-        flow.to_deployment(
+    served = []
+    for d in definitions(load_file(config_path)):
+        flow = getattr(importlib.import_module(d.module), d.function)
+        deployment = flow.to_deployment(
             name=d.name,
             parameters=d.parameters(config_path),
             entrypoint_type=EntrypointType.MODULE_PATH,
             cron=d.schedule,
             tags=list(d.tags),
             description=d.description,
+            triggers=[t.as_prefect() for t in d.triggers],
         )
-        for flow, d in zip(flows, (convert, bulk), strict=True)
-    ]
+        served.append((deployment, flow, d.concurrency_limit))
+    return served
+
+
+def serve_deployments(config_path: str, in_process: bool = False) -> int:
+    """The runner child: register and serve both deployments; flow runs are its subprocesses, or threads of
+    this process with `in_process` (service/localserve.py: no per-run imports, no UI cancellation).
+
+    Each deployment has slots of its own: `converter.worker` conversions, and one bulk run beside them. A bulk
+    run only plans and waits for its conversion runs; in the conversions' slots it would hold one while its
+    children wait for it (with `worker: 1`, forever)."""
+    from tasks.process import RUNNER_PID_ENV
+
+    served = runner_deployments(config_path)
     if in_process:
         from service.localserve import serve_in_process
 
-        serve_in_process(
-            list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
-        )
+        serve_in_process(served, IN_PROCESS_POLL_SECONDS)
         return 0
     # Its flow-run processes end when this process does (tasks/process.py).
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
-    # One runner for both: its limit is the conversion concurrency (converter.worker).
-    serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
+    asyncio.run(_serve_with_runners(served))
     return 0
+
+
+async def _serve_with_runners(served: list[tuple[Any, Any, int | None]]) -> None:
+    """One Prefect runner per deployment, each with that deployment's limit, in this process."""
+    import signal
+
+    from prefect.runner import Runner
+
+    runners = []
+    for deployment, _flow, limit in served:
+        runner = Runner(name=f"acceld-{deployment.name}", limit=limit, pause_on_shutdown=False)
+        await runner.aadd_deployment(deployment)
+        runners.append(runner)
+    started = [asyncio.create_task(runner.start()) for runner in runners]
+    await asyncio.sleep(0)  # each `start` installs its own SIGTERM handler first (the last one wins) ...
+
+    def stop_all(*_: object) -> None:  # ... so one handler stops every runner, as `serve` stops its one
+        for runner in runners:
+            runner.handle_sigterm()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_all)
+    await asyncio.gather(*started)
 
 
 def registry_pinner(settings: Settings) -> TagPinner:
