@@ -28,7 +28,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service import local
+from service import local, logformat
+from service.logformat import PREFECT_LOGGING_CONFIG
 from service.state import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
@@ -57,6 +58,8 @@ def runtime_env(config_path: str, work_dir: Path) -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(work_dir / "prefect-results"))
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_SECONDS)
+    # One log line format in acceld.log for the runner and its flow-run processes too (service/logformat.py).
+    os.environ.setdefault("PREFECT_LOGGING_CONFIG_PATH", str(PREFECT_LOGGING_CONFIG))
     for name, value in local.MALLOC_DEFAULTS.items():  # for the runner and its flow-run processes
         os.environ.setdefault(name, value)
     paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -139,6 +142,7 @@ class ApiServers:
             config = uvicorn.Config(
                 app,
                 log_level=log_level,
+                log_config=None,  # its lines go through acceld's handler, in acceld's format
                 access_log=False,
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
                 # Oversized headers are read whole and refused with a reason (431), not cut off by a reset.
@@ -150,6 +154,7 @@ class ApiServers:
             config = uvicorn.Config(
                 local_socket_app(app),
                 log_level=log_level,
+                log_config=None,
                 access_log=False,
                 lifespan="off" if self.servers else "auto",
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
@@ -336,7 +341,9 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     tcp_socket = uds_socket = None
     try:
         if host or uds is None:
-            tcp_socket = uvicorn.Config(app, host=host or "127.0.0.1", port=port).bind_socket()
+            tcp_socket = uvicorn.Config(
+                app, host=host or "127.0.0.1", port=port, log_config=None
+            ).bind_socket()
             log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())
         if uds is not None:
             uds_socket = bind_unix_socket(uds, settings.server.uds_file_mode)
@@ -386,8 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    logformat.configure(args.log_level)  # before Prefect is imported: it then keeps acceld's handler
     from accel.config import load_file, webhook_auth_problem
     from accel.errors import ConfigError
 

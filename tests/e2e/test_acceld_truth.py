@@ -7,6 +7,7 @@ would take each other's runs).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,3 +123,18 @@ def _push_into(host: str, repository: str, store: Any, tag: str, seed: int) -> R
     with RegistryClient({host: HostConfig()}) as client:
         digest = pushing.push(client, store, ref, image)
     return ref.with_digest(digest)
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S.*?: ")
+
+
+def test_acceld_log_has_one_format_and_short_lines(one_worker_acceld: Acceld):
+    """After the runs above: acceld's, uvicorn's, the runner's and the flow runs' lines all in one format,
+    none over 200 characters (digests shortened; the API and artifacts keep them whole)."""
+    lines = [line for line in one_worker_acceld.log().splitlines() if line.strip()]
+    assert any(" flow run convert " in line for line in lines)  # the flow-run processes' lines are there
+    odd = [line for line in lines if not LOG_LINE.match(line)]
+    assert not odd, "\n".join(line[:160] for line in odd[:15])
+    long = [line for line in lines if len(line) > 200]
+    assert not long, "\n".join(long[:10])
+    assert not re.search(r"sha256:[0-9a-f]{64}", "\n".join(lines))
