@@ -116,8 +116,10 @@ class SourceHost(_Model):
     """One registry accel may pull from and push to."""
 
     auth: SecretStr | None = None  # base64 of "user:password"
-    insecure: bool = False  # skip TLS verification
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+    # Skip TLS verification; and, as acceld, speak plain HTTP to the host when it answers TLS in plain HTTP.
+    insecure: bool = False
+    # None: plain HTTP for loopback hosts only (for `insecure` ones: TLS first, as above).
+    plain_http: bool | None = None
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("auth")
