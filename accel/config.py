@@ -530,9 +530,10 @@ def webhook_auth_problem(settings: Settings) -> str | None:
     if not unprotected:
         return None
     hosts = ", ".join(unprotected)
+    where = " and ".join(f"provider.source.{host}" for host in unprotected)
     return (
         f"provider.source host(s) {hosts} have no webhook.auth_header: anyone could start conversions. "
-        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {hosts}, or "
+        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {where}, or "
         "`webhook: {allow_unauthenticated: true}` to accept unauthenticated webhooks from it."
     )
 
