@@ -43,13 +43,30 @@ def test_estargz_sample(tmp_path: Path) -> None:
 def test_estargz_zstdchunked_sample_runs_the_zstdchunked_driver(tmp_path: Path) -> None:
     s = _load(ESTARGZ_ZSTDCHUNKED, tmp_path)
     [driver] = s.converter.all_drivers()
-    # The deliberate difference: accel's current-format zstd:chunked, from its zstdchunked driver.
-    assert driver.type == "zstdchunked" and driver.driver_config() == {"docker2oci": True}
-    assert load_driver(driver.type, driver.driver_config()).name == "zstdchunked"
+    # What acceld wrote (stargz-snapshotter's zstd:chunked): the zstdchunked driver's stargz variant.
+    assert driver.type == "zstdchunked"
+    assert driver.driver_config() == {"docker2oci": True, "variant": "stargz"}
+    loaded = load_driver(driver.type, driver.driver_config())
+    assert loaded.name == "zstdchunked" and loaded.options.variant == "stargz"  # type: ignore[attr-defined]
     assert s.converter.suffix_for(driver) == "-estargz-zstdchunked"
     # `compression: estargz` (acceld's default) is the estargz driver.
     plain = load_settings(_with_driver_config(ESTARGZ, compression="estargz"))
     assert plain.converter.all_drivers()[0].type == "estargz"
+
+
+@pytest.mark.parametrize("sample", [ESTARGZ, ESTARGZ_ZSTDCHUNKED, NYDUS_REF])
+def test_with_referrer_is_every_drivers_option(sample: str) -> None:
+    """Unset: `subject` on (accel's default); `with_referrer: false` is acceld's output (no `subject`),
+    for eStargz and acceld's zstd:chunked too, whose Go drivers never wrote one."""
+    for value, subject in ((None, True), (False, False), (True, True)):
+        data = yaml.safe_load(sample)
+        data["converter"]["driver"]["config"].pop("with_referrer", None)
+        if value is not None:
+            data["converter"]["driver"]["config"]["with_referrer"] = value
+        [driver] = load_settings(data).converter.all_drivers()
+        loaded = load_driver(driver.type, driver.driver_config())
+        assert loaded.writes_subject() is subject
+        assert "with_referrer" not in loaded.options.output_options()  # not in the cache key
 
 
 @pytest.mark.parametrize(
