@@ -130,6 +130,15 @@ def _tls_handshake_failed(exc: httpx.ConnectError) -> bool:
     return False
 
 
+def _refused(exc: httpx.ConnectError) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _media_type_of(response: httpx.Response) -> str:
     return response.headers.get("Content-Type", "").split(";", 1)[0].strip()
 
@@ -747,11 +756,14 @@ class RegistryClient:
         self, registry: str, url: httpx.URL, exc: httpx.ConnectError
     ) -> httpx.URL | None:
         """The same URL over plain HTTP, when acceld would retry there: an `insecure` host without an
-        explicit `plain_http` whose TLS handshake failed (not its certificate: that is never verified)."""
+        explicit `plain_http` whose TLS handshake failed (not its certificate: that is never verified), or
+        that refused HTTPS's default port (443; HTTP's is 80; an explicit port would refuse HTTP too)."""
         config = self._hosts.get(normalize_host(registry))
         if config is None or not config.insecure or config.plain_http is not None or url.scheme != "https":
             return None
-        return url.copy_with(scheme="http") if _tls_handshake_failed(exc) else None
+        if _tls_handshake_failed(exc) or (url.port is None and _refused(exc)):
+            return url.copy_with(scheme="http")
+        return None
 
     def _learn_plain_http(self, registry: str) -> None:
         host = normalize_host(registry)

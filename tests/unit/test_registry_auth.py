@@ -249,6 +249,35 @@ def test_an_insecure_host_answering_plain_http_is_spoken_to_over_http_as_acceld_
     assert "registry.example.com:5000" in line and "plain_http: true" in line
 
 
+def test_an_insecure_host_refusing_https_port_443_is_tried_on_http_port_80():
+    """acceld retries over HTTP after a refused connection too: HTTPS's default port refused, HTTP's (80)
+    answers. A refused explicit port is not retried (HTTP would go to the same port)."""
+    urls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        urls.append(str(request.url))
+        if request.url.scheme == "https":
+            raise httpx.ConnectError("[Errno 111] Connection refused") from ConnectionRefusedError(
+                111, "refused"
+            )
+        return httpx.Response(404)
+
+    hosts = {
+        "registry.example.com": HostConfig(insecure=True),
+        "other.example.com:5000": HostConfig(insecure=True),
+    }
+    with _recording_client(handler, hosts=hosts) as client:
+        with pytest.raises(NotFound):
+            client.resolve(Reference.parse("registry.example.com/app:v1"))
+        with pytest.raises(RegistryUnreachable, match="connection refused"):
+            client.resolve(Reference.parse("other.example.com:5000/app:v1"))
+    assert [u.split("/v2/")[0] for u in urls] == [
+        "https://registry.example.com",
+        "http://registry.example.com",
+        "https://other.example.com:5000",
+    ]
+
+
 @pytest.mark.parametrize(
     "config",
     [None, HostConfig(), HostConfig(insecure=True, plain_http=False)],
