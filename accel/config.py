@@ -116,8 +116,10 @@ class SourceHost(_Model):
     """One registry accel may pull from and push to."""
 
     auth: SecretStr | None = None  # base64 of "user:password"
-    insecure: bool = False  # skip TLS verification
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+    # Skip TLS verification; and, as acceld, speak plain HTTP to the host when it answers TLS in plain HTTP.
+    insecure: bool = False
+    # None: plain HTTP for loopback hosts only (for `insecure` ones: TLS first, as above).
+    plain_http: bool | None = None
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("auth")
@@ -528,9 +530,10 @@ def webhook_auth_problem(settings: Settings) -> str | None:
     if not unprotected:
         return None
     hosts = ", ".join(unprotected)
+    where = " and ".join(f"provider.source.{host}" for host in unprotected)
     return (
         f"provider.source host(s) {hosts} have no webhook.auth_header: anyone could start conversions. "
-        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {hosts}, or "
+        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {where}, or "
         "`webhook: {allow_unauthenticated: true}` to accept unauthenticated webhooks from it."
     )
 

@@ -412,8 +412,10 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
 
 
 def _message(body: Any) -> Any:
-    """What went wrong: acceld's `message`, accel's `reason`, else the body."""
+    """What acceld said: the Go acceld's `code` and `message`, accel's `reason`, else the body."""
     if isinstance(body, dict):
+        if body.get("message") and body.get("code"):
+            return f"{body['code']}: {body['message']}"
         return body.get("message") or body.get("reason") or body
     return body
 
@@ -440,6 +442,11 @@ def _task_create(args: argparse.Namespace) -> int:
         headers=headers,
         timeout=None if args.sync else 30.0,
     )
+    if status < 400 and not isinstance(body, dict):
+        # The Go acceld answers a bare JSON string ("Ok") and no task: say what it said.
+        done = "converted" if args.sync else "accepted the conversion of"
+        print(f"accelctl: acceld {done} {args.source}: {_message(body)}", file=sys.stderr)
+        return 0
     tasks = body.get("tasks", []) if isinstance(body, dict) else []
     if status >= 400 or (args.sync and any(t["status"] != "COMPLETED" for t in tasks)):
         reason = _message(body)
@@ -470,7 +477,7 @@ def _task_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
     else:
-        _print_tasks(body)
+        _print_tasks(body or [])  # the Go acceld answers `null` for no tasks
     return 0
 
 
@@ -487,32 +494,42 @@ def _task_get(args: argparse.Namespace) -> int:
 
 def _add_task_commands(sub: Any) -> None:
     task = sub.add_parser("task", help="conversion tasks on a running acceld")
-    task_sub = task.add_subparsers(dest="task_command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, default: Any) -> None:
         p.add_argument(
             "--server",
             "--addr",
+            default=default,
             help="acceld URL, host:port or unix:SOCKET "
             f"(env ACCELD_URL; default from --config or {DEFAULT_SERVER})",
         )
-        p.add_argument("--config", help="acceld config: server address and webhook auth header")
-        p.add_argument("--auth-header", help="Authorization value (env ACCELD_AUTH_HEADER)")
+        p.add_argument(
+            "--config", default=default, help="acceld config: server address and webhook auth header"
+        )
+        p.add_argument("--auth-header", default=default, help="Authorization value (env ACCELD_AUTH_HEADER)")
+
+    # Before the subcommand too, as the Go accelctl takes them (`accelctl task --addr H:P create …`); given
+    # after it, they win. SUPPRESS: a subcommand that is not given one leaves the task-level value alone.
+    common(task, None)
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+
+    def common_after(p: argparse.ArgumentParser) -> None:
+        common(p, argparse.SUPPRESS)
 
     create = task_sub.add_parser("create", help="convert SOURCE on acceld")
-    common(create)
+    common_after(create)
     create.add_argument("--sync", action="store_true", help="wait for the conversion and print its result")
     create.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
     create.set_defaults(func=_task_create)
 
-    listing = task_sub.add_parser("list", help="list conversion tasks, newest first")
-    common(listing)
+    listing = task_sub.add_parser("list", aliases=["ls"], help="list conversion tasks, newest first")
+    common_after(listing)
     listing.add_argument("--limit", type=int, default=200)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=_task_list)
 
     get = task_sub.add_parser("get", help="show one conversion task as JSON")
-    common(get)
+    common_after(get)
     get.add_argument("id", help="task id (the Prefect flow run id)")
     get.set_defaults(func=_task_get)
 

@@ -44,11 +44,16 @@ class DriverOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # OCI `subject` → the source manifest on converted manifests (`Driver.writes_subject`), so the target is
+    # a referrer of its source (Harbor lists it as an accessory). acceld's Nydus option, for every driver
+    # here; on by default (acceld: off, and its eStargz never wrote one).
+    with_referrer: bool = True
+
     # Keys accepted besides the fields: acceld's aliases and acceld options refused by name.
     acceld_keys: ClassVar[frozenset[str]] = frozenset()
     # Options that never change a converted layer's bytes (where the builder lives, manifest-level choices):
     # left out of `Driver.cache_key()`, so records and cached results are shared across them.
-    not_in_output: ClassVar[frozenset[str]] = frozenset({"docker2oci"})
+    not_in_output: ClassVar[frozenset[str]] = frozenset({"docker2oci", "with_referrer"})
 
     @classmethod
     def accepted_keys(cls) -> frozenset[str]:
@@ -211,8 +216,8 @@ class Driver:
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def writes_subject(self) -> bool:
-        """Whether converted manifests carry `subject` (the source). Default: always."""
-        return True
+        """Whether converted manifests carry `subject` (the source): the `with_referrer` option."""
+        return self.options.with_referrer
 
     def writes_oci(self, source_media_type: str) -> bool:
         """Whether the converted manifest/index (of a source of this media type) uses OCI media types.

@@ -12,8 +12,8 @@ With `merge_manifest` the pushed root is one index holding, per platform, the so
 rewritten with an empty gzip layer first, see `finish_image`) and then the Nydus manifest marked with
 `artifactType: application/vnd.nydus.image.manifest.v1+json`, so one tag serves Nydus and plain clients.
 
-Every converted manifest carries `subject` (the source manifest) whatever the driver, so `with_referrer`
-is accepted for compatibility with acceld configs and is always on.
+Converted manifests carry `subject` (the source manifest) unless `with_referrer: false`, an option every
+driver has here (`DriverOptions.with_referrer`; on by default, acceld's default is off).
 
 With `oci_ref` (zran) the builder reads the *compressed* gzip source blob (`--type targz-ref`) and the Nydus
 layer holds only metadata; its `containerd.io/snapshot/nydus-ref` annotation names the original gzip blob,
