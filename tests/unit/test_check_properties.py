@@ -302,6 +302,13 @@ ISSUE_CASES: dict[str, list[bytes]] = {
         _layer(member("d\udcff", tarfile.SYMTYPE, linkname="a")),
         _layer(member("d\udcff/b", data=b"new\n")),
     ],
+    # Whiteouts and opaque markers in the first layer remove nothing and are no files of the image (Nydus
+    # merge kept the lowest layer's as files).
+    "whiteout-in-the-first-layer": [
+        _layer(member(".wh.q"), member("d/.wh..wh..opq"), member("d/f", data=b"f\n")),
+        _layer(member("g", data=b"g\n")),
+    ],
+    "whiteout-in-the-only-layer": [_layer(member("e/.wh.q"), member("f", data=b"f\n"))],
     # containerd creates the directory a whiteout lives in, as it creates every entry's parents.
     "whiteout-in-a-missing-dir": [
         tar_bytes([member("base", data=b"base\n")]),

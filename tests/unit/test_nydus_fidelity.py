@@ -277,6 +277,13 @@ def test_implicit_parent_after_whiteout_and_opaque_gets_defaults(store: ContentS
     assert actual == expected
 
 
+def test_whiteouts_in_the_first_layer_are_no_files(store: ContentStore, tmp_path: Path) -> None:
+    first = tar_of(file(".wh.q", b""), directory("d", mode=0o700), file("d/.wh..wh..opq", b""), file("d/f"))
+    actual, expected = convert_and_merge(store, tmp_path, [first, tar_of(file("g"))])
+    assert sorted(actual) == ["d", "d/f", "g"]
+    assert actual == expected
+
+
 # --- a directory replaced by a non-directory, then a directory again (case H) --------------------------
 
 

@@ -17,7 +17,14 @@ import pytest
 from accel import tarnormalize as tn
 from accel import tarstream
 from accel.drivers.nydus import tar as nydus_tar
-from accel.drivers.nydus.directories import BUILDER_DEFAULT, emptying_tar, patch_tar, patches, stale_subtrees
+from accel.drivers.nydus.directories import (
+    BUILDER_DEFAULT,
+    emptying_tar,
+    first_layer_whites_out,
+    patch_tar,
+    patches,
+    stale_subtrees,
+)
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
@@ -255,6 +262,14 @@ def test_stale_subtrees_skip_paths_whiteouts_and_opaque_markers_removed() -> Non
     # An opaque marker in the returning directory is no whiteout of it: the patch empties it first.
     opaque = tn.DirectoryTable({"d": _attrs(0o755)}, opaque=("d",), replaced=("d/b",))
     assert stale_subtrees([lower, replace, opaque]) == [(), (), ("d",)]
+
+
+def test_only_whiteouts_in_the_first_layer_need_an_empty_base() -> None:
+    plain = tn.DirectoryTable({"d": _attrs(0o755)})
+    assert not first_layer_whites_out([]) and not first_layer_whites_out([plain, plain])
+    assert not first_layer_whites_out([plain, tn.DirectoryTable({}, whiteouts=("d",))])
+    assert first_layer_whites_out([tn.DirectoryTable({}, whiteouts=("q",)), plain])
+    assert first_layer_whites_out([tn.DirectoryTable({}, implied=("d",), opaque=("d",))])
 
 
 def test_emptying_tar_holds_each_directory_with_an_opaque_marker() -> None:

@@ -14,7 +14,9 @@ replaces with a file, symlink, hardlink, device or FIFO keeps its subtree hidden
 later layer that makes the path a directory again brings that subtree back, where OCI layer application
 (overlayfs, containerd) shows only the later layer's entries (issue 20, case H). Before such a layer,
 `finish` merges an *emptying* patch: the path as a directory holding an opaque marker, which drops the kept
-subtree; the layer's own directory then replaces the patch's (`stale_subtrees`, `emptying_tar`).
+subtree; the layer's own directory then replaces the patch's (`stale_subtrees`, `emptying_tar`). And an
+empty patch goes first when the first layer has whiteouts, which merge would keep as files
+(`first_layer_whites_out`).
 
 The inputs are the layers' `DirectoryTable`s (written during conversion, see `accel.tarnormalize`):
 which directories each layer carries, which it only implies, what it whites out, empties or replaces
@@ -123,6 +125,13 @@ def stale_subtrees(tables: Sequence[DirectoryTable]) -> list[tuple[str, ...]]:
             _discard_tree(directories, path, keep_root=False)
         directories.update(table.implied, table.directories)
     return result
+
+
+def first_layer_whites_out(tables: Sequence[DirectoryTable]) -> bool:
+    """Whether the first layer has whiteouts or opaque markers. merge applies those of an upper bootstrap only
+    and keeps the lowest one's as files (`.wh.name` in the image, where layer application removes nothing
+    and creates nothing); an empty patch merged first makes the first layer an upper one."""
+    return bool(tables) and bool(tables[0].whiteouts or tables[0].opaque)
 
 
 def _discard_tree(paths: set[str], path: str, *, keep_root: bool) -> None:
