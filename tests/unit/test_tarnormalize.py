@@ -17,7 +17,14 @@ import pytest
 from accel import tarnormalize as tn
 from accel import tarstream
 from accel.drivers.nydus import tar as nydus_tar
-from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
+from accel.drivers.nydus.directories import (
+    BUILDER_DEFAULT,
+    emptying_tar,
+    first_layer_whites_out,
+    patch_tar,
+    patches,
+    stale_subtrees,
+)
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
@@ -220,6 +227,61 @@ def test_patch_tar_holds_directories_parents_first_with_xattrs() -> None:
         assert members[1].mtime == pytest.approx(1_600_000_000.000000123)
     entries = trees.tar_entries(raw)
     assert entries["a/b"].xattrs == {"user.k": b"v\xff"}
+
+
+def test_stale_subtrees_name_replaced_directories_that_come_back() -> None:
+    lower = tn.DirectoryTable(
+        {"d": _attrs(0o755), "p": _attrs(0o755), "p/q": _attrs(0o700)}, replaced=("d/x",)
+    )
+    replace = tn.DirectoryTable({}, implied=("p",), replaced=("d", "p/q", "f"))
+    again = tn.DirectoryTable({"d": _attrs(0o700)}, implied=("p", "p/q"), replaced=("d/b", "p/q/y", "f/z"))
+    # `f` was never a directory: nothing kept below it. `d` and `p/q` were: the third layer empties them.
+    assert stale_subtrees([lower, replace, again]) == [(), (), ("d", "p/q")]
+    # Once emptied, a path comes back clean: a second return needs a second replacement.
+    assert stale_subtrees([lower, replace, again, again]) == [(), (), ("d", "p/q"), ()]
+    assert stale_subtrees([lower, replace, again, replace, again]) == [(), (), ("d", "p/q"), (), ("d", "p/q")]
+
+
+def test_stale_subtrees_name_the_outermost_path_only() -> None:
+    lower = tn.DirectoryTable({"d": _attrs(0o755), "d/e": _attrs(0o755)}, replaced=("d/e/x",))
+    inner = tn.DirectoryTable({}, implied=("d",), replaced=("d/e",))
+    outer = tn.DirectoryTable({}, replaced=("d",))
+    again = tn.DirectoryTable({}, implied=("d", "d/e"), replaced=("d/e/y",))
+    assert stale_subtrees([lower, inner, outer, again]) == [(), (), (), ("d",)]
+
+
+def test_stale_subtrees_skip_paths_whiteouts_and_opaque_markers_removed() -> None:
+    lower = tn.DirectoryTable({"d": _attrs(0o755), "p": _attrs(0o755), "p/q": _attrs(0o755)})
+    replace = tn.DirectoryTable({}, implied=("p",), replaced=("d", "p/q"))
+    gone = tn.DirectoryTable({}, whiteouts=("d",), opaque=("p",))
+    again = tn.DirectoryTable({}, implied=("d", "p", "p/q"), replaced=("d/b", "p/q/b"))
+    assert stale_subtrees([lower, replace, gone, again]) == [()] * 4
+    # A whiteout in the returning layer itself acts before its directory: nothing left to empty.
+    in_layer = tn.DirectoryTable({"d": _attrs(0o755)}, whiteouts=("d",), replaced=("d/b",))
+    assert stale_subtrees([lower, replace, in_layer]) == [(), (), ()]
+    # An opaque marker in the returning directory is no whiteout of it: the patch empties it first.
+    opaque = tn.DirectoryTable({"d": _attrs(0o755)}, opaque=("d",), replaced=("d/b",))
+    assert stale_subtrees([lower, replace, opaque]) == [(), (), ("d",)]
+
+
+def test_only_whiteouts_in_the_first_layer_need_an_empty_base() -> None:
+    plain = tn.DirectoryTable({"d": _attrs(0o755)})
+    assert not first_layer_whites_out([]) and not first_layer_whites_out([plain, plain])
+    assert not first_layer_whites_out([plain, tn.DirectoryTable({}, whiteouts=("d",))])
+    assert first_layer_whites_out([tn.DirectoryTable({}, whiteouts=("q",)), plain])
+    assert first_layer_whites_out([tn.DirectoryTable({}, implied=("d",), opaque=("d",))])
+
+
+def test_emptying_tar_holds_each_directory_with_an_opaque_marker() -> None:
+    raw = emptying_tar(["p/q", "d-\udcff"])
+    with tarfile.open(fileobj=io.BytesIO(raw), encoding="utf-8", errors="surrogateescape") as tar:
+        members = [(m.name, m.isdir()) for m in tar.getmembers()]
+    assert members == [
+        ("d-\udcff", True),
+        ("p/q", True),
+        ("d-\udcff/.wh..wh..opq", False),
+        ("p/q/.wh..wh..opq", False),
+    ]
 
 
 # --- one pass: the Nydus builder's feed scans the layer as it forwards it -----------------------------

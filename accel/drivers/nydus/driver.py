@@ -30,7 +30,14 @@ from accel.drivers.base import (
 from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
-from accel.drivers.nydus.directories import patch_tar, patches, store_table
+from accel.drivers.nydus.directories import (
+    emptying_tar,
+    first_layer_whites_out,
+    patch_tar,
+    patches,
+    stale_subtrees,
+    store_table,
+)
 from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
 from accel.drivers.nydus.merge_manifest import _oci_variant
@@ -489,7 +496,9 @@ class NydusDriver(Driver):
     def _with_directory_patches(
         self, layers: list[ConvertedLayer], staged: list[Path], store: ContentStore, directory: Path
     ) -> list[tuple[Path, ConvertedLayer | None]]:
-        """`sources` and a patch after each layer implying lower directories (see directories)."""
+        """`sources` with the patches `directories` describes: an empty one first when the first layer has
+        whiteouts, an emptying patch before each layer that makes a directory again what a lower layer
+        replaced, a directory patch after each layer implying lower directories."""
         tables = []
         for layer in layers:
             digest = facts_of(layer).directories
@@ -503,14 +512,21 @@ class NydusDriver(Driver):
             tables.append(tarnormalize.DirectoryTable.from_json(store.read_bytes(digest)))
         directory.mkdir()
         result: list[tuple[Path, ConvertedLayer | None]] = []
-        for index, (path, layer, patch) in enumerate(zip(staged, layers, patches(tables), strict=True)):
+        if first_layer_whites_out(tables):
+            result.append((self._patch_bootstrap(patch_tar({}), directory / "empty-base"), None))
+        steps = zip(staged, layers, stale_subtrees(tables), patches(tables), strict=True)
+        for index, (path, layer, stale, patch) in enumerate(steps):
+            if stale:
+                emptying = self._patch_bootstrap(emptying_tar(stale), directory / f"{index}-emptying")
+                result.append((emptying, None))
             result.append((path, layer))
             if patch:
                 result.append((self._patch_bootstrap(patch_tar(patch), directory / str(index)), None))
         return result
 
     def _patch_bootstrap(self, tar: bytes, directory: Path) -> Path:
-        """A chunkless bootstrap of directory entries only; merge never references its (empty) blob."""
+        """A chunkless bootstrap of directory entries and opaque markers only; merge never references its
+        (empty) blob."""
         directory.mkdir()
         bootstrap = directory / "patch.boot"
         opts = self.options
