@@ -61,7 +61,10 @@ _NUMBER_KEYS = frozenset({b"uid", b"gid", b"mtime"})
 
 
 def entry_label(name: bytes) -> str:
-    return repr(name.decode("utf-8", "backslashreplace"))
+    """`'name'` for messages: bytes that are not UTF-8 as `\\xff` and control characters escaped, once each
+    (`repr` of the decoded text doubled the backslashes that `backslashreplace` had written)."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
 def clean_path(name: bytes, what: str = "entry") -> bytes:

@@ -541,3 +541,10 @@ def test_a_path_made_a_directory_again_after_a_non_directory_is_refused_naming_i
     with pytest.raises(tn.UnsupportedEntry, match="'a' is a non-directory that a later entry of the layer"):
         tn.scan_layer(io.BytesIO(layer))
     tn.scan_layer(io.BytesIO(_tar(_dir("a"), _file("a/b"), _dir("a", mode=0o700))))  # dir over dir: fine
+
+
+def test_entry_labels_escape_each_byte_once() -> None:
+    """A name that is not UTF-8 reads as the bytes it has (one backslash), a control character escaped."""
+    assert tn.entry_label(b"dir/n\xff") == "'dir/n\\xff'"
+    assert tn.entry_label(b"a\nb") == "'a\\nb'"
+    assert tn.entry_label("é".encode()) == "'é'"
