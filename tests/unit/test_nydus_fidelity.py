@@ -956,3 +956,28 @@ def test_random_unusual_layers_convert_to_their_tree_or_are_refused_naming_the_e
         assert actual == expected, attempt
         outcomes["converted"] += 1
     assert min(outcomes.values()) >= 5 and len(outcomes) == 2, outcomes
+
+
+def test_a_zran_layer_without_file_data_is_left_out_like_any_other(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """2.2.0's merge leaves a zran layer that holds no file data (only directories and links) out of its
+    blob table; the manifest lists what the bootstrap references, as without oci_ref."""
+    tars = [
+        tar_of(directory("p"), file("p/s", b"sibling\n")),
+        tar_of(directory("q"), link("p/l", "s")),
+        tar_of(file("p/t", b"data\n")),
+    ]
+    driver = load_driver("nydus", {"oci_ref": True})
+    inputs = _inputs(store, tars, gzipped=True)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
+    assert [layer.descriptor.digest for layer in draft.layers[:-1]] == [
+        converted[0].descriptor.digest,
+        converted[2].descriptor.digest,
+    ]
+    merged = tmp_path / "merged.boot"
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
+    nh.check(merged, nh.blob_dir(store), tmp_path)
+    actual = nh.merged_tree(store, merged, contents=False)
+    assert actual == nh.expected_merged_tree(tars, contents=False)

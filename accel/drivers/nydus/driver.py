@@ -421,15 +421,8 @@ class NydusDriver(Driver):
                 args += _chunk_dict_args(store, chunk_dict)
             run_builder(self.builder, args, what="merge", stdin_text=self.options.prefetch_input)
             merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
-            if self.options.oci_ref:
-                if merged_blobs != blob_ids:
-                    raise DriverError(
-                        f"nydus merge references blobs {merged_blobs}, "
-                        f"expected the layer blobs {blob_ids} in order"
-                    )
-                blob_layers, positions = list(layers), list(range(len(layers)))
-            else:
-                blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
+            # With oci_ref too: merge leaves a zran layer without file data out of its blob table.
+            blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
             merged_digest, _ = store.commit_file(merged)
 
         bootstrap_layer = self._bootstrap_layer(draft, store, merged_digest, fs_version)
