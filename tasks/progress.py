@@ -207,7 +207,10 @@ class RunProgress:
         return self
 
     def stop(self, finished: bool) -> None:
-        """The layers are done (`finished`: and every target pushed): publish the last state and stop."""
+        """The layers are done (`finished`: and every target pushed): publish the last state and stop
+        (once: a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self.finished = finished
         self._stop.set()
         if self._thread is not None:

@@ -65,7 +65,6 @@ class ConversionSession:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close(wait_for_uploads=exc_type is None)
-        self.progress.stop(finished=exc_type is None)
 
     def close(self, wait_for_uploads: bool = True) -> None:
         """Forget the image budgets (their layers are converted) and, unless the run failed, wait for the
@@ -78,6 +77,7 @@ class ConversionSession:
             for upload in uploads:
                 with contextlib.suppress(Exception):
                     upload.wait()
+        self.progress.stop(finished=wait_for_uploads)  # its last state, 100 % after a clean run
 
     def pull(self, layers: Iterable[SourceLayer]) -> dict[str, PrefectFuture[SourceLayer]]:
         """Submit each layer's pull (digest → its run). Conversions need not wait for them: each reads its

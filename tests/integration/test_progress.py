@@ -62,6 +62,46 @@ def local(registry, tmp_path_factory) -> Iterator[Local]:
     )
 
 
+def _on_a_terminal(
+    command: list[str], env: dict[str, str]
+) -> tuple[float, float, list[tuple[float, str]], bytes, str, int]:
+    """Run `command` with stderr on a pseudo-terminal (120 columns) and stdout in a pipe: when it started and
+    ended, each chunk the terminal got (when, text without escape sequences), all of it raw, stdout, exit."""
+    terminal, stderr = pty.openpty()
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
+    launched = time.monotonic()
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    os.close(stderr)
+    chunks: list[tuple[float, str]] = []
+    raw = b""
+    while True:
+        try:
+            data = os.read(terminal, 65536)
+        except OSError:  # the other end closed: the command exited
+            break
+        if not data:
+            break
+        raw += data
+        chunks.append((time.monotonic(), ANSI.sub("", data.decode(errors="replace"))))
+    out = proc.communicate(timeout=600)[0]
+    ended = time.monotonic()
+    os.close(terminal)
+    return launched, ended, chunks, raw, out, proc.returncode
+
+
+def _erased_at_the_end(raw: bytes) -> bool:
+    """The display is gone when the command ends: after its last line only escape sequences, which erase
+    its lines (cursor up, erase line) and show the cursor again."""
+    tail = raw.rsplit(b"\r\n", 1)[-1]
+    return re.fullmatch(rb"(?:\x1b\[[0-9;?]*[A-Za-z]|\r)+", tail) is not None and b"\x1b[2K" in tail
+
+
+def _server_status(local: Local) -> dict:
+    command = [sys.executable, "-m", "service.accelctl", "server", "status", "--json"]
+    done = subprocess.run(command, cwd=REPO, env=local.env, capture_output=True, text=True, timeout=60)
+    return yaml.safe_load(done.stdout)
+
+
 def test_a_pipe_gets_only_the_result_lines(local):
     """Also starts the local server and runner (their two lines) for the terminal test."""
     layers = []
@@ -97,29 +137,9 @@ def test_a_terminal_shows_progress_at_least_every_2_s_and_the_artifact_reaches_1
         pushing.push(client, local.store, Reference.parse(source), image)
     assert sum(layer.size for layer in image.layers) > 150 * imagegen.MiB  # random data: barely compressed
 
-    terminal, stderr = pty.openpty()
-    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
-    launched = time.monotonic()
-    proc = subprocess.Popen(
-        local.command(source), cwd=REPO, env=local.env, stdout=subprocess.PIPE, stderr=stderr, text=True
-    )
-    os.close(stderr)
-    chunks: list[tuple[float, str]] = []  # (when, what the terminal got, escape sequences removed)
-    raw = b""
-    while True:
-        try:
-            data = os.read(terminal, 65536)
-        except OSError:  # the other end closed: accelctl exited
-            break
-        if not data:
-            break
-        raw += data
-        chunks.append((time.monotonic(), ANSI.sub("", data.decode(errors="replace"))))
-    out = proc.communicate(timeout=600)[0]
-    ended = time.monotonic()
-    os.close(terminal)
+    launched, ended, chunks, raw, out, returncode = _on_a_terminal(local.command(source), local.env)
     shown = "".join(text for _, text in chunks)
-    assert proc.returncode == 0, shown
+    assert returncode == 0, shown
     [result] = out.splitlines()  # stdout: the result line only
     assert result.startswith(f"zstdchunked\t{source}-zstdchunked\t")
 
@@ -134,19 +154,9 @@ def test_a_terminal_shows_progress_at_least_every_2_s_and_the_artifact_reaches_1
     for layer in image.layers:
         assert layer.digest.removeprefix("sha256:")[:12] in shown
     assert "zstdchunked" in shown and "converted" in shown and "pulled" in shown
-    # Gone at the end: the display's lines erased (cursor up, erase line), the cursor shown again.
-    assert raw.endswith(b"\x1b[2K\x1b[?25h"), raw[-200:]
+    assert _erased_at_the_end(raw), raw[-300:]
 
-    status = yaml.safe_load(
-        subprocess.run(
-            [sys.executable, "-m", "service.accelctl", "server", "status", "--json"],
-            cwd=REPO,
-            env=local.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    status = _server_status(local)
     with (
         temporary_settings(updates={PREFECT_API_URL: status["server"]["api_url"]}),
         get_client(sync_client=True) as client,
@@ -166,3 +176,22 @@ def test_a_terminal_shows_progress_at_least_every_2_s_and_the_artifact_reaches_1
     for layer in image.layers:
         assert f"`{layer.digest[:19]}`" in str(layers.data)
     assert "done after" in str(layers.data)
+
+
+def test_in_process_conversions_show_the_display_too(local):
+    """`--in-process` (against the local server, as with PREFECT_API_URL) draws its own run's snapshots."""
+    layers = []
+    for n in range(2):
+        layer = imagegen.TarBuilder(auto_parents=True)
+        layer.file_from_generator(f"part{n}.bin", 16 << 20, seed=520 + n)
+        layers.append(layer)
+    source = local.push("in-process", layers)
+    status = _server_status(local)
+    env = {**local.env, "PREFECT_API_URL": status["server"]["api_url"]}
+    _, _, chunks, raw, out, returncode = _on_a_terminal([*local.command(source), "--in-process"], env)
+    shown = "".join(text for _, text in chunks)
+    assert returncode == 0, shown
+    [result] = out.splitlines()
+    assert result.startswith(f"zstdchunked\t{source}-zstdchunked\t")
+    assert PERCENT.search(shown) and "Traceback" not in shown, shown
+    assert _erased_at_the_end(raw), raw[-300:]
