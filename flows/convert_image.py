@@ -256,7 +256,12 @@ def _convert(
                 with _timed(timings, f"push {d}"):
                     # After its early uploads: one that failed is done again (and reported) by the push.
                     pushed = push_image(
-                        built, target_ref, source_ref, config_path, wait_for=session.uploads_of(d)
+                        built,
+                        target_ref,
+                        source_ref,
+                        config_path,
+                        session.progress.push_meter(d),
+                        wait_for=session.uploads_of(d),
                     )
             except ConversionCancelled:
                 raise

@@ -102,7 +102,7 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     from prefect.exceptions import CancelledRun
 
     from flows.convert_image import convert_image
-    from tasks import cancel
+    from tasks import cancel, progress
 
     cancelled = threading.Event()
 
@@ -116,8 +116,13 @@ def _convert_in_process(args: argparse.Namespace) -> int:
         )
 
     previous = signal.signal(signal.SIGINT, first_ctrl_c) if _interruptible() else None
+    display = Progress(args.source) if _shows_progress(args) else None
     try:
-        with cancel.cancellable(cancelled):
+        with (
+            cancel.cancellable(cancelled),
+            display or contextlib.nullcontext(),
+            progress.watching(display.update) if display else contextlib.nullcontext(),
+        ):
             result = convert_image(
                 source=args.source,
                 drivers=args.driver or None,
@@ -146,6 +151,11 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     for t in result.targets:
         print(f"{t.driver}\t{t.reference}\t{t.digest}")
     return 0
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """The live display: on a terminal, without -v (whose log lines would scroll it away)."""
+    return sys.stderr.isatty() and not args.verbose and os.environ.get("TERM") != "dumb"
 
 
 def _interruptible() -> bool:
@@ -229,8 +239,8 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "verbose": bool(args.verbose),
         "debug": bool(args.debug),
         "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
-        # A status line on a terminal only: piped output stays the result lines.
-        "progress": sys.stderr.isatty() and not args.verbose,
+        # A live display on a terminal only: piped output stays the result lines.
+        "progress": _shows_progress(args),
     }
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
@@ -272,11 +282,10 @@ def _read_answer(args: argparse.Namespace, stream: Any, sent: float, progress: P
     for line in stream:
         message = json.loads(line)
         if "progress" in message:
-            if progress is not None:
-                progress.task_finished(str(message["progress"]["name"]), str(message["progress"]["state"]))
+            snapshot = message["progress"]
+            if progress is not None and isinstance(snapshot, dict) and "layers" in snapshot:
+                progress.update(snapshot)  # (a runner started by an older accel sends another form)
             continue
-        if progress is not None:
-            progress.clear()  # every other line is printed on its own
         if "log" in message:
             print(message["log"], file=sys.stderr, flush=True)
             continue

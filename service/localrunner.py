@@ -6,8 +6,9 @@ Protocol, one JSON object per line. Request: {"source", "drivers" (list or null)
 "target" (any transport, or null)}.
 After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED at its next
 step (`tasks/cancel.py`) and the answer is {"exit": 130, "error": …}.
-Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
-run name, "state": its final state}} for each finished task run: accelctl's status line on a terminal),
+Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": snapshot}
+every half second while the layers move, snapshot as `tasks.progress.RunProgress.snapshot`: accelctl's
+live display on a terminal),
 "debug" (keep the tracebacks of expected failures), "warnings" (send the config's warnings: the client did
 not check the request itself).
 Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
@@ -30,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socketserver
 import sys
@@ -46,10 +46,6 @@ from service.onetime import ExitCode, check_request, describe_failure
 log = logging.getLogger("accel.localrunner")
 
 
-# Prefect's line for a task run that ended: `Finished in state Completed()`.
-_FINISHED = re.compile(r"^Finished in state (\w+)")
-
-
 class _Forwarder(logging.Handler):
     """Sends the current conversion's log lines (all with `verbose`, else accel's warnings) to its caller;
     a closed caller does not stop the run."""
@@ -58,7 +54,6 @@ class _Forwarder(logging.Handler):
         super().__init__(level=logging.INFO)
         self.send: Callable[[dict[str, Any]], None] | None = None
         self.verbose = False
-        self.progress = False
 
     def emit(self, record: logging.LogRecord) -> None:
         send = self.send
@@ -66,11 +61,6 @@ class _Forwarder(logging.Handler):
             return
         config = record.name == "accel.config"  # its warnings come from the request's check, once per call
         with contextlib.suppress(Exception):
-            if self.progress and record.name == "prefect.task_runs":
-                finished = _FINISHED.match(record.getMessage())
-                name = getattr(record, "task_run_name", None)
-                if finished and name:
-                    send({"progress": {"name": name, "state": finished[1]}})
             if self.verbose:
                 send({"log": self.format(record)})
             elif record.name.startswith("accel") and record.levelno >= logging.WARNING and not config:
@@ -117,7 +107,7 @@ class Runner:
         from prefect.exceptions import CancelledRun
 
         from flows.convert_image import convert_image
-        from tasks import cancel, expected
+        from tasks import cancel, expected, progress
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
@@ -139,16 +129,17 @@ class Runner:
             timings["started"] = time.time()
             self.forwarder.send = send
             self.forwarder.verbose = bool(request.get("verbose"))
-            self.forwarder.progress = bool(request.get("progress"))
             expected.show_tracebacks = debug
+            watch = progress.watching(lambda snapshot: send({"progress": snapshot}))
             try:
-                result = convert_image(
-                    source=str(request["source"]),
-                    drivers=drivers,
-                    config=str(request["config"]),
-                    target=target,
-                    return_state=False,
-                )
+                with watch if request.get("progress") else contextlib.nullcontext():
+                    result = convert_image(
+                        source=str(request["source"]),
+                        drivers=drivers,
+                        config=str(request["config"]),
+                        target=target,
+                        return_state=False,
+                    )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
                 if cancelled.is_set() and isinstance(exc, CancelledRun):
                     send(

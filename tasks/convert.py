@@ -20,11 +20,13 @@ from accel.drivers.base import CONVERTED_LAYER_SCHEMA, Driver
 from accel.drivers.dependencies import stage_dependency_blobs
 from accel.model import BuiltImage, SourceImage, SourceLayer
 from accel.oci import Descriptor
+from accel.progress import ByteMeter
 from accel.reference import Reference
 from accel.transports import Transports, is_local
 from accel.verify import VerifyError, verify_built
 from tasks.limits import LayerSizes, check_layer_count
 from tasks.policy import layer_run_name
+from tasks.progress import counting
 from tasks.slots import ConversionSlots
 
 
@@ -44,10 +46,14 @@ def resolve(source: Reference, config_path: str) -> SourceImage:
     name="pull-layer",
     task_run_name=layer_run_name("pull"),
 )
-def pull_layer(source: Reference, layer: SourceLayer, config_path: str) -> SourceLayer:
-    """Into the content store, digest-verified; a blob already there is not fetched again."""
+def pull_layer(
+    source: Reference, layer: SourceLayer, config_path: str, meter: ByteMeter | None = None
+) -> SourceLayer:
+    """Into the content store, digest-verified; a blob already there is not fetched again. `meter`: the
+    run's count of this layer's bytes pulled (`tasks.progress`)."""
     ctx = context_for(config_path)
-    Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
+    with counting(meter):
+        Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
     return layer
 
 
@@ -90,11 +96,13 @@ def convert_layer(
     config_path: str,
     slots: ConversionSlots | None = None,
     budgets: tuple[ImageBudget, ...] = (),
+    meter: ByteMeter | None = None,
 ) -> ConvertedLayer:
     """`slots`: the flow run's conversion slots, of which this conversion holds one while it runs (none:
     it runs at once). `budgets`: the flow run's budgets of the platform images that list the layer, each
     bounded by converter.limits.max_image_size together with its other layers. Both come from the run's
-    `tasks.session.ConversionSession`, and are not part of the cache key."""
+    `tasks.session.ConversionSession`, and are not part of the cache key, nor is `meter` (the run's count of
+    the layer's bytes converted: `tasks.progress`)."""
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
     limits = ctx.settings.converter.limits
@@ -103,7 +111,10 @@ def convert_layer(
     )
     # At most layer_conversions() of this flow run's layers at once, the largest first.
     size = layer.descriptor.size
-    with contextlib.nullcontext() if slots is None else slots.slot(slot_key(layer, driver_type), size):
+    with (
+        contextlib.nullcontext() if slots is None else slots.slot(slot_key(layer, driver_type), size),
+        counting(meter),
+    ):
         converted = driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
     # The driver read the layer to its end (the DiffID is checked there): its whole uncompressed size.
     if budgets and (size := budgets[0].counted(hex_of(layer.descriptor.digest))):
@@ -128,6 +139,7 @@ def upload_layer(
     source_ref: Reference,
     driver_type: str,
     config_path: str,
+    meter: ByteMeter | None = None,
 ) -> copy.BlobCopy | None:
     """The converted blob of `layer` into the target repository (mounted from the source repository when an
     earlier conversion left it there), ahead of the push, which then finds it there. Named after the source
@@ -141,7 +153,8 @@ def upload_layer(
         return None
     routes = Transports(ctx.client, writing=[target_ref])
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
-    return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store, mount_from)
+    with counting(meter, total=converted.descriptor.size):  # the run's count of bytes pushed
+        return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store, mount_from)
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
@@ -162,7 +175,11 @@ def build_manifest(
     task_run_name="push {target_ref}",
 )
 def push_image(
-    image: BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str
+    image: BuiltImage,
+    target_ref: Reference,
+    source_ref: Reference,
+    config_path: str,
+    meter: ByteMeter | None = None,
 ) -> Descriptor:
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
@@ -172,7 +189,9 @@ def push_image(
     try:
         # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
         stage_dependency_blobs(routes, target_ref, image, ctx.dependencies.resolved(), ctx.store)
-        pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
+        # `meter`: the run's count of the bytes the push sends (`tasks.progress`); blobs there send none.
+        with counting(meter, total=sum(blob.size for blob in image.blobs())):
+            pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
         routes.commit(target_ref)  # an oci-archive target is written now, atomically
     finally:
         routes.discard()

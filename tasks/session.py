@@ -8,7 +8,9 @@ For the length of the run those task runs share state, and the session owns all 
 - the image budgets (converter.limits.max_image_size, `tasks.limits`), one per (driver, platform image);
 - the pulls it announced to the content store (`ContentStore.expect`/`give_up`), which conversions read
   behind (`ContentStore.open_following`);
-- the early uploads, which the push of their driver waits for.
+- the early uploads, which the push of their driver waits for;
+- the run's live progress (`tasks.progress`): a byte meter per layer task run, published to the run's
+  artifacts and to a watcher in this process.
 
 The session submits those task runs itself and passes each what it needs as parameters (the slots, the
 layer's budgets): no task looks anything up by flow run id. The rules of order live here: every conversion
@@ -35,6 +37,7 @@ from accel.model import SourceImage, SourceLayer
 from accel.reference import Reference
 from tasks.convert import convert_layer, layer_conversions, pull_layer, slot_key, upload_layer
 from tasks.limits import images_of_layers
+from tasks.progress import RunProgress
 from tasks.slots import ConversionSlots
 
 
@@ -53,6 +56,7 @@ class ConversionSession:
         self._slots = ConversionSlots(layer_conversions())
         self._budgets: dict[tuple[str, str], ImageBudget] = {}  # (driver, platform image) → its budget
         self._uploads: dict[str, list[PrefectFuture[Any]]] = {}  # driver → its early uploads
+        self.progress = RunProgress(str(source), image).start()  # the push's meter: `progress.push_meter`
 
     def __enter__(self) -> ConversionSession:
         return self
@@ -73,6 +77,7 @@ class ConversionSession:
             for upload in uploads:
                 with contextlib.suppress(Exception):
                     upload.wait()
+        self.progress.stop(finished=wait_for_uploads)  # its last state, 100 % after a clean run
 
     def pull(self, layers: Iterable[SourceLayer]) -> dict[str, PrefectFuture[SourceLayer]]:
         """Submit each layer's pull (digest → its run). Conversions need not wait for them: each reads its
@@ -82,7 +87,9 @@ class ConversionSession:
         for layer in layers:
             digest = layer.descriptor.digest
             self._store.expect(digest)  # before the run exists: a conversion may start first
-            pull = pull_layer.submit(self._source, layer, self._config_path)
+            meter = self.progress.pull_meter(layer)
+            pull = pull_layer.submit(self._source, layer, self._config_path, meter)
+            pull.add_done_callback(RunProgress.done_when_completed(meter))
             pull.add_done_callback(
                 lambda _, digest=digest: self._store.give_up(digest, "its pull-layer task run failed")
             )
@@ -95,13 +102,22 @@ class ConversionSession:
         for driver_type, driver_layers in layers.items():
             for layer in driver_layers:
                 self._slots.announce(slot_key(layer, driver_type), layer.descriptor.size)
+        self.progress.conversions(layers)
         conversions: dict[str, list[PrefectFuture[ConvertedLayer]]] = {}
         for driver_type, driver_layers in layers.items():
             futures = conversions[driver_type] = []
             for layer in driver_layers:
+                meter = self.progress.convert_meter(layer, driver_type)
                 future = convert_layer.submit(
-                    layer, driver_type, self._config_path, self._slots, self._budgets_of(layer, driver_type)
+                    layer,
+                    driver_type,
+                    self._config_path,
+                    self._slots,
+                    self._budgets_of(layer, driver_type),
+                    meter,
                 )
+                # One the task cache answered counts nothing, and is done all the same.
+                future.add_done_callback(RunProgress.done_when_completed(meter))
                 # One that ends without asking for a slot no longer holds smaller layers back.
                 key = slot_key(layer, driver_type)
                 future.add_done_callback(lambda _, key=key: self._slots.withdraw(key))
@@ -112,8 +128,9 @@ class ConversionSession:
         """Convert `layer` in the flow's thread whatever Prefect's task cache holds (a cached result whose
         blob has since left the content store)."""
         refresh = convert_layer.with_options(refresh_cache=True)
+        meter = self.progress.convert_meter(layer, driver_type)
         return refresh(
-            layer, driver_type, self._config_path, self._slots, self._budgets_of(layer, driver_type)
+            layer, driver_type, self._config_path, self._slots, self._budgets_of(layer, driver_type), meter
         )
 
     def upload(
@@ -127,7 +144,13 @@ class ConversionSession:
         upload uploads nothing); the push of `driver_type` waits for them (`uploads_of`)."""
         self._uploads[driver_type] = [
             upload_layer.submit(
-                layer, allow_failure(conversion), target, self._source, driver_type, self._config_path
+                layer,
+                allow_failure(conversion),
+                target,
+                self._source,
+                driver_type,
+                self._config_path,
+                self.progress.upload_meter(layer, driver_type),
             )
             for layer, conversion in zip(layers, conversions, strict=True)
         ]

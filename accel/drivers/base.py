@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
-from accel import compression
+from accel import compression, progress
 from accel import constants as mt
 from accel.drivers.reader import FormatReader
 from accel.model import BuiltImage, SourceImage
@@ -85,12 +85,16 @@ class LayerInput:
         the caller hashes every byte itself and checks `diff_id` (`check_diff_id=False`)."""
         expected = self.diff_id if check_diff_id else None
         digest = self.descriptor.digest
+        raw = self.store.open_following(digest)
+        if (meter := progress.current()) is not None:
+            # Counted on the thread that reads ahead (it does not see this context): bytes converted.
+            raw = progress.CountingReader(raw, meter)  # type: ignore[assignment]
         with compression.open_uncompressed(
             self.store.path(digest),
             self.descriptor.media_type,
             expected,
             self.limits,
-            raw=self.store.open_following(digest),
+            raw=raw,
             compressed_size=self.descriptor.size,
         ) as f:
             yield f

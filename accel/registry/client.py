@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import httpx
 
-from accel import __version__, oci
+from accel import __version__, oci, progress
 from accel import constants as mt
 from accel import digest as dg
 from accel.errors import DigestMismatch
@@ -304,6 +304,8 @@ class RegistryClient:
             store.touch(desc.digest)  # reused: keep it from garbage collection longest
             return store.path(desc.digest)
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
+        meter = progress.current()  # bytes pulled, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0
 
         def once() -> Path:
             try:
@@ -315,6 +317,8 @@ class RegistryClient:
                         if writer.size + len(chunk) > desc.size:
                             raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
                         writer.write(chunk)
+                        if meter is not None:
+                            meter.set(counted + writer.size)  # a retry starts over
                     if writer.size != desc.size:
                         raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
             except DigestMismatch as exc:  # the store's check: say which registry and repository served it
@@ -470,6 +474,9 @@ class RegistryClient:
         location = self._start_upload(repo_ref, what)
         sent = dg.Digester()
 
+        meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0  # one meter may count several blobs (a push)
+
         def body() -> Iterator[bytes]:
             nonlocal sent
             sent = dg.Digester()  # a re-send after a 401 starts over
@@ -477,6 +484,8 @@ class RegistryClient:
                 while chunk := f.read(READ_SIZE):
                     sent.update(chunk)
                     yield chunk
+                    if meter is not None:
+                        meter.set(counted + sent.size)
 
         resp = self._send(
             "PUT",
@@ -497,6 +506,8 @@ class RegistryClient:
         sent = dg.Digester()
         scopes = [repository_scope(repo_ref.repository, "pull", "push")]
         size = path.stat().st_size
+        meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0  # one meter may count several blobs (a push)
         with path.open("rb") as f:
 
             def piece(start: int, length: int) -> Callable[[], Iterator[bytes]]:
@@ -510,6 +521,8 @@ class RegistryClient:
                         position += len(data)
                         left -= len(data)
                         yield data
+                        if meter is not None:
+                            meter.set(counted + position)
 
                 return body
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import os
-import pty
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,54 +327,3 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
             limit=1,
         )
     assert run.state is not None and run.state.is_cancelled(), run.state
-
-
-def test_a_terminal_shows_a_status_line_a_pipe_only_the_results(world, registry, tmp_path):
-    """On a terminal: a status line (layers pulled, converted, uploaded, pushes, elapsed), redrawn every
-    second and cleared at the end; stdout keeps the one result line."""
-    store = ContentStore(tmp_path / "tty")
-    layers = []
-    for n in range(2):
-        layer = imagegen.TarBuilder(auto_parents=True)
-        layer.file_from_generator(f"big{n}.bin", 24 << 20, seed=240 + n)
-        layers.append(layer)
-    source = Reference.parse(f"{registry.host}/mistakes/tty:v1")
-    with RegistryClient({registry.host: HostConfig()}) as client:
-        pushing.push(client, store, source, imagegen.generate_image(layers, store))
-
-    terminal, stderr = pty.openpty()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.accelctl", "convert", "--config", str(world.config), str(source)],
-        cwd=REPO,
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
-    os.close(stderr)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(terminal, 4096)
-        except OSError:  # the other end closed: accelctl exited
-            break
-        if not chunk:
-            break
-        shown += chunk
-    out = proc.communicate(timeout=300)[0]
-    elapsed = time.monotonic() - started
-    os.close(terminal)
-    assert proc.returncode == 0, shown
-    [result] = out.splitlines()
-    assert result.startswith("estargz\t")
-    draws = shown.decode().split("\r\x1b[K")
-    status = [d for d in draws if d.startswith(f"converting {source}: ")]
-    assert (
-        status
-        and "pulled 2" in status[-1]
-        and "estargz: converted 2" in status[-1]
-        and "pushed 1" in status[-1]
-    )
-    assert len(status) >= elapsed / 2 - 1  # redrawn at least every 2 s
-    assert draws[-1] == ""  # cleared at the end
