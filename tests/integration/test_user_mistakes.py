@@ -168,6 +168,9 @@ MISTAKES: list[tuple[str, Callable[[World], list[str]], ExitCode, str]] = [
      "no such file or directory"),
     ("target under a file", lambda w: _convert(_image, "--target", f"oci-archive:{w.config}/out.tar")(w),
      ExitCode.USAGE, "cannot create it"),
+    ("nydus into a docker-archive",
+     lambda w: _convert(_image, "--target", f"docker-archive:{w.tmp}/app.tar", config=_nydus_config)(w),
+     ExitCode.USAGE, "a docker-archive cannot hold nydus images"),
     ("404 image", _convert(lambda w: f"{w.registry}/e2e/missing:v1"), ExitCode.NOT_FOUND, "answered 404"),
     ("404 tag", _convert(lambda w: w.image.rsplit(":", 1)[0] + ":v404"), ExitCode.NOT_FOUND, "answered 404"),
     ("unknown host", _convert(lambda w: "nohost.invalid/app:v1"), ExitCode.UNREACHABLE, "nohost.invalid"),
@@ -188,6 +191,13 @@ MISTAKES: list[tuple[str, Callable[[World], list[str]], ExitCode, str]] = [
     ("config check: impossible cron", lambda w: ["config", "check", str(w.config_with("c.yaml", _bad_cron))],
      ExitCode.FAILED, "bulk.schedule: '61 * * * *' is not a valid cron expression: bad minute"),
 ]  # fmt: skip
+
+
+def _nydus_config(w: World) -> Path:
+    def edit(data: dict) -> None:
+        data["converter"]["drivers"] = [{"type": "nydus"}]
+
+    return w.config_with("nydus.yaml", edit)
 
 
 def _typo_keys(data: dict) -> None:
