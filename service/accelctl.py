@@ -104,11 +104,11 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     from flows.convert_image import convert_image
     from tasks import cancel
 
-    cancelled = threading.Event()
+    cancelled = cancel.RunCancellation()
 
     def first_ctrl_c(signum: int, frame: Any) -> None:
-        # The run ends CANCELLED at its next step; a second Ctrl-C interrupts this process (and its run).
-        cancelled.set()
+        # The run ends CANCELLED within a second or so; a second Ctrl-C interrupts this process (and its run).
+        cancelled.cancel("cancelled (Ctrl-C)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print(
             f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to stop at once)",
@@ -126,7 +126,7 @@ def _convert_in_process(args: argparse.Namespace) -> int:
                 return_state=False,
             )
     except CancelledRun:
-        if not cancelled.is_set():
+        if not cancelled.cancelled:
             raise
         print(
             f"accelctl: cancelled the conversion of {args.source}: its run ended CANCELLED, nothing pushed",
@@ -241,9 +241,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             print(f"accelctl: interrupted: the conversion of {args.source} was not started", file=sys.stderr)
             return int(ExitCode.INTERRUPTED)
         progress = Progress(args.source) if request["progress"] else None
+        run: dict[str, str] = {}  # the flow run's id and API, once the runner has said them
         try:
             with progress or contextlib.nullcontext():
-                return _read_answer(args, stream, sent, progress)
+                return _read_answer(args, stream, sent, progress, run)
         except KeyboardInterrupt:
             pass
         # Ctrl-C: the run is the runner's; ask it to cancel, and wait for its answer (a second Ctrl-C leaves).
@@ -255,22 +256,33 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         try:
             stream.write(json.dumps({"cancel": True}).encode() + b"\n")
             stream.flush()
-            return _read_answer(args, stream, sent, None)
+            return _read_answer(args, stream, sent, None, run)
         except (KeyboardInterrupt, OSError):
-            print(
-                f"accelctl: detached: the conversion of {args.source} continues in the local runner "
-                "(`accelctl server stop` ends it)",
-                file=sys.stderr,
-            )
+            print(_detached_line(args.source, run), file=sys.stderr)
             return int(ExitCode.INTERRUPTED)
 
 
-def _read_answer(args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None) -> int:
-    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure."""
+def _detached_line(source: str, run: dict[str, str]) -> str:
+    """What a second Ctrl-C prints: the run goes on, and the command that cancels it."""
+    if "id" not in run:  # the flow run does not exist yet
+        how = "`accelctl server stop` ends it"
+    else:
+        how = f"cancel it with `PREFECT_API_URL={run['api_url']} prefect flow-run cancel {run['id']}`"
+    return f"accelctl: detached: the conversion of {source} continues in the local runner; {how}"
+
+
+def _read_answer(
+    args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None, run: dict[str, str]
+) -> int:
+    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure. The
+    flow run's id goes into `run` when the runner says it."""
     from service import local
 
     for line in stream:
         message = json.loads(line)
+        if "run" in message:
+            run.update({key: str(value) for key, value in message["run"].items()})
+            continue
         if "progress" in message:
             if progress is not None:
                 progress.task_finished(str(message["progress"]["name"]), str(message["progress"]["state"]))

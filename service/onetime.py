@@ -46,7 +46,8 @@ class Checked:
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:
-    """The class of an engine error; anything that is no AccelError is a bug."""
+    """The class of an engine error; anything that is no AccelError (nor a cancellation) is a bug."""
+    from accel.cancel import Cancelled
     from accel.errors import (
         AccelError,
         ConfigError,
@@ -67,6 +68,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     )
 
     classes: list[tuple[type[BaseException], ExitCode]] = [
+        (Cancelled, ExitCode.INTERRUPTED),
         (ConfigError, ExitCode.USAGE),
         (InvalidReference, ExitCode.USAGE),
         (NotFound, ExitCode.NOT_FOUND),

@@ -341,6 +341,66 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
     assert run.state is not None and run.state.is_cancelled(), run.state
 
 
+def test_ctrl_c_mid_layer_cancels_within_5_s_and_stops_its_tasks(world, registry, fault_proxy, tmp_path):
+    """Ctrl-C while the layer task runs pull (a slow registry: 768 KiB/s) and convert behind the pull: the
+    run is CANCELLED in Prefect within 5 s, accelctl exits soon after (the running pull and conversion
+    stopped, not run to their end: that would take half a minute), and the target tag never appears."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    store = ContentStore(tmp_path / "slow")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file_from_generator("big.bin", 24 << 20, seed=2424)
+    image = imagegen.generate_image([layer], store)
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        pushing.push(client, store, Reference.parse(f"{registry.host}/mistakes/ctrl-c-mid:v1"), image)
+    source = f"{fault_proxy.host}/mistakes/ctrl-c-mid:v1"
+    [layer_digest] = [d.digest for d in image.layers]
+    fault_proxy.throttle(768 << 10, path=layer_digest)
+    proxied = {fault_proxy.host: {}}
+    config = world.config_with("proxied.yaml", lambda d: d["provider"]["source"].update(proxied))
+    api_url = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)["server"]["api_url"]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.accelctl", "convert", "--config", str(config), source],
+        cwd=REPO,
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while fault_proxy.count(layer_digest, "GET") == 0:  # the pull has begun: its bytes trickle in
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(2.0)  # a few MiB pulled and converted, most of the layer still to come
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+
+    state = None
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        while time.monotonic() - interrupted < 30:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"]))
+            )
+            state = runs[0].state if runs else None
+            if state is not None and state.is_final():
+                break
+            time.sleep(0.2)
+    cancelled_after = time.monotonic() - interrupted
+    out, err = proc.communicate(timeout=120)
+    exited_after = time.monotonic() - interrupted
+    assert state is not None and state.is_cancelled(), (state, err)
+    assert cancelled_after < 5.0, cancelled_after
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "accelctl: cancelled the conversion" in err and "Traceback" not in err and out == ""
+    assert exited_after < 15.0, exited_after  # the pull alone would have taken ~30 s more
+    time.sleep(1.0)
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        assert client.list_tags(Reference.parse(f"{registry.host}/mistakes/ctrl-c-mid:v1")) == ["v1"]
+
+
 def test_a_terminal_shows_a_status_line_a_pipe_only_the_results(world, registry, tmp_path):
     """On a terminal: a status line (layers pulled, converted, uploaded, pushes, elapsed), redrawn every
     second and cleared at the end; stdout keeps the one result line."""
