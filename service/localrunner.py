@@ -7,7 +7,9 @@ Protocol, one JSON object per line. Request: {"source", "drivers" (list or null)
 After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED within a
 second or so, its running layer tasks stopped too (`tasks/cancel.py`), and the answer is {"exit": 130,
 "error": …}; so does `prefect flow-run cancel ID` of the run (the runner watches its state).
-Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
+Optional request keys: "access" (accelctl's --src-creds, --dest-creds, --src/dest-tls-verify and platform
+flags, `service.onetime.ACCESS_KEYS`: applied to this run's context only, `accel/overrides.py`; the socket
+is the owner's only), "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
 run name, "state": its final state}} for each finished task run: accelctl's status line on a terminal),
 "debug" (keep the tracebacks of expected failures), "warnings" (send the config's warnings: the client did
 not check the request itself).
@@ -123,6 +125,7 @@ class Runner:
         from prefect.exceptions import CancelledRun
         from prefect.settings import PREFECT_API_URL
 
+        from accel.overrides import overriding
         from flows.convert_image import convert_image
         from tasks import cancel, expected
 
@@ -134,7 +137,9 @@ class Runner:
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
         target = request.get("target") or None
-        checked = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        checked = check_request(
+            str(request["source"]), str(request["config"]), drivers, target, request.get("access")
+        )
         if request.get("warnings", True):
             for warning in checked.warnings:
                 send({"warning": warning})
@@ -144,7 +149,12 @@ class Runner:
         timings["checked"] = time.time()
         debug = bool(request.get("debug"))
         no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
-        with self.one_at_a_time, no_heartbeats, cancel.cancellable(cancelled):
+        with (
+            self.one_at_a_time,
+            no_heartbeats,
+            cancel.cancellable(cancelled),
+            overriding(checked.overrides),  # the caller's credentials: in this context, not in parameters
+        ):
             if cancelled.cancelled:  # cancelled while it waited for its turn: nothing ran
                 send({"exit": int(ExitCode.INTERRUPTED), "error": "cancelled before it started"})
                 return
