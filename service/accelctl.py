@@ -163,7 +163,8 @@ def _convert_in_process(args: argparse.Namespace, checked: Checked) -> int:
 
     def first_ctrl_c(signum: int, frame: Any) -> None:
         # The run ends CANCELLED within a second or so; a second Ctrl-C interrupts this process (and its run).
-        cancelled.cancel("cancelled (Ctrl-C)")
+        # From a thread: the handler may have interrupted this thread inside the token's own lock.
+        threading.Thread(target=cancelled.cancel, args=("cancelled (Ctrl-C)",), daemon=True).start()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print(
             f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to stop at once)",

@@ -401,6 +401,63 @@ def test_ctrl_c_mid_layer_cancels_within_5_s_and_stops_its_tasks(world, registry
         assert client.list_tags(Reference.parse(f"{registry.host}/mistakes/ctrl-c-mid:v1")) == ["v1"]
 
 
+def test_credentials_on_the_command_line_stay_out_of_the_run(world, htpasswd_registry, tmp_path):
+    """`--src-creds USER:PASSWORD` converts from (and pushes back to) the htpasswd registry, whose config
+    entry has no auth; the password (nor its base64) is in none of the run's parameters, its logs in
+    Prefect, the runner's log, what accelctl printed, or the arguments of the processes accelctl started.
+    `accelctl check` takes the same flags."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    account = htpasswd_registry.account
+    store = ContentStore(tmp_path / "secured")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("etc/hello", b"hello from behind a password\n")
+    source = Reference.parse(f"{world.secured}/mistakes/creds:v1")
+    with RegistryClient({world.secured: HostConfig(auth=account.auth)}) as client:
+        pushing.push(client, store, source, imagegen.generate_image([layer], store))
+    creds = f"{account.username}:{account.password}"
+
+    done = world.accelctl("convert", "-v", "--config", str(world.config), "--src-creds", creds, str(source))
+    assert done.returncode == 0, done.stderr
+    [result] = done.stdout.splitlines()
+    target = result.split("\t")[1]
+    assert target.endswith(":v1-estargz")
+    checked = world.accelctl(
+        "check",
+        "--config",
+        str(world.config),
+        "--src-creds",
+        creds,
+        "--dest-creds",
+        creds,
+        str(source),
+        target,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+    status = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)
+    api_url = status["server"]["api_url"]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert run.state is not None and run.state.is_completed()
+    seen = {
+        "the run's parameters": run.model_dump_json(),
+        "the run's logs": "\n".join(entry.message for entry in logs),
+        "the runner's log": (world.tmp / "state" / "local" / "runner.log").read_text(errors="replace"),
+        "accelctl's output": done.stdout + done.stderr + checked.stdout + checked.stderr,
+    }
+    assert "Beginning flow run" in seen["accelctl's output"] and len(logs) > 3  # -v: there were logs
+    for pid in (status["server"]["pid"], status["runner"]["pid"]):
+        seen[f"pid {pid}'s arguments"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    for where, text in seen.items():
+        assert account.password not in text and account.auth not in text, where
+
+
 def test_a_terminal_shows_a_status_line_a_pipe_only_the_results(world, registry, tmp_path):
     """On a terminal: a status line (layers pulled, converted, uploaded, pushes, elapsed), redrawn every
     second and cleared at the end; stdout keeps the one result line."""
