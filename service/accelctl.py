@@ -327,7 +327,8 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
 
 
 def _detached_line(source: str, run: dict[str, str]) -> str:
-    """What a second Ctrl-C prints: the run goes on, and the command that cancels it."""
+    """What a second Ctrl-C prints: the run goes on (until the cancel asked for takes hold), and the command
+    that cancels it from anywhere."""
     if "id" not in run:  # the flow run does not exist yet
         how = "`accelctl server stop` ends it"
     else:

@@ -98,3 +98,12 @@ def test_tls_verify_reads_as_skopeo_does() -> None:
     assert parse(["convert", "x/y:z"]).src_tls_verify is None
     with pytest.raises(SystemExit):
         parse(["convert", "--dest-tls-verify=maybe", "x/y:z"])
+
+
+def test_the_detach_line_names_the_run_and_how_to_cancel_it() -> None:
+    """A second Ctrl-C leaves the runner's run going: one line with the command that cancels it."""
+    line = accelctl._detached_line("r.example/a:v1", {"id": "0193-run", "api_url": "http://127.0.0.1:1/api"})
+    assert line.startswith("accelctl: detached: the conversion of r.example/a:v1 continues")
+    assert "`PREFECT_API_URL=http://127.0.0.1:1/api " in line and "flow-run cancel 0193-run`" in line
+    assert "\n" not in line
+    assert "accelctl server stop" in accelctl._detached_line("r.example/a:v1", {})  # before the run exists
