@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import zstandard
 from isal import igzip
 
-from accel import oci
+from accel import cancel, oci
 from accel.errors import DigestMismatch, LimitExceeded, UnsupportedMediaType
 
 READ_SIZE = 1 << 20
@@ -260,12 +260,16 @@ class PrefetchingReader(io.BufferedIOBase):
         self._block = b""
         self._pos = 0
         self._ended = False
-        self._thread = threading.Thread(target=self._read_ahead, name="layer-reader", daemon=True)
+        # In the consumer's context: a cancellation of its work stops the read ahead too (accel.cancel).
+        self._thread = threading.Thread(
+            target=cancel.in_this_context(self._read_ahead), name="layer-reader", daemon=True
+        )
         self._thread.start()
 
     def _read_ahead(self) -> None:
         try:
             while not self._stopping.is_set():
+                cancel.check()
                 data = self._inner.read(self._block_size)
                 if not data:
                     break
@@ -289,6 +293,7 @@ class PrefetchingReader(io.BufferedIOBase):
             return False
         if self.closed:
             raise ValueError("read from a closed PrefetchingReader")
+        cancel.check()
         item = self._queue.get()
         if isinstance(item, _End):
             self._ended = True

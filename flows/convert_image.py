@@ -159,6 +159,7 @@ def convert_image(
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
     die_with_runner()  # in a process acceld's runner started for this run: it ends with the runner
+    cancel.run_started()  # run in-process by accelctl or the local runner: Ctrl-C and Prefect cancel it
     config_path = _config_path(config)
     # The timeout of the config this run converts with, however it was started (acceld, a work-pool
     # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.

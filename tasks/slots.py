@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from accel import cancel
+
 WAIT_FOR_LARGER = 2.0
 
 
@@ -46,8 +48,13 @@ class ConversionSlots:
         with self._changed:
             self._waiting.setdefault(key, size)
             self._asking.add(key)
-            while not self._may_start(key, size, time.monotonic() - arrived):
-                self._changed.wait(0.1)
+            try:
+                while not self._may_start(key, size, time.monotonic() - arrived):
+                    cancel.check()  # a cancelled run's queued conversions never start
+                    self._changed.wait(0.1)
+            except cancel.Cancelled:
+                self._asking.discard(key)
+                raise
             del self._waiting[key]
             self._asking.discard(key)
             self._running += 1

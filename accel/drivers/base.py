@@ -186,6 +186,10 @@ class Driver:
     # How `accel.verify` reads this format's output back (`accel.drivers.reader_for` asks each driver); None:
     # its layers are read as plain layers.
     reader: ClassVar[FormatReader | None] = None
+    # Every media type the layers of its converted manifests may have: a target that holds only some (a
+    # docker-archive holds tar layers only) refuses the driver by name before anything is pulled. Empty:
+    # not declared (such a target then refuses at the push).
+    layer_media_types: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options

@@ -15,7 +15,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TypeVar
 
 import httpx
 
-from accel import __version__, oci, progress
+from accel import __version__, cancel, oci, progress
 from accel import constants as mt
 from accel import digest as dg
 from accel.errors import DigestMismatch
@@ -149,6 +148,14 @@ def _content_digest(algorithm_of: str, data: bytes) -> str:
     if algorithm == "sha256" or algorithm not in hashlib.algorithms_guaranteed:
         return dg.of_bytes(data)
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _shut_socket(resp: httpx.Response) -> None:
+    """Wake a read blocked on `resp`'s connection (closing a socket would not: shutting it down does)."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _TooLarge(RegistryError):
@@ -482,6 +489,7 @@ class RegistryClient:
             sent = dg.Digester()  # a re-send after a 401 starts over
             with path.open("rb") as f:
                 while chunk := f.read(READ_SIZE):
+                    cancel.check()
                     sent.update(chunk)
                     yield chunk
                     if meter is not None:
@@ -516,6 +524,7 @@ class RegistryClient:
                     f.seek(start)
                     position, left = start, length
                     while left > 0 and (data := f.read(min(READ_SIZE, left))):
+                        cancel.check()
                         if position + len(data) > sent.size:  # a re-send after a 401 hashes nothing twice
                             sent.update(data[max(0, sent.size - position) :])
                         position += len(data)
@@ -635,16 +644,18 @@ class RegistryClient:
 
     def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
         for number in range(self._retries + 1):
+            cancel.check()
             try:
                 return attempt()
             except TransientRegistryError as exc:
+                cancel.check()  # the failure may be the cancellation's own (a shut socket): no retry
                 if number >= self._retries:
                     raise
                 delay = min(self._backoff * (2**number), MAX_BACKOFF)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
                 log.info("%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, self._retries, delay)
-                time.sleep(delay)
+                cancel.sleep(delay)
         raise AssertionError("unreachable")
 
     def _send(
@@ -789,9 +800,15 @@ class RegistryClient:
             )
 
     def _stream(self, resp: httpx.Response, what: str, registry: str) -> Iterator[bytes]:
+        """The body in READ_SIZE blocks; a cancellation stops it between blocks, and shuts the socket of a
+        read that waits (a stalled or throttled registry) so that it returns at once."""
         try:
-            yield from resp.iter_bytes(READ_SIZE)
+            with cancel.on_cancel(lambda: _shut_socket(resp)):
+                for chunk in resp.iter_bytes(READ_SIZE):
+                    cancel.check()
+                    yield chunk
         except httpx.TransportError as exc:
+            cancel.check()
             raise TransientRegistryError(
                 f"{what}: {type(exc).__name__} while reading from {registry}: {exc}", registry=registry
             ) from None

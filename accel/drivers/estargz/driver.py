@@ -72,6 +72,7 @@ class EStargzDriver(Driver):
     options_model: ClassVar[type[DriverOptions]] = EStargzOptions
     implementation_version: ClassVar[str] = IMPLEMENTATION_VERSION
     reader: ClassVar[EStargzReader] = EStargzReader()  # how accel.verify reads a layer back
+    layer_media_types: ClassVar[frozenset[str]] = frozenset({mt.OCI_LAYER_GZIP})
     options: EStargzOptions
 
     @classmethod

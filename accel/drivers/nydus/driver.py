@@ -86,6 +86,8 @@ class NydusDriver(Driver):
     source_digest_annotation = mt.ORIGINAL_CACHE_SOURCE_DIGEST  # as the original service's cache records
     facts_model = NydusLayerFacts
     reader = NydusReader()  # how accel.verify reads an image back
+    # Blob layers, and the bootstrap layer `finish` adds (Docker's gzip type for a Docker source kept Docker).
+    layer_media_types = frozenset({mt.NYDUS_BLOB, mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP})
 
     options: NydusOptions
 

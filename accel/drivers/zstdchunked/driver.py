@@ -35,6 +35,7 @@ class ZstdChunkedDriver(Driver):
     options_model: ClassVar[type[DriverOptions]] = ZstdChunkedOptions
     implementation_version: ClassVar[str] = "1"
     reader: ClassVar[ZstdChunkedReader] = ZstdChunkedReader()  # how accel.verify reads a layer back
+    layer_media_types: ClassVar[frozenset[str]] = frozenset({mt.OCI_LAYER_ZSTD})
 
     @property
     def zstd_options(self) -> ZstdChunkedOptions:
