@@ -182,6 +182,10 @@ def write_config(path: Path, registry: str, driver: str, work: Path, cache_tag: 
 
 
 _CACHED = re.compile(r"converted image .*?\(cached (\d+/\d+)\)")
+# accelctl's and the peer's lines for a call that converted nothing.
+_SKIPPED = re.compile(
+    r"accelctl: nothing to convert in .*|image has been converted.*|image was remote cache.*"
+)
 
 
 class Sides:
@@ -198,7 +202,9 @@ class Sides:
         work.mkdir(parents=True)
         return work
 
-    def _timed(self, cmd: list[str], roots: Callable[[subprocess.Popen[str]], Iterable[int]]) -> tuple:
+    def _timed(
+        self, cmd: list[str], roots: Callable[[subprocess.Popen[str]], Iterable[int]]
+    ) -> tuple[float, float, int, str, str]:
         started = time.perf_counter()
         proc = subprocess.Popen(
             cmd, env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -225,7 +231,11 @@ class Sides:
         if code != 0:
             print(f"    {side} {label} failed ({code}): {(out + err)[-800:]}")
             return Call(None, peak)
-        try:  # a call that exits 0 without writing its target (e.g. "already converted") is no result
+        # A call that exits 0 without converting (a skip, or no target written) is no result.
+        if skipped := _SKIPPED.search(err):
+            print(f"    {side} {label}: skipped: {skipped.group(0)}")
+            return Call(None, peak)
+        try:
             self.client.resolve(source.with_tag(f"{source.tag}-{driver}"))
         except Exception as error:
             print(f"    {side} {label}: no target after exit 0 ({error})")
