@@ -786,7 +786,7 @@ def test_whiteout_of_a_non_utf8_name_is_refused_naming_the_entry(store: ContentS
     """Case B: nydus-image 2.2.0 only applies whiteouts whose name is UTF-8; it kept both entries."""
     layer = tar_of(file("d/.wh.raw-\udcff\udcfe", b""))
     with pytest.raises(
-        InvalidImage, match=r"'d/\.wh\.raw-\\\\xff\\\\xfe' is a whiteout of a name that is not"
+        InvalidImage, match=r"'d/\.wh\.raw-\\xff\\xfe' is a whiteout of a name that is not"
     ):
         _convert_one(store, layer)
     # A non-UTF-8 directory above an ordinary whiteout is fine: nydus-image reads the whiteout's own name.

@@ -471,7 +471,7 @@ def test_owner_and_mtime_only_in_pax_records_are_written_into_the_header_block()
     [
         (_file("old", mtime=-1), "'old': mtime -1 is before 1970"),
         (_file("wide", gid=1 << 32), "'wide': gid 4294967296 does not fit RAFS's 32-bit gid"),
-        (_file("d/.wh.\udcff", b""), "'d/.wh.\\\\xff' is a whiteout of a name that is not UTF-8"),
+        (_file("d/.wh.\udcff", b""), "'d/.wh.\\xff' is a whiteout of a name that is not UTF-8"),
         (_file("x", pax_headers={"SCHILY.xattr.user.k": "a\nb"}), "PAX record 'SCHILY.xattr.user.k' holds a"),
     ],
     ids=["pre-1970", "gid-33-bits", "non-utf8-whiteout", "newline-in-pax"],
