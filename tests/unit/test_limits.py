@@ -374,7 +374,7 @@ def test_a_layer_past_max_entries_stops_naming_the_limit_the_layer_and_its_image
 
 def test_max_entries_has_a_default_and_is_checked():
     settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
-    assert settings.converter.limits.max_entries == 300_000
+    assert settings.converter.limits.max_entries == 200_000
     custom = load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_entries": 1}}})
     assert custom.converter.limits.max_entries == 1
     for bad in (0, -5, "many"):
