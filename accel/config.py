@@ -251,6 +251,11 @@ class LimitSettings(_Model):
     # Layers of one platform image. 500 is as deep as overlayfs stacks lower layers: an image with more
     # cannot run on it anyway, and each layer is task runs of its own.
     max_layers: int = Field(default=500, ge=1)
+    # Tar entries of one source layer (files, directories, links...): what a conversion keeps per entry
+    # (TOCs, tar-split, Nydus's tables and builder tree) grows with each, whatever the layer's bytes. At
+    # 200,000 a layer of a million empty files fails within a minute under 500 MiB with every driver
+    # (Nydus: ~440 MiB, run and builder together; tests/integration/test_bounded_work.py).
+    max_entries: int = Field(default=200_000, ge=1)
     timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
 
     @field_validator("max_layer_size", "max_image_size")

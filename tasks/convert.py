@@ -107,7 +107,10 @@ def convert_layer(
     driver = ctx.driver(driver_type)
     limits = ctx.settings.converter.limits
     expansion = ExpansionLimits(
-        max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio, images=budgets
+        max_bytes=limits.max_layer_bytes,
+        max_ratio=limits.max_expansion_ratio,
+        images=budgets,
+        max_entries=limits.max_entries,
     )
     # At most layer_conversions() of this flow run's layers at once, the largest first.
     size = layer.descriptor.size

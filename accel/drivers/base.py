@@ -33,6 +33,7 @@ from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
 from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
+from accel.tarstream import EntryLimit
 
 # Keys of every acceld `converter.driver.config` that accel ignores: acceld put a per-driver scratch dir
 # there, accel uses provider.work_dir for everything.
@@ -98,6 +99,11 @@ class LayerInput:
             compressed_size=self.descriptor.size,
         ) as f:
             yield f
+
+    def entry_limit(self) -> EntryLimit | None:
+        """converter.limits.max_entries for this layer, which every walk of its tar counts entries against
+        (`TarScanner(..., limit)`, or `EntryLimit.check` where a driver walks the tar otherwise)."""
+        return None if self.limits is None else self.limits.entry_limit(self.descriptor.digest)
 
 
 class LayerFacts(BaseModel):

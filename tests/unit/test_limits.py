@@ -305,3 +305,96 @@ def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
         check_layer_count(settings, image(10_000))
     with pytest.raises(ConfigError, match="max_layers"):
         load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_layers": 0}}})
+
+
+# --- converter.limits.max_entries: tar entries of one layer -------------------------------------------
+
+# Each way a driver walks a layer's tar: eStargz streamed with tarfile, or spooled and read at random (with
+# prioritized files); zstd:chunked's writer; Nydus's one read feeding the builder, its scan before a
+# normalised second read, and zran's scan of the original blob.
+ENTRY_WALKS = {
+    "estargz": ("estargz", {}),
+    "estargz-prioritized": ("estargz", {"prioritized_files": ["d0000/f0003"]}),
+    "zstdchunked": ("zstdchunked", {}),
+    "nydus": ("nydus", {}),
+    "nydus-normalised": ("nydus", {}),
+    "nydus-oci-ref": ("nydus", {"oci_ref": True}),
+}
+
+
+def _entries_layer(store: ContentStore, count: int, walk: str) -> tuple[Descriptor, str]:
+    """A gzip'd layer of `count` tar entries (directories of empty files); for "nydus-normalised" one that
+    nydus-image cannot take as it is (its last entry repeats the first directory), so it is read twice."""
+    import hashlib
+    import io
+
+    from tests.harness import imagegen
+
+    raw = io.BytesIO()
+    if walk == "nydus-normalised":
+        imagegen.ManyEntriesLayer(count - 1, per_directory=10).write_tar(raw)
+        repeated = imagegen.tar_members((imagegen.tar_info("d0000/", tarfile.DIRTYPE), None), closed=True)
+        data = raw.getvalue()[:-1024] + repeated
+    else:
+        imagegen.ManyEntriesLayer(count, per_directory=10).write_tar(raw)
+        data = raw.getvalue()
+    blob = _gzip_member(data)
+    desc = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=store.put_bytes(blob), size=len(blob))
+    return desc, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("walk", ENTRY_WALKS)
+def test_a_layer_past_max_entries_stops_naming_the_limit_the_layer_and_its_image(tmp_path, walk, caplog):
+    driver_type, options = ENTRY_WALKS[walk]
+    driver = load_driver(driver_type, options)
+    image = ImageBudget(GiB, "host/repo@sha256:feed (linux/amd64)")
+
+    def limits(max_entries: int) -> ExpansionLimits:
+        return ExpansionLimits(max_bytes=GiB, max_ratio=None, images=(image,), max_entries=max_entries)
+
+    store = ContentStore(tmp_path / "at-limit")
+    layer, diff_id = _entries_layer(store, 25, walk)
+    with caplog.at_level("INFO", logger="accel.drivers.nydus.driver"):
+        converted = driver.convert_layer(LayerInput(layer, diff_id, store, limits(25)))
+    assert store.exists(converted.descriptor.digest)  # exactly at the limit: converted
+    assert ("normalised for nydus-image" in caplog.text) == (walk == "nydus-normalised")
+
+    store = ContentStore(tmp_path / "past-limit")
+    layer, diff_id = _entries_layer(store, 25, walk)
+    blobs_before = set((store.root / "blobs" / "sha256").iterdir())
+    with pytest.raises(LimitExceeded) as refused:
+        driver.convert_layer(LayerInput(layer, diff_id, store, limits(24)))
+    assert str(refused.value) == (
+        f"layer {layer.digest} of host/repo@sha256:feed (linux/amd64) has more than 24 tar entries "
+        "(converter.limits.max_entries)"
+    )
+    assert leftovers(store) == []  # the refused layer's partial outputs are gone
+    assert set((store.root / "blobs" / "sha256").iterdir()) == blobs_before
+
+
+def test_max_entries_has_a_default_and_is_checked():
+    settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
+    assert settings.converter.limits.max_entries == 200_000
+    custom = load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_entries": 1}}})
+    assert custom.converter.limits.max_entries == 1
+    for bad in (0, -5, "many"):
+        with pytest.raises(ConfigError, match=r"converter\.limits\.max_entries"):
+            load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_entries": bad}}})
+
+
+def test_the_tar_scanner_stops_at_the_entry_past_its_limit():
+    import io
+
+    from accel.tarstream import EntryLimit, TarScanner
+    from tests.harness import imagegen
+
+    raw = io.BytesIO()
+    imagegen.ManyEntriesLayer(5).write_tar(raw)
+    scanner = TarScanner(io.BytesIO(raw.getvalue()), EntryLimit(5, "layer x"))
+    assert [m.header.name for m in scanner][-1] == b"d0000/f0004"  # five entries: all of them
+    scanner = TarScanner(io.BytesIO(raw.getvalue()), EntryLimit(4, "layer x"))
+    names = []
+    with pytest.raises(LimitExceeded, match=r"^layer x has more than 4 tar entries"):
+        for member in scanner:
+            names.append(member.header.name)
+    assert len(names) == 4  # the fifth was never handed out

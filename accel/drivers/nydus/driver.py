@@ -66,7 +66,9 @@ def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.N
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
         with layer.open_tar(check_diff_id) as tar_stream:
-            return tarnormalize.scan_layer(tar_stream, check=refuse_what_nydus_cannot_hold)
+            return tarnormalize.scan_layer(
+                tar_stream, check=refuse_what_nydus_cannot_hold, limit=layer.entry_limit()
+            )
     except InvalidImage as exc:
         raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
 
@@ -250,7 +252,7 @@ class NydusDriver(Driver):
             _scan_layer(layer, check_diff_id=False)  # no builder: a refusal still goes first
             raise
         with layer.open_tar() as tar_stream:
-            feed = ScanningFeed(tar_stream)
+            feed = ScanningFeed(tar_stream, layer.entry_limit())
             builder_error: DriverError | None = None
             fed = False
             try:

@@ -49,7 +49,11 @@ class ZstdChunkedDriver(Driver):
             # decompress to the source?): the reader need not hash the same bytes a second time.
             with layer.open_tar(check_diff_id=False) as tar_stream:
                 result = write_zstd_chunked(
-                    tar_stream, blob, self.zstd_options.level, variant=self.zstd_options.variant
+                    tar_stream,
+                    blob,
+                    self.zstd_options.level,
+                    variant=self.zstd_options.variant,
+                    limit=layer.entry_limit(),
                 )
             if result.uncompressed_digest != layer.diff_id:
                 raise DigestMismatch(
