@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Before Prefect's import: a new database from the schema dump, not from 5 CPU-s of migrations.
     from service import prefectschema
 
-    prefectschema.seed()
+    if prefectschema.seed():
+        prefectschema.registered_blocks_skipped()
     begin_sqlite_transactions_immediate()
     from prefect.cli import app
 
