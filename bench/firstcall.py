@@ -1,12 +1,14 @@
 """The first call on a machine: where the seconds (and CPU-seconds) of a call that starts everything go.
 
-    .venv/bin/python bench/firstcall.py [--mb 5] [--driver nydus] [--rounds 1] [--restart]
+    .venv/bin/python bench/firstcall.py [--mb 5] [--driver nydus] [--rounds 1] [--second] [--restart]
 
 Starts a real docker-registry on loopback, pushes a generated image, and runs `accelctl convert --timings`
 with a fresh private state dir (ACCEL_STATE_DIR, no PREFECT_API_URL): nothing is running and no Prefect
 database exists, so the call creates the database, starts the local Prefect server and the warm runner, and
-converts. With `--restart` each round also stops both and calls again on the same state dir (the database
-exists: what a call after a reboot or `accelctl server stop` pays).
+converts. With `--second` each round also calls again with both up (the steady state: what the first call
+adds is the difference); with `--restart` it also stops both and calls again on the same state dir (the
+database exists: what a call after a reboot or `accelctl server stop` pays). Each call converts its own
+repository, so none finds a target or cache image of another.
 
 A thread watches the call from outside (every 20 ms): when the server's record appears, when it first
 answers /api/health, when the runner first accepts a connection, and each process's CPU time
@@ -19,9 +21,11 @@ printed beside them). Prints figures only; nothing here passes or fails on speed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,11 +49,27 @@ from tests.harness.registry import anonymous_registry  # noqa: E402
 MB = 1 << 20
 
 
+def _running_pids(local_dir: Path) -> dict[int, float]:
+    """The server's and runner's pids when they run already, with their CPU-s so far."""
+    pids = []
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pids.append(int(json.loads((local_dir / "server.json").read_text())["pid"]))
+    with contextlib.suppress(OSError, ValueError):
+        pids.append(int((local_dir / "runner.pid").read_text()))
+    return {pid: _process_cpu_seconds(pid) for pid in pids if _process_cpu_seconds(pid) > 0}
+
+
+def _cpu_since(pid: int | None, before: dict[int, float]) -> float:
+    """CPU-s of `pid` during this call: a process that ran before it counts from the call's start."""
+    return _process_cpu_seconds(pid) - before.get(pid or 0, 0.0)
+
+
 class Watcher(threading.Thread):
     """Stamps (seconds since the call started, and the process's CPU-s then) of the local services' start."""
 
-    def __init__(self, local_dir: Path, started: float) -> None:
+    def __init__(self, local_dir: Path, started: float, before: dict[int, float]) -> None:
         super().__init__(daemon=True)
+        self.before = before
         self.local_dir = local_dir
         self.started = started
         self.stamps: dict[str, tuple[float, float]] = {}
@@ -58,7 +78,7 @@ class Watcher(threading.Thread):
         self.done = threading.Event()
 
     def _stamp(self, name: str, pid: int | None) -> None:
-        self.stamps.setdefault(name, (time.perf_counter() - self.started, _process_cpu_seconds(pid)))
+        self.stamps.setdefault(name, (time.perf_counter() - self.started, _cpu_since(pid, self.before)))
 
     def run(self) -> None:
         api_url = None
@@ -84,8 +104,6 @@ class Watcher(threading.Thread):
                 except (OSError, ValueError):
                     pass
             if self.runner_pid and "runner listening" not in self.stamps:
-                import socket
-
                 with socket.socket(socket.AF_UNIX) as probe:
                     try:
                         probe.connect(str(self.local_dir / "runner.sock"))
@@ -102,7 +120,8 @@ def first_call(env: dict[str, str], config: Path, source: Reference, label: str)
     busy, load = _busy_cpu_seconds(), os.getloadavg()[0]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    watcher = Watcher(local_dir, started)
+    before = _running_pids(local_dir)
+    watcher = Watcher(local_dir, started, before)
     watcher.start()
     wall_started = time.time()
     proc = subprocess.run(
@@ -142,12 +161,18 @@ def first_call(env: dict[str, str], config: Path, source: Reference, label: str)
     figures["flow run finished (s after start)"] = since("finished")
     figures["call ended (wall s)"] = wall
     figures["  flow run (s)"] = since("finished") - since("started")
+    stages = {name: float(seconds) for name, seconds in t.get("stages", {}).items()}
+    for name, seconds in stages.items():
+        figures[f"    flow: {name} (s)"] = seconds
+    figures["    flow engine: run and task bookkeeping (s)"] = figures["  flow run (s)"] - sum(
+        stages.values()
+    )
     if "server healthy" in watcher.stamps:
         figures["CPU-s server until healthy"] = watcher.stamps["server healthy"][1]
     if "runner listening" in watcher.stamps:
         figures["CPU-s runner until listening"] = watcher.stamps["runner listening"][1]
-    figures["CPU-s server, whole call"] = _process_cpu_seconds(watcher.server_pid)
-    figures["CPU-s runner, whole call"] = _process_cpu_seconds(watcher.runner_pid)
+    figures["CPU-s server, whole call"] = _cpu_since(watcher.server_pid, before)
+    figures["CPU-s runner, whole call"] = _cpu_since(watcher.runner_pid, before)
     client = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     figures["CPU-s accelctl client"] = client
     figures["CPU-s machine busy during the call"] = _busy_cpu_seconds() - busy
@@ -164,6 +189,9 @@ def main() -> int:
     parser.add_argument("--driver", default="nydus")
     parser.add_argument("--rounds", type=int, default=1, help="first calls, each on a fresh state dir")
     parser.add_argument(
+        "--second", action="store_true", help="also call again with both up (what the first call adds)"
+    )
+    parser.add_argument(
         "--restart", action="store_true", help="also stop the services and call again (the database exists)"
     )
     args = parser.parse_args()
@@ -179,19 +207,19 @@ def main() -> int:
         results: dict[str, list[dict[str, float]]] = {}
         with anonymous_registry(work / "registry") as registry:
             for n in range(args.rounds):
-                source = Reference.parse(f"{registry.host}/bench/firstcall-{n}:v1")
-                with RegistryClient({registry.host: HostConfig()}) as client:
-                    pushing.push(client, store, source, built)
                 env["ACCEL_STATE_DIR"] = str(work / f"state-{n}")
                 calls = [("first call (fresh state dir)", f"w{n}")]
+                if args.second:
+                    calls.append(("second call (server and runner up)", f"s{n}"))
                 if args.restart:
                     calls.append(("after `server stop` (database exists)", f"r{n}"))
                 try:
                     for label, work_name in calls:
-                        path = work / f"{work_name}.yaml"
-                        config = _config(path, registry.host, args.driver, work / work_name)
-                        results.setdefault(label, []).append(first_call(env, config, source, label))
-                        if args.restart:
+                        # Each call its own repository: no target or cache image of an earlier call is found.
+                        source = Reference.parse(f"{registry.host}/bench/firstcall-{work_name}:v1")
+                        with RegistryClient({registry.host: HostConfig()}) as client:
+                            pushing.push(client, store, source, built)
+                        if label.startswith("after"):
                             subprocess.run(
                                 [sys.executable, "-m", "service.accelctl", "server", "stop"],
                                 env=env,
@@ -199,6 +227,9 @@ def main() -> int:
                                 capture_output=True,
                                 check=True,
                             )
+                        path = work / f"{work_name}.yaml"
+                        config = _config(path, registry.host, args.driver, work / work_name)
+                        results.setdefault(label, []).append(first_call(env, config, source, label))
                 finally:
                     subprocess.run(
                         [sys.executable, "-m", "service.accelctl", "server", "stop"],
