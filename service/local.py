@@ -311,8 +311,8 @@ def ensure_services(
     this call started the server, and the runner.
 
     A runner needs only its server's address to start, so both start at once: the runner imports Prefect
-    and the flows while the server migrates its database (on two cores the first call's wall time is the
-    longer of the two, not their sum)."""
+    and the flows (~2 CPU-s) while the server starts (~5 CPU-s); on two cores the first call waits for the
+    longer of the two, not their sum (bench/firstcall.py)."""
     with _start_lock():
         server, server_proc = _start_server()
         sock, runner_proc = _start_runner(server)
