@@ -280,11 +280,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         if (failure := _check_request(args).failure) is not None:
             return _fail(f"conversion of {args.source}", failure)  # bad input starts nothing
         try:
-            server, started = local.ensure_server()
-            if started:
+            server, sock, server_started, runner_started = local.ensure_services()
+            if server_started:
                 print(f"accelctl: started the local Prefect server at {server.api_url}", file=sys.stderr)
-            sock, started = local.ensure_runner(server)
-            if started:
+            if runner_started:
                 print(
                     "accelctl: started the local runner (stop both with `accelctl server stop`)",
                     file=sys.stderr,
