@@ -16,6 +16,8 @@ from typing import TextIO
 
 # `convert sha256:abcdef012345 (estargz)`: the verb and, for per-driver steps, the driver.
 _NAME = re.compile(r"^(?P<verb>[\w-]+)\b.*?(?:\((?P<driver>[\w-]+)\))?$")
+# `convert 12 layers: sha256:…, … (estargz)`: a batch's run (tasks.batches) counts its layers.
+_BATCH = re.compile(r"^[\w-]+ (?P<layers>\d+) layers:")
 STEPS = ("pull", "convert", "upload", "push")
 REDRAW_SECONDS = 1.0
 
@@ -45,8 +47,9 @@ class Progress:
         found = _NAME.match(name)
         if found is None or found["verb"] not in STEPS:
             return
+        batch = _BATCH.match(name)
         with self._lock:
-            self.done[(found["verb"], found["driver"] or "")] += 1
+            self.done[(found["verb"], found["driver"] or "")] += int(batch["layers"]) if batch else 1
             if state not in ("Completed", "Cached"):
                 self.failed += 1
         self.draw()

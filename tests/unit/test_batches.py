@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 from accel.model import SourceLayer
 from accel.oci import Descriptor
@@ -100,3 +101,15 @@ def test_run_names_say_which_layers_a_batch_holds():
         f"upload 5 layers: {short[0]}, {short[1]}, {short[2]} and 2 more (nydus)"
     )
     assert [layers_in_run_name(batch_run_name("convert", x, "zstdchunked")) for x in (one, many)] == [1, 5]
+
+
+def test_accelctls_status_line_counts_the_layers_of_a_batchs_run():
+    from service.progress import Progress
+
+    progress = Progress("host/repo:v1", io.StringIO())
+    layers = [layer(1, i) for i in range(250)]
+    progress.task_finished(batch_run_name("pull", layers), "Completed")
+    progress.task_finished(batch_run_name("convert", layers[:1], "estargz"), "Completed")
+    progress.task_finished(batch_run_name("convert", layers[1:], "estargz"), "Cached")
+
+    assert "pulled 250; estargz: converted 250" in progress.line()
