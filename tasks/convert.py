@@ -42,7 +42,7 @@ def resolve(source: Reference, config_path: str) -> SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
     image = img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
-    check_layer_count(ctx.settings, image)  # before a task run per layer is started
+    check_layer_count(ctx.settings, image)  # before any layer is pulled
     return image
 
 
