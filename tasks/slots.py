@@ -1,5 +1,8 @@
 """Conversion slots of one flow run: at most N layer conversions at once, the largest layers first.
 
+A conversion here is one `convert-layers` task run: a batch of layers (`tasks.batches`), announced with its
+layers' total size and holding its slot while it converts them one after another.
+
 With conversions reading behind their pulls, every conversion of a run starts at once and queues for a
 slot; the order they reach it is a race of a few milliseconds. Taken first come first served, two small
 layers could take both slots while the largest waits, and the run then ends one large conversion later

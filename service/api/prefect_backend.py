@@ -55,6 +55,7 @@ from service.api.conversions import (
     TaskNotFound,
 )
 from service.metrics import Metrics
+from tasks.policy import layers_in_run_name
 
 log = logging.getLogger("acceld.prefect")
 T = TypeVar("T")
@@ -374,14 +375,16 @@ class PrefectBackend:
             log.debug("cannot read task runs of %s: %s", run.id, exc)
             return
         for task_run in task_runs:
-            # Task runs are named `convert sha256:abcdef012345 (estargz)`; cache hits end in state "Cached".
+            # Task runs are named `convert sha256:abcdef012345 (estargz)`, or for a batch of layers
+            # `convert 12 layers: sha256:…, … (estargz)` (tasks/policy.py); cache hits end in state "Cached".
             name = task_run.name or ""
             if not name.startswith("convert ") or "(" not in name or task_run.state is None:
                 continue
             if task_run.state.type != StateType.COMPLETED:
                 continue
             driver = name.rsplit("(", 1)[1].rstrip(")")
-            self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached")
+            count = layers_in_run_name(name)
+            self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached", count=count)
         # Layers the remote cache image answered have no convert task run at all: the result counts them.
         result = await self._result(run) if status_of(run) == COMPLETED else None
         for target in result.targets if result is not None else []:

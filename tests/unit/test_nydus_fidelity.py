@@ -785,9 +785,7 @@ def test_subsecond_mtimes_are_a_loss_the_log_names(
 def test_whiteout_of_a_non_utf8_name_is_refused_naming_the_entry(store: ContentStore) -> None:
     """Case B: nydus-image 2.2.0 only applies whiteouts whose name is UTF-8; it kept both entries."""
     layer = tar_of(file("d/.wh.raw-\udcff\udcfe", b""))
-    with pytest.raises(
-        InvalidImage, match=r"'d/\.wh\.raw-\\xff\\xfe' is a whiteout of a name that is not"
-    ):
+    with pytest.raises(InvalidImage, match=r"'d/\.wh\.raw-\\xff\\xfe' is a whiteout of a name that is not"):
         _convert_one(store, layer)
     # A non-UTF-8 directory above an ordinary whiteout is fine: nydus-image reads the whiteout's own name.
     lower = tar_of(directory("dir-\udc80"), file("dir-\udc80/gone"), file("dir-\udc80/kept"))
