@@ -40,7 +40,12 @@ from tasks import build_manifest, cancel, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.cancel import ConversionCancelled
 from tasks.convert import uploads_early
-from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
+from tasks.limits import (
+    ConversionTimedOut,
+    check_image_sizes,
+    drivers_over_their_layer_bound,
+    end_timed_out_process,
+)
 from tasks.process import die_with_runner
 from tasks.session import BatchRun, ConversionSession
 from tasks.store import collect_garbage
@@ -226,7 +231,9 @@ def _convert(
     if cache_ref is not None:
         with _timed(timings, "cache lookup"):
             lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
-    hits = {d: lookup.hits.get(d, {}) for d in driver_types}
+    # Drivers whose format holds fewer layers than the image has fail now, named; the others convert.
+    refused = drivers_over_their_layer_bound(ctx, image, driver_types)
+    hits = {d: lookup.hits.get(d, {}) for d in driver_types if d not in refused}
 
     targets = []
     # The session holds what the run's layer tasks share (slots, image budgets, announced pulls, early
@@ -235,11 +242,12 @@ def _convert(
         # Drivers whose converted blobs go to their target while later layers still convert.
         early = {
             d: target_refs[d]
-            for d in driver_types
+            for d in hits
             if uploads_early(ctx.driver(d), target_refs[d], ctx.settings.converter.verify)
         }
         with _timed(timings, "pull+convert"):
             converted, failures = _pull_and_convert(session, image, layers, hits, config_path, early)
+        failures.update(refused)
 
         # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
         for d in driver_types:

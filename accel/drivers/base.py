@@ -196,6 +196,9 @@ class Driver:
     # docker-archive holds tar layers only) refuses the driver by name before anything is pulled. Empty:
     # not declared (such a target then refuses at the push).
     layer_media_types: ClassVar[frozenset[str]] = frozenset()
+    # The most layers one platform image of this format holds, when its format or builder has a bound (below
+    # converter.limits.max_layers): a deeper image is refused for this driver before anything is pulled.
+    max_layers: ClassVar[int | None] = None
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options

@@ -100,9 +100,11 @@ def test_500_tiny_layers_convert_with_every_driver_in_a_bounded_number_of_task_r
     )
 
     # nydus-image 2.2.0 merges at most 255 layer blobs into one bootstrap (a u8 blob index: it panics at
-    # `blob_idx < u8::MAX`), so Nydus fails at build, naming its builder, after its layers converted.
-    assert sorted(t.driver for t in result.targets) in (sorted(DRIVERS), ["estargz", "zstdchunked"])
-    assert [(f.driver, "nydus-image merge" in f.reason) for f in result.failed] in ([], [("nydus", True)])
+    # `blob_idx < u8::MAX`), so Nydus is refused up front, by name; the other drivers are pushed.
+    assert sorted(t.driver for t in result.targets) == ["estargz", "zstdchunked"]
+    [refused] = result.failed
+    assert refused.driver == "nydus"
+    assert "has 500 layers, more than the 255 a nydus image holds" in refused.reason
     assert runs <= MAX_TASK_RUNS
     assert "queue is full" not in logged_prefect.log_path.read_text(errors="replace")
 

@@ -15,8 +15,10 @@ from accel.compression import ExpansionLimits, ImageBudget, open_uncompressed
 from accel.config import load_settings
 from accel.drivers import LayerInput, load_driver
 from accel.errors import ConfigError, LimitExceeded
+from accel.model import SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor
 from accel.store import ContentStore
+from tests.harness import configs
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -188,7 +190,6 @@ def test_max_image_size_has_a_default_and_is_checked():
 def test_recorded_layer_sizes_count_for_layers_a_run_does_not_stream(tmp_path):
     """A retried run's earlier layers come from the task cache: their sizes, recorded when they streamed,
     still count toward the image (per platform: each image of an index alone)."""
-    from accel.model import SourceImage, SourceLayer, SourceManifest
     from accel.oci import Platform
     from tasks.limits import LayerSizes, check_image_sizes, images_of_layers
 
@@ -276,33 +277,34 @@ def test_partial_files_of_interrupted_runs_are_swept_once_no_live_run_can_own_th
     assert sorted(p.name for p in ingest.iterdir()) == ["a-dir", "scratch-live"]
 
 
-def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
-    from accel.model import SourceImage, SourceLayer, SourceManifest
-    from tasks.limits import check_layer_count
+def _image_of(layers: int) -> SourceImage:
+    """A one-platform image of `layers` layers (descriptors only: nothing is read)."""
+    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=f"sha256:{1:064x}", size=10)
+    config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{2:064x}", size=10)
+    source_layers = tuple(
+        SourceLayer(
+            descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n + 10:064x}", size=10),
+            diff_id=f"sha256:{n + 20_000:064x}",
+        )
+        for n in range(layers)
+    )
+    return SourceImage(
+        reference="host/repo:v1",
+        root=desc,
+        manifests=(SourceManifest(descriptor=desc, config=config, layers=source_layers),),
+    )
 
-    def image(layers: int) -> SourceImage:
-        desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=f"sha256:{1:064x}", size=10)
-        config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{2:064x}", size=10)
-        source_layers = tuple(
-            SourceLayer(
-                descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n + 10:064x}", size=10),
-                diff_id=f"sha256:{n + 20_000:064x}",
-            )
-            for n in range(layers)
-        )
-        return SourceImage(
-            reference="host/repo:v1",
-            root=desc,
-            manifests=(SourceManifest(descriptor=desc, config=config, layers=source_layers),),
-        )
+
+def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
+    from tasks.limits import check_layer_count
 
     settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
     assert settings.converter.limits.max_layers == 500  # as deep as overlayfs stacks layers
-    check_layer_count(settings, image(500))
+    check_layer_count(settings, _image_of(500))
     with pytest.raises(
         LimitExceeded, match=r"has 10,000 layers, more than 500 \(converter.limits.max_layers\)"
     ):
-        check_layer_count(settings, image(10_000))
+        check_layer_count(settings, _image_of(10_000))
     with pytest.raises(ConfigError, match="max_layers"):
         load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_layers": 0}}})
 
@@ -398,3 +400,19 @@ def test_the_tar_scanner_stops_at_the_entry_past_its_limit():
         for member in scanner:
             names.append(member.header.name)
     assert len(names) == 4  # the fifth was never handed out
+
+
+def test_a_driver_whose_format_holds_fewer_layers_is_refused_by_name_before_the_pull(tmp_path):
+    """Nydus (nydus-image 2.2.0's merge) holds 255 layers: a deeper image refuses that driver only, naming
+    the image and the bound; the other drivers go on."""
+    from accel.context import context_for
+    from tasks.limits import drivers_over_their_layer_bound
+
+    drivers = [configs.driver("estargz"), configs.driver("nydus")]
+    config = configs.write_config(tmp_path / "config.yaml", {"host": {}}, drivers, work_dir=tmp_path)
+    ctx = context_for(config)
+    assert drivers_over_their_layer_bound(ctx, _image_of(255), ["estargz", "nydus"]) == {}
+    refused = drivers_over_their_layer_bound(ctx, _image_of(256), ["estargz", "nydus"])
+    assert list(refused) == ["nydus"]
+    assert "host/repo@sha256:" in refused["nydus"]
+    assert "has 256 layers, more than the 255 a nydus image holds" in refused["nydus"]

@@ -90,6 +90,9 @@ class NydusDriver(Driver):
     reader = NydusReader()  # how accel.verify reads an image back
     # Blob layers, and the bootstrap layer `finish` adds (Docker's gzip type for a Docker source kept Docker).
     layer_media_types = frozenset({mt.NYDUS_BLOB, mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP})
+    # nydus-image 2.2.0's merge keeps a blob index in a u8 and panics past it (`blob_idx < u8::MAX`), after
+    # every layer has converted: a deeper image is refused up front instead.
+    max_layers = 255
 
     options: NydusOptions
 
