@@ -187,7 +187,7 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
 
     from accel.config import load_file
     from deployments.definitions import definitions
-    from tasks.process import RUNNER_PID_ENV
+    from tasks.process import RUNNER_PID_ENV, start_flow_runs_with_runner_death
 
     settings = load_file(config_path)
     convert, bulk = definitions(settings)
@@ -210,8 +210,10 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
             list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
         )
         return 0
-    # Its flow-run processes end when this process does (tasks/process.py).
+    # Its flow-run processes end when this process does (tasks/process.py), from their first instruction.
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
+    if not start_flow_runs_with_runner_death():
+        log.warning("flow-run processes are not started with PR_SET_PDEATHSIG; each ends with its flow")
     # One runner for both: its limit is the conversion concurrency (converter.worker).
     serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
