@@ -232,13 +232,35 @@ def registry_pinner(settings: Settings) -> TagPinner:
     return pin
 
 
+ORPHAN_REASON = "acceld's runner stopped while this run was in progress (its process is gone)"
+
+
+def recover_orphans(prefect_timeout: float = 30.0) -> None:
+    """Runs a dead runner of this acceld left RUNNING or PENDING: conversions are scheduled again (their push
+    was answered 2xx: Harbor will not send it again), bulk runs marked FAILED. Called with the work dir lock
+    held and no runner alive: at start, and before a runner that died is started again."""
+    from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+    from service.api.prefect_backend import recover_orphaned_runs
+
+    recovered = asyncio.run(
+        asyncio.wait_for(
+            recover_orphaned_runs([CONVERT_DEPLOYMENT], [BULK_DEPLOYMENT], ORPHAN_REASON), prefect_timeout
+        )
+    )
+    for run_id in recovered.rescheduled:
+        log.warning("orphaned flow run %s (its runner died) scheduled to run again", run_id)
+    for run_id in recovered.failed:
+        log.warning("marked orphaned flow run %s as FAILED", run_id)
+    for run_id in recovered.cancelled:
+        log.warning("marked orphaned flow run %s (being cancelled) as CANCELLED", run_id)
+
+
 def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int:
     import uvicorn
 
     from accel.config import Settings
-    from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
-    from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from service.api.prefect_backend import PrefectBackend
     from service.intake import JOURNAL_FILE, IntakeJournal, JournalUnavailable
     from service.metrics import Metrics
     from service.supervisor import RunnerSupervisor, WorkDirLock
@@ -266,18 +288,12 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
                 file=sys.stderr,
             )
             return 1
-        # No runner of ours is alive (we hold the lock), so a RUNNING/PENDING run of our deployments was
-        # left behind by an acceld that died; without this it would show PROCESSING forever.
-        orphans = asyncio.run(
-            fail_orphaned_runs(
-                [CONVERT_DEPLOYMENT, BULK_DEPLOYMENT],
-                "acceld stopped while this run was in progress (its process is gone); push again or run "
-                "bulk-reconvert to retry",
-            )
+        # No runner of ours is alive (we hold the lock), so a live-looking run of our deployments was left
+        # behind by a runner that died: conversions run again, the rest are FAILED (else PROCESSING forever).
+        recover_orphans(prefect_timeout=args.prefect_timeout)
+        supervisor = RunnerSupervisor(
+            config_path, in_process=args.in_process_runs, before_restart=recover_orphans
         )
-        for run_id in orphans:
-            log.warning("marked orphaned flow run %s as FAILED", run_id)
-        supervisor = RunnerSupervisor(config_path, in_process=args.in_process_runs)
         supervisor.start()
 
     try:

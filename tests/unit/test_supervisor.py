@@ -43,3 +43,28 @@ def test_a_runner_that_stays_up_is_healthy_again():
         assert supervisor.failures == 0
     finally:
         supervisor.stop(grace=5)
+
+
+def test_a_runner_that_died_has_its_orphans_recovered_before_it_starts_again():
+    """acceld's hook (its orphaned runs scheduled again) runs before each restart, not before the first start,
+    and a hook that fails does not keep the runner down."""
+    crashing = [sys.executable, "-c", "raise SystemExit(3)"]
+    calls: list[int] = []
+
+    def recover() -> None:
+        calls.append(supervisor.failures)
+        if len(calls) == 1:
+            raise RuntimeError("Prefect API unreachable")
+
+    supervisor = RunnerSupervisor(
+        "unused.yaml", restart_delay=0.01, max_restart_delay=0.01, command=crashing, before_restart=recover
+    )
+    supervisor.start()
+    try:
+        wait_until(lambda: supervisor.failures >= 3, timeout=60, what="three runner exits")
+    finally:
+        supervisor.stop(grace=5)
+    assert calls[:2] == [
+        1,
+        2,
+    ]  # after the first exit, then after the second: the first call's error is logged
