@@ -39,9 +39,11 @@ log = logging.getLogger("acceld")
 
 # SIGTERM stops acceld within about 10 s whatever state Prefect is in: open requests get API_SHUTDOWN_GRACE
 # seconds (accepted pushes are journalled, so a creation still waiting on Prefect is not lost by stopping),
-# then the runner RUNNER_SHUTDOWN_GRACE seconds before it is killed (its runs end with it).
+# then the runner is killed at once (its runs end with it; Prefect's graceful stop would mark them CANCELLED,
+# and those accepted pushes would never be converted) and its runs are scheduled again, for the next start,
+# if Prefect answers within STOP_RECOVERY_SECONDS (else the next start does it).
 API_SHUTDOWN_GRACE = 3
-RUNNER_SHUTDOWN_GRACE = 5.0
+STOP_RECOVERY_SECONDS = 3.0
 
 # Prefect's default (10 s) would add up to 10 s before each conversion starts; 1 s keeps a webhook's run
 # starting within about a second for one cheap query a second against the Prefect API.
@@ -334,7 +336,11 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
             with contextlib.suppress(OSError):
                 uds.unlink()
         if supervisor is not None:
-            supervisor.stop(grace=RUNNER_SHUTDOWN_GRACE)
+            supervisor.stop(grace=5, graceful=False)
+            try:
+                recover_orphans(prefect_timeout=STOP_RECOVERY_SECONDS)
+            except Exception as exc:  # Prefect is down or slow: acceld's next start recovers them
+                log.warning("runs in progress are recovered at the next start: %s", type(exc).__name__)
         journal.close()
         lock.release()
     return 0

@@ -151,11 +151,13 @@ class RunnerSupervisor:
             "see acceld's log"
         )
 
-    def stop(self, grace: float = 30.0) -> None:
+    def stop(self, grace: float = 30.0, graceful: bool = True) -> None:
+        """SIGTERM, and SIGKILL after `grace` seconds; or SIGKILL at once when not `graceful` (acceld:
+        Prefect's graceful stop of a runner marks its runs CANCELLED, and nothing would run them again)."""
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
