@@ -17,8 +17,9 @@ from typing import Any, BinaryIO
 import zstandard
 from isal import igzip
 
-from accel import oci
+from accel import cancel, oci
 from accel.errors import DigestMismatch, LimitExceeded, UnsupportedMediaType
+from accel.tarstream import EntryLimit
 
 READ_SIZE = 1 << 20
 
@@ -149,12 +150,22 @@ class BackgroundWriter:
 class ExpansionLimits:
     """How far a compressed layer may expand: a decompression bomb stops at the limit, in seconds, instead
     of holding a worker for minutes. The ratio only applies past `ratio_floor` uncompressed bytes (small
-    layers of zeros or text legitimately compress very well)."""
+    layers of zeros or text legitimately compress very well). `max_entries` bounds the tar entries, which
+    the drivers count as they walk the tar (`entry_limit`): a layer of a million empty files is small in
+    bytes but not in what a conversion keeps per entry."""
 
     max_bytes: int | None = None  # converter.limits.max_layer_size
     max_ratio: float | None = None  # converter.limits.max_expansion_ratio
     ratio_floor: int = 64 << 20
     images: tuple[ImageBudget, ...] = ()  # the images the layer is part of (converter.limits.max_image_size)
+    max_entries: int | None = None  # converter.limits.max_entries
+
+    def entry_limit(self, layer: str) -> EntryLimit | None:
+        """converter.limits.max_entries for the layer of digest `layer`; a failure names it and its images."""
+        if self.max_entries is None:
+            return None
+        images = ", ".join(image.image for image in self.images)
+        return EntryLimit(self.max_entries, f"layer {layer}" + (f" of {images}" if images else ""))
 
     @property
     def active(self) -> bool:
@@ -260,12 +271,16 @@ class PrefetchingReader(io.BufferedIOBase):
         self._block = b""
         self._pos = 0
         self._ended = False
-        self._thread = threading.Thread(target=self._read_ahead, name="layer-reader", daemon=True)
+        # In the consumer's context: a cancellation of its work stops the read ahead too (accel.cancel).
+        self._thread = threading.Thread(
+            target=cancel.in_this_context(self._read_ahead), name="layer-reader", daemon=True
+        )
         self._thread.start()
 
     def _read_ahead(self) -> None:
         try:
             while not self._stopping.is_set():
+                cancel.check()
                 data = self._inner.read(self._block_size)
                 if not data:
                     break
@@ -289,6 +304,7 @@ class PrefetchingReader(io.BufferedIOBase):
             return False
         if self.closed:
             raise ValueError("read from a closed PrefetchingReader")
+        cancel.check()
         item = self._queue.get()
         if isinstance(item, _End):
             self._ended = True

@@ -116,8 +116,10 @@ class SourceHost(_Model):
     """One registry accel may pull from and push to."""
 
     auth: SecretStr | None = None  # base64 of "user:password"
-    insecure: bool = False  # skip TLS verification
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+    # Skip TLS verification; and, as acceld, speak plain HTTP to the host when it answers TLS in plain HTTP.
+    insecure: bool = False
+    # None: plain HTTP for loopback hosts only (for `insecure` ones: TLS first, as above).
+    plain_http: bool | None = None
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("auth")
@@ -249,6 +251,11 @@ class LimitSettings(_Model):
     # Layers of one platform image. 500 is as deep as overlayfs stacks lower layers: an image with more
     # cannot run on it anyway, and each layer is task runs of its own.
     max_layers: int = Field(default=500, ge=1)
+    # Tar entries of one source layer (files, directories, links...): what a conversion keeps per entry
+    # (TOCs, tar-split, Nydus's tables and builder tree) grows with each, whatever the layer's bytes. At
+    # 200,000 a layer of a million empty files fails within a minute under 500 MiB with every driver
+    # (Nydus: ~440 MiB, run and builder together; tests/integration/test_bounded_work.py).
+    max_entries: int = Field(default=200_000, ge=1)
     timeout: int = Field(default=3600, ge=1)  # seconds for one conversion (the flow run's timeout)
 
     @field_validator("max_layer_size", "max_image_size")
@@ -528,9 +535,10 @@ def webhook_auth_problem(settings: Settings) -> str | None:
     if not unprotected:
         return None
     hosts = ", ".join(unprotected)
+    where = " and ".join(f"provider.source.{host}" for host in unprotected)
     return (
         f"provider.source host(s) {hosts} have no webhook.auth_header: anyone could start conversions. "
-        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {hosts}, or "
+        f"Add `webhook: {{auth_header: <the Authorization value the registry sends>}}` under {where}, or "
         "`webhook: {allow_unauthenticated: true}` to accept unauthenticated webhooks from it."
     )
 

@@ -15,6 +15,7 @@ from accel.config import Settings, load_text
 from accel.drivers import Driver, load_driver
 from accel.drivers.dependencies import DependencyResolver
 from accel.errors import ConfigError
+from accel.overrides import current_overrides
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 
@@ -75,17 +76,26 @@ _contexts_lock = threading.Lock()
 
 def context_for(config_path: str | Path) -> Context:
     """One Context per config file content: every task of a run shares the one its flow built, and an
-    edited config (whatever its mtime says) takes effect on the next run."""
+    edited config (whatever its mtime says) takes effect on the next run.
+
+    Under a request's overrides (`accel.overrides.overriding`: accelctl's credentials, TLS and platform
+    flags), the context is built from the settings with them applied, and kept beside the config's own: one
+    per config file, replaced by the next request's (its credentials are not kept longer)."""
     path = Path(config_path).resolve()
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     digest = hashlib.sha256(text.encode()).hexdigest()
+    overrides = current_overrides.get()
+    slot = str(path) if not overrides else f"{path}\0overrides"
+    if overrides:
+        digest = f"{digest} {overrides.key()}"
     with _contexts_lock:
-        known = _contexts.get(str(path))
+        known = _contexts.get(slot)
         if known is not None and known[0] == digest:
             return known[1]
-        ctx = Context(load_text(text, path))
-        _contexts[str(path)] = (digest, ctx)
+        settings = load_text(text, path)
+        ctx = Context(overrides.apply(settings) if overrides else settings)
+        _contexts[slot] = (digest, ctx)
         return ctx

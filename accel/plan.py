@@ -19,9 +19,12 @@ from typing import Any
 from accel.cache import cache_reference
 from accel.config import Settings
 from accel.digest import hex_of
+from accel.drivers import driver_class
 from accel.errors import ConfigError
 from accel.reference import Reference
 from accel.transports import OCI_LAYOUT, describe, is_local
+from accel.transports.archive import DOCKER_LOADABLE_LAYERS
+from accel.transports.names import DOCKER_ARCHIVE
 
 # The OCI distribution spec's referrers tag schema: where clients keep a referrers index on registries
 # without the referrers API. Such a tag names a list of artifacts, not an image.
@@ -169,6 +172,19 @@ def plan_conversion(
     )
 
 
+def _check_docker_archive_holds(drivers: Sequence[str], target: Reference) -> None:
+    """A docker archive holds tar layers only (what `docker load` and skopeo apply): a driver that writes
+    others is refused by name here, before anything is pulled or converted."""
+    for driver_type in drivers:
+        declared = driver_class(driver_type).layer_media_types
+        if declared - DOCKER_LOADABLE_LAYERS:
+            raise ConfigError(
+                f"target {describe(target)}: a docker-archive cannot hold {driver_type} images (their "
+                "layers are not tar layers, so docker load and skopeo could not read them back); write "
+                "oci-archive: or oci: instead"
+            )
+
+
 def with_target(plan: ConversionPlan, target: Reference | None) -> ConversionPlan:
     """An explicit target (any transport): one driver writes exactly there, several add their suffix to its
     tag. Local sources and targets have no remote conversion cache. Without a target, a layout source gets
@@ -181,6 +197,8 @@ def with_target(plan: ConversionPlan, target: Reference | None) -> ConversionPla
         return replace(plan, cache=None) if is_local(plan.source) else plan
     if len(plan.drivers) > 1 and target.registry in ("oci-archive", "docker-archive"):
         raise ConfigError(f"a {target.registry} target holds one converted image: convert with one driver")
+    if target.registry == DOCKER_ARCHIVE:
+        _check_docker_archive_holds(plan.drivers, target)
     if len(plan.drivers) == 1:
         targets = {plan.drivers[0]: target}
     else:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from accel import cancel
 from accel import digest as dg
 from accel.errors import AccelError, DigestMismatch
 
@@ -227,6 +228,7 @@ class ContentStore:
         if arrival is not None:
             with arrival.changed:
                 while not (arrival.committed or arrival.failure or self.exists(digest)):
+                    cancel.check()
                     arrival.changed.wait(_FollowingReader.WAIT_SECONDS)
             if arrival.failure is not None and not self.exists(digest):
                 raise BlobUnavailable(f"blob {digest} never reached the store: {arrival.failure}")
@@ -308,6 +310,7 @@ class _FollowingReader(io.RawIOBase):
         arrival = self._arrival
         with arrival.changed:
             while True:
+                cancel.check()  # the pull it waits for may never come: its run was cancelled
                 if arrival.committed and arrival.committed_attempt == self._attempt:
                     self._attempt = 0  # our file became the committed blob (renamed): read it to its end
                     return

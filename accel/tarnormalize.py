@@ -61,7 +61,10 @@ _NUMBER_KEYS = frozenset({b"uid", b"gid", b"mtime"})
 
 
 def entry_label(name: bytes) -> str:
-    return repr(name.decode("utf-8", "backslashreplace"))
+    """`'name'` for messages: bytes that are not UTF-8 as `\\xff` and control characters escaped, once each
+    (`repr` of the decoded text doubled the backslashes that `backslashreplace` had written)."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
 def clean_path(name: bytes, what: str = "entry") -> bytes:
@@ -225,11 +228,14 @@ class _Seen:
     carry: bool = False  # the header block does not say the owner or mtime PAX records set
 
 
-def scan_layer(stream: BinaryIO, check: EntryCheck | None = None) -> Normalisation:
+def scan_layer(
+    stream: BinaryIO, check: EntryCheck | None = None, limit: tarstream.EntryLimit | None = None
+) -> Normalisation:
     """Pass 1 (headers only): the Normalisation for `normalized_tar` and the layer's directory table; `check`
-    as in `LayerScan`."""
+    as in `LayerScan`; `limit`: converter.limits.max_entries (the scan keeps a record per entry). Pass 2
+    reads the same bytes, so the limit held there too."""
     scan = LayerScan(check=check)
-    scanner = TarScanner(stream)
+    scanner = TarScanner(stream, limit)
     for member in scanner:
         scan.add(member)
     return scan.normalisation(scanner)

@@ -21,7 +21,7 @@ import enum
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from accel.errors import InvalidImage
+from accel.errors import InvalidImage, LimitExceeded
 
 BLOCK_SIZE = 512
 ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -58,6 +58,24 @@ _PAX_SPARSE_KEYS = (
 
 class TarError(InvalidImage):
     """The stream is not a tar archive Go's archive/tar would accept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryLimit:
+    """At most `max_entries` entries in one layer's tar (converter.limits.max_entries). What a conversion
+    keeps per entry (a TOC, tar-split, normalisation tables, the Nydus builder's tree) grows with each one,
+    so every walk of a layer's tar stops at the first entry past the limit, before it is kept. `what` names
+    the layer, and its images where known, in the failure."""
+
+    max_entries: int
+    what: str
+
+    def check(self, count: int) -> None:
+        """`count`: the entries met so far, the one at hand included. LimitExceeded past the limit."""
+        if count > self.max_entries:
+            raise LimitExceeded(
+                f"{self.what} has more than {self.max_entries:,} tar entries (converter.limits.max_entries)"
+            )
 
 
 class TarFormat(enum.Enum):
@@ -200,10 +218,13 @@ class TarMember:
 
 
 class TarScanner:
-    """Iterate a tar stream's members without buffering payloads. Single pass, not thread-safe."""
+    """Iterate a tar stream's members without buffering payloads. Single pass, not thread-safe. With
+    `limit`, the member past it raises LimitExceeded instead of being handed out."""
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: BinaryIO, limit: EntryLimit | None = None) -> None:
         self._source = _Source(fileobj)
+        self._limit = limit
+        self.count = 0  # members handed out
         self._done = False
         self._ended_in_padding = False
         self.end_bytes = b""  # the end-of-archive blocks, set when iteration finishes
@@ -227,6 +248,9 @@ class TarScanner:
             if member is None:
                 self._done = True
                 break
+            self.count += 1
+            if self._limit is not None:
+                self._limit.check(self.count)
             self.last_member = member
             yield member
         if self.last_member is not None:

@@ -3,6 +3,8 @@ manifest-or-index → (verify) → push → merge cache → collect garbage → 
 
 The flow only composes tasks; every step's logic lives in the engine (`accel`), and what the layer tasks of
 one run share (slots, image budgets, announced pulls, early uploads) in its `tasks.session.ConversionSession`.
+Layers are pulled, converted and uploaded in batches (`tasks.batches`), so that a run's task runs stay
+bounded whatever its layer count.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import Artifact, create_markdown_artifact
-from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Failed, State
 from prefect.utilities.timeout import timeout
 from pydantic import BaseModel
@@ -39,9 +40,14 @@ from tasks import build_manifest, cancel, push_image, resolve, verify_image
 from tasks.cache import CacheLookup, lookup_cache, merge_cache
 from tasks.cancel import ConversionCancelled
 from tasks.convert import uploads_early
-from tasks.limits import ConversionTimedOut, check_image_sizes, end_timed_out_process
+from tasks.limits import (
+    ConversionTimedOut,
+    check_image_sizes,
+    drivers_over_their_layer_bound,
+    end_timed_out_process,
+)
 from tasks.process import die_with_runner
-from tasks.session import ConversionSession
+from tasks.session import BatchRun, ConversionSession
 from tasks.store import collect_garbage
 
 # The type of the artifact that carries a run's ConversionResult as JSON: acceld (any mode, any host) reads
@@ -159,6 +165,7 @@ def convert_image(
         target: Exact destination (any transport). Empty: beside the source, tag + the driver's suffix.
     """
     die_with_runner()  # in a process acceld's runner started for this run: it ends with the runner
+    cancel.run_started()  # run in-process by accelctl or the local runner: Ctrl-C and Prefect cancel it
     config_path = _config_path(config)
     # The timeout of the config this run converts with, however it was started (acceld, a work-pool
     # worker, accelctl, the UI): a flow's own `timeout_seconds` is fixed before its parameters are read.
@@ -172,7 +179,7 @@ def convert_image(
     except AccelError as exc:
         # Expected (a 404, refused credentials, a limit): the run ends FAILED with the error's one line as
         # its message, and its logs carry that line without a traceback (tasks/expected.py).
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        message = _one_line(exc)
         get_run_logger().error("%s", message)
         return Failed(message=message, data=exc)
     except ConversionTimedOut:
@@ -224,7 +231,9 @@ def _convert(
     if cache_ref is not None:
         with _timed(timings, "cache lookup"):
             lookup = lookup_cache(image, driver_types, cache_ref, target_refs, config_path)
-    hits = {d: lookup.hits.get(d, {}) for d in driver_types}
+    # Drivers whose format holds fewer layers than the image has fail now, named; the others convert.
+    refused = drivers_over_their_layer_bound(ctx, image, driver_types)
+    hits = {d: lookup.hits.get(d, {}) for d in driver_types if d not in refused}
 
     targets = []
     # The session holds what the run's layer tasks share (slots, image budgets, announced pulls, early
@@ -233,11 +242,12 @@ def _convert(
         # Drivers whose converted blobs go to their target while later layers still convert.
         early = {
             d: target_refs[d]
-            for d in driver_types
+            for d in hits
             if uploads_early(ctx.driver(d), target_refs[d], ctx.settings.converter.verify)
         }
         with _timed(timings, "pull+convert"):
             converted, failures = _pull_and_convert(session, image, layers, hits, config_path, early)
+        failures.update(refused)
 
         # Each driver's target is built and pushed on its own: one driver's refusal leaves the others pushed.
         for d in driver_types:
@@ -256,7 +266,12 @@ def _convert(
                 with _timed(timings, f"push {d}"):
                     # After its early uploads: one that failed is done again (and reported) by the push.
                     pushed = push_image(
-                        built, target_ref, source_ref, config_path, wait_for=session.uploads_of(d)
+                        built,
+                        target_ref,
+                        source_ref,
+                        config_path,
+                        session.progress.push_meter(d),
+                        wait_for=session.uploads_of(d),
                     )
             except ConversionCancelled:
                 raise
@@ -314,12 +329,23 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.monotonic() - started
 
 
+def _one_line(exc: BaseException, longest: int | None = None) -> str:
+    """An exception's lines joined (a builder's cause often comes on the lines after its first), cut at
+    `longest` characters, then its notes (a batch's task adds which layer failed: `tasks.convert`)."""
+    text = _joined(str(exc))
+    if longest is not None and len(text) > longest:
+        text = text[: longest - 3] + "..."
+    return " ".join(part for part in (text, _joined(*getattr(exc, "__notes__", ()))) if part)
+
+
+def _joined(*texts: str) -> str:
+    return " ".join(line.strip() for text in texts for line in text.splitlines() if line.strip())
+
+
 def _reason(exc: BaseException) -> str:
-    """An exception as one line for a failure message: its type and its lines joined (a builder's cause
-    often comes on the lines after its first), at most 500 characters."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    if len(text) > 500:
-        text = text[:497] + "..."
+    """An exception as one line for a failure message: its type and its message (at most 500 characters),
+    with the layer it failed at."""
+    text = _one_line(exc, longest=500)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -362,18 +388,19 @@ def _pull_and_convert(
     early: dict[str, Reference],
 ) -> tuple[dict[str, list[ConvertedLayer]], dict[str, str]]:
     """Per driver, the converted layers in source order: cache hits as they are, the rest pulled (once, shared
-    by every driver) and converted in parallel task runs, each conversion reading its layer while it
-    arrives. A driver whose conversion fails is left out and its first failing layer's error returned for
-    it (driver → reason); a failed pull fails every driver and raises. For the drivers in `early` (driver →
-    target), each converted blob is uploaded to the target as soon as it is converted."""
+    by every driver) and converted in parallel task runs, a batch of layers each (`tasks.batches`), each
+    conversion reading its layers while they arrive. A driver whose conversion fails is left out and its
+    first failing batch's error (naming the layer) returned for it (driver → reason); a failed pull fails
+    every driver and raises. For the drivers in `early` (driver → target), each batch's converted blobs are
+    uploaded to the target as soon as the batch is converted."""
     missed = {d: [layer for layer in layers if layer.descriptor.digest not in hits[d]] for d in hits}
     to_pull = {layer.descriptor.digest: layer for misses in missed.values() for layer in misses}
     pulls = session.pull(to_pull.values())  # once each, shared by every driver
     conversions = session.convert(missed)
     for d, target_ref in early.items():
         if d in conversions:
-            session.upload(d, target_ref, missed[d], conversions[d])
-    for pull in pulls.values():
+            session.upload(d, target_ref, conversions[d])
+    for pull in pulls:
         # A failed pull raises its own error here; its conversions would only say `UnfinishedRun`.
         cancel.wait(pull, "its layers were pulled")
         pull.result()
@@ -381,9 +408,9 @@ def _pull_and_convert(
     settings = context_for(config_path).settings
     converted: dict[str, list[ConvertedLayer]] = {}
     failures: dict[str, str] = {}
-    for d, futures in conversions.items():
+    for d, runs in conversions.items():
         try:
-            converted[d] = _converted_layers(session, d, layers, missed[d], futures, hits[d], store)
+            converted[d] = _converted_layers(session, d, layers, runs, hits[d], store)
             # Layers the task cache answered were not streamed in this run: their recorded sizes count.
             check_image_sizes(settings, image)
         except ConversionCancelled:
@@ -398,24 +425,28 @@ def _converted_layers(
     session: ConversionSession,
     driver: str,
     layers: list[SourceLayer],
-    missed: list[SourceLayer],
-    futures: list[PrefectFuture[ConvertedLayer]],
+    runs: list[BatchRun],
     hits: dict[str, ConvertedLayer],
     store: ContentStore,
 ) -> list[ConvertedLayer]:
     fresh: dict[str, ConvertedLayer] = {}
-    for future in futures:
-        # All of this driver's layers settle before the first failure is reported.
-        cancel.wait(future, "its layers were converted")
-    for layer, future in zip(missed, futures, strict=True):
-        fresh[layer.descriptor.digest] = future.result()
-    # A Prefect-cached result whose blob has since left the content store is converted again.
-    for layer in missed:
+    for run in runs:
+        # All of this driver's batches settle before the first failure is reported.
+        cancel.wait(run.future, "its layers were converted")
+    for run in runs:
+        for layer, result in zip(run.layers, run.future.result(), strict=True):
+            fresh[layer.descriptor.digest] = result
+    # Prefect-cached results whose blobs have since left the content store are converted again, together.
+    gone = []
+    for layer in (layer for run in runs for layer in run.layers):
         blob = fresh[layer.descriptor.digest].descriptor.digest
         if store.exists(blob):
             store.touch(blob)
         else:
-            fresh[layer.descriptor.digest] = session.convert_again(layer, driver)
+            gone.append(layer)
+    if gone:
+        for layer, result in zip(gone, session.convert_again(gone, driver), strict=True):
+            fresh[layer.descriptor.digest] = result
     return [hits.get(layer.descriptor.digest) or fresh[layer.descriptor.digest] for layer in layers]
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from service.onetime import ExitCode, Failure, check_request, describe_failure
+from service.onetime import Checked, ExitCode, Failure, check_request, describe_failure, request_overrides
 from service.progress import Progress
 from service.state import use_embedded_prefect
 
@@ -53,23 +53,77 @@ def _warn(warning: str) -> None:
     print(f"accelctl: warning: {warning}", file=sys.stderr, flush=True)
 
 
-def _check_request(args: argparse.Namespace) -> Failure | None:
+def _check_request(args: argparse.Namespace) -> Checked:
     """The request checked before any Prefect work; the config's warnings shown here."""
-    checked = check_request(args.source, args.config, args.driver, args.target)
+    checked = check_request(args.source, args.config, args.driver, args.target, args.access)
     for warning in checked.warnings:
         _warn(warning)
-    return checked.failure
+    return checked
 
 
 def _convert(args: argparse.Namespace) -> int:
     if not args.config:
         print("accelctl: no config: pass --config FILE or set ACCEL_CONFIG", file=sys.stderr)
         return int(ExitCode.USAGE)
+    access = _access(args)
+    if isinstance(access, Failure):
+        return _fail(f"conversion of {args.source}", access)
+    args.access = access
     if os.environ.get("PREFECT_API_URL") or args.in_process:
-        if (failure := _check_request(args)) is not None:
-            return _fail(f"conversion of {args.source}", failure)
-        return _convert_in_process(args)
+        checked = _check_request(args)
+        if checked.failure is not None:
+            return _fail(f"conversion of {args.source}", checked.failure)
+        return _convert_in_process(args, checked)
     return _convert_on_local_runner(args)
+
+
+def _access(args: argparse.Namespace) -> dict[str, Any] | Failure:
+    """The credentials, TLS and platform flags as the request carries them (`service.onetime.ACCESS_KEYS`),
+    a missing password asked for on a terminal, as skopeo does; never put in any process's arguments."""
+    access: dict[str, Any] = {
+        "src_tls_verify": args.src_tls_verify,
+        "dest_tls_verify": getattr(args, "dest_tls_verify", None),
+        "platform": _platform(args),
+    }
+    for side in ("src", "dest"):
+        creds = getattr(args, f"{side}_creds", None)
+        if creds is not None and ":" not in creds:
+            if not creds:
+                return Failure(ExitCode.USAGE, f"--{side}-creds: give USER[:PASSWORD]")
+            if not sys.stdin.isatty():
+                return Failure(
+                    ExitCode.USAGE,
+                    f"--{side}-creds {creds}: no password, and no terminal to ask for it on: give "
+                    "USER:PASSWORD",
+                )
+            import getpass
+
+            creds = f"{creds}:{getpass.getpass(f'Password for {creds} (--{side}-creds): ')}"
+        access[f"{side}_creds"] = creds
+    return {key: value for key, value in access.items() if value is not None}
+
+
+def _platform(args: argparse.Namespace) -> str | None:
+    """--override-os/-arch/-variant as one platform; what is not given is this machine's (as skopeo)."""
+    os_name, arch, variant = args.override_os, args.override_arch, args.override_variant
+    if os_name is None and arch is None and variant is None:
+        return None
+    import platform
+
+    machine = platform.machine().lower()
+    here = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le"}
+    parts = [os_name or "linux", arch or here.get(machine, machine), variant]
+    return "/".join(p for p in parts if p)
+
+
+def _tls_verify(text: str) -> bool:
+    """`--src-tls-verify=false` and its spellings (Go's strconv.ParseBool, as skopeo reads it)."""
+    value = text.strip().lower()
+    if value in ("1", "t", "true", "yes"):
+        return True
+    if value in ("0", "f", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _exit_code(message: dict[str, Any]) -> ExitCode:
@@ -93,7 +147,7 @@ def _quiet_prefect_console(verbose: bool) -> None:
     logging.getLogger("accel").addHandler(handler)
 
 
-def _convert_in_process(args: argparse.Namespace) -> int:
+def _convert_in_process(args: argparse.Namespace, checked: Checked) -> int:
     """The flow in this process, against PREFECT_API_URL (else Prefect's temporary server)."""
     use_embedded_prefect()
     _quiet_prefect_console(args.verbose)
@@ -101,14 +155,16 @@ def _convert_in_process(args: argparse.Namespace) -> int:
         os.environ["ACCEL_DEBUG"] = "1"
     from prefect.exceptions import CancelledRun
 
+    from accel.overrides import overriding
     from flows.convert_image import convert_image
-    from tasks import cancel
+    from tasks import cancel, progress
 
-    cancelled = threading.Event()
+    cancelled = cancel.RunCancellation()
 
     def first_ctrl_c(signum: int, frame: Any) -> None:
-        # The run ends CANCELLED at its next step; a second Ctrl-C interrupts this process (and its run).
-        cancelled.set()
+        # The run ends CANCELLED within a second or so; a second Ctrl-C interrupts this process (and its run).
+        # From a thread: the handler may have interrupted this thread inside the token's own lock.
+        threading.Thread(target=cancelled.cancel, args=("cancelled (Ctrl-C)",), daemon=True).start()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print(
             f"accelctl: cancelling the conversion of {args.source} (Ctrl-C again to stop at once)",
@@ -116,8 +172,14 @@ def _convert_in_process(args: argparse.Namespace) -> int:
         )
 
     previous = signal.signal(signal.SIGINT, first_ctrl_c) if _interruptible() else None
+    display = Progress(args.source) if _shows_progress(args) else None
     try:
-        with cancel.cancellable(cancelled):
+        with (
+            cancel.cancellable(cancelled),
+            overriding(checked.overrides),
+            display or contextlib.nullcontext(),
+            progress.watching(display.update) if display else contextlib.nullcontext(),
+        ):
             result = convert_image(
                 source=args.source,
                 drivers=args.driver or None,
@@ -126,7 +188,7 @@ def _convert_in_process(args: argparse.Namespace) -> int:
                 return_state=False,
             )
     except CancelledRun:
-        if not cancelled.is_set():
+        if not cancelled.cancelled:
             raise
         print(
             f"accelctl: cancelled the conversion of {args.source}: its run ended CANCELLED, nothing pushed",
@@ -148,6 +210,11 @@ def _convert_in_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """The live display: on a terminal, without -v (whose log lines would scroll it away)."""
+    return sys.stderr.isatty() and not args.verbose and os.environ.get("TERM") != "dumb"
+
+
 def _interruptible() -> bool:
     """Ctrl-C is ours to handle: in the main thread, and not ignored (as for a shell's background job)."""
     return (
@@ -163,7 +230,11 @@ def _check(args: argparse.Namespace) -> int:
     from accel.transports import Transports, parse_location
     from accel.verify import verify_image
 
+    access = _access(args)
+    if isinstance(access, Failure):
+        return _fail(f"check of {args.target}", access)
     try:
+        overrides = request_overrides(args.source, args.target, access)
         source, target = parse_location(args.source), parse_location(args.target)
         for location, text in ((source, args.source), (target, args.target)):
             if location.path is not None and not location.path.exists():
@@ -178,8 +249,10 @@ def _check(args: argparse.Namespace) -> int:
             checked = check_file(args.config)
             for warning in checked.warnings:
                 _warn(warning)
-            ctx = Context(checked.settings)
+            ctx = Context(overrides.apply(checked.settings) if overrides else checked.settings)
             client, platforms = ctx.client, ctx.settings.converter.platform_filter()
+        elif overrides:
+            client, platforms = RegistryClient(hosts=overrides.host_configs()), overrides.platforms()
         else:
             client, platforms = RegistryClient(), []
         routes = Transports(client)
@@ -204,14 +277,13 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
     # Up already: the runner checks the request itself (its engine is imported; this process skips that).
     sock = local.warm_runner()
     if sock is None:
-        if (failure := _check_request(args)) is not None:
+        if (failure := _check_request(args).failure) is not None:
             return _fail(f"conversion of {args.source}", failure)  # bad input starts nothing
         try:
-            server, started = local.ensure_server()
-            if started:
+            server, sock, server_started, runner_started = local.ensure_services()
+            if server_started:
                 print(f"accelctl: started the local Prefect server at {server.api_url}", file=sys.stderr)
-            sock, started = local.ensure_runner(server)
-            if started:
+            if runner_started:
                 print(
                     "accelctl: started the local runner (stop both with `accelctl server stop`)",
                     file=sys.stderr,
@@ -226,11 +298,13 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         "drivers": args.driver or None,
         "config": str(Path(args.config).resolve()),
         "target": _absolute_location(args.target),
+        # Credentials and flags: over the socket (owner only), never in arguments or flow parameters.
+        "access": args.access or None,
         "verbose": bool(args.verbose),
         "debug": bool(args.debug),
         "warnings": not checked_here,  # the runner sends the config's warnings when this call did not
-        # A status line on a terminal only: piped output stays the result lines.
-        "progress": sys.stderr.isatty() and not args.verbose,
+        # A live display on a terminal only: piped output stays the result lines.
+        "progress": _shows_progress(args),
     }
     with sock, sock.makefile("rwb") as stream:
         sent = time.time()
@@ -241,9 +315,10 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
             print(f"accelctl: interrupted: the conversion of {args.source} was not started", file=sys.stderr)
             return int(ExitCode.INTERRUPTED)
         progress = Progress(args.source) if request["progress"] else None
+        run: dict[str, str] = {}  # the flow run's id and API, once the runner has said them
         try:
             with progress or contextlib.nullcontext():
-                return _read_answer(args, stream, sent, progress)
+                return _read_answer(args, stream, sent, progress, run)
         except KeyboardInterrupt:
             pass
         # Ctrl-C: the run is the runner's; ask it to cancel, and wait for its answer (a second Ctrl-C leaves).
@@ -255,28 +330,42 @@ def _convert_on_local_runner(args: argparse.Namespace) -> int:
         try:
             stream.write(json.dumps({"cancel": True}).encode() + b"\n")
             stream.flush()
-            return _read_answer(args, stream, sent, None)
+            return _read_answer(args, stream, sent, None, run)
         except (KeyboardInterrupt, OSError):
-            print(
-                f"accelctl: detached: the conversion of {args.source} continues in the local runner "
-                "(`accelctl server stop` ends it)",
-                file=sys.stderr,
-            )
+            print(_detached_line(args.source, run), file=sys.stderr)
             return int(ExitCode.INTERRUPTED)
 
 
-def _read_answer(args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None) -> int:
-    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure."""
+def _detached_line(source: str, run: dict[str, str]) -> str:
+    """What a second Ctrl-C prints: the run goes on (until the cancel asked for takes hold), and the command
+    that cancels it from anywhere."""
+    if "id" not in run:  # the flow run does not exist yet
+        how = "`accelctl server stop` ends it"
+    else:
+        # This environment's prefect, beside this Python (a venv's bin), told which server the run is on.
+        beside = Path(sys.executable).with_name("prefect")
+        prefect = str(beside) if beside.exists() else "prefect"
+        how = f"cancel it with `PREFECT_API_URL={run['api_url']} {prefect} flow-run cancel {run['id']}`"
+    return f"accelctl: detached: the conversion of {source} continues in the local runner; {how}"
+
+
+def _read_answer(
+    args: argparse.Namespace, stream: Any, sent: float, progress: Progress | None, run: dict[str, str]
+) -> int:
+    """The runner's answer: warnings (and logs with -v) as they come, then the result or the failure. The
+    flow run's id goes into `run` when the runner says it."""
     from service import local
 
     for line in stream:
         message = json.loads(line)
-        if "progress" in message:
-            if progress is not None:
-                progress.task_finished(str(message["progress"]["name"]), str(message["progress"]["state"]))
+        if "run" in message:
+            run.update({key: str(value) for key, value in message["run"].items()})
             continue
-        if progress is not None:
-            progress.clear()  # every other line is printed on its own
+        if "progress" in message:
+            snapshot = message["progress"]
+            if progress is not None and isinstance(snapshot, dict) and "layers" in snapshot:
+                progress.update(snapshot)  # (a runner started by an older accel sends another form)
+            continue
         if "log" in message:
             print(message["log"], file=sys.stderr, flush=True)
             continue
@@ -412,8 +501,10 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
 
 
 def _message(body: Any) -> Any:
-    """What went wrong: acceld's `message`, accel's `reason`, else the body."""
+    """What acceld said: the Go acceld's `code` and `message`, accel's `reason`, else the body."""
     if isinstance(body, dict):
+        if body.get("message") and body.get("code"):
+            return f"{body['code']}: {body['message']}"
         return body.get("message") or body.get("reason") or body
     return body
 
@@ -440,6 +531,11 @@ def _task_create(args: argparse.Namespace) -> int:
         headers=headers,
         timeout=None if args.sync else 30.0,
     )
+    if status < 400 and not isinstance(body, dict):
+        # The Go acceld answers a bare JSON string ("Ok") and no task: say what it said.
+        done = "converted" if args.sync else "accepted the conversion of"
+        print(f"accelctl: acceld {done} {args.source}: {_message(body)}", file=sys.stderr)
+        return 0
     tasks = body.get("tasks", []) if isinstance(body, dict) else []
     if status >= 400 or (args.sync and any(t["status"] != "COMPLETED" for t in tasks)):
         reason = _message(body)
@@ -470,7 +566,7 @@ def _task_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
     else:
-        _print_tasks(body)
+        _print_tasks(body or [])  # the Go acceld answers `null` for no tasks
     return 0
 
 
@@ -487,32 +583,42 @@ def _task_get(args: argparse.Namespace) -> int:
 
 def _add_task_commands(sub: Any) -> None:
     task = sub.add_parser("task", help="conversion tasks on a running acceld")
-    task_sub = task.add_subparsers(dest="task_command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, default: Any) -> None:
         p.add_argument(
             "--server",
             "--addr",
+            default=default,
             help="acceld URL, host:port or unix:SOCKET "
             f"(env ACCELD_URL; default from --config or {DEFAULT_SERVER})",
         )
-        p.add_argument("--config", help="acceld config: server address and webhook auth header")
-        p.add_argument("--auth-header", help="Authorization value (env ACCELD_AUTH_HEADER)")
+        p.add_argument(
+            "--config", default=default, help="acceld config: server address and webhook auth header"
+        )
+        p.add_argument("--auth-header", default=default, help="Authorization value (env ACCELD_AUTH_HEADER)")
+
+    # Before the subcommand too, as the Go accelctl takes them (`accelctl task --addr H:P create …`); given
+    # after it, they win. SUPPRESS: a subcommand that is not given one leaves the task-level value alone.
+    common(task, None)
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+
+    def common_after(p: argparse.ArgumentParser) -> None:
+        common(p, argparse.SUPPRESS)
 
     create = task_sub.add_parser("create", help="convert SOURCE on acceld")
-    common(create)
+    common_after(create)
     create.add_argument("--sync", action="store_true", help="wait for the conversion and print its result")
     create.add_argument("source", help="source image reference, e.g. registry:5000/library/nginx:latest")
     create.set_defaults(func=_task_create)
 
-    listing = task_sub.add_parser("list", help="list conversion tasks, newest first")
-    common(listing)
+    listing = task_sub.add_parser("list", aliases=["ls"], help="list conversion tasks, newest first")
+    common_after(listing)
     listing.add_argument("--limit", type=int, default=200)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=_task_list)
 
     get = task_sub.add_parser("get", help="show one conversion task as JSON")
-    common(get)
+    common_after(get)
     get.add_argument("id", help="task id (the Prefect flow run id)")
     get.set_defaults(func=_task_get)
 
@@ -562,6 +668,37 @@ def driver_types() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(drivers)]) if m.ispkg)
 
 
+def _add_access_flags(parser: argparse.ArgumentParser, target: str) -> None:
+    """skopeo's registry flags: credentials and TLS verification per side, and the platform."""
+    flags = parser.add_argument_group(
+        "registry access and platform (as skopeo's; over the config's provider.source.<host> settings)"
+    )
+    for side, what in (("src", "the source image"), ("dest", target)):
+        flags.add_argument(
+            f"--{side}-creds",
+            metavar="USER[:PASSWORD]",
+            help=f"credentials for the registry of {what} (without :PASSWORD, asked for on a terminal); "
+            "kept out of the run's parameters and logs",
+        )
+        flags.add_argument(
+            f"--{side}-tls-verify",
+            metavar="BOOL",
+            type=_tls_verify,  # a value always (--src-tls-verify=false): a bare flag would eat SOURCE
+            help=f"verify the TLS certificate of the registry of {what} (false: skip verification; default: "
+            "the config's `insecure`)",
+        )
+    flags.add_argument(
+        "--override-os", metavar="OS", help="use this OS's image of a multi-platform source (default linux)"
+    )
+    flags.add_argument(
+        "--override-arch",
+        metavar="ARCH",
+        help="use this architecture's image of a multi-platform source, e.g. arm64 (default: this "
+        "machine's); only that platform is converted",
+    )
+    flags.add_argument("--override-variant", metavar="VARIANT", help="and this variant, e.g. v8")
+
+
 class _Parser(argparse.ArgumentParser):
     """A command-line mistake is one line (argparse prints the whole usage first), exit 2."""
 
@@ -608,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--debug", action="store_true", help="show tracebacks of expected failures too (with -v: in the logs)"
     )
+    _add_access_flags(convert, "the target (without --target: the source's)")
     # bench/oneshot.py's stage breakdown (local runner only): not part of the documented interface.
     convert.add_argument("--timings", action="store_true", help=argparse.SUPPRESS)
     convert.add_argument(
@@ -625,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="acceld-style YAML config (registry credentials, platforms; default: $ACCEL_CONFIG)",
     )
     check.add_argument("--debug", action="store_true", help="show tracebacks of expected failures too")
+    _add_access_flags(check, "the converted image")
     check.add_argument("source", help="the source image (any transport, as for convert)")
     check.add_argument("target", help="the converted image (any transport)")
     check.set_defaults(func=_check)

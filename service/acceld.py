@@ -41,9 +41,11 @@ log = logging.getLogger("acceld")
 
 # SIGTERM stops acceld within about 10 s whatever state Prefect is in: open requests get API_SHUTDOWN_GRACE
 # seconds (accepted pushes are journalled, so a creation still waiting on Prefect is not lost by stopping),
-# then the runner RUNNER_SHUTDOWN_GRACE seconds before it is killed (its runs end with it).
+# then the runner is killed at once (its runs end with it; Prefect's graceful stop would mark them CANCELLED,
+# and those accepted pushes would never be converted) and its runs are scheduled again, for the next start,
+# if Prefect answers within STOP_RECOVERY_SECONDS (else the next start does it).
 API_SHUTDOWN_GRACE = 3
-RUNNER_SHUTDOWN_GRACE = 5.0
+STOP_RECOVERY_SECONDS = 3.0
 
 # Prefect's default (10 s) would add up to 10 s before each conversion starts; 1 s keeps a webhook's run
 # starting within about a second for one cheap query a second against the Prefect API.
@@ -217,7 +219,7 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
     Each deployment has slots of its own: `converter.worker` conversions, and one bulk run beside them. A bulk
     run only plans and waits for its conversion runs; in the conversions' slots it would hold one while its
     children wait for it (with `worker: 1`, forever)."""
-    from tasks.process import RUNNER_PID_ENV
+    from tasks.process import RUNNER_PID_ENV, start_flow_runs_with_runner_death
 
     served = runner_deployments(config_path)
     if in_process:
@@ -225,8 +227,10 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
 
         serve_in_process(served, IN_PROCESS_POLL_SECONDS)
         return 0
-    # Its flow-run processes end when this process does (tasks/process.py).
+    # Its flow-run processes end when this process does (tasks/process.py), from their first instruction.
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
+    if not start_flow_runs_with_runner_death():
+        log.warning("flow-run processes are not started with PR_SET_PDEATHSIG; each ends with its flow")
     asyncio.run(_serve_with_runners(served))
     return 0
 
@@ -267,13 +271,35 @@ def registry_pinner(settings: Settings) -> TagPinner:
     return pin
 
 
+ORPHAN_REASON = "acceld's runner stopped while this run was in progress (its process is gone)"
+
+
+def recover_orphans(prefect_timeout: float = 30.0) -> None:
+    """Runs a dead runner of this acceld left RUNNING or PENDING: conversions are scheduled again (their push
+    was answered 2xx: Harbor will not send it again), bulk runs marked FAILED. Called with the work dir lock
+    held and no runner alive: at start, and before a runner that died is started again."""
+    from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
+    from service.api.prefect_backend import recover_orphaned_runs
+
+    recovered = asyncio.run(
+        asyncio.wait_for(
+            recover_orphaned_runs([CONVERT_DEPLOYMENT], [BULK_DEPLOYMENT], ORPHAN_REASON), prefect_timeout
+        )
+    )
+    for run_id in recovered.rescheduled:
+        log.warning("orphaned flow run %s (its runner died) scheduled to run again", run_id)
+    for run_id in recovered.failed:
+        log.warning("marked orphaned flow run %s as FAILED", run_id)
+    for run_id in recovered.cancelled:
+        log.warning("marked orphaned flow run %s (being cancelled) as CANCELLED", run_id)
+
+
 def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int:
     import uvicorn
 
     from accel.config import Settings
-    from flows.names import BULK_DEPLOYMENT, CONVERT_DEPLOYMENT
     from service.api import create_app
-    from service.api.prefect_backend import PrefectBackend, fail_orphaned_runs
+    from service.api.prefect_backend import PrefectBackend
     from service.intake import JOURNAL_FILE, IntakeJournal, JournalUnavailable
     from service.metrics import Metrics
     from service.supervisor import RunnerSupervisor, WorkDirLock
@@ -301,18 +327,12 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
                 file=sys.stderr,
             )
             return 1
-        # No runner of ours is alive (we hold the lock), so a RUNNING/PENDING run of our deployments was
-        # left behind by an acceld that died; without this it would show PROCESSING forever.
-        orphans = asyncio.run(
-            fail_orphaned_runs(
-                [CONVERT_DEPLOYMENT, BULK_DEPLOYMENT],
-                "acceld stopped while this run was in progress (its process is gone); push again or run "
-                "bulk-reconvert to retry",
-            )
+        # No runner of ours is alive (we hold the lock), so a live-looking run of our deployments was left
+        # behind by a runner that died: conversions run again, the rest are FAILED (else PROCESSING forever).
+        recover_orphans(prefect_timeout=args.prefect_timeout)
+        supervisor = RunnerSupervisor(
+            config_path, in_process=args.in_process_runs, before_restart=recover_orphans
         )
-        for run_id in orphans:
-            log.warning("marked orphaned flow run %s as FAILED", run_id)
-        supervisor = RunnerSupervisor(config_path, in_process=args.in_process_runs)
         supervisor.start()
 
     try:
@@ -355,7 +375,11 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
             with contextlib.suppress(OSError):
                 uds.unlink()
         if supervisor is not None:
-            supervisor.stop(grace=RUNNER_SHUTDOWN_GRACE)
+            supervisor.stop(grace=5, graceful=False)
+            try:
+                recover_orphans(prefect_timeout=STOP_RECOVERY_SECONDS)
+            except Exception as exc:  # Prefect is down or slow: acceld's next start recovers them
+                log.warning("runs in progress are recovered at the next start: %s", type(exc).__name__)
         journal.close()
         lock.release()
     return 0

@@ -37,6 +37,9 @@ from service.state import PROJECT_ROOT, state_dir
 SERVER_START_TIMEOUT = float(os.environ.get("ACCEL_SERVER_START_TIMEOUT") or 180.0)
 RUNNER_START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
+# How often a start looks whether the server answers and the runner listens: a refused connection costs
+# microseconds, and every poll interval is waited for once more by the first call.
+HEALTH_POLL_SECONDS = 0.05
 
 
 class LocalServiceError(RuntimeError):
@@ -202,37 +205,49 @@ def running_server() -> ServerInfo | None:
 def ensure_server(timeout: float = SERVER_START_TIMEOUT) -> tuple[ServerInfo, bool]:
     """The local Prefect server, started if none answers; returns it and whether this call started it."""
     with _start_lock():
-        info = server_info()
-        if info is not None:
-            # Ours and alive: wait for it (another call may have started it a moment ago), never replace it.
-            if _wait_healthy(info, None, timeout):
-                return info, False
-            raise LocalServiceError(
-                f"the local Prefect server (pid {info.pid}, {info.api_url}) does not answer after "
-                f"{timeout:.0f}s; if it does not recover, `accelctl server stop` and run again "
-                f"(log: {local_dir() / 'server.log'})"
-            )
-        (local_dir() / "server.json").unlink(missing_ok=True)
-        port = _free_port()
-        log = local_dir() / "server.log"
-        proc = _spawn([sys.executable, "-m", *_server_marker(port).split()], _prefect_env(), log)
-        info = ServerInfo(pid=proc.pid, port=port)
-        (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))
-        if not _wait_healthy(info, proc, timeout):
-            exited = proc.poll()
-            if exited is None:
-                # Slow, not dead: keep it, so the next call waits for this one instead of starting another.
-                raise LocalServiceError(
-                    f"the local Prefect server (pid {info.pid}) did not answer within {timeout:.0f}s; it is "
-                    "still starting: run the command again to reuse it, or `accelctl server stop` "
-                    f"(ACCEL_SERVER_START_TIMEOUT sets the wait; log: {log}); last lines:\n{_tail(log)}"
-                )
-            (local_dir() / "server.json").unlink(missing_ok=True)
-            raise LocalServiceError(
-                f"the local Prefect server exited with {exited} while starting (log: {log}); last lines:\n"
-                f"{_tail(log)}"
-            )
-        return info, True
+        info, proc = _start_server()
+        _wait_server(info, proc, timeout)
+        return info, proc is not None
+
+
+def _start_server() -> tuple[ServerInfo, subprocess.Popen[bytes] | None]:
+    """Under the start lock: the recorded server, or a new one spawned (with its Popen), not waited for."""
+    info = server_info()
+    if info is not None:
+        return info, None  # ours and alive: wait for it (another call may have started it), never replace it
+    (local_dir() / "server.json").unlink(missing_ok=True)
+    port = _free_port()
+    proc = _spawn(
+        [sys.executable, "-m", *_server_marker(port).split()], _prefect_env(), local_dir() / "server.log"
+    )
+    info = ServerInfo(pid=proc.pid, port=port)
+    (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))
+    return info, proc
+
+
+def _wait_server(info: ServerInfo, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Returns once `info` answers its health check; raises LocalServiceError saying why it does not."""
+    if _wait_healthy(info, proc, timeout):
+        return
+    log = local_dir() / "server.log"
+    if proc is None:
+        raise LocalServiceError(
+            f"the local Prefect server (pid {info.pid}, {info.api_url}) does not answer after "
+            f"{timeout:.0f}s; if it does not recover, `accelctl server stop` and run again (log: {log})"
+        )
+    exited = proc.poll()
+    if exited is None:
+        # Slow, not dead: keep it, so the next call waits for this one instead of starting another.
+        raise LocalServiceError(
+            f"the local Prefect server (pid {info.pid}) did not answer within {timeout:.0f}s; it is "
+            "still starting: run the command again to reuse it, or `accelctl server stop` "
+            f"(ACCEL_SERVER_START_TIMEOUT sets the wait; log: {log}); last lines:\n{_tail(log)}"
+        )
+    (local_dir() / "server.json").unlink(missing_ok=True)
+    raise LocalServiceError(
+        f"the local Prefect server exited with {exited} while starting (log: {log}); last lines:\n"
+        f"{_tail(log)}"
+    )
 
 
 def _wait_healthy(info: ServerInfo, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
@@ -245,7 +260,7 @@ def _wait_healthy(info: ServerInfo, proc: subprocess.Popen[bytes] | None, timeou
             return False
         if _healthy(info.api_url):
             return True
-        time.sleep(0.2)
+        time.sleep(HEALTH_POLL_SECONDS)
     return False
 
 
@@ -289,45 +304,76 @@ def warm_runner() -> socket.socket | None:
     return connect_runner()
 
 
-def ensure_runner(server: ServerInfo, timeout: float = RUNNER_START_TIMEOUT) -> tuple[socket.socket, bool]:
-    """A connection to the warm runner, started against `server` if none listens (or the one listening talks
-    to another server: the server was restarted on a new port)."""
-    api_file = local_dir() / "runner.api"
+def ensure_services(
+    server_timeout: float = SERVER_START_TIMEOUT, runner_timeout: float = RUNNER_START_TIMEOUT
+) -> tuple[ServerInfo, socket.socket, bool, bool]:
+    """The local server and a connection to the runner, each started if needed; returns both and whether
+    this call started the server, and the runner.
 
-    def current() -> socket.socket | None:
-        sock = connect_runner()
-        if sock is not None and _read(api_file) != server.api_url:
-            sock.close()
-            return None
-        return sock
-
-    if (sock := current()) is not None:
-        return sock, False
+    A runner needs only its server's address to start, so both start at once: the runner imports Prefect
+    and the flows (~2 CPU-s) while the server starts (~5 CPU-s); on two cores the first call waits for the
+    longer of the two, not their sum (bench/firstcall.py)."""
     with _start_lock():
-        if (sock := current()) is not None:
-            return sock, False
-        if (pid := runner_pid()) is not None:
-            _terminate(pid, RUNNER_MARKER)  # alive but not listening: replace it
-        runner_socket().unlink(missing_ok=True)
-        log = local_dir() / "runner.log"
-        proc = _spawn(
-            [sys.executable, "-m", RUNNER_MARKER, "--socket", str(runner_socket())],
-            _prefect_env(server.api_url),
-            log,
+        server, server_proc = _start_server()
+        sock, runner_proc = _start_runner(server)
+        try:
+            _wait_server(server, server_proc, server_timeout)
+        except LocalServiceError:
+            if sock is not None:
+                sock.close()
+            if runner_proc is not None and server_info() is None:  # its server is gone: so is its use
+                _terminate(runner_proc.pid, RUNNER_MARKER)
+            raise
+        return (
+            server,
+            sock or _wait_runner(runner_proc, runner_timeout),
+            server_proc is not None,
+            sock is None,
         )
-        (local_dir() / "runner.pid").write_text(str(proc.pid))
-        api_file.write_text(server.api_url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            if (sock := connect_runner()) is not None:
-                return sock, True
-            time.sleep(0.1)
-        _terminate(proc.pid, RUNNER_MARKER)
-        raise LocalServiceError(
-            f"the local runner did not start within {timeout:.0f}s (log: {log}); last lines:\n{_tail(log)}"
-        )
+
+
+def _current_runner(server: ServerInfo) -> socket.socket | None:
+    """A connection to the listening runner when it talks to `server`."""
+    sock = connect_runner()
+    if sock is not None and _read(local_dir() / "runner.api") != server.api_url:
+        sock.close()
+        return None
+    return sock
+
+
+def _start_runner(server: ServerInfo) -> tuple[socket.socket | None, subprocess.Popen[bytes] | None]:
+    """Under the start lock: a connection to the listening runner of `server`, or a new runner spawned (not
+    waited for; any other runner is ended first)."""
+    if (sock := _current_runner(server)) is not None:
+        return sock, None
+    if (pid := runner_pid()) is not None:
+        _terminate(pid, RUNNER_MARKER)  # alive but not listening, or talking to another server: replace it
+    runner_socket().unlink(missing_ok=True)
+    proc = _spawn(
+        [sys.executable, "-m", RUNNER_MARKER, "--socket", str(runner_socket())],
+        _prefect_env(server.api_url),
+        local_dir() / "runner.log",
+    )
+    (local_dir() / "runner.pid").write_text(str(proc.pid))
+    (local_dir() / "runner.api").write_text(server.api_url)
+    return None, proc
+
+
+def _wait_runner(proc: subprocess.Popen[bytes] | None, timeout: float) -> socket.socket:
+    """A connection to the runner `proc` once it listens; it is ended when it does not within `timeout`."""
+    assert proc is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if (sock := connect_runner()) is not None:
+            return sock
+        time.sleep(HEALTH_POLL_SECONDS)
+    _terminate(proc.pid, RUNNER_MARKER)
+    log = local_dir() / "runner.log"
+    raise LocalServiceError(
+        f"the local runner did not start within {timeout:.0f}s (log: {log}); last lines:\n{_tail(log)}"
+    )
 
 
 # --- status and stop ------------------------------------------------------------------------------------

@@ -4,14 +4,20 @@ docker), so a call pays neither Python nor Prefect imports nor a flow-run proces
 
 Protocol, one JSON object per line. Request: {"source", "drivers" (list or null), "config" (absolute path),
 "target" (any transport, or null)}.
-After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED at its next
-step (`tasks/cancel.py`) and the answer is {"exit": 130, "error": …}.
-Optional request keys: "verbose" (send the run's log lines), "progress" (send {"progress": {"name": task
-run name, "state": its final state}} for each finished task run: accelctl's status line on a terminal),
+After the request, the caller may send {"cancel": true} (its Ctrl-C): the run ends CANCELLED within a
+second or so, its running layer tasks stopped too (`tasks/cancel.py`), and the answer is {"exit": 130,
+"error": …}; so does `prefect flow-run cancel ID` of the run (the runner watches its state).
+Optional request keys: "access" (accelctl's --src-creds, --dest-creds, --src/dest-tls-verify and platform
+flags, `service.onetime.ACCESS_KEYS`: applied to this run's context only, `accel/overrides.py`; the socket
+is the owner's only), "verbose" (send the run's log lines), "progress" (send {"progress": snapshot}
+every half second while the layers move, snapshot as `tasks.progress.RunProgress.snapshot`: accelctl's
+live display on a terminal),
 "debug" (keep the tracebacks of expected failures), "warnings" (send the config's warnings: the client did
 not check the request itself).
-Answers: any number of {"warning": line} (the config's, and accel's own warnings during the run) and, with
-"verbose", {"log": line} (Prefect's console lines of the run: one per task run), then one
+Answers: {"run": {"id": flow run id, "api_url": the Prefect API}} once the flow run exists (so that a caller
+that leaves can say how to cancel it), any number of {"warning": line} (the config's, and accel's own
+warnings during the run) and, with "verbose", {"log": line} (Prefect's console lines of the run: one per
+task run), then one
 {"exit": 0, "targets": [[driver, reference, digest], …], "skipped": why nothing was converted or null,
 "timings": {…}} or
 {"exit": code, "error": one line, "traceback": text (a bug, or "debug")}, code as `service.onetime.ExitCode`.
@@ -30,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socketserver
 import sys
@@ -39,15 +44,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.onetime import ExitCode, check_request, describe_failure
 
+if TYPE_CHECKING:
+    from tasks.cancel import RunCancellation
+
 log = logging.getLogger("accel.localrunner")
 
-
-# Prefect's line for a task run that ended: `Finished in state Completed()`.
-_FINISHED = re.compile(r"^Finished in state (\w+)")
+CTRL_C = "cancelled (Ctrl-C)"  # the reason a caller's {"cancel": true} gives
 
 
 class _Forwarder(logging.Handler):
@@ -58,7 +64,6 @@ class _Forwarder(logging.Handler):
         super().__init__(level=logging.INFO)
         self.send: Callable[[dict[str, Any]], None] | None = None
         self.verbose = False
-        self.progress = False
 
     def emit(self, record: logging.LogRecord) -> None:
         send = self.send
@@ -66,11 +71,6 @@ class _Forwarder(logging.Handler):
             return
         config = record.name == "accel.config"  # its warnings come from the request's check, once per call
         with contextlib.suppress(Exception):
-            if self.progress and record.name == "prefect.task_runs":
-                finished = _FINISHED.match(record.getMessage())
-                name = getattr(record, "task_run_name", None)
-                if finished and name:
-                    send({"progress": {"name": name, "state": finished[1]}})
             if self.verbose:
                 send({"log": self.format(record)})
             elif record.name.startswith("accel") and record.levelno >= logging.WARNING and not config:
@@ -108,21 +108,28 @@ class Runner:
         self,
         request: dict[str, Any],
         send: Callable[[dict[str, Any]], None],
-        cancelled: threading.Event | None = None,
+        cancelled: RunCancellation | None = None,
     ) -> None:
         """Run one request; `cancelled` (set on the caller's {"cancel": true}) ends its run CANCELLED."""
-        cancelled = cancelled or threading.Event()
-        timings: dict[str, Any] = {"received": time.time()}
         from prefect.context import SettingsContext
         from prefect.exceptions import CancelledRun
+        from prefect.settings import PREFECT_API_URL
 
+        from accel.overrides import overriding
         from flows.convert_image import convert_image
-        from tasks import cancel, expected
+        from tasks import cancel, expected, progress
+
+        cancelled = cancelled or cancel.RunCancellation()
+        api_url = PREFECT_API_URL.value()
+        cancelled.on_started = lambda run_id: send({"run": {"id": run_id, "api_url": api_url}})
+        timings: dict[str, Any] = {"received": time.time()}
 
         # The client skipped this check because this runner was up: bad input fails before any Prefect work.
         drivers = request.get("drivers") or None
         target = request.get("target") or None
-        checked = check_request(str(request["source"]), str(request["config"]), drivers, target)
+        checked = check_request(
+            str(request["source"]), str(request["config"]), drivers, target, request.get("access")
+        )
         if request.get("warnings", True):
             for warning in checked.warnings:
                 send({"warning": warning})
@@ -132,29 +139,36 @@ class Runner:
         timings["checked"] = time.time()
         debug = bool(request.get("debug"))
         no_heartbeats = SettingsContext(profile=self.profile, settings=self.settings)
-        with self.one_at_a_time, no_heartbeats, cancel.cancellable(cancelled):
-            if cancelled.is_set():  # cancelled while it waited for its turn: nothing ran
+        with (
+            self.one_at_a_time,
+            no_heartbeats,
+            cancel.cancellable(cancelled),
+            overriding(checked.overrides),  # the caller's credentials: in this context, not in parameters
+        ):
+            if cancelled.cancelled:  # cancelled while it waited for its turn: nothing ran
                 send({"exit": int(ExitCode.INTERRUPTED), "error": "cancelled before it started"})
                 return
             timings["started"] = time.time()
             self.forwarder.send = send
             self.forwarder.verbose = bool(request.get("verbose"))
-            self.forwarder.progress = bool(request.get("progress"))
             expected.show_tracebacks = debug
+            watch = progress.watching(lambda snapshot: send({"progress": snapshot}))
             try:
-                result = convert_image(
-                    source=str(request["source"]),
-                    drivers=drivers,
-                    config=str(request["config"]),
-                    target=target,
-                    return_state=False,
-                )
+                with watch if request.get("progress") else contextlib.nullcontext():
+                    result = convert_image(
+                        source=str(request["source"]),
+                        drivers=drivers,
+                        config=str(request["config"]),
+                        target=target,
+                        return_state=False,
+                    )
             except Exception as exc:  # the flow's (or Prefect's) error is the caller's answer, not a crash
-                if cancelled.is_set() and isinstance(exc, CancelledRun):
+                if cancelled.cancelled and isinstance(exc, CancelledRun):
+                    why = f" ({cancelled.reason})" if cancelled.reason != CTRL_C else ""
                     send(
                         {
                             "exit": int(ExitCode.INTERRUPTED),
-                            "error": "its run ended CANCELLED, nothing pushed",
+                            "error": f"its run ended CANCELLED{why}, nothing pushed",
                         }
                     )
                     return
@@ -191,18 +205,20 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
             except ValueError as exc:
                 send({"exit": int(ExitCode.USAGE), "error": f"bad request: {exc}"})
                 return
-            cancelled = threading.Event()
+            from tasks.cancel import RunCancellation
+
+            cancelled = RunCancellation()
             threading.Thread(target=self._read_cancel, args=(cancelled,), daemon=True).start()
             runner.convert(request, send, cancelled)
 
-        def _read_cancel(self, cancelled: threading.Event) -> None:
+        def _read_cancel(self, cancelled: RunCancellation) -> None:
             """The caller's later lines: {"cancel": true} (its Ctrl-C). A caller that leaves (EOF) detaches:
             its run goes on."""
             with contextlib.suppress(OSError, ValueError):
                 for line in self.rfile:
                     if json.loads(line).get("cancel"):
                         log.info("cancel requested")
-                        cancelled.set()
+                        cancelled.cancel(CTRL_C)
 
     return Handler
 

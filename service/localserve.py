@@ -7,8 +7,8 @@ PENDING, so a second runner never takes it too) and runs it in a thread of this 
 deployment's runs at most its own limit at a time (a bulk run never takes a conversion's slot).
 
 What is lost against `serve`: cancelling a running flow run from the UI (the thread cannot be killed; the run
-finishes), and isolation (a crash of this process fails every run in progress; acceld restarts it and marks
-those runs FAILED at its next start, as for any runner that died).
+finishes), and isolation (a crash of this process stops every run in progress; acceld schedules those runs
+again and restarts it, as for any runner that died).
 """
 
 from __future__ import annotations

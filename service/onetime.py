@@ -8,9 +8,14 @@ needed (the runner, when up, checks the request itself).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accel.overrides import Overrides
 
 
 class ExitCode(IntEnum):
@@ -43,10 +48,12 @@ class Checked:
 
     failure: Failure | None = None
     warnings: list[str] = field(default_factory=list)
+    overrides: Overrides | None = None  # the request's credentials, TLS and platform flags, per host
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:
-    """The class of an engine error; anything that is no AccelError is a bug."""
+    """The class of an engine error; anything that is no AccelError (nor a cancellation) is a bug."""
+    from accel.cancel import Cancelled
     from accel.errors import (
         AccelError,
         ConfigError,
@@ -67,6 +74,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     )
 
     classes: list[tuple[type[BaseException], ExitCode]] = [
+        (Cancelled, ExitCode.INTERRUPTED),
         (ConfigError, ExitCode.USAGE),
         (InvalidReference, ExitCode.USAGE),
         (NotFound, ExitCode.NOT_FOUND),
@@ -107,9 +115,16 @@ def describe_failure(exc: BaseException) -> Failure:
     return Failure(code, one_line(str(exc)))
 
 
-def check_request(source: str, config: str, drivers: list[str] | None, target: str | None) -> Checked:
+def check_request(
+    source: str,
+    config: str,
+    drivers: list[str] | None,
+    target: str | None,
+    access: Mapping[str, Any] | None = None,
+) -> Checked:
     """Config, reference, drivers, local paths and the work dir checked before anything Prefect runs: a bad
-    call fails in a fraction of a second with its cause, and starts no server."""
+    call fails in a fraction of a second with its cause, and starts no server. `access`: the command line's
+    credentials, TLS and platform flags (`request_overrides`)."""
     from accel.config import check_file
     from accel.errors import AccelError
     from accel.plan import plan_conversion, with_target
@@ -129,6 +144,7 @@ def check_request(source: str, config: str, drivers: list[str] | None, target: s
         named = reference if reference.tag or reference.digest else reference.with_tag("latest")
         plan = plan_conversion(settings, named, drivers or None)
         with_target(plan, target_location.reference if target_location else None)
+        checked.overrides = request_overrides(source, target, access)
     except AccelError as exc:
         checked.failure = describe_failure(exc)
         return checked
@@ -136,6 +152,52 @@ def check_request(source: str, config: str, drivers: list[str] | None, target: s
         target_location.path if target_location else None, target or ""
     ) or _unwritable_work_dir(settings.provider.work_dir, config)
     return checked
+
+
+# accelctl's flags in a request's `access` (values as given; a password already asked for on a terminal).
+ACCESS_KEYS = ("src_creds", "dest_creds", "src_tls_verify", "dest_tls_verify", "platform")
+
+
+def request_overrides(source: str, target: str | None, access: Mapping[str, Any] | None) -> Overrides | None:
+    """The credentials and TLS flags bound to the registry hosts they are for (the source's; the target's,
+    which is the source's host without `--target`), and the platform. One host has one account: the source
+    and target on one host take the one given, and refuse two different ones."""
+    from accel.errors import ConfigError
+    from accel.overrides import HostAccess, Overrides
+    from accel.transports import is_local, parse_location
+
+    access = {k: v for k, v in (access or {}).items() if v is not None}
+    if not access:
+        return None
+    source_ref = parse_location(source).reference
+    target_ref = parse_location(target).reference if target else source_ref
+    hosts: dict[str, HostAccess] = {}
+    for side, ref, text in (("src", source_ref, source), ("dest", target_ref, target or source)):
+        creds, verify = access.get(f"{side}_creds"), access.get(f"{side}_tls_verify")
+        if creds is None and verify is None:
+            continue
+        if is_local(ref):
+            flag = f"--{side}-creds" if creds is not None else f"--{side}-tls-verify"
+            raise ConfigError(f"{flag}: {text} is not in a registry")
+        try:
+            given = HostAccess.of_credentials(creds, verify)
+        except ConfigError as exc:
+            raise ConfigError(f"--{side}-creds: {exc}") from None
+        earlier = hosts.get(ref.registry)
+        if earlier is not None:
+            if None not in (earlier.auth, given.auth) and earlier.auth != given.auth:
+                raise ConfigError(
+                    f"--src-creds and --dest-creds name two accounts for {ref.registry}; accel uses one "
+                    "account per registry host: give one of them"
+                )
+            if None not in (earlier.tls_verify, given.tls_verify) and earlier.tls_verify != given.tls_verify:
+                raise ConfigError(f"--src-tls-verify and --dest-tls-verify disagree for {ref.registry}")
+            given = HostAccess(
+                earlier.auth or given.auth,
+                earlier.tls_verify if earlier.tls_verify is not None else given.tls_verify,
+            )
+        hosts[ref.registry] = given
+    return Overrides(hosts=hosts, platform=access.get("platform"))
 
 
 def _missing_source(path: Path | None, source: str) -> Failure | None:

@@ -12,6 +12,9 @@ queue instead of failing. Statements outside a transaction (Prefect's plain read
 
 Prefect's SQLite configuration already begins IMMEDIATE when asked `with_for_update`; this asks it for every
 transaction and touches nothing else. PostgreSQL servers are unaffected (the patch is on the SQLite class).
+
+A new SQLite database is created from the installed Prefect's schema dump instead of by its migrations
+(`service/prefectschema.py`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a == "--background" or a.startswith("--workers") for a in args):
         # Both hand the app to a new uvicorn process, where this patch would not be applied.
         sys.exit("accel-prefect-server: --background and --workers are not supported; run in the foreground")
+    # Before Prefect's import: a new database from the schema dump, not from 5 CPU-s of migrations.
+    from service import prefectschema
+
+    if prefectschema.seed():
+        prefectschema.registered_blocks_skipped()
     begin_sqlite_transactions_immediate()
     from prefect.cli import app
 

@@ -1,92 +1,132 @@
-"""The live status line `accelctl convert` shows on a terminal while the local runner converts: how many
-layers were pulled, converted and uploaded per driver, pushes, and the elapsed time, redrawn every second.
+"""The live display `accelctl convert` shows on a terminal while a conversion runs: per layer, the bytes
+pulled, converted and pushed by each driver, cache hits, the whole run's percent and the elapsed time.
 
-The runner sends one {"progress": {"step": verb, "name": task run name, "state": state}} per finished task
-run; nothing here imports Prefect (or anything beyond the standard library). Not shown in a pipe or with -v.
+It draws the run's progress snapshots (`tasks.progress.RunProgress.snapshot`: the local runner sends one
+every half second, `--in-process` gets them from its own run) with rich (which Prefect depends on), redrawn
+twice a second, so the elapsed time moves even while no byte does, and gone when the conversion ends. Not
+shown in a pipe or with -v: then stderr keeps its lines and stdout the result lines. Nothing here imports
+Prefect; rich is imported only when a display is shown.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
-from collections import Counter
-from typing import TextIO
+from typing import Any, TextIO
 
-# `convert sha256:abcdef012345 (estargz)`: the verb and, for per-driver steps, the driver.
-_NAME = re.compile(r"^(?P<verb>[\w-]+)\b.*?(?:\((?P<driver>[\w-]+)\))?$")
-STEPS = ("pull", "convert", "upload", "push")
-REDRAW_SECONDS = 1.0
+REFRESHES_PER_SECOND = 2
+MAX_ROWS = 12  # layers shown at once; the rest are summed up in one line
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _cell(meter: list[Any] | None) -> str:
+    """A step of one layer: `–` (not this run's to do), `12.0/53.1 MB`, or `done`."""
+    if meter is None:
+        return "–"
+    value, total, finished = meter
+    if finished:
+        return "done"
+    if total:
+        return f"{100 * value / total:3.0f} % {human_bytes(value)}"
+    return human_bytes(value) if value else "waiting"
+
+
+def _active(layer: dict[str, Any]) -> bool:
+    steps = [layer["pulled"]]
+    for state in layer["drivers"].values():
+        if not state["cached"]:
+            steps += [state["converted"], state["uploaded"]]
+    return any(step is not None and not step[2] for step in steps)
 
 
 class Progress:
+    """`with Progress(source):` shows the display on `stream` (a terminal); `update` gives it a snapshot."""
+
     def __init__(self, source: str, stream: TextIO = sys.stderr) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
         self.source = source
-        self.stream = stream
         self.started = time.monotonic()
-        self.done: Counter[tuple[str, str]] = Counter()  # (verb, driver or "") → finished task runs
-        self.failed = 0
+        self._snapshot: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._redraw_every_second, daemon=True)
-        self._shown = False
+        # Warnings printed to sys.stderr meanwhile go above the display; stdout (the results) is left alone.
+        self._live = Live(
+            self,
+            console=Console(file=stream, stderr=stream is sys.stderr),
+            refresh_per_second=REFRESHES_PER_SECOND,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=True,
+        )
 
     def __enter__(self) -> Progress:
-        self._thread.start()
+        self._live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.clear()
+        self._live.stop()
 
-    def task_finished(self, name: str, state: str) -> None:
-        found = _NAME.match(name)
-        if found is None or found["verb"] not in STEPS:
-            return
+    def update(self, snapshot: dict[str, Any]) -> None:
         with self._lock:
-            self.done[(found["verb"], found["driver"] or "")] += 1
-            if state not in ("Completed", "Cached"):
-                self.failed += 1
-        self.draw()
-
-    def line(self) -> str:
-        with self._lock:
-            parts = []
-            pulled = self.done[("pull", "")]
-            if pulled:
-                parts.append(f"pulled {pulled}")
-            drivers = sorted({d for (verb, d) in self.done if d})
-            for driver in drivers:
-                steps = [
-                    f"{verb}ed {self.done[(verb, driver)]}"
-                    for verb in ("convert", "upload")
-                    if self.done[(verb, driver)]
-                ]
-                parts.append(f"{driver}: " + ", ".join(steps))
-            if pushes := self.done[("push", "")]:
-                parts.append(f"pushed {pushes}")
-            if self.failed:
-                parts.append(f"{self.failed} failed")
-        elapsed = time.monotonic() - self.started
-        return f"converting {self.source}: " + ("; ".join(parts) or "resolving") + f" ({elapsed:.0f}s)"
-
-    def draw(self) -> None:
-        text = self.line()
-        with self._lock:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-            self._shown = True
+            self._snapshot = snapshot
 
     def clear(self) -> None:
-        """Before any other line is written: the status line goes, the next draw brings it back."""
-        with self._lock:
-            if self._shown:
-                self.stream.write("\r\033[K")
-                self.stream.flush()
-                self._shown = False
+        """Kept for callers that print a line of their own: the display moves below it by itself."""
 
-    def _redraw_every_second(self) -> None:
-        while not self._stop.wait(REDRAW_SECONDS):
-            self.draw()
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        with self._lock:
+            snapshot = self._snapshot
+        elapsed = _elapsed(time.monotonic() - self.started)
+        if snapshot is None or not snapshot["layers"]:
+            return Text(f"converting {self.source}: resolving ({elapsed})")
+        percent = float(snapshot["percent"])
+        header = Text(f"converting {self.source}: {percent:.1f} % ({elapsed})")
+        bar = Table.grid()  # a row of its own
+        bar.add_row(ProgressBar(total=100, completed=percent, width=40))
+        drivers = snapshot["drivers"]
+        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+        table.add_column("layer")
+        table.add_column("size", justify="right")
+        table.add_column("pulled", justify="right")
+        for driver in drivers:
+            table.add_column(f"{driver}\nconverted", justify="right")
+            table.add_column(f"{driver}\npushed", justify="right")
+        layers = snapshot["layers"]
+        # The layers still moving first, the largest of them on top.
+        ordered = sorted(layers, key=lambda layer: (not _active(layer), -layer["size"]))
+        for layer in ordered[:MAX_ROWS]:
+            cells = [layer["digest"].removeprefix("sha256:")[:12], human_bytes(layer["size"])]
+            cells.append(_cell(layer["pulled"]))
+            for driver in drivers:
+                state = layer["drivers"][driver]
+                if state["cached"]:
+                    cells += ["cache hit", "cache hit"]
+                else:
+                    cells += [_cell(state["converted"]), _cell(state["uploaded"])]
+            table.add_row(*cells)
+        parts: list[Any] = [header, bar, table]
+        if hidden := layers[MAX_ROWS:]:
+            parts.append(Text(f"… and {len(hidden)} more layers"))
+        pushes = [f"{driver} push: {_cell(meter)}" for driver, meter in snapshot["pushes"].items()]
+        if pushes:
+            parts.append(Text("; ".join(pushes)))
+        return Group(*parts)

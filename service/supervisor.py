@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -62,7 +63,9 @@ class WorkDirLock:
 class RunnerSupervisor:
     """Keeps one `acceld --runner` child alive until stopped. A runner that keeps dying is restarted with
     capped exponential backoff (`restart_delay` doubling up to `max_restart_delay`), and `problem()` says
-    so for /readyz until a restarted runner has stayed up for `healthy_after` seconds."""
+    so for /readyz until a restarted runner has stayed up for `healthy_after` seconds. `before_restart` is
+    called before a runner that died is started again (acceld's: its orphaned runs run again); its failure
+    is logged, and the runner restarted all the same."""
 
     def __init__(
         self,
@@ -72,7 +75,9 @@ class RunnerSupervisor:
         healthy_after: float = 60.0,
         command: list[str] | None = None,
         in_process: bool = False,
+        before_restart: Callable[[], None] | None = None,
     ) -> None:
+        self.before_restart = before_restart
         self.command = command or [
             sys.executable,
             "-m",
@@ -123,6 +128,11 @@ class RunnerSupervisor:
                 delay,
             )
             self._stopping.wait(delay)
+            if self.before_restart is not None and not self._stopping.is_set():
+                try:
+                    self.before_restart()
+                except Exception as exc:  # e.g. Prefect down: its runs are recovered at acceld's next start
+                    log.error("before restarting the runner: %s: %s", type(exc).__name__, exc)
 
     def problem(self) -> str | None:
         """Why the runner cannot be trusted to run conversions now; None when it is up and healthy."""
@@ -141,11 +151,13 @@ class RunnerSupervisor:
             "see acceld's log"
         )
 
-    def stop(self, grace: float = 30.0) -> None:
+    def stop(self, grace: float = 30.0, graceful: bool = True) -> None:
+        """SIGTERM, and SIGKILL after `grace` seconds; or SIGKILL at once when not `graceful` (acceld:
+        Prefect's graceful stop of a runner marks its runs CANCELLED, and nothing would run them again)."""
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:

@@ -1,13 +1,18 @@
-"""The conversion DAG's tasks. Results are descriptors; blobs stay in the content store."""
+"""The conversion DAG's tasks. Results are descriptors; blobs stay in the content store.
+
+Layers are pulled, converted and uploaded in batches (`tasks.batches`): one task run per batch and step
+(and driver), the batch's layers one after another through the per-layer functions (`pull_layer`,
+`convert_layer`, `upload_layer`), so that a run's task runs stay bounded whatever its layer count."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from accel import copy, publish
@@ -20,11 +25,14 @@ from accel.drivers.base import CONVERTED_LAYER_SCHEMA, Driver
 from accel.drivers.dependencies import stage_dependency_blobs
 from accel.model import BuiltImage, SourceImage, SourceLayer
 from accel.oci import Descriptor
+from accel.progress import ByteMeter
 from accel.reference import Reference
 from accel.transports import Transports, is_local
 from accel.verify import VerifyError, verify_built
+from tasks.batches import batch_id, batch_size
 from tasks.limits import LayerSizes, check_layer_count
-from tasks.policy import layer_run_name
+from tasks.policy import NAMED_LAYERS, layer_run_name
+from tasks.progress import counting
 from tasks.slots import ConversionSlots
 
 
@@ -36,30 +44,52 @@ def resolve(source: Reference, config_path: str) -> SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
     image = img.resolve_source(Transports(ctx.client), source, ctx.store, platforms)
-    check_layer_count(ctx.settings, image)  # before a task run per layer is started
+    check_layer_count(ctx.settings, image)  # before any layer is pulled
     return image
 
 
 @task(
-    name="pull-layer",
+    name="pull-layers",
     task_run_name=layer_run_name("pull"),
 )
-def pull_layer(source: Reference, layer: SourceLayer, config_path: str) -> SourceLayer:
+def pull_layers(
+    source: Reference,
+    layers: list[SourceLayer],
+    config_path: str,
+    meters: Sequence[ByteMeter | None] = (),
+) -> list[SourceLayer]:
+    """A batch of layers (`tasks.batches`) into the content store, one after another, in the order their
+    conversions read them. `meters`: per layer, the run's count of its bytes pulled (`tasks.progress`)."""
+    _log_batch("pulling", layers)
+    return [
+        pull_layer(source, layer, config_path, meter)
+        for layer, meter in zip(layers, _per_layer(meters, layers), strict=True)
+    ]
+
+
+def pull_layer(
+    source: Reference, layer: SourceLayer, config_path: str, meter: ByteMeter | None = None
+) -> SourceLayer:
     """Into the content store, digest-verified; a blob already there is not fetched again."""
     ctx = context_for(config_path)
-    Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
+    with _naming(layer, "pulling"), counting(meter):
+        Transports(ctx.client).fetch_blob(source, layer.descriptor, ctx.store)
     return layer
 
 
 def _convert_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Same source layer + driver + options + driver version + store → same converted blob."""
+    """Same source layers + driver + options + driver version + store → same converted blobs. A batch is
+    named by its layers' digests: the grouping is deterministic (`tasks.batches`), so a retried run's
+    batches are the same and answered here."""
     ctx = context_for(parameters["config_path"])
     driver = ctx.driver(parameters["driver_type"])
-    layer: SourceLayer = parameters["layer"]
-    # The result names a blob in *this* store, so another store must not reuse it.
+    layers: list[SourceLayer] = parameters["layers"]
+    # The result names blobs in *this* store, so another store must not reuse it.
     store_id = hashlib.sha256(str(ctx.store.root).encode()).hexdigest()[:12]
     # The schema: a result persisted before ConvertedLayer changed shape is converted again.
-    return f"convert-{layer.descriptor.digest}-{driver.cache_key()}-{store_id}-r{CONVERTED_LAYER_SCHEMA}"
+    return (
+        f"convert-batch-{batch_id(tuple(layers))}-{driver.cache_key()}-{store_id}-r{CONVERTED_LAYER_SCHEMA}"
+    )
 
 
 def layer_conversions() -> int:
@@ -73,37 +103,65 @@ def layer_conversions() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def slot_key(layer: SourceLayer, driver_type: str) -> str:
-    """A conversion's name among the run's conversion slots."""
-    return f"{layer.descriptor.digest} {driver_type}"
+def slot_key(layers: Sequence[SourceLayer], driver_type: str) -> str:
+    """A batch's conversion's name among the run's conversion slots."""
+    return f"{batch_id(tuple(layers))} {driver_type}"
 
 
 @task(
-    name="convert-layer",
+    name="convert-layers",
     task_run_name=layer_run_name("convert"),
     cache_key_fn=_convert_cache_key,
     persist_result=True,
 )
+def convert_layers(
+    layers: list[SourceLayer],
+    driver_type: str,
+    config_path: str,
+    slots: ConversionSlots | None = None,
+    budgets: Sequence[tuple[ImageBudget, ...]] = (),
+    meters: Sequence[ByteMeter | None] = (),
+) -> list[ConvertedLayer]:
+    """A batch of layers (`tasks.batches`) converted one after another; the converted layers in the same
+    order. `slots`: the flow run's conversion slots, of which the batch holds one while it runs (none: it
+    runs at once). `budgets`: per layer, the flow run's budgets of the platform images that list it, each
+    bounded by converter.limits.max_image_size together with its other layers. Both come from the run's
+    `tasks.session.ConversionSession`, and are not part of the cache key, nor are `meters` (per layer, the
+    run's count of its bytes converted: `tasks.progress`)."""
+    _log_batch(f"converting with {driver_type}", layers)
+    # At most layer_conversions() of this flow run's batches at once, the largest first.
+    slot = (
+        contextlib.nullcontext()
+        if slots is None
+        else slots.slot(slot_key(layers, driver_type), batch_size(layers))
+    )
+    with slot:
+        return [
+            convert_layer(layer, driver_type, config_path, layer_budgets, meter)
+            for layer, layer_budgets, meter in zip(
+                layers, budgets or [()] * len(layers), _per_layer(meters, layers), strict=True
+            )
+        ]
+
+
 def convert_layer(
     layer: SourceLayer,
     driver_type: str,
     config_path: str,
-    slots: ConversionSlots | None = None,
     budgets: tuple[ImageBudget, ...] = (),
+    meter: ByteMeter | None = None,
 ) -> ConvertedLayer:
-    """`slots`: the flow run's conversion slots, of which this conversion holds one while it runs (none:
-    it runs at once). `budgets`: the flow run's budgets of the platform images that list the layer, each
-    bounded by converter.limits.max_image_size together with its other layers. Both come from the run's
-    `tasks.session.ConversionSession`, and are not part of the cache key."""
+    """One layer of a batch: `driver.convert_layer` under converter.limits."""
     ctx = context_for(config_path)
     driver = ctx.driver(driver_type)
     limits = ctx.settings.converter.limits
     expansion = ExpansionLimits(
-        max_bytes=limits.max_layer_bytes, max_ratio=limits.max_expansion_ratio, images=budgets
+        max_bytes=limits.max_layer_bytes,
+        max_ratio=limits.max_expansion_ratio,
+        images=budgets,
+        max_entries=limits.max_entries,
     )
-    # At most layer_conversions() of this flow run's layers at once, the largest first.
-    size = layer.descriptor.size
-    with contextlib.nullcontext() if slots is None else slots.slot(slot_key(layer, driver_type), size):
+    with _naming(layer, f"converting ({driver_type})"), counting(meter):
         converted = driver.convert_layer(LayerInput(layer.descriptor, layer.diff_id, ctx.store, expansion))
     # The driver read the layer to its end (the DiffID is checked there): its whole uncompressed size.
     if budgets and (size := budgets[0].counted(hex_of(layer.descriptor.digest))):
@@ -120,28 +178,74 @@ def uploads_early(driver: Driver, target_ref: Reference, verify: bool) -> bool:
     return driver.keeps_converted_blobs() and not is_local(target_ref) and not verify
 
 
-@task(name="upload-layer", task_run_name=layer_run_name("upload"))
-def upload_layer(
-    layer: SourceLayer,
-    converted: ConvertedLayer | BaseException,
+@task(name="upload-layers", task_run_name=layer_run_name("upload"))
+def upload_layers(
+    layers: list[SourceLayer],
+    converted: list[ConvertedLayer] | BaseException,
     target_ref: Reference,
     source_ref: Reference,
     driver_type: str,
     config_path: str,
+    meters: Sequence[ByteMeter | None] = (),
+) -> list[copy.BlobCopy | None]:
+    """The converted blobs of a batch of layers into the target repository as soon as the batch is
+    converted, ahead of the push, which then finds them there. Named after the source layers, like their
+    pull and conversion. Uploads nothing when the conversion failed (submitted with `allow_failure`: that
+    failure is the driver's, reported by the flow). `meters`: per layer, the run's count of bytes pushed."""
+    if isinstance(converted, BaseException):
+        return [None] * len(layers)
+    _log_batch(f"uploading ({driver_type})", layers)
+    uploaded = []
+    for layer, blob, meter in zip(layers, converted, _per_layer(meters, layers), strict=True):
+        with _naming(layer, f"uploading ({driver_type})"):
+            uploaded.append(upload_layer(blob, target_ref, source_ref, config_path, meter))
+    return uploaded
+
+
+def upload_layer(
+    converted: ConvertedLayer,
+    target_ref: Reference,
+    source_ref: Reference,
+    config_path: str,
+    meter: ByteMeter | None = None,
 ) -> copy.BlobCopy | None:
-    """The converted blob of `layer` into the target repository (mounted from the source repository when an
-    earlier conversion left it there), ahead of the push, which then finds it there. Named after the source
-    layer, like its pull and conversion. None, uploading nothing, when the conversion failed (submitted with
-    `allow_failure`: that failure is the driver's, reported by the flow) or its blob is not in the store (a
-    cached conversion whose blob was collected: the flow converts it again, the push uploads it)."""
-    if not isinstance(converted, ConvertedLayer):
-        return None
+    """One converted blob into the target repository (mounted from the source repository when an earlier
+    conversion left it there). None, uploading nothing, when its blob is not in the store (a cached
+    conversion whose blob was collected: the flow converts it again, the push uploads it)."""
     ctx = context_for(config_path)
     if not ctx.store.exists(converted.descriptor.digest):
         return None
     routes = Transports(ctx.client, writing=[target_ref])
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
-    return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store, mount_from)
+    with counting(meter, total=converted.descriptor.size):  # the run's count of bytes pushed
+        return copy.copy_blob(routes, target_ref, converted.descriptor, ctx.store, mount_from)
+
+
+@contextlib.contextmanager
+def _naming(layer: SourceLayer, doing: str) -> Iterator[None]:
+    """An error of one layer of a batch says which layer (the run's name lists only a few): a note, so the
+    error keeps its type; the flow's failure message carries it (flows.convert_image)."""
+    try:
+        yield
+    except Exception as exc:
+        digest = layer.descriptor.digest
+        if hex_of(digest)[:12] not in str(exc):
+            exc.add_note(f"{doing} layer {digest}")
+        raise
+
+
+def _per_layer(
+    meters: Sequence[ByteMeter | None], layers: Sequence[SourceLayer]
+) -> Sequence[ByteMeter | None]:
+    """A batch's meters, one per layer (none given: no counting)."""
+    return meters or [None] * len(layers)
+
+
+def _log_batch(doing: str, layers: Sequence[SourceLayer]) -> None:
+    """Every layer of a batch in its run's log: its name lists a few."""
+    if len(layers) > NAMED_LAYERS:
+        digests = ", ".join(layer.descriptor.digest for layer in layers)
+        get_run_logger().info("%s %d layers: %s", doing, len(layers), digests)
 
 
 @task(name="build-manifest", task_run_name="build {driver_type} manifest")
@@ -162,7 +266,11 @@ def build_manifest(
     task_run_name="push {target_ref}",
 )
 def push_image(
-    image: BuiltImage, target_ref: Reference, source_ref: Reference, config_path: str
+    image: BuiltImage,
+    target_ref: Reference,
+    source_ref: Reference,
+    config_path: str,
+    meter: ByteMeter | None = None,
 ) -> Descriptor:
     """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
     ctx = context_for(config_path)
@@ -172,7 +280,9 @@ def push_image(
     try:
         # Blobs of images a driver depends on (a Nydus chunk dictionary) live in those images' repositories.
         stage_dependency_blobs(routes, target_ref, image, ctx.dependencies.resolved(), ctx.store)
-        pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
+        # `meter`: the run's count of the bytes the push sends (`tasks.progress`); blobs there send none.
+        with counting(meter, total=sum(blob.size for blob in image.blobs())):
+            pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
         routes.commit(target_ref)  # an oci-archive target is written now, atomically
     finally:
         routes.discard()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
+from accel.cancel import Cancelled
 from accel.errors import AccelError
 
 RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
@@ -25,7 +26,7 @@ class ExpectedFailureFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and not (show_tracebacks or os.environ.get("ACCEL_DEBUG")):
             exc = record.exc_info[1]
-            if isinstance(exc, AccelError):
+            if isinstance(exc, AccelError | Cancelled):  # a cancellation is no failure either
                 record.exc_info = None
                 record.exc_text = None
         return True

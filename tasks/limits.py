@@ -21,6 +21,7 @@ from typing import Any
 
 from accel.compression import ImageBudget
 from accel.config import Settings
+from accel.context import Context
 from accel.digest import hex_of
 from accel.errors import LimitExceeded
 from accel.model import SourceImage, SourceManifest
@@ -92,6 +93,22 @@ def check_layer_count(settings: Settings, image: SourceImage) -> None:
             raise LimitExceeded(
                 f"{label} has {count:,} layers, more than {limit:,} (converter.limits.max_layers)"
             )
+
+
+def drivers_over_their_layer_bound(ctx: Context, image: SourceImage, drivers: list[str]) -> dict[str, str]:
+    """Driver → why it is refused: the drivers whose format holds fewer layers than a platform image of
+    `image` has (`Driver.max_layers`). The other drivers still convert."""
+    refused: dict[str, str] = {}
+    for driver_type in drivers:
+        limit = ctx.driver(driver_type).max_layers
+        deepest = max(image.manifests, key=lambda m: len(m.layers))
+        if limit is not None and len(deepest.layers) > limit:
+            label = image_label(image.reference, deepest)
+            refused[driver_type] = (
+                f"LimitExceeded: {label} has {len(deepest.layers):,} layers, "
+                f"more than the {limit:,} a {driver_type} image holds"
+            )
+    return refused
 
 
 class ConversionTimedOut(TimeoutError):

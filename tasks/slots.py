@@ -1,5 +1,8 @@
 """Conversion slots of one flow run: at most N layer conversions at once, the largest layers first.
 
+A conversion here is one `convert-layers` task run: a batch of layers (`tasks.batches`), announced with its
+layers' total size and holding its slot while it converts them one after another.
+
 With conversions reading behind their pulls, every conversion of a run starts at once and queues for a
 slot; the order they reach it is a race of a few milliseconds. Taken first come first served, two small
 layers could take both slots while the largest waits, and the run then ends one large conversion later
@@ -16,6 +19,8 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+
+from accel import cancel
 
 WAIT_FOR_LARGER = 2.0
 
@@ -46,8 +51,13 @@ class ConversionSlots:
         with self._changed:
             self._waiting.setdefault(key, size)
             self._asking.add(key)
-            while not self._may_start(key, size, time.monotonic() - arrived):
-                self._changed.wait(0.1)
+            try:
+                while not self._may_start(key, size, time.monotonic() - arrived):
+                    cancel.check()  # a cancelled run's queued conversions never start
+                    self._changed.wait(0.1)
+            except cancel.Cancelled:
+                self._asking.discard(key)
+                raise
             del self._waiting[key]
             self._asking.discard(key)
             self._running += 1

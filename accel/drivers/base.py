@@ -26,13 +26,14 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
-from accel import compression
+from accel import compression, progress
 from accel import constants as mt
 from accel.drivers.reader import FormatReader
 from accel.model import BuiltImage, SourceImage
 from accel.oci import Descriptor, ImageConfig, Platform
 from accel.registry.interfaces import BlobStager, ManifestFetcher
 from accel.store import ContentStore
+from accel.tarstream import EntryLimit
 
 # Keys of every acceld `converter.driver.config` that accel ignores: acceld put a per-driver scratch dir
 # there, accel uses provider.work_dir for everything.
@@ -44,11 +45,16 @@ class DriverOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # OCI `subject` → the source manifest on converted manifests (`Driver.writes_subject`), so the target is
+    # a referrer of its source (Harbor lists it as an accessory). acceld's Nydus option, for every driver
+    # here; on by default (acceld: off, and its eStargz never wrote one).
+    with_referrer: bool = True
+
     # Keys accepted besides the fields: acceld's aliases and acceld options refused by name.
     acceld_keys: ClassVar[frozenset[str]] = frozenset()
     # Options that never change a converted layer's bytes (where the builder lives, manifest-level choices):
     # left out of `Driver.cache_key()`, so records and cached results are shared across them.
-    not_in_output: ClassVar[frozenset[str]] = frozenset({"docker2oci"})
+    not_in_output: ClassVar[frozenset[str]] = frozenset({"docker2oci", "with_referrer"})
 
     @classmethod
     def accepted_keys(cls) -> frozenset[str]:
@@ -80,15 +86,24 @@ class LayerInput:
         the caller hashes every byte itself and checks `diff_id` (`check_diff_id=False`)."""
         expected = self.diff_id if check_diff_id else None
         digest = self.descriptor.digest
+        raw = self.store.open_following(digest)
+        if (meter := progress.current()) is not None:
+            # Counted on the thread that reads ahead (it does not see this context): bytes converted.
+            raw = progress.CountingReader(raw, meter)  # type: ignore[assignment]
         with compression.open_uncompressed(
             self.store.path(digest),
             self.descriptor.media_type,
             expected,
             self.limits,
-            raw=self.store.open_following(digest),
+            raw=raw,
             compressed_size=self.descriptor.size,
         ) as f:
             yield f
+
+    def entry_limit(self) -> EntryLimit | None:
+        """converter.limits.max_entries for this layer, which every walk of its tar counts entries against
+        (`TarScanner(..., limit)`, or `EntryLimit.check` where a driver walks the tar otherwise)."""
+        return None if self.limits is None else self.limits.entry_limit(self.descriptor.digest)
 
 
 class LayerFacts(BaseModel):
@@ -177,6 +192,13 @@ class Driver:
     # How `accel.verify` reads this format's output back (`accel.drivers.reader_for` asks each driver); None:
     # its layers are read as plain layers.
     reader: ClassVar[FormatReader | None] = None
+    # Every media type the layers of its converted manifests may have: a target that holds only some (a
+    # docker-archive holds tar layers only) refuses the driver by name before anything is pulled. Empty:
+    # not declared (such a target then refuses at the push).
+    layer_media_types: ClassVar[frozenset[str]] = frozenset()
+    # The most layers one platform image of this format holds, when its format or builder has a bound (below
+    # converter.limits.max_layers): a deeper image is refused for this driver before anything is pulled.
+    max_layers: ClassVar[int | None] = None
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options
@@ -211,8 +233,8 @@ class Driver:
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def writes_subject(self) -> bool:
-        """Whether converted manifests carry `subject` (the source). Default: always."""
-        return True
+        """Whether converted manifests carry `subject` (the source): the `with_referrer` option."""
+        return self.options.with_referrer
 
     def writes_oci(self, source_media_type: str) -> bool:
         """Whether the converted manifest/index (of a source of this media type) uses OCI media types.

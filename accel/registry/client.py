@@ -15,7 +15,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TypeVar
 
 import httpx
 
-from accel import __version__, oci
+from accel import __version__, cancel, oci, progress
 from accel import constants as mt
 from accel import digest as dg
 from accel.errors import DigestMismatch
@@ -76,7 +75,9 @@ class HostConfig:
     """How to reach one registry host.
 
     `auth` is base64 of "user:password" (the password may contain ':'). `plain_http=None` means plain HTTP
-    only for loopback hosts; anything else needs an explicit `plain_http=True` (no silent downgrade).
+    only for loopback hosts; anything else needs an explicit `plain_http=True` (no silent downgrade), or
+    `insecure=True`: TLS first (without verification), and plain HTTP when the host answers the TLS
+    handshake in plain HTTP, as acceld does (its `insecure` hosts fall back to HTTP).
     """
 
     auth: str | None = field(default=None, repr=False)
@@ -107,9 +108,34 @@ def is_loopback_host(host: str) -> bool:
 
 
 def uses_plain_http(host: str, config: HostConfig | None) -> bool:
+    """Whether the first request to `host` goes over plain HTTP (an `insecure` host may switch later)."""
     if config is not None and config.plain_http is not None:
         return config.plain_http
+    if config is not None and config.insecure:
+        return False  # TLS first, as acceld: plain HTTP only once the host answers TLS in plain HTTP
     return is_loopback_host(host)
+
+
+def _tls_handshake_failed(exc: httpx.ConnectError) -> bool:
+    """A TLS handshake that failed for another reason than the certificate (a plain-HTTP server answers a
+    ClientHello with an HTTP response: OpenSSL reports WRONG_VERSION_NUMBER or a record layer failure)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _refused(exc: httpx.ConnectError) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _media_type_of(response: httpx.Response) -> str:
@@ -122,6 +148,14 @@ def _content_digest(algorithm_of: str, data: bytes) -> str:
     if algorithm == "sha256" or algorithm not in hashlib.algorithms_guaranteed:
         return dg.of_bytes(data)
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _shut_socket(resp: httpx.Response) -> None:
+    """Wake a read blocked on `resp`'s connection (closing a socket would not: shutting it down does)."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _TooLarge(RegistryError):
@@ -176,11 +210,14 @@ class RegistryClient:
         self._chunk_size = chunk_size
         self._page_size = page_size
         self._user_agent = user_agent
-        # One pool; hosts that skip TLS verification get their own transport mounted by URL.
+        # `insecure` hosts that answered a TLS handshake in plain HTTP: spoken to over http:// from then on.
+        self._plain_http_learned: set[str] = set()
+        # One pool; hosts that skip TLS verification get their own transport mounted by URL (not under a
+        # test's transport, which answers every request itself).
         mounts = {
             f"https://{self._api_host(name)}": httpx.HTTPTransport(verify=False)
             for name, cfg in self._hosts.items()
-            if cfg.insecure
+            if cfg.insecure and transport is None
         }
         self._http = httpx.Client(
             timeout=timeout,
@@ -274,6 +311,8 @@ class RegistryClient:
             store.touch(desc.digest)  # reused: keep it from garbage collection longest
             return store.path(desc.digest)
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
+        meter = progress.current()  # bytes pulled, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0
 
         def once() -> Path:
             try:
@@ -285,6 +324,8 @@ class RegistryClient:
                         if writer.size + len(chunk) > desc.size:
                             raise self._size_error(what, repo_ref.registry, f"more than {desc.size}")
                         writer.write(chunk)
+                        if meter is not None:
+                            meter.set(counted + writer.size)  # a retry starts over
                     if writer.size != desc.size:
                         raise self._size_error(what, repo_ref.registry, str(writer.size), desc.size)
             except DigestMismatch as exc:  # the store's check: say which registry and repository served it
@@ -440,13 +481,19 @@ class RegistryClient:
         location = self._start_upload(repo_ref, what)
         sent = dg.Digester()
 
+        meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0  # one meter may count several blobs (a push)
+
         def body() -> Iterator[bytes]:
             nonlocal sent
             sent = dg.Digester()  # a re-send after a 401 starts over
             with path.open("rb") as f:
                 while chunk := f.read(READ_SIZE):
+                    cancel.check()
                     sent.update(chunk)
                     yield chunk
+                    if meter is not None:
+                        meter.set(counted + sent.size)
 
         resp = self._send(
             "PUT",
@@ -467,6 +514,8 @@ class RegistryClient:
         sent = dg.Digester()
         scopes = [repository_scope(repo_ref.repository, "pull", "push")]
         size = path.stat().st_size
+        meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
+        counted = meter.value if meter is not None else 0  # one meter may count several blobs (a push)
         with path.open("rb") as f:
 
             def piece(start: int, length: int) -> Callable[[], Iterator[bytes]]:
@@ -475,11 +524,14 @@ class RegistryClient:
                     f.seek(start)
                     position, left = start, length
                     while left > 0 and (data := f.read(min(READ_SIZE, left))):
+                        cancel.check()
                         if position + len(data) > sent.size:  # a re-send after a 401 hashes nothing twice
                             sent.update(data[max(0, sent.size - position) :])
                         position += len(data)
                         left -= len(data)
                         yield data
+                        if meter is not None:
+                            meter.set(counted + position)
 
                 return body
 
@@ -592,16 +644,18 @@ class RegistryClient:
 
     def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
         for number in range(self._retries + 1):
+            cancel.check()
             try:
                 return attempt()
             except TransientRegistryError as exc:
+                cancel.check()  # the failure may be the cancellation's own (a shut socket): no retry
                 if number >= self._retries:
                     raise
                 delay = min(self._backoff * (2**number), MAX_BACKOFF)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
                 log.info("%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, self._retries, delay)
-                time.sleep(delay)
+                cancel.sleep(delay)
         raise AssertionError("unreachable")
 
     def _send(
@@ -670,26 +724,91 @@ class RegistryClient:
             # Merge, don't replace: upload Locations carry their own state in the query (httpx's
             # `params=` would drop it).
             target = target.copy_merge_params(params)
-        request = self._http.build_request(method, target, headers=request_headers, content=content)
+        try:
+            request, response = self._deliver(
+                method, target, request_headers, content, stream, what, registry
+            )
+        except httpx.ConnectError as exc:
+            plain = self._plain_http_fallback(registry, target, exc)
+            if plain is None:
+                # Refused, DNS, TLS: permanent (a connect *timeout* is a ConnectTimeout, transient).
+                raise RegistryUnreachable(
+                    f"{what}: cannot connect to {registry}: {_connect_failure(exc)}", registry=registry
+                ) from None
+            failure = _connect_failure(exc)
+            # Nothing of the body was sent: the TLS handshake failed first. A callable body starts anew.
+            content = body() if callable(body) else body
+            try:
+                request, response = self._deliver(
+                    method, plain, request_headers, content, stream, what, registry
+                )
+            except httpx.ConnectError as second:
+                raise RegistryUnreachable(
+                    f"{what}: cannot connect to {registry}: {failure}, and over plain HTTP: "
+                    f"{_connect_failure(second)}",
+                    registry=registry,
+                ) from None
+            self._learn_plain_http(registry)
+        log.debug("%s %s -> %d", method, request.url.copy_with(query=None), response.status_code)
+        return response
+
+    def _deliver(
+        self,
+        method: str,
+        target: httpx.URL,
+        headers: Mapping[str, str],
+        content: bytes | Iterable[bytes] | None,
+        stream: bool,
+        what: str,
+        registry: str,
+    ) -> tuple[httpx.Request, httpx.Response]:
+        """One request; connect failures raised as they are (the caller judges them), other transport
+        failures as transient."""
+        request = self._http.build_request(method, target, headers=headers, content=content)
         try:
             response = self._http.send(request, stream=stream, follow_redirects=method in ("GET", "HEAD"))
-        except httpx.ConnectError as exc:
-            # Refused, DNS, TLS verification: permanent (a connect *timeout* is a ConnectTimeout, transient).
-            raise RegistryUnreachable(
-                f"{what}: cannot connect to {registry}: {_connect_failure(exc)}", registry=registry
-            ) from None
+        except httpx.ConnectError:
+            raise
         except httpx.TransportError as exc:
             # `from None`: the chained httpx error would keep the request (and its Authorization) alive.
             raise TransientRegistryError(
                 f"{what}: {type(exc).__name__} talking to {registry}: {exc}", registry=registry
             ) from None
-        log.debug("%s %s -> %d", method, request.url.copy_with(query=None), response.status_code)
-        return response
+        return request, response
+
+    def _plain_http_fallback(
+        self, registry: str, url: httpx.URL, exc: httpx.ConnectError
+    ) -> httpx.URL | None:
+        """The same URL over plain HTTP, when acceld would retry there: an `insecure` host without an
+        explicit `plain_http` whose TLS handshake failed (not its certificate: that is never verified), or
+        that refused HTTPS's default port (443; HTTP's is 80; an explicit port would refuse HTTP too)."""
+        config = self._hosts.get(normalize_host(registry))
+        if config is None or not config.insecure or config.plain_http is not None or url.scheme != "https":
+            return None
+        if _tls_handshake_failed(exc) or (url.port is None and _refused(exc)):
+            return url.copy_with(scheme="http")
+        return None
+
+    def _learn_plain_http(self, registry: str) -> None:
+        host = normalize_host(registry)
+        if host not in self._plain_http_learned:
+            self._plain_http_learned.add(host)
+            log.info(
+                "%s answered plain HTTP, not TLS: using http:// for it from now on (insecure: true, as "
+                "acceld does; set plain_http: true to skip the TLS attempt)",
+                registry,
+            )
 
     def _stream(self, resp: httpx.Response, what: str, registry: str) -> Iterator[bytes]:
+        """The body in READ_SIZE blocks; a cancellation stops it between blocks, and shuts the socket of a
+        read that waits (a stalled or throttled registry) so that it returns at once."""
         try:
-            yield from resp.iter_bytes(READ_SIZE)
+            with cancel.on_cancel(lambda: _shut_socket(resp)):
+                for chunk in resp.iter_bytes(READ_SIZE):
+                    cancel.check()
+                    yield chunk
         except httpx.TransportError as exc:
+            cancel.check()
             raise TransientRegistryError(
                 f"{what}: {type(exc).__name__} while reading from {registry}: {exc}", registry=registry
             ) from None
@@ -768,7 +887,8 @@ class RegistryClient:
         return _HUB_API_HOST if normalize_host(registry) == DOCKER_HUB else registry
 
     def _base_url(self, registry: str) -> str:
-        plain = uses_plain_http(registry, self._hosts.get(normalize_host(registry)))
+        host = normalize_host(registry)
+        plain = host in self._plain_http_learned or uses_plain_http(registry, self._hosts.get(host))
         return f"{'http' if plain else 'https'}://{self._api_host(registry)}"
 
     def _manifest_url(self, ref: Reference) -> str:

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
@@ -44,7 +45,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed, Scheduled
 
 from accel.config import Settings
 from accel.plan import attempt_key
@@ -63,6 +64,7 @@ from service.api.conversions import (
     TaskNotFound,
 )
 from service.metrics import Metrics
+from tasks.policy import layers_in_run_name
 
 log = logging.getLogger("acceld.prefect")
 T = TypeVar("T")
@@ -404,14 +406,16 @@ class PrefectBackend:
             log.debug("cannot read task runs of %s: %s", run.id, exc)
             return
         for task_run in task_runs:
-            # Task runs are named `convert sha256:abcdef012345 (estargz)`; cache hits end in state "Cached".
+            # Task runs are named `convert sha256:abcdef012345 (estargz)`, or for a batch of layers
+            # `convert 12 layers: sha256:…, … (estargz)` (tasks/policy.py); cache hits end in state "Cached".
             name = task_run.name or ""
             if not name.startswith("convert ") or "(" not in name or task_run.state is None:
                 continue
             if task_run.state.type != StateType.COMPLETED:
                 continue
             driver = name.rsplit("(", 1)[1].rstrip(")")
-            self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached")
+            count = layers_in_run_name(name)
+            self.metrics.layer_converted(driver, cached=task_run.state.name == "Cached", count=count)
         # Layers the remote cache image answered have no convert task run at all: the result counts them.
         result = await self._result(run) if status_of(run) == COMPLETED else None
         for target in result.targets if result is not None else []:
@@ -491,29 +495,71 @@ def _target_status(
     ]
 
 
-async def fail_orphaned_runs(deployment_names: Iterable[str], reason: str) -> list[uuid.UUID]:
-    """Mark runs of these deployments that are RUNNING/PENDING as FAILED; the caller knows no one runs them.
+# A conversion run left behind by a dead runner is run again from the start (the layers it converted are in
+# Prefect's task cache), until it has been started this many times: one that keeps going down with its runner
+# is failed instead, so a run that kills acceld is not started again forever.
+MAX_ORPHANED_STARTS = 10
 
-    acceld calls this before it starts serving its deployments, holding the work dir lock: it is the only
-    runner of those deployments, so a live-looking run is one a previous acceld left behind when it died.
+
+@dataclass(frozen=True)
+class RecoveredRuns:
+    """What `recover_orphaned_runs` did with each live-looking run of the deployments it was given."""
+
+    rescheduled: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    cancelled: list[uuid.UUID] = field(default_factory=list)
+
+
+async def recover_orphaned_runs(
+    rerun: Iterable[str],
+    fail: Iterable[str],
+    reason: str,
+    max_starts: int = MAX_ORPHANED_STARTS,
+) -> RecoveredRuns:
+    """Runs of these deployments that are RUNNING, PENDING or CANCELLING; the caller knows no one runs them.
+
+    acceld calls this before it starts its runner, holding the work dir lock: it is the only runner of those
+    deployments, so a live-looking run is one a previous runner left behind when it died (its process died
+    with it: tasks/process.py). Such a run of a `rerun` deployment is SCHEDULED again, as itself: the runner
+    about to start picks it up, its idempotency key still answers a repeated webhook with it, and nothing
+    accepted is lost (its push was answered 2xx, and Harbor does not send it again). Runs of `fail`
+    deployments (bulk-reconvert: its schedule runs it again), and runs started `max_starts` times already,
+    are marked FAILED with `reason`; a run being cancelled is CANCELLED.
     """
-    failed: list[uuid.UUID] = []
+    rerun, fail = list(rerun), list(fail)
+    recovered = RecoveredRuns()
     async with get_client() as client:
-        ids = []
-        for name in deployment_names:
-            try:
-                ids.append((await client.read_deployment_by_name(name)).id)
-            except ObjectNotFound:
-                continue
+        ids: dict[uuid.UUID, bool] = {}  # deployment id → whether its orphaned runs run again
+        for names, again in ((rerun, True), (fail, False)):
+            for name in names:
+                try:
+                    ids[(await client.read_deployment_by_name(name)).id] = again
+                except ObjectNotFound:
+                    continue
         if not ids:
-            return failed
+            return recovered
         runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(ids))),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(LIVE_TYPES)))
             ),
         )
         for run in runs:
-            await client.set_flow_run_state(run.id, Failed(message=reason), force=True)
-            failed.append(run.id)
-    return failed
+            state_type = run.state.type if run.state else None
+            if state_type == StateType.CANCELLING:
+                await client.set_flow_run_state(run.id, Cancelled(message=reason), force=True)
+                recovered.cancelled.append(run.id)
+            elif ids.get(run.deployment_id or uuid.UUID(int=0)) and run.run_count < max_starts:
+                again = Scheduled(
+                    scheduled_time=dt.datetime.now(dt.UTC),
+                    message=f"{reason}; running it again (start {run.run_count + 1} of at most {max_starts})",
+                )
+                await client.set_flow_run_state(run.id, again, force=True)
+                recovered.rescheduled.append(run.id)
+            else:
+                why = reason
+                if run.run_count >= max_starts:
+                    why = f"{reason}, {run.run_count} times; not started again: push again to retry"
+                await client.set_flow_run_state(run.id, Failed(message=why), force=True)
+                recovered.failed.append(run.id)
+    return recovered

@@ -167,3 +167,54 @@ def test_sigterm_stops_acceld_within_10_s_while_prefect_answers_nothing(registry
 def _completed(service: Acceld) -> list[str]:
     tasks = httpx.get(f"{service.url}/api/v1/conversions", headers=WEBHOOK_AUTH, timeout=30).json()
     return [t["source"] for t in tasks if t["status"] == "COMPLETED"]
+
+
+def test_a_conversion_running_when_acceld_is_stopped_runs_again_after_the_restart(
+    fault_proxy: FaultProxy, source_store, tmp_path
+):
+    """SIGTERM of acceld while a run converts: the run is not CANCELLED (Prefect's graceful stop of the
+    runner would do that, and its push, answered 2xx, would never be converted); the next acceld runs it, as
+    itself."""
+    prefect = PrefectServer(tmp_path / "prefect")
+    prefect.start()
+    service = Acceld(
+        tmp_path / "acceld", prefect, acceld_settings(tmp_path / "acceld", free_port(), [fault_proxy.host])
+    )
+    try:
+        service.start()
+        _, ref = push_through_proxy(
+            fault_proxy, source_store, imagegen.standard_layers(64 * imagegen.KiB), "v1"
+        )
+        stall = fault_proxy.stall(r"/blobs/sha256:", method="GET", times=1000)  # held mid-pull
+        r = httpx.post(
+            f"{service.url}/api/v1/conversions", json=harbor_for(ref), headers=WEBHOOK_AUTH, timeout=30
+        )
+        assert r.status_code == 202, r.text
+        wait_until(stall.reached.is_set, timeout=300, what="the conversion, held mid-pull")
+        [task] = wait_until(lambda: _tasks(service, ref), timeout=60, what="its task")
+        started = time.monotonic()
+        service.terminate()
+        assert service.wait(timeout=30) == 0
+        assert time.monotonic() - started <= 10
+        stall.release()
+        fault_proxy.clear()
+        service.start()
+        wait_until(
+            lambda: [t["status"] for t in _tasks(service, ref)] == ["COMPLETED"],
+            timeout=300,
+            what="the stopped conversion, run again and completed",
+        )
+        assert [t["id"] for t in _tasks(service, ref)] == [task["id"]]  # the same run, not a second one
+        assert_converted(ref)
+    finally:
+        fault_proxy.clear()
+        service.stop()
+        print(tail(service.log_path, 3000))
+        prefect.stop()
+
+
+def _tasks(service: Acceld, ref) -> list[dict]:
+    tasks = httpx.get(
+        f"{service.url}/api/v1/conversions", params={"limit": 1000}, headers=WEBHOOK_AUTH, timeout=30
+    ).json()
+    return [t for t in tasks if t["source"] == str(ref)]

@@ -181,7 +181,7 @@ def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
     acceld, registry, stalling_proxy, prefect_server, source_store
 ):
     """kill -9 while the layers convert: the pull of the last layer is held, so the run stops with a
-    convert-layer task in flight (the big layer's converting or converted, the last one's waiting for its
+    convert-layers task in flight (the big layer's converting or converted, the last one's waiting for its
     pull) and nothing pushed."""
     big = imagegen.TarBuilder(auto_parents=True)
     big.file("big.bin", os.urandom(16 << 20))
@@ -196,8 +196,9 @@ def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
         first = post(acceld, harbor_for(ref))
 
         def converting() -> bool:
-            """A convert-layer task run not finished while the last pull is held: the last layer's (named
-            `convert-layer-…` until it starts), which cannot finish before that pull, or one still running."""
+            """A convert-layers task run not finished while the last pull is held: the last layer's batch's
+            (named `convert-layers-…` until it starts), which cannot finish before that pull, or one still
+            running."""
             if not stall.reached.is_set():
                 return False
             return any(
@@ -205,7 +206,7 @@ def test_a_flow_run_killed_mid_convert_is_converted_by_the_same_webhook(
                 for t in _task_runs(prefect_server, first["id"])
             )
 
-        wait_until(converting, timeout=180, what="a convert-layer task in flight, the last pull held")
+        wait_until(converting, timeout=180, what="a convert-layers task in flight, the last pull held")
         _kill_then_convert_again(acceld, registry, ref, first, stall)
     finally:
         stall.release()

@@ -17,7 +17,7 @@ import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, ClassVar, Literal, Protocol
 
 import zstandard
 from isal import igzip_threaded
@@ -584,7 +584,10 @@ def _layer_media_type(media: MediaFlavor, compression: Compression) -> str:
 
 
 def _write_layer(
-    builder: TarBuilder | RawLayer, blob: BlobWriter, compression: Compression, tar_format: TarFormat
+    builder: TarBuilder | RawLayer | ManyEntriesLayer,
+    blob: BlobWriter,
+    compression: Compression,
+    tar_format: TarFormat,
 ) -> str:
     """Tar -> compressor -> blob in one pass; returns the DiffID."""
     if compression == "none":
@@ -614,7 +617,7 @@ def _platform(platform: Sequence[str]) -> Platform:
 
 
 def generate_image(
-    layers: Sequence[TarBuilder | RawLayer],
+    layers: Sequence[TarBuilder | RawLayer | ManyEntriesLayer],
     store: ContentStore,
     *,
     platform: Sequence[str] = ("linux", "amd64"),
@@ -632,15 +635,42 @@ def generate_image(
             diff_ids.append(_write_layer(builder, blob, compression, tar_format))
         assert blob.digest is not None
         layer_descriptors.append(Descriptor(media_type=layer_type, digest=blob.digest, size=blob.size))
+    return _image_of_layers(layer_descriptors, diff_ids, store, plat, media)
 
+
+def tiny_layers_image(count: int, store: ContentStore) -> BuiltImage:
+    """An image of `count` distinct layers of one small file each (the many-layers input of
+    converter.limits.max_layers), written quickly: one gzip member per layer, no compressor threads."""
+    import gzip
+
+    layer_descriptors: list[Descriptor] = []
+    diff_ids: list[str] = []
+    for index in range(count):
+        tar = tar_members((tar_info(f"layer-{index}.txt"), b"%d\n" % index), closed=True)
+        blob = gzip.compress(tar, compresslevel=1, mtime=0)
+        digest = dg.of_bytes(blob)
+        store.path(digest).write_bytes(blob)  # not `put_bytes`: 10,000 fsyncs take minutes on a busy disk
+        layer_descriptors.append(Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=digest, size=len(blob)))
+        diff_ids.append(dg.of_bytes(tar))
+    return _image_of_layers(layer_descriptors, diff_ids, store, _platform(("linux", "amd64")), "oci")
+
+
+def _image_of_layers(
+    layer_descriptors: list[Descriptor],
+    diff_ids: list[str],
+    store: ContentStore,
+    plat: Platform,
+    media: MediaFlavor,
+) -> BuiltImage:
+    """Config and manifest over layers already in `store`."""
     # The empty_layer entry sits after the base layer, as an ENV step would: consumers must not
     # pair history with layers by index.
     history: list[dict[str, Any]] = []
-    for index in range(len(layers)):
+    for index in range(len(layer_descriptors)):
         history.append({"created": CREATED, "created_by": f"imagegen: layer {index}"})
         if index == 0:
             history.append({"created": CREATED, "created_by": "ENV LANG=C.UTF-8", "empty_layer": True})
-    if not layers:
+    if not layer_descriptors:
         history.append({"created": CREATED, "created_by": "ENV LANG=C.UTF-8", "empty_layer": True})
     config_doc: dict[str, Any] = {"created": CREATED, "architecture": plat.architecture, "os": plat.os}
     if plat.variant:
@@ -902,6 +932,43 @@ class RawLayer:
     def write_tar(self, fileobj: Any, tar_format: TarFormat = "pax") -> None:
         del tar_format  # the bytes are the layer
         fileobj.write(self.data)
+
+
+@dataclass(frozen=True)
+class ManyEntriesLayer:
+    """A layer of `count` tar entries written as it streams, never held whole: a directory `dNNNN/` and
+    then empty files in it, 1,000 entries per directory (the many-small-files input of
+    converter.limits.max_entries; 1,000,000 entries are 512 MB of headers, about 7 MB gzipped)."""
+
+    count: int
+    per_directory: int = 1000
+
+    WRITE_SIZE: ClassVar[int] = MiB
+
+    def write_tar(self, fileobj: Any, tar_format: TarFormat = "pax") -> None:
+        del tar_format  # plain ustar headers: the fewest bytes per entry
+        file_block = _ustar_block("", b"0", 0)
+        dir_block = _ustar_block("", b"5", 0)
+        pending: list[bytes] = []
+        for index in range(self.count):
+            directory, position = divmod(index, self.per_directory)
+            if position == 0:
+                name, template = b"d%04d/" % directory, dir_block
+            else:
+                name, template = b"d%04d/f%04d" % (directory, position), file_block
+            pending.append(_named_block(template, name))
+            if len(pending) * 512 >= self.WRITE_SIZE:
+                fileobj.write(b"".join(pending))
+                pending = []
+        pending.append(bytes(1024))
+        fileobj.write(b"".join(pending))
+
+
+def _named_block(template: bytes, name: bytes) -> bytes:
+    """`template` (a header block with an empty name) named `name` (under 100 bytes), its checksum fixed:
+    the checksum is the sum of the block's bytes, so the name's bytes add to the template's."""
+    checksum = int(template[148:154], 8) + sum(name)
+    return name + template[len(name) : 148] + b"%06o\0 " % checksum + template[156:]
 
 
 def tar_members(*members: tuple[tarfile.TarInfo, bytes | None], closed: bool = False) -> bytes:

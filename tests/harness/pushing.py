@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
+from accel import digest as dg
 from accel import publish
 from accel.model import BuiltImage, BuiltManifest
 from accel.reference import Reference
 from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import imagegen
-from tests.harness.registry import FaultProxy
+from tests.harness.registry import FaultProxy, RegistryServer
 
 
 def as_built(image: imagegen.BuiltImage | imagegen.BuiltIndex) -> BuiltImage:
@@ -65,3 +67,27 @@ def push_through_proxy(
     with RegistryClient({proxy.upstream: HostConfig()}) as client:
         digest = push(client, store, Reference.parse(f"{proxy.upstream}/{repository}:{tag}"), image)
     return image, Reference.parse(f"{proxy.host}/{repository}:{tag}").with_digest(digest)
+
+
+def push_many_layers(
+    registry: RegistryServer,
+    client: RegistryClient,
+    store: ContentStore,
+    ref: Reference,
+    image: imagegen.BuiltImage,
+) -> str:
+    """`push` for an image of thousands of layers: the layer blobs are written into the registry's storage
+    directory as its filesystem driver lays them out (a blob's data, and the repository's link to it), since
+    pushing 10,000 blobs over HTTP takes minutes on a busy machine; then config and manifest over HTTP (the
+    registry checks that every layer is there). Returns the manifest digest."""
+    v2 = registry.workdir / "storage" / "docker" / "registry" / "v2"
+    for layer in image.layers:
+        hex_digest = dg.hex_of(layer.digest)
+        data = v2 / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.path(layer.digest), data)
+        link = v2 / "repositories" / ref.repository / "_layers" / "sha256" / hex_digest / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(layer.digest)
+    client.push_blob(ref, image.config, store)
+    return client.push_manifest(ref, image.manifest_raw, image.manifest_media_type).digest

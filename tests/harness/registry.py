@@ -430,6 +430,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._random_rate = 0.0
         self._random = random.Random(0)
+        self._throttle: tuple[re.Pattern[str], int] | None = None
         self._open = threading.Event()  # cleared by hold(): requests wait until release()
         self._open.set()
         self.held = 0  # requests that arrived while held
@@ -470,6 +471,18 @@ class FaultProxy:
             self._stalls.append(stall)
         return stall
 
+    def throttle(self, bytes_per_second: int | None, path: str = "") -> None:
+        """Send the bodies of answers to requests matching `path` (regex on the path) at about
+        `bytes_per_second` (None: at full speed again): a slow registry, so a conversion takes a while."""
+        with self._lock:
+            self._throttle = None if bytes_per_second is None else (re.compile(path), bytes_per_second)
+
+    def _rate_for(self, path: str) -> int | None:
+        with self._lock:
+            if self._throttle is None or self._throttle[0].search(path) is None:
+                return None
+            return self._throttle[1]
+
     def fail_randomly(self, rate: float, seed: int = 0) -> None:
         """Besides explicit faults, answer a `rate` share of all requests with a 503, a reset or a body cut
         in half (one of the three at random); 0 turns it off."""
@@ -485,6 +498,7 @@ class FaultProxy:
             self._stalls.clear()
             self.hits.clear()
             self._random_rate = 0.0
+            self._throttle = None
 
     def hold(self) -> None:
         """Make every request wait (a registry that stopped answering) until release()."""
@@ -627,8 +641,18 @@ class FaultProxy:
                 length = upstream_length if self.command == "HEAD" and upstream_length else str(len(data))
                 self.send_header("Content-Length", length)
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data if send is None else data[:send])
+                if self.command == "HEAD":
+                    return
+                body = memoryview(data if send is None else data[:send])
+                rate = proxy._rate_for(urlsplit(self.path).path)
+                if rate is None:
+                    self.wfile.write(body)
+                    return
+                step = max(1, rate // 10)  # ten writes a second
+                for start in range(0, len(body), step):
+                    self.wfile.write(body[start : start + step])
+                    self.wfile.flush()
+                    time.sleep(0.1)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

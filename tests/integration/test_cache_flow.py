@@ -15,6 +15,7 @@ from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
 from tests.harness.proof import assert_proven
+from tests.harness.taskruns import named_layers
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -32,7 +33,7 @@ def _client(host: str) -> RegistryClient:
 
 
 def convert_layer_runs(flow_run_id) -> list[str]:
-    """Names of the flow run's `convert-layer` task runs (`convert sha256:... (driver)`)."""
+    """Names of the flow run's `convert-layers` task runs (`convert 3 layers: sha256:..., ... (driver)`)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -61,7 +62,7 @@ def test_warm_run_on_a_fresh_machine_converts_nothing_and_pushes_the_same_digest
             ("estargz", 0, 3),
             ("nydus", 0, 3),
         ]
-        assert len(convert_layer_runs(cold_state.state_details.flow_run_id)) == 6
+        assert len(named_layers(convert_layer_runs(cold_state.state_details.flow_run_id))) == 6
 
         cache_root, raw = client.fetch_manifest(source.with_tag(CACHE_TAG))
         assert cache_root.media_type == mt.OCI_MANIFEST  # single-platform source: a manifest root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -351,6 +352,26 @@ def test_docker_config_credentials(request, tmp_path, clients, store, repo_name,
     desc = put_blob(store, b"via docker config")
     client.push_blob(ref, desc, store)
     assert client.blob_exists(ref, desc.digest)
+
+
+# --- scheme ----------------------------------------------------------------------------------------
+
+
+def test_insecure_host_serving_plain_http_falls_back_to_http_as_acceld_does(
+    registry, clients, store, tmp_path, repo_name, caplog
+):
+    """acceld's `insecure: true` and no `plain_http` on a plain-HTTP registry: TLS first, whose handshake
+    the registry answers in HTTP, then plain HTTP (loopback is no shortcut for an insecure host)."""
+    client = RegistryClient(
+        {registry.host: HostConfig(insecure=True)}, docker_config=Path("/nonexistent"), **FAST
+    )
+    clients.append(client)
+    ref = ref_for(registry.host, repo_name)
+    with caplog.at_level(logging.INFO, logger="accel.registry.client"):
+        desc, raw = push_image(client, store, ref)
+        assert client.fetch_manifest(ref.with_digest(desc.digest)) == (desc, raw)
+    [switched] = [r.getMessage() for r in caplog.records if "answered plain HTTP" in r.getMessage()]
+    assert registry.host in switched
 
 
 # --- faults and retries ----------------------------------------------------------------------------

@@ -28,6 +28,10 @@ def _task_states(flow_run_id: Any) -> dict[str, str]:
     return {r.name: r.state.type.value for r in runs if r.state is not None}
 
 
+def _converting(name: str) -> bool:
+    return name.startswith("convert ") and name.endswith(" (zstdchunked)")
+
+
 def _source(fault_proxy: Any, tmp_path: Any) -> tuple[Reference, list[str]]:
     store = ContentStore(tmp_path / "source")
     image = imagegen.generate_image(imagegen.standard_layers(64 << 10), store)
@@ -59,19 +63,23 @@ def test_a_conversion_runs_while_its_layer_is_still_being_pulled(prefect_api, fa
     flow.start()
     try:
         assert stall.reached.wait(120), "the pull of the held layer never started"
-        converting = f"convert {held[:19]} (zstdchunked)"
 
         def running() -> bool | None:
+            """The conversion of the held layer's batch (its run names every layer of the three) runs."""
             from prefect import get_client
             from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
             with get_client(sync_client=True) as prefect:
                 runs = prefect.read_task_runs(
-                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[converting]))
+                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=held[:19]))
                 )
-            return any(r.state is not None and r.state.is_running() for r in runs) or None
+            return (
+                any(_converting(r.name) and r.state is not None and r.state.is_running() for r in runs)
+                or None
+            )
 
-        # Its pull has not a byte yet and its conversion runs already: it waits on bytes, not on the task.
+        # Its pull has not a byte yet (the last of its batch's pull) and its conversion runs already: it
+        # waits on bytes, not on the task.
         wait_until(running, 60, "the held layer's conversion to run")
         assert not stall.released.is_set()
     finally:
@@ -103,10 +111,13 @@ def test_a_failed_pull_fails_the_conversion_reading_behind_it(prefect_api, fault
 
     assert state.is_failed()
     assert gone[:19] in (state.message or "") or "BLOB_UNKNOWN" in (state.message or ""), state.message
-    converting = f"convert {gone[:19]} (zstdchunked)"
 
     def settled() -> dict[str, str] | None:
+        """The conversion of the batch holding the failed layer (its run's name lists it) failed."""
         found = _task_states(state.state_details.flow_run_id)
-        return found if converting in found and found[converting] in ("FAILED", "CRASHED") else None
+        failed = [
+            n for n, s in found.items() if _converting(n) and gone[:19] in n and s in ("FAILED", "CRASHED")
+        ]
+        return found if failed else None
 
     wait_until(settled, 60, "the conversion behind the failed pull to fail")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -168,6 +168,9 @@ MISTAKES: list[tuple[str, Callable[[World], list[str]], ExitCode, str]] = [
      "no such file or directory"),
     ("target under a file", lambda w: _convert(_image, "--target", f"oci-archive:{w.config}/out.tar")(w),
      ExitCode.USAGE, "cannot create it"),
+    ("nydus into a docker-archive",
+     lambda w: _convert(_image, "--target", f"docker-archive:{w.tmp}/app.tar", config=_nydus_config)(w),
+     ExitCode.USAGE, "a docker-archive cannot hold nydus images"),
     ("404 image", _convert(lambda w: f"{w.registry}/e2e/missing:v1"), ExitCode.NOT_FOUND, "answered 404"),
     ("404 tag", _convert(lambda w: w.image.rsplit(":", 1)[0] + ":v404"), ExitCode.NOT_FOUND, "answered 404"),
     ("unknown host", _convert(lambda w: "nohost.invalid/app:v1"), ExitCode.UNREACHABLE, "nohost.invalid"),
@@ -188,6 +191,13 @@ MISTAKES: list[tuple[str, Callable[[World], list[str]], ExitCode, str]] = [
     ("config check: impossible cron", lambda w: ["config", "check", str(w.config_with("c.yaml", _bad_cron))],
      ExitCode.FAILED, "bulk.schedule: '61 * * * *' is not a valid cron expression: bad minute"),
 ]  # fmt: skip
+
+
+def _nydus_config(w: World) -> Path:
+    def edit(data: dict) -> None:
+        data["converter"]["drivers"] = [{"type": "nydus"}]
+
+    return w.config_with("nydus.yaml", edit)
 
 
 def _typo_keys(data: dict) -> None:
@@ -331,52 +341,166 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
     assert run.state is not None and run.state.is_cancelled(), run.state
 
 
-def test_a_terminal_shows_a_status_line_a_pipe_only_the_results(world, registry, tmp_path):
-    """On a terminal: a status line (layers pulled, converted, uploaded, pushes, elapsed), redrawn every
-    second and cleared at the end; stdout keeps the one result line."""
-    store = ContentStore(tmp_path / "tty")
-    layers = []
-    for n in range(2):
-        layer = imagegen.TarBuilder(auto_parents=True)
-        layer.file_from_generator(f"big{n}.bin", 24 << 20, seed=240 + n)
-        layers.append(layer)
-    source = Reference.parse(f"{registry.host}/mistakes/tty:v1")
-    with RegistryClient({registry.host: HostConfig()}) as client:
-        pushing.push(client, store, source, imagegen.generate_image(layers, store))
+@dataclass
+class SlowConversion:
+    """`accelctl convert` of a 24 MiB layer from a registry that sends it at 768 KiB/s (a fault proxy in
+    front of the test registry), running: its pull has begun, a few MiB are pulled and converted."""
 
-    terminal, stderr = pty.openpty()
-    started = time.monotonic()
+    proc: subprocess.Popen[str]
+    source: str  # through the proxy: the flow run is `convert {source}`
+    direct: Reference  # the same image, straight from the registry (its tags)
+    api_url: str
+
+    def final_state(self, since: float, limit: float = 30.0) -> Any:
+        """The flow run's state once final (or after `limit` seconds), polled from Prefect."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        state = None
+        with (
+            temporary_settings(updates={PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            while time.monotonic() - since < limit:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {self.source}"]))
+                )
+                state = runs[0].state if runs else None
+                if state is not None and state.is_final():
+                    break
+                time.sleep(0.2)
+        return state
+
+
+def _slow_conversion(world: World, registry, fault_proxy, tmp_path: Path, name: str) -> SlowConversion:
+    store = ContentStore(tmp_path / "slow")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file_from_generator("big.bin", 24 << 20, seed=2424)
+    image = imagegen.generate_image([layer], store)
+    direct = Reference.parse(f"{registry.host}/mistakes/{name}:v1")
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        pushing.push(client, store, direct, image)
+    source = f"{fault_proxy.host}/mistakes/{name}:v1"
+    [layer_digest] = [d.digest for d in image.layers]
+    fault_proxy.throttle(768 << 10, path=layer_digest)
+    proxied = {fault_proxy.host: {}}
+    config = world.config_with("proxied.yaml", lambda d: d["provider"]["source"].update(proxied))
+    api_url = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)["server"]["api_url"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.accelctl", "convert", "--config", str(world.config), str(source)],
+        [sys.executable, "-m", "service.accelctl", "convert", "--config", str(config), source],
         cwd=REPO,
         env=world.env,
         stdout=subprocess.PIPE,
-        stderr=stderr,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    os.close(stderr)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(terminal, 4096)
-        except OSError:  # the other end closed: accelctl exited
-            break
-        if not chunk:
-            break
-        shown += chunk
-    out = proc.communicate(timeout=300)[0]
-    elapsed = time.monotonic() - started
-    os.close(terminal)
-    assert proc.returncode == 0, shown
-    [result] = out.splitlines()
-    assert result.startswith("estargz\t")
-    draws = shown.decode().split("\r\x1b[K")
-    status = [d for d in draws if d.startswith(f"converting {source}: ")]
-    assert (
-        status
-        and "pulled 2" in status[-1]
-        and "estargz: converted 2" in status[-1]
-        and "pushed 1" in status[-1]
+    deadline = time.monotonic() + 120
+    while fault_proxy.count(layer_digest, "GET") == 0:  # the pull has begun: its bytes trickle in
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(2.0)  # a few MiB pulled and converted, most of the layer still to come
+    return SlowConversion(proc, source, direct, api_url)
+
+
+def test_ctrl_c_mid_layer_cancels_within_5_s_and_stops_its_tasks(world, registry, fault_proxy, tmp_path):
+    """Ctrl-C while the layer task runs pull (a slow registry) and convert behind the pull: the run is
+    CANCELLED in Prefect within 5 s, accelctl exits soon after (the running pull and conversion stopped,
+    not run to their end: that would take half a minute), and the target tag never appears."""
+    slow = _slow_conversion(world, registry, fault_proxy, tmp_path, "ctrl-c-mid")
+    interrupted = time.monotonic()
+    slow.proc.send_signal(signal.SIGINT)
+    state = slow.final_state(since=interrupted)
+    cancelled_after = time.monotonic() - interrupted
+    out, err = slow.proc.communicate(timeout=120)
+    exited_after = time.monotonic() - interrupted
+    assert state is not None and state.is_cancelled(), (state, err)
+    assert cancelled_after < 5.0, cancelled_after
+    assert slow.proc.returncode == ExitCode.INTERRUPTED, err
+    assert "accelctl: cancelled the conversion" in err and "Traceback" not in err and out == ""
+    assert exited_after < 15.0, exited_after  # the pull alone would have taken ~30 s more
+    time.sleep(1.0)
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        assert client.list_tags(slow.direct) == ["v1"]
+
+
+def test_a_cancel_in_prefect_stops_a_run_of_the_local_runner(world, registry, fault_proxy, tmp_path):
+    """What the detach line tells: `prefect flow-run cancel ID` (a CANCELLING state) of a run the local
+    runner runs in-process ends it CANCELLED as Ctrl-C does, and accelctl says why."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    slow = _slow_conversion(world, registry, fault_proxy, tmp_path, "prefect-cancel")
+    with temporary_settings(updates={PREFECT_API_URL: slow.api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {slow.source}"]))
+        )
+        asked = time.monotonic()
+        client.set_flow_run_state(run.id, Cancelling(message="test"))
+    state = slow.final_state(since=asked)
+    assert state is not None and state.is_cancelled(), state
+    assert time.monotonic() - asked < 5.0
+    out, err = slow.proc.communicate(timeout=120)
+    assert slow.proc.returncode == ExitCode.INTERRUPTED, err
+    assert "its run ended CANCELLED (cancelled in Prefect)" in err and out == ""
+    with RegistryClient({registry.host: HostConfig()}) as client:
+        assert client.list_tags(slow.direct) == ["v1"]
+
+
+def test_credentials_on_the_command_line_stay_out_of_the_run(world, htpasswd_registry, tmp_path):
+    """`--src-creds USER:PASSWORD` converts from (and pushes back to) the htpasswd registry, whose config
+    entry has no auth; the password (nor its base64) is in none of the run's parameters, its logs in
+    Prefect, the runner's log, what accelctl printed, or the arguments of the processes accelctl started.
+    `accelctl check` takes the same flags."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    account = htpasswd_registry.account
+    store = ContentStore(tmp_path / "secured")
+    layer = imagegen.TarBuilder(auto_parents=True)
+    layer.file("etc/hello", b"hello from behind a password\n")
+    source = Reference.parse(f"{world.secured}/mistakes/creds:v1")
+    with RegistryClient({world.secured: HostConfig(auth=account.auth)}) as client:
+        pushing.push(client, store, source, imagegen.generate_image([layer], store))
+    creds = f"{account.username}:{account.password}"
+
+    done = world.accelctl("convert", "-v", "--config", str(world.config), "--src-creds", creds, str(source))
+    assert done.returncode == 0, done.stderr
+    [result] = done.stdout.splitlines()
+    target = result.split("\t")[1]
+    assert target.endswith(":v1-estargz")
+    checked = world.accelctl(
+        "check",
+        "--config",
+        str(world.config),
+        "--src-creds",
+        creds,
+        "--dest-creds",
+        creds,
+        str(source),
+        target,
     )
-    assert len(status) >= elapsed / 2 - 1  # redrawn at least every 2 s
-    assert draws[-1] == ""  # cleared at the end
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+    status = yaml.safe_load(world.accelctl("server", "status", "--json").stdout)
+    api_url = status["server"]["api_url"]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert run.state is not None and run.state.is_completed()
+    seen = {
+        "the run's parameters": run.model_dump_json(),
+        "the run's logs": "\n".join(entry.message for entry in logs),
+        "the runner's log": (world.tmp / "state" / "local" / "runner.log").read_text(errors="replace"),
+        "accelctl's output": done.stdout + done.stderr + checked.stdout + checked.stderr,
+    }
+    assert "Beginning flow run" in seen["accelctl's output"] and len(logs) > 3  # -v: there were logs
+    for pid in (status["server"]["pid"], status["runner"]["pid"]):
+        seen[f"pid {pid}'s arguments"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    for where, text in seen.items():
+        assert account.password not in text and account.auth not in text, where

@@ -17,100 +17,7 @@ import yaml
 from accel.config import load_file, load_settings
 from accel.drivers import load_driver
 from accel.errors import ConfigError
-
-# The shape of acceld's misc/config samples: server, metric, provider (two sources, one with every key
-# commented out), converter with one driver and two rules.
-COMMON = """
-server:
-  name: API
-  host: 0.0.0.0
-  port: 2077
-metric:
-  enabled: true
-provider:
-  source:
-    hub.harbor.com:
-      insecure: false
-      webhook:
-        auth_header: header
-    localhost:
-  work_dir: /tmp
-  gcpolicy:
-      threshold: 1000MB
-  cache_size: 200
-  cache_version: v1
-converter:
-  worker: 5
-  harbor_annotation: true
-"""
-
-ESTARGZ = (
-    COMMON
-    + """
-  driver:
-    type: estargz
-    config:
-      docker2oci: true
-  rules:
-    - tag_suffix: -esgz
-"""
-)
-
-ESTARGZ_ZSTDCHUNKED = (
-    COMMON
-    + """
-  driver:
-    type: estargz
-    config:
-      docker2oci: true
-      compression: zstdchunked
-  rules:
-    - tag_suffix: -estargz-zstdchunked
-"""
-)
-
-NYDUS_REF = (
-    COMMON
-    + """
-  driver:
-    type: nydus
-    config:
-      work_dir: /tmp
-      oci_ref: true
-      with_referrer: true
-  rules:
-    - tag_suffix: -nydus-oci-ref
-    - cache_tag: nydus-cache
-"""
-)
-
-# Every option the nydus sample lists, with the values its comments give.
-NYDUS_ALL = (
-    COMMON
-    + """
-  driver:
-    type: nydus
-    config:
-      work_dir: /tmp
-      builder: nydus-image
-      oci_ref: false
-      with_referrer: true
-      fs_version: 6
-      compressor: zstd
-      merge_manifest: false
-      chunk_dict_ref: ""
-      docker2oci: false
-      fs_align_chunk: false
-      fs_chunk_size: 0x100000
-      prefetch_patterns: /
-      backend_force_push: false
-      backend_type: localfs
-      backend_config: '{"dir":"/path/to/dir"}'
-  rules:
-    - tag_suffix: -nydus
-    - cache_tag: nydus-cache
-"""
-)
+from tests.harness.acceld_samples import ESTARGZ, ESTARGZ_ZSTDCHUNKED, NYDUS_ALL, NYDUS_REF
 
 
 def _load(text: str, tmp_path: Path, name: str = "config.yaml", **kw: Any):
@@ -136,13 +43,30 @@ def test_estargz_sample(tmp_path: Path) -> None:
 def test_estargz_zstdchunked_sample_runs_the_zstdchunked_driver(tmp_path: Path) -> None:
     s = _load(ESTARGZ_ZSTDCHUNKED, tmp_path)
     [driver] = s.converter.all_drivers()
-    # The deliberate difference: accel's current-format zstd:chunked, from its zstdchunked driver.
-    assert driver.type == "zstdchunked" and driver.driver_config() == {"docker2oci": True}
-    assert load_driver(driver.type, driver.driver_config()).name == "zstdchunked"
+    # What acceld wrote (stargz-snapshotter's zstd:chunked): the zstdchunked driver's stargz variant.
+    assert driver.type == "zstdchunked"
+    assert driver.driver_config() == {"docker2oci": True, "variant": "stargz"}
+    loaded = load_driver(driver.type, driver.driver_config())
+    assert loaded.name == "zstdchunked" and loaded.options.variant == "stargz"  # type: ignore[attr-defined]
     assert s.converter.suffix_for(driver) == "-estargz-zstdchunked"
     # `compression: estargz` (acceld's default) is the estargz driver.
     plain = load_settings(_with_driver_config(ESTARGZ, compression="estargz"))
     assert plain.converter.all_drivers()[0].type == "estargz"
+
+
+@pytest.mark.parametrize("sample", [ESTARGZ, ESTARGZ_ZSTDCHUNKED, NYDUS_REF])
+def test_with_referrer_is_every_drivers_option(sample: str) -> None:
+    """Unset: `subject` on (accel's default); `with_referrer: false` is acceld's output (no `subject`),
+    for eStargz and acceld's zstd:chunked too, whose Go drivers never wrote one."""
+    for value, subject in ((None, True), (False, False), (True, True)):
+        data = yaml.safe_load(sample)
+        data["converter"]["driver"]["config"].pop("with_referrer", None)
+        if value is not None:
+            data["converter"]["driver"]["config"]["with_referrer"] = value
+        [driver] = load_settings(data).converter.all_drivers()
+        loaded = load_driver(driver.type, driver.driver_config())
+        assert loaded.writes_subject() is subject
+        assert "with_referrer" not in loaded.options.output_options()  # not in the cache key
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,14 @@ def test_harbor_annotations_and_no_subject(tmp_path) -> None:
     assert built.root.digest == GOLDEN["harbor, no subject"]
 
 
+def test_with_referrer_false_writes_no_subject_for_any_driver(tmp_path) -> None:
+    """acceld's `with_referrer` (off there by default) is every driver's option here: off, no `subject`."""
+    _source, built, store = build(tmp_path, index=True, driver=Relabel(RelabelOptions(with_referrer=False)))
+    assert "subject" not in doc_of(store, built.root)
+    assert all("subject" not in doc_of(store, m.descriptor) for m in built.manifests)
+    assert doc_of(store, built.root)["annotations"][mt.ACCEL_DRIVER] == "relabel"  # provenance stays
+
+
 def test_docker_source_stays_docker_without_docker2oci(tmp_path) -> None:
     _source, built, store = build(
         tmp_path, docker=True, index=True, driver=Relabel(RelabelOptions(docker2oci=False))

@@ -6,9 +6,9 @@ proven by `check` (`accel.verify.verify_image`). For every input and driver, exa
 - the driver refuses the layer with an error that names the entry.
 
 A conversion that succeeds while `check` rejects it is either a wrong conversion or a false reject of
-`check`; neither may pass. Cases the Nydus driver still converts wrongly (issue 20's A–F, being fixed in
-the tar normalisation) are marked `xfail(strict=True)` with their letter, so they flip to failures the day
-they are fixed and the mark must go.
+`check`; neither may pass. Cases the Nydus driver still converts wrongly go in `NYDUS_PENDING` (none
+today: issue 20's A–H are fixed), marked `xfail(strict=True)` with their letter, so they flip to failures
+the day they are fixed and the mark must go.
 """
 
 from __future__ import annotations
@@ -153,6 +153,18 @@ def _appended_archive() -> bytes:
     return first + tar_bytes([member("f/second", data=b"after the end blocks\n")])
 
 
+def _layer(*members: tuple[Any, ...]) -> bytes:
+    return tar_bytes(list(members))
+
+
+def _lower_d() -> bytes:
+    return _layer(member("d", tarfile.DIRTYPE), member("d/x", data=b"hidden once d is replaced\n"))
+
+
+def _upper_d() -> bytes:
+    return _layer(member("d/b", tarfile.DIRTYPE), member("d/b/f", data=b"new\n"))
+
+
 ISSUE_CASES: dict[str, list[bytes]] = {
     "A-pax-numbers": [
         tar_bytes(
@@ -205,13 +217,98 @@ ISSUE_CASES: dict[str, list[bytes]] = {
             ]
         )
     ],
-    # Found by the random layers: a directory over a symlink over a directory (three layers) brings the
-    # lowest directory's children back (overlayfs, like `check`, stops merging at the symlink).
+    # Found by the random layers: a directory over a symlink over a directory (three layers) brought the
+    # lowest directory's children back in Nydus (overlayfs, like `check`, stops merging at the symlink).
     "H-dir-over-symlink-over-dir": [
-        tar_bytes([member("d", tarfile.DIRTYPE), member("d/x", data=b"hidden by the symlink\n")]),
-        tar_bytes([member("d", tarfile.SYMTYPE, linkname="a")]),
-        tar_bytes([member("d/b", tarfile.DIRTYPE), member("d/b/f", data=b"new\n")]),
+        _lower_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _upper_d(),
     ],
+    # The same with every other non-directory in the middle, the directory again explicit or implied.
+    "H-dir-over-file-over-dir": [
+        _lower_d(),
+        _layer(member("d", data=b"a file now\n")),
+        _layer(member("d", tarfile.DIRTYPE, mode=0o700, uid=5), member("d/f", data=b"new\n")),
+    ],
+    "H-dir-over-hardlink-over-dir": [
+        _lower_d(),
+        _layer(member("t", data=b"linked\n"), member("d", tarfile.LNKTYPE, linkname="t")),
+        _upper_d(),
+    ],
+    "H-dir-over-device-over-dir": [
+        _lower_d(),
+        _layer(member("d", tarfile.CHRTYPE, devmajor=1, devminor=3)),
+        _upper_d(),
+    ],
+    "H-dir-over-fifo-over-dir": [_lower_d(), _layer(member("d", tarfile.FIFOTYPE)), _upper_d()],
+    # Deeper: the replaced directory inside a kept one (its siblings stay), or below the one replaced.
+    "H-nested-siblings-stay": [
+        _layer(
+            member("p", tarfile.DIRTYPE),
+            member("p/s", data=b"sibling\n"),
+            member("p/d", tarfile.DIRTYPE),
+            member("p/d/x", data=b"hidden\n"),
+        ),
+        _layer(member("p/d", tarfile.SYMTYPE, linkname="../a")),
+        _layer(member("p/d/b/f", data=b"new\n")),
+    ],
+    "H-ancestor-replaced": [
+        _layer(
+            member("d", tarfile.DIRTYPE), member("d/e", tarfile.DIRTYPE), member("d/e/x", data=b"hidden\n")
+        ),
+        _layer(member("d/e", tarfile.SYMTYPE, linkname="a")),
+        _layer(member("d", tarfile.FIFOTYPE)),
+        _layer(member("d/e/y", data=b"new\n")),
+    ],
+    # Four and five layers: replaced twice before the directory returns; replaced and returning twice.
+    "H-replaced-twice": [
+        _lower_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _layer(member("d", data=b"then a file\n")),
+        _upper_d(),
+    ],
+    "H-returning-twice": [
+        _lower_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _upper_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _layer(member("d/c", data=b"last\n")),
+    ],
+    # With whiteouts: of the non-directory (before, or in, the layer the directory returns in), of a hidden
+    # child, and an opaque marker in the returning directory.
+    "H-whiteout-then-dir": [
+        _lower_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _layer(member(".wh.d")),
+        _upper_d(),
+    ],
+    "H-whiteout-with-dir": [
+        _lower_d(),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _layer(member(".wh.d"), member("d", tarfile.DIRTYPE), member("d/b", data=b"new\n")),
+    ],
+    "H-whiteout-of-a-hidden-child": [
+        _layer(member("d", tarfile.DIRTYPE), member("d/x", data=b"x\n"), member("d/y", data=b"y\n")),
+        _layer(member("d", tarfile.SYMTYPE, linkname="a")),
+        _layer(member("d/.wh.x"), member("d/b", data=b"new\n")),
+    ],
+    "H-opaque-returning-dir": [
+        _lower_d(),
+        _layer(member("d", data=b"a file now\n")),
+        _layer(member("d", tarfile.DIRTYPE), member("d/.wh..wh..opq"), member("d/b", data=b"new\n")),
+    ],
+    "H-non-utf8-name": [
+        _layer(member("d\udcff", tarfile.DIRTYPE), member("d\udcff/x", data=b"hidden\n")),
+        _layer(member("d\udcff", tarfile.SYMTYPE, linkname="a")),
+        _layer(member("d\udcff/b", data=b"new\n")),
+    ],
+    # Whiteouts and opaque markers in the first layer remove nothing and are no files of the image (Nydus
+    # merge kept the lowest layer's as files).
+    "whiteout-in-the-first-layer": [
+        _layer(member(".wh.q"), member("d/.wh..wh..opq"), member("d/f", data=b"f\n")),
+        _layer(member("g", data=b"g\n")),
+    ],
+    "whiteout-in-the-only-layer": [_layer(member("e/.wh.q"), member("f", data=b"f\n"))],
     # containerd creates the directory a whiteout lives in, as it creates every entry's parents.
     "whiteout-in-a-missing-dir": [
         tar_bytes([member("base", data=b"base\n")]),
@@ -225,10 +322,9 @@ ISSUE_CASES: dict[str, list[bytes]] = {
 }
 
 # What the Nydus driver still gets wrong, until it is fixed: a strict xfail fails once the case passes, and
-# the mark must go. A–G (issue 20's, and G found by the random layers) pass since the fidelity merge.
-NYDUS_PENDING = {
-    "H-dir-over-symlink-over-dir": "H (found by the random layers)",
-}
+# the mark must go. A–G (issue 20's, and G found by the random layers) pass since the fidelity merge, H
+# (and its variants) since the emptying patches (`accel.drivers.nydus.directories.stale_subtrees`).
+NYDUS_PENDING: dict[str, str] = {}
 
 
 def _cases() -> list[Any]:
@@ -302,40 +398,7 @@ def holds(layers: list[bytes], driver: str, root: Path) -> None:
     ],
 )
 def test_random_layers_convert_equal_or_are_refused_by_name(driver: str, seed: int, tmp_path: Path) -> None:
-    layers = random_layers(seed, driver)
-    pending = nydus_pending_case(layers) if driver == "nydus" else None
-    try:
-        holds(layers, driver, tmp_path)
-    except AssertionError:
-        if pending:  # a known Nydus defect (strict cases above): not a defect of `check`
-            pytest.xfail(f"Nydus case {pending}")
-        raise
-
-
-def nydus_pending_case(layers: list[bytes]) -> str | None:
-    """Which Nydus case still being fixed (`NYDUS_PENDING`) the layers contain, if any: H, a directory with
-    children replaced by a non-directory in one layer that becomes a directory again in a later one."""
-    state: dict[str, str] = {}
-    emptied: dict[str, int] = {}  # directories a non-directory replaced while they had children → layer
-    for index, layer in enumerate(layers):
-        for entry in trees.iter_tar(layer):
-            if entry.path.rpartition("/")[2].startswith(trees.WHITEOUT_PREFIX):
-                continue
-            parts = entry.path.split("/")
-            parents = ["/".join(parts[:n]) for n in range(1, len(parts))]
-            for path in [*parents, *([entry.path] if entry.type == "dir" else [])]:
-                if state.get(path) != "dir":
-                    if emptied.get(path, index) < index:
-                        return "H"
-                    state[path] = "dir"
-            if entry.type != "dir":
-                children = [p for p in state if p.startswith(entry.path + "/")]
-                if state.get(entry.path) == "dir" and children:
-                    emptied[entry.path] = index
-                for child in children:
-                    del state[child]
-                state[entry.path] = entry.type
-    return None
+    holds(random_layers(seed, driver), driver, tmp_path)
 
 
 @pytest.mark.parametrize(("case", "driver"), _cases())

@@ -141,6 +141,8 @@ def test_converted_layers_keep_the_driver_contract(
 
     for layer, result in zip(inputs, converted, strict=True):
         assert result.source == layer.descriptor
+        # Declared, so a target that cannot hold them refuses the driver before converting.
+        assert result.descriptor.media_type in driver.layer_media_types
         blob = _blob(result, store)
         assert (dg.of_bytes(blob), len(blob)) == (result.descriptor.digest, result.descriptor.size)
         assert store.size(result.descriptor.digest) == result.descriptor.size
@@ -188,6 +190,7 @@ def test_finish_keeps_the_converted_layers_and_the_platform_reads_back(
     )
 
     finished = driver.finish(draft, store)
+    assert {layer.descriptor.media_type for layer in finished.layers} <= driver.layer_media_types
 
     if fmt.finish_adds is None:
         assert finished == draft

@@ -15,8 +15,10 @@ from accel.compression import ExpansionLimits, ImageBudget, open_uncompressed
 from accel.config import load_settings
 from accel.drivers import LayerInput, load_driver
 from accel.errors import ConfigError, LimitExceeded
+from accel.model import SourceImage, SourceLayer, SourceManifest
 from accel.oci import Descriptor
 from accel.store import ContentStore
+from tests.harness import configs
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -188,7 +190,6 @@ def test_max_image_size_has_a_default_and_is_checked():
 def test_recorded_layer_sizes_count_for_layers_a_run_does_not_stream(tmp_path):
     """A retried run's earlier layers come from the task cache: their sizes, recorded when they streamed,
     still count toward the image (per platform: each image of an index alone)."""
-    from accel.model import SourceImage, SourceLayer, SourceManifest
     from accel.oci import Platform
     from tasks.limits import LayerSizes, check_image_sizes, images_of_layers
 
@@ -276,32 +277,142 @@ def test_partial_files_of_interrupted_runs_are_swept_once_no_live_run_can_own_th
     assert sorted(p.name for p in ingest.iterdir()) == ["a-dir", "scratch-live"]
 
 
-def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
-    from accel.model import SourceImage, SourceLayer, SourceManifest
-    from tasks.limits import check_layer_count
+def _image_of(layers: int) -> SourceImage:
+    """A one-platform image of `layers` layers (descriptors only: nothing is read)."""
+    desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=f"sha256:{1:064x}", size=10)
+    config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{2:064x}", size=10)
+    source_layers = tuple(
+        SourceLayer(
+            descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n + 10:064x}", size=10),
+            diff_id=f"sha256:{n + 20_000:064x}",
+        )
+        for n in range(layers)
+    )
+    return SourceImage(
+        reference="host/repo:v1",
+        root=desc,
+        manifests=(SourceManifest(descriptor=desc, config=config, layers=source_layers),),
+    )
 
-    def image(layers: int) -> SourceImage:
-        desc = Descriptor(media_type=mt.OCI_MANIFEST, digest=f"sha256:{1:064x}", size=10)
-        config = Descriptor(media_type=mt.OCI_CONFIG, digest=f"sha256:{2:064x}", size=10)
-        source_layers = tuple(
-            SourceLayer(
-                descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=f"sha256:{n + 10:064x}", size=10),
-                diff_id=f"sha256:{n + 20_000:064x}",
-            )
-            for n in range(layers)
-        )
-        return SourceImage(
-            reference="host/repo:v1",
-            root=desc,
-            manifests=(SourceManifest(descriptor=desc, config=config, layers=source_layers),),
-        )
+
+def test_an_image_with_more_layers_than_max_layers_is_refused_naming_it():
+    from tasks.limits import check_layer_count
 
     settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
     assert settings.converter.limits.max_layers == 500  # as deep as overlayfs stacks layers
-    check_layer_count(settings, image(500))
+    check_layer_count(settings, _image_of(500))
     with pytest.raises(
         LimitExceeded, match=r"has 10,000 layers, more than 500 \(converter.limits.max_layers\)"
     ):
-        check_layer_count(settings, image(10_000))
+        check_layer_count(settings, _image_of(10_000))
     with pytest.raises(ConfigError, match="max_layers"):
         load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_layers": 0}}})
+
+
+# --- converter.limits.max_entries: tar entries of one layer -------------------------------------------
+
+# Each way a driver walks a layer's tar: eStargz streamed with tarfile, or spooled and read at random (with
+# prioritized files); zstd:chunked's writer; Nydus's one read feeding the builder, its scan before a
+# normalised second read, and zran's scan of the original blob.
+ENTRY_WALKS = {
+    "estargz": ("estargz", {}),
+    "estargz-prioritized": ("estargz", {"prioritized_files": ["d0000/f0003"]}),
+    "zstdchunked": ("zstdchunked", {}),
+    "nydus": ("nydus", {}),
+    "nydus-normalised": ("nydus", {}),
+    "nydus-oci-ref": ("nydus", {"oci_ref": True}),
+}
+
+
+def _entries_layer(store: ContentStore, count: int, walk: str) -> tuple[Descriptor, str]:
+    """A gzip'd layer of `count` tar entries (directories of empty files); for "nydus-normalised" one that
+    nydus-image cannot take as it is (its last entry repeats the first directory), so it is read twice."""
+    import hashlib
+    import io
+
+    from tests.harness import imagegen
+
+    raw = io.BytesIO()
+    if walk == "nydus-normalised":
+        imagegen.ManyEntriesLayer(count - 1, per_directory=10).write_tar(raw)
+        repeated = imagegen.tar_members((imagegen.tar_info("d0000/", tarfile.DIRTYPE), None), closed=True)
+        data = raw.getvalue()[:-1024] + repeated
+    else:
+        imagegen.ManyEntriesLayer(count, per_directory=10).write_tar(raw)
+        data = raw.getvalue()
+    blob = _gzip_member(data)
+    desc = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=store.put_bytes(blob), size=len(blob))
+    return desc, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("walk", ENTRY_WALKS)
+def test_a_layer_past_max_entries_stops_naming_the_limit_the_layer_and_its_image(tmp_path, walk, caplog):
+    driver_type, options = ENTRY_WALKS[walk]
+    driver = load_driver(driver_type, options)
+    image = ImageBudget(GiB, "host/repo@sha256:feed (linux/amd64)")
+
+    def limits(max_entries: int) -> ExpansionLimits:
+        return ExpansionLimits(max_bytes=GiB, max_ratio=None, images=(image,), max_entries=max_entries)
+
+    store = ContentStore(tmp_path / "at-limit")
+    layer, diff_id = _entries_layer(store, 25, walk)
+    with caplog.at_level("INFO", logger="accel.drivers.nydus.driver"):
+        converted = driver.convert_layer(LayerInput(layer, diff_id, store, limits(25)))
+    assert store.exists(converted.descriptor.digest)  # exactly at the limit: converted
+    assert ("normalised for nydus-image" in caplog.text) == (walk == "nydus-normalised")
+
+    store = ContentStore(tmp_path / "past-limit")
+    layer, diff_id = _entries_layer(store, 25, walk)
+    blobs_before = set((store.root / "blobs" / "sha256").iterdir())
+    with pytest.raises(LimitExceeded) as refused:
+        driver.convert_layer(LayerInput(layer, diff_id, store, limits(24)))
+    assert str(refused.value) == (
+        f"layer {layer.digest} of host/repo@sha256:feed (linux/amd64) has more than 24 tar entries "
+        "(converter.limits.max_entries)"
+    )
+    assert leftovers(store) == []  # the refused layer's partial outputs are gone
+    assert set((store.root / "blobs" / "sha256").iterdir()) == blobs_before
+
+
+def test_max_entries_has_a_default_and_is_checked():
+    settings = load_settings({"converter": {"driver": {"type": "estargz"}}})
+    assert settings.converter.limits.max_entries == 200_000
+    custom = load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_entries": 1}}})
+    assert custom.converter.limits.max_entries == 1
+    for bad in (0, -5, "many"):
+        with pytest.raises(ConfigError, match=r"converter\.limits\.max_entries"):
+            load_settings({"converter": {"driver": {"type": "estargz"}, "limits": {"max_entries": bad}}})
+
+
+def test_the_tar_scanner_stops_at_the_entry_past_its_limit():
+    import io
+
+    from accel.tarstream import EntryLimit, TarScanner
+    from tests.harness import imagegen
+
+    raw = io.BytesIO()
+    imagegen.ManyEntriesLayer(5).write_tar(raw)
+    scanner = TarScanner(io.BytesIO(raw.getvalue()), EntryLimit(5, "layer x"))
+    assert [m.header.name for m in scanner][-1] == b"d0000/f0004"  # five entries: all of them
+    scanner = TarScanner(io.BytesIO(raw.getvalue()), EntryLimit(4, "layer x"))
+    names = []
+    with pytest.raises(LimitExceeded, match=r"^layer x has more than 4 tar entries"):
+        for member in scanner:
+            names.append(member.header.name)
+    assert len(names) == 4  # the fifth was never handed out
+
+
+def test_a_driver_whose_format_holds_fewer_layers_is_refused_by_name_before_the_pull(tmp_path):
+    """Nydus (nydus-image 2.2.0's merge) holds 255 layers: a deeper image refuses that driver only, naming
+    the image and the bound; the other drivers go on."""
+    from accel.context import context_for
+    from tasks.limits import drivers_over_their_layer_bound
+
+    drivers = [configs.driver("estargz"), configs.driver("nydus")]
+    config = configs.write_config(tmp_path / "config.yaml", {"host": {}}, drivers, work_dir=tmp_path)
+    ctx = context_for(config)
+    assert drivers_over_their_layer_bound(ctx, _image_of(255), ["estargz", "nydus"]) == {}
+    refused = drivers_over_their_layer_bound(ctx, _image_of(256), ["estargz", "nydus"])
+    assert list(refused) == ["nydus"]
+    assert "host/repo@sha256:" in refused["nydus"]
+    assert "has 256 layers, more than the 255 a nydus image holds" in refused["nydus"]

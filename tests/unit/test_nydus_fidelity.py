@@ -277,6 +277,71 @@ def test_implicit_parent_after_whiteout_and_opaque_gets_defaults(store: ContentS
     assert actual == expected
 
 
+def test_whiteouts_in_the_first_layer_are_no_files(store: ContentStore, tmp_path: Path) -> None:
+    first = tar_of(file(".wh.q", b""), directory("d", mode=0o700), file("d/.wh..wh..opq", b""), file("d/f"))
+    actual, expected = convert_and_merge(store, tmp_path, [first, tar_of(file("g"))])
+    assert sorted(actual) == ["d", "d/f", "g"]
+    assert actual == expected
+
+
+# --- a directory replaced by a non-directory, then a directory again (case H) --------------------------
+
+
+def _replacement(kind: str) -> bytes:
+    """A layer replacing `d` with a non-directory of `kind`."""
+    entries = {
+        "symlink": [link("d", "a")],
+        "file": [file("d", b"a file now\n")],
+        "hardlink": [file("t", b"linked\n"), hardlink("d", "t")],
+        "char-device": [link("d", "", kind=tarfile.CHRTYPE, devmajor=1, devminor=3)],
+        "fifo": [link("d", "", kind=tarfile.FIFOTYPE)],
+    }
+    return tar_of(*entries[kind])
+
+
+@pytest.mark.parametrize("top", ["implied", "explicit"])
+@pytest.mark.parametrize("kind", ["symlink", "file", "hardlink", "char-device", "fifo"])
+def test_a_directory_back_over_a_replaced_one_starts_empty(
+    kind: str, top: str, store: ContentStore, tmp_path: Path
+) -> None:
+    """merge keeps a replaced directory's children under the non-directory; the layer that makes the path a
+    directory again must not bring them back (overlayfs and containerd show its own entries only)."""
+    lower = tar_of(directory("d", mode=0o750), file("d/x", b"hidden\n"), directory("d/sub"), file("d/sub/y"))
+    again = {
+        "implied": tar_of(file("d/b/f", b"new\n")),
+        "explicit": tar_of(directory("d", mode=0o700, uid=5), file("d/c", b"new\n")),
+    }[top]
+    actual, expected = convert_and_merge(store, tmp_path, [lower, _replacement(kind), again])
+    assert not {"d/x", "d/sub", "d/sub/y"} & actual.keys()
+    if top == "explicit":
+        assert actual["d"] == {"kind": "dir", "mode": 0o700, "uid": 5, "gid": 0, "mtime": MTIME}
+    assert actual == expected
+
+
+def test_a_directory_back_over_a_replaced_one_starts_empty_with_oci_ref(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    tars = [
+        tar_of(directory("p"), file("p/s", b"sibling\n"), directory("p/d"), file("p/d/x", b"hidden\n")),
+        # A file too: 2.2.0's merge leaves a zran layer without file data out of its blob table.
+        tar_of(link("p/d", "../a"), file("p/t", b"data\n")),
+        tar_of(file("p/d/b", b"new\n")),
+    ]
+    driver = load_driver("nydus", {"oci_ref": True})
+    inputs = _inputs(store, tars, gzipped=True)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
+    merged = tmp_path / "merged.boot"
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
+    # The emptying patch has no blob: the merged bootstrap still references the three gzip blobs only.
+    assert nh.check(merged, nh.blob_dir(store), tmp_path)["blobs"] == [
+        dg.hex_of(i.descriptor.digest) for i in inputs
+    ]
+    actual = nh.merged_tree(store, merged, contents=False)
+    assert sorted(actual) == ["p", "p/d", "p/d/b", "p/s", "p/t"]
+    assert actual == nh.expected_merged_tree(tars, contents=False)
+
+
 # --- entry order that crashes nydus-image 2.2.0 -------------------------------------------------------
 
 
@@ -720,9 +785,7 @@ def test_subsecond_mtimes_are_a_loss_the_log_names(
 def test_whiteout_of_a_non_utf8_name_is_refused_naming_the_entry(store: ContentStore) -> None:
     """Case B: nydus-image 2.2.0 only applies whiteouts whose name is UTF-8; it kept both entries."""
     layer = tar_of(file("d/.wh.raw-\udcff\udcfe", b""))
-    with pytest.raises(
-        InvalidImage, match=r"'d/\.wh\.raw-\\\\xff\\\\xfe' is a whiteout of a name that is not"
-    ):
+    with pytest.raises(InvalidImage, match=r"'d/\.wh\.raw-\\xff\\xfe' is a whiteout of a name that is not"):
         _convert_one(store, layer)
     # A non-UTF-8 directory above an ordinary whiteout is fine: nydus-image reads the whiteout's own name.
     lower = tar_of(directory("dir-\udc80"), file("dir-\udc80/gone"), file("dir-\udc80/kept"))
@@ -891,3 +954,28 @@ def test_random_unusual_layers_convert_to_their_tree_or_are_refused_naming_the_e
         assert actual == expected, attempt
         outcomes["converted"] += 1
     assert min(outcomes.values()) >= 5 and len(outcomes) == 2, outcomes
+
+
+def test_a_zran_layer_without_file_data_is_left_out_like_any_other(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """2.2.0's merge leaves a zran layer that holds no file data (only directories and links) out of its
+    blob table; the manifest lists what the bootstrap references, as without oci_ref."""
+    tars = [
+        tar_of(directory("p"), file("p/s", b"sibling\n")),
+        tar_of(directory("q"), link("p/l", "s")),
+        tar_of(file("p/t", b"data\n")),
+    ]
+    driver = load_driver("nydus", {"oci_ref": True})
+    inputs = _inputs(store, tars, gzipped=True)
+    converted = [driver.convert_layer(layer) for layer in inputs]
+    draft = driver.finish(_draft(store, converted, [i.diff_id for i in inputs]), store)
+    assert [layer.descriptor.digest for layer in draft.layers[:-1]] == [
+        converted[0].descriptor.digest,
+        converted[2].descriptor.digest,
+    ]
+    merged = tmp_path / "merged.boot"
+    merged.write_bytes(store.read_bytes(facts_of(draft.layers[-1]).bootstrap))
+    nh.check(merged, nh.blob_dir(store), tmp_path)
+    actual = nh.merged_tree(store, merged, contents=False)
+    assert actual == nh.expected_merged_tree(tars, contents=False)

@@ -62,3 +62,21 @@ def test_refused_targets_and_sources(tmp_path: Path) -> None:
     assert with_target(plan_conversion(routing_settings(), registry, ["estargz"]), saved).targets == {
         "estargz": saved
     }
+
+
+def test_a_docker_archive_target_refuses_a_format_it_cannot_hold_before_anything_runs(tmp_path: Path) -> None:
+    """Nydus layers are no tar layers: docker load and skopeo could not read the archive back. The plan
+    refuses by the driver's name (what `accelctl convert` checks before any pull)."""
+    from tests.harness.configs import load_settings
+
+    settings = load_settings(
+        {"provider": {"source": {}}, "converter": {"drivers": [{"type": "nydus"}, {"type": "zstdchunked"}]}}
+    )
+    saved = parse_location(f"docker-archive:{tmp_path}/saved.tar:app:v1").reference
+    source = Reference.parse("r.invalid/team/app:v1")
+    with pytest.raises(ConfigError, match="a docker-archive cannot hold nydus images") as refused:
+        with_target(plan_conversion(settings, source, ["nydus"]), saved)
+    assert str(saved.repository) in str(refused.value) and "oci-archive:" in str(refused.value)
+    assert with_target(plan_conversion(settings, source, ["zstdchunked"]), saved).targets == {
+        "zstdchunked": saved
+    }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import ssl
 import stat
 from pathlib import Path
 
@@ -201,6 +203,102 @@ def test_scheme_chosen_per_host_and_hub_uses_its_api_host():
         "http://intranet:5000",
         "https://registry-1.docker.io",
     ]
+
+
+def _plain_http_server(urls: list[str]):
+    """A handler for a plain-HTTP registry: a TLS connection fails its handshake the way OpenSSL reports
+    an HTTP answer to a ClientHello; plain HTTP gets a manifest."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        urls.append(f"{request.method} {request.url}")
+        if request.url.scheme == "https":
+            reason = "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)"
+            handshake = ssl.SSLError(1, reason)
+            handshake.reason = "WRONG_VERSION_NUMBER"  # as the ssl module sets it
+            raise httpx.ConnectError(reason) from handshake
+        digest = "sha256:" + "a" * 64
+        return httpx.Response(
+            200,
+            headers={
+                "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                "Docker-Content-Digest": digest,
+                "Content-Length": "2",
+            },
+        )
+
+    return handler
+
+
+def test_an_insecure_host_answering_plain_http_is_spoken_to_over_http_as_acceld_does(caplog):
+    """acceld's `insecure: true` on a plain-HTTP registry converts (it retries over HTTP); so does accel,
+    for a host that is not loopback and has no `plain_http`, once, then over HTTP only."""
+    urls: list[str] = []
+    hosts = {"registry.example.com:5000": HostConfig(insecure=True)}
+    with (
+        _recording_client(_plain_http_server(urls), hosts=hosts) as client,
+        caplog.at_level(logging.INFO, logger="accel.registry.client"),
+    ):
+        for _ in range(2):
+            client.resolve(Reference.parse("registry.example.com:5000/app:v1"))
+    assert urls == [
+        "HEAD https://registry.example.com:5000/v2/app/manifests/v1",
+        "HEAD http://registry.example.com:5000/v2/app/manifests/v1",
+        "HEAD http://registry.example.com:5000/v2/app/manifests/v1",
+    ]
+    [line] = [r.getMessage() for r in caplog.records if "answered plain HTTP" in r.getMessage()]
+    assert "registry.example.com:5000" in line and "plain_http: true" in line
+
+
+def test_an_insecure_host_refusing_https_port_443_is_tried_on_http_port_80():
+    """acceld retries over HTTP after a refused connection too: HTTPS's default port refused, HTTP's (80)
+    answers. A refused explicit port is not retried (HTTP would go to the same port)."""
+    urls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        urls.append(str(request.url))
+        if request.url.scheme == "https":
+            raise httpx.ConnectError("[Errno 111] Connection refused") from ConnectionRefusedError(
+                111, "refused"
+            )
+        return httpx.Response(404)
+
+    hosts = {
+        "registry.example.com": HostConfig(insecure=True),
+        "other.example.com:5000": HostConfig(insecure=True),
+    }
+    with _recording_client(handler, hosts=hosts) as client:
+        with pytest.raises(NotFound):
+            client.resolve(Reference.parse("registry.example.com/app:v1"))
+        with pytest.raises(RegistryUnreachable, match="connection refused"):
+            client.resolve(Reference.parse("other.example.com:5000/app:v1"))
+    assert [u.split("/v2/")[0] for u in urls] == [
+        "https://registry.example.com",
+        "http://registry.example.com",
+        "https://other.example.com:5000",
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [None, HostConfig(), HostConfig(insecure=True, plain_http=False)],
+    ids=["unknown", "secure", "tls"],
+)
+def test_no_fallback_to_plain_http_without_insecure(config):
+    """Without `insecure` (or with `plain_http: false`) a TLS failure stays a failure: no silent downgrade."""
+    urls: list[str] = []
+    hosts = {"registry.example.com:5000": config} if config is not None else {}
+    with (
+        _recording_client(_plain_http_server(urls), hosts=hosts) as client,
+        pytest.raises(RegistryUnreachable, match="TLS handshake failed"),
+    ):
+        client.resolve(Reference.parse("registry.example.com:5000/app:v1"))
+    assert all(u.startswith("HEAD https://") for u in urls)
+
+
+def test_an_insecure_loopback_host_tries_tls_first():
+    """`insecure` on loopback is acceld's TLS-first too (a self-signed TLS registry on loopback works)."""
+    assert uses_plain_http("127.0.0.1:5000", HostConfig(insecure=True)) is False
+    assert uses_plain_http("127.0.0.1:5000", HostConfig(insecure=True, plain_http=True)) is True
 
 
 # --- the bearer flow, scripted ---------------------------------------------------------------------

@@ -17,7 +17,14 @@ import pytest
 from accel import tarnormalize as tn
 from accel import tarstream
 from accel.drivers.nydus import tar as nydus_tar
-from accel.drivers.nydus.directories import BUILDER_DEFAULT, patch_tar, patches
+from accel.drivers.nydus.directories import (
+    BUILDER_DEFAULT,
+    emptying_tar,
+    first_layer_whites_out,
+    patch_tar,
+    patches,
+    stale_subtrees,
+)
 from accel.drivers.nydus.tar import NotPassedThrough, ScanningFeed, builder_compatible_tar
 from accel.errors import InvalidImage
 from tests.harness import imagegen, trees
@@ -222,6 +229,61 @@ def test_patch_tar_holds_directories_parents_first_with_xattrs() -> None:
     assert entries["a/b"].xattrs == {"user.k": b"v\xff"}
 
 
+def test_stale_subtrees_name_replaced_directories_that_come_back() -> None:
+    lower = tn.DirectoryTable(
+        {"d": _attrs(0o755), "p": _attrs(0o755), "p/q": _attrs(0o700)}, replaced=("d/x",)
+    )
+    replace = tn.DirectoryTable({}, implied=("p",), replaced=("d", "p/q", "f"))
+    again = tn.DirectoryTable({"d": _attrs(0o700)}, implied=("p", "p/q"), replaced=("d/b", "p/q/y", "f/z"))
+    # `f` was never a directory: nothing kept below it. `d` and `p/q` were: the third layer empties them.
+    assert stale_subtrees([lower, replace, again]) == [(), (), ("d", "p/q")]
+    # Once emptied, a path comes back clean: a second return needs a second replacement.
+    assert stale_subtrees([lower, replace, again, again]) == [(), (), ("d", "p/q"), ()]
+    assert stale_subtrees([lower, replace, again, replace, again]) == [(), (), ("d", "p/q"), (), ("d", "p/q")]
+
+
+def test_stale_subtrees_name_the_outermost_path_only() -> None:
+    lower = tn.DirectoryTable({"d": _attrs(0o755), "d/e": _attrs(0o755)}, replaced=("d/e/x",))
+    inner = tn.DirectoryTable({}, implied=("d",), replaced=("d/e",))
+    outer = tn.DirectoryTable({}, replaced=("d",))
+    again = tn.DirectoryTable({}, implied=("d", "d/e"), replaced=("d/e/y",))
+    assert stale_subtrees([lower, inner, outer, again]) == [(), (), (), ("d",)]
+
+
+def test_stale_subtrees_skip_paths_whiteouts_and_opaque_markers_removed() -> None:
+    lower = tn.DirectoryTable({"d": _attrs(0o755), "p": _attrs(0o755), "p/q": _attrs(0o755)})
+    replace = tn.DirectoryTable({}, implied=("p",), replaced=("d", "p/q"))
+    gone = tn.DirectoryTable({}, whiteouts=("d",), opaque=("p",))
+    again = tn.DirectoryTable({}, implied=("d", "p", "p/q"), replaced=("d/b", "p/q/b"))
+    assert stale_subtrees([lower, replace, gone, again]) == [()] * 4
+    # A whiteout in the returning layer itself acts before its directory: nothing left to empty.
+    in_layer = tn.DirectoryTable({"d": _attrs(0o755)}, whiteouts=("d",), replaced=("d/b",))
+    assert stale_subtrees([lower, replace, in_layer]) == [(), (), ()]
+    # An opaque marker in the returning directory is no whiteout of it: the patch empties it first.
+    opaque = tn.DirectoryTable({"d": _attrs(0o755)}, opaque=("d",), replaced=("d/b",))
+    assert stale_subtrees([lower, replace, opaque]) == [(), (), ("d",)]
+
+
+def test_only_whiteouts_in_the_first_layer_need_an_empty_base() -> None:
+    plain = tn.DirectoryTable({"d": _attrs(0o755)})
+    assert not first_layer_whites_out([]) and not first_layer_whites_out([plain, plain])
+    assert not first_layer_whites_out([plain, tn.DirectoryTable({}, whiteouts=("d",))])
+    assert first_layer_whites_out([tn.DirectoryTable({}, whiteouts=("q",)), plain])
+    assert first_layer_whites_out([tn.DirectoryTable({}, implied=("d",), opaque=("d",))])
+
+
+def test_emptying_tar_holds_each_directory_with_an_opaque_marker() -> None:
+    raw = emptying_tar(["p/q", "d-\udcff"])
+    with tarfile.open(fileobj=io.BytesIO(raw), encoding="utf-8", errors="surrogateescape") as tar:
+        members = [(m.name, m.isdir()) for m in tar.getmembers()]
+    assert members == [
+        ("d-\udcff", True),
+        ("p/q", True),
+        ("d-\udcff/.wh..wh..opq", False),
+        ("p/q/.wh..wh..opq", False),
+    ]
+
+
 # --- one pass: the Nydus builder's feed scans the layer as it forwards it -----------------------------
 
 _NAMES = ["a", "a/b", "a/b/c", "d", "d/e", "./f", "/abs", "a/../g", "../esc", "h", "l" * 120 + "/x"]
@@ -409,7 +471,7 @@ def test_owner_and_mtime_only_in_pax_records_are_written_into_the_header_block()
     [
         (_file("old", mtime=-1), "'old': mtime -1 is before 1970"),
         (_file("wide", gid=1 << 32), "'wide': gid 4294967296 does not fit RAFS's 32-bit gid"),
-        (_file("d/.wh.\udcff", b""), "'d/.wh.\\\\xff' is a whiteout of a name that is not UTF-8"),
+        (_file("d/.wh.\udcff", b""), "'d/.wh.\\xff' is a whiteout of a name that is not UTF-8"),
         (_file("x", pax_headers={"SCHILY.xattr.user.k": "a\nb"}), "PAX record 'SCHILY.xattr.user.k' holds a"),
     ],
     ids=["pre-1970", "gid-33-bits", "non-utf8-whiteout", "newline-in-pax"],
@@ -479,3 +541,10 @@ def test_a_path_made_a_directory_again_after_a_non_directory_is_refused_naming_i
     with pytest.raises(tn.UnsupportedEntry, match="'a' is a non-directory that a later entry of the layer"):
         tn.scan_layer(io.BytesIO(layer))
     tn.scan_layer(io.BytesIO(_tar(_dir("a"), _file("a/b"), _dir("a", mode=0o700))))  # dir over dir: fine
+
+
+def test_entry_labels_escape_each_byte_once() -> None:
+    """A name that is not UTF-8 reads as the bytes it has (one backslash), a control character escaped."""
+    assert tn.entry_label(b"dir/n\xff") == "'dir/n\\xff'"
+    assert tn.entry_label(b"a\nb") == "'a\\nb'"
+    assert tn.entry_label("é".encode()) == "'é'"

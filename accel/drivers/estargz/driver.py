@@ -29,7 +29,10 @@ DEFAULT_CHUNK_SIZE = 4 << 20  # the reference writer's default
 # acceld runs zstd:chunked as `type: estargz` with `compression: zstdchunked` (`EStargzDriver.acceld_driver`).
 _ACCELD_COMPRESSION = "compression"
 _ACCELD_ZSTDCHUNKED = "zstdchunked"  # the value, and accel's driver that runs it
-_KEYS_CARRIED_TO_ZSTDCHUNKED = frozenset({"docker2oci"}) | ACCELD_ONLY_KEYS
+_KEYS_CARRIED_TO_ZSTDCHUNKED = frozenset({"docker2oci", "with_referrer"}) | ACCELD_ONLY_KEYS
+# acceld's zstd:chunked came from stargz-snapshotter's converter: the zstdchunked driver's stargz variant.
+_ZSTDCHUNKED_VARIANT = "variant"
+_ACCELD_ZSTDCHUNKED_VARIANT = "stargz"
 
 
 class EStargzOptions(DriverOptions):
@@ -69,14 +72,15 @@ class EStargzDriver(Driver):
     options_model: ClassVar[type[DriverOptions]] = EStargzOptions
     implementation_version: ClassVar[str] = IMPLEMENTATION_VERSION
     reader: ClassVar[EStargzReader] = EStargzReader()  # how accel.verify reads a layer back
+    layer_media_types: ClassVar[frozenset[str]] = frozenset({mt.OCI_LAYER_GZIP})
     options: EStargzOptions
 
     @classmethod
     def acceld_driver(cls, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """acceld's `type: estargz` + `compression: zstdchunked` is accel's zstdchunked driver.
-
-        Deliberately so: accel writes current-format zstd:chunked (TOC and tar-split in skippable frames,
-        what podman and containers/storage read), not the estargz-library variant acceld produces.
+        """acceld's `type: estargz` + `compression: zstdchunked` is accel's zstdchunked driver writing what
+        acceld wrote: stargz-snapshotter's zstd:chunked (`variant: stargz`, with the stargz TOC digest, which
+        containerd's stargz-snapshotter mounts lazily). `type: zstdchunked` alone writes the current format
+        (podman, CRI-O, containers/storage >= 1.45).
         """
         config = dict(config)
         compression = config.pop(_ACCELD_COMPRESSION, None)
@@ -91,9 +95,9 @@ class EStargzDriver(Driver):
         if others:
             raise ValueError(
                 f"config.{others[0]}: not an option of zstd:chunked (`compression: zstdchunked` runs accel's "
-                "zstdchunked driver, whose options are level and docker2oci)"
+                "zstdchunked driver, `variant: stargz`; its options: level, docker2oci, with_referrer)"
             )
-        return _ACCELD_ZSTDCHUNKED, config
+        return _ACCELD_ZSTDCHUNKED, {**config, _ZSTDCHUNKED_VARIANT: _ACCELD_ZSTDCHUNKED_VARIANT}
 
     def writes_oci(self, source_media_type: str) -> bool:
         # Layers are plain gzip tars, which Docker manifests can list too: `docker2oci` decides.

@@ -69,10 +69,15 @@ def _streamed_entries(stream: BinaryIO, layer: LayerInput) -> Iterator[MemberToW
     yield _landmark(mt.ESTARGZ_NO_PREFETCH_LANDMARK)
     if not stream.peek(1):  # type: ignore[attr-defined]
         return  # a zero-byte layer is an empty tar
+    limit = layer.entry_limit()
     with _open_tar(layer, stream, "r|") as tar:
+        count = 0
         while (info := _next_member(tar, layer)) is not None:
             # Stream mode remembers every member it has seen; we never look back, so drop them.
             tar.members.clear()
+            count += 1
+            if limit is not None:
+                limit.check(count)  # before the builder adds its TOC entry
             if clean_name(info.name) in RESERVED_NAMES:
                 continue
             yield MemberToWrite(info, tar.extractfile(info) if info.isreg() else None)
@@ -95,7 +100,10 @@ def _prioritized_entries(
     and prioritized names missing from this layer are skipped: they may live in another layer.
     """
     by_name: dict[str, tarfile.TarInfo] = {}
+    limit = layer.entry_limit()
     while (info := _next_member(tar, layer)) is not None:
+        if limit is not None:
+            limit.check(len(tar.members))  # the random-access read keeps every member it has met
         name = clean_name(info.name)
         if name in RESERVED_NAMES:
             continue

@@ -12,8 +12,8 @@ With `merge_manifest` the pushed root is one index holding, per platform, the so
 rewritten with an empty gzip layer first, see `finish_image`) and then the Nydus manifest marked with
 `artifactType: application/vnd.nydus.image.manifest.v1+json`, so one tag serves Nydus and plain clients.
 
-Every converted manifest carries `subject` (the source manifest) whatever the driver, so `with_referrer`
-is accepted for compatibility with acceld configs and is always on.
+Converted manifests carry `subject` (the source manifest) unless `with_referrer: false`, an option every
+driver has here (`DriverOptions.with_referrer`; on by default, acceld's default is off).
 
 With `oci_ref` (zran) the builder reads the *compressed* gzip source blob (`--type targz-ref`) and the Nydus
 layer holds only metadata; its `containerd.io/snapshot/nydus-ref` annotation names the original gzip blob,
@@ -35,14 +35,16 @@ and it gives directories an upper layer only implies the defaults 0755 root mtim
 over the lower layer's. So the layer reaches it normalised (`accel.tarnormalize`: sparse files expanded,
 parents first, the last entry of a path only; a hostile layer refused before it reads the entry showing
 it), and `finish` merges a chunkless patch bootstrap after each layer with implied directories
-(`directories`); zran layers that would need normalising are refused. Its panics are reported in one
-line (`builder.failure_message`).
+(`directories`); zran layers that would need normalising are refused. Its merge keeps a directory's
+children under the non-directory that replaces it, and brings them back when a later layer makes the path
+a directory again (issue 20, case H): `finish` merges a chunkless patch emptying the path before such a
+layer. Its panics are reported in one line (`builder.failure_message`).
 
 Modules: `options` (NydusOptions), `tools` (locating nydus-image), `builder` (the nydus-image process),
 `tar` (tar fix-ups for the builder), `trailer` (blob trailer entries, the bootstrap layer), `chunkdict`
 (resolving `chunk_dict_ref`), `history`, `merge_manifest` (the OCI variant of `merge_manifest`), `original`
-(original-service cache records), `directories` (merge patches for implied directories), `facts`
-(NydusLayerFacts, what `finish` needs of each converted layer), `driver` (NydusDriver), `readback`
+(original-service cache records), `directories` (merge patches for implied and returning directories),
+`facts` (NydusLayerFacts, what `finish` needs of each converted layer), `driver` (NydusDriver), `readback`
 (nydus-image check, listing and unpack) and `reader` (an image read back, one platform at a time, through
 `readback`: what `accel.verify` asks).
 """

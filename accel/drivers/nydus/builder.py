@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from accel import cancel
 from accel.drivers.nydus.tar import builder_compatible_tar
 from accel.errors import DriverError
 from accel.store import ContentStore
@@ -73,11 +74,14 @@ def run_builder(
     for thread in threads:
         thread.start()
     try:
-        if fifo is not None and source is not None:
-            chunks = builder_compatible_tar(source)
-        if fifo is not None and chunks is not None:
-            _feed_fifo(fifo, chunks, proc)
-        returncode = proc.wait()
+        # A cancelled conversion kills the builder, wherever it is (accel.cancel): the feed then stops on a
+        # broken pipe, and the wait returns.
+        with cancel.on_cancel(proc.kill):
+            if fifo is not None and source is not None:
+                chunks = builder_compatible_tar(source)
+            if fifo is not None and chunks is not None:
+                _feed_fifo(fifo, chunks, proc)
+            returncode = proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -85,6 +89,7 @@ def run_builder(
     finally:
         for thread in threads:
             thread.join()
+    cancel.check()  # killed because the conversion was cancelled: not a builder failure
     if returncode != 0:
         raise DriverError(failure_message(what, returncode, list(tail)))
 

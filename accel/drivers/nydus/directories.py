@@ -8,6 +8,16 @@ below) and corrects the merged view instead: after a layer with such directories
 *patch* bootstrap, built from a tar of directory entries only, that restores the attributes the directory
 has in the layers below. A patch has no chunks, so no blob of it is referenced or shipped.
 
+A second kind of patch goes *before* a layer. `nydus-image merge` gives a path the upper layer's node but
+keeps the children the lower node had, even when the upper node is no directory: a directory an upper layer
+replaces with a file, symlink, hardlink, device or FIFO keeps its subtree hidden under the new node, and a
+later layer that makes the path a directory again brings that subtree back, where OCI layer application
+(overlayfs, containerd) shows only the later layer's entries (issue 20, case H). Before such a layer,
+`finish` merges an *emptying* patch: the path as a directory holding an opaque marker, which drops the kept
+subtree; the layer's own directory then replaces the patch's (`stale_subtrees`, `emptying_tar`). And an
+empty patch goes first when the first layer has whiteouts, which merge would keep as files
+(`first_layer_whites_out`).
+
 The inputs are the layers' `DirectoryTable`s (written during conversion, see `accel.tarnormalize`):
 which directories each layer carries, which it only implies, what it whites out, empties or replaces
 with non-directories.
@@ -21,7 +31,7 @@ from collections.abc import Sequence
 
 from accel.oci import Descriptor
 from accel.store import ContentStore
-from accel.tarnormalize import DirectoryAttributes, DirectoryTable
+from accel.tarnormalize import OPAQUE_MARKER, DirectoryAttributes, DirectoryTable
 
 # What nydus-image 2.2.0 gives a directory no tar entry describes.
 BUILDER_DEFAULT = DirectoryAttributes(mode=0o755, uid=0, gid=0, mtime=0)
@@ -87,8 +97,60 @@ def patches(tables: Sequence[DirectoryTable]) -> list[dict[str, DirectoryAttribu
     return result
 
 
-def patch_tar(entries: dict[str, DirectoryAttributes]) -> bytes:
-    """A PAX tar of directory entries, parents first (sorted paths put a parent before its children)."""
+def stale_subtrees(tables: Sequence[DirectoryTable]) -> list[tuple[str, ...]]:
+    """Per layer, the paths to empty in the merged view just before merging it (usually none): non-directories
+    that replaced a directory (merge kept its subtree under them) and that the layer makes directories again.
+
+    Only the outermost such path is named: emptying it drops everything below. A path whited out, or in a
+    directory made opaque, since it was replaced lost its node and kept subtree in the merge already.
+    """
+    directories: set[str] = set()  # the directories of the layers applied so far
+    hiding: set[str] = set()  # non-directories that replaced a directory, its subtree kept below them
+    result: list[tuple[str, ...]] = []
+    for table in tables:
+        for path in table.whiteouts:
+            _discard_tree(directories, path, keep_root=False)
+            _discard_tree(hiding, path, keep_root=False)
+        for path in table.opaque:
+            _discard_tree(directories, path, keep_root=True)
+            _discard_tree(hiding, path, keep_root=True)
+        again = hiding.intersection([*table.directories, *table.implied])
+        stale = sorted(path for path in again if again.isdisjoint(_ancestors(path)))
+        for path in stale:
+            _discard_tree(hiding, path, keep_root=False)
+        result.append(tuple(stale))
+        for path in table.replaced:
+            if path in directories:
+                hiding.add(path)
+            _discard_tree(directories, path, keep_root=False)
+        directories.update(table.implied, table.directories)
+    return result
+
+
+def first_layer_whites_out(tables: Sequence[DirectoryTable]) -> bool:
+    """Whether the first layer has whiteouts or opaque markers. merge applies those of an upper bootstrap only
+    and keeps the lowest one's as files (`.wh.name` in the image, where layer application removes nothing
+    and creates nothing); an empty patch merged first makes the first layer an upper one."""
+    return bool(tables) and bool(tables[0].whiteouts or tables[0].opaque)
+
+
+def _discard_tree(paths: set[str], path: str, *, keep_root: bool) -> None:
+    prefix = f"{path}/"
+    paths.difference_update([p for p in paths if p.startswith(prefix)])
+    if not keep_root:
+        paths.discard(path)
+
+
+def emptying_tar(paths: Sequence[str]) -> bytes:
+    """The patch that empties `paths` in the merged view (see `stale_subtrees`): each as a directory holding
+    an opaque marker. Its directories' attributes do not matter: the layer merged next carries every one of
+    them (the paths and their parents) as a directory of its own, whose node replaces the patch's."""
+    return patch_tar(dict.fromkeys(paths, BUILDER_DEFAULT), opaque=paths)
+
+
+def patch_tar(entries: dict[str, DirectoryAttributes], opaque: Sequence[str] = ()) -> bytes:
+    """A PAX tar of directory entries, parents first (sorted paths put a parent before its children), then an
+    opaque marker in each `opaque` directory (which `entries` holds)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
                       errors="surrogateescape") as tar:  # fmt: skip
@@ -100,4 +162,10 @@ def patch_tar(entries: dict[str, DirectoryAttributes]) -> bytes:
             if attrs.mtime_ns:
                 info.pax_headers["mtime"] = f"{attrs.mtime}.{attrs.mtime_ns:09d}"
             tar.addfile(info)
+        for path in sorted(opaque):
+            # A regular empty file, as the layers' markers reach nydus-image (--whiteout-spec none); merge
+            # reads the name.
+            marker = tarfile.TarInfo(f"{path}/{OPAQUE_MARKER.decode()}")
+            marker.mode = 0o644
+            tar.addfile(marker)
     return buffer.getvalue()

@@ -30,7 +30,14 @@ from accel.drivers.base import (
 from accel.drivers.nydus import backend, chunkdict, tools
 from accel.drivers.nydus.builder import run_builder, scratch_dir
 from accel.drivers.nydus.chunkdict import ChunkDict
-from accel.drivers.nydus.directories import patch_tar, patches, store_table
+from accel.drivers.nydus.directories import (
+    emptying_tar,
+    first_layer_whites_out,
+    patch_tar,
+    patches,
+    stale_subtrees,
+    store_table,
+)
 from accel.drivers.nydus.facts import NydusLayerFacts, facts_of
 from accel.drivers.nydus.history import BOOTSTRAP_HISTORY, history_with_bootstrap
 from accel.drivers.nydus.merge_manifest import _oci_variant
@@ -59,7 +66,9 @@ def _scan_layer(layer: LayerInput, check_diff_id: bool = True) -> tarnormalize.N
     scan only plans and the bytes the builder gets are read again, and checked against the DiffID, later."""
     try:
         with layer.open_tar(check_diff_id) as tar_stream:
-            return tarnormalize.scan_layer(tar_stream, check=refuse_what_nydus_cannot_hold)
+            return tarnormalize.scan_layer(
+                tar_stream, check=refuse_what_nydus_cannot_hold, limit=layer.entry_limit()
+            )
     except InvalidImage as exc:
         raise type(exc)(f"layer {layer.descriptor.digest}: {exc}") from None
 
@@ -79,6 +88,11 @@ class NydusDriver(Driver):
     source_digest_annotation = mt.ORIGINAL_CACHE_SOURCE_DIGEST  # as the original service's cache records
     facts_model = NydusLayerFacts
     reader = NydusReader()  # how accel.verify reads an image back
+    # Blob layers, and the bootstrap layer `finish` adds (Docker's gzip type for a Docker source kept Docker).
+    layer_media_types = frozenset({mt.NYDUS_BLOB, mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP})
+    # nydus-image 2.2.0's merge keeps a blob index in a u8 and panics past it (`blob_idx < u8::MAX`), after
+    # every layer has converted: a deeper image is refused up front instead.
+    max_layers = 255
 
     options: NydusOptions
 
@@ -241,7 +255,7 @@ class NydusDriver(Driver):
             _scan_layer(layer, check_diff_id=False)  # no builder: a refusal still goes first
             raise
         with layer.open_tar() as tar_stream:
-            feed = ScanningFeed(tar_stream)
+            feed = ScanningFeed(tar_stream, layer.entry_limit())
             builder_error: DriverError | None = None
             fed = False
             try:
@@ -414,15 +428,8 @@ class NydusDriver(Driver):
                 args += _chunk_dict_args(store, chunk_dict)
             run_builder(self.builder, args, what="merge", stdin_text=self.options.prefetch_input)
             merged_blobs = json.loads(output_json.read_text()).get("blobs") or []
-            if self.options.oci_ref:
-                if merged_blobs != blob_ids:
-                    raise DriverError(
-                        f"nydus merge references blobs {merged_blobs}, "
-                        f"expected the layer blobs {blob_ids} in order"
-                    )
-                blob_layers, positions = list(layers), list(range(len(layers)))
-            else:
-                blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
+            # With oci_ref too: merge leaves a zran layer without file data out of its blob table.
+            blob_layers, positions = _layers_in_merge_order(layers, blob_ids, merged_blobs, chunk_dict)
             merged_digest, _ = store.commit_file(merged)
 
         bootstrap_layer = self._bootstrap_layer(draft, store, merged_digest, fs_version)
@@ -489,7 +496,9 @@ class NydusDriver(Driver):
     def _with_directory_patches(
         self, layers: list[ConvertedLayer], staged: list[Path], store: ContentStore, directory: Path
     ) -> list[tuple[Path, ConvertedLayer | None]]:
-        """`sources` and a patch after each layer implying lower directories (see directories)."""
+        """`sources` with the patches `directories` describes: an empty one first when the first layer has
+        whiteouts, an emptying patch before each layer that makes a directory again what a lower layer
+        replaced, a directory patch after each layer implying lower directories."""
         tables = []
         for layer in layers:
             digest = facts_of(layer).directories
@@ -503,14 +512,21 @@ class NydusDriver(Driver):
             tables.append(tarnormalize.DirectoryTable.from_json(store.read_bytes(digest)))
         directory.mkdir()
         result: list[tuple[Path, ConvertedLayer | None]] = []
-        for index, (path, layer, patch) in enumerate(zip(staged, layers, patches(tables), strict=True)):
+        if first_layer_whites_out(tables):
+            result.append((self._patch_bootstrap(patch_tar({}), directory / "empty-base"), None))
+        steps = zip(staged, layers, stale_subtrees(tables), patches(tables), strict=True)
+        for index, (path, layer, stale, patch) in enumerate(steps):
+            if stale:
+                emptying = self._patch_bootstrap(emptying_tar(stale), directory / f"{index}-emptying")
+                result.append((emptying, None))
             result.append((path, layer))
             if patch:
                 result.append((self._patch_bootstrap(patch_tar(patch), directory / str(index)), None))
         return result
 
     def _patch_bootstrap(self, tar: bytes, directory: Path) -> Path:
-        """A chunkless bootstrap of directory entries only; merge never references its (empty) blob."""
+        """A chunkless bootstrap of directory entries and opaque markers only; merge never references its
+        (empty) blob."""
         directory.mkdir()
         bootstrap = directory / "patch.boot"
         opts = self.options

@@ -180,9 +180,10 @@ class ScanningFeed:
     `passes_through`.
     """
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, limit: tarstream.EntryLimit | None = None) -> None:
+        """`limit`: converter.limits.max_entries, met before the builder gets the entry past it."""
         self._source = source
-        self._scanner = tarstream.TarScanner(source)
+        self._scanner = tarstream.TarScanner(source, limit)
         self._members = iter(self._scanner)
         self._scan = LayerScan(spot_changes=True, check=refuse_what_nydus_cannot_hold)
 

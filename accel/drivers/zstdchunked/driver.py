@@ -35,6 +35,7 @@ class ZstdChunkedDriver(Driver):
     options_model: ClassVar[type[DriverOptions]] = ZstdChunkedOptions
     implementation_version: ClassVar[str] = "1"
     reader: ClassVar[ZstdChunkedReader] = ZstdChunkedReader()  # how accel.verify reads a layer back
+    layer_media_types: ClassVar[frozenset[str]] = frozenset({mt.OCI_LAYER_ZSTD})
 
     @property
     def zstd_options(self) -> ZstdChunkedOptions:
@@ -48,7 +49,11 @@ class ZstdChunkedDriver(Driver):
             # decompress to the source?): the reader need not hash the same bytes a second time.
             with layer.open_tar(check_diff_id=False) as tar_stream:
                 result = write_zstd_chunked(
-                    tar_stream, blob, self.zstd_options.level, variant=self.zstd_options.variant
+                    tar_stream,
+                    blob,
+                    self.zstd_options.level,
+                    variant=self.zstd_options.variant,
+                    limit=layer.entry_limit(),
                 )
             if result.uncompressed_digest != layer.diff_id:
                 raise DigestMismatch(

@@ -309,11 +309,13 @@ def write_zstd_chunked(
     level: int = 3,
     workers: int | None = None,
     variant: Variant = "containers-storage",
+    limit: tarstream.EntryLimit | None = None,
 ) -> ZstdChunkedResult:
-    """Convert an uncompressed tar stream into a zstd:chunked blob written to `out` (only `write` used)."""
+    """Convert an uncompressed tar stream into a zstd:chunked blob written to `out` (only `write` used).
+    `limit`: converter.limits.max_entries (the TOC and tar-split grow per entry)."""
     writer = _LayerWriter(out, level, workers or os.cpu_count() or 2, variant)
     try:
-        scanner = tarstream.TarScanner(tar_stream)
+        scanner = tarstream.TarScanner(tar_stream, limit)
         pending_padding = b""
         for member in scanner:
             writer.member(member, pending_padding)
