@@ -4,8 +4,8 @@
 
 `<date> <time> <LEVEL> <source>: <message>`, where the source is the logger's name, or the flow or task run a
 Prefect run logger speaks for (at most SOURCE_WIDTH characters, a run name without its digest). Digests are
-shortened to 12 hex digits in log lines (the line stays readable and under 200 characters); the API, the
-run's artifacts and the Prefect UI keep them whole.
+shortened to 12 hex digits in log lines, and a line is at most LINE_WIDTH (200) characters, cut with `…`
+(a batch task run's list of layers, say); the API, the run's artifacts and the Prefect UI keep them whole.
 
 Standard library only: acceld's runner, its flow-run processes (through PREFECT_LOGGING_CONFIG_PATH, see
 `PREFECT_LOGGING_CONFIG`) and acceld itself use it.
@@ -33,6 +33,9 @@ def shorten_digests(text: str) -> str:
 
 
 SOURCE_WIDTH = 64  # characters of a line's source at most: the message is what the line is for
+# Characters of a log line at most; a longer one is cut with `…`. Only acceld.log's copy: the run's logs in
+# the Prefect API, its artifacts and acceld's API keep the whole text.
+LINE_WIDTH = 200
 
 
 def _source(record: logging.LogRecord) -> str:
@@ -55,7 +58,8 @@ class AcceldFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.source = _source(record)
-        return shorten_digests(super().format(record))
+        lines = shorten_digests(super().format(record)).split("\n")
+        return "\n".join(line if len(line) <= LINE_WIDTH else line[: LINE_WIDTH - 1] + "…" for line in lines)
 
 
 def configure(level: str | int) -> None:

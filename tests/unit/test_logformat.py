@@ -60,3 +60,9 @@ def test_prefect_processes_log_in_acceld_s_format():
     assert len(lines) == 2 and all(LINE.match(line) for line in lines), done.stderr
     assert lines[0].endswith("prefect.runner: runner line sha256:0123456789ab")
     assert lines[1].endswith("flow run convert h/r:v1: run line")
+
+
+def test_a_long_line_is_cut_at_200_characters():
+    layers = ", ".join(f"sha256:{n:012x}" + "d" * 52 for n in range(40))
+    line = AcceldFormatter().format(_record("prefect.task_runs", f"converting with estargz {layers}"))
+    assert len(line) == 200 and line.endswith("…") and "d" * 52 not in line
