@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
 from accel.config import ConverterSettings, Settings
 from flows.names import BULK_FLOW, CONVERT_FLOW
 
@@ -77,6 +79,15 @@ class EventTrigger:
     resource_id: str  # glob over `prefect.resource.id`
     parameters: Mapping[str, str]
 
+    def as_prefect(self) -> DeploymentEventTrigger:
+        """The trigger as Prefect builds it from prefect.yaml's `triggers` entry, for a served deployment."""
+        return DeploymentEventTrigger(
+            enabled=True,
+            match={"prefect.resource.id": self.resource_id},
+            expect={self.event},
+            parameters=dict(self.parameters),
+        )
+
 
 @dataclass(frozen=True)
 class DeploymentDefinition:
@@ -84,7 +95,7 @@ class DeploymentDefinition:
     module: str  # importable module of the flow function
     function: str
     description: str
-    concurrency_limit: int | None = None
+    concurrency_limit: int | None = None  # runs at a time; acceld's runner gives each deployment its own
     schedule: str | None = None  # cron, UTC
     triggers: tuple[EventTrigger, ...] = ()
     tags: tuple[str, ...] = TAGS
@@ -134,5 +145,7 @@ def definitions(settings: Settings | None = None) -> tuple[DeploymentDefinition,
             "Convert every tag of the configured repositories that lacks an up-to-date converted image."
         ),
         schedule=schedule,
+        # One bulk run at a time, beside (never in) the conversions' slots: it only plans and waits.
+        concurrency_limit=1,
     )
     return convert, bulk

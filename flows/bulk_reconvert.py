@@ -1,12 +1,19 @@
 """bulk_reconvert: walk the configured registries and convert every tag lacking an up-to-date converted image.
 
-"Up to date" means the target tag exists and its manifest (or index) says, in accel's provenance
-annotations, that it was made from the source's current digest by the current driver version. Conversions
-start as runs of the `convert-image` deployment (concurrency and retries stay with whoever serves it), linked
-to the bulk run as its child runs; the bulk run waits for them (at most `wait_minutes`) and fails when one of
-them failed or did not finish, so a failed re-conversion shows on the bulk run. Each run is named
-`bulk-reconvert <UTC date and time>` and leaves a `bulk-reconvert` artifact: every stale image, why, its
-run and that run's final state. Without a deployment the conversions run here as subflows, one after another.
+A tag is stale when one of its converted targets is missing, or was made from another source digest (the
+tag moved), or by another driver version, as the target's manifest (or index) says in accel's provenance
+annotations. Accel's own outputs are never candidates, whatever config made them: tags this config would
+push (suffixes, cache and referrers tags), and any image whose manifest says it is a converted image, a
+conversion cache or already in an accelerated format (Go's acceld outputs included).
+
+Conversions start as runs of the `convert-image` deployment (concurrency and retries stay with whoever serves
+it), linked to the bulk run as its child runs; the bulk run waits for them (at most `wait_minutes`) without
+holding a conversion slot (acceld serves it with a slot of its own, prefect.yaml limits it to one run) and
+fails when one of them failed or did not finish, so a failed re-conversion shows on the bulk run. Each run
+is named `bulk-reconvert <UTC date and time>` and leaves a `bulk-reconvert` artifact: every stale image, why,
+its run and that run's final state, then what happened to every tag walked (converted, skipped by its run and
+why, failed, up to date, accel's output). Without a deployment the conversions run here as subflows, one
+after another.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -29,11 +36,13 @@ from pydantic import BaseModel
 from accel import constants as mt
 from accel.config import Settings
 from accel.context import context_for
+from accel.drivers import detect_format
 from accel.errors import AccelError
+from accel.oci import Descriptor
 from accel.plan import is_own_output, plan_conversion
 from accel.reference import Reference
 from accel.registry.errors import NotFound
-from flows.convert_image import _config_path, convert_image
+from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult, _config_path, convert_image
 from flows.names import BULK_FLOW, CONVERT_DEPLOYMENT
 from tasks.process import die_with_runner
 
@@ -45,11 +54,39 @@ class StaleImage(BaseModel):
     reasons: list[str]
 
 
+Outcome = Literal["converted", "skipped", "failed", "up to date", "accel output"]
+
+
+class ImageOutcome(BaseModel):
+    """What the bulk run did with one tag it walked, and why."""
+
+    source: str  # pinned when it was resolved
+    outcome: Outcome
+    detail: str = ""
+
+
 class BulkResult(BaseModel):
     repositories: int
     stale: list[StaleImage]
     runs: list[str]  # flow run ids (deployment mode) or targets pushed (subflow mode)
     states: dict[str, str] = {}  # flow run id → its final state name (deployment mode)
+    outcomes: list[ImageOutcome] = []  # every tag walked
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+    def summary(self) -> str:
+        """`2 converted, 1 skipped, 0 failed of 3 stale image(s); 4 up to date, 5 accel output(s)`."""
+        return (
+            f"{self.count('converted')} converted, {self.count('skipped')} skipped, "
+            f"{self.count('failed')} failed of {len(self.stale)} stale image(s); "
+            f"{self.count('up to date')} up to date, {self.count('accel output')} accel output(s)"
+        )
+
+
+class RepositoryPlan(BaseModel):
+    stale: list[StaleImage]
+    passed: list[ImageOutcome]  # tags that need nothing: up to date, or accel's own output
 
 
 class BulkIncomplete(AccelError):
@@ -84,6 +121,61 @@ def _provenance(raw: bytes) -> tuple[str | None, str | None]:
     return source, version
 
 
+# Annotations only outputs of accel (or of Go's acceld) carry on their root: converted images, caches.
+_OUTPUT_ANNOTATIONS = {
+    mt.ACCEL_DRIVER: "converted image",
+    mt.ACCEL_SOURCE_DIGEST: "converted image",
+    mt.HARBOR_SOURCE_DIGEST: "converted image",
+    mt.HARBOR_DRIVER_NAME: "converted image",
+    mt.ACCEL_CACHE_VERSION: "conversion cache",
+    mt.ORIGINAL_CACHE_VERSION: "conversion cache",
+}
+_CACHE_LAYER_ANNOTATIONS = (mt.ACCEL_CACHE_RECORD, mt.ACCEL_CACHE_BLOB_OF, mt.ORIGINAL_CACHE_SOURCE_DIGEST)
+
+
+def output_kind(raw: bytes) -> str | None:
+    """Why a tag's manifest (or index) is an output of accel or of Go's acceld under any config, or None for
+    a source image: its root names a source digest, a driver or a cache version, its layers are cache
+    records, or they already are in an accelerated format."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    annotations = document.get("annotations") or {}
+    for key, kind in _OUTPUT_ANNOTATIONS.items():
+        if key in annotations:
+            return f"{kind} ({key}={annotations[key]})"
+    layers = [layer for layer in document.get("layers") or [] if isinstance(layer, dict)]
+    if any(key in (layer.get("annotations") or {}) for layer in layers for key in _CACHE_LAYER_ANNOTATIONS):
+        return "conversion cache (cache records in its layers)"
+    try:
+        already = detect_format([Descriptor.model_validate(layer) for layer in layers])
+    except ValueError:
+        return None
+    return f"already {already} (layer annotations)" if already else None
+
+
+def _first_child_output_kind(ctx: Any, source: Reference, raw: bytes) -> str | None:
+    """For an index whose root says nothing: what its first image manifest says (outputs are per driver,
+    so one child tells for all)."""
+    try:
+        children = json.loads(raw).get("manifests") or []
+    except (ValueError, AttributeError):
+        return None
+    child = next(
+        (c for c in children if isinstance(c, dict) and c.get("mediaType") in mt.MANIFEST_TYPES), None
+    )
+    if child is None or not isinstance(child.get("digest"), str):
+        return None
+    try:
+        _, child_raw = ctx.client.fetch_manifest(source.with_digest(child["digest"]))
+    except NotFound:
+        return None
+    return output_kind(child_raw)
+
+
 @task(name="list-repositories")
 def list_repositories(config_path: str, repositories: list[str] | None) -> list[str]:
     """`host/repo` names: the ones given, else bulk.repositories, else each source host's catalog."""
@@ -98,24 +190,32 @@ def list_repositories(config_path: str, repositories: list[str] | None) -> list[
 
 
 @task(name="plan-repository", task_run_name="plan {repository}")
-def plan_repository(config_path: str, repository: str, drivers: list[str] | None) -> list[StaleImage]:
+def plan_repository(config_path: str, repository: str, drivers: list[str] | None) -> RepositoryPlan:
     ctx = context_for(config_path)
     base = Reference.parse(f"{repository}:latest")
     if base.registry not in ctx.settings.provider.source:
         raise ValueError(f"{repository}: registry {base.registry} is not configured in provider.source")
     tags = ctx.client.list_tags(base)
     present = set(tags)
-    stale = []
+    stale: list[StaleImage] = []
+    passed: list[ImageOutcome] = []
     for tag in tags:
         source = base.with_tag(tag)
         if is_own_output(ctx.settings, source):
-            continue  # accel's own outputs: converted images, referrers indexes, conversion caches
-        plan = plan_conversion(ctx.settings, source, drivers)
+            # Converted images, referrers indexes, conversion caches of this config: by name.
+            passed.append(ImageOutcome(source=str(source), outcome="accel output", detail="by its tag"))
+            continue
         try:
-            digest = ctx.client.resolve(source).digest
+            descriptor, raw = ctx.client.fetch_manifest(source)
         except NotFound:
             continue  # deleted since the tag list was read
+        digest = descriptor.digest
         pinned = source.with_digest(digest)
+        if kind := output_kind(raw) or _first_child_output_kind(ctx, source, raw):
+            # Another config's (or Go acceld's) output: by its content.
+            passed.append(ImageOutcome(source=str(pinned), outcome="accel output", detail=kind))
+            continue
+        plan = plan_conversion(ctx.settings, source, drivers)
         need: list[str] = []
         reasons: list[str] = []
         for driver_type, target in plan.targets.items():
@@ -124,12 +224,12 @@ def plan_repository(config_path: str, repository: str, drivers: list[str] | None
                 reasons.append(f"{driver_type}: {target.tag} missing")
                 continue
             try:
-                _, raw = ctx.client.fetch_manifest(target)
+                _, target_raw = ctx.client.fetch_manifest(target)
             except NotFound:
                 need.append(driver_type)
                 reasons.append(f"{driver_type}: {target} missing")
                 continue
-            made_from, version = _provenance(raw)
+            made_from, version = _provenance(target_raw)
             if made_from is None:
                 continue  # no provenance (e.g. a Docker-format target): cannot tell, leave it alone
             if made_from != digest:
@@ -149,7 +249,10 @@ def plan_repository(config_path: str, repository: str, drivers: list[str] | None
                     reasons=reasons,
                 )
             )
-    return stale
+        else:
+            targets = ", ".join(str(t) for t in plan.targets.values())
+            passed.append(ImageOutcome(source=str(pinned), outcome="up to date", detail=targets))
+    return RepositoryPlan(stale=stale, passed=passed)
 
 
 def _idempotency_key(settings: Settings, image: StaleImage, run_scope: str) -> str:
@@ -186,16 +289,24 @@ def bulk_reconvert(
     logger = get_run_logger()
     config_path = _config_path(config)
     repos = list_repositories(config_path, repositories)
-    plans = [plan_repository.submit(config_path, repo, drivers) for repo in repos]
-    stale = [image for future in plans for image in future.result()]
-    logger.info("%d repositories, %d stale image(s)", len(repos), len(stale))
+    plans = [plan_repository.submit(config_path, repo, drivers).result() for repo in repos]
+    stale = [image for plan in plans for image in plan.stale]
+    passed = [image for plan in plans for image in plan.passed]
+    logger.info(
+        "%d repositories, %d stale image(s), %d up to date, %d accel output(s)",
+        len(repos),
+        len(stale),
+        sum(1 for p in passed if p.outcome == "up to date"),
+        sum(1 for p in passed if p.outcome == "accel output"),
+    )
     runs: list[str] = []
     if dry_run:
-        result = BulkResult(repositories=len(repos), stale=stale, runs=runs)
+        result = BulkResult(repositories=len(repos), stale=stale, runs=runs, outcomes=passed)
         _publish_artifact(result, {}, dry_run=True)
         return result
     scope = str(flow_run.get_id() or "local")
     run_of: dict[str, str] = {}  # source → flow run id
+    done_here: dict[str, ImageOutcome] = {}  # source → outcome of its conversion in this run (subflow mode)
     for image in stale:
         logger.info("converting %s (%s)", image.source, "; ".join(image.reasons))
         parameters: dict[str, Any] = {
@@ -210,6 +321,7 @@ def bulk_reconvert(
                     CONVERT_DEPLOYMENT,
                     # The run uses its own runner's config: it may run on another worker.
                     parameters={k: v for k, v in parameters.items() if k != "config"},
+                    flow_run_name=f"convert {image.source}",  # its name from the start, not a random one
                     timeout=0,
                     idempotency_key=_idempotency_key(context_for(config_path).settings, image, scope),
                     as_subflow=True,  # the UI shows each conversion as a child of this run
@@ -220,21 +332,71 @@ def bulk_reconvert(
             except ObjectNotFound:
                 logger.warning("deployment %s not found; converting in this flow run", CONVERT_DEPLOYMENT)
                 use_deployment = False
-        converted = convert_image(**parameters)
-        runs += [t.reference for t in converted.targets]
+        state = convert_image(**parameters, return_state=True)
+        converted = state.result(raise_on_failure=False) if state.is_completed() else None
+        if isinstance(converted, ConversionResult):
+            runs += [t.reference for t in converted.targets]
+        done_here[image.source] = _outcome(image.source, state.name, state.message, converted)
     finals = _wait_for(list(run_of.values()), wait_minutes * 60) if run_of else {}
     states = {str(run_id): run.state.name if run.state else "unknown" for run_id, run in finals.items()}
-    result = BulkResult(repositories=len(repos), stale=stale, runs=runs, states=states)
-    _publish_artifact(result, run_of)
-    failed = [
-        source
-        for source, run_id in run_of.items()
-        if (run := finals.get(run_id)) is None or run.state is None or run.state.type != StateType.COMPLETED
+    outcomes = [
+        done_here.get(image.source) or _run_outcome(image.source, finals.get(run_of.get(image.source, "")))
+        for image in stale
     ]
+    result = BulkResult(
+        repositories=len(repos), stale=stale, runs=runs, states=states, outcomes=outcomes + passed
+    )
+    _publish_artifact(result, run_of)
+    logger.info("%s", result.summary())
+    failed = [o.source for o in outcomes if o.outcome == "failed"]
     if failed:
-        message = f"{len(failed)} of {len(run_of)} conversion(s) did not complete: {', '.join(failed)}"
+        message = f"{len(failed)} of {len(stale)} conversion(s) did not complete: {', '.join(failed)}"
         return Failed(message=message, data=BulkIncomplete(message, result))
     return result
+
+
+def _outcome(source: str, state: str, message: str | None, result: ConversionResult | None) -> ImageOutcome:
+    """A conversion's outcome from its final state and result: a COMPLETED run may have skipped (the image
+    turned out to be accel's own output, a duplicate, already accelerated), which is no conversion."""
+    if result is None:
+        return ImageOutcome(source=source, outcome="failed", detail=f"{state}: {message or ''}".rstrip(": "))
+    if result.skipped:
+        return ImageOutcome(source=source, outcome="skipped", detail=result.skipped)
+    return ImageOutcome(
+        source=source, outcome="converted", detail=", ".join(t.reference for t in result.targets)
+    )
+
+
+def _run_outcome(source: str, run: FlowRun | None) -> ImageOutcome:
+    if run is None or run.state is None:
+        return ImageOutcome(source=source, outcome="failed", detail="its run was not found")
+    if run.state.type != StateType.COMPLETED:
+        detail = "did not finish in time" if run.state.type not in _FINAL else (run.state.message or "")
+        return _outcome(source, run.state.name, detail, None)
+    return _outcome(source, run.state.name, run.state.message, _recorded_result(run.id))
+
+
+def _recorded_result(run_id: uuid.UUID) -> ConversionResult | None:
+    """A finished conversion run's result, from its `accel-result` artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                type=ArtifactFilterType(any_=[RESULT_ARTIFACT_TYPE]),
+            ),
+            limit=1,
+        )
+    if not artifacts:
+        return None
+    data = artifacts[0].data
+    try:
+        if isinstance(data, str | bytes):
+            return ConversionResult.model_validate_json(data)
+        return ConversionResult.model_validate(data)
+    except ValueError:
+        return None
 
 
 def _wait_for(run_ids: list[str], seconds: float) -> dict[str, FlowRun]:
@@ -257,13 +419,14 @@ def _publish_artifact(result: BulkResult, run_of: dict[str, str], dry_run: bool 
         f"| {run_of.get(image.source, '—')} | {result.states.get(run_of.get(image.source, ''), '—')} |"
         for image in result.stale
     )
-    heading = "dry run: nothing converted" if dry_run else f"{len(result.stale)} stale image(s) re-converted"
+    outcomes = "\n".join(f"| `{o.source}` | {o.outcome} | {o.detail} |" for o in result.outcomes)
+    heading = "dry run: nothing converted" if dry_run else result.summary()
     create_markdown_artifact(
         key=ARTIFACT_KEY,
         description=f"bulk re-conversion: {heading}",
         markdown=(
             f"# {heading}\n\n{result.repositories} repositories walked.\n\n"
             "| source | drivers | why | flow run | state |\n|---|---|---|---|---|\n"
-            f"{rows}\n"
+            f"{rows}\n\n## every tag walked\n\n| image | outcome | detail |\n|---|---|---|\n{outcomes}\n"
         ),
     )

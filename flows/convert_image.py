@@ -451,7 +451,7 @@ def _converted_layers(
 
 
 def _skipped(plan: ConversionPlan, digest: str, reason: str, duplicate: bool = False) -> ConversionResult:
-    get_run_logger().info("skipping %s: %s", plan.source, reason)
+    get_run_logger().info("skipping: %s", reason)  # the run's name says which image
     if duplicate:
         mark_duplicate()
     result = ConversionResult(

@@ -22,12 +22,14 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service import local
+from service import local, logformat
+from service.logformat import PREFECT_LOGGING_CONFIG
 from service.state import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
@@ -58,6 +60,8 @@ def runtime_env(config_path: str, work_dir: Path) -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(work_dir / "prefect-results"))
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_SECONDS)
+    # One log line format in acceld.log for the runner and its flow-run processes too (service/logformat.py).
+    os.environ.setdefault("PREFECT_LOGGING_CONFIG_PATH", str(PREFECT_LOGGING_CONFIG))
     for name, value in local.MALLOC_DEFAULTS.items():  # for the runner and its flow-run processes
         os.environ.setdefault(name, value)
     paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -140,6 +144,7 @@ class ApiServers:
             config = uvicorn.Config(
                 app,
                 log_level=log_level,
+                log_config=None,  # its lines go through acceld's handler, in acceld's format
                 access_log=False,
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
                 # Oversized headers are read whole and refused with a reason (431), not cut off by a reset.
@@ -151,6 +156,7 @@ class ApiServers:
             config = uvicorn.Config(
                 local_socket_app(app),
                 log_level=log_level,
+                log_config=None,
                 access_log=False,
                 lifespan="off" if self.servers else "auto",
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
@@ -179,46 +185,77 @@ class ApiServers:
             await asyncio.gather(*followers, return_exceptions=True)
 
 
-def serve_deployments(config_path: str, in_process: bool = False) -> int:
-    """The runner child: register and serve both deployments; flow runs are its subprocesses, or threads of
-    this process with `in_process` (service/localserve.py: no per-run imports, no UI cancellation)."""
+def runner_deployments(config_path: str) -> list[tuple[Any, Any, int | None]]:
+    """(RunnerDeployment, its flow, runs at a time) for both deployments, as acceld serves them: with this
+    acceld's config as their default, the definitions' schedule, and the `harbor.artifact.pushed` trigger
+    prefect.yaml declares (so `prefect event emit` converts with or without acceld)."""
     import importlib
 
-    from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
     from accel.config import load_file
     from deployments.definitions import definitions
-    from tasks.process import RUNNER_PID_ENV, start_flow_runs_with_runner_death
 
-    settings = load_file(config_path)
-    convert, bulk = definitions(settings)
-    flows = [getattr(importlib.import_module(d.module), d.function) for d in (convert, bulk)]
-    runners = [
-        flow.to_deployment(
+    served = []
+    for d in definitions(load_file(config_path)):
+        flow = getattr(importlib.import_module(d.module), d.function)
+        deployment = flow.to_deployment(
             name=d.name,
             parameters=d.parameters(config_path),
             entrypoint_type=EntrypointType.MODULE_PATH,
             cron=d.schedule,
             tags=list(d.tags),
             description=d.description,
+            triggers=[t.as_prefect() for t in d.triggers],
         )
-        for flow, d in zip(flows, (convert, bulk), strict=True)
-    ]
+        served.append((deployment, flow, d.concurrency_limit))
+    return served
+
+
+def serve_deployments(config_path: str, in_process: bool = False) -> int:
+    """The runner child: register and serve both deployments; flow runs are its subprocesses, or threads of
+    this process with `in_process` (service/localserve.py: no per-run imports, no UI cancellation).
+
+    Each deployment has slots of its own: `converter.worker` conversions, and one bulk run beside them. A bulk
+    run only plans and waits for its conversion runs; in the conversions' slots it would hold one while its
+    children wait for it (with `worker: 1`, forever)."""
+    from tasks.process import RUNNER_PID_ENV, start_flow_runs_with_runner_death
+
+    served = runner_deployments(config_path)
     if in_process:
         from service.localserve import serve_in_process
 
-        serve_in_process(
-            list(zip(runners, flows, strict=True)), convert.concurrency_limit, IN_PROCESS_POLL_SECONDS
-        )
+        serve_in_process(served, IN_PROCESS_POLL_SECONDS)
         return 0
     # Its flow-run processes end when this process does (tasks/process.py), from their first instruction.
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
     if not start_flow_runs_with_runner_death():
         log.warning("flow-run processes are not started with PR_SET_PDEATHSIG; each ends with its flow")
-    # One runner for both: its limit is the conversion concurrency (converter.worker).
-    serve(*runners, limit=convert.concurrency_limit, pause_on_shutdown=False, print_starting_message=False)
+    asyncio.run(_serve_with_runners(served))
     return 0
+
+
+async def _serve_with_runners(served: list[tuple[Any, Any, int | None]]) -> None:
+    """One Prefect runner per deployment, each with that deployment's limit, in this process."""
+    import signal
+
+    from prefect.runner import Runner
+
+    runners = []
+    for deployment, _flow, limit in served:
+        runner = Runner(name=f"acceld-{deployment.name}", limit=limit, pause_on_shutdown=False)
+        await runner.aadd_deployment(deployment)
+        runners.append(runner)
+    started = [asyncio.create_task(runner.start()) for runner in runners]
+    await asyncio.sleep(0)  # each `start` installs its own SIGTERM handler first (the last one wins) ...
+
+    def stop_all(*_: object) -> None:  # ... so one handler stops every runner, as `serve` stops its one
+        for runner in runners:
+            runner.handle_sigterm()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_all)
+    await asyncio.gather(*started)
 
 
 def registry_pinner(settings: Settings) -> TagPinner:
@@ -324,7 +361,9 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
     tcp_socket = uds_socket = None
     try:
         if host or uds is None:
-            tcp_socket = uvicorn.Config(app, host=host or "127.0.0.1", port=port).bind_socket()
+            tcp_socket = uvicorn.Config(
+                app, host=host or "127.0.0.1", port=port, log_config=None
+            ).bind_socket()
             log.info("acceld API on http://%s:%d (Prefect API %s)", host, port, prefect_api_url())
         if uds is not None:
             uds_socket = bind_unix_socket(uds, settings.server.uds_file_mode)
@@ -378,8 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    logformat.configure(args.log_level)  # before Prefect is imported: it then keeps acceld's handler
     from accel.config import load_file, webhook_auth_problem
     from accel.errors import ConfigError
 

@@ -3,8 +3,8 @@
 Prefect's `serve` starts a fresh Python process per flow run, which imports Prefect and the flows again
 (1.5 s on a quiet machine, 3+ s under load) before the conversion begins. This runner registers the same
 deployments, polls the Prefect API for their due runs every `poll_seconds`, claims each (SCHEDULED →
-PENDING, so a second runner never takes it too) and runs it in a thread of this already-warm process, at
-most `limit` at a time.
+PENDING, so a second runner never takes it too) and runs it in a thread of this already-warm process, each
+deployment's runs at most its own limit at a time (a bulk run never takes a conversion's slot).
 
 What is lost against `serve`: cancelling a running flow run from the UI (the thread cannot be killed; the run
 finishes), and isolation (a crash of this process stops every run in progress; acceld schedules those runs
@@ -25,12 +25,12 @@ log = logging.getLogger("acceld.runner")
 
 
 def serve_in_process(
-    deployments: Sequence[tuple[Any, Any]],
-    limit: int | None,
+    deployments: Sequence[tuple[Any, Any, int | None]],
     poll_seconds: float,
     stop: threading.Event | None = None,
 ) -> None:
-    """Apply each (RunnerDeployment, its Flow) and run their due flow runs in this process until `stop`."""
+    """Apply each (RunnerDeployment, its Flow, its runs at a time) and run their due flow runs in this process
+    until `stop`."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -46,14 +46,16 @@ def serve_in_process(
     from prefect.states import Pending
 
     flows: dict[UUID, Any] = {}
-    for deployment, flow in deployments:
-        flows[UUID(str(deployment.apply()))] = flow
-    workers = max(1, limit or 4)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flow-run")
-    slots = threading.BoundedSemaphore(workers)
+    limits: dict[UUID, int] = {}
+    for deployment, flow, limit in deployments:
+        deployment_id = UUID(str(deployment.apply()))
+        flows[deployment_id] = flow
+        limits[deployment_id] = max(1, limit or 4)
+    slots = {deployment_id: threading.BoundedSemaphore(limit) for deployment_id, limit in limits.items()}
+    pool = ThreadPoolExecutor(max_workers=sum(limits.values()), thread_name_prefix="flow-run")
     stop = stop or threading.Event()
 
-    def execute(flow: Any, run_id: UUID) -> None:
+    def execute(flow: Any, run_id: UUID, slot: threading.BoundedSemaphore) -> None:
         log.info("running flow run %s in-process", run_id)
         try:
             with get_client(sync_client=True) as client:
@@ -62,36 +64,38 @@ def serve_in_process(
         except Exception:  # the engine records the run's own failure; this is the runner's
             log.exception("flow run %s could not be executed", run_id)
         finally:
-            slots.release()
+            slot.release()
 
     log.info("serving %d deployment(s) in-process, polling every %.1fs", len(flows), poll_seconds)
     with get_client(sync_client=True) as client:
         while not stop.is_set():
-            try:
-                due = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                        next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                            before_=datetime.now(UTC) + timedelta(seconds=poll_seconds)
+            due = []
+            for deployment_id, limit in limits.items():  # each deployment's own due runs, up to its limit
+                try:
+                    due += client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                                before_=datetime.now(UTC) + timedelta(seconds=poll_seconds)
+                            ),
                         ),
-                    ),
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(flows))),
-                    limit=workers,
-                )
-            except Exception as exc:  # the API restarting: keep polling
-                log.warning("polling for flow runs failed: %s", exc)
-                due = []
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                        limit=limit,
+                    )
+                except Exception as exc:  # the API restarting: keep polling
+                    log.warning("polling for flow runs failed: %s", exc)
             for run in sorted(due, key=lambda r: r.next_scheduled_start_time or r.created or 0):
-                if not slots.acquire(blocking=False):
-                    break  # at the limit: the run stays SCHEDULED for the next poll
+                slot = slots.get(run.deployment_id) if run.deployment_id is not None else None
+                if slot is None or not slot.acquire(blocking=False):
+                    continue  # its deployment is at its limit: the run stays SCHEDULED for the next poll
                 try:
                     claimed = client.set_flow_run_state(run.id, Pending()).status == SetStateStatus.ACCEPT
                 except Exception as exc:
                     log.warning("could not claim flow run %s: %s", run.id, exc)
                     claimed = False
                 if not claimed or run.deployment_id is None:
-                    slots.release()
+                    slot.release()
                     continue
-                pool.submit(execute, flows[run.deployment_id], run.id)
+                pool.submit(execute, flows[run.deployment_id], run.id, slot)
             stop.wait(poll_seconds)
     pool.shutdown(wait=True)

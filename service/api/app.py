@@ -143,6 +143,11 @@ def local_socket_app(app: Asgi) -> Asgi:
     return marked
 
 
+# Not API requests: `/metrics` (echo-contrib skips it too) and accel's own probes, which the Go service has
+# not (a kubelet probing them every few seconds would swamp the request counters Go's dashboards read).
+UNCOUNTED_PATHS = frozenset({"/metrics", "/readyz", "/livez"})
+
+
 class AcceldApiMetrics:
     """ASGI middleware: acceld's API metrics per request, as echo-contrib's middleware records them."""
 
@@ -151,7 +156,7 @@ class AcceldApiMetrics:
         self.metrics = metrics
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/metrics":
+        if scope["type"] != "http" or scope.get("path") in UNCOUNTED_PATHS:
             await self.app(scope, receive, send)
             return
         start = time.monotonic()
@@ -436,7 +441,13 @@ class Api:
 
     def submit_request(self, image: PushedImage) -> SubmitRequest:
         plan = plan_conversion(self.settings, image.reference)
-        return SubmitRequest(image.reference, plan.drivers, plan.target_repository, plan.idempotency_key)
+        return SubmitRequest(
+            image.reference,
+            plan.drivers,
+            plan.target_repository,
+            plan.idempotency_key,
+            plan.target_names(),
+        )
 
     async def accept(
         self,

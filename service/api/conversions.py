@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
@@ -49,6 +50,9 @@ class SubmitRequest:
     drivers: tuple[str, ...]
     target_repository: str | None
     idempotency_key: str
+    # driver → target reference, as planned when the request was accepted: recorded with the run, so the
+    # task list shows what this run was asked to do, never a reading of a later config.
+    targets: Mapping[str, str] = field(default_factory=dict)
 
 
 class TaskNotFound(LookupError):

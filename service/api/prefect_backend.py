@@ -1,10 +1,16 @@
 """Conversion tasks as Prefect flow runs of the `convert-image` deployment.
 
-A task id is the flow run id; the task list is Prefect's list of `convert-image` runs, so it survives acceld
-restarts and shows runs started by any acceld, worker or the `bulk-reconvert` flow. Sizes and targets come
-from the run's result artifact (its `ConversionResult` as JSON, written by the flow) once it completes: read
+A task id is the flow run id. The task list (and acceld's conversion metrics) are the `convert-image` runs
+acceld's API created, which carry SUBMITTED_TAG, and those the `harbor.artifact.pushed` trigger started (a
+push reaching Prefect as an event rather than a webhook; Prefect records an automation as their creator).
+As the Go service lists only the tasks it was sent, runs started on the same Prefect server by `accelctl
+convert`, the UI, `prefect deployment run` or `bulk-reconvert` are not acceld's tasks.
+
+The list survives acceld restarts (it is Prefect's). Each run acceld creates records the plan it was
+submitted with (PLAN_LABEL: drivers and targets); the run's result artifact (its `ConversionResult` as JSON,
+written by the flow, with the plan the run itself resolved) gives sizes and pushed targets once it ends, read
 through the Prefect API, so it works in every mode with no shared result storage and no flow code to
-unpickle.
+unpickle. Nothing is recomputed from acceld's current config: it may have changed since the run started.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterCreatedBy,
     FlowRunFilterEndTime,
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
+    Operator,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
@@ -39,9 +48,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Failed, Scheduled
 
 from accel.config import Settings
-from accel.plan import ConversionPlan, attempt_key, plan_conversion
-from accel.reference import Reference
-from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult
+from accel.plan import attempt_key
+from flows.convert_image import RESULT_ARTIFACT_TYPE, ConversionResult, PlanRecord
 from flows.duplicates import DUPLICATE_TAG
 from flows.names import CONVERT_DEPLOYMENT, CONVERT_FLOW
 from service.api.conversions import (
@@ -68,6 +76,25 @@ _RESULT_CACHE_LIMIT = 4096
 _PAGE = 200
 # Runs of one conversion before a repeated request stops starting new ones (each failed one is kept).
 MAX_ATTEMPTS = 100
+# On every run acceld's API creates: acceld's tasks and metrics are exactly these runs.
+SUBMITTED_TAG = "acceld"
+# The flow run label holding the plan acceld submitted the run with (a PlanRecord as JSON).
+PLAN_LABEL = "accel.plan"
+# Prefect's creator type of a run an automation (a deployment trigger) started.
+TRIGGERED_BY = "AUTOMATION"
+# acceld's tasks: created by its API, or by the push event trigger.
+_ACCELD_TASKS = FlowRunFilter(
+    operator=Operator.or_,
+    tags=FlowRunFilterTags(all_=[SUBMITTED_TAG]),
+    created_by=FlowRunFilterCreatedBy(type_=[TRIGGERED_BY]),
+)
+
+
+def is_acceld_task(run: FlowRun) -> bool:
+    """Whether acceld's API or the push event trigger created this run (see the module's docstring)."""
+    return SUBMITTED_TAG in (run.tags or []) or (
+        run.created_by is not None and run.created_by.type == TRIGGERED_BY
+    )
 
 
 # A read of runs that Prefect has not answered in this time means Prefect is not answering: the API says
@@ -191,7 +218,9 @@ class PrefectBackend:
                 deployment_id,
                 parameters=parameters,
                 idempotency_key=attempt_key(request.idempotency_key, attempt),
-                tags=["accel", *(f"driver:{d}" for d in request.drivers)],
+                tags=["accel", SUBMITTED_TAG, *(f"driver:{d}" for d in request.drivers)],
+                labels={PLAN_LABEL: _plan_label(request)},
+                name=run_name(str(request.source)),  # the flow's own run name, from the start
             )
             if run.state is None or run.state.type not in FAILED_TYPES:
                 return run
@@ -214,8 +243,8 @@ class PrefectBackend:
                 raise
             except Exception as exc:
                 raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            if not await self._is_conversion(client, run):
-                raise TaskNotFound(task_id)
+            if not is_acceld_task(run) or not await self._is_conversion(client, run):
+                raise TaskNotFound(task_id)  # not one of acceld's tasks
             return await self._task(client, run)
 
     async def list(self, limit: int) -> list[ConversionTask]:
@@ -226,6 +255,7 @@ class PrefectBackend:
                     page = await _answered(
                         client.read_flow_runs(
                             flow_filter=FlowFilter(name=FlowFilterName(any_=[CONVERT_FLOW])),
+                            flow_run_filter=_ACCELD_TASKS,
                             sort=FlowRunSort.START_TIME_DESC,
                             limit=min(_PAGE, limit - len(runs)),
                             offset=len(runs),
@@ -278,15 +308,15 @@ class PrefectBackend:
         flow = await client.read_flow(run.flow_id)
         return flow.name == CONVERT_FLOW
 
-    def _plan(self, run: FlowRun) -> ConversionPlan | None:
-        """The plan a run's parameters give under acceld's config, as the flow computes it."""
-        params = run.parameters or {}
+    @staticmethod
+    def _recorded_plan(run: FlowRun) -> PlanRecord | None:
+        """The plan acceld created the run with (its PLAN_LABEL), if it has one."""
+        text = (run.labels or {}).get(PLAN_LABEL)
+        if not isinstance(text, str):
+            return None
         try:
-            source = Reference.parse(str(params.get("source", "")))
-            return plan_conversion(
-                self.settings, source, params.get("drivers") or None, params.get("target_repository")
-            )
-        except Exception:  # a run from another config (unknown driver) or a bad source: no guess
+            return PlanRecord.model_validate_json(text)
+        except ValueError:
             return None
 
     async def _result(self, run: FlowRun) -> ConversionResult | None:
@@ -314,11 +344,11 @@ class PrefectBackend:
 
     async def _task(self, client: PrefectClient, run: FlowRun) -> ConversionTask:
         status = status_of(run)
-        plan = self._plan(run)
+        plan = self._recorded_plan(run)
         drivers = (
             list(plan.drivers) if plan is not None else list((run.parameters or {}).get("drivers") or [])
         )
-        targets = list(plan.target_names().values()) if plan is not None else []
+        targets = [plan.targets[d] for d in plan.drivers if d in plan.targets] if plan is not None else []
         reason = ""
         source_size = target_size = 0
         result = await self._result(run) if status != PROCESSING else None
@@ -332,7 +362,7 @@ class PrefectBackend:
             if result.skipped:
                 reason = result.skipped
         if status == FAILED and run.state is not None:
-            reason = run.state.message or run.state.name
+            reason = failure_reason(run.state.message) or run.state.name
             if run.state.name == "TimedOut":  # Prefect's message gives the seconds; say which setting
                 reason = f"{reason} (converter.limits.timeout)"
         per_target = _target_status(
@@ -407,13 +437,34 @@ class PrefectBackend:
                         ),
                         limit=200,
                     )
-                    for run in runs:
+                    for run in filter(is_acceld_task, runs):
                         await self._task(client, run)  # observes each finished run once
                     since = dt.datetime.now(dt.UTC)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("metrics poll failed: %s", exc)
+
+
+def run_name(source: str) -> str:
+    """`convert <source>`: the name convert-image's flow gives its runs, set when acceld creates one so the
+    UI never shows a random name while the run waits."""
+    return f"convert {source}"
+
+
+def _plan_label(request: SubmitRequest) -> str:
+    record = PlanRecord(drivers=list(request.drivers), targets=dict(request.targets))
+    return record.model_dump_json()
+
+
+# Prefect's prefix on the message of a flow run that raised (prefect.flow_engine): the cause follows it.
+_PREFECT_FAILURE_PREFIX = "Flow run encountered an exception:"
+
+
+def failure_reason(message: str | None) -> str:
+    """A failed run's state message as the reason acceld reports: the cause, without Prefect's prefix."""
+    text = (message or "").strip()
+    return text.removeprefix(_PREFECT_FAILURE_PREFIX).strip()
 
 
 def _target_status(

@@ -241,6 +241,8 @@ def test_restart_keeps_the_list_and_runs_orphaned_runs_again(acceld, prefect_ser
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Running
 
+    from service.api.prefect_backend import SUBMITTED_TAG
+
     # A conversion of this test's own, finished before the restart.
     ref = push_seeded_image(registry.host, source_store, tag="restart", seed=6)
     r = httpx.post(
@@ -261,8 +263,8 @@ def test_restart_keeps_the_list_and_runs_orphaned_runs_again(acceld, prefect_ser
     async def orphan() -> str:
         async with get_client() as client:
             deployment = await client.read_deployment_by_name("convert-image/convert-image")
-            run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={"source": str(orphaned)}
+            run = await client.create_flow_run_from_deployment(  # as acceld's API creates its runs
+                deployment.id, parameters={"source": str(orphaned)}, tags=[SUBMITTED_TAG]
             )
             await client.set_flow_run_state(run.id, Running(), force=True)
             return str(run.id)

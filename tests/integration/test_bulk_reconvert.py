@@ -171,3 +171,47 @@ def test_a_failed_child_run_fails_the_bulk_run_and_shows_in_its_artifact(
         f"| `{repository}:v1@{digest}` | estargz | estargz: v1{SUFFIX} missing | {child.id} | Failed |"
         in markdown
     )
+
+
+def test_other_configs_outputs_are_never_stale_and_the_summary_counts_what_happened(
+    prefect_api, registry, client, config, store: ContentStore, tmp_path
+):
+    """Three stale sources beside the outputs of two other configs (their suffixed tags and cache tags):
+    exactly the three are converted, every other tag is reported as accel's output, and the artifact and
+    the result count what was really converted (issue 23)."""
+    from flows.bulk_reconvert import bulk_reconvert
+    from flows.convert_image import convert_image
+
+    repository = f"{registry.host}/bulk/{uuid.uuid4().hex[:10]}"
+    base = Reference.parse(f"{repository}:latest")
+    sizes = {"v1": 1024, "v2": 1536, "v3": 2048}
+    digests = {
+        tag: pushing.push(
+            client, store, base.with_tag(tag), imagegen.standard_image(store, big_file_size=size)
+        )
+        for tag, size in sizes.items()
+    }
+    others = {
+        "other-a": ([configs.driver("zstdchunked")], [{"tag_suffix": "-zz"}, {"cache_tag": "zz-cache"}]),
+        "other-b": ([configs.driver("estargz", compression_level=1)], [{"tag_suffix": "-lazy"}]),
+    }
+    for name, (drivers, rules) in others.items():
+        other = configs.write_config(tmp_path / name / "config.yaml", {registry.host: {}}, drivers, rules)
+        convert_image(source=str(base.with_tag("v1")), config=str(other))
+    walked = set(client.list_tags(base))
+    assert {"v1-zz", "zz-cache", "v1-lazy"} <= walked
+
+    result = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
+
+    assert sorted(s.source for s in result.stale) == [f"{repository}:{t}@{d}" for t, d in digests.items()]
+    by_tag = {Reference.parse(o.source).tag: o for o in result.outcomes}
+    assert {t for t, o in by_tag.items() if o.outcome == "converted"} == {"v1", "v2", "v3"}
+    assert {t for t, o in by_tag.items() if o.outcome == "accel output"} == walked - {"v1", "v2", "v3"}
+    assert "converted image" in by_tag["v1-zz"].detail and "cache" in by_tag["zz-cache"].detail
+    outputs = len(walked) - 3
+    assert result.summary() == (
+        f"3 converted, 0 skipped, 0 failed of 3 stale image(s); 0 up to date, {outputs} accel output(s)"
+    )
+    assert _latest_bulk_artifact().startswith(f"# {result.summary()}")
+    again = bulk_reconvert(config=config, repositories=[repository], use_deployment=False)
+    assert again.stale == [] and again.count("up to date") == 3

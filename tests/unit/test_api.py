@@ -442,3 +442,31 @@ def test_metrics_open_answers_without_a_header(settings, backend):
     with TestClient(create_app(opened, backend, Metrics())) as c:
         assert c.get("/metrics").status_code == 200
         assert c.get("/api/v1/conversions").status_code == 401  # only the metrics are opened
+
+
+def test_metrics_print_go_buckets_and_skip_probes(client):
+    """The Go service's histogram buckets (client_golang's DefBuckets), bounds printed as Go prints them,
+    and accel's own probes not counted as API requests."""
+    for path in ("/readyz", "/livez", "/readyz"):
+        client.get(path)
+    client.get("/api/v1/health")
+    text = client.get("/metrics", headers=AUTH).text
+    requests = [
+        line for line in text.splitlines() if line.startswith("acceleration_service_api_requests_total{")
+    ]
+    assert requests and all('url="/api/v1/health"' in line for line in requests), requests
+    bounds = [
+        line.split('le="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("acceleration_service_api_request_duration_seconds_bucket{")
+    ]
+    assert bounds == ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"]
+    size_bounds = [
+        line.split('le="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("acceleration_service_api_request_size_bytes_bucket{")
+    ]
+    assert size_bounds[:3] == ["1024", "2048", "5120"] and "2.62144e+06" in size_bounds
+    assert 'le="1.0"' not in text
+    bucket = next(line for line in text.splitlines() if "request_duration_seconds_bucket{" in line)
+    assert bucket.split("{")[1].split("}")[0].endswith('le="0.005"')  # Go writes `le` last

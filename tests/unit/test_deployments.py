@@ -105,3 +105,19 @@ def test_checked_in_automations_are_the_rendering_and_prefect_accepts_them():
     assert automation.trigger.within.total_seconds() == 90
     for deployment in yaml.safe_load(render())["deployments"]:
         assert deployment["work_pool"]["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+
+
+def test_acceld_serves_the_push_trigger_and_gives_bulk_its_own_slot(tmp_path):
+    """acceld's served deployments are prefect.yaml's: the `harbor.artifact.pushed` trigger too (so
+    `prefect event emit` converts under acceld), and a bulk run never takes one of the conversions' slots."""
+    from service.acceld import runner_deployments
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"converter": {"driver": {"type": "estargz"}, "worker": 1}}))
+    (convert, _, convert_limit), (bulk, _, bulk_limit) = runner_deployments(str(config))
+    [trigger] = convert.triggers
+    [declared] = yaml.safe_load(render())["deployments"][0]["triggers"]
+    assert trigger.expect == set(declared["expect"]) and trigger.parameters == declared["parameters"]
+    assert trigger.match.model_dump() == declared["match"] and trigger.enabled
+    assert not bulk.triggers
+    assert (convert_limit, bulk_limit) == (1, 1)

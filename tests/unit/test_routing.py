@@ -4,6 +4,7 @@ config, in target naming and in what acceld submits for a webhook event."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from typing import Any
@@ -264,26 +265,31 @@ def test_pushes_of_our_own_outputs_are_ignored(routed):
 # --- acceld: what the task list says a run does ----------------------------------------------------------
 
 
-def test_a_run_without_drivers_is_listed_with_its_rule_s_drivers_and_targets(tmp_path):
-    """Runs started by the event trigger (or `prefect deployment run`) have no `drivers` parameter: the
-    task list must show what the flow will do for them (the rule's drivers and target), not every driver."""
+def test_a_run_is_listed_with_the_plan_acceld_submitted_it_with(tmp_path):
+    """The task list shows what acceld asked the run to do (the plan recorded with the run when acceld
+    created it), never a plan recomputed from acceld's current config, which may have changed since."""
     from prefect.client.schemas.objects import FlowRun
-    from prefect.states import Running
+    from prefect.states import Failed, Running
 
-    from service.api.prefect_backend import PrefectBackend
+    from service.api.prefect_backend import PLAN_LABEL, PrefectBackend
 
-    settings = _settings(tmp_path, _two_drivers(LIBRARY_RULE))
+    settings = _settings(tmp_path, _two_drivers(LIBRARY_RULE))  # today's config: zstdchunked, `-lazy`
     backend = PrefectBackend(settings, str(tmp_path / "config.yaml"))
     source = f"{HARBOR}/library/app:v1@{DIGEST}"
-    run = FlowRun(flow_id=uuid.uuid4(), parameters={"source": source}, state=Running())
-    task = asyncio.run(backend._task(None, run))  # type: ignore[arg-type]  # a live run needs no client
-    assert task.status == "PROCESSING"
-    assert task.drivers == ["zstdchunked"]
-    assert task.targets == [f"{HARBOR}/library/app-lazy:v1-zstdchunked"]
-    # Explicit parameters still win.
+    recorded = json.dumps(
+        {"drivers": ["estargz"], "targets": {"estargz": f"{HARBOR}/library/app:v1-estargz"}}
+    )
+    for state in (Running(), Failed(message="Flow run encountered an exception: OSError: disk full")):
+        run = FlowRun(
+            flow_id=uuid.uuid4(), parameters={"source": source}, state=state, labels={PLAN_LABEL: recorded}
+        )
+        task = asyncio.run(backend._task(None, run))  # type: ignore[arg-type]  # a live run needs no client
+        assert task.drivers == ["estargz"]
+        assert task.targets == [f"{HARBOR}/library/app:v1-estargz"]
+    assert task.status == "FAILED" and task.reason == "OSError: disk full"  # without Prefect's prefix
+    # A run with no recorded plan (created before plans were recorded): its own parameters, no guessed target.
     run = FlowRun(
         flow_id=uuid.uuid4(), parameters={"source": source, "drivers": ["estargz"]}, state=Running()
     )
     task = asyncio.run(backend._task(None, run))  # type: ignore[arg-type]
-    assert task.drivers == ["estargz"]
-    assert task.targets == [f"{HARBOR}/library/app-lazy:v1-esgz"]
+    assert task.drivers == ["estargz"] and task.targets == []
