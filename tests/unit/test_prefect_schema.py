@@ -1,7 +1,7 @@
 """A new embedded server's SQLite database comes from the schema dump of the installed Prefect
 (service/prefectschema.py); an existing or configured database is never touched.
 
-That the dump is what Prefect's migrations create: tests/integration/test_prefect_schema.py.
+That the dump is what Prefect's migrations create: tests/integration/test_prefect_schema_dump.py.
 """
 
 from __future__ import annotations
