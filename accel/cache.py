@@ -284,8 +284,11 @@ def same_platform(cached: Platform | None, wanted: Platform | None) -> bool:
 def _config_platform(
     client: Registry, ref: Reference, config: Descriptor, store: ContentStore
 ) -> Platform | None:
-    raw = client.fetch_blob_bytes(ref, config)
-    store.put_bytes(raw, config.digest)
+    if store.exists(config.digest):  # read moments ago by this conversion's lookup: no second GET
+        raw = store.read_bytes(config.digest)
+    else:
+        raw = client.fetch_blob_bytes(ref, config)
+        store.put_bytes(raw, config.digest)
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -381,6 +384,10 @@ def _make_available(
     if target.registry == cache.registry and target.repository == cache.repository:
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
+        return
+    # The cache lists the blob, so a mount nearly always works: ask for it first, one request instead of a
+    # HEAD that a fresh target repository answers 404 and then the mount (a 201 also when it was there).
+    if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
         return
     try:
         copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
@@ -697,7 +704,16 @@ def push_cache(
             update = plan_update(
                 cache, updates, size=size, version=version, store=store, gone=gone, index_root=index_root
             )
-            copy.copy_blobs(client, ref, update.blobs, store, mount_from)
+            if cache.root is not None and update.root.digest == cache.root.digest:
+                # A warm run that used the most recent records: the merge is the cache as it is.
+                log.info("cache %s already holds these records in this order: nothing to push", ref)
+                return cache.root
+            # Blobs the cache lists are in its repository (a record whose blob went missing after all is
+            # found by the push's MANIFEST_BLOB_UNKNOWN below, and copied on the next attempt): only the
+            # others are checked and copied.
+            listed = {digest for entry in cache.entries() for digest in entry.digests()} - gone
+            new_blobs = [blob for blob in update.blobs if blob.digest not in listed]
+            copy.copy_blobs(client, ref, new_blobs, store, mount_from)
             try:
                 copy.push_manifests(client, ref, update.manifests, store)
                 if _current_root(client, ref) != (cache.root.digest if cache.root else None):
