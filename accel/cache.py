@@ -375,24 +375,29 @@ class Restored:
 
     hits: dict[str, ConvertedLayer]
     gone: frozenset[str] = frozenset()
+    in_target: frozenset[str] = frozenset()  # hits' blobs now in the target repository (the push needn't ask)
 
 
 def _make_available(
     client: Registry, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
-) -> None:
-    """The converted blob in the target repository: already there, mounted, else downloaded for the push."""
+) -> bool:
+    """The converted blob in the target repository: already there, mounted, else downloaded for the push.
+    True when it is in the target repository now."""
     if target.registry == cache.registry and target.repository == cache.repository:
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
-        return
+        return True
     # The cache lists the blob, so a mount nearly always works: ask for it first, one request instead of a
     # HEAD that a fresh target repository answers 404 and then the mount (a 201 also when it was there).
     if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
-        return
+        return True
     try:
-        copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
+        staged = copy.stage_blob(client, target, layer, store, source=cache)
     except NotFound:
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
+    # A fetched blob is uploaded by the push; another registry's (or a local target's) answer is not vouched
+    # for here.
+    return target.registry == cache.registry and staged is not copy.BlobCopy.FETCHED
 
 
 def _restore_original(
@@ -426,6 +431,7 @@ def restore_hits(
     sources = {layer.descriptor.digest: layer.descriptor for layer in layers}
     hits: dict[str, ConvertedLayer] = {}
     gone: set[str] = set()
+    in_target: set[str] = set()
     for source_digest, entry in cache.find(driver, layers).items():
         try:
             if entry.is_original:
@@ -442,7 +448,8 @@ def restore_hits(
                 missing = [b.digest for b in converted.local_blobs if not store.exists(b.digest)]
                 if missing:
                     raise RecordGone(f"blobs {', '.join(missing)} are missing")
-            _make_available(client, cache.reference, target, entry.layer, store)
+            if _make_available(client, cache.reference, target, entry.layer, store):
+                in_target.add(entry.layer.digest)
         except RecordGone as exc:
             log.warning(
                 "dropping cache record for layer %s (%s): %s", dg.short(source_digest), driver.name, exc
@@ -455,7 +462,7 @@ def restore_hits(
             )
             continue
         hits[source_digest] = converted
-    return Restored(hits=hits, gone=frozenset(gone))
+    return Restored(hits=hits, gone=frozenset(gone), in_target=frozenset(in_target))
 
 
 # --- update ----------------------------------------------------------------------------------------

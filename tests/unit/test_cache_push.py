@@ -207,3 +207,4 @@ def test_a_hit_is_mounted_into_a_fresh_target_repository_with_one_request_per_bl
     converted = [restored.hits[source_digest(n)].descriptor.digest for n in (0, 1)]
     assert [(c.verb, c.target) for c in registry.calls] == [("mount_blob", d) for d in converted]
     assert all(registry.blob_exists(target, d) for d in converted)
+    assert restored.in_target == frozenset(converted)  # so the push does not ask about them again
