@@ -248,7 +248,10 @@ class RegistryClient:
             kept = list(self._mount_sessions.items())
             self._mount_sessions.clear()
         for (registry, repository, _digest), location in kept:
-            self._cancel_upload(Reference(registry=registry, repository=repository), location)
+            try:  # best effort, and never in the way of closing (a cancelled run closes its client too)
+                self._cancel_upload(Reference(registry=registry, repository=repository), location)
+            except Exception as exc:
+                log.debug("could not cancel upload session on %s: %s", registry, exc)
         self._http.close()
 
     # --- public verbs ------------------------------------------------------------------------------
