@@ -284,8 +284,11 @@ def same_platform(cached: Platform | None, wanted: Platform | None) -> bool:
 def _config_platform(
     client: Registry, ref: Reference, config: Descriptor, store: ContentStore
 ) -> Platform | None:
-    raw = client.fetch_blob_bytes(ref, config)
-    store.put_bytes(raw, config.digest)
+    if store.exists(config.digest):  # read moments ago by this conversion's lookup: no second GET
+        raw = store.read_bytes(config.digest)
+    else:
+        raw = client.fetch_blob_bytes(ref, config)
+        store.put_bytes(raw, config.digest)
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -372,20 +375,29 @@ class Restored:
 
     hits: dict[str, ConvertedLayer]
     gone: frozenset[str] = frozenset()
+    in_target: frozenset[str] = frozenset()  # hits' blobs now in the target repository (the push needn't ask)
 
 
 def _make_available(
     client: Registry, cache: Reference, target: Reference, layer: Descriptor, store: ContentStore
-) -> None:
-    """The converted blob in the target repository: already there, mounted, else downloaded for the push."""
+) -> bool:
+    """The converted blob in the target repository: already there, mounted, else downloaded for the push.
+    True when it is in the target repository now."""
     if target.registry == cache.registry and target.repository == cache.repository:
         if not client.blob_exists(cache, layer.digest):
             raise RecordGone(f"blob {layer.digest} is gone from {cache.name}")
-        return
+        return True
+    # The cache lists the blob, so a mount nearly always works: ask for it first, one request instead of a
+    # HEAD that a fresh target repository answers 404 and then the mount (a 201 also when it was there).
+    if target.registry == cache.registry and client.mount_blob(target, layer.digest, cache.repository):
+        return True
     try:
-        copy.stage_blob(client, target, layer, store, source=cache)  # publish uploads a fetched blob
+        staged = copy.stage_blob(client, target, layer, store, source=cache)
     except NotFound:
         raise RecordGone(f"blob {layer.digest} is gone from {cache.name}") from None
+    # A fetched blob is uploaded by the push; another registry's (or a local target's) answer is not vouched
+    # for here.
+    return target.registry == cache.registry and staged is not copy.BlobCopy.FETCHED
 
 
 def _restore_original(
@@ -419,6 +431,7 @@ def restore_hits(
     sources = {layer.descriptor.digest: layer.descriptor for layer in layers}
     hits: dict[str, ConvertedLayer] = {}
     gone: set[str] = set()
+    in_target: set[str] = set()
     for source_digest, entry in cache.find(driver, layers).items():
         try:
             if entry.is_original:
@@ -435,7 +448,8 @@ def restore_hits(
                 missing = [b.digest for b in converted.local_blobs if not store.exists(b.digest)]
                 if missing:
                     raise RecordGone(f"blobs {', '.join(missing)} are missing")
-            _make_available(client, cache.reference, target, entry.layer, store)
+            if _make_available(client, cache.reference, target, entry.layer, store):
+                in_target.add(entry.layer.digest)
         except RecordGone as exc:
             log.warning(
                 "dropping cache record for layer %s (%s): %s", dg.short(source_digest), driver.name, exc
@@ -448,7 +462,7 @@ def restore_hits(
             )
             continue
         hits[source_digest] = converted
-    return Restored(hits=hits, gone=frozenset(gone))
+    return Restored(hits=hits, gone=frozenset(gone), in_target=frozenset(in_target))
 
 
 # --- update ----------------------------------------------------------------------------------------
@@ -697,7 +711,16 @@ def push_cache(
             update = plan_update(
                 cache, updates, size=size, version=version, store=store, gone=gone, index_root=index_root
             )
-            copy.copy_blobs(client, ref, update.blobs, store, mount_from)
+            if cache.root is not None and update.root.digest == cache.root.digest:
+                # A warm run that used the most recent records: the merge is the cache as it is.
+                log.info("cache %s already holds these records in this order: nothing to push", ref)
+                return cache.root
+            # Blobs the cache lists are in its repository (a record whose blob went missing after all is
+            # found by the push's MANIFEST_BLOB_UNKNOWN below, and copied on the next attempt): only the
+            # others are checked and copied.
+            listed = {digest for entry in cache.entries() for digest in entry.digests()} - gone
+            new_blobs = [blob for blob in update.blobs if blob.digest not in listed]
+            copy.copy_blobs(client, ref, new_blobs, store, mount_from)
             try:
                 copy.push_manifests(client, ref, update.manifests, store)
                 if _current_root(client, ref) != (cache.root.digest if cache.root else None):

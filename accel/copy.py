@@ -12,7 +12,7 @@ The registry verbs come from `accel.registry.interfaces`; `RegistryClient` and `
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from accel.oci import Descriptor
 from accel.reference import Reference
@@ -75,9 +75,11 @@ def copy_blobs(
     blobs: Iterable[Descriptor],
     store: ContentStore,
     mount_from: Sequence[str] = (),
+    present: Collection[str] = (),
 ) -> dict[str, BlobCopy]:
-    """`copy_blob` for each (a digest listed twice is copied once); how each came to be there."""
-    done: dict[str, BlobCopy] = {}
+    """`copy_blob` for each (a digest listed twice is copied once); how each came to be there. Blobs in
+    `present` are known to be in the target repository already (made so moments ago): not asked about."""
+    done: dict[str, BlobCopy] = dict.fromkeys(present, BlobCopy.EXISTS)
     for blob in blobs:
         if blob.digest not in done:
             done[blob.digest] = copy_blob(registry, target, blob, store, mount_from)
@@ -101,8 +103,10 @@ def copy_image(
     blobs: Iterable[Descriptor],
     children: Iterable[Descriptor] = (),
     mount_from: Sequence[str] = (),
+    present: Collection[str] = (),
 ) -> Descriptor:
-    """Blobs, then `children` by digest, then `root` under `target`'s tag (or digest) — last."""
-    copy_blobs(registry, target, blobs, store, mount_from)
+    """Blobs (but those `present` in the target already), then `children` by digest, then `root` under
+    `target`'s tag (or digest) — last."""
+    copy_blobs(registry, target, blobs, store, mount_from, present)
     push_manifests(registry, target, children, store)
     return registry.push_manifest(target, store.read_bytes(root.digest), root.media_type)

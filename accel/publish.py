@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from accel import constants as mt
@@ -61,9 +61,15 @@ def list_as_referrers(client: Pusher, target: Reference, image: BuiltImage, stor
 
 
 def push_image(
-    client: Pusher, target: Reference, image: BuiltImage, store: ContentStore, mount_from: Sequence[str] = ()
+    client: Pusher,
+    target: Reference,
+    image: BuiltImage,
+    store: ContentStore,
+    mount_from: Sequence[str] = (),
+    present: Collection[str] = (),
 ) -> Descriptor:
-    """Copy the image (blobs → child manifests → root under the tag, last), then list it as a referrer."""
+    """Copy the image (blobs → child manifests → root under the tag, last), then list it as a referrer.
+    `present`: blobs known to be in the target repository already (cache hits the lookup mounted)."""
     pushed = copy.copy_image(
         client,
         target,
@@ -72,6 +78,7 @@ def push_image(
         blobs=image.blobs(),
         children=children_of(image),
         mount_from=mount_from,
+        present=present,
     )
     list_as_referrers(client, target, image, store)
     return pushed

@@ -271,6 +271,7 @@ def _convert(
                         source_ref,
                         config_path,
                         session.progress.push_meter(d),
+                        present=lookup.in_target.get(d, []),
                         wait_for=session.uploads_of(d),
                     )
             except ConversionCancelled:

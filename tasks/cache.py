@@ -22,6 +22,8 @@ class CacheLookup(BaseModel):
 
     hits: dict[str, dict[str, ConvertedLayer]] = {}
     gone: list[str] = []
+    # Per driver, the hits' blobs the lookup made sure are in the target repository: its push skips them.
+    in_target: dict[str, list[str]] = {}
 
 
 @task(name="lookup-cache", task_run_name="lookup cache {cache_ref}")
@@ -53,6 +55,7 @@ def lookup_cache(
                 ctx.store,
             )
             lookup.hits[driver_type] = restored.hits
+            lookup.in_target[driver_type] = sorted(restored.in_target)
             gone |= restored.gone
         lookup.gone = sorted(gone)
     except (RegistryError, AccelError, OSError, ValueError) as exc:

@@ -271,8 +271,10 @@ def push_image(
     source_ref: Reference,
     config_path: str,
     meter: ByteMeter | None = None,
+    present: list[str] | None = None,
 ) -> Descriptor:
-    """Blobs (mounted from the source repository when they are there), manifests, index, tag last."""
+    """Blobs (mounted from the source repository when they are there), manifests, index, tag last.
+    `present`: blobs the cache lookup put in the target repository (not asked about again)."""
     ctx = context_for(config_path)
     mount_from = [source_ref.repository] if source_ref.registry == target_ref.registry else []
     # The target may be a layout or an archive (accel.transports).
@@ -282,7 +284,7 @@ def push_image(
         stage_dependency_blobs(routes, target_ref, image, ctx.dependencies.resolved(), ctx.store)
         # `meter`: the run's count of the bytes the push sends (`tasks.progress`); blobs there send none.
         with counting(meter, total=sum(blob.size for blob in image.blobs())):
-            pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from)
+            pushed = publish.push_image(routes, target_ref, image, ctx.store, mount_from, present or ())
         routes.commit(target_ref)  # an oci-archive target is written now, atomically
     finally:
         routes.discard()

@@ -65,6 +65,7 @@ MAX_BACKOFF = 8.0  # seconds between two attempts, whatever the attempt number
 # about as long as the task retries this replaced, with every request retried on its own.
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+MAX_KEPT_UPLOAD_SESSIONS = 32  # upload sessions of failed mounts kept for the upload that follows
 _HUB_API_HOST = "registry-1.docker.io"
 
 Body = bytes | Callable[[], Iterable[bytes]] | None
@@ -212,6 +213,11 @@ class RegistryClient:
         self._user_agent = user_agent
         # `insecure` hosts that answered a TLS handshake in plain HTTP: spoken to over http:// from then on.
         self._plain_http_learned: set[str] = set()
+        # Upload sessions that failed mounts opened (the OCI spec lets a client upload into them), by
+        # (registry, repository, digest): the push of that blob that follows uses one instead of cancelling
+        # it and opening another (two requests fewer per uploaded blob). Few: the oldest are cancelled.
+        self._mount_sessions: dict[tuple[str, str, str], str] = {}
+        self._mount_sessions_lock = threading.Lock()
         # One pool; hosts that skip TLS verification get their own transport mounted by URL (not under a
         # test's transport, which answers every request itself).
         mounts = {
@@ -238,6 +244,14 @@ class RegistryClient:
         self.close()
 
     def close(self) -> None:
+        with self._mount_sessions_lock:
+            kept = list(self._mount_sessions.items())
+            self._mount_sessions.clear()
+        for (registry, repository, _digest), location in kept:
+            try:  # best effort, and never in the way of closing (a cancelled run closes its client too)
+                self._cancel_upload(Reference(registry=registry, repository=repository), location)
+            except Exception as exc:
+                log.debug("could not cancel upload session on %s: %s", registry, exc)
         self._http.close()
 
     # --- public verbs ------------------------------------------------------------------------------
@@ -384,11 +398,29 @@ class RegistryClient:
             if resp.status_code == 201:
                 return True
             self._expect(resp, (202,), what, repo_ref.registry)
-            # 202: the registry could not mount and opened an upload session instead; don't leak it.
+            # 202: the registry could not mount and opened an upload session instead: kept for the upload
+            # that usually follows, never leaked (replaced, too many or at close: cancelled).
             location = resp.headers.get("Location")
         if location:
-            self._cancel_upload(repo_ref, self._absolute(resp, location))
+            self._keep_session(repo_ref, digest, self._absolute(resp, location))
         return False
+
+    def _keep_session(self, repo_ref: Reference, digest: str, location: str) -> None:
+        key = (repo_ref.registry, repo_ref.repository, digest)
+        stale: list[tuple[tuple[str, str, str], str]] = []
+        with self._mount_sessions_lock:
+            if (replaced := self._mount_sessions.pop(key, None)) is not None:
+                stale.append((key, replaced))
+            self._mount_sessions[key] = location
+            while len(self._mount_sessions) > MAX_KEPT_UPLOAD_SESSIONS:
+                oldest = next(iter(self._mount_sessions))
+                stale.append((oldest, self._mount_sessions.pop(oldest)))
+        for (registry, repository, _digest), old in stale:
+            self._cancel_upload(Reference(registry=registry, repository=repository), old)
+
+    def _take_session(self, repo_ref: Reference, digest: str) -> str | None:
+        with self._mount_sessions_lock:
+            return self._mount_sessions.pop((repo_ref.registry, repo_ref.repository, digest), None)
 
     def push_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> None:
         """Upload the stored blob (monolithic, or in chunks when large); `accel.copy.copy_blob` checks
@@ -398,10 +430,15 @@ class RegistryClient:
         what = f"push blob {dg.short(desc.digest)} to {repo_ref.name}"
         if size != desc.size:
             raise self._size_error(what, repo_ref.registry, f"{size} (stored)", desc.size)
-        if size <= self._chunked_threshold:
-            self._with_retries(lambda: self._upload_monolithic(repo_ref, desc, path, what), what)
-        else:
-            self._with_retries(lambda: self._upload_chunked(repo_ref, desc, path, what), what)
+        upload = self._upload_monolithic if size <= self._chunked_threshold else self._upload_chunked
+        kept = self._take_session(repo_ref, desc.digest)
+        if kept is not None:
+            try:
+                upload(repo_ref, desc, path, what, kept)
+                return
+            except RegistryError as exc:  # e.g. the session expired: a fresh one, with the usual retries
+                log.debug("%s: the failed mount's upload session did not take it (%s)", what, exc)
+        self._with_retries(lambda: upload(repo_ref, desc, path, what), what)
 
     def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor:
         """PUT the exact bytes under `ref.identifier` (tag or digest) with the exact Content-Type."""
@@ -477,8 +514,10 @@ class RegistryClient:
                 raise RegistryError(f"{what}: registry gave no upload Location", registry=repo_ref.registry)
             return self._absolute(resp, location)
 
-    def _upload_monolithic(self, repo_ref: Reference, desc: Descriptor, path: Path, what: str) -> None:
-        location = self._start_upload(repo_ref, what)
+    def _upload_monolithic(
+        self, repo_ref: Reference, desc: Descriptor, path: Path, what: str, location: str | None = None
+    ) -> None:
+        location = location or self._start_upload(repo_ref, what)
         sent = dg.Digester()
 
         meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
@@ -509,8 +548,10 @@ class RegistryClient:
         with contextlib.closing(resp):
             self._finish_upload(resp, desc, sent, what, repo_ref.registry)
 
-    def _upload_chunked(self, repo_ref: Reference, desc: Descriptor, path: Path, what: str) -> None:
-        location = self._start_upload(repo_ref, what)
+    def _upload_chunked(
+        self, repo_ref: Reference, desc: Descriptor, path: Path, what: str, location: str | None = None
+    ) -> None:
+        location = location or self._start_upload(repo_ref, what)
         sent = dg.Digester()
         scopes = [repository_scope(repo_ref.repository, "pull", "push")]
         size = path.stat().st_size

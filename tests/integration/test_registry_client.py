@@ -244,8 +244,30 @@ def test_mount_of_unknown_blob_is_refused_and_copy_blob_falls_back_to_upload(
 
     assert copied is BlobCopy.UPLOADED
     assert client.blob_exists(target, desc.digest)
-    assert fault_proxy.count(r"/blobs/uploads/", "DELETE") == 2  # both refused mounts' sessions cancelled
+    # A refused mount's upload session is kept for the upload that follows: the first one is cancelled when
+    # the second refusal replaces it, the second takes the upload (no session of its own, nothing leaked).
+    assert fault_proxy.count(r"/blobs/uploads/$", "POST") == 2
+    assert fault_proxy.count(r"/blobs/uploads/", "DELETE") == 1
     assert fault_proxy.count(r"/blobs/uploads/", "PUT") == 1
+
+
+def test_a_refused_mounts_session_is_cancelled_at_close_or_replaced_when_it_expired(
+    fault_proxy, clients, store, repo_name
+):
+    target = ref_for(fault_proxy.host, f"{repo_name}/dst")
+    unused = put_blob(store, b"mounted nowhere, never uploaded")
+    with make_client([]) as client:
+        assert client.mount_blob(target, unused.digest, f"{repo_name}/elsewhere") is False
+    assert fault_proxy.count(r"/blobs/uploads/.+", "DELETE") == 1  # not left for the registry's purge
+
+    client = make_client(clients)
+    desc = put_blob(store, b"its session expires")
+    assert client.mount_blob(target, desc.digest, f"{repo_name}/elsewhere") is False
+    fault_proxy.fail(r"/blobs/uploads/.+", method="PUT", status=404, code="BLOB_UPLOAD_UNKNOWN")
+    client.push_blob(target, desc, store)  # in a session of its own
+
+    assert client.blob_exists(target, desc.digest)
+    assert fault_proxy.count(r"/blobs/uploads/.+", "PUT") == 2
 
 
 def test_copy_blob_mounts_instead_of_uploading(fault_proxy, clients, store, repo_name):

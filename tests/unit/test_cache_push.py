@@ -156,3 +156,55 @@ def test_records_whose_blobs_are_gone_are_dropped(store) -> None:
     push(registry, store, 2)
 
     assert recorded(registry) == [2, 0]
+
+
+def test_a_merge_that_changes_nothing_reads_the_cache_once_and_pushes_nothing(store) -> None:
+    registry = MemoryRegistry()
+    first = push(registry, store, 0, 1)
+    registry.calls.clear()
+
+    # A warm run that used the most recent records, in their order: the merge is the cache as it is.
+    again = push(registry, store, 0, 1)
+
+    assert again.digest == first.digest
+    assert [str(c) for c in registry.calls] == [f"fetch_manifest {REF.name} {REF.tag}"]
+
+
+def test_a_merge_checks_only_the_blobs_the_cache_does_not_list(store) -> None:
+    registry = MemoryRegistry()
+    push(registry, store, 0, 1)
+    registry.calls.clear()
+
+    push(registry, store, 2, 0)
+
+    assert recorded(registry) == [2, 0, 1]
+    new_layer = records(store, 2)[0].entries[0].layer.digest
+    checked = {c.target for c in registry.calls if c.verb in ("blob_exists", "mount_blob", "push_blob")}
+    listed = {e.layer.digest for e in records(store, 0, 1)[0].entries}
+    assert new_layer in checked and not checked & listed
+
+
+def test_a_hit_is_mounted_into_a_fresh_target_repository_with_one_request_per_blob(store, tmp_path) -> None:
+    from accel.model import SourceLayer
+
+    registry = MemoryRegistry()
+    push(registry, store, 0, 1)
+    target = Reference.parse("registry.invalid/team/fresh:v1-relabel")
+    fresh = ContentStore(tmp_path / "fresh")  # another machine
+    found = cache.fetch_cache(registry, REF, fresh, VERSION, [AMD64])
+    layers = [
+        SourceLayer(
+            descriptor=Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=source_digest(n), size=10),
+            diff_id=source_digest(n),
+        )
+        for n in (0, 1)
+    ]
+    registry.calls.clear()
+
+    restored = cache.restore_hits(registry, found, DRIVER, layers, target, fresh)
+
+    assert set(restored.hits) == {source_digest(0), source_digest(1)}
+    converted = [restored.hits[source_digest(n)].descriptor.digest for n in (0, 1)]
+    assert [(c.verb, c.target) for c in registry.calls] == [("mount_blob", d) for d in converted]
+    assert all(registry.blob_exists(target, d) for d in converted)
+    assert restored.in_target == frozenset(converted)  # so the push does not ask about them again

@@ -182,3 +182,17 @@ def test_a_second_push_uploads_nothing(tmp_path) -> None:
 
     assert registry.verbs("push_blob", "mount_blob") == []
     assert registry.tags(TARGET) == {TARGET.tag: image.root.digest}
+
+
+def test_blobs_known_present_are_not_asked_about_again(tmp_path) -> None:
+    registry = MemoryRegistry()
+    _source, image, store = build(tmp_path, registry=registry)
+    hit = image.manifests[0].layers[0]
+    registry.push_blob(TARGET, hit, store)  # a cache hit the lookup mounted moments ago
+    registry.clear_calls()
+
+    publish.push_image(registry, TARGET, image, store, mount_from=[SOURCE.repository], present=[hit.digest])
+
+    asked = {c.target for c in registry.calls if c.verb in ("blob_exists", "mount_blob", "push_blob")}
+    assert asked == {d.digest for d in image.blobs()} - {hit.digest}
+    assert registry.tags(TARGET) == {TARGET.tag: image.root.digest}

@@ -1,3 +1,4 @@
+import os
 import threading
 
 import pytest
@@ -85,3 +86,20 @@ def test_touch_makes_a_blob_recent(tmp_path):
         os.utime(store.path(d), (1000.0, 1000.0))
     store.touch(used)
     assert store.gc(max_bytes=4, min_age_seconds=0) == [old]
+
+
+def test_storing_a_stored_blob_again_only_marks_it_used(tmp_path, monkeypatch):
+    store = ContentStore(tmp_path)
+    digest = store.put_bytes(b"a manifest")
+    path = store.path(digest)
+    inode = path.stat().st_ino
+    os.utime(path, (1, 1))
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+
+    assert store.put_bytes(b"a manifest", digest) == digest
+
+    assert path.stat().st_ino == inode and synced == []  # not written (nor synced) again
+    assert path.stat().st_mtime > 1  # but used now, for garbage collection
+    with pytest.raises(DigestMismatch):
+        store.put_bytes(b"another manifest", digest)
