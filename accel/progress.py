@@ -103,3 +103,12 @@ class CountingReader(io.RawIOBase):
     def close(self) -> None:
         self._inner.close()
         super().close()
+
+
+def human_bytes(count: float) -> str:
+    """`532 B`, `12.0 MB`: decimal units, as registries and docker show sizes."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"

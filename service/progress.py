@@ -15,16 +15,10 @@ import threading
 import time
 from typing import Any, TextIO
 
+from accel.progress import human_bytes
+
 REFRESHES_PER_SECOND = 2
 MAX_ROWS = 12  # layers shown at once; the rest are summed up in one line
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
 
 
 def _elapsed(seconds: float) -> str:

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from accel.digest import short
 from accel.model import SourceImage, SourceLayer
-from accel.progress import ByteMeter, metering
+from accel.progress import ByteMeter, human_bytes, metering
 
 log = logging.getLogger("accel.progress")
 
@@ -274,14 +274,6 @@ def _update_artifacts(artifacts: tuple[UUID, UUID], snapshot: Snapshot) -> None:
     update_progress_artifact(percent, snapshot["percent"])
     with get_client(sync_client=True) as client:
         client.update_artifact(table, ArtifactUpdate(data=progress_markdown(snapshot)))
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
 
 
 def _cell(meter: list[Any] | None) -> str:
