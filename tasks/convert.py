@@ -1,4 +1,7 @@
-"""The conversion DAG's tasks. Results are descriptors; blobs stay in the content store.
+"""The conversion DAG's tasks. Results are descriptors; blobs stay in the content store. Only the
+conversions' results are persisted (Prefect's task cache: a retried run reuses its converted layers); the
+other tasks' results are read by their own flow run only, in memory, so they are never written (not even
+under acceld's PREFECT_RESULTS_PERSIST_BY_DEFAULT).
 
 Layers are pulled, converted and uploaded in batches (`tasks.batches`): one task run per batch and step
 (and driver), the batch's layers one after another through the per-layer functions (`pull_layer`,
@@ -36,10 +39,7 @@ from tasks.progress import counting
 from tasks.slots import ConversionSlots
 
 
-@task(
-    name="resolve",
-    task_run_name="resolve {source}",
-)
+@task(name="resolve", task_run_name="resolve {source}", persist_result=False)
 def resolve(source: Reference, config_path: str) -> SourceImage:
     ctx = context_for(config_path)
     platforms = ctx.settings.converter.platform_filter()
@@ -48,10 +48,7 @@ def resolve(source: Reference, config_path: str) -> SourceImage:
     return image
 
 
-@task(
-    name="pull-layers",
-    task_run_name=layer_run_name("pull"),
-)
+@task(name="pull-layers", task_run_name=layer_run_name("pull"), persist_result=False)
 def pull_layers(
     source: Reference,
     layers: list[SourceLayer],
@@ -178,7 +175,7 @@ def uploads_early(driver: Driver, target_ref: Reference, verify: bool) -> bool:
     return driver.keeps_converted_blobs() and not is_local(target_ref) and not verify
 
 
-@task(name="upload-layers", task_run_name=layer_run_name("upload"))
+@task(name="upload-layers", task_run_name=layer_run_name("upload"), persist_result=False)
 def upload_layers(
     layers: list[SourceLayer],
     converted: list[ConvertedLayer] | BaseException,
@@ -248,23 +245,23 @@ def _log_batch(doing: str, layers: Sequence[SourceLayer]) -> None:
         get_run_logger().info("%s %d layers: %s", doing, len(layers), digests)
 
 
-@task(name="build-manifest", task_run_name="build {driver_type} manifest")
 def build_manifest(
     source: SourceImage,
     converted: list[ConvertedLayer],
     driver_type: str,
     config_path: str,
 ) -> BuiltImage:
+    """The driver's image from its converted layers (Nydus merges its bootstraps here). Called in the flow
+    run itself, not as a task run: nothing reads its result but the push, a retried run builds again anyway,
+    and its task run cost three state events and server bookkeeping per driver; the flow's `seconds`
+    (`build <driver>`) and the result artifact still show its time."""
     ctx = context_for(config_path)
     by_source = {c.source.digest: c for c in converted}
     options = img.BuildOptions(harbor_annotation=ctx.settings.converter.harbor_annotation)
     return img.build_image(source, by_source, ctx.driver(driver_type), ctx.store, options)
 
 
-@task(
-    name="push",
-    task_run_name="push {target_ref}",
-)
+@task(name="push", task_run_name="push {target_ref}", persist_result=False)
 def push_image(
     image: BuiltImage,
     target_ref: Reference,
@@ -291,7 +288,7 @@ def push_image(
     return pushed
 
 
-@task(name="verify", task_run_name="verify {driver_type} image")
+@task(name="verify", task_run_name="verify {driver_type} image", persist_result=False)
 def verify_image(
     image: BuiltImage, source_ref: Reference, target_ref: Reference, driver_type: str, config_path: str
 ) -> str:

@@ -6,8 +6,10 @@ bytes (`counting`, over `accel.progress.metering`). What the meters say is publi
 thread of the run:
 
 - to Prefect, for the UI: a progress artifact (percent) and a markdown artifact (a row per layer) of the
-  flow run, updated every `ARTIFACT_SECONDS` at most and only when something moved, and once at the end;
-  the same for runs of acceld, of work pools and of the local runner;
+  flow run, created once the run's layers have been moving for `ARTIFACTS_AFTER_SECONDS` (a run done
+  sooner creates none: its result artifact says it all, and four requests per run are saved), then updated
+  every `ARTIFACT_SECONDS` at most and only when something moved, and once at the end; the same for runs of
+  acceld, of work pools and of the local runner;
 - to a watcher in this process (`watching`: the local runner and `accelctl convert --in-process`, for the
   terminal), every `WATCH_SECONDS`: the run is in their thread, so nothing goes through the Prefect API.
 """
@@ -30,6 +32,7 @@ from accel.progress import ByteMeter, human_bytes, metering
 log = logging.getLogger("accel.progress")
 
 ARTIFACT_SECONDS = 5.0  # at most one pair of artifact updates per run this often: the server is shared
+ARTIFACTS_AFTER_SECONDS = 2.0  # a run whose layers are done sooner leaves no progress artifacts
 WATCH_SECONDS = 0.5  # a terminal's display redraws at least every 2 s with a second to spare
 
 Snapshot = dict[str, Any]
@@ -93,6 +96,7 @@ class RunProgress:
         self._thread: threading.Thread | None = None
         self._watcher = _watchers.get(threading.get_ident())
         self._artifacts: tuple[UUID, UUID] | None = None
+        self._artifacts_tried = False  # created once, when the run has lasted ARTIFACTS_AFTER_SECONDS
         self._published: tuple[Any, ...] | None = None
 
     # --- the meters the session hands its task runs -----------------------------------------------
@@ -131,7 +135,7 @@ class RunProgress:
 
         def done(future: Any) -> None:
             with contextlib.suppress(Exception):
-                if future.state.is_completed():
+                if _final_state(future).is_completed():
                     meter.done()
 
         return done
@@ -196,8 +200,8 @@ class RunProgress:
 
     # --- publishing ---------------------------------------------------------------------------------
     def start(self) -> RunProgress:
-        """Create the run's artifacts (in a flow run) and start publishing; from the flow's thread."""
-        self._artifacts = _create_artifacts(self)
+        """Start publishing (the artifacts are created by the publishing thread, once the run has lasted
+        ARTIFACTS_AFTER_SECONDS); from the flow's thread."""
         # Prefect's settings and flow run travel in context variables, which a new thread does not inherit.
         context = contextvars.copy_context()
         self._thread = threading.Thread(
@@ -221,13 +225,27 @@ class RunProgress:
         last_artifact = time.monotonic()
         while not self._stop.wait(WATCH_SECONDS):
             self._watch()
-            if time.monotonic() - last_artifact >= ARTIFACT_SECONDS:
+            if not self._artifacts_tried:
+                if self._create_artifacts_when_due():
+                    last_artifact = time.monotonic()
+            elif time.monotonic() - last_artifact >= ARTIFACT_SECONDS:
                 self._update_artifacts()
                 last_artifact = time.monotonic()
 
     def _publish(self, force: bool = False) -> None:
         self._watch()
+        if not self._artifacts_tried:
+            self._create_artifacts_when_due()  # a run that ended before its artifacts were due: none
         self._update_artifacts(force)
+
+    def _create_artifacts_when_due(self) -> bool:
+        """Create the run's artifacts once it has lasted ARTIFACTS_AFTER_SECONDS; whether this call tried."""
+        if time.monotonic() - self.started < ARTIFACTS_AFTER_SECONDS:
+            return False
+        self._artifacts_tried = True
+        self._artifacts = _create_artifacts(self)
+        self._published = _moved(self.snapshot())  # created with what it says now
+        return True
 
     def _watch(self) -> None:
         if self._watcher is not None:
@@ -238,7 +256,7 @@ class RunProgress:
         if self._artifacts is None:
             return
         snapshot = self.snapshot()
-        moved = (snapshot["percent"], snapshot["layers"], snapshot["pushes"])
+        moved = _moved(snapshot)
         if moved == self._published and not force:
             return  # nothing moved: no request
         self._published = moved
@@ -248,6 +266,22 @@ class RunProgress:
             log.debug("cannot update the progress artifacts of %s: %s", self.source, exc)
 
 
+def _final_state(future: Any) -> Any:
+    """A finished task run's final state: from the thread pool's own future when there is one (its result is
+    the state), else `future.state`, which asks the Prefect API (one request per task run)."""
+    from prefect.states import State
+
+    wrapped = getattr(future, "wrapped_future", None)
+    if wrapped is not None and wrapped.done() and isinstance(state := wrapped.result(), State):
+        return state
+    return future.state
+
+
+def _moved(snapshot: Snapshot) -> tuple[Any, ...]:
+    """What an artifact update shows: unchanged, no request."""
+    return (snapshot["percent"], snapshot["layers"], snapshot["pushes"])
+
+
 def _create_artifacts(progress: RunProgress) -> tuple[UUID, UUID] | None:
     from prefect.artifacts import create_markdown_artifact, create_progress_artifact
     from prefect.context import FlowRunContext
@@ -255,7 +289,7 @@ def _create_artifacts(progress: RunProgress) -> tuple[UUID, UUID] | None:
     if FlowRunContext.get() is None:
         return None  # a session outside a flow run (tests): nobody to show it to
     try:
-        percent = create_progress_artifact(0.0, description=f"conversion of {progress.source}")
+        percent = create_progress_artifact(progress.percent(), description=f"conversion of {progress.source}")
         table = create_markdown_artifact(
             markdown=progress_markdown(progress.snapshot()), description=f"layers of {progress.source}"
         )

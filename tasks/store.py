@@ -7,15 +7,15 @@ import stat
 import time
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from accel.config import parse_size
 from accel.context import context_for
 
 
-@task(name="collect-garbage", task_run_name="collect garbage")
 def collect_garbage(config_path: str) -> int:
-    """Least recently used blobs go first; blobs used in the last hour stay. Returns the bytes freed."""
+    """Least recently used blobs go first; blobs used in the last hour stay. Returns the bytes freed. Runs
+    in the flow run itself (no task run: usually nothing to free, and its lines go to the flow's log)."""
     ctx = context_for(config_path)
     # A run killed or timed out mid-write leaves its partial file behind; no live run is older than its
     # timeout (converter.limits.timeout ends it, and its process), so twice that is safely abandoned.

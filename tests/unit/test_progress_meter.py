@@ -139,6 +139,31 @@ def test_a_watcher_of_the_calling_thread_gets_snapshots_while_the_run_moves():
     assert got[-1]["finished"] and got[-1]["percent"] == 100.0
 
 
+def test_progress_artifacts_only_for_runs_that_last(monkeypatch):
+    """A run whose layers are done within ARTIFACTS_AFTER_SECONDS sends the Prefect API nothing for its
+    progress; a longer one creates its artifacts then, and updates them once more when it stops."""
+    calls: list[str] = []
+    monkeypatch.setattr(run_progress, "_create_artifacts", lambda run: calls.append("create") or ("p", "t"))
+    monkeypatch.setattr(run_progress, "_update_artifacts", lambda ids, snapshot: calls.append("update"))
+    monkeypatch.setattr(run_progress, "WATCH_SECONDS", 0.02)
+    monkeypatch.setattr(run_progress, "ARTIFACTS_AFTER_SECONDS", 0.3)
+    image, (layer,) = _image([1000])
+
+    short = RunProgress("registry:5000/app:v1", image).start()
+    short.pull_meter(layer).set(1000)
+    short.stop(finished=True)
+    assert calls == []
+
+    lasting = RunProgress("registry:5000/app:v1", image).start()
+    lasting.pull_meter(layer).set(500)
+    deadline = time.monotonic() + 10
+    while calls != ["create"]:
+        assert time.monotonic() < deadline and calls in ([], ["create"]), calls
+        time.sleep(0.02)
+    lasting.stop(finished=True)
+    assert calls == ["create", "update"]  # the last state, 100 %
+
+
 def test_the_display_shows_each_layer_and_driver():
     image, (big, _small) = _image([300_000_000, 1000])
     run = RunProgress("registry:5000/app:v1", image)
