@@ -412,11 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)  # the runner child
     parser.add_argument("--prefect-timeout", type=float, default=60.0, help="wait this long for Prefect")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        choices=logformat.LOG_FORMATS,
+        default=logformat.log_format(),
+        help=f"one line per entry (human) or one JSON object per line (json); env {logformat.LOG_FORMAT_ENV}",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The runner and its flow-run processes inherit the format with the environment.
+    os.environ[logformat.LOG_FORMAT_ENV] = args.log_format
     logformat.configure(args.log_level)  # before Prefect is imported: it then keeps acceld's handler
     from accel.config import load_file, webhook_auth_problem
     from accel.errors import ConfigError
