@@ -17,6 +17,7 @@ from accel.registry import HostConfig, RegistryClient
 from accel.store import ContentStore
 from tests.harness import configs, imagegen, pushing
 from tests.harness import nydus as nh
+from tests.harness.prefectapi import reporting_to
 from tests.harness.proof import assert_proven
 from tests.harness.services import PrefectServer
 from tests.harness.taskruns import task_run_count
@@ -36,15 +37,13 @@ MAX_TASK_RUNS = 40
 def logged_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A Prefect server of this module's own, whose log the tests read (the session's test harness keeps
     none); flows run in this process report to it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
     root = tmp_path_factory.mktemp("prefect-many-layers")
     server = PrefectServer(root)
     server.start()
     try:
-        with temporary_settings(
-            {PREFECT_API_URL: server.api_url, PREFECT_LOCAL_STORAGE_PATH: root / "results"}
-        ):
+        with reporting_to(server.api_url, {PREFECT_LOCAL_STORAGE_PATH: root / "results"}):
             yield server
     finally:
         server.stop()
