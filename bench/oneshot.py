@@ -13,7 +13,9 @@ as a user would, with a private state dir (ACCEL_STATE_DIR) and no PREFECT_API_U
   alternating, so both see the same machine load; medians and the load average are printed;
 - warm call: the first repository again with a fresh work dir: every layer answered by the remote cache;
 - service: acceld (API + runner) against the same local Prefect server; a Harbor webhook for another
-  repository, timed from the webhook's 202 to the target tag appearing in the registry.
+  repository, timed from the webhook's 202 to the target tag appearing in the registry, after an untimed
+  one (acceld's steady state: its runner and warm flow-run starter up); with its default runner (a process
+  per flow run, forked warm) and with `--in-process-runs`.
 
 Each accel call also prints where its time went (`accelctl convert --timings`): client start (Python,
 until the request is sent), the runner's check of the request, waiting for its turn, the flow's stages
@@ -239,8 +241,16 @@ def _peer(peer_bin: Path, registry: str, source: str, driver: str, work: Path) -
 
 
 def _service(
-    env: dict[str, str], registry: str, source: Reference, driver: str, work: Path, *acceld_args: str
+    env: dict[str, str],
+    registry: str,
+    sources: tuple[Reference, Reference],
+    driver: str,
+    work: Path,
+    *acceld_args: str,
 ) -> dict[str, float]:
+    """acceld's webhook → target pushed for `sources[1]`, after an untimed one for `sources[0]`: acceld runs
+    for days, so the figure is its steady state (its runner and warm flow-run starter up)."""
+    warmup, source = sources
     port = free_port()
     name = f"acceld-{source.repository.rsplit('/', 1)[-1]}"
     config = _config(work / f"{name}.yaml", registry, driver, work / f"work-{name}", port)
@@ -265,33 +275,9 @@ def _service(
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        time.sleep(3)  # let the runner child register its deployments and start polling
-        target = Reference.parse(f"{source.name}:{source.tag}-{driver}")
-        payload = {
-            "type": "PUSH_ARTIFACT",
-            "occur_at": int(time.time()),
-            "operator": "bench",
-            "event_data": {"resources": [{"resource_url": str(source), "tag": source.tag}]},
-        }
         with RegistryClient({registry: HostConfig()}) as client:
-            resp = httpx.post(
-                f"{url}/api/v1/conversions",
-                json=payload,
-                headers={"Authorization": WEBHOOK_SECRET},
-                timeout=60,
-            )
-            accepted = time.perf_counter()
-            resp.raise_for_status()
-            task_id = resp.json()["tasks"][0]["id"]
-            while True:
-                try:
-                    client.resolve(target)
-                    break
-                except Exception:
-                    if time.perf_counter() - accepted > 600:
-                        raise SystemExit("service: the target never appeared") from None
-                    time.sleep(0.05)
-            pushed = time.perf_counter() - accepted
+            _webhook_to_pushed(url, client, warmup, driver)
+            pushed, task_id = _webhook_to_pushed(url, client, source, driver)
         task: dict[str, object] = {}
         for _ in range(100):
             task = httpx.get(
@@ -305,6 +291,31 @@ def _service(
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+def _webhook_to_pushed(url: str, client: RegistryClient, source: Reference, driver: str) -> tuple[float, str]:
+    """Seconds from the webhook's answer to the target tag in the registry, and the task's id."""
+    target = Reference.parse(f"{source.name}:{source.tag}-{driver}")
+    payload = {
+        "type": "PUSH_ARTIFACT",
+        "occur_at": int(time.time()),
+        "operator": "bench",
+        "event_data": {"resources": [{"resource_url": str(source), "tag": source.tag}]},
+    }
+    resp = httpx.post(
+        f"{url}/api/v1/conversions", json=payload, headers={"Authorization": WEBHOOK_SECRET}, timeout=60
+    )
+    accepted = time.perf_counter()
+    resp.raise_for_status()
+    task_id = str(resp.json()["tasks"][0]["id"])
+    while True:
+        try:
+            client.resolve(target)
+            return time.perf_counter() - accepted, task_id
+        except Exception:
+            if time.perf_counter() - accepted > 600:
+                raise SystemExit("service: the target never appeared") from None
+            time.sleep(0.05)
 
 
 def main() -> int:
@@ -338,6 +349,7 @@ def main() -> int:
         with anonymous_registry(work / "registry") as registry:
             names = ["first", *(f"cold-{n}" for n in range(args.rounds))]
             names += [*(f"peer-{n}" for n in range(args.rounds)), "serve", "in-process"]
+            names += ["serve-warmup", "in-process-warmup"]
             sources = {name: Reference.parse(f"{registry.host}/bench/oneshot-{name}:v1") for name in names}
             with RegistryClient({registry.host: HostConfig()}) as client:
                 pushing.push(client, store, sources["first"], built)
@@ -405,7 +417,8 @@ def main() -> int:
                         ("service webhook→pushed (serve)", "serve", ()),
                         ("service webhook→pushed (in-process runs)", "in-process", ("--in-process-runs",)),
                     ):
-                        service = _service(env, registry.host, sources[name], args.driver, work, *extra)
+                        pair = (sources[f"{name}-warmup"], sources[name])
+                        service = _service(env, registry.host, pair, args.driver, work, *extra)
                         rows[label] = service["webhook→pushed"]  # type: ignore[assignment]
                         print(f"  {label}: task {json.dumps(service['task'])[:400]}")
             finally:
@@ -414,10 +427,9 @@ def main() -> int:
 
         print(f"\n{describe(args.mb, args.tar)}, driver {args.driver}")
         print(f"  load average (1 min) {load_before:.2f} before the cold rounds, {load_after:.2f} after")
-        engine = [b["flow: pull+convert"] for b in cold_breakdowns if "flow: pull+convert" in b]
-        if engine and args.service:
-            # The service goal: webhook → pushed within the engine's time (pull+convert) plus 3 s.
-            rows["service goal: cold pull+convert + 3 s"] = statistics.median(engine) + 3
+        if cold and args.service:
+            # Issue 25's service goal: webhook → pushed within the same image's one-time cold wall + 1 s.
+            rows["service goal: one-time cold + 1 s"] = statistics.median(cold) + 1
         for name, value in rows.items():
             unit = "" if name.startswith("ratio") else " s"
             print(f"  {name:<40} {'n/a' if value is None else f'{value:7.2f}{unit}'}")

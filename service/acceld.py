@@ -229,7 +229,11 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
         return 0
     # Its flow-run processes end when this process does (tasks/process.py), from their first instruction.
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
-    if not start_flow_runs_with_runner_death():
+    if start_flow_runs_with_runner_death():
+        from service import flowstarter
+
+        flowstarter.start(os.getpid())  # flow runs forked warm: no 1.5-3 s of imports per run
+    else:
         log.warning("flow-run processes are not started with PR_SET_PDEATHSIG; each ends with its flow")
     asyncio.run(_serve_with_runners(served))
     return 0

@@ -5,10 +5,12 @@ acceld's runner starts a Python process per flow run (Prefect's runner). The run
 acceld they went on converting (and pushing) while the next acceld recovered their runs, and a re-sent
 webhook could start a second run beside them. Two guards, so a run acceld recovers is really stopped:
 
-- the runner starts each flow-run process through a launcher (`with_runner_death`, installed into Prefect's
-  runner by `start_flow_runs_with_runner_death`) that asks the kernel to SIGKILL it when the runner dies
-  (PR_SET_PDEATHSIG survives exec) before it execs the real command: a process still importing Prefect
-  (seconds, more under load) dies with the runner too, before it can claim its run;
+- the runner starts each flow-run process through a launcher (`tasks/launcher.py`, via `with_runner_death`,
+  installed into Prefect's runner by `start_flow_runs_with_runner_death`) that asks the kernel to SIGKILL it
+  when the runner dies (PR_SET_PDEATHSIG survives exec) before it execs the real command or has the run
+  forked by acceld's warm starter (`service/flowstarter.py`, whose runs die with it, and it with the runner):
+  a process still importing Prefect (seconds, more under load) dies with the runner too, before it can claim
+  its run;
 - the flow itself (`die_with_runner`) watches its parent and ends at once when the runner is gone, or has
   already gone: the guard where the launcher is not installed.
 """
@@ -25,25 +27,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks import launcher
+
 # Set by acceld's runner (service/acceld.py) to its pid; its flow-run processes inherit it.
-RUNNER_PID_ENV = "ACCEL_RUNNER_PID"
+RUNNER_PID_ENV = launcher.RUNNER_PID_ENV
 
 _watching = threading.Event()
 
-# Run as `python -I -S -c _LAUNCHER COMMAND…` by the runner: SIGKILL on the runner's death (prctl 1 is
-# PR_SET_PDEATHSIG), then, unless the runner died before that took effect, exec COMMAND in this process.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
-    f"if os.getppid() != int(os.environ['{RUNNER_PID_ENV}']):\n"
-    "    os._exit(70)\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n"
-)
+# Started as `python -I -S tasks/launcher.py COMMAND…` (standard library only): SIGKILL on the runner's death,
+# then the run forked by acceld's warm starter (service/flowstarter.py) or COMMAND exec'd in this process.
+LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
 
 
 def with_runner_death(command: Sequence[str]) -> list[str]:
     """`command`, started through the launcher: it dies when the runner that starts it dies."""
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *command]
+    return [sys.executable, "-I", "-S", str(LAUNCHER), *command]
 
 
 def start_flow_runs_with_runner_death() -> bool:
