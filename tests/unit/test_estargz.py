@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isal import isal_zlib
+from zlib_ng import zlib_ng
 
 from accel import constants as mt
 from accel import trees
@@ -399,6 +401,55 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
     first, _ = _convert(ContentStore(tmp_path / "a"), source, chunk_size=SMALL_CHUNK)
     second, _ = _convert(ContentStore(tmp_path / "b"), source, chunk_size=SMALL_CHUNK)
     assert first == second
+
+
+def _gzip_with(module: Any, level: int, data: bytes) -> bytes:
+    compressor = module.compressobj(level, module.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _members(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """Every gzip member before the footer, as (its compressed bytes, its content)."""
+    members, rest = [], blob[:-FOOTER_SIZE]
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        content = inflater.decompress(rest)
+        assert inflater.eof
+        members.append((rest[: len(rest) - len(inflater.unused_data)], content))
+        rest = inflater.unused_data
+    return members
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_compressible_members_are_zlib_ng_at_the_level_and_the_rest_take_the_fast_path(
+    store: ContentStore, level: int
+) -> None:
+    from accel.drivers.estargz.members import FAST_LEVEL, FAST_PATH_SAVING
+
+    _, blob = _convert(store, _all_kinds_tar(), chunk_size=SMALL_CHUNK, compression_level=level)
+    fast_members = []
+    for compressed, content in _members(blob):
+        fast = _gzip_with(isal_zlib, FAST_LEVEL, content)
+        if len(fast) > len(content) * (1 - FAST_PATH_SAVING):
+            assert compressed == fast
+            fast_members.append(content)
+        else:
+            assert compressed == _gzip_with(zlib_ng, level, content)
+    # The three full chunks of random bytes; the short last chunk shares its member with text.
+    assert fast_members == [BIG_PAYLOAD[i : i + SMALL_CHUNK] for i in range(0, 3 * SMALL_CHUNK, SMALL_CHUNK)]
+
+
+def test_level_0_stores_every_member(store: ContentStore) -> None:
+    _, blob = _convert(store, _all_kinds_tar(), chunk_size=SMALL_CHUNK, compression_level=0)
+    for compressed, content in _members(blob):
+        assert compressed == _gzip_with(zlib_ng, 0, content)
+
+
+def test_the_fast_path_keeps_random_data_within_a_tenth_of_a_percent_of_level_9() -> None:
+    from accel.drivers.estargz.members import compress_member
+
+    data = os.urandom(1 << 20)
+    assert len(compress_member([data], 9)) < len(_gzip_with(zlib_ng, 9, data)) * 1.001
 
 
 def test_reconverting_an_estargz_layer_drops_its_old_toc_and_landmark(store: ContentStore) -> None:
