@@ -25,7 +25,7 @@ from accel.drivers import load_driver
 from accel.drivers.base import ConvertedLayer, LayerInput
 from accel.drivers.estargz import FOOTER_SIZE, EStargzDriver, EStargzOptions
 from accel.drivers.reader import LayerReadError
-from accel.errors import ConfigError, DigestMismatch
+from accel.errors import ConfigError, DigestMismatch, InvalidImage
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 from accel.store import ContentStore
@@ -450,6 +450,26 @@ def test_the_fast_path_keeps_random_data_within_a_tenth_of_a_percent_of_level_9(
 
     data = os.urandom(1 << 20)
     assert len(compress_member([data], 9)) < len(_gzip_with(zlib_ng, 9, data)) * 1.001
+
+
+def test_a_broken_or_foreign_tar_is_refused_by_layer(store: ContentStore) -> None:
+    source = _all_kinds_tar()
+    with pytest.raises(InvalidImage, match="broken tar"):
+        _convert(store, source[: 1024 + 100])  # cut inside a header
+    with pytest.raises(InvalidImage, match="not a readable tar"):
+        _convert(store, b"not a tar at all" * 200)
+
+
+def test_the_forward_reader_skips_forward_and_refuses_to_seek_back() -> None:
+    from accel.drivers.estargz.entries import ForwardReader
+
+    reader = ForwardReader(io.BytesIO(bytes(range(100))))
+    assert reader.read(10) == bytes(range(10)) and reader.tell() == 10
+    assert reader.seek(10) == 10 and reader.seek(5, io.SEEK_CUR) == 15
+    assert reader.read(2) == bytes([15, 16])
+    with pytest.raises(tarfile.StreamError):
+        reader.seek(3)
+    assert reader.seek(500) == 100 and reader.read(1) == b""
 
 
 def test_reconverting_an_estargz_layer_drops_its_old_toc_and_landmark(store: ContentStore) -> None:
