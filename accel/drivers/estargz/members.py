@@ -67,7 +67,8 @@ class GzipMembers:
     each costs a list append here rather than a future, and their output reaches `out` in one write.
     """
 
-    def __init__(self, out: BlobWriter, level: int) -> None:
+    def __init__(self, out: BlobWriter, level: int, digest_pool: ThreadPoolExecutor | None = None) -> None:
+        """`digest_pool` (one worker) hashes the uncompressed bytes when given, else a thread of their own."""
         self._out = BackgroundWriter(out)  # the file and its hash are written beside this thread
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="estargz-gzip")
@@ -81,7 +82,7 @@ class GzipMembers:
         self._offset = out.tell()
         self.current = 0  # index of the member being filled
         self.offsets: list[int] = []
-        self.uncompressed = BackgroundDigester()
+        self.uncompressed = BackgroundDigester(digest_pool)
 
     def write(self, data: bytes) -> None:
         if not data:
