@@ -445,6 +445,15 @@ def test_level_0_stores_every_member(store: ContentStore) -> None:
         assert compressed == _gzip_with(zlib_ng, 0, content)
 
 
+def test_a_member_with_a_compressible_start_goes_to_zlib_ng_without_a_trial_of_the_whole() -> None:
+    from accel.drivers.estargz.members import SAMPLE_BYTES, compress_member
+
+    random_bytes = os.urandom(256 << 10)
+    assert compress_member([random_bytes], 6) == _gzip_with(isal_zlib, 1, random_bytes)
+    text_then_random = b"text " * (SAMPLE_BYTES // 5 + 1) + random_bytes
+    assert compress_member([text_then_random], 6) == _gzip_with(zlib_ng, 6, text_then_random)
+
+
 def test_the_fast_path_keeps_random_data_within_a_tenth_of_a_percent_of_level_9() -> None:
     from accel.drivers.estargz.members import compress_member
 
