@@ -29,6 +29,7 @@ from accel.errors import ConfigError, DigestMismatch, InvalidImage
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 from accel.store import ContentStore
+from tests.harness import imagegen
 
 MTIME = 1_700_000_000
 SMALL_CHUNK = 4096
@@ -479,6 +480,18 @@ def test_the_forward_reader_skips_forward_and_refuses_to_seek_back() -> None:
     with pytest.raises(tarfile.StreamError):
         reader.seek(3)
     assert reader.seek(500) == 100 and reader.read(1) == b""
+
+
+@pytest.mark.parametrize("form", imagegen.SPARSE_FORMS)
+def test_sparse_files_are_written_expanded(store: ContentStore, form: imagegen.SparseForm) -> None:
+    sparse = imagegen.SparseFile(
+        "sp/holes", 3 * SMALL_CHUNK + 100, ((10, b"head" * 300), (2 * SMALL_CHUNK + 7, b"tail" * 40))
+    )
+    source = imagegen.sparse_tar(sparse, form, after={"sp/after": b"after the sparse file"})
+    _, blob = _convert(store, source, chunk_size=SMALL_CHUNK)
+    files = _reassemble_from_members(blob)  # every chunk and file digest checked against its member
+    assert files["sp/holes"] == sparse.content()
+    assert files["sp/after"] == b"after the sparse file"
 
 
 def test_reconverting_an_estargz_layer_drops_its_old_toc_and_landmark(store: ContentStore) -> None:
