@@ -6,10 +6,10 @@ wrote it: deflate cannot shrink such data (already compressed files, random byte
 level would make it no smaller (random data: ISA-L 1.00038 of its size, zlib-ng 9 1.00032, zlib-ng 1
 1.055). Every other member is compressed again with zlib-ng at the configured level, so for compressible
 data `compression_level` means what it always meant (the same bytes as zlib-ng at that level); a member
-whose first SAMPLE_BYTES already compress well goes there without the trial. Both steps
-are deterministic, so the blob is a function of the input and the options. Level 0 (stored) skips the trial,
-and so does a member larger than MEMBER_BUFFER_LIMIT (only with a chunk size above it): it is streamed
-through zlib-ng at the level.
+whose first SAMPLE_BYTES already compress well goes there without the trial. Both steps are deterministic,
+so the blob is a function of the input and the options. Level 0 (stored) skips the trial, and so does a
+member larger than MEMBER_BUFFER_LIMIT (only with a chunk size above it): it is streamed through zlib-ng
+at the level.
 """
 
 from __future__ import annotations
