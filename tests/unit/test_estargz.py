@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isal import isal_zlib
+from zlib_ng import zlib_ng
 
 from accel import constants as mt
 from accel import trees
@@ -23,10 +25,11 @@ from accel.drivers import load_driver
 from accel.drivers.base import ConvertedLayer, LayerInput
 from accel.drivers.estargz import FOOTER_SIZE, EStargzDriver, EStargzOptions
 from accel.drivers.reader import LayerReadError
-from accel.errors import ConfigError, DigestMismatch
+from accel.errors import ConfigError, DigestMismatch, InvalidImage
 from accel.model import SourceLayer
 from accel.oci import Descriptor
 from accel.store import ContentStore
+from tests.harness import imagegen
 
 MTIME = 1_700_000_000
 SMALL_CHUNK = 4096
@@ -399,6 +402,96 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
     first, _ = _convert(ContentStore(tmp_path / "a"), source, chunk_size=SMALL_CHUNK)
     second, _ = _convert(ContentStore(tmp_path / "b"), source, chunk_size=SMALL_CHUNK)
     assert first == second
+
+
+def _gzip_with(module: Any, level: int, data: bytes) -> bytes:
+    compressor = module.compressobj(level, module.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _members(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """Every gzip member before the footer, as (its compressed bytes, its content)."""
+    members, rest = [], blob[:-FOOTER_SIZE]
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        content = inflater.decompress(rest)
+        assert inflater.eof
+        members.append((rest[: len(rest) - len(inflater.unused_data)], content))
+        rest = inflater.unused_data
+    return members
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_compressible_members_are_zlib_ng_at_the_level_and_the_rest_take_the_fast_path(
+    store: ContentStore, level: int
+) -> None:
+    from accel.drivers.estargz.members import FAST_LEVEL, FAST_PATH_SAVING
+
+    _, blob = _convert(store, _all_kinds_tar(), chunk_size=SMALL_CHUNK, compression_level=level)
+    fast_members = []
+    for compressed, content in _members(blob):
+        fast = _gzip_with(isal_zlib, FAST_LEVEL, content)
+        if len(fast) > len(content) * (1 - FAST_PATH_SAVING):
+            assert compressed == fast
+            fast_members.append(content)
+        else:
+            assert compressed == _gzip_with(zlib_ng, level, content)
+    # The three full chunks of random bytes; the short last chunk shares its member with text.
+    assert fast_members == [BIG_PAYLOAD[i : i + SMALL_CHUNK] for i in range(0, 3 * SMALL_CHUNK, SMALL_CHUNK)]
+
+
+def test_level_0_stores_every_member(store: ContentStore) -> None:
+    _, blob = _convert(store, _all_kinds_tar(), chunk_size=SMALL_CHUNK, compression_level=0)
+    for compressed, content in _members(blob):
+        assert compressed == _gzip_with(zlib_ng, 0, content)
+
+
+def test_a_member_with_a_compressible_start_goes_to_zlib_ng_without_a_trial_of_the_whole() -> None:
+    from accel.drivers.estargz.members import SAMPLE_BYTES, compress_member
+
+    random_bytes = os.urandom(256 << 10)
+    assert compress_member([random_bytes], 6) == _gzip_with(isal_zlib, 1, random_bytes)
+    text_then_random = b"text " * (SAMPLE_BYTES // 5 + 1) + random_bytes
+    assert compress_member([text_then_random], 6) == _gzip_with(zlib_ng, 6, text_then_random)
+
+
+def test_the_fast_path_keeps_random_data_within_a_tenth_of_a_percent_of_level_9() -> None:
+    from accel.drivers.estargz.members import compress_member
+
+    data = os.urandom(1 << 20)
+    assert len(compress_member([data], 9)) < len(_gzip_with(zlib_ng, 9, data)) * 1.001
+
+
+def test_a_broken_or_foreign_tar_is_refused_by_layer(store: ContentStore) -> None:
+    source = _all_kinds_tar()
+    with pytest.raises(InvalidImage, match="broken tar"):
+        _convert(store, source[: 1024 + 100])  # cut inside a header
+    with pytest.raises(InvalidImage, match="not a readable tar"):
+        _convert(store, b"not a tar at all" * 200)
+
+
+def test_the_forward_reader_skips_forward_and_refuses_to_seek_back() -> None:
+    from accel.drivers.estargz.entries import ForwardReader
+
+    reader = ForwardReader(io.BytesIO(bytes(range(100))))
+    assert reader.read(10) == bytes(range(10)) and reader.tell() == 10
+    assert reader.seek(10) == 10 and reader.seek(5, io.SEEK_CUR) == 15
+    assert reader.read(2) == bytes([15, 16])
+    with pytest.raises(tarfile.StreamError):
+        reader.seek(3)
+    assert reader.seek(500) == 100 and reader.read(1) == b""
+
+
+@pytest.mark.parametrize("form", imagegen.SPARSE_FORMS)
+def test_sparse_files_are_written_expanded(store: ContentStore, form: imagegen.SparseForm) -> None:
+    sparse = imagegen.SparseFile(
+        "sp/holes", 3 * SMALL_CHUNK + 100, ((10, b"head" * 300), (2 * SMALL_CHUNK + 7, b"tail" * 40))
+    )
+    source = imagegen.sparse_tar(sparse, form, after={"sp/after": b"after the sparse file"})
+    _, blob = _convert(store, source, chunk_size=SMALL_CHUNK)
+    files = _reassemble_from_members(blob)  # every chunk and file digest checked against its member
+    assert files["sp/holes"] == sparse.content()
+    assert files["sp/after"] == b"after the sparse file"
 
 
 def test_reconverting_an_estargz_layer_drops_its_old_toc_and_landmark(store: ContentStore) -> None:

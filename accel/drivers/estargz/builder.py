@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from accel import constants as mt
@@ -34,13 +36,68 @@ class BuildResult:
     uncompressed_size: int
 
 
+class _PayloadDigests:
+    """The sha256 of every chunk and of every file of several chunks, hashed in order on the digest thread;
+    `resolve` waits for them and writes them into their TOC entries.
+
+    On the main thread the hashing cost more than itself: hashlib lets go of the GIL for each piece, and
+    the main thread then waited to take it back from the threads that compress (debian-base.tar: 2.6 s
+    of main-thread time in `update` for 0.15 s of hashing).
+    """
+
+    BATCH_BYTES = 1 << 20  # bytes queued before a batch goes to the thread
+    MAX_BATCHES = 4  # batches in flight before `update` waits: bounds the memory held
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool  # one worker: each hash sees its pieces in order
+        self._batch: list[tuple[bytes, tuple[Any, ...]]] = []
+        self._batch_bytes = 0
+        self._in_flight: collections.deque[Future[None]] = collections.deque()
+        self._fields: list[tuple[TocEntry, str, Any]] = []
+
+    def update(self, piece: bytes, hashes: tuple[Any, ...]) -> None:
+        self._batch.append((piece, hashes))
+        self._batch_bytes += len(piece)
+        if self._batch_bytes >= self.BATCH_BYTES:
+            self._submit()
+
+    def assign(self, entry: TocEntry, field: str, digest: Any) -> None:
+        """Set `entry.field` to the hex digest of `digest` once everything queued is hashed."""
+        self._fields.append((entry, field, digest))
+
+    def resolve(self) -> None:
+        self._submit()
+        while self._in_flight:
+            self._in_flight.popleft().result()
+        for entry, field, digest in self._fields:
+            setattr(entry, field, "sha256:" + digest.hexdigest())
+        self._fields = []
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        self._in_flight.append(self._pool.submit(_hash_pieces, self._batch))
+        self._batch, self._batch_bytes = [], 0
+        while len(self._in_flight) > self.MAX_BATCHES:
+            self._in_flight.popleft().result()
+
+
+def _hash_pieces(batch: list[tuple[bytes, tuple[Any, ...]]]) -> None:
+    for piece, hashes in batch:
+        for digest in hashes:
+            digest.update(piece)
+
+
 class BlobBuilder:
     """Re-encodes tar entries into eStargz members and collects the TOC."""
 
     def __init__(self, out: BlobWriter, level: int, chunk_size: int) -> None:
         self._out = out
         self._chunk_size = chunk_size
-        self._members = GzipMembers(out, level)
+        # One thread hashes the uncompressed stream and the payloads, beside this one.
+        self._digest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estargz-digest")
+        self._digests = _PayloadDigests(self._digest_pool)
+        self._members = GzipMembers(out, level, self._digest_pool)
         self._toc: list[TocEntry] = []
         # The reference writes userName/groupName only when they change for a uid/gid.
         self._last_user: dict[int, str] = {}
@@ -48,6 +105,7 @@ class BlobBuilder:
 
     def close(self) -> None:
         self._members.close()
+        self._digest_pool.shutdown(wait=True, cancel_futures=True)
 
     def add(self, entry: MemberToWrite) -> None:
         header = _output_header(entry.info)
@@ -58,6 +116,10 @@ class BlobBuilder:
             return
         if entry.payload is None:
             raise DriverError(f"no payload for regular file {entry.info.name!r}")
+        if header.size == 0:
+            toc_entry.digest = _EMPTY_DIGEST
+            self._toc.append(toc_entry)
+            return
         # A file of one chunk (most files) has one digest for both: hash it once.
         file_digest = hashlib.sha256() if header.size > self._chunk_size else None
         chunk_entry = toc_entry  # the first chunk is described by the file's own entry
@@ -68,16 +130,12 @@ class BlobBuilder:
             # Each chunk starts a gzip member; the tar padding and the headers that follow share it.
             chunk_entry.member = self._members.new_member()
             chunk_entry.chunk_offset = chunk_offset
-            chunk_entry.chunk_digest = self._copy(entry, chunk, file_digest)
+            chunk_digest = self._copy(entry, chunk, file_digest)
+            self._digests.assign(chunk_entry, "chunk_digest", chunk_digest)
             self._toc.append(chunk_entry)
             chunk_entry = TocEntry(name=toc_entry.name, type=TOC_TYPE_CHUNK)
-        if header.size == 0:
-            self._toc.append(toc_entry)
         self._members.write(b"\0" * (-header.size % _TAR_BLOCK))
-        if file_digest is not None:
-            toc_entry.digest = "sha256:" + file_digest.hexdigest()
-        else:
-            toc_entry.digest = toc_entry.chunk_digest or _EMPTY_DIGEST
+        self._digests.assign(toc_entry, "digest", file_digest or chunk_digest)
 
     def _refuse_unresolvable_hardlinks(self) -> None:
         """The reference reader (stargz-snapshotter's estargz) resolves a hardlink within the TOC and cannot
@@ -92,19 +150,19 @@ class BlobBuilder:
                     "lower layer); refused"
                 )
 
-    def _copy(self, entry: MemberToWrite, size: int, file_digest: Any) -> str:
+    def _copy(self, entry: MemberToWrite, size: int, file_digest: Any) -> Any:
+        """Copy a chunk of `size` bytes into the current member; return its sha256 (still being hashed)."""
         assert entry.payload is not None
         chunk_digest = hashlib.sha256()
+        hashes = (chunk_digest,) if file_digest is None else (chunk_digest, file_digest)
         while size > 0:
             piece = entry.payload.read(min(size, READ_SIZE))
             if not piece:
                 raise InvalidImage(f"tar entry {entry.info.name!r} is truncated")
-            chunk_digest.update(piece)
-            if file_digest is not None:
-                file_digest.update(piece)
+            self._digests.update(piece, hashes)
             self._members.write(piece)
             size -= len(piece)
-        return "sha256:" + chunk_digest.hexdigest()
+        return chunk_digest
 
     def _toc_entry(self, header: tarfile.TarInfo) -> TocEntry:
         kind = TOC_TYPES[header.type]  # `_output_header` wrote every regular file as REGTYPE
@@ -144,6 +202,7 @@ class BlobBuilder:
     def finish(self) -> BuildResult:
         self._refuse_unresolvable_hardlinks()
         self._members.drain()
+        self._digests.resolve()
         offsets = self._members.offsets
         toc = {"version": TOC_VERSION, "entries": [entry.to_json(offsets) for entry in self._toc]}
         toc_json = json.dumps(toc, indent="\t", ensure_ascii=False).encode()

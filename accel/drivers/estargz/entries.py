@@ -65,15 +65,56 @@ def _open_tar(layer: LayerInput, source: BinaryIO | Path, mode: str) -> tarfile.
         raise InvalidImage(f"layer {layer.descriptor.digest}: not a readable tar: {exc}") from None
 
 
+class ForwardReader(io.RawIOBase):
+    """A stream read front to back, with the `tell` and `seek` tarfile's random-access mode asks for: a seek
+    to the current position or forward (skipping) works; backward raises, as tarfile's stream mode does.
+
+    tarfile's stream mode (`r|`) reads through 10 KiB pieces and copies every payload byte three times
+    (join, then both halves sliced); its random-access mode over this reads a payload in the reader's
+    own blocks, one copy. Walking the 200 MiB bench image's tars: 0.28 → 0.17 CPU-s on the main thread.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = self._stream.read(size)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a ForwardReader seeks from the start or the current position")
+        if offset < self._position:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        while self._position < offset:  # skip forward (tar padding, a payload nobody read)
+            if not self.read(min(offset - self._position, READ_SIZE)):
+                break  # past the end: the next read returns nothing, as a file's would
+        return self._position
+
+
 def _streamed_entries(stream: BinaryIO, layer: LayerInput) -> Iterator[MemberToWrite]:
     yield _landmark(mt.ESTARGZ_NO_PREFETCH_LANDMARK)
     if not stream.peek(1):  # type: ignore[attr-defined]
         return  # a zero-byte layer is an empty tar
     limit = layer.entry_limit()
-    with _open_tar(layer, stream, "r|") as tar:
+    with _open_tar(layer, ForwardReader(stream), "r:") as tar:  # type: ignore[arg-type]
         count = 0
         while (info := _next_member(tar, layer)) is not None:
-            # Stream mode remembers every member it has seen; we never look back, so drop them.
+            # tarfile remembers every member it has seen; we never look back, so drop them.
             tar.members.clear()
             count += 1
             if limit is not None:
