@@ -183,9 +183,15 @@ def test_native_and_numpy_rolling_sums_agree_across_history_and_blocks() -> None
     data = rng.randbytes(3 << 20)
     cuts = zc.rollsum._rollsum_cuts_numpy(bytes(63), data)
     assert len(cuts) > 10 and native(bytes(63), data) == cuts
-    for size in (0, 1, 63, 64, 65, 5000):  # a non-zero history and windows straddling it
+    # A non-zero history and windows straddling it; sizes around where the C code splits a block into
+    # 16 lanes of 16-byte steps (from 64 + 16 * 1024 bytes on) and leaves a tail to its scalar loop.
+    for size in (0, 1, 63, 64, 65, 5000, 16_447, 16_448, 16_449, 16_448 + 255, 16_448 + 256, 300_001):
         history, piece = rng.randbytes(63), rng.randbytes(size)
         assert native(history, piece) == zc.rollsum._rollsum_cuts_numpy(history, piece)
+    # This 1000-byte pattern has a cut in it: repeated, it cuts once per period, in every lane.
+    periodic = random.Random(0).randbytes(1000) * 400
+    cuts = zc.rollsum._rollsum_cuts_numpy(bytes(63), periodic)
+    assert len(cuts) == 400 and native(bytes(63), periodic) == cuts
 
 
 def test_without_the_native_library_the_numpy_fallback_writes_the_same_blob(
