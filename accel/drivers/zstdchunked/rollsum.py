@@ -126,6 +126,23 @@ _NONZERO_RE = re.compile(b"[^\x00]")
 _ZERO_STEP = bytes(4096)
 
 
+_NO_HISTORY = bytes(_WINDOW - 1)
+
+
+def has_hole(data: bytes) -> bool:
+    """Whether `data` holds a zero run long enough to become a "zeros" chunk."""
+    return data.find(_HOLE_NEEDLE) >= 0
+
+
+def whole_file_chunk_ends(data: bytes) -> list[int]:
+    """The end offsets of the chunks of a file whose data is all of `data` and `not has_hole(data)`: what
+    `FileChunker` finds, in one call (the rolling sum restarts at every file)."""
+    ends = [cut + 1 for cut in _rollsum_cuts(_NO_HISTORY, data)]
+    if not ends or ends[-1] != len(data):
+        ends.append(len(data))
+    return ends
+
+
 def _zero_run_end(buf: bytes, start: int) -> int:
     """Index of the first non-zero byte at or after `start` (len(buf) if none)."""
     step = len(_ZERO_STEP)

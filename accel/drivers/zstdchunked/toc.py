@@ -68,11 +68,16 @@ class TocEntry:
     chunkType: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": self.type, "name": self.name}
-        for name in _OPTIONAL_FIELDS:
-            value = getattr(self, name)
-            if value:
-                doc[name] = dict(sorted(value.items())) if isinstance(value, dict) else value
+        if self.type and self.name:
+            # The instance dict holds the fields in declaration order (assigning a field again keeps its
+            # place), which is the reference's order: one comprehension instead of a getattr per field,
+            # which showed in the profile of a layer with many files.
+            doc = {key: value for key, value in self.__dict__.items() if value}
+        else:  # type and name are always written, even empty
+            doc = {"type": self.type, "name": self.name}
+            doc.update((name, value) for name in _OPTIONAL_FIELDS if (value := getattr(self, name)))
+        if self.xattrs:
+            doc["xattrs"] = dict(sorted(self.xattrs.items()))
         return doc
 
     @classmethod
