@@ -129,18 +129,22 @@ _ZERO_STEP = bytes(4096)
 _NO_HISTORY = bytes(_WINDOW - 1)
 
 
-def has_hole(data: bytes) -> bool:
-    """Whether `data` holds a zero run long enough to become a "zeros" chunk."""
-    return data.find(_HOLE_NEEDLE) >= 0
-
-
-def whole_file_chunk_ends(data: bytes) -> list[int]:
-    """The end offsets of the chunks of a file whose data is all of `data` and `not has_hole(data)`: what
-    `FileChunker` finds, in one call (the rolling sum restarts at every file)."""
-    ends = [cut + 1 for cut in _rollsum_cuts(_NO_HISTORY, data)]
-    if not ends or ends[-1] != len(data):
-        ends.append(len(data))
-    return ends
+def whole_file_chunks(data: bytes) -> list[tuple[int, bool]]:
+    """(end offset, is a "zeros" chunk) of each chunk of a file whose data is all of `data`: the chunks
+    `FileChunker` finds, without its events (the rolling sum restarts at every file; after a hole, its
+    window holds the hole's zeros, as in the file)."""
+    chunks: list[tuple[int, bool]] = []
+    pos = 0
+    for hole_start, hole_end in [*_find_holes(data, 0), (len(data), len(data))]:
+        if pos < hole_start:
+            history = (_NO_HISTORY + data[max(0, pos - (_WINDOW - 1)) : pos])[-(_WINDOW - 1) :]
+            chunks += [(pos + cut + 1, False) for cut in _rollsum_cuts(history, data, pos, hole_start)]
+            if not chunks or chunks[-1][0] != hole_start:
+                chunks.append((hole_start, False))
+        if pos < hole_end and hole_start < hole_end:
+            chunks.append((hole_end, True))
+        pos = hole_end
+    return chunks
 
 
 def _zero_run_end(buf: bytes, start: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 from typing import Any
 
 from accel import tarstream
@@ -27,6 +28,8 @@ _GO_ZERO_TIME = tarstream.Timestamp(-62135596800)  # Go's time.Time{} (0001-01-0
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
+# Files of a layer mostly share a handful of times (an image build's, SOURCE_DATE_EPOCH): remembered.
+@functools.lru_cache(maxsize=1024)
 def rfc3339_nano(ts: tarstream.Timestamp) -> str:
     """Go's time.Time JSON form (RFC 3339 with nanoseconds, trailing zeros trimmed), in UTC."""
     try:

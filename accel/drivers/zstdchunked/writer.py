@@ -119,25 +119,21 @@ class _LayerWriter:
         self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
     ) -> None:
         self.frame.close()  # the header frame ends where the payload starts
-        blocks: Iterable[bytes] = member.iter_data(READ_SIZE)
         if member.data_size <= READ_SIZE:  # most files: the whole payload in one read
             data = member.read()
             if crc is not None:
                 crc.update(data)
-            if not rollsum.has_hole(data):
-                self._whole_payload(data, entry, entries)
-                self.frame = self.frames.frame()
-                return
-            blocks, crc = (data,), None  # already in the checksum
-        self._chunked_payload(blocks, entry, entries, crc)
+            self._whole_payload(data, entry, entries)
+        else:
+            self._chunked_payload(member.iter_data(READ_SIZE), entry, entries, crc)
         self.frame = self.frames.frame()
 
     def _whole_payload(self, data: bytes, entry: TocEntry, entries: list[TocEntry]) -> None:
-        """A payload at hand, without zero runs: its chunks straight from the rolling sum's cuts, one
+        """A payload at hand (at most READ_SIZE, so no frame is streamed): its chunks from one call, one
         frame each, with the same entries `_chunked_payload` makes but without the chunker's events and a
         frame object per chunk (per-chunk Python work showed on layers of many small files)."""
-        ends = rollsum.whole_file_chunk_ends(data)
-        if len(ends) == 1:  # one chunk: its digest is the file's; no chunk fields (see _chunked_payload)
+        chunks = rollsum.whole_file_chunks(data)
+        if len(chunks) == 1:  # one chunk: its digest is the file's; no chunk fields (see _chunked_payload)
 
             def written(start: int, end: int, digest: bytes | None) -> None:
                 assert digest is not None
@@ -152,10 +148,12 @@ class _LayerWriter:
         file_digest.update(data)
         view = memoryview(data)
         start = 0
-        for end in ends:
+        for end, zeros in chunks:
             first = start == 0
             target = entry if first else TocEntry(type=TOC_TYPE_CHUNK, name=entry.name, chunkOffset=start)
             target.chunkSize = end - start
+            if zeros:
+                target.chunkType = CHUNK_TYPE_ZEROS
 
             def chunk_written(
                 frame_start: int, frame_end: int, digest: bytes | None, target: TocEntry = target
