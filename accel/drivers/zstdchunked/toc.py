@@ -28,8 +28,6 @@ _GO_ZERO_TIME = tarstream.Timestamp(-62135596800)  # Go's time.Time{} (0001-01-0
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-# Files of a layer mostly share a handful of times (an image build's, SOURCE_DATE_EPOCH): remembered.
-@functools.lru_cache(maxsize=1024)
 def rfc3339_nano(ts: tarstream.Timestamp) -> str:
     """Go's time.Time JSON form (RFC 3339 with nanoseconds, trailing zeros trimmed), in UTC."""
     try:
@@ -43,6 +41,13 @@ def rfc3339_nano(ts: tarstream.Timestamp) -> str:
     if ts.nanoseconds:
         text += "." + f"{ts.nanoseconds:09d}".rstrip("0")
     return text + "Z"
+
+
+# Files of a layer mostly share a handful of times (an image build's, SOURCE_DATE_EPOCH): remembered.
+@functools.lru_cache(maxsize=1024)
+def _toc_time(ts: tarstream.Timestamp) -> str | None:
+    """A TOC time field: Go's zero time is left out (None), like omitempty leaves it."""
+    return None if ts == _GO_ZERO_TIME else rfc3339_nano(ts)
 
 
 @dataclasses.dataclass
@@ -94,25 +99,25 @@ class TocEntry:
             )
         if header.sparse:
             raise DriverError(f"tar entry {name!r} is a sparse file, which zstd:chunked cannot represent")
-        xattrs = {
-            _go_string(key, "xattr name"): base64.b64encode(value).decode("ascii")
-            for key, value in header.xattrs.items()
-        }
-
-        def when(ts: tarstream.Timestamp | None) -> str | None:
-            return None if ts is None or ts == _GO_ZERO_TIME else rfc3339_nano(ts)
-
+        xattrs = (
+            {
+                _go_string(key, "xattr name"): base64.b64encode(value).decode("ascii")
+                for key, value in header.xattrs.items()
+            }
+            if header.pax_records  # where xattrs come from: most headers have none
+            else {}
+        )
         return cls(
             type=toc_type,
             name=name,
-            linkName=_go_string(header.linkname, "tar link target"),
+            linkName=_go_string(header.linkname, "tar link target") if header.linkname else "",
             mode=header.mode,
             size=header.size,
             uid=header.uid,
             gid=header.gid,
-            modtime=when(header.mtime),
-            accesstime=when(header.atime),
-            changetime=when(header.ctime),
+            modtime=None if header.mtime is None else _toc_time(header.mtime),
+            accesstime=None if header.atime is None else _toc_time(header.atime),
+            changetime=None if header.ctime is None else _toc_time(header.ctime),
             devMajor=header.devmajor,
             devMinor=header.devminor,
             xattrs=xattrs,
