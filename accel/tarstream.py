@@ -488,9 +488,13 @@ def _cstring(b: bytes) -> bytes:
 
 
 _OCTAL_DIGITS = re.compile(rb"[0-7]+")
+# The usual shapes ("0000644\x00", "   644 \x00", ""): what the general rule below gives, in one match.
+_PLAIN_OCTAL = re.compile(rb" *([0-7]*)[ \x00]*")
 
 
 def _parse_octal(b: bytes) -> int:
+    if plain := _PLAIN_OCTAL.fullmatch(b):
+        return int(plain[1], 8) if plain[1] else 0
     text = _cstring(b.strip(b" \x00"))
     if not text:
         return 0
