@@ -141,7 +141,7 @@ def whole_file_chunks(data: bytes) -> list[tuple[int, bool]]:
             chunks += [(pos + cut + 1, False) for cut in _rollsum_cuts(history, data, pos, hole_start)]
             if not chunks or chunks[-1][0] != hole_start:
                 chunks.append((hole_start, False))
-        if pos < hole_end and hole_start < hole_end:
+        if hole_start < hole_end:
             chunks.append((hole_end, True))
         pos = hole_end
     return chunks

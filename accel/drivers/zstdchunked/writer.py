@@ -179,6 +179,8 @@ class _LayerWriter:
     def _chunked_payload(
         self, blocks: Iterable[bytes], entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
     ) -> None:
+        """A payload longer than READ_SIZE, cut block by block by FileChunker as it is read (a frame
+        longer than LARGE_FRAME is streamed)."""
         chunks: list[TocEntry] = []  # one per chunk; the first is `entry` itself
         chunk_offset = 0
         current: tuple[Frame, bool] | None = None  # (frame, is_zeros)
