@@ -175,6 +175,32 @@ def test_chunking_edge_cases() -> None:
         assert fast_chunks(data, 100) == reference_chunks(data), data[:8]
 
 
+def whole_chunks(data: bytes) -> list[tuple[int, int, str]]:
+    """rollsum.whole_file_chunks (a payload read in one piece) in reference_chunks' form."""
+    chunks, start = [], 0
+    for end, zeros in zc.rollsum.whole_file_chunks(data):
+        chunks.append((start, end - start, "zeros" if zeros else ""))
+        start = end
+    return chunks
+
+
+@pytest.mark.usefixtures("rollsum_implementation")
+def test_whole_payload_chunks_match_reference() -> None:
+    rng = random.Random(5)
+    for data in (
+        rng.randbytes(200_000),
+        _holey(rng),
+        rng.randbytes(5) + _holey(rng),  # starts with data, not a hole
+        bytes(3000),
+        bytes(1023),
+        b"\x01" + bytes(1024),
+        bytes(1024) + b"\x01",
+        rng.randbytes(70) + bytes(1024) + rng.randbytes(70_000) + bytes(500),
+        random.Random(0).randbytes(1000) * 300,  # a cut every 1000 bytes
+    ):
+        assert whole_chunks(data) == reference_chunks(data), len(data)
+
+
 def test_native_and_numpy_rolling_sums_agree_across_history_and_blocks() -> None:
     native = zc.rollsum._load_native()
     if native is None:
@@ -183,9 +209,15 @@ def test_native_and_numpy_rolling_sums_agree_across_history_and_blocks() -> None
     data = rng.randbytes(3 << 20)
     cuts = zc.rollsum._rollsum_cuts_numpy(bytes(63), data)
     assert len(cuts) > 10 and native(bytes(63), data) == cuts
-    for size in (0, 1, 63, 64, 65, 5000):  # a non-zero history and windows straddling it
+    # A non-zero history and windows straddling it; sizes around where the C code splits a block into
+    # 16 lanes of 16-byte steps (from 64 + 16 * 1024 bytes on) and leaves a tail to its scalar loop.
+    for size in (0, 1, 63, 64, 65, 5000, 16_447, 16_448, 16_449, 16_448 + 255, 16_448 + 256, 300_001):
         history, piece = rng.randbytes(63), rng.randbytes(size)
         assert native(history, piece) == zc.rollsum._rollsum_cuts_numpy(history, piece)
+    # This 1000-byte pattern has a cut in it: repeated, it cuts once per period, in every lane.
+    periodic = random.Random(0).randbytes(1000) * 400
+    cuts = zc.rollsum._rollsum_cuts_numpy(bytes(63), periodic)
+    assert len(cuts) == 400 and native(bytes(63), periodic) == cuts
 
 
 def test_without_the_native_library_the_numpy_fallback_writes_the_same_blob(

@@ -82,6 +82,17 @@ class FrameWriter:
         """A new frame; with `digest`, its callback gets the sha256 of its uncompressed bytes."""
         return Frame(self, digest)
 
+    def whole_frame(self, data: Buffer, digest: bool, on_written: FrameCallback | None) -> None:
+        """A frame whose bytes are all at hand: what `frame()`, one `write` and `close` do, with less work
+        per frame (most chunks are written this way). `data` must not change afterwards."""
+        if len(data) > LARGE_FRAME or not data:
+            frame = self.frame(digest)
+            frame.write(data)
+            frame.close(on_written)
+            return
+        self.uncompressed.update(data)
+        self._submit(data, len(data), digest, on_written)
+
     def write_raw(self, data: bytes) -> None:
         """Bytes outside any compressed frame (skippable frames); everything queued is written first."""
         self.drain()

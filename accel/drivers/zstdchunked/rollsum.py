@@ -42,13 +42,19 @@ def _load_native(path: Path = NATIVE_LIBRARY) -> Callable[..., list[int]] | None
     try:
         # PyDLL: the call keeps the GIL. A block takes well under a millisecond, and a thread that lets go
         # of the GIL waits far longer to get it back while the compression and hashing threads run.
-        function = ctypes.PyDLL(str(path)).accel_rollsum_cuts
+        library = ctypes.PyDLL(str(path))
+        # Two prototypes of the one function (indexing makes a new function object each time): data at an
+        # offset, passed as an address; and a whole bytes object, passed as it is (most calls: a file's
+        # payload), which spares a ctypes.cast per call.
+        at_address, whole = library["accel_rollsum_cuts"], library["accel_rollsum_cuts"]
     except (OSError, AttributeError):
         return None
-    function.restype = ctypes.c_size_t
-    function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint16, ctypes.c_void_p]
+    c_size, c_residue, c_address = ctypes.c_size_t, ctypes.c_uint16, ctypes.c_void_p
+    at_address.restype = whole.restype = c_size
+    at_address.argtypes = [ctypes.c_char_p, c_address, c_size, c_residue, c_address]
+    whole.argtypes = [ctypes.c_char_p, ctypes.c_char_p, c_size, c_residue, c_address]
 
-    scratch = threading.local()  # per thread: a buffer with room for a cut after every byte
+    scratch = threading.local()  # per thread: a buffer with room for a cut after every byte, and its address
 
     def cuts(history: bytes, data: bytes, start: int = 0, end: int | None = None) -> list[int]:
         """Cuts in data[start:end], relative to `start`, without copying the slice."""
@@ -60,10 +66,14 @@ def _load_native(path: Path = NATIVE_LIBRARY) -> Callable[..., list[int]] | None
         found: Any = getattr(scratch, "found", None)
         if found is None or len(found) < size:
             found = scratch.found = (ctypes.c_uint32 * max(size, 1 << 20))()
-        address = ctypes.cast(data, ctypes.c_void_p).value  # bytes' own buffer, alive while `data` is
-        assert address is not None
-        count = function(history, address + start, size, _CUT_RESIDUE, found)
-        return found[:count]
+            scratch.address = ctypes.addressof(found)
+        if start == 0:
+            count = whole(history, data, size, _CUT_RESIDUE, scratch.address)
+        else:
+            address = ctypes.cast(data, c_address).value  # bytes' own buffer, alive while `data` is
+            assert address is not None
+            count = at_address(history, address + start, size, _CUT_RESIDUE, scratch.address)
+        return found[:count] if count else []
 
     return cuts
 
@@ -124,6 +134,32 @@ class ZeroRun:
 _HOLE_NEEDLE = bytes(HOLE_THRESHOLD)
 _NONZERO_RE = re.compile(b"[^\x00]")
 _ZERO_STEP = bytes(4096)
+
+
+_NO_HISTORY = bytes(_WINDOW - 1)
+
+
+def whole_file_chunks(data: bytes) -> list[tuple[int, bool]]:
+    """(end offset, is a "zeros" chunk) of each chunk of a file whose data is all of `data`: the chunks
+    `FileChunker` finds, without its events (the rolling sum restarts at every file; after a hole, its
+    window holds the hole's zeros, as in the file)."""
+    if data.find(_HOLE_NEEDLE) < 0:  # no zero run long enough for a hole (most files)
+        chunks = [(cut + 1, False) for cut in _rollsum_cuts(_NO_HISTORY, data)]
+        if not chunks or chunks[-1][0] != len(data):
+            chunks.append((len(data), False))
+        return chunks
+    chunks = []
+    pos = 0
+    for hole_start, hole_end in [*_find_holes(data, 0), (len(data), len(data))]:
+        if pos < hole_start:
+            history = (_NO_HISTORY + data[max(0, pos - (_WINDOW - 1)) : pos])[-(_WINDOW - 1) :]
+            chunks += [(pos + cut + 1, False) for cut in _rollsum_cuts(history, data, pos, hole_start)]
+            if not chunks or chunks[-1][0] != hole_start:
+                chunks.append((hole_start, False))
+        if hole_start < hole_end:
+            chunks.append((hole_end, True))
+        pos = hole_end
+    return chunks
 
 
 def _zero_run_end(buf: bytes, start: int) -> int:

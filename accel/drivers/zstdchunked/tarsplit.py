@@ -4,6 +4,7 @@ source tar byte for byte from the TOC's files."""
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 
@@ -78,11 +79,18 @@ class TarSplitWriter:
             raise DriverError(f"tar entry {name!r} appears twice; zstd:chunked readers reject duplicates")
         self._seen.add(clean)
         line = f'{{"type":{TARSPLIT_FILE}'
-        for key, value in _tarsplit_name(name).items():
-            line += f",{_json_string(key)}:{_json_string(value)}"
+        if name.isascii() and name:  # most names: what _tarsplit_name gives, without its checks
+            line += f',"name":{_json_string(name.decode("ascii"))}'
+        else:
+            for key, value in _tarsplit_name(name).items():
+                line += f",{_json_string(key)}:{_json_string(value)}"
         if size:
             line += f',"size":{size}'
-        payload = f'"{base64.b64encode(checksum).decode("ascii")}"' if checksum is not None else "null"
+        payload = (
+            f'"{binascii.b2a_base64(checksum, newline=False).decode("ascii")}"'
+            if checksum is not None
+            else "null"
+        )
         self._add(f'{line},"payload":{payload}')
 
     def finish(self) -> bytes:

@@ -6,7 +6,7 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Literal
 
@@ -17,6 +17,7 @@ from accel import digest as dg
 from accel import tarstream
 from accel.compression import BackgroundDigester
 from accel.drivers.toctypes import TOC_TYPE_CHUNK
+from accel.drivers.zstdchunked import rollsum
 from accel.drivers.zstdchunked.crc64 import Crc64
 from accel.drivers.zstdchunked.footer import (
     MANIFEST_TYPE_CRFS,
@@ -118,6 +119,68 @@ class _LayerWriter:
         self, member: tarstream.TarMember, entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
     ) -> None:
         self.frame.close()  # the header frame ends where the payload starts
+        if member.data_size <= READ_SIZE:  # most files: the whole payload in one read
+            data = member.read()
+            if crc is not None:
+                crc.update(data)
+            self._whole_payload(data, entry, entries)
+        else:
+            self._chunked_payload(member.iter_data(READ_SIZE), entry, entries, crc)
+        self.frame = self.frames.frame()
+
+    def _whole_payload(self, data: bytes, entry: TocEntry, entries: list[TocEntry]) -> None:
+        """A payload at hand (at most READ_SIZE, so no frame is streamed): its chunks from one call, one
+        frame each, with the same entries `_chunked_payload` makes but without the chunker's events and a
+        frame object per chunk (per-chunk Python work showed on layers of many small files)."""
+        chunks = rollsum.whole_file_chunks(data)
+        if len(chunks) == 1:  # one chunk: its digest is the file's; no chunk fields (see _chunked_payload)
+
+            def written(start: int, end: int, digest: bytes | None) -> None:
+                assert digest is not None
+                entry.offset, entry.endOffset = start, end
+                entry.chunkDigest = "sha256:" + digest.hex()
+
+            self.frames.whole_frame(data, True, written)
+            self.single_chunk_files.append(entry)
+            self.drop_chunk_digest.append(entry)
+            return
+        file_digest = BackgroundDigester(self.file_hashing)
+        file_digest.update(data)
+        view = memoryview(data)
+        start = 0
+        for end, zeros in chunks:
+            first = start == 0
+            target = entry if first else TocEntry(type=TOC_TYPE_CHUNK, name=entry.name, chunkOffset=start)
+            target.chunkSize = end - start
+            if zeros:
+                target.chunkType = CHUNK_TYPE_ZEROS
+
+            def chunk_written(
+                frame_start: int, frame_end: int, digest: bytes | None, target: TocEntry = target
+            ) -> None:
+                assert digest is not None
+                target.offset = frame_start
+                target.chunkDigest = "sha256:" + digest.hex()
+                entry.endOffset = frame_end
+
+            self.frames.whole_frame(view[start:end], True, chunk_written)
+            if not first:
+                entries.append(target)
+            start = end
+        self._queue_file_digest(entry, file_digest)
+
+    def _queue_file_digest(self, entry: TocEntry, file_digest: BackgroundDigester) -> None:
+        """Resolved later, so this thread does not wait for the hashing."""
+        file_digest.send()
+        self.pending_file_digests.append((entry, file_digest))
+        while len(self.pending_file_digests) > MAX_PENDING_FILE_DIGESTS:
+            self._resolve_oldest_file_digest()
+
+    def _chunked_payload(
+        self, blocks: Iterable[bytes], entry: TocEntry, entries: list[TocEntry], crc: Crc64 | None
+    ) -> None:
+        """A payload longer than READ_SIZE, cut block by block by FileChunker as it is read (a frame
+        longer than LARGE_FRAME is streamed)."""
         chunks: list[TocEntry] = []  # one per chunk; the first is `entry` itself
         chunk_offset = 0
         current: tuple[Frame, bool] | None = None  # (frame, is_zeros)
@@ -195,24 +258,20 @@ class _LayerWriter:
                         close_chunk()
 
         chunker = FileChunker()
-        for block in member.iter_data(READ_SIZE):
+        for block in blocks:
             if crc is not None:
                 crc.update(block)
             consume(chunker.feed(block))
         consume(chunker.finish())
         close_chunk()
-        if file_digest is not None:  # resolved later, so this thread does not wait for the hashing
-            file_digest.send()
-            self.pending_file_digests.append((entry, file_digest))
-            while len(self.pending_file_digests) > MAX_PENDING_FILE_DIGESTS:
-                self._resolve_oldest_file_digest()
+        if file_digest is not None:
+            self._queue_file_digest(entry, file_digest)
         else:  # one chunk: its digest, known once the pool has hashed it, is the file's
             self.single_chunk_files.append(entry)
         if len(chunks) == 1:  # a single chunk is described by the entry alone, without chunk fields
             entry.chunkSize, entry.chunkType = 0, ""
             self.drop_chunk_digest.append(entry)
         entries.extend(chunks[1:])
-        self.frame = self.frames.frame()
 
     def finish(self, scanner: tarstream.TarScanner) -> ZstdChunkedResult:
         self._refuse_unresolvable_hardlinks()
