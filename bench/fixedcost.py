@@ -1,12 +1,15 @@
 """The fixed cost of one conversion: Prefect API requests, CPU-seconds of the run's process and of the Prefect
 server, for a small image converted by the flow directly (in this process, against the local server).
 
-    .venv/bin/python bench/fixedcost.py [--mb 5] [--layers 3] [--driver estargz] [--rounds 3]
+    .venv/bin/python bench/fixedcost.py [--mb 5] [--layers 3] [--driver estargz] [--rounds 3] [--runner]
+                                        [--profile FILE]
 
 Starts a loopback registry and the local Prefect server (a private ACCEL_STATE_DIR), pushes the image once per
 round into a fresh repository (each round a cold conversion), runs one warm-up conversion, then `--rounds`
 measured ones. Counts every HTTP request the process sends to the Prefect API (method + path, ids folded)
-and every event sent over the events websocket (by event name). Prints figures only.
+and every event sent over the events websocket (by event name). Prints figures only. `--runner` converts
+through the warm local runner's `Runner.convert` (its settings: no heartbeats), as `accelctl convert` does;
+`--profile FILE` writes a cProfile of the measured rounds (`python -m pstats FILE`).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def main() -> None:
         action="store_true",
         help="as acceld runs flows: PREFECT_RESULTS_PERSIST_BY_DEFAULT=true",
     )
+    parser.add_argument("--runner", action="store_true", help="through service.localrunner.Runner.convert")
+    parser.add_argument("--profile", help="write a cProfile of the measured rounds to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="accel-fixedcost-") as tmp:
         work = Path(tmp)
@@ -119,6 +124,16 @@ def main() -> None:
             _count_requests()
             from flows.convert_image import convert_image
 
+            runner = None
+            if args.runner:
+                from service.localrunner import Runner
+
+                runner = Runner()
+            profile = None
+            if args.profile:
+                import cProfile
+
+                profile = cProfile.Profile()
             rows = []
             for n in names:
                 config = work / f"{n}.yaml"
@@ -134,11 +149,24 @@ def main() -> None:
                 requests.clear()
                 events.clear()
                 server0, self0, wall0 = _cpu(info.pid), _self_cpu(), time.monotonic()
-                state = convert_image(source=str(refs[n]), config=str(config), return_state=True)
+                measured = profile is not None and n != names[0]
+                if measured:
+                    profile.enable()
+                if runner is not None:
+                    answers: list[dict[str, object]] = []
+                    runner.convert({"source": str(refs[n]), "config": str(config)}, answers.append)
+                    exit_code = answers[-1].get("exit")
+                    state_name = "COMPLETED" if exit_code == 0 else f"exit {exit_code}: {answers[-1]}"
+                else:
+                    state_name = convert_image(
+                        source=str(refs[n]), config=str(config), return_state=True
+                    ).name
+                if measured:
+                    profile.disable()
                 wall = time.monotonic() - wall0
                 time.sleep(2.0)  # the server's event pipeline records what the run sent
                 row = {
-                    "state": state.name,
+                    "state": state_name,
                     "wall": wall,
                     "run cpu": _self_cpu() - self0,
                     "server cpu": _cpu(info.pid) - server0,
@@ -157,6 +185,8 @@ def main() -> None:
             for key in ("wall", "run cpu", "server cpu", "requests", "events"):
                 print(f"median {key}: {statistics.median(r[key] for r in rows):.2f}")
             print(f"load: {os.getloadavg()[0]:.2f}")
+            if profile is not None:
+                profile.dump_stats(args.profile)
         local.stop()
 
 

@@ -1,7 +1,8 @@
 """accelctl: one-time conversions (`convert`), their local server (`server`), task management against a
 running acceld (`task`) and config checks (`config check FILE`: what acceld would ignore is an error here).
 
-Only the standard library is imported at module level: parsing and input checks run before any Prefect
+Only the standard library is imported at module level, and of it only what a call handed to the runner
+needs (traceback, logging, importlib.metadata: when used): parsing and input checks run before any Prefect
 import, and `convert` normally hands the run to the warm local runner (service/local.py).
 
 acceld is reached over HTTP (`--server http://host:port`, or acceld's own `--addr host:port`) or over its
@@ -14,14 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
-import pkgutil
 import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -139,6 +137,8 @@ def _quiet_prefect_console(verbose: bool) -> None:
     if verbose:
         return
     os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("accelctl: warning: %(message)s"))
@@ -198,6 +198,8 @@ def _convert_in_process(args: argparse.Namespace, checked: Checked) -> int:
     except Exception as exc:  # Prefect re-raises the run's exception
         failure = describe_failure(exc)
         if failure.code is ExitCode.BUG or args.debug:
+            import traceback
+
             traceback.print_exc()
         return _fail(f"conversion of {args.source}", failure)
     finally:
@@ -263,6 +265,8 @@ def _check(args: argparse.Namespace) -> int:
         )
     except AccelError as exc:
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         return _fail(f"check of {args.target} against {args.source}", describe_failure(exc))
     print(verdict.table())
@@ -665,7 +669,7 @@ def driver_types() -> list[str]:
     """accel's drivers (accel/drivers' subpackages, as `accel.drivers.DRIVER_TYPES` lists them), without
     importing the engine: `--help` and argument parsing stay fast."""
     drivers = Path(__file__).resolve().parent.parent / "accel" / "drivers"
-    return sorted(m.name for m in pkgutil.iter_modules([str(drivers)]) if m.ispkg)
+    return sorted(entry.name for entry in os.scandir(drivers) if (Path(entry.path) / "__init__.py").exists())
 
 
 def _add_access_flags(parser: argparse.ArgumentParser, target: str) -> None:
@@ -706,11 +710,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from service.version import version
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for: the installed distribution's metadata (importlib.metadata)
+    costs every other call ~30 ms of CPU."""
 
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        from service.version import version
+
+        print(f"accelctl {version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="accelctl", description="accel command line")
-    parser.add_argument("--version", action="version", version=f"accelctl {version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     default_config = os.environ.get("ACCEL_CONFIG") or None
     convert = sub.add_parser(
@@ -776,6 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func is not _convert:
+        import logging
+
         # `convert` sets up its own console (Prefect's logs with -v, accel's warnings either way).
         logging.basicConfig(level=logging.WARNING, format="accelctl: %(levelname)s: %(message)s")
     try:
@@ -785,6 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except Exception:
         # Expected failures are handled where they happen; anything reaching here is a bug.
+        import traceback
+
         traceback.print_exc()
         print("accelctl: this is a bug in accel: please report it with the traceback above", file=sys.stderr)
         return int(ExitCode.BUG)

@@ -11,7 +11,8 @@ Both are detached (own session) and survive the accelctl that started them; `acc
 them. Files: `server.json` (pid, port), `runner.pid`, `runner.sock`, `server.log`, `runner.log`, and `lock`,
 which serialises starts so two concurrent calls never start two servers.
 
-This module imports only the standard library: it runs before any Prefect import.
+This module imports only the standard library, and of it little: it runs before any Prefect import, on every
+`accelctl convert` (subprocess, urllib, dataclasses would add ~50 ms of CPU to a call whose runner is up).
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from service.state import PROJECT_ROOT, state_dir
+
+if TYPE_CHECKING:
+    import subprocess
 
 # A fresh Prefect home migrates its database first; on a loaded 2-core machine that took up to 55 s.
 SERVER_START_TIMEOUT = float(os.environ.get("ACCEL_SERVER_START_TIMEOUT") or 180.0)
@@ -52,8 +53,7 @@ def local_dir() -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ServerInfo:
+class ServerInfo(NamedTuple):
     pid: int
     port: int
 
@@ -78,11 +78,22 @@ def _pid_alive(pid: int, marker: str) -> bool:
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError, ValueError):
+    """GET `<api_url>/health` answers 200. One HTTP/1.0 request on a plain socket: the server is ours, on
+    loopback, and urllib.request's imports cost more CPU than the rest of a client's start."""
+    scheme, _, rest = api_url.partition("://")
+    hostport, _, path = rest.partition("/")
+    path = f"/{path.strip('/')}/health" if path.strip("/") else "/health"
+    host, _, port = hostport.rpartition(":")
+    if scheme != "http" or not host or not port.isdigit():
         return False
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n".encode())
+            status_line = sock.makefile("rb").readline(256)
+    except OSError:
+        return False
+    parts = status_line.split()
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1] == b"200"
 
 
 def _free_port() -> int:
@@ -142,6 +153,20 @@ def _prefect_env(api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+# Server services the local server does without. The event persister writes every event into the database
+# for the UI's event feed and the events API: this server has no UI, and nothing of accel (nor acceld pointed
+# at it) reads events back; automations (acceld's `harbor.artifact.pushed` trigger) are evaluated from the
+# event stream, and task runs recorded from it, by services that stay. -0.08 server CPU-s per conversion
+# (bench/fixedcost.py --runner: 0.34 → 0.26, load 3-4).
+SERVER_SERVICES_OFF = ("EVENT_PERSISTER",)
+
+
+def _server_env() -> dict[str, str]:
+    env = _prefect_env()
+    env.update({f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in SERVER_SERVICES_OFF})
+    return env
+
+
 @contextlib.contextmanager
 def _start_lock() -> Iterator[None]:
     with (local_dir() / "lock").open("a") as handle:
@@ -153,6 +178,8 @@ def _start_lock() -> Iterator[None]:
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    import subprocess  # only when something starts
+
     with log.open("ab") as out:
         return subprocess.Popen(
             cmd,
@@ -218,7 +245,7 @@ def _start_server() -> tuple[ServerInfo, subprocess.Popen[bytes] | None]:
     (local_dir() / "server.json").unlink(missing_ok=True)
     port = _free_port()
     proc = _spawn(
-        [sys.executable, "-m", *_server_marker(port).split()], _prefect_env(), local_dir() / "server.log"
+        [sys.executable, "-m", *_server_marker(port).split()], _server_env(), local_dir() / "server.log"
     )
     info = ServerInfo(pid=proc.pid, port=port)
     (local_dir() / "server.json").write_text(json.dumps({"pid": info.pid, "port": info.port}))

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 from service.onetime import ExitCode, check_request, describe_failure
 
 if TYPE_CHECKING:
+    from prefect.context import SyncClientContext
+
     from tasks.cancel import RunCancellation
 
 log = logging.getLogger("accel.localrunner")
@@ -103,6 +105,28 @@ class Runner:
         context = get_settings_context()
         self.profile = context.profile
         self.settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        from flows.convert_image import convert_image
+
+        self._client_context: SyncClientContext | None = None  # made by the first conversion
+        # The flow with its result storage named (the default local path, as every run in this runner had)
+        # and its own result unpersisted (as the server, which is ours and has no default storage block,
+        # answered): otherwise the engine asks the server for its default storage three times per run.
+        self.convert_image = convert_image.with_options(
+            result_storage=Path(self.settings.results.local_storage_path), persist_result=False
+        )
+
+    def client_context(self) -> SyncClientContext:
+        """One API client for every run, made current in each conversion's thread (conversions run one at a
+        time): the flow engine otherwise opens its own per run (an httpx client whose TLS context alone costs
+        ~45 ms of CPU, and a CSRF token request). Made by the first conversion: this runner starts while
+        its server may not answer yet."""
+        from prefect.context import SyncClientContext
+
+        if self._client_context is None:
+            context = SyncClientContext()
+            context.__enter__()  # entered for the runner's life: the engine's own `get_or_create` finds it
+            self._client_context = context
+        return self._client_context
 
     def convert(
         self,
@@ -111,12 +135,11 @@ class Runner:
         cancelled: RunCancellation | None = None,
     ) -> None:
         """Run one request; `cancelled` (set on the caller's {"cancel": true}) ends its run CANCELLED."""
-        from prefect.context import SettingsContext
+        from prefect.context import SettingsContext, SyncClientContext
         from prefect.exceptions import CancelledRun
         from prefect.settings import PREFECT_API_URL
 
         from accel.overrides import overriding
-        from flows.convert_image import convert_image
         from tasks import cancel, expected, progress
 
         cancelled = cancelled or cancel.RunCancellation()
@@ -149,13 +172,15 @@ class Runner:
                 send({"exit": int(ExitCode.INTERRUPTED), "error": "cancelled before it started"})
                 return
             timings["started"] = time.time()
+            client_token = None
             self.forwarder.send = send
             self.forwarder.verbose = bool(request.get("verbose"))
             expected.show_tracebacks = debug
             watch = progress.watching(lambda snapshot: send({"progress": snapshot}))
             try:
+                client_token = SyncClientContext.__var__.set(self.client_context())
                 with watch if request.get("progress") else contextlib.nullcontext():
-                    result = convert_image(
+                    result = self.convert_image(
                         source=str(request["source"]),
                         drivers=drivers,
                         config=str(request["config"]),
@@ -180,6 +205,8 @@ class Runner:
                 send(answer)
                 return
             finally:
+                if client_token is not None:
+                    SyncClientContext.__var__.reset(client_token)
                 self.forwarder.send = None
                 expected.show_tracebacks = False
         timings["finished"] = time.time()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from accel.overrides import Overrides
@@ -33,22 +32,30 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
-@dataclass(frozen=True)
-class Failure:
+# No dataclasses: importing them (and `inspect`) is a tenth of accelctl's start when the runner is up.
+class Failure(NamedTuple):
     """An expected failure: its exit code and the one line that says what failed and why."""
 
     code: ExitCode
     message: str
 
 
-@dataclass
 class Checked:
     """The outcome of `check_request`: a failure (None when the request may run) and the config's
     warnings, which the caller shows on its stderr."""
 
-    failure: Failure | None = None
-    warnings: list[str] = field(default_factory=list)
-    overrides: Overrides | None = None  # the request's credentials, TLS and platform flags, per host
+    def __init__(
+        self,
+        failure: Failure | None = None,
+        warnings: list[str] | None = None,
+        overrides: Overrides | None = None,
+    ) -> None:
+        self.failure = failure
+        self.warnings: list[str] = warnings or []
+        self.overrides = overrides  # the request's credentials, TLS and platform flags, per host
+
+    def __repr__(self) -> str:
+        return f"Checked(failure={self.failure!r}, warnings={self.warnings!r})"
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:
