@@ -4,8 +4,7 @@ manifest-or-index → (verify) → push → merge cache → collect garbage → 
 The flow only composes tasks; every step's logic lives in the engine (`accel`), and what the layer tasks of
 one run share (slots, image budgets, announced pulls, early uploads) in its `tasks.session.ConversionSession`.
 Layers are pulled, converted and uploaded in batches (`tasks.batches`), so that a run's task runs stay
-bounded whatever its layer count. The metadata steps (resolve, cache lookup and merge, build, garbage
-collection) run in the flow run itself: task runs are the layer batches, verify and push.
+bounded whatever its layer count.
 """
 
 from __future__ import annotations
@@ -217,9 +216,7 @@ def _convert(
         return _skipped(plan, source_ref.digest or "", f"duplicate of flow run {earlier}", duplicate=True)
 
     with _timed(timings, "resolve"):
-        # In the flow run, not as a task run (one manifest or index read: its task run's state events and
-        # bookkeeping cost more than it); a failure fails the run with the same one line.
-        image = resolve.fn(source_ref, config_path)
+        image = resolve(source_ref, config_path)
     logger.info("resolved %s → %s (%d platform(s))", source_ref, image.root.digest, len(image.manifests))
     if produced := produced_by_accel(image):
         return _skipped(plan, image.root.digest, f"the image was produced by accel ({produced})")

@@ -1,14 +1,11 @@
-"""Remote conversion cache steps: lookup before converting, merge after the targets are pushed.
+"""Remote conversion cache tasks: lookup before converting, merge after the targets are pushed.
 
 Neither ever fails a conversion: cache trouble is logged as a warning and the conversion goes on without it.
-Both run in the flow run itself, not as task runs: each is a few registry requests for metadata, nothing
-reads their results but the flow, and a task run cost three state events, a log line and server bookkeeping
-per conversion; the flow's `seconds` (`cache lookup`, `cache merge`) still show their time.
 """
 
 from __future__ import annotations
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from accel import cache
@@ -29,6 +26,7 @@ class CacheLookup(BaseModel):
     in_target: dict[str, list[str]] = {}
 
 
+@task(name="lookup-cache", task_run_name="lookup cache {cache_ref}")
 def lookup_cache(
     image: SourceImage,
     driver_types: list[str],
@@ -70,6 +68,7 @@ def lookup_cache(
     return lookup
 
 
+@task(name="merge-cache", task_run_name="merge cache {cache_ref}")
 def merge_cache(
     image: SourceImage,
     converted: dict[str, list[ConvertedLayer]],
