@@ -4,7 +4,8 @@ A `convert-image` run pulls each layer it misses once, converts it with every dr
 (threads of the flow's process) and, for some drivers, uploads each converted blob to its target early.
 Layers go in batches (`tasks.batches`: large layers alone, small ones together, a bounded number per step),
 one task run per batch and step: the session groups the image's layers once, and every step (the pulls,
-each driver's conversions and uploads) uses that grouping, narrowed to the layers it has to do.
+each driver's conversions and uploads) uses that grouping, narrowed to the layers it has to do; the pulls
+join whole batches into one task run per conversion slot (`tasks.batches.pull_streams`).
 For the length of the run those task runs share state, and the session owns all of it:
 
 - the conversion slots (`tasks.slots`): at most `layer_conversions()` batches at once, the largest first;
@@ -40,7 +41,7 @@ from accel.drivers import ConvertedLayer
 from accel.model import SourceImage, SourceLayer
 from accel.progress import ByteMeter
 from accel.reference import Reference
-from tasks.batches import Batch, batch_layers, batch_size, only
+from tasks.batches import Batch, batch_layers, batch_size, only, pull_streams
 from tasks.convert import convert_layers, layer_conversions, pull_layers, slot_key, upload_layers
 from tasks.limits import images_of_layers
 from tasks.progress import RunProgress
@@ -96,11 +97,13 @@ class ConversionSession:
         self.progress.stop(finished=wait_for_uploads)  # its last state, 100 % after a clean run
 
     def pull(self, layers: Iterable[SourceLayer]) -> list[PrefectFuture[list[SourceLayer]]]:
-        """Submit the pulls of `layers`, a task run per batch. Conversions need not wait for them: each reads
-        its layers while the pull writes them, and ends only once the pull has committed each blob, digest
-        verified. A pull that ends without a blob fails the conversions reading it."""
+        """Submit the pulls of `layers`, a task run per conversion slot pulling whole batches one after
+        another, the largest first (`tasks.batches.pull_streams`). Conversions need not wait for them:
+        each reads its layers while the pull writes them, and ends only once the pull has committed each
+        blob, digest verified. A pull that ends without a blob fails the conversions reading it."""
         pulls: list[PrefectFuture[list[SourceLayer]]] = []
-        for batch in only(self._batches, {layer.descriptor.digest for layer in layers}):
+        batches = only(self._batches, {layer.descriptor.digest for layer in layers})
+        for batch in pull_streams(batches, layer_conversions()):
             digests = [layer.descriptor.digest for layer in batch]
             for digest in digests:
                 self._store.expect(digest)  # before the run exists: a conversion may start first
