@@ -12,12 +12,8 @@ run pulls, converts (per driver) or uploads (per driver) a batch of layers, one 
 
 A run therefore has at most `MOST_OWN_RUNS + conversions` batches per step: at 500 tiny layers, on two CPUs,
 two. The grouping is a pure function of the image's layers and the slot count, so a retried run groups the
-same layers the same way and Prefect's task cache answers its batches (`tasks.convert`).
-
-Pulls go in fewer task runs still (`pull_streams`): one per conversion slot, each pulling whole batches one
-after another in the order the slots will take them. More pulls at once only shared the bandwidth and the
-CPU among layers whose conversions wait for a slot anyway, while the conversions that hold one read behind
-their pulls at a fraction of the speed; and each task run costs the Prefect server three state events.
+same layers the same way and Prefect's task cache answers its batches (`tasks.convert`). The pulls are one
+task run whatever the batches: `tasks.convert.pull_layers` pulls them side by side.
 """
 
 from __future__ import annotations
@@ -63,21 +59,6 @@ def only(batches: Iterable[Batch], digests: set[str]) -> list[Batch]:
     batch's pull writes them."""
     narrowed = (tuple(layer for layer in batch if layer.descriptor.digest in digests) for batch in batches)
     return [batch for batch in narrowed if batch]
-
-
-def pull_streams(batches: Sequence[Batch], conversions: int) -> list[Batch]:
-    """`batches` (largest first, as `batch_layers` gives them) joined into at most `conversions` pull task
-    runs: each next batch goes to the stream with the fewest bytes so far, as each next conversion takes the
-    slot that frees first, so a batch is pulled about when its conversion starts reading it. Each batch's
-    layers stay together and in order (a conversion reads them in the order they are pulled)."""
-    count = max(1, min(conversions, len(batches)))
-    streams: list[list[SourceLayer]] = [[] for _ in range(count)]
-    loads = [0] * count
-    for batch in batches:
-        lightest = loads.index(min(loads))
-        streams[lightest].extend(batch)
-        loads[lightest] += batch_size(batch)
-    return [tuple(stream) for stream in streams if stream]
 
 
 def batch_size(batch: Batch) -> int:

@@ -14,7 +14,6 @@ from tasks.batches import (
     batch_layers,
     batch_size,
     only,
-    pull_streams,
 )
 from tasks.policy import batch_run_name, layers_in_run_name
 
@@ -101,28 +100,3 @@ def test_run_names_say_which_layers_a_batch_holds():
         f"upload 5 layers: {short[0]}, {short[1]}, {short[2]} and 2 more (nydus)"
     )
     assert [layers_in_run_name(batch_run_name("convert", x, "zstdchunked")) for x in (one, many)] == [1, 5]
-
-
-def test_pulls_join_whole_batches_into_one_stream_per_conversion_slot_in_the_order_slots_take_them():
-    large = [layer(size * MiB, seed) for seed, size in enumerate((70, 50, 35, 18))]
-    small = [layer(10 * KiB, 10 + i) for i in range(3)]
-    batches = batch_layers([*small, *large], conversions=2)  # 4 of their own, then the small ones
-
-    streams = pull_streams(batches, conversions=2)
-
-    # The next batch goes to the stream with the fewest bytes, as the next conversion takes the slot that
-    # frees first: 70 + 18, then 50 + 35 + the small ones.
-    assert digests(streams) == [
-        [x.descriptor.digest for x in (large[0], large[3])],
-        [x.descriptor.digest for x in (large[1], large[2], *batches[4])],
-    ]
-    assert sorted(x.descriptor.digest for s in streams for x in s) == sorted(
-        x.descriptor.digest for b in batches for x in b
-    )
-
-
-def test_as_many_pull_streams_as_batches_when_there_are_fewer_batches_than_slots():
-    batches = batch_layers([layer(300 * KiB, 0), layer(2 * KiB, 1)], conversions=2)
-
-    assert pull_streams(batches, conversions=4) == batches
-    assert pull_streams([], conversions=2) == []
