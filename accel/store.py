@@ -52,22 +52,33 @@ class _Arrival:
 class BlobWriter:
     """A write-only file that hashes what goes through it. Committed by `ContentStore.writer`."""
 
+    # Followers are told about new bytes once this many have gathered (and at the commit): a registry
+    # download writes 64 KiB pieces, and waking a reader for each cost more than the piece.
+    TELL_FOLLOWERS_BYTES = 1 << 20
+
     def __init__(self, fileobj: BinaryIO, temp_path: Path, arrival: _Arrival | None = None) -> None:
         self._file = fileobj
         self._digester = dg.Digester()
         self.temp_path = temp_path
         self.digest: str | None = None  # set after commit
         self._arrival = arrival  # followers to tell about each write (`ContentStore.open_following`)
+        self._told = 0  # bytes the followers were told about
 
     def write(self, data: bytes | memoryview) -> int:
         self._file.write(data)
         self._digester.update(data)
-        if self._arrival is not None:
-            self._file.flush()  # followers read the file through their own descriptors
-            with self._arrival.changed:
-                self._arrival.written = self._digester.size
-                self._arrival.changed.notify_all()
+        if self._arrival is not None and self._digester.size - self._told >= self.TELL_FOLLOWERS_BYTES:
+            self.tell_followers()
         return len(data)
+
+    def tell_followers(self) -> None:
+        """Let the readers following this blob see everything written so far."""
+        if self._arrival is None or self._told == self._digester.size:
+            return
+        self._file.flush()  # followers read the file through their own descriptors
+        with self._arrival.changed:
+            self._arrival.written = self._told = self._digester.size
+            self._arrival.changed.notify_all()
 
     def tell(self) -> int:
         return self._digester.size
@@ -184,6 +195,7 @@ class ContentStore:
             with os.fdopen(fd, "wb") as f:
                 w = BlobWriter(f, temp, arrival)
                 yield w
+                w.tell_followers()  # the last bytes, before the fsync: readers go on meanwhile
                 f.flush()
                 os.fsync(f.fileno())
             actual = w.current_digest()

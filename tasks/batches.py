@@ -12,7 +12,8 @@ run pulls, converts (per driver) or uploads (per driver) a batch of layers, one 
 
 A run therefore has at most `MOST_OWN_RUNS + conversions` batches per step: at 500 tiny layers, on two CPUs,
 two. The grouping is a pure function of the image's layers and the slot count, so a retried run groups the
-same layers the same way and Prefect's task cache answers its batches (`tasks.convert`).
+same layers the same way and Prefect's task cache answers its batches (`tasks.convert`). The pulls are one
+task run whatever the batches: `tasks.convert.pull_layers` pulls them side by side.
 """
 
 from __future__ import annotations

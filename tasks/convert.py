@@ -13,12 +13,13 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from accel import copy, publish
+from accel import cancel, copy, publish
 from accel import image as img
 from accel.compression import ExpansionLimits, ImageBudget
 from accel.context import context_for
@@ -54,14 +55,32 @@ def pull_layers(
     layers: list[SourceLayer],
     config_path: str,
     meters: Sequence[ByteMeter | None] = (),
+    batches: Sequence[int] = (),
 ) -> list[SourceLayer]:
-    """A batch of layers (`tasks.batches`) into the content store, one after another, in the order their
-    conversions read them. `meters`: per layer, the run's count of its bytes pulled (`tasks.progress`)."""
+    """Layers into the content store, in the order their conversions read them. `batches`: how many of
+    `layers` each batch (`tasks.batches`) holds, in order; the batches are pulled side by side, each one's
+    layers one after another (none given: one batch), so a conversion holding a slot reads behind its own
+    pull while the later batches arrive. One task run pulls every batch of a run: a task run per batch
+    costs the Prefect server three state events each. `meters`: per layer, the run's count of its bytes
+    pulled (`tasks.progress`)."""
     _log_batch("pulling", layers)
-    return [
-        pull_layer(source, layer, config_path, meter)
-        for layer, meter in zip(layers, _per_layer(meters, layers), strict=True)
-    ]
+    per_layer = list(zip(layers, _per_layer(meters, layers), strict=True))
+    sizes = list(batches) or [len(layers)]
+    if sum(sizes) != len(layers):
+        raise ValueError(f"batches of {sum(sizes)} layers for {len(layers)} layers")
+    starts = [sum(sizes[:n]) for n in range(len(sizes))]
+    groups = [per_layer[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+
+    def pull_batch(group: list[tuple[SourceLayer, ByteMeter | None]]) -> list[SourceLayer]:
+        return [pull_layer(source, layer, config_path, meter) for layer, meter in group]
+
+    if len(groups) == 1:
+        return pull_batch(groups[0])
+    # Each thread in a copy of this context: the run's cancel token and the meters' context variables.
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="pull") as pool:
+        futures = [pool.submit(cancel.in_this_context(pull_batch), group) for group in groups]
+        wait(futures)  # every batch ends, well or not, before the task run does (and gives up the rest)
+    return [layer for future in futures for layer in future.result()]  # the first failure raises
 
 
 def pull_layer(

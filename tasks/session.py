@@ -4,7 +4,8 @@ A `convert-image` run pulls each layer it misses once, converts it with every dr
 (threads of the flow's process) and, for some drivers, uploads each converted blob to its target early.
 Layers go in batches (`tasks.batches`: large layers alone, small ones together, a bounded number per step),
 one task run per batch and step: the session groups the image's layers once, and every step (the pulls,
-each driver's conversions and uploads) uses that grouping, narrowed to the layers it has to do.
+each driver's conversions and uploads) uses that grouping, narrowed to the layers it has to do; the pulls
+are one task run, which pulls its batches side by side.
 For the length of the run those task runs share state, and the session owns all of it:
 
 - the conversion slots (`tasks.slots`): at most `layer_conversions()` batches at once, the largest first;
@@ -96,20 +97,23 @@ class ConversionSession:
         self.progress.stop(finished=wait_for_uploads)  # its last state, 100 % after a clean run
 
     def pull(self, layers: Iterable[SourceLayer]) -> list[PrefectFuture[list[SourceLayer]]]:
-        """Submit the pulls of `layers`, a task run per batch. Conversions need not wait for them: each reads
-        its layers while the pull writes them, and ends only once the pull has committed each blob, digest
-        verified. A pull that ends without a blob fails the conversions reading it."""
-        pulls: list[PrefectFuture[list[SourceLayer]]] = []
-        for batch in only(self._batches, {layer.descriptor.digest for layer in layers}):
-            digests = [layer.descriptor.digest for layer in batch]
-            for digest in digests:
-                self._store.expect(digest)  # before the run exists: a conversion may start first
-            meters = [self.progress.pull_meter(layer) for layer in batch]
-            pull = pull_layers.submit(self._source, list(batch), self._config_path, meters)
-            _done_when_completed(pull, meters)
-            pull.add_done_callback(lambda _, digests=digests: self._give_up(digests))
-            pulls.append(pull)
-        return pulls
+        """Submit the pulls of `layers`: one task run, its batches pulled side by side (`pull_layers`).
+        Conversions need not wait for them: each reads its layers while the pull writes them, and ends only
+        once the pull has committed each blob, digest verified. A pull that ends without a blob fails the
+        conversions reading it."""
+        batches = only(self._batches, {layer.descriptor.digest for layer in layers})
+        if not batches:
+            return []
+        pulled = [layer for batch in batches for layer in batch]
+        digests = [layer.descriptor.digest for layer in pulled]
+        for digest in digests:
+            self._store.expect(digest)  # before the run exists: a conversion may start first
+        meters = [self.progress.pull_meter(layer) for layer in pulled]
+        sizes = [len(batch) for batch in batches]
+        pull = pull_layers.submit(self._source, pulled, self._config_path, meters, sizes)
+        _done_when_completed(pull, meters)
+        pull.add_done_callback(lambda _: self._give_up(digests))
+        return [pull]
 
     def convert(self, layers: dict[str, list[SourceLayer]]) -> dict[str, list[BatchRun]]:
         """Submit the conversion of each driver's layers (driver → layers), a task run per batch, the largest

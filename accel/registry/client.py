@@ -152,6 +152,30 @@ def _content_digest(algorithm_of: str, data: bytes) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
+_verifying_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+_verifying_contexts_lock = threading.Lock()
+
+
+def _verifying_context() -> ssl.SSLContext:
+    """The TLS context httpx makes by default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle),
+    made once per process and shared by every client: loading the CA bundle costs ~25 ms of CPU, which each
+    new client paid (one per config file: every one-time conversion)."""
+    key = (os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
+    with _verifying_contexts_lock:
+        context = _verifying_contexts.get(key)
+        if context is None:
+            context = _verifying_contexts[key] = httpx.create_ssl_context()
+        return context
+
+
+def _file_digest(path: Path) -> str:
+    digester = dg.Digester()
+    with path.open("rb") as f:
+        while chunk := f.read(READ_SIZE):
+            digester.update(chunk)
+    return digester.digest()
+
+
 def _shut_socket(resp: httpx.Response) -> None:
     """Wake a read blocked on `resp`'s connection (closing a socket would not: shutting it down does)."""
     stream = resp.extensions.get("network_stream")
@@ -242,6 +266,7 @@ class RegistryClient:
         }
         self._http = httpx.Client(
             timeout=timeout,
+            verify=_verifying_context(),
             headers={"User-Agent": user_agent},
             follow_redirects=False,
             verify=_verifying_tls_context() if transport is None else True,
@@ -534,21 +559,21 @@ class RegistryClient:
         self, repo_ref: Reference, desc: Descriptor, path: Path, what: str, location: str | None = None
     ) -> None:
         location = location or self._start_upload(repo_ref, what)
-        sent = dg.Digester()
+        sent = 0  # bytes sent (not hashed here: the registry checks the digest, see `_finish_upload`)
 
         meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
         counted = meter.value if meter is not None else 0  # one meter may count several blobs (a push)
 
         def body() -> Iterator[bytes]:
             nonlocal sent
-            sent = dg.Digester()  # a re-send after a 401 starts over
+            sent = 0  # a re-send after a 401 starts over
             with path.open("rb") as f:
                 while chunk := f.read(READ_SIZE):
                     cancel.check()
-                    sent.update(chunk)
+                    sent += len(chunk)
                     yield chunk
                     if meter is not None:
-                        meter.set(counted + sent.size)
+                        meter.set(counted + sent)
 
         resp = self._send(
             "PUT",
@@ -562,13 +587,13 @@ class RegistryClient:
             scopes=[repository_scope(repo_ref.repository, "pull", "push")],
         )
         with contextlib.closing(resp):
-            self._finish_upload(resp, desc, sent, what, repo_ref.registry)
+            self._finish_upload(resp, desc, path, sent, what, repo_ref.registry)
 
     def _upload_chunked(
         self, repo_ref: Reference, desc: Descriptor, path: Path, what: str, location: str | None = None
     ) -> None:
         location = location or self._start_upload(repo_ref, what)
-        sent = dg.Digester()
+        sent = 0  # bytes of the blob sent so far (a re-send after a 401 sends a piece again)
         scopes = [repository_scope(repo_ref.repository, "pull", "push")]
         size = path.stat().st_size
         meter = progress.current()  # bytes pushed, for a caller watching (accel/progress.py)
@@ -578,13 +603,13 @@ class RegistryClient:
             def piece(start: int, length: int) -> Callable[[], Iterator[bytes]]:
                 # Streamed in READ_SIZE reads: a chunk is never whole in memory (nor copied while sent).
                 def body() -> Iterator[bytes]:
+                    nonlocal sent
                     f.seek(start)
                     position, left = start, length
                     while left > 0 and (data := f.read(min(READ_SIZE, left))):
                         cancel.check()
-                        if position + len(data) > sent.size:  # a re-send after a 401 hashes nothing twice
-                            sent.update(data[max(0, sent.size - position) :])
                         position += len(data)
+                        sent = max(sent, position)
                         left -= len(data)
                         yield data
                         if meter is not None:
@@ -611,10 +636,6 @@ class RegistryClient:
                 with contextlib.closing(resp):
                     self._expect(resp, (202,), what, repo_ref.registry)
                     location = self._absolute(resp, resp.headers.get("Location") or location)
-        if sent.digest() != desc.digest:
-            # The store file changed under us: refuse before the registry commits anything.
-            self._cancel_upload(repo_ref, location)
-            raise DigestMismatch(desc.digest, sent.digest(), f"{what} (local store file)")
         resp = self._send(
             "PUT",
             repo_ref.registry,
@@ -627,15 +648,25 @@ class RegistryClient:
             headers={"Content-Type": "application/octet-stream"},
         )
         with contextlib.closing(resp):
-            self._finish_upload(resp, desc, sent, what, repo_ref.registry)
+            try:
+                self._finish_upload(resp, desc, path, sent, what, repo_ref.registry)
+            except DigestMismatch:
+                self._cancel_upload(repo_ref, location)  # refused: nothing of it is kept
+                raise
 
     def _finish_upload(
-        self, resp: httpx.Response, desc: Descriptor, sent: dg.Digester, what: str, registry: str
+        self, resp: httpx.Response, desc: Descriptor, path: Path, sent: int, what: str, registry: str
     ) -> None:
+        """The upload's last answer judged. The bytes sent are not hashed on the way: the registry hashes
+        what it received and refuses a blob whose digest is not the one named (the distribution spec's
+        DIGEST_INVALID; every registry does, the in-memory one included), so a store file that changed
+        since it was written is never committed (tests/integration/test_registry_client.py), and hashing
+        it here as well cost a second sha256 of every uploaded byte. Only a refusal hashes the file, to
+        say what was sent."""
         if resp.status_code == 400:
             code, _ = self._error_detail(resp)
             if code in ("DIGEST_INVALID", "SIZE_INVALID"):
-                actual = sent.digest() if sent.size == desc.size else f"{sent.size} bytes sent"
+                actual = _file_digest(path) if sent == desc.size else f"{sent} bytes sent"
                 raise DigestMismatch(desc.digest, actual, f"{what} (rejected by the registry: {code})")
         self._expect(resp, (201,), what, registry)
         stored = resp.headers.get("Docker-Content-Digest")
@@ -857,11 +888,13 @@ class RegistryClient:
             )
 
     def _stream(self, resp: httpx.Response, what: str, registry: str) -> Iterator[bytes]:
-        """The body in READ_SIZE blocks; a cancellation stops it between blocks, and shuts the socket of a
-        read that waits (a stalled or throttled registry) so that it returns at once."""
+        """The body in the pieces the connection reads (64 KiB at most); a cancellation stops it between
+        pieces, and shuts the socket of a read that waits (a stalled or throttled registry) so that it
+        returns at once. Not re-chunked: httpx's `iter_bytes(size)` copies every byte three times to cut
+        equal blocks (a sixth of a pull's CPU), and the content store takes any size."""
         try:
             with cancel.on_cancel(lambda: _shut_socket(resp)):
-                for chunk in resp.iter_bytes(READ_SIZE):
+                for chunk in resp.iter_bytes():
                     cancel.check()
                     yield chunk
         except httpx.TransportError as exc:

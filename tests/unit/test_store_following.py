@@ -12,11 +12,18 @@ import pytest
 
 from accel import digest as dg
 from accel.errors import DigestMismatch
-from accel.store import BlobUnavailable, ContentStore
+from accel.store import BlobUnavailable, BlobWriter, ContentStore
 
 DATA = os.urandom(3 << 20) + b"tail"
 DIGEST = dg.of_bytes(DATA)
 PIECE = 256 << 10
+
+
+@pytest.fixture(autouse=True)
+def _followers_told_of_every_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each piece a test's writer writes is told to the followers at once (by default they are told once a
+    MiB has gathered: `test_followers_are_told_once_a_mib_has_gathered_and_at_the_commit`)."""
+    monkeypatch.setattr(BlobWriter, "TELL_FOLLOWERS_BYTES", PIECE)
 
 
 def _read_all(reader, seconds: float = 30) -> bytes:
@@ -198,3 +205,25 @@ def test_one_of_two_pulls_of_a_blob_giving_up_leaves_the_other_to_finish(tmp_pat
     store.give_up(DIGEST, "the second run's pull ended")  # after the commit: nothing to fail
     with store.open_following(DIGEST) as reader:
         assert _read_all(reader) == DATA
+
+
+def test_followers_are_told_once_a_mib_has_gathered_and_at_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BlobWriter, "TELL_FOLLOWERS_BYTES", 1 << 20)
+    store = ContentStore(tmp_path)
+    store.expect(DIGEST)
+    arrival = store._arrivals[DIGEST]
+    gate = Gate()
+    writer = _start(_write, store, DATA, gate)
+    with store.open_following(DIGEST) as follower:
+        gate.step(3)  # 768 KiB written: not told yet
+        gate.step(1)  # a MiB: told
+        first = follower.read(1 << 20)
+        assert first == DATA[: 1 << 20]
+        assert arrival.written == 1 << 20
+        gate.step(len(DATA) // PIECE + 1)  # the rest, short of a MiB at the end: told at the commit
+        rest = _read_all(follower)
+    writer.join(10)
+    assert first + rest == DATA
+    assert store.exists(DIGEST)
