@@ -152,22 +152,6 @@ def _content_digest(algorithm_of: str, data: bytes) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
-_verifying_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
-_verifying_contexts_lock = threading.Lock()
-
-
-def _verifying_context() -> ssl.SSLContext:
-    """The TLS context httpx makes by default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle),
-    made once per process and shared by every client: loading the CA bundle costs ~25 ms of CPU, which each
-    new client paid (one per config file: every one-time conversion)."""
-    key = (os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
-    with _verifying_contexts_lock:
-        context = _verifying_contexts.get(key)
-        if context is None:
-            context = _verifying_contexts[key] = httpx.create_ssl_context()
-        return context
-
-
 def _file_digest(path: Path) -> str:
     digester = dg.Digester()
     with path.open("rb") as f:
@@ -266,7 +250,6 @@ class RegistryClient:
         }
         self._http = httpx.Client(
             timeout=timeout,
-            verify=_verifying_context(),
             headers={"User-Agent": user_agent},
             follow_redirects=False,
             verify=_verifying_tls_context() if transport is None else True,
