@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.memory import release_free_memory
 from service.onetime import ExitCode, check_request, describe_failure
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ class Runner:
                     SyncClientContext.__var__.reset(client_token)
                 self.forwarder.send = None
                 expected.show_tracebacks = False
+                release_free_memory()  # an idle runner holds what it uses idle, not its last peak
         timings["finished"] = time.time()
         timings["stages"] = result.seconds
         targets = [[t.driver, t.reference, t.digest] for t in result.targets]

@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from service.memory import release_free_memory
+
 log = logging.getLogger("acceld.runner")
 
 
@@ -65,6 +67,7 @@ def serve_in_process(
             log.exception("flow run %s could not be executed", run_id)
         finally:
             slot.release()
+            release_free_memory()  # an idle runner holds what it uses idle, not its last run's peak
 
     log.info("serving %d deployment(s) in-process, polling every %.1fs", len(flows), poll_seconds)
     with get_client(sync_client=True) as client:
