@@ -21,7 +21,8 @@ them, each with a fresh work dir and the same nydus-image (.tools/bin, first on 
   in 5, `warm` the `--warm-of` image again with every layer in the remote cache: each side first converts
   its own repository once (untimed, cache_tag rule on), then each timed call converts it again with a fresh
   work dir. The peer's estargz driver has no cache: its warm calls convert everything again, and the cell
-  says so when its log reports no cache hit.
+  says so when its log reports no cache hit; when its cache answered only some calls (`cached 0/N` in the
+  others), its figure is the median of the calls it answered, and the cell says so.
 
 Peak RSS is sampled every 20 ms as the sum of resident memory over the call's processes: for accel the
 accelctl client, the local runner (it runs every conversion in-process) and their children (nydus-image);
@@ -318,15 +319,26 @@ def _median(calls: list[Call]) -> float | None:
     return statistics.median(walls) if walls else None
 
 
+def _all_cached(call: Call) -> bool:
+    hit, _, total = call.cache_hits.partition("/")
+    return bool(total) and hit == total and hit != "0"
+
+
 def cell_text(cell: Cell, warm: bool) -> str:
-    peer, accel = _median(cell.peer), _median(cell.accel)
+    peer_calls, note = cell.peer, ""
+    if warm:
+        cached = [c for c in cell.peer if _all_cached(c)]
+        if not cached:
+            note = "; peer has no cache"
+        elif len(cached) < len(cell.peer):
+            # The peer's remote cache did not answer every call (its log says `cached 0/N`): its warm figure
+            # is that of the calls it answered, not of full conversions.
+            peer_calls, note = cached, f"; peer: median of the {len(cached)} calls its cache answered"
+    peer, accel = _median(peer_calls), _median(cell.accel)
     if peer is None or accel is None:
         return "–" if not cell.peer and not cell.accel else f"failed (peer {peer}, accel {accel})"
     ratio = peer / accel
     figure = f"**{ratio:.2f}**" if ratio < 1.0 else f"{ratio:.2f}"
-    note = ""
-    if warm and not any(c.cache_hits and not c.cache_hits.startswith("0/") for c in cell.peer):
-        note = "; peer has no cache"
     return f"{figure} ({peer:.2f} / {accel:.2f} s{note})"
 
 
