@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import sys
+from collections.abc import Callable
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    # Named, not looked up with ctypes.util.find_library: that runs `ldconfig -p` in a child process, a fork
+    # of this large process after every conversion.
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    return None
 
 
 def release_free_memory() -> bool:
     """Hand the heap's free pages back to the system (glibc only); whether anything was released."""
-    if not sys.platform.startswith("linux"):
-        return False
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    return False
+    trim = _malloc_trim() if sys.platform.startswith("linux") else None
+    return bool(trim(0)) if trim is not None else False
