@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.processes import alive, gone
+
 REPO = Path(__file__).resolve().parents[2]
 PROBE = "tests.harness.forkprobe"
 STARTER = [sys.executable, "-m", "service.flowstarter", "--module", PROBE, "--warm", "json"]
@@ -32,21 +34,6 @@ if conn is None:
 launcher._stand_in(conn)
 sys.exit(98)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _gone(pid: int, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +84,10 @@ def test_the_runners_sigterm_reaches_the_run_and_the_launcher_ends_as_it_did(sta
     path, _ = starter
     launched = _launch(path, "sleep")
     run = int(launched.stdout.readline())
-    assert _alive(run)
+    assert alive(run)
     launched.send_signal(signal.SIGTERM)  # the runner cancels the run it knows: the launcher
     assert launched.wait(timeout=10) == -signal.SIGTERM
-    assert _gone(run), "the run did not get the runner's SIGTERM"
+    assert gone(run), "the run did not get the runner's SIGTERM"
 
 
 def test_a_run_whose_launcher_was_killed_is_killed(starter):
@@ -109,7 +96,7 @@ def test_a_run_whose_launcher_was_killed_is_killed(starter):
     run = int(launched.stdout.readline())
     launched.kill()
     launched.wait(timeout=10)
-    assert _gone(run), "the run outlived the launcher the runner killed"
+    assert gone(run), "the run outlived the launcher the runner killed"
 
 
 def test_a_module_it_may_not_run_is_refused_and_the_launcher_runs_it_itself(starter):
@@ -142,7 +129,7 @@ def test_when_the_starter_dies_its_runs_die_and_their_launchers_say_so():
             _, err = launched.communicate(timeout=10)
             assert launched.returncode == 70
             assert f"the warm flow-run starter died while flow-run process {run} ran" in err
-            assert _gone(run)
+            assert gone(run)
         finally:
             process.kill()
             process.wait()

@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.harness.processes import alive, gone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,15 +29,6 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"
-
-
 def test_a_flow_run_process_dies_with_its_runner_killed_by_sigkill():
     runner = subprocess.Popen(
         [sys.executable, "-c", _RUNNER, _FLOW_RUN], cwd=REPO, stdout=subprocess.PIPE, text=True
@@ -44,13 +36,10 @@ def test_a_flow_run_process_dies_with_its_runner_killed_by_sigkill():
     try:
         pid_text, watching = runner.stdout.readline().split()
         flow_run = int(pid_text)
-        assert watching == "True" and _alive(flow_run)
+        assert watching == "True" and alive(flow_run)
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while _alive(flow_run) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(flow_run), "the flow-run process outlived its runner"
+        assert gone(flow_run), "the flow-run process outlived its runner"
     finally:
         runner.kill()
 
@@ -95,9 +84,7 @@ time.sleep(600)  # never reaches die_with_runner: importing Prefect, say
 def _kill_runner_and_wait(runner: subprocess.Popen[str], flow_run: int) -> None:
     runner.send_signal(signal.SIGKILL)
     runner.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while _alive(flow_run) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gone(flow_run)
 
 
 def test_a_flow_run_process_whose_runner_died_before_it_looked_dies_when_it_looks():
@@ -111,10 +98,10 @@ def test_a_flow_run_process_whose_runner_died_before_it_looked_dies_when_it_look
     try:
         flow_run = int(runner.stdout.readline().split()[0])
         _kill_runner_and_wait(runner, flow_run)
-        assert not _alive(flow_run), "the flow-run process went on after its runner died"
+        assert not alive(flow_run), "the flow-run process went on after its runner died"
     finally:
         runner.kill()
-        if flow_run and _alive(flow_run):
+        if flow_run and alive(flow_run):
             os.kill(flow_run, signal.SIGKILL)
 
 
@@ -129,12 +116,12 @@ def test_a_flow_run_process_started_through_the_launcher_dies_with_its_runner_be
     try:
         pid_text, up = runner.stdout.readline().split()
         flow_run = int(pid_text)
-        assert up == "up" and _alive(flow_run)
+        assert up == "up" and alive(flow_run)
         _kill_runner_and_wait(runner, flow_run)
-        assert not _alive(flow_run), "the launched flow-run process outlived its runner"
+        assert not alive(flow_run), "the launched flow-run process outlived its runner"
     finally:
         runner.kill()
-        if flow_run and _alive(flow_run):
+        if flow_run and alive(flow_run):
             os.kill(flow_run, signal.SIGKILL)
 
 
