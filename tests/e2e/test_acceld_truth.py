@@ -16,27 +16,17 @@ import httpx
 import pytest
 
 from accel.reference import Reference
-from tests.harness import registry as harness
 from tests.harness.conversions import assert_converted, tasks_for
 from tests.harness.pushing import push_seeded_image
-from tests.harness.services import Acceld, PrefectServer, acceld_settings, prefect_cli, tail
+from tests.harness.services import Acceld, acceld_on_sqlite, emit_push_event, prefect_cli
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
 
 @pytest.fixture(scope="module")
 def one_worker_acceld(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[Acceld]:
-    prefect = PrefectServer(tmp_path_factory.mktemp("prefect-truth"))
-    prefect.start()
-    workdir = tmp_path_factory.mktemp("acceld-truth")
-    settings = acceld_settings(workdir, harness.free_port(), [registry.host])
-    settings["converter"]["worker"] = 1
-    service = Acceld(workdir, prefect, settings)
-    service.start()
-    yield service
-    service.stop()
-    prefect.stop()
-    print(tail(service.log_path, 3000))
+    with acceld_on_sqlite(tmp_path_factory.mktemp("truth"), [registry.host], worker=1) as service:
+        yield service
 
 
 def _runs(acceld: Acceld, flow_name: str) -> list[dict[str, Any]]:
@@ -62,13 +52,8 @@ def test_the_push_event_converts_under_acceld_and_twice_is_once(
     one_worker_acceld: Acceld, registry, source_store
 ):
     ref = push_seeded_image(registry.host, source_store, tag="event", seed=2301)
-    resource = f"harbor.artifact.{ref.name}@{ref.digest}"
-    payload = json.dumps({"source": str(ref)})
-    for _ in range(2):  # exactly the README's command
-        prefect_cli(
-            one_worker_acceld.env,
-            "event", "emit", "harbor.artifact.pushed", "--resource-id", resource, "--payload", payload,
-        )  # fmt: skip
+    for _ in range(2):
+        emit_push_event(one_worker_acceld.env, ref)
 
     def both_final() -> list[dict[str, Any]] | None:
         runs = [

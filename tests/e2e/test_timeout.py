@@ -22,7 +22,7 @@ from tests.harness import registry as harness
 from tests.harness.api import harbor_for
 from tests.harness.conversions import assert_converted, wait_listed, wait_task
 from tests.harness.pushing import push_through_proxy
-from tests.harness.services import SUFFIX, WEBHOOK_AUTH, Acceld, PrefectServer, acceld_settings, tail
+from tests.harness.services import SUFFIX, WEBHOOK_AUTH, Acceld, acceld_on_sqlite
 
 pytestmark = [pytest.mark.registry, pytest.mark.prefect]
 
@@ -37,18 +37,12 @@ def proxy(registry) -> Iterator[harness.FaultProxy]:
 
 @pytest.fixture(scope="module")
 def timeout_acceld(tmp_path_factory: pytest.TempPathFactory, proxy) -> Iterator[Acceld]:
-    prefect = PrefectServer(tmp_path_factory.mktemp("prefect-timeout"))  # SQLite: one worker here
-    prefect.start()
-    workdir = tmp_path_factory.mktemp("acceld-timeout")
-    settings = acceld_settings(workdir, harness.free_port(), [proxy.host])
-    settings["converter"]["worker"] = 1
-    settings["converter"]["limits"] = {"timeout": TIMEOUT}
-    service = Acceld(workdir, prefect, settings)
-    service.start()
-    yield service
-    service.stop()
-    prefect.stop()
-    print(tail(service.log_path, 3000))
+    # SQLite, and one worker: the stalled conversion holds the only slot until its timeout frees it
+    limits = {"timeout": TIMEOUT}
+    with acceld_on_sqlite(
+        tmp_path_factory.mktemp("timeout"), [proxy.host], worker=1, limits=limits
+    ) as service:
+        yield service
 
 
 def submit(acceld: Acceld, ref: Reference) -> dict[str, Any]:

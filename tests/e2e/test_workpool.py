@@ -44,6 +44,7 @@ from tests.harness.services import (
     Acceld,
     PrefectServer,
     PrefectWorker,
+    emit_push_event,
     prefect_cli,
     tail,
 )
@@ -274,13 +275,8 @@ def test_twenty_pushes_convert_on_both_workers_with_sizes_and_targets(workpool: 
 
 def test_the_same_event_twice_through_the_trigger_is_one_conversion(workpool: WorkPool, registry):
     ref = push_seeded_image(registry.host, workpool.store, tag="event", seed=300)
-    resource = f"harbor.artifact.{ref.name}@{ref.digest}"
-    payload = json.dumps({"source": str(ref)})
-    for _ in range(2):  # exactly the README's command
-        prefect_cli(
-            workpool.ops_env,
-            "event", "emit", "harbor.artifact.pushed", "--resource-id", resource, "--payload", payload,
-        )  # fmt: skip
+    for _ in range(2):
+        emit_push_event(workpool.ops_env, ref)
 
     def both_final() -> list[Any] | None:
         runs = [r for r in workpool.runs("convert-image") if (r.parameters or {}).get("source") == str(ref)]

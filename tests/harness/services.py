@@ -10,17 +10,20 @@ that no `database is locked` happened).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from accel.reference import Reference
 from tests.harness.registry import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,6 +215,35 @@ class Acceld:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def acceld_on_sqlite(workdir: Path, source_hosts: list[str], **converter: Any) -> Iterator[Acceld]:
+    """acceld with the suite's settings (`acceld_settings`) and these `converter` keys (e.g. `worker=1`), on a
+    Prefect server of its own (SQLite), both under `workdir`; stopped at the end, its log's tail printed."""
+    prefect = PrefectServer(workdir / "prefect")
+    prefect.start()
+    settings = acceld_settings(workdir / "acceld", free_port(), source_hosts)
+    settings["converter"].update(converter)
+    service = Acceld(workdir / "acceld", prefect, settings)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+        prefect.stop()
+        print(tail(service.log_path, 3000))
+
+
+def emit_push_event(env: dict[str, str], ref: Reference) -> None:
+    """`prefect event emit harbor.artifact.pushed` for the image `ref` (tagged and by digest), exactly
+    README's command: what prefect.yaml's trigger of convert-image answers."""
+    prefect_cli(
+        env,
+        "event", "emit", "harbor.artifact.pushed",
+        "--resource-id", f"harbor.artifact.{ref.name}@{ref.digest}",
+        "--payload", json.dumps({"source": str(ref)}),
+    )  # fmt: skip
 
 
 def prefect_cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
