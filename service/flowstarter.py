@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -40,7 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.launcher import PR_SET_PDEATHSIG, RUNNER_PID_ENV, STARTER_ENV
+from service.localrunner import warm_up
+from tasks.launcher import RUNNER_PID_ENV, STARTER_ENV, dies_with_parent
 
 log = logging.getLogger("acceld.flowstarter")
 
@@ -82,23 +82,10 @@ def start(runner_pid: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def _warm_up(modules: Sequence[str]) -> None:
-    """Import what a flow run would import first."""
-    import importlib
-
-    for name in modules:
-        importlib.import_module(name)
-    from accel.drivers import DRIVER_TYPES, driver_class
-
-    for name in DRIVER_TYPES:
-        with contextlib.suppress(ImportError):
-            driver_class(name)
-
-
 def serve(path: str, modules: Sequence[str] = (ENGINE_MODULE,), warm: Sequence[str] = ()) -> int:
     """Serve launchers on `path` until the runner dies (or SIGTERM). `modules`: what a request may run
     (`-m MODULE`); `warm`: imported first (what those modules and the flows they load import)."""
-    _warm_up(warm)
+    warm_up(warm)
     if threading.active_count() != 1:
         log.warning("not starting flow runs warm: an import started a thread (%s)", threading.enumerate())
         return 1
@@ -240,9 +227,10 @@ def _fork(launch: _Launch, modules: Sequence[str], others: list[int]) -> int | N
         return _refuse(launch, f"{argv[:2]!r}: only -m {' or '.join(modules)}, with 3 descriptors")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    starter = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _become_run(launch, argv[1], argv[2:], env, cwd, others)  # never returns
+        _become_run(launch, argv[1], argv[2:], env, cwd, others, starter)  # never returns
     for fd in launch.fds:
         os.close(fd)
     launch.fds = []
@@ -265,7 +253,13 @@ def _refuse(launch: _Launch, why: str) -> None:
 
 
 def _become_run(
-    launch: _Launch, module: str, args: list[str], env: dict[str, str], cwd: str, others: list[int]
+    launch: _Launch,
+    module: str,
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    others: list[int],
+    starter: int,
 ) -> None:
     """In the forked child: become `python -m MODULE ARGS…` as the launcher would have run it."""
     code = 70
@@ -273,9 +267,7 @@ def _become_run(
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        starter = os.getppid()
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != starter:
+        if not dies_with_parent(starter):
             os._exit(70)  # the starter died while this forked
         for fd in others:
             with contextlib.suppress(OSError):
@@ -321,10 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warm", action="append", default=[], help="a module to import first")
     args = parser.parse_args(argv)
     runner = os.environ.get(RUNNER_PID_ENV, "")
-    if runner.isdigit():  # dies with the runner, and not at all when the runner already died
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != int(runner):
-            return 70
+    # It dies with the runner, and does not start at all when the runner already died.
+    if runner.isdigit() and not dies_with_parent(int(runner)):
+        return 70
     warm = args.warm or ["flows.convert_image", "flows.bulk_reconvert", "prefect.flow_engine"]
     return serve(args.socket, args.module or [ENGINE_MODULE], warm)
 

@@ -252,11 +252,15 @@ def _handler(runner: Runner) -> type[socketserver.StreamRequestHandler]:
     return Handler
 
 
-def _warm_up() -> None:
-    """Import now what the first conversion would otherwise wait for."""
-    import flows.convert_image  # noqa: F401
+def warm_up(modules: Sequence[str] = ("flows.convert_image",)) -> None:
+    """Import now what the first conversion would otherwise wait for: `modules` and every driver (a warm
+    process's start: this runner's, and acceld's flow-run starter's, service/flowstarter.py)."""
+    import importlib
+
     from accel.drivers import DRIVER_TYPES, driver_class
 
+    for name in modules:
+        importlib.import_module(name)
     for name in DRIVER_TYPES:
         with contextlib.suppress(ImportError):
             driver_class(name)
@@ -268,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.socket)
 
-    _warm_up()
+    warm_up()
     runner = Runner()
     path.unlink(missing_ok=True)
     server = socketserver.ThreadingUnixStreamServer(str(path), _handler(runner))

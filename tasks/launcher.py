@@ -26,10 +26,16 @@ PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def main(command: list[str]) -> None:
+def dies_with_parent(parent: int) -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies; False when `parent` is no longer its
+    parent (it died before the request took effect: the caller ends at once)."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(os.environ[RUNNER_PID_ENV]):
-        os._exit(70)  # the runner died before the prctl took effect
+    return os.getppid() == parent
+
+
+def main(command: list[str]) -> None:
+    if not dies_with_parent(int(os.environ[RUNNER_PID_ENV])):
+        os._exit(70)
     starter = os.environ.get(STARTER_ENV)
     if starter and _is_prefect_engine(command):
         conn = _send(starter, command)
