@@ -257,10 +257,10 @@ def warm_up(modules: Sequence[str] = ("flows.convert_image",)) -> None:
     process's start: this runner's, and acceld's flow-run starter's, service/flowstarter.py)."""
     import importlib
 
-    from accel.drivers import DRIVER_TYPES, driver_class
-
     for name in modules:
         importlib.import_module(name)
+    from accel.drivers import DRIVER_TYPES, driver_class
+
     for name in DRIVER_TYPES:
         with contextlib.suppress(ImportError):
             driver_class(name)
