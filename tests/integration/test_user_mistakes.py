@@ -491,7 +491,14 @@ def test_credentials_on_the_command_line_stay_out_of_the_run(world, htpasswd_reg
         [run] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"]))
         )
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        # The runner ships run logs to Prefect in batches, in the background: they may arrive after the
+        # answer.
+        deadline = time.monotonic() + 20
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            if len(logs) > 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     assert run.state is not None and run.state.is_completed()
     seen = {
         "the run's parameters": run.model_dump_json(),
