@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from service import local, logformat
 from service.logformat import PREFECT_LOGGING_CONFIG
 from service.state import PROJECT_ROOT
+from service.supervisor import WAKE_SIGNAL
 
 if TYPE_CHECKING:  # imported lazily at run time: `acceld --runner` must not load the API
     from accel.config import Settings
@@ -47,10 +48,10 @@ log = logging.getLogger("acceld")
 API_SHUTDOWN_GRACE = 3
 STOP_RECOVERY_SECONDS = 3.0
 
-# Prefect's default (10 s) would add up to 10 s before each conversion starts; 1 s keeps a webhook's run
-# starting within about a second for one cheap query a second against the Prefect API.
+# Runs acceld creates start at once: it wakes its runner (service/supervisor.py WAKE_SIGNAL). The poll finds
+# the others (bulk runs' children, runs created from the UI, CLI or an event): Prefect's default (10 s) would
+# add up to 10 s before such a run starts; 1 s costs one cheap query a second against the Prefect API.
 RUNNER_POLL_SECONDS = "1"
-IN_PROCESS_POLL_SECONDS = 0.5  # --in-process-runs: one indexed query per poll
 
 
 def runtime_env(config_path: str, work_dir: Path) -> None:
@@ -223,9 +224,12 @@ def serve_deployments(config_path: str, in_process: bool = False) -> int:
 
     served = runner_deployments(config_path)
     if in_process:
+        from prefect.settings import get_current_settings
+
         from service.localserve import serve_in_process
 
-        serve_in_process(served, IN_PROCESS_POLL_SECONDS)
+        poll_seconds = get_current_settings().runner.poll_frequency  # as Prefect's runner polls
+        serve_in_process(served, poll_seconds, wake_signal=WAKE_SIGNAL)
         return 0
     # Its flow-run processes end when this process does (tasks/process.py), from their first instruction.
     os.environ[RUNNER_PID_ENV] = str(os.getpid())
@@ -253,13 +257,41 @@ async def _serve_with_runners(served: list[tuple[Any, Any, int | None]]) -> None
     started = [asyncio.create_task(runner.start()) for runner in runners]
     await asyncio.sleep(0)  # each `start` installs its own SIGTERM handler first (the last one wins) ...
 
+    polls: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+    def poll_now() -> None:  # acceld created a run: look for due runs now, not at the next poll
+        for runner in runners:
+            if runner.started and not runner.stopping:
+                # The runner's own poll, run early: it skips runs it is already submitting.
+                poll = asyncio.create_task(runner._get_and_submit_flow_runs())
+                polls.add(poll)
+                poll.add_done_callback(polled)
+
+    def polled(poll: asyncio.Task[None]) -> None:
+        polls.discard(poll)
+        if not poll.cancelled() and (exc := poll.exception()) is not None:  # the regular poll still runs
+            log.warning("looking for due runs failed: %s: %s", type(exc).__name__, exc)
+
     def stop_all(*_: object) -> None:  # ... so one handler stops every runner, as `serve` stops its one
         for runner in runners:
             runner.handle_sigterm()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop_all)
-    await asyncio.gather(*started)
+        asyncio.get_running_loop().add_signal_handler(WAKE_SIGNAL, poll_now)
+    await asyncio.gather(*started, _announce(runners))
+
+
+async def _announce(runners: list[Any]) -> None:
+    """Say when every runner is up (it polls once as it starts): from then on a created run starts at once."""
+    while not all(runner.started for runner in runners):
+        await asyncio.sleep(0.1)
+    seconds = runners[0].query_seconds
+    log.info(
+        "runner serving %d deployment(s): a run acceld creates starts now, others within %gs",
+        len(runners),
+        seconds,
+    )
 
 
 def registry_pinner(settings: Settings) -> TagPinner:
@@ -349,7 +381,13 @@ def run_api(args: argparse.Namespace, settings: object, config_path: str) -> int
         lock.release()
         return 1
     metrics = Metrics(settings.server.name) if settings.metric.enabled else None
-    backend = PrefectBackend(settings, config_path, metrics, serves_deployments=args.serve)
+    backend = PrefectBackend(
+        settings,
+        config_path,
+        metrics,
+        serves_deployments=args.serve,
+        on_scheduled=supervisor.wake if supervisor is not None else None,  # the run starts now, not at a poll
+    )
     app = create_app(
         settings,
         backend,

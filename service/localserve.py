@@ -14,7 +14,9 @@ again and restarts it, as for any runner that died).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -26,13 +28,18 @@ from service.memory import release_free_memory
 log = logging.getLogger("acceld.runner")
 
 
+# How often a wait between polls looks at whether it was woken (acceld's WAKE_SIGNAL: a run was created).
+WAKE_CHECK_SECONDS = 0.05
+
+
 def serve_in_process(
     deployments: Sequence[tuple[Any, Any, int | None]],
     poll_seconds: float,
     stop: threading.Event | None = None,
+    wake_signal: signal.Signals | None = None,
 ) -> None:
     """Apply each (RunnerDeployment, its Flow, its runs at a time) and run their due flow runs in this process
-    until `stop`."""
+    until `stop`; `wake_signal` (from the main thread only) makes the next poll come now."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -56,6 +63,16 @@ def serve_in_process(
     slots = {deployment_id: threading.BoundedSemaphore(limit) for deployment_id, limit in limits.items()}
     pool = ThreadPoolExecutor(max_workers=sum(limits.values()), thread_name_prefix="flow-run")
     stop = stop or threading.Event()
+    woken = [False]  # set by the handler alone: a lock taken in a signal handler can deadlock its own thread
+    if wake_signal is not None:
+        signal.signal(wake_signal, lambda *_: woken.__setitem__(0, True))
+
+    def wait_for_next_poll() -> None:
+        deadline = time.monotonic() + poll_seconds
+        while not woken[0] and not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+        woken[0] = False
 
     def execute(flow: Any, run_id: UUID, slot: threading.BoundedSemaphore) -> None:
         log.info("running flow run %s in-process", run_id)
@@ -100,5 +117,5 @@ def serve_in_process(
                     slot.release()
                     continue
                 pool.submit(execute, flows[run.deployment_id], run.id, slot)
-            stop.wait(poll_seconds)
+            wait_for_next_poll()
     pool.shutdown(wait=True)

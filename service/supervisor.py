@@ -22,6 +22,18 @@ log = logging.getLogger("acceld")
 
 _PR_SET_PDEATHSIG = 1
 
+# acceld sends it to its runner child when it has created a flow run, so the runner looks for due runs now
+# rather than at its next poll (up to a second later). Ignored from the child's exec on (an ignored signal
+# stays ignored across exec), until the runner installs its handler: early, it must not end the process.
+WAKE_SIGNAL = signal.SIGUSR1
+
+
+def _start_runner_child() -> None:
+    """In the forked child, before exec: it ignores WAKE_SIGNAL until the runner handles it, and dies with
+    acceld."""
+    signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
+    _die_with_parent()
+
 
 def _die_with_parent() -> None:
     """In the runner child: SIGKILL when acceld dies, even by SIGKILL (Linux; elsewhere a no-op). Not SIGTERM:
@@ -101,7 +113,7 @@ class RunnerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, cwd=PROJECT_ROOT, preexec_fn=_die_with_parent)
+        return subprocess.Popen(self.command, cwd=PROJECT_ROOT, preexec_fn=_start_runner_child)
 
     def next_delay(self) -> float:
         """Seconds before the next restart: restart_delay × 2^(failures − 1), at most max_restart_delay."""
@@ -133,6 +145,14 @@ class RunnerSupervisor:
                     self.before_restart()
                 except Exception as exc:  # e.g. Prefect down: its runs are recovered at acceld's next start
                     log.error("before restarting the runner: %s: %s", type(exc).__name__, exc)
+
+    def wake(self) -> None:
+        """Tell the runner child a flow run is due now (WAKE_SIGNAL); a runner not up misses nothing: it
+        finds the run at its first poll."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):  # exited between the check and the signal
+                proc.send_signal(WAKE_SIGNAL)
 
     def problem(self) -> str | None:
         """Why the runner cannot be trusted to run conversions now; None when it is up and healthy."""

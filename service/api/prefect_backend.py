@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -134,12 +134,16 @@ class PrefectBackend:
         deployment_name: str = CONVERT_DEPLOYMENT,
         poll_interval: float = 1.0,
         serves_deployments: bool = False,
+        on_scheduled: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         # acceld's runner registers the deployment with this acceld's config as its default: until it has,
         # runs would use whatever config registered it last (another acceld, an earlier start).
         self.serves_deployments = serves_deployments
+        # Called when a submission has a run waiting to start (acceld: wake its runner, which would otherwise
+        # find it at its next poll).
+        self.on_scheduled = on_scheduled
         self.metrics = metrics
         self.deployment_name = deployment_name
         self.poll_interval = poll_interval
@@ -196,6 +200,8 @@ class PrefectBackend:
                 except ObjectNotFound:
                     self._deployment_id = None  # deleted and re-created under a new id: look it up again
                     run = await self._create_run(client, await self._deployment(client), parameters, request)
+                if self.on_scheduled is not None and run.state is not None and run.state.is_scheduled():
+                    self.on_scheduled()
                 return await self._task(client, run)
         except BackendUnavailable:
             raise

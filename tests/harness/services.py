@@ -218,14 +218,22 @@ class Acceld:
 
 
 @contextlib.contextmanager
-def acceld_on_sqlite(workdir: Path, source_hosts: list[str], **converter: Any) -> Iterator[Acceld]:
+def acceld_on_sqlite(
+    workdir: Path,
+    source_hosts: list[str],
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    **converter: Any,
+) -> Iterator[Acceld]:
     """acceld with the suite's settings (`acceld_settings`) and these `converter` keys (e.g. `worker=1`), on a
-    Prefect server of its own (SQLite), both under `workdir`; stopped at the end, its log's tail printed."""
+    Prefect server of its own (SQLite), both under `workdir`, with extra flags `args` and variables `env`;
+    stopped at the end, its log's tail printed."""
     prefect = PrefectServer(workdir / "prefect")
     prefect.start()
     settings = acceld_settings(workdir / "acceld", free_port(), source_hosts)
     settings["converter"].update(converter)
-    service = Acceld(workdir / "acceld", prefect, settings)
+    service = Acceld(workdir / "acceld", prefect, settings, args)
+    service.env.update(env or {})
     try:
         service.start()
         yield service
