@@ -11,13 +11,21 @@ The registry verbs come from `accel.registry.interfaces`; `RegistryClient` and `
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import threading
 from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+from accel import progress
 from accel.oci import Descriptor
 from accel.reference import Reference
 from accel.registry.interfaces import BlobLinker, BlobStager, BlobTarget, ImageTarget, ManifestPusher
 from accel.store import ContentStore
+
+# Blobs copied at a time: a small one (a bootstrap, a cache record) costs two or three round trips, which
+# the registry answers side by side.
+COPY_CONCURRENCY = 4
 
 
 class BlobCopy(enum.StrEnum):
@@ -77,12 +85,33 @@ def copy_blobs(
     mount_from: Sequence[str] = (),
     present: Collection[str] = (),
 ) -> dict[str, BlobCopy]:
-    """`copy_blob` for each (a digest listed twice is copied once); how each came to be there. Blobs in
-    `present` are known to be in the target repository already (made so moments ago): not asked about."""
+    """`copy_blob` for each, COPY_CONCURRENCY at a time (a digest listed twice is copied once); how each
+    came to be there. Blobs in `present` are known to be in the target repository already (made so moments
+    ago): not asked about. The first failure is raised once the copies under way have ended; none starts
+    after it."""
     done: dict[str, BlobCopy] = dict.fromkeys(present, BlobCopy.EXISTS)
-    for blob in blobs:
-        if blob.digest not in done:
-            done[blob.digest] = copy_blob(registry, target, blob, store, mount_from)
+    todo = list({blob.digest: blob for blob in blobs if blob.digest not in done}.values())
+    if len(todo) < 2:
+        done.update({blob.digest: copy_blob(registry, target, blob, store, mount_from) for blob in todo})
+        return done
+    meter, lock = progress.current(), threading.Lock()
+
+    def copy_one(blob: Descriptor) -> BlobCopy:
+        # Each copy counts its own bytes into a share of the caller's meter.
+        with progress.metering(progress.MeterShare(meter, lock) if meter is not None else None):
+            return copy_blob(registry, target, blob, store, mount_from)
+
+    workers = min(COPY_CONCURRENCY, len(todo))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy-blob") as pool:
+        # Each in a copy of the caller's context: its cancellation token and meter (accel.cancel, progress).
+        futures = [pool.submit(contextvars.copy_context().run, copy_one, blob) for blob in todo]
+        try:
+            for blob, future in zip(todo, futures, strict=True):
+                done[blob.digest] = future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return done
 
 

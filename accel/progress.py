@@ -11,6 +11,7 @@ the meter of the calling context:
 
 A meter has one writer at a time and is read by other threads; an int assignment is atomic under the GIL,
 so no lock is needed (and a meter stays picklable, as task parameters must be for Prefect's cache keys).
+Blobs sent side by side (`accel.copy.copy_blobs`) each count into a `MeterShare` of the caller's meter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -49,6 +51,25 @@ class ByteMeter:
 
     def __repr__(self) -> str:
         return f"ByteMeter({self.value}/{self.total}{', done' if self.finished else ''})"
+
+
+class MeterShare(ByteMeter):
+    """One writer's part of a meter that several write at once (blobs sent side by side): the part counts its
+    own bytes as a lone writer would (starting at 0, going back on a retry), and `parent` holds the parts'
+    sum. `lock` is the one every part of that parent takes."""
+
+    def __init__(self, parent: ByteMeter, lock: threading.Lock) -> None:
+        super().__init__()
+        self._parent = parent
+        self._lock = lock
+
+    def add(self, count: int) -> None:
+        self.set(self.value + count)
+
+    def set(self, count: int) -> None:
+        with self._lock:
+            self._parent.value += count - self.value
+            self.value = count
 
 
 _current: contextvars.ContextVar[ByteMeter | None] = contextvars.ContextVar("accel_byte_meter", default=None)

@@ -190,14 +190,14 @@ class MemoryRegistry:
     # --- verbs -----------------------------------------------------------------------------------
 
     def resolve(self, ref: Reference) -> Descriptor:
+        self._enter("resolve", ref, ref.identifier)
         with self._lock:
-            self._enter("resolve", ref, ref.identifier)
             media_type, raw = self._stored_manifest(ref, f"resolve {ref}")
             return Descriptor.of(media_type, raw)
 
     def fetch_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        self._enter("fetch_manifest", ref, ref.identifier)
         with self._lock:
-            self._enter("fetch_manifest", ref, ref.identifier)
             media_type, raw = self._stored_manifest(ref, f"fetch manifest {ref}")
         desc = Descriptor.of(oci.detect_media_type(raw, media_type), raw)
         if ref.digest and desc.digest != ref.digest:
@@ -205,8 +205,8 @@ class MemoryRegistry:
         return desc, raw
 
     def fetch_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> Path:
+        self._enter("fetch_blob", repo_ref, desc.digest)
         with self._lock:
-            self._enter("fetch_blob", repo_ref, desc.digest)
             if store.exists(desc.digest):
                 store.touch(desc.digest)  # as the HTTP client: a stored blob is not fetched again
                 return store.path(desc.digest)
@@ -219,8 +219,8 @@ class MemoryRegistry:
         return store.path(desc.digest)
 
     def fetch_blob_bytes(self, repo_ref: Reference, desc: Descriptor) -> bytes:
+        self._enter("fetch_blob_bytes", repo_ref, desc.digest)
         with self._lock:
-            self._enter("fetch_blob_bytes", repo_ref, desc.digest)
             data = self._stored_blob(repo_ref, desc.digest)
         what = f"fetch blob {dg.short(desc.digest)} from {repo_ref.name}"
         if len(data) != desc.size:
@@ -228,13 +228,13 @@ class MemoryRegistry:
         return dg.verify(desc.digest, data, what)
 
     def blob_exists(self, repo_ref: Reference, digest: str) -> bool:
+        self._enter("blob_exists", repo_ref, digest)
         with self._lock:
-            self._enter("blob_exists", repo_ref, digest)
             return self.has_blob(repo_ref, digest)
 
     def mount_blob(self, repo_ref: Reference, digest: str, from_repository: str) -> bool:
+        self._enter("mount_blob", repo_ref, digest)
         with self._lock:
-            self._enter("mount_blob", repo_ref, digest)
             source = self._repositories.get((repo_ref.registry, from_repository))
             if source is None or digest not in source.blobs:
                 return False
@@ -242,8 +242,7 @@ class MemoryRegistry:
             return True
 
     def push_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> None:
-        with self._lock:
-            self._enter("push_blob", repo_ref, desc.digest)
+        self._enter("push_blob", repo_ref, desc.digest)
         data = store.path(desc.digest).read_bytes()  # unverified: the check below is the registry's
         what = f"push blob {dg.short(desc.digest)} to {repo_ref.name}"
         if len(data) != desc.size:
@@ -254,8 +253,8 @@ class MemoryRegistry:
 
     def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Descriptor:
         digest = dg.of_bytes(raw)
+        self._enter("push_manifest", ref, ref.identifier)
         with self._lock:
-            self._enter("push_manifest", ref, ref.identifier)
             if ref.digest and ref.digest != digest:
                 raise DigestMismatch(ref.digest, digest, f"manifest to push to {ref}")
             repo = self._repository(ref, create=True)
@@ -273,16 +272,16 @@ class MemoryRegistry:
         return Descriptor(media_type=media_type, digest=digest, size=len(raw))
 
     def list_tags(self, repo_ref: Reference) -> list[str]:
+        self._enter("list_tags", repo_ref)
         with self._lock:
-            self._enter("list_tags", repo_ref)
             repo = self._repositories.get(_key(repo_ref))
             if repo is None:
                 raise _unknown(f"list tags of {repo_ref.name}", "NAME_UNKNOWN", repo_ref.registry)
             return sorted(repo.tags)
 
     def referrers(self, repo_ref: Reference, digest: str) -> list[Descriptor] | None:
+        self._enter("referrers", repo_ref, digest)
         with self._lock:
-            self._enter("referrers", repo_ref, digest)
             if not self.referrers_api:
                 return None
             repo = self._repositories.get(_key(repo_ref))
@@ -299,18 +298,26 @@ class MemoryRegistry:
             return found
 
     def catalog(self, registry: str) -> list[str]:
+        self._enter_call(Call("catalog", registry), "catalog", None)
         with self._lock:
-            self.calls.append(Call("catalog", registry))
-            self._inject("catalog", None)
             return sorted(name for host, name in self._repositories if host == registry)
 
     # --- internals -------------------------------------------------------------------------------
 
     def _enter(self, verb: str, ref: Reference, target: str = "") -> None:
-        self.calls.append(Call(verb, ref.name, target))
-        self._inject(verb, target)
+        self._enter_call(Call(verb, ref.name, target), verb, target)
 
-    def _inject(self, verb: str, target: str | None) -> None:
+    def _enter_call(self, call: Call, verb: str, target: str | None) -> None:
+        """Record the call, then run the hooks it meets outside the lock: a hook may act as another client
+        would at that moment (even one that copies blobs side by side in threads)."""
+        with self._lock:
+            self.calls.append(call)
+            actions = self._due_hooks(verb, target)
+        for action in actions:
+            action()
+
+    def _due_hooks(self, verb: str, target: str | None) -> list[Callable[[], None]]:
+        due = []
         for hook in list(self._hooks):
             if hook.verb != verb or hook.remaining <= 0 or hook.target not in (None, target):
                 continue
@@ -318,7 +325,8 @@ class MemoryRegistry:
                 hook.skip -= 1
                 continue
             hook.remaining -= 1
-            hook.action()
+            due.append(hook.action)
+        return due
 
     def _repository(self, ref: Reference, *, create: bool = False) -> _Repository:
         key = _key(ref)

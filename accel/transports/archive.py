@@ -15,6 +15,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,6 +47,7 @@ class OCIArchive(LayoutReader):
         self._tar: TarIndex | None = None
         self._staging: OCILayout | None = None
         self._staging_dir: Path | None = None
+        self._staging_lock = threading.Lock()  # blobs are written side by side (accel.copy.copy_blobs)
 
     def __repr__(self) -> str:
         return f"OCIArchive({str(self.path)!r}, writable={self.writable})"
@@ -64,12 +66,13 @@ class OCIArchive(LayoutReader):
         return self._tar
 
     def _layout(self) -> OCILayout:
-        if self._staging is None:
-            parent = self.path.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self._staging_dir = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.path.name}.staging-"))
-            self._staging = OCILayout(self._staging_dir)
-        return self._staging
+        with self._staging_lock:
+            if self._staging is None:
+                parent = self.path.parent
+                parent.mkdir(parents=True, exist_ok=True)
+                self._staging_dir = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.path.name}.staging-"))
+                self._staging = OCILayout(self._staging_dir)
+            return self._staging
 
     def _index(self) -> dict[str, Any]:
         if self.writable:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from accel import copy, publish
+from accel import copy, progress, publish
 from accel.copy import BlobCopy
 from accel.oci import Descriptor
 from accel.reference import Reference
@@ -93,6 +95,65 @@ def test_stage_blob_from_another_registry_fetches_into_the_store(store, tmp_path
     gone = blob(store, b"deleted meanwhile")
     with pytest.raises(NotFound):
         copy.stage_blob(registry, TARGET, gone, fresh, source=ELSEWHERE)
+
+
+# --- several blobs ---------------------------------------------------------------------------------
+
+
+class MeetingRegistry(MemoryRegistry):
+    """Each upload waits until `meet` uploads are under way at once (a serial copy never gets there), and
+    records the meter it counts into."""
+
+    def __init__(self, meet: int) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(meet, timeout=10)
+        self.meters: list[progress.ByteMeter | None] = []
+
+    def push_blob(self, repo_ref: Reference, desc: Descriptor, store: ContentStore) -> None:
+        self.meeting.wait()
+        meter = progress.current()
+        self.meters.append(meter)
+        if meter is not None:
+            meter.set(desc.size)  # as RegistryClient counts the bytes it sends
+        super().push_blob(repo_ref, desc, store)
+
+
+def test_blobs_are_copied_side_by_side_each_counting_into_the_callers_meter(store) -> None:
+    registry = MeetingRegistry(meet=copy.COPY_CONCURRENCY)
+    blobs = [blob(store, f"record {n}".encode()) for n in range(2 * copy.COPY_CONCURRENCY)]
+    meter = progress.ByteMeter()
+
+    with progress.metering(meter):
+        done = copy.copy_blobs(registry, TARGET, [*blobs, blobs[0]], store)
+
+    assert done == {b.digest: BlobCopy.UPLOADED for b in blobs}  # the repeated digest copied once
+    assert all(registry.has_blob(TARGET, b.digest) for b in blobs)
+    # Each copy had a share of the caller's meter (its context came along), and the shares add up.
+    assert all(isinstance(m, progress.MeterShare) for m in registry.meters)
+    assert meter.value == sum(b.size for b in blobs)
+
+
+def test_a_failed_copy_among_several_is_raised(store) -> None:
+    registry = MemoryRegistry()
+    blobs = [blob(store, f"layer {n}".encode()) for n in range(6)]
+    registry.fail("push_blob", target=blobs[2].digest)
+
+    with pytest.raises(RegistryError, match="injected failure"):
+        copy.copy_blobs(registry, TARGET, blobs, store)
+
+    assert not registry.has_blob(TARGET, blobs[2].digest)
+
+
+def test_meter_shares_add_up_and_a_retry_goes_back() -> None:
+    meter, lock = progress.ByteMeter(total=300), threading.Lock()
+    first, second = progress.MeterShare(meter, lock), progress.MeterShare(meter, lock)
+
+    first.set(100)
+    second.add(50)
+    second.set(0)  # its retry starts over
+    second.set(200)
+
+    assert (first.value, second.value, meter.value) == (100, 200, 300)
 
 
 # --- one image -------------------------------------------------------------------------------------
