@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from accel.oci import Descriptor
 from accel.store import ContentStore
@@ -104,15 +104,15 @@ def stale_subtrees(tables: Sequence[DirectoryTable]) -> list[tuple[str, ...]]:
     Only the outermost such path is named: emptying it drops everything below. A path whited out, or in a
     directory made opaque, since it was replaced lost its node and kept subtree in the merge already.
     """
-    directories: set[str] = set()  # the directories of the layers applied so far
+    directories = _PathTree()  # the directories of the layers applied so far
     hiding: set[str] = set()  # non-directories that replaced a directory, its subtree kept below them
     result: list[tuple[str, ...]] = []
     for table in tables:
         for path in table.whiteouts:
-            _discard_tree(directories, path, keep_root=False)
+            directories.discard_tree(path, keep_root=False)
             _discard_tree(hiding, path, keep_root=False)
         for path in table.opaque:
-            _discard_tree(directories, path, keep_root=True)
+            directories.discard_tree(path, keep_root=True)
             _discard_tree(hiding, path, keep_root=True)
         again = hiding.intersection([*table.directories, *table.implied])
         stale = sorted(path for path in again if again.isdisjoint(_ancestors(path)))
@@ -122,7 +122,7 @@ def stale_subtrees(tables: Sequence[DirectoryTable]) -> list[tuple[str, ...]]:
         for path in table.replaced:
             if path in directories:
                 hiding.add(path)
-            _discard_tree(directories, path, keep_root=False)
+            directories.discard_tree(path, keep_root=False)
         directories.update(table.implied, table.directories)
     return result
 
@@ -132,6 +132,53 @@ def first_layer_whites_out(tables: Sequence[DirectoryTable]) -> bool:
     and keeps the lowest one's as files (`.wh.name` in the image, where layer application removes nothing
     and creates nothing); an empty patch merged first makes the first layer an upper one."""
     return bool(tables) and bool(tables[0].whiteouts or tables[0].opaque)
+
+
+class _PathNode:
+    __slots__ = ("children", "present")
+
+    def __init__(self) -> None:
+        self.present = False
+        self.children: dict[str, _PathNode] = {}
+
+
+class _PathTree:
+    """A set of slash-separated paths, one level of dicts per path component, so that dropping a subtree
+    costs its depth, not a scan of every path: a layer replaces thousands of files, each a possible former
+    directory, and a scan per file was quadratic (0.3 s per merge on a Debian rootfs)."""
+
+    def __init__(self) -> None:
+        self._root = _PathNode()
+
+    def _node(self, path: str) -> _PathNode | None:
+        node: _PathNode | None = self._root
+        for part in path.split("/"):
+            node = node.children.get(part) if node is not None else None
+        return node
+
+    def __contains__(self, path: str) -> bool:
+        node = self._node(path)
+        return node is not None and node.present
+
+    def update(self, *groups: Iterable[str]) -> None:
+        for paths in groups:
+            for path in paths:
+                node = self._root
+                for part in path.split("/"):
+                    node = node.children.setdefault(part, _PathNode())
+                node.present = True
+
+    def discard_tree(self, path: str, *, keep_root: bool) -> None:
+        """Drop every path below `path`, and `path` itself unless `keep_root`."""
+        parent, _, name = path.rpartition("/")
+        above = self._node(parent) if parent else self._root
+        node = above.children.get(name) if above is not None else None
+        if node is None:
+            return
+        if keep_root:
+            node.children.clear()
+        else:
+            del above.children[name]  # type: ignore[union-attr]
 
 
 def _discard_tree(paths: set[str], path: str, *, keep_root: bool) -> None:
