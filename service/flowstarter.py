@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.localrunner import warm_up
+from service.supervisor import WAKE_SIGNAL
 from tasks.launcher import RUNNER_PID_ENV, STARTER_ENV, dies_with_parent
 
 log = logging.getLogger("acceld.flowstarter")
@@ -313,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warm", action="append", default=[], help="a module to import first")
     args = parser.parse_args(argv)
     runner = os.environ.get(RUNNER_PID_ENV, "")
+    # acceld's runner ignores its wake signal until it handles it (service/supervisor.py WAKE_SIGNAL), and
+    # this was started before then: the runs forked from here get the default, as any process.
+    signal.signal(WAKE_SIGNAL, signal.SIG_DFL)
     # It dies with the runner, and does not start at all when the runner already died.
     if runner.isdigit() and not dies_with_parent(int(runner)):
         return 70

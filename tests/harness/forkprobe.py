@@ -4,6 +4,7 @@ its pid and waits to be signalled."""
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -12,6 +13,7 @@ if __name__ == "__main__":
     if mode == "show":
         seen = {"argv": sys.argv[1:], "cwd": os.getcwd(), "probe": os.environ.get("PROBE_X")}
         seen["ppid"] = os.getppid()
+        seen["sigusr1"] = signal.getsignal(signal.SIGUSR1).name
         print(json.dumps(seen), flush=True)
         print("to stderr", file=sys.stderr, flush=True)
         sys.exit(int(os.environ.get("PROBE_CODE", "0")))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from service.supervisor import WAKE_SIGNAL
 from tests.harness.processes import alive, gone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +45,8 @@ def starter() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             [*STARTER, "--socket", path],
             cwd=REPO,
             env={k: v for k, v in os.environ.items() if k != "ACCEL_RUNNER_PID"},
+            # As acceld's runner starts it: the runner ignores acceld's wake signal until it handles it.
+            preexec_fn=lambda: signal.signal(WAKE_SIGNAL, signal.SIG_IGN),
         )
         deadline = time.monotonic() + 60
         while not Path(path).exists() and time.monotonic() < deadline:
@@ -76,6 +79,7 @@ def test_a_run_gets_the_launchers_arguments_environment_directory_streams_and_ex
     assert seen["cwd"] == os.path.realpath(tempfile.gettempdir())
     assert seen["probe"] == "from the launcher"  # the launcher's environment, not the starter's
     assert seen["ppid"] == process.pid  # forked by the starter, not started by the launcher
+    assert seen["sigusr1"] == "SIG_DFL"  # not the runner's ignored wake signal
     assert "to stderr" in err
     assert launched.returncode == 3
 
