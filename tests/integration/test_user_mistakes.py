@@ -280,10 +280,13 @@ def test_an_expected_failure_ends_the_run_with_its_line_and_no_traceback(world):
     assert len(logs) <= 12, text
 
 
+FINISHED_CANCELLED = "Finished in state Cancelled"  # the flow engine's last log line of a cancelled run
+
+
 @pytest.mark.parametrize("mode", ["runner", "in-process"])
 def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_path, mode):
     """The first Ctrl-C cancels (the local runner's run, or this process's): the run ends CANCELLED at its
-    next step, nothing is pushed, one line says so (exit 130)."""
+    next step, nothing is pushed, one line says so (exit 130); the run's logs reach Prefect."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -338,7 +341,26 @@ def test_ctrl_c_cancels_the_run_and_the_tag_never_appears(world, registry, tmp_p
             sort=FlowRunSort.START_TIME_DESC,
             limit=1,
         )
+        # Its logs reach Prefect too, to the engine's last line: late (shipped in batches), not lost.
+        logs = _run_logs(client, run.id, lambda found: any(FINISHED_CANCELLED in e.message for e in found))
     assert run.state is not None and run.state.is_cancelled(), run.state
+    text = "\n".join(entry.message for entry in logs)
+    assert "Beginning flow run" in text and "cancelled (Ctrl-C)" in text and FINISHED_CANCELLED in text, text
+
+
+def _run_logs(
+    client: Any, run_id: Any, enough: Callable[[list[Any]], bool], seconds: float = 20
+) -> list[Any]:
+    """The run's logs in Prefect once `enough` says so, or as they are after `seconds`: a runner ships them
+    in batches, in the background, so they may arrive after the answer."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + seconds
+    while True:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        if enough(logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
 
 
 @dataclass
@@ -455,7 +477,7 @@ def test_credentials_on_the_command_line_stay_out_of_the_run(world, htpasswd_reg
     Prefect, the runner's log, what accelctl printed, or the arguments of the processes accelctl started.
     `accelctl check` takes the same flags."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     account = htpasswd_registry.account
@@ -491,14 +513,7 @@ def test_credentials_on_the_command_line_stay_out_of_the_run(world, htpasswd_reg
         [run] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"convert {source}"]))
         )
-        # The runner ships run logs to Prefect in batches, in the background: they may arrive after the
-        # answer.
-        deadline = time.monotonic() + 20
-        while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-            if len(logs) > 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        logs = _run_logs(client, run.id, lambda found: len(found) > 3)
     assert run.state is not None and run.state.is_completed()
     seen = {
         "the run's parameters": run.model_dump_json(),
