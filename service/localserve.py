@@ -69,8 +69,8 @@ def serve_in_process(
 
     def wait_for_next_poll() -> None:
         deadline = time.monotonic() + poll_seconds
-        while not woken[0] and not stop.wait(min(WAKE_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
+        while not woken[0] and (left := deadline - time.monotonic()) > 0:
+            if stop.wait(min(WAKE_CHECK_SECONDS, left)):
                 break
         woken[0] = False
 

@@ -40,6 +40,7 @@ def _die_with_parent() -> None:
     Prefect's runner then shuts down gracefully, waiting for its runs, and a run stuck on a registry kept it
     (and itself) alive for hours after acceld was gone. Its runs end with it (tasks/process.py); a clean stop
     of acceld stops the runner first (`RunnerSupervisor.stop`), so this only acts when acceld died."""
+    # Not tasks.launcher.dies_with_parent: importing `tasks` loads Prefect (1.4 s) into acceld's API process.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
